@@ -1,0 +1,95 @@
+//! Run-time device selection: the one place that knows which burn backends were compiled in.
+//!
+//! burn 0.22 tensors carry no backend type parameter; the [`Device`] picks the backend when the
+//! program runs. The CPU backend (`flex`, pure Rust) is always available; `vulkan` and `cuda` exist
+//! when the crate is built with the cargo features of the same names.
+
+use burn::tensor::Device;
+use std::fmt;
+use std::str::FromStr;
+
+/// A device the user can ask for on the command line (`--device cpu|vulkan|cuda`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// burn's `flex` backend: multi-threaded pure-Rust CPU kernels.
+    #[default]
+    Cpu,
+    /// burn's wgpu backend pinned to Vulkan (cargo feature `vulkan`).
+    Vulkan,
+    /// burn's CUDA backend (cargo feature `cuda`).
+    Cuda,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" | "flex" => Ok(Self::Cpu),
+            "vulkan" | "gpu" => Ok(Self::Vulkan),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(format!("unknown device '{other}' (expected cpu, vulkan or cuda)")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Vulkan => "vulkan",
+            Self::Cuda => "cuda",
+        })
+    }
+}
+
+/// The backends this binary was compiled with, for error messages and `--help`.
+pub fn compiled_devices() -> Vec<DeviceChoice> {
+    let mut v = vec![DeviceChoice::Cpu];
+    if cfg!(feature = "vulkan") {
+        v.push(DeviceChoice::Vulkan);
+    }
+    if cfg!(feature = "cuda") {
+        v.push(DeviceChoice::Cuda);
+    }
+    v
+}
+
+/// Builds the burn [`Device`] for a choice, or explains which cargo feature is missing.
+pub fn select_device(choice: DeviceChoice) -> Result<Device, String> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::flex()),
+        DeviceChoice::Vulkan => {
+            #[cfg(feature = "vulkan")]
+            {
+                Ok(Device::vulkan(Default::default()))
+            }
+            #[cfg(not(feature = "vulkan"))]
+            {
+                Err("this rectok binary was built without the `vulkan` feature; rebuild with \
+                     `cargo build --release --features vulkan`"
+                    .into())
+            }
+        }
+        DeviceChoice::Cuda => {
+            #[cfg(feature = "cuda")]
+            {
+                Ok(Device::cuda(0))
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                Err("this rectok binary was built without the `cuda` feature; rebuild with \
+                     `cargo build --release --features cuda` (needs network access at build time)"
+                    .into())
+            }
+        }
+    }
+}
+
+/// Sets the number of CPU worker threads (rayon's global pool, which the flex backend and the
+/// data pipeline share). Must run before any tensor work; later calls are ignored.
+pub fn set_cpu_threads(threads: Option<usize>) {
+    if let Some(n) = threads.filter(|&n| n > 0) {
+        // An error only means the pool already exists; the first setting wins.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+}

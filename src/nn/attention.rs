@@ -1,0 +1,63 @@
+//! Multi-head self-attention with RoPE on queries and keys (the reference's `Attention` in
+//! `models/rectok.py` and `NormAttention` in `models/layers.py`; no q/k norm in either official
+//! configuration).
+//!
+//! `qkv: D → 3D` with output channels laid out `(3, heads, head_dim)`; scaled dot-product attention
+//! with scale `1/√head_dim`, no mask; heads concatenated back head-major; `proj: D → D`.
+
+use super::rope::RopeTable;
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::module::attention;
+
+/// Configuration of an [`Attention`] layer.
+#[derive(Config, Debug)]
+pub struct AttentionConfig {
+    /// Token width.
+    pub width: usize,
+    /// Number of heads.
+    pub heads: usize,
+}
+
+impl AttentionConfig {
+    /// Builds the layer (zero weights; load or initialise them afterwards).
+    pub fn init(&self, device: &Device) -> Attention {
+        assert!(self.width % self.heads == 0, "width {} is not a multiple of heads {}", self.width, self.heads);
+        let lin = |i, o| LinearConfig::new(i, o).with_initializer(Initializer::Zeros).init(device);
+        Attention { qkv: lin(self.width, 3 * self.width), proj: lin(self.width, self.width), num_heads: self.heads }
+    }
+}
+
+/// Self-attention with a fused qkv projection.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// `D → 3D`, output `[q | k | v]`, each head-major.
+    pub qkv: Linear,
+    /// `D → D`.
+    pub proj: Linear,
+    /// Number of heads.
+    pub num_heads: usize,
+}
+
+impl Attention {
+    /// Channels per head.
+    pub fn head_dim(&self) -> usize {
+        self.qkv.weight.dims()[0] / self.num_heads
+    }
+
+    /// `[B, L, D] → [B, L, D]`, rotating queries and keys with `rope` when given.
+    pub fn forward(&self, x: Tensor<3>, rope: Option<&RopeTable>) -> Tensor<3> {
+        let [b, l, d] = x.dims();
+        let h = self.num_heads;
+        let hd = d / h;
+        let qkv = self.qkv.forward(x).reshape([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+        let take = |i: usize| -> Tensor<4> { qkv.clone().narrow(0, i, 1).reshape([b, h, l, hd]) };
+        let (mut q, mut k, v) = (take(0), take(1), take(2));
+        if let Some(rope) = rope {
+            q = rope.apply(q);
+            k = rope.apply(k);
+        }
+        let o = attention(q, k, v, None, None, Default::default());
+        self.proj.forward(o.swap_dims(1, 2).reshape([b, l, d]))
+    }
+}

@@ -1,0 +1,45 @@
+//! SwiGLU feed-forward layer (`SwiGLUFFN` of the reference): `w3(silu(a) ⊙ b)` with
+//! `[a | b] = w12(x)` split in halves (the first half is the gate input).
+
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+
+/// Configuration of a [`SwiGlu`] layer.
+#[derive(Config, Debug)]
+pub struct SwiGluConfig {
+    /// Input and output width.
+    pub width: usize,
+    /// Hidden width (the reference uses `int(2/3 · 4 · width)`).
+    pub hidden: usize,
+}
+
+impl SwiGluConfig {
+    /// Builds the layer (zero weights; load or initialise them afterwards).
+    pub fn init(&self, device: &Device) -> SwiGlu {
+        SwiGlu {
+            w12: LinearConfig::new(self.width, 2 * self.hidden).with_initializer(Initializer::Zeros).init(device),
+            w3: LinearConfig::new(self.hidden, self.width).with_initializer(Initializer::Zeros).init(device),
+        }
+    }
+}
+
+/// `w12: D → 2H`, `w3: H → D`, both with bias.
+#[derive(Module, Debug)]
+pub struct SwiGlu {
+    /// Fused gate/value projection.
+    pub w12: Linear,
+    /// Output projection.
+    pub w3: Linear,
+}
+
+impl SwiGlu {
+    /// `[.., D] → [.., D]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let h = self.w12.forward(x);
+        let hidden = h.dims()[D - 1] / 2;
+        let a = h.clone().narrow(D - 1, 0, hidden);
+        let b = h.narrow(D - 1, hidden, hidden);
+        self.w3.forward(silu(a) * b)
+    }
+}

@@ -1,0 +1,170 @@
+//! Configuration of the RecTok tokenizer, with the reference's constructor defaults and named
+//! presets. Every size is a field, so any `SIZE_DICT` size, image size, patch size and channel
+//! count can be built.
+
+use crate::nn::VitSize;
+use burn::config::Config;
+
+/// Which semantic decoder predicts the teacher features (`sem_dec_type`).
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum SemDecoderKind {
+    /// Small ViT on the latent tokens (official).
+    Transformer,
+    /// Per-token `Linear(C, 4C) → GELU → Linear(4C, D)` (ablation).
+    Mlp,
+}
+
+/// What the semantic decoder sees (`sem_input_type`).
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum SemInput {
+    /// The flow-noised latents `z_τ` (official: flow semantic distillation).
+    Noisy,
+    /// The clean posterior sample (the prior approach, for ablations).
+    Clean,
+}
+
+/// Where the semantic loss is taken (`sem_target`).
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum SemTarget {
+    /// Cosine loss over all tokens: masked ones are feature reconstruction (RAD), visible ones
+    /// feature alignment (official `"rec+align"`; the historical `"align"` means the same).
+    RecAlign,
+    /// Loss over masked tokens only (`"reconstruction"`).
+    Reconstruction,
+}
+
+/// How the MAE mask ratio is chosen each iteration (`mask_ratio_type`).
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum MaskRatioType {
+    /// `max(0, U(mask_ratio_min, mask_ratio))`, one draw per iteration (official).
+    Random,
+    /// Always `mask_ratio`.
+    Fix,
+}
+
+/// Distribution of the forward-flow noise level τ (`noise_schedule`).
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum NoiseSchedule {
+    /// `τ = s·u / (1 + (s−1)·u)`, `u ~ U(0, 1)`, with the dimension-dependent shift `s` (official).
+    Shift,
+    /// `τ = sigmoid(n)`, `n ~ N(0, 1)`.
+    Lognorm,
+    /// `τ ~ U(0, 1)`.
+    Uniform,
+}
+
+/// Full configuration of a [`RecTok`](super::RecTok) model.
+///
+/// Defaults are those of the reference `RecTok.__init__` (`models/rectok.py`); `token_channels`,
+/// the sizes and the semantic decoder have no default so that every preset states them.
+#[derive(Config, Debug)]
+pub struct RecTokConfig {
+    /// Image side in pixels (square images).
+    #[config(default = 256)]
+    pub img_size: usize,
+    /// Patch side in pixels.
+    #[config(default = 16)]
+    pub patch_size: usize,
+    /// Latent channels per token `C` (the encoder emits `2C` moments).
+    pub token_channels: usize,
+    /// Encoder ViT size.
+    pub encoder: VitSize,
+    /// Pixel-decoder ViT size.
+    pub decoder: VitSize,
+    /// Semantic-decoder ViT size (`vit_sem_model_size`).
+    pub semantic: VitSize,
+    /// Semantic decoder kind.
+    #[config(default = "SemDecoderKind::Transformer")]
+    pub sem_decoder: SemDecoderKind,
+    /// Teacher feature width `D` the semantic decoder predicts; `None` builds no semantic decoder
+    /// (inference, stage 2).
+    #[config(default = "None")]
+    pub teacher_dim: Option<usize>,
+    /// Key of the teacher in the reference's `sem_decoders.<key>.*` state-dict entries.
+    #[config(default = "String::from(\"dinov3\")")]
+    pub teacher_key: String,
+    /// Semantic decoder input.
+    #[config(default = "SemInput::Noisy")]
+    pub sem_input: SemInput,
+    /// Semantic loss target.
+    #[config(default = "SemTarget::RecAlign")]
+    pub sem_target: SemTarget,
+    /// Upper end of the MAE mask ratio (or the fixed ratio).
+    #[config(default = 0.4)]
+    pub mask_ratio: f64,
+    /// Lower end of the random mask ratio draw (negative values make `r = 0` likely).
+    #[config(default = -0.1)]
+    pub mask_ratio_min: f64,
+    /// Random or fixed mask ratio.
+    #[config(default = "MaskRatioType::Random")]
+    pub mask_ratio_type: MaskRatioType,
+    /// Forward-flow noise scale γ (0 disables flow noise).
+    #[config(default = 1.0)]
+    pub gamma: f64,
+    /// Noise-level schedule.
+    #[config(default = "NoiseSchedule::Shift")]
+    pub noise_schedule: NoiseSchedule,
+    /// Latent scale factor used by `normalize_z` / `denormalize_z`.
+    #[config(default = 1.0)]
+    pub scale_factor: f64,
+}
+
+impl RecTokConfig {
+    /// The official tokenizer `rectok_BB`: 256 px, patch 16, 128 channels, ViT-B encoder and
+    /// decoder, tiny transformer semantic decoder.
+    ///
+    /// Training-only fields follow the run behind the released checkpoints (spec TRAINING.md §2.1,
+    /// "history"): teacher DINOv3 ViT-B/16 (`D = 768`) and mask ratio `max(0, U(−0.1, 0.6))`. The
+    /// HEAD training script instead uses ViT-L/16 (`D = 1024`) and 0.4; see
+    /// [`RecTokConfig::rectok_b_head_script`].
+    pub fn rectok_b() -> Self {
+        Self::new(
+            128,
+            VitSize::named("base").expect("base"),
+            VitSize::named("base").expect("base"),
+            VitSize::named("tiny").expect("tiny"),
+        )
+        .with_teacher_dim(Some(768))
+        .with_mask_ratio(0.6)
+    }
+
+    /// `rectok_BB` exactly as the HEAD training script configures it (DINOv3 ViT-L/16 teacher,
+    /// mask ratio up to 0.4).
+    pub fn rectok_b_head_script() -> Self {
+        Self::rectok_b().with_teacher_dim(Some(1024)).with_mask_ratio(0.4)
+    }
+
+    /// Token grid side (`img_size / patch_size`).
+    pub fn grid_size(&self) -> usize {
+        self.img_size / self.patch_size
+    }
+
+    /// Number of latent tokens `L`.
+    pub fn seq_len(&self) -> usize {
+        self.grid_size() * self.grid_size()
+    }
+
+    /// The dimension-dependent time shift `s = sqrt(h·w·C / 4096)` (spec TRAINING.md §0).
+    pub fn timestep_shift(&self) -> f64 {
+        crate::tokenizer::flow::dimension_shift(self.grid_size(), self.grid_size(), self.token_channels)
+    }
+
+    /// Checks the sizes for consistency, naming the first problem.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.patch_size == 0 || self.img_size % self.patch_size != 0 {
+            return Err(format!("img_size {} is not a multiple of patch_size {}", self.img_size, self.patch_size));
+        }
+        if self.token_channels == 0 {
+            return Err("token_channels must be positive".into());
+        }
+        for (name, size) in [("encoder", self.encoder), ("decoder", self.decoder), ("semantic", self.semantic)] {
+            if size.heads == 0 || size.width % size.heads != 0 {
+                return Err(format!("{name} width {} is not a multiple of its {} heads", size.width, size.heads));
+            }
+            if size.head_dim() % 4 != 0 {
+                return Err(format!("{name} head dim {} is not a multiple of 4 (2D RoPE)", size.head_dim()));
+            }
+        }
+        Ok(())
+    }
+}

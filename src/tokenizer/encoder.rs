@@ -1,0 +1,125 @@
+//! The RecTok ViT encoder (`Encoder` of the reference's `models/rectok.py`; paper §3.1).
+//!
+//! `(B, 3, H, W)` in [-1, 1] → patchify (conv p×p, stride p) → `+ positional_embedding` →
+//! optional MAE masking → `ln_pre` → blocks with 2D RoPE → `ln_post` → `latent_head` →
+//! moments `(B, L_visible, 2C)`.
+
+use super::masking::MaskIds;
+use crate::nn::rope::tokenizer as rope;
+use crate::nn::{TransformerBlock, TransformerBlockConfig, VitSize, block::RMS_EPS};
+use crate::trace::Trace;
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::prelude::*;
+
+/// Configuration of an [`Encoder`].
+#[derive(Config, Debug)]
+pub struct EncoderConfig {
+    /// Image side.
+    pub img_size: usize,
+    /// Patch side.
+    pub patch_size: usize,
+    /// ViT size.
+    pub size: VitSize,
+    /// Latent channels `C` (the head emits `2C`).
+    pub token_channels: usize,
+}
+
+impl EncoderConfig {
+    /// Builds the encoder with zero weights (load or initialise them afterwards).
+    pub fn init(&self, device: &Device) -> Encoder {
+        let w = self.size.width;
+        let grid = self.img_size / self.patch_size;
+        Encoder {
+            patch_embed: Conv2dConfig::new([3, w], [self.patch_size, self.patch_size])
+                .with_stride([self.patch_size, self.patch_size])
+                .with_initializer(Initializer::Zeros)
+                .init(device),
+            positional_embedding: Param::from_tensor(Tensor::zeros([1, grid * grid, w], device)),
+            ln_pre: RmsNormConfig::new(w).with_epsilon(RMS_EPS).init(device),
+            transformer: (0..self.size.layers)
+                .map(|_| TransformerBlockConfig::new(w, self.size.heads).init(device))
+                .collect(),
+            ln_post: RmsNormConfig::new(w).with_epsilon(RMS_EPS).init(device),
+            latent_head: LinearConfig::new(w, 2 * self.token_channels)
+                .with_initializer(Initializer::Zeros)
+                .init(device),
+            grid_size: grid,
+            patch_size: self.patch_size,
+        }
+    }
+}
+
+/// ViT encoder producing posterior moments per visible token.
+#[derive(Module, Debug)]
+pub struct Encoder {
+    /// Patch embedding conv (`patch_embed.0` in the reference's `nn.Sequential`).
+    pub patch_embed: Conv2d,
+    /// Learned positions `(1, L, W)`.
+    pub positional_embedding: Param<Tensor<3>>,
+    /// RMSNorm before the blocks.
+    pub ln_pre: RmsNorm,
+    /// Transformer blocks.
+    pub transformer: Vec<TransformerBlock>,
+    /// RMSNorm after the blocks.
+    pub ln_post: RmsNorm,
+    /// `W → 2C` moments head.
+    pub latent_head: Linear,
+    /// Token grid side.
+    pub grid_size: usize,
+    /// Patch side.
+    pub patch_size: usize,
+}
+
+impl Encoder {
+    /// Moments `(B, L_visible, 2C)`; `mask` (training) keeps only its visible tokens.
+    pub fn forward(&self, x: Tensor<4>, mask: Option<&MaskIds>) -> Tensor<3> {
+        self.forward_traced(x, mask, &mut Trace::off())
+    }
+
+    /// [`Encoder::forward`] recording `patch_embed`, `ln_pre`, `transformer.{i}` and `ln_post`.
+    pub fn forward_traced(&self, x: Tensor<4>, mask: Option<&MaskIds>, trace: &mut Trace) -> Tensor<3> {
+        let device = x.device();
+        let tokens = self.patchify(x);
+        trace.record("patch_embed", &tokens);
+        let mut h = tokens + self.positional_embedding.val();
+        let head_dim = self.transformer.first().map(|b| b.attn.head_dim()).unwrap_or(4);
+        let mut table = rope::table(head_dim, self.grid_size, self.grid_size, &device);
+        if let Some(mask) = mask {
+            h = mask.keep_tokens(h);
+            table = table.gather_rows(&mask.ids_keep);
+        }
+        h = self.ln_pre.forward(h);
+        trace.record("ln_pre", &h);
+        for (i, block) in self.transformer.iter().enumerate() {
+            h = block.forward(h, Some(&table));
+            if trace.enabled() {
+                trace.record(&format!("transformer.{i}"), &h);
+            }
+        }
+        h = self.ln_post.forward(h);
+        trace.record("ln_post", &h);
+        self.latent_head.forward(h)
+    }
+
+    /// Conv with kernel = stride = patch, computed as one matmul over flattened patches:
+    /// `(B, 3, H, W) → (B, L, W)`, tokens row-major.
+    pub fn patchify(&self, x: Tensor<4>) -> Tensor<3> {
+        let [b, c, hh, ww] = x.dims();
+        let p = self.patch_size;
+        let (gh, gw) = (hh / p, ww / p);
+        let weight = self.patch_embed.weight.val();
+        let width = weight.dims()[0];
+        let patches = x
+            .reshape([b, c, gh, p, gw, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b * gh * gw, c * p * p]);
+        let w2 = weight.reshape([width, c * p * p]);
+        let mut out = patches.matmul(w2.transpose());
+        if let Some(bias) = &self.patch_embed.bias {
+            out = out + bias.val().unsqueeze_dim(0);
+        }
+        out.reshape([b, gh * gw, width])
+    }
+}

@@ -1,0 +1,48 @@
+//! Optional capture of intermediate activations, named like the reference's submodules.
+//!
+//! The golden cases of the reference compare intermediate outputs (`out.dbg.<submodule>`) to help
+//! locate a mismatch. Model `forward_traced` methods record into a [`Trace`]; the plain `forward`
+//! passes a disabled one, which costs nothing.
+
+use burn::tensor::{Tensor, TensorData};
+
+/// A list of `(name, value)` activations, or nothing when disabled.
+#[derive(Default)]
+pub struct Trace {
+    entries: Option<Vec<(String, TensorData)>>,
+    prefix: String,
+}
+
+impl Trace {
+    /// A trace that records nothing.
+    pub fn off() -> Self {
+        Self { entries: None, prefix: String::new() }
+    }
+
+    /// A trace that records every activation it is given.
+    pub fn on() -> Self {
+        Self { entries: Some(Vec::new()), prefix: String::new() }
+    }
+
+    /// Whether recording is enabled.
+    pub fn enabled(&self) -> bool {
+        self.entries.is_some()
+    }
+
+    /// Prefix prepended to the names recorded from now on (e.g. `"encoder."`).
+    pub fn set_prefix(&mut self, prefix: &str) {
+        self.prefix = prefix.to_string();
+    }
+
+    /// Records `value` under `name` if enabled.
+    pub fn record<const D: usize>(&mut self, name: &str, value: &Tensor<D>) {
+        if let Some(entries) = self.entries.as_mut() {
+            entries.push((format!("{}{}", self.prefix, name), value.to_data()));
+        }
+    }
+
+    /// The recorded activations.
+    pub fn into_entries(self) -> Vec<(String, TensorData)> {
+        self.entries.unwrap_or_default()
+    }
+}

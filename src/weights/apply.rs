@@ -1,0 +1,149 @@
+//! Applying a [`StateDict`] to a burn module by name, with clear reports of what did not fit.
+
+use super::{StateDict, WeightsError};
+use burn::store::burn_pack::Tensor as PackTensor;
+use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Bidirectional prefix renames between reference state-dict keys and module paths (with
+/// PyTorch parameter names: `weight`, not `gamma`). Keys matching no rule are the same in both.
+#[derive(Clone, Debug, Default)]
+pub struct KeyMap {
+    rules: Vec<(String, String)>,
+}
+
+impl KeyMap {
+    /// An identity map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a rule: keys starting with `reference` correspond to paths starting with `module`.
+    pub fn prefix(mut self, reference: impl Into<String>, module: impl Into<String>) -> Self {
+        self.rules.push((reference.into(), module.into()));
+        self
+    }
+
+    /// Adds the rules of `inner` under a reference prefix and a module prefix.
+    pub fn nest(mut self, reference: &str, module: &str, inner: &KeyMap) -> Self {
+        for (r, m) in &inner.rules {
+            self.rules.push((format!("{reference}{r}"), format!("{module}{m}")));
+        }
+        self
+    }
+
+    fn rewrite(&self, key: &str, forward: bool) -> String {
+        let best = self
+            .rules
+            .iter()
+            .map(|(r, m)| if forward { (r, m) } else { (m, r) })
+            .filter(|(from, _)| key.starts_with(from.as_str()))
+            .max_by_key(|(from, _)| from.len());
+        match best {
+            Some((from, to)) => format!("{to}{}", &key[from.len()..]),
+            None => key.to_string(),
+        }
+    }
+
+    /// Reference key → module path.
+    pub fn to_module(&self, key: &str) -> String {
+        self.rewrite(key, true)
+    }
+
+    /// Module path → reference key.
+    pub fn to_reference(&self, path: &str) -> String {
+        self.rewrite(path, false)
+    }
+}
+
+/// What a load did, for logs.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    /// Tensors written into the module.
+    pub applied: usize,
+    /// Optional module tensors the file did not have (e.g. the semantic decoder).
+    pub missing_optional: Vec<String>,
+    /// File tensors the module has no place for (reference names), ignored as the reference's
+    /// non-strict loader does.
+    pub unused: Vec<String>,
+    /// File tensors skipped on purpose (teacher copies, other teachers' decoders).
+    pub ignored: usize,
+}
+
+/// The module's tensors as the reference would name and shape them.
+pub fn reference_view<M: ModuleSnapshot>(module: &M, map: &KeyMap) -> BTreeMap<String, Vec<usize>> {
+    module
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
+        .into_iter()
+        .map(|t| (map.to_reference(&t.name), t.shape.to_vec()))
+        .collect()
+}
+
+/// Loads `sd` into `module`.
+///
+/// * keys starting with one of `ignore` are skipped silently;
+/// * module tensors under one of `optional` (module paths) may be absent;
+/// * any other absent tensor is an error naming the first one, and a shape mismatch is an error
+///   naming the key and both shapes; extra file tensors are reported in [`LoadReport::unused`].
+pub fn load_into<M: ModuleSnapshot>(
+    module: &mut M,
+    sd: &StateDict,
+    map: &KeyMap,
+    optional: &[&str],
+    ignore: &[&str],
+    hint: &str,
+) -> Result<LoadReport, WeightsError> {
+    let expected = reference_view(module, map);
+    let mut report = LoadReport::default();
+    let mut tensors: Vec<PackTensor> = Vec::new();
+    let mut provided = BTreeSet::new();
+    for (key, tensor) in &sd.tensors {
+        if ignore.iter().any(|p| key.starts_with(p)) {
+            report.ignored += 1;
+            continue;
+        }
+        match expected.get(key) {
+            Some(shape) => {
+                if &tensor.shape.to_vec() != shape {
+                    return Err(WeightsError::Shape {
+                        path: sd.path.clone(),
+                        key: key.clone(),
+                        found: tensor.shape.to_vec(),
+                        expected: shape.clone(),
+                    });
+                }
+                let mut t = tensor.clone();
+                t.name = map.to_module(key);
+                tensors.push(t);
+                provided.insert(key.clone());
+            }
+            None => report.unused.push(key.clone()),
+        }
+    }
+    let mut missing = Vec::new();
+    for key in expected.keys() {
+        if provided.contains(key) {
+            continue;
+        }
+        let path = map.to_module(key);
+        if optional.iter().any(|p| path.starts_with(p)) {
+            report.missing_optional.push(key.clone());
+        } else {
+            missing.push(key.clone());
+        }
+    }
+    if let Some(first) = missing.first() {
+        return Err(WeightsError::MissingKey {
+            path: sd.path.clone(),
+            key: first.clone(),
+            count: missing.len(),
+            hint: hint.to_string(),
+        });
+    }
+    let result = module.apply(tensors, None, Some(Box::new(PyTorchToBurnAdapter)), true);
+    if let Some(err) = result.errors.first() {
+        return Err(WeightsError::Invalid { path: sd.path.clone(), message: err.to_string() });
+    }
+    report.applied = result.applied.len();
+    Ok(report)
+}
