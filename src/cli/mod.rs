@@ -1,6 +1,85 @@
-//! Command-line interface.
+//! The `rectok` command line: one file per subcommand; this file only parses and dispatches.
 
-/// Runs the CLI and returns the process exit code.
+mod bench;
+mod common;
+mod convert;
+mod decode;
+mod encode;
+mod reconstruct;
+
+use clap::{Parser, Subcommand};
+
+/// RecTok: a visual tokenizer for latent diffusion (CVPR 2026), in Rust on burn.
+#[derive(Parser, Debug)]
+#[command(name = "rectok", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). `RUST_LOG` overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Encode images into latents (one [C, H, W] tensor per image in a safetensors file).
+    Encode(encode::Args),
+    /// Decode latents from a safetensors file into PNG images.
+    Decode(decode::Args),
+    /// Encode and decode images, write the reconstructions and print PSNR / SSIM.
+    Reconstruct(reconstruct::Args),
+    /// Convert an official PyTorch checkpoint into a self-describing safetensors file.
+    Convert(convert::Args),
+    /// Time the networks with random weights.
+    #[command(subcommand)]
+    Bench(bench::Which),
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// Parses the command line, runs the command and returns the process exit code: 0 on success,
+/// 1 on an error (printed as one line), 2 on a usage error.
 pub fn run() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging(cli.verbose, cli.quiet);
+    let result = match cli.command {
+        Command::Encode(a) => encode::run(a),
+        Command::Decode(a) => decode::run(a),
+        Command::Reconstruct(a) => reconstruct::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Bench(w) => bench::run(w),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            eprintln!("error: {msg}");
+            1
+        }
+    }
 }

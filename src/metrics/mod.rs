@@ -1,1 +1,5 @@
-//! placeholder
+//! Evaluation metrics.
+
+pub mod psnr_ssim;
+
+pub use psnr_ssim::{psnr, ssim};

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod block;
+pub mod init;
 pub mod rope;
 pub mod swiglu;
 

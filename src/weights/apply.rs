@@ -59,6 +59,8 @@ impl KeyMap {
 /// What a load did, for logs.
 #[derive(Clone, Debug, Default)]
 pub struct LoadReport {
+    /// The checkpoint entry read (`model_ema`, `model`, or empty for a bare state dict).
+    pub entry: String,
     /// Tensors written into the module.
     pub applied: usize,
     /// Optional module tensors the file did not have (e.g. the semantic decoder).
@@ -94,7 +96,7 @@ pub fn load_into<M: ModuleSnapshot>(
     hint: &str,
 ) -> Result<LoadReport, WeightsError> {
     let expected = reference_view(module, map);
-    let mut report = LoadReport::default();
+    let mut report = LoadReport { entry: sd.entry.clone(), ..Default::default() };
     let mut tensors: Vec<PackTensor> = Vec::new();
     let mut provided = BTreeSet::new();
     for (key, tensor) in &sd.tensors {

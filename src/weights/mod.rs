@@ -14,7 +14,7 @@ mod state_dict;
 pub mod tokenizer;
 
 pub use apply::{KeyMap, LoadReport, load_into};
-pub use export::{write_safetensors, write_safetensors_from_module};
+pub use export::{write_atomic, write_safetensors, write_safetensors_from_module};
 pub use state_dict::{CheckpointEntry, StateDict};
 
 use std::path::PathBuf;

@@ -214,3 +214,36 @@ pub fn save_tokenizer(model: &RecTok, path: &Path) -> anyhow::Result<()> {
     let meta = tokenizer_metadata(&model.config, model.stats.as_ref());
     super::write_safetensors_from_module(model, &map, path, meta)
 }
+
+/// Reads latent statistics: a safetensors file with `mean` and `std` tensors (`C` values each, or
+/// one value for global statistics), as written by `rectok stats`.
+pub fn load_latent_stats(path: &Path) -> Result<LatentStats, WeightsError> {
+    let sd = StateDict::open(path, CheckpointEntry::Auto)?;
+    let get = |k: &str| -> Result<Vec<f32>, WeightsError> {
+        if !sd.contains(k) {
+            return Err(WeightsError::MissingKey {
+                path: path.into(),
+                key: k.into(),
+                count: 1,
+                hint: " — latent statistics files hold `mean` and `std`".into(),
+            });
+        }
+        sd.read_f32(k)
+    };
+    Ok(LatentStats { mean: get("mean")?, std: get("std")? })
+}
+
+/// Writes latent statistics as a safetensors file with `mean` and `std`.
+pub fn save_latent_stats(stats: &LatentStats, path: &Path) -> anyhow::Result<()> {
+    let n = stats.mean.len();
+    let mut meta = HashMap::new();
+    meta.insert(META_KIND.to_string(), "latent_stats".to_string());
+    super::write_safetensors(
+        path,
+        vec![
+            ("mean".into(), burn::tensor::TensorData::new(stats.mean.clone(), [n])),
+            ("std".into(), burn::tensor::TensorData::new(stats.std.clone(), [n])),
+        ],
+        meta,
+    )
+}

@@ -1,0 +1,115 @@
+//! `rectok bench`: throughput of the networks with random weights, as ratios to the reference
+//! PyTorch implementation timed on the same machine.
+
+use crate::device::DeviceChoice;
+use crate::nn::init::{TokenizerInit, initialize};
+use crate::rng::Rng;
+use crate::tokenizer::RecTokConfig;
+use anyhow::{Context, Result, anyhow};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What to benchmark.
+#[derive(clap::Subcommand, Debug)]
+pub enum Which {
+    /// Encode and decode of rectok_b at 256 px.
+    Tokenizer(TokenizerBench),
+}
+
+/// Options of `rectok bench tokenizer`.
+#[derive(clap::Args, Debug)]
+pub struct TokenizerBench {
+    /// Batch sizes to time.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batch_sizes: Vec<usize>,
+    /// Timed repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Reference timings (JSON written by benches/reference_tokenizer.py on the same machine):
+    /// `{"encode": {"1": s_per_image, ...}, "decode": {...}}`. Default: the figures measured on the
+    /// 2-core development machine with PyTorch 2.15 (fp32, 2 threads).
+    #[arg(long, value_name = "JSON")]
+    reference: Option<PathBuf>,
+    /// Compute device.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// CPU threads.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Reference seconds per image for `(op, batch)`.
+fn reference_time(reference: &Option<serde_json::Value>, op: &str, batch: usize) -> Option<f64> {
+    match reference {
+        Some(r) => r[op][batch.to_string()].as_f64(),
+        None => match (op, batch) {
+            ("encode", 1) => Some(0.31),
+            ("decode", 1) => Some(0.31),
+            ("encode", 8) => Some(0.35),
+            ("decode", 8) => Some(0.43),
+            _ => None,
+        },
+    }
+}
+
+fn run_tokenizer(args: TokenizerBench) -> Result<()> {
+    crate::device::set_cpu_threads(args.threads);
+    let device = crate::device::select_device(args.device).map_err(|e| anyhow!(e))?;
+    let reference: Option<serde_json::Value> = args
+        .reference
+        .as_ref()
+        .map(|p| -> Result<_> {
+            let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))
+        })
+        .transpose()?;
+    let config = RecTokConfig::rectok_b().with_teacher_dim(None);
+    let mut rng = Rng::seed_from(0);
+    let model = initialize(config.init(&device), &TokenizerInit, &mut rng);
+    println!(
+        "rectok_b tokenizer, {} parameters, device {}, {} CPU threads",
+        model.num_inference_params(),
+        args.device,
+        rayon::current_num_threads()
+    );
+    println!("{:<8} {:>6} {:>12} {:>10} {:>14} {:>10}", "op", "batch", "s/image", "images/s", "reference s/im", "ratio");
+    let (s, c, g) = (config.img_size, config.token_channels, config.grid_size());
+    for &b in &args.batch_sizes {
+        let x = rng.uniform_tensor([b, 3, s, s], &device) * 2.0 - 1.0;
+        let z = rng.normal_tensor([b, g * g, c], &device);
+        let time = |f: &dyn Fn()| -> f64 {
+            f(); // warm-up
+            median((0..args.iters.max(1)).map(|_| { let t = Instant::now(); f(); t.elapsed().as_secs_f64() }).collect())
+        };
+        let enc = time(&|| {
+            let m = model.posterior(x.clone()).mean;
+            let _ = m.into_data();
+        }) / b as f64;
+        let dec = time(&|| {
+            let img = model.decoder.forward(z.clone(), None);
+            let _ = img.into_data();
+        }) / b as f64;
+        for (op, t) in [("encode", enc), ("decode", dec)] {
+            let r = reference_time(&reference, op, b);
+            println!(
+                "{op:<8} {b:>6} {t:>12.4} {:>10.2} {:>14} {:>10}",
+                1.0 / t,
+                r.map(|r| format!("{r:.3}")).unwrap_or("-".into()),
+                r.map(|r| format!("{:.2}x", r / t)).unwrap_or("-".into()),
+            );
+        }
+    }
+    println!("ratio = reference time / our time (> 1: faster than the reference)");
+    Ok(())
+}
+
+pub fn run(which: Which) -> Result<()> {
+    match which {
+        Which::Tokenizer(a) => run_tokenizer(a),
+    }
+}

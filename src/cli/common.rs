@@ -1,0 +1,178 @@
+//! Options and helpers shared by several subcommands.
+
+use crate::data::transforms::{center_crop_arr, images_to_tensor};
+use crate::data::{ImageSource, list_images, load_rgb8};
+use crate::device::{DeviceChoice, select_device, set_cpu_threads};
+use crate::tokenizer::{RecTok, RecTokConfig};
+use crate::weights::CheckpointEntry;
+use crate::weights::tokenizer::{TokenizerLoadOptions, load_latent_stats, load_tokenizer};
+use anyhow::{Context, Result, anyhow};
+use burn::prelude::*;
+use image::RgbImage;
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// `--device` / `--threads`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Compute device: cpu (always available), vulkan or cuda (when built with those features).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// CPU worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl DeviceArgs {
+    /// Configures threads and returns the device.
+    pub fn device(&self) -> Result<Device> {
+        set_cpu_threads(self.threads);
+        select_device(self.device).map_err(|e| anyhow!(e))
+    }
+}
+
+/// `--tokenizer` and how to read it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TokenizerArgs {
+    /// Tokenizer checkpoint: official RecTok.pth / RecTok_decft.pth, or safetensors.
+    #[arg(long, value_name = "CKPT")]
+    pub tokenizer: PathBuf,
+    /// Checkpoint entry: auto (model_ema, else model, else bare state dict), ema or model.
+    #[arg(long, default_value = "auto")]
+    pub entry: CheckpointEntry,
+    /// Latent statistics (safetensors with `mean` and `std`), overriding those in the checkpoint.
+    #[arg(long, value_name = "FILE")]
+    pub latent_stats: Option<PathBuf>,
+    /// Model configuration: a preset name (rectok_b) or a JSON file; default: from the file.
+    #[arg(long, value_name = "PRESET|JSON")]
+    pub config: Option<String>,
+}
+
+/// Resolves `--config`.
+pub fn parse_config(spec: &str) -> Result<RecTokConfig> {
+    match spec {
+        "rectok_b" | "rectok-b" => Ok(RecTokConfig::rectok_b()),
+        path => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("{path}: not a preset name (rectok_b) nor a readable JSON file"))?;
+            serde_json::from_str(&text).with_context(|| format!("{path}: invalid tokenizer configuration"))
+        }
+    }
+}
+
+impl TokenizerArgs {
+    /// Loads the tokenizer (encoder + decoder only) and its statistics.
+    pub fn load(&self, device: &Device) -> Result<RecTok> {
+        let options = TokenizerLoadOptions {
+            entry: self.entry,
+            config: self.config.as_deref().map(parse_config).transpose()?,
+            without_semantic: true,
+        };
+        let t = std::time::Instant::now();
+        let (mut model, report) = load_tokenizer(&self.tokenizer, &options, device)?;
+        tracing::info!(
+            "loaded tokenizer {} ({} tensors{}, {:.1}M parameters) in {:.1}s",
+            self.tokenizer.display(),
+            report.applied,
+            if report.ignored > 0 { format!(", {} training-only tensors ignored", report.ignored) } else { String::new() },
+            model.num_inference_params() as f64 / 1e6,
+            t.elapsed().as_secs_f64()
+        );
+        if !report.unused.is_empty() {
+            tracing::warn!(
+                "{}: {} tensors not used by the model (first: {})",
+                self.tokenizer.display(),
+                report.unused.len(),
+                report.unused[0]
+            );
+        }
+        if let Some(path) = &self.latent_stats {
+            let stats = load_latent_stats(path)?;
+            stats
+                .validate(model.token_channels())
+                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            model.stats = Some(stats);
+        }
+        Ok(model)
+    }
+}
+
+/// Images to process, after listing and reporting non-image files.
+pub struct InputImages {
+    /// Image files.
+    pub sources: Vec<ImageSource>,
+    /// Non-image files found in folders (skipped).
+    pub skipped_non_images: Vec<PathBuf>,
+}
+
+/// Lists `input`, warning about non-image files.
+pub fn input_images(input: &Path) -> Result<InputImages> {
+    let (sources, others) = list_images(input)?;
+    for p in &others {
+        tracing::warn!("{}: not an image file, skipped", p.display());
+    }
+    if sources.is_empty() {
+        return Err(anyhow!("{}: no images found (looked for .png, .jpg, .jpeg, .webp)", input.display()));
+    }
+    Ok(InputImages { sources, skipped_non_images: others })
+}
+
+/// A decoded, preprocessed batch: names, the [-1, 1] tensor and the 8-bit crops.
+pub struct Batch {
+    /// Output names.
+    pub names: Vec<String>,
+    /// `(B, 3, S, S)` in [-1, 1].
+    pub tensor: Tensor<4>,
+}
+
+/// Loads and center-crops a batch on the worker threads. Unreadable images are skipped with a
+/// warning when `skip_bad` (folder input), else they are errors.
+pub fn load_batch(sources: &[ImageSource], size: usize, skip_bad: bool, skipped: &mut Vec<PathBuf>, device: &Device) -> Result<Option<Batch>> {
+    let loaded: Vec<(usize, Result<RgbImage>)> = sources
+        .par_iter()
+        .enumerate()
+        .map(|(i, s)| (i, load_rgb8(&s.path).map(|img| center_crop_arr(&img, size))))
+        .collect();
+    let mut names = Vec::new();
+    let mut images = Vec::new();
+    for (i, r) in loaded {
+        match r {
+            Ok(img) => {
+                names.push(sources[i].name.clone());
+                images.push(img);
+            }
+            Err(e) if skip_bad => {
+                tracing::warn!("{e:#}; skipped");
+                skipped.push(sources[i].path.clone());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if images.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Batch { names, tensor: images_to_tensor(&images, device) }))
+}
+
+/// A progress bar over `n` items (drawn only on a terminal).
+pub fn progress(n: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(n as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// The summary line about skipped files.
+pub fn report_skipped(non_images: &[PathBuf], unreadable: &[PathBuf]) {
+    if !non_images.is_empty() || !unreadable.is_empty() {
+        tracing::warn!(
+            "skipped {} non-image file(s) and {} unreadable image(s)",
+            non_images.len(),
+            unreadable.len()
+        );
+    }
+}

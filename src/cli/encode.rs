@@ -1,0 +1,92 @@
+//! `rectok encode`: images → latents.
+
+use super::common::{DeviceArgs, TokenizerArgs, input_images, load_batch, progress, report_skipped};
+use crate::rng::Rng;
+use crate::weights::write_safetensors;
+use anyhow::{Result, bail};
+use burn::prelude::*;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Encode images into latents.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    tokenizer: TokenizerArgs,
+    /// An image file or a folder of images (searched recursively).
+    #[arg(long, short)]
+    input: PathBuf,
+    /// Output safetensors file: one f32 [C, H, W] tensor per image, named by the file stem.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Store a posterior sample (mean + std·ε) instead of the posterior mean.
+    #[arg(long)]
+    sample: bool,
+    /// Seed for --sample.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Store raw latents even when the tokenizer carries latent statistics.
+    #[arg(long)]
+    raw: bool,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let device = args.device.device()?;
+    let inputs = input_images(&args.input)?;
+    let model = args.tokenizer.load(&device)?;
+    let normalize = model.stats.is_some() && !args.raw;
+    if model.stats.is_none() && !args.raw {
+        tracing::info!("the tokenizer carries no latent statistics: writing raw (un-normalised) latents");
+    }
+    let size = model.config.img_size;
+    let folder = args.input.is_dir();
+    let mut rng = Rng::seed_from(args.seed);
+    let mut unreadable = Vec::new();
+    let mut out: Vec<(String, TensorData)> = Vec::new();
+    let pb = progress(inputs.sources.len(), "encode");
+    for chunk in inputs.sources.chunks(args.batch_size) {
+        let Some(batch) = load_batch(chunk, size, folder, &mut unreadable, &device)? else {
+            pb.inc(chunk.len() as u64);
+            continue;
+        };
+        let b = batch.names.len();
+        let posterior = model.posterior(batch.tensor);
+        let z = if args.sample {
+            let eps = rng.normal_tensor([b, model.config.seq_len(), model.token_channels()], &device);
+            posterior.sample(eps)
+        } else {
+            posterior.mode()
+        };
+        let z = if normalize { model.normalize_z(z) } else { z };
+        let grid = model.tokens_to_grid(z);
+        let [_, c, h, w] = grid.dims();
+        let values: Vec<f32> = grid.into_data().try_into_vec_as::<f32>().expect("f32 latents");
+        for (i, name) in batch.names.into_iter().enumerate() {
+            let one = values[i * c * h * w..(i + 1) * c * h * w].to_vec();
+            out.push((name, TensorData::new(one, [c, h, w])));
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    if out.is_empty() {
+        bail!("{}: none of the images could be read", args.input.display());
+    }
+    let mut meta = HashMap::new();
+    meta.insert("rectok.kind".to_string(), "latents".to_string());
+    meta.insert("rectok.normalized".to_string(), normalize.to_string());
+    meta.insert("rectok.posterior".to_string(), if args.sample { "sample" } else { "mean" }.to_string());
+    meta.insert("rectok.tokenizer".to_string(), args.tokenizer.tokenizer.display().to_string());
+    let n = out.len();
+    write_safetensors(&args.output, out, meta)?;
+    report_skipped(&inputs.skipped_non_images, &unreadable);
+    tracing::info!("wrote {n} latents to {}", args.output.display());
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Finding image files and decoding them to RGB.
+
+use anyhow::{Context, Result, bail};
+use image::RgbImage;
+use std::path::{Path, PathBuf};
+
+/// Extensions treated as images when scanning folders.
+pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "JPEG", "JPG", "PNG", "WEBP"];
+
+/// An image file and the name its outputs get (relative path without extension).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSource {
+    /// The file.
+    pub path: PathBuf,
+    /// Output name: the file stem, or `sub/dir/stem` for files in subfolders.
+    pub name: String,
+}
+
+/// Lists the images named by `input`: the file itself, or every image under a folder
+/// (recursively, sorted). Files in a folder that are not images by extension are returned in the
+/// second list, for the caller to report.
+pub fn list_images(input: &Path) -> Result<(Vec<ImageSource>, Vec<PathBuf>)> {
+    if !input.exists() {
+        bail!("{}: no such file or folder", input.display());
+    }
+    if input.is_file() {
+        let name = input.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        return Ok((vec![ImageSource { path: input.to_path_buf(), name }], vec![]));
+    }
+    let mut images = Vec::new();
+    let mut others = Vec::new();
+    let mut stack = vec![input.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("{}: cannot list folder", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_string_lossy().as_ref())) {
+                let rel = p.strip_prefix(input).unwrap_or(&p).with_extension("");
+                let name = rel.components().map(|c| c.as_os_str().to_string_lossy().to_string()).collect::<Vec<_>>().join("/");
+                images.push(ImageSource { path: p, name });
+            } else if p.file_name().is_some_and(|n| !n.to_string_lossy().starts_with('.')) {
+                others.push(p);
+            }
+        }
+    }
+    images.sort_by(|a, b| a.name.cmp(&b.name).then(a.path.cmp(&b.path)));
+    for pair in images.windows(2) {
+        if pair[0].name == pair[1].name {
+            bail!(
+                "{} and {} would both be named `{}`; rename one of them",
+                pair[0].path.display(),
+                pair[1].path.display(),
+                pair[0].name
+            );
+        }
+    }
+    Ok((images, others))
+}
+
+/// Decodes an image file (PNG, JPEG, WebP) to 8-bit RGB (alpha dropped, grey replicated, as
+/// Pillow's `convert("RGB")`).
+pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
+    let reader = image::ImageReader::open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let img = reader.decode().map_err(|e| anyhow::anyhow!("{}: not a readable image ({e})", path.display()))?;
+    Ok(img.to_rgb8())
+}
