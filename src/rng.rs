@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Rng {
     s: [u64; 4],
-    spare_normal: Option<f64>,
+    /// Second Box–Muller value, as f64 bits (exact through any serialisation).
+    spare_normal: Option<u64>,
 }
 
 fn splitmix64(state: &mut u64) -> u64 {
@@ -74,8 +75,8 @@ impl Rng {
 
     /// Standard normal N(0, 1).
     pub fn normal(&mut self) -> f64 {
-        if let Some(z) = self.spare_normal.take() {
-            return z;
+        if let Some(bits) = self.spare_normal.take() {
+            return f64::from_bits(bits);
         }
         loop {
             let u1 = self.uniform();
@@ -85,7 +86,7 @@ impl Rng {
             let u2 = self.uniform();
             let r = (-2.0 * u1.ln()).sqrt();
             let theta = 2.0 * std::f64::consts::PI * u2;
-            self.spare_normal = Some(r * theta.sin());
+            self.spare_normal = Some((r * theta.sin()).to_bits());
             return r * theta.cos();
         }
     }

@@ -55,7 +55,7 @@ pub fn parse_config(spec: &str) -> Result<RecTokConfig> {
         "rectok_b" | "rectok-b" => Ok(RecTokConfig::rectok_b()),
         path => {
             let text = std::fs::read_to_string(path).with_context(|| format!("{path}: not a preset name (rectok_b) nor a readable JSON file"))?;
-            serde_json::from_str(&text).with_context(|| format!("{path}: invalid tokenizer configuration"))
+            RecTokConfig::from_json(&text).map_err(|e| anyhow!("{path}: invalid tokenizer configuration: {e}"))
         }
     }
 }

@@ -64,11 +64,57 @@ pub fn list_images(input: &Path) -> Result<(Vec<ImageSource>, Vec<PathBuf>)> {
 
 /// Decodes an image file (PNG, JPEG, WebP) to 8-bit RGB (alpha dropped, grey replicated, as
 /// Pillow's `convert("RGB")`).
+///
+/// JPEGs go through libjpeg-turbo's decoder (islow IDCT, fancy upsampling), the one Pillow uses,
+/// so decoded pixels are identical to the reference's; other formats through the `image` crate.
 pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
-    let reader = image::ImageReader::open(path)
-        .with_context(|| format!("{}: cannot open", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let img = reader.decode().map_err(|e| anyhow::anyhow!("{}: not a readable image ({e})", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    decode_rgb8(&bytes).map_err(|e| anyhow::anyhow!("{}: not a readable image ({e})", path.display()))
+}
+
+/// Decodes image bytes to 8-bit RGB (see [`load_rgb8`]).
+pub fn decode_rgb8(bytes: &[u8]) -> Result<RgbImage> {
+    let format = image::guess_format(bytes).map_err(|_| anyhow::anyhow!("unknown image format"))?;
+    if format == image::ImageFormat::Jpeg
+        && let Some(img) = decode_jpeg_libjpeg(bytes)?
+    {
+        return Ok(img);
+    }
+    let img = image::load_from_memory_with_format(bytes, format).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(img.to_rgb8())
+}
+
+/// libjpeg decode to RGB; `Ok(None)` for colour spaces libjpeg cannot convert to RGB (CMYK).
+fn decode_jpeg_libjpeg(bytes: &[u8]) -> Result<Option<RgbImage>> {
+    // libjpeg pads a truncated stream with grey and only warns; Pillow refuses such files.
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    if !tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+        bail!("truncated JPEG (no end-of-image marker)");
+    }
+    // libjpeg reports errors by unwinding out of its error handler (no panic hook is run).
+    let result = std::panic::catch_unwind(|| -> std::io::Result<Option<RgbImage>> {
+        let d = mozjpeg::Decompress::new_mem(bytes)?;
+        if matches!(d.color_space(), mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK) {
+            return Ok(None);
+        }
+        let mut started = d.rgb()?;
+        let (w, h) = (started.width(), started.height());
+        let pixels: Vec<[u8; 3]> = started.read_scanlines()?;
+        started.finish()?;
+        let raw: Vec<u8> = pixels.into_iter().flatten().collect();
+        Ok(RgbImage::from_raw(w as u32, h as u32, raw))
+    });
+    match result {
+        Ok(Ok(Some(img))) => Ok(Some(img)),
+        Ok(Ok(None)) => Ok(None),
+        Ok(Err(e)) => bail!("{e}"),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "corrupt JPEG data".into());
+            bail!("{msg}")
+        }
+    }
 }

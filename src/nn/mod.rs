@@ -30,10 +30,11 @@ pub struct VitSize {
 }
 
 impl VitSize {
-    /// The reference's `SIZE_DICT` entries by name (`tiny`, `small`, `base`, `large`, `xl`, `huge`).
+    /// The reference's `SIZE_DICT` entries by name (`tiny`, `tiny_l`, `small`, `base`, `large`, `xl`, `huge`).
     pub fn named(name: &str) -> Option<Self> {
         let (width, layers, heads) = match name {
             "tiny" => (192, 3, 4),
+            "tiny_l" => (1024, 3, 16),
             "small" => (512, 8, 8),
             "base" => (768, 12, 12),
             "large" => (1024, 24, 16),

@@ -53,6 +53,13 @@ pub enum NoiseSchedule {
     Uniform,
 }
 
+fn size_or_tiny(obj: &serde_json::Map<String, serde_json::Value>) -> Result<VitSize, String> {
+    match obj.get("semantic") {
+        None => Ok(VitSize::named("tiny").expect("tiny")),
+        Some(_) => Err("invalid field `semantic`".into()),
+    }
+}
+
 /// Full configuration of a [`RecTok`](super::RecTok) model.
 ///
 /// Defaults are those of the reference `RecTok.__init__` (`models/rectok.py`); `token_channels`,
@@ -134,6 +141,38 @@ impl RecTokConfig {
         Self::rectok_b().with_teacher_dim(Some(1024)).with_mask_ratio(0.4)
     }
 
+    /// Parses a JSON configuration in which every field with a default may be omitted; unknown
+    /// fields are errors (they are usually typos).
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let user: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+        let obj = user.as_object().ok_or("a tokenizer configuration is a JSON object")?;
+        let size = |key: &str| -> Result<VitSize, String> {
+            let v = obj.get(key).ok_or(format!("missing field `{key}`"))?;
+            match v.as_str() {
+                Some(name) => VitSize::named(name).ok_or(format!("unknown model size `{name}` for `{key}`")),
+                None => serde_json::from_value(v.clone()).map_err(|e| format!("field `{key}`: {e}")),
+            }
+        };
+        let channels = obj
+            .get("token_channels")
+            .and_then(|v| v.as_u64())
+            .ok_or("missing or invalid field `token_channels`")? as usize;
+        let base = Self::new(channels, size("encoder")?, size("decoder")?, size("semantic").or_else(|_| size_or_tiny(obj))?);
+        let mut merged = serde_json::to_value(&base).map_err(|e| e.to_string())?;
+        let target = merged.as_object_mut().expect("object");
+        for (k, v) in obj {
+            if !target.contains_key(k) {
+                return Err(format!("unknown field `{k}` (known: {})", target.keys().cloned().collect::<Vec<_>>().join(", ")));
+            }
+            if !matches!(k.as_str(), "encoder" | "decoder" | "semantic") {
+                target.insert(k.clone(), v.clone());
+            }
+        }
+        let config: Self = serde_json::from_value(merged).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Token grid side (`img_size / patch_size`).
     pub fn grid_size(&self) -> usize {
         self.img_size / self.patch_size
@@ -166,5 +205,31 @@ impl RecTokConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn official_preset_shift_and_json_roundtrip() {
+        let c = RecTokConfig::rectok_b();
+        assert_eq!(c.seq_len(), 256);
+        assert!((c.timestep_shift() - 8f64.sqrt()).abs() < 1e-12);
+        let json = serde_json::to_string(&c).unwrap();
+        let back: RecTokConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), json);
+    }
+
+    #[test]
+    fn partial_json_takes_defaults_and_rejects_typos() {
+        let c = RecTokConfig::from_json(r#"{"token_channels": 16, "encoder": "small", "decoder": {"width": 64, "layers": 2, "heads": 4}, "img_size": 64}"#).unwrap();
+        assert_eq!(c.encoder, VitSize::named("small").unwrap());
+        assert_eq!(c.semantic, VitSize::named("tiny").unwrap());
+        assert_eq!((c.img_size, c.patch_size, c.mask_ratio), (64, 16, 0.4));
+        let err = RecTokConfig::from_json(r#"{"token_channels": 16, "encoder": "small", "decoder": "small", "mask_ration": 0.5}"#).unwrap_err();
+        assert!(err.contains("mask_ration"), "{err}");
+        assert!(RecTokConfig::from_json(r#"{"encoder": "small", "decoder": "small"}"#).unwrap_err().contains("token_channels"));
     }
 }

@@ -72,8 +72,8 @@ pub struct LoadReport {
     pub ignored: usize,
 }
 
-/// The module's tensors as the reference would name and shape them.
-pub fn reference_view<M: ModuleSnapshot>(module: &M, map: &KeyMap) -> BTreeMap<String, Vec<usize>> {
+/// The module's tensors as the reference would name and shape them, in module order.
+pub fn reference_view<M: ModuleSnapshot>(module: &M, map: &KeyMap) -> Vec<(String, Vec<usize>)> {
     module
         .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
         .into_iter()
@@ -95,7 +95,8 @@ pub fn load_into<M: ModuleSnapshot>(
     ignore: &[&str],
     hint: &str,
 ) -> Result<LoadReport, WeightsError> {
-    let expected = reference_view(module, map);
+    let ordered = reference_view(module, map);
+    let expected: BTreeMap<String, Vec<usize>> = ordered.iter().cloned().collect();
     let mut report = LoadReport { entry: sd.entry.clone(), ..Default::default() };
     let mut tensors: Vec<PackTensor> = Vec::new();
     let mut provided = BTreeSet::new();
@@ -123,7 +124,7 @@ pub fn load_into<M: ModuleSnapshot>(
         }
     }
     let mut missing = Vec::new();
-    for key in expected.keys() {
+    for (key, _) in &ordered {
         if provided.contains(key) {
             continue;
         }

@@ -19,6 +19,10 @@ pub use state_dict::{CheckpointEntry, StateDict};
 
 use std::path::PathBuf;
 
+fn missing_count(count: usize) -> String {
+    if count > 1 { format!(" ({count} of the model's tensors are missing)") } else { String::new() }
+}
+
 /// Everything that can go wrong reading weights, each naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -49,7 +53,7 @@ pub enum WeightsError {
         available: String,
     },
     /// A tensor the model needs is not in the file.
-    #[error("{path}: missing key `{key}` ({count} of the model's tensors are missing){hint}")]
+    #[error("{path}: missing key `{key}`{}{hint}", missing_count(*count))]
     MissingKey {
         /// File.
         path: PathBuf,

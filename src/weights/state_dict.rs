@@ -156,8 +156,10 @@ impl StateDict {
         let parsed = safetensors::SafeTensors::deserialize(&mmap[..])
             .map_err(|e| WeightsError::Format { path: path.into(), reason: e.to_string() })?;
         let names: Vec<String> = parsed.names().into_iter().map(|s| s.to_string()).collect();
-        // safetensors exports of training checkpoints may keep the entry prefixes.
-        let has = |p: &str| names.iter().any(|n| n.starts_with(&format!("{p}.")));
+        // safetensors dumps of training checkpoints may keep the entry prefixes: select an entry
+        // only when every tensor sits under `model.` or `model_ema.`.
+        let is_dump = names.iter().all(|n| n.starts_with("model.") || n.starts_with("model_ema."));
+        let has = |p: &str| is_dump && names.iter().any(|n| n.starts_with(&format!("{p}.")));
         let chosen = match entry {
             CheckpointEntry::Ema if has("model_ema") => "model_ema",
             CheckpointEntry::Model if has("model") => "model",

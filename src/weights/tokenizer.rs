@@ -72,7 +72,7 @@ fn named_size(width: usize, layers: usize, what: &str, sd: &StateDict) -> Result
             path: sd.path.clone(),
             message: format!(
                 "cannot infer the number of attention heads of the {what} (width {width} is not a \
-                 SIZE_DICT width); convert the file with an explicit --config"
+                 SIZE_DICT width); pass the sizes with --config PRESET|JSON"
             ),
         })?;
     Ok(VitSize { width, layers, heads })
@@ -167,7 +167,9 @@ pub fn load_tokenizer(path: &Path, options: &TokenizerLoadOptions, device: &Devi
         (None, Some(c)) => c,
         (None, None) => infer_config(&sd)?,
     };
-    if options.without_semantic {
+    let teachers = teacher_decoders(&sd);
+    // The semantic decoder is training-only: build it only when asked for and present.
+    if options.without_semantic || teachers.is_empty() {
         config.teacher_dim = None;
     }
     config.validate().map_err(|message| WeightsError::Invalid { path: sd.path.clone(), message })?;
@@ -175,7 +177,6 @@ pub fn load_tokenizer(path: &Path, options: &TokenizerLoadOptions, device: &Devi
         s.validate(config.token_channels)
             .map_err(|message| WeightsError::Invalid { path: sd.path.clone(), message })?;
     }
-    let teachers = teacher_decoders(&sd);
     let (prefix, key) = teachers
         .iter()
         .find(|(_, k)| *k == config.teacher_key)
