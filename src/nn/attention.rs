@@ -5,10 +5,10 @@
 //! `qkv: D → 3D` with output channels laid out `(3, heads, head_dim)`; scaled dot-product attention
 //! with scale `1/√head_dim`, no mask; heads concatenated back head-major; `proj: D → D`.
 
+use super::kernels;
 use super::rope::RopeTable;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::module::attention;
 
 /// Configuration of an [`Attention`] layer.
 #[derive(Config, Debug)]
@@ -47,17 +47,7 @@ impl Attention {
 
     /// `[B, L, D] → [B, L, D]`, rotating queries and keys with `rope` when given.
     pub fn forward(&self, x: Tensor<3>, rope: Option<&RopeTable>) -> Tensor<3> {
-        let [b, l, d] = x.dims();
-        let h = self.num_heads;
-        let hd = d / h;
-        let qkv = self.qkv.forward(x).reshape([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]);
-        let take = |i: usize| -> Tensor<4> { qkv.clone().narrow(0, i, 1).reshape([b, h, l, hd]) };
-        let (mut q, mut k, v) = (take(0), take(1), take(2));
-        if let Some(rope) = rope {
-            q = rope.apply(q);
-            k = rope.apply(k);
-        }
-        let o = attention(q, k, v, None, None, Default::default());
-        self.proj.forward(o.swap_dims(1, 2).reshape([b, l, d]))
+        let qkv = kernels::linear(&self.qkv, x);
+        kernels::linear(&self.proj, kernels::attention(qkv, self.num_heads, rope))
     }
 }

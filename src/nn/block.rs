@@ -4,6 +4,7 @@
 //! transformer decoder.
 
 use super::attention::{Attention, AttentionConfig};
+use super::kernels;
 use super::rope::RopeTable;
 use super::swiglu::{SwiGlu, SwiGluConfig};
 use super::swiglu_hidden;
@@ -54,7 +55,7 @@ pub struct TransformerBlock {
 impl TransformerBlock {
     /// `[B, L, D] → [B, L, D]`.
     pub fn forward(&self, x: Tensor<3>, rope: Option<&RopeTable>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x), rope);
-        x.clone() + self.mlp.forward(self.norm2.forward(x))
+        let x = x.clone() + self.attn.forward(kernels::rms_norm(&self.norm1, x), rope);
+        x.clone() + self.mlp.forward(kernels::rms_norm(&self.norm2, x))
     }
 }

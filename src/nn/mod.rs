@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod block;
 pub mod init;
+pub mod kernels;
 pub mod rope;
 pub mod swiglu;
 

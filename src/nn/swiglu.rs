@@ -3,7 +3,7 @@
 
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
+use super::kernels;
 
 /// Configuration of a [`SwiGlu`] layer.
 #[derive(Config, Debug)]
@@ -36,10 +36,6 @@ pub struct SwiGlu {
 impl SwiGlu {
     /// `[.., D] → [.., D]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let h = self.w12.forward(x);
-        let hidden = h.dims()[D - 1] / 2;
-        let a = h.clone().narrow(D - 1, 0, hidden);
-        let b = h.narrow(D - 1, hidden, hidden);
-        self.w3.forward(silu(a) * b)
+        kernels::linear(&self.w3, kernels::silu_gate(kernels::linear(&self.w12, x)))
     }
 }

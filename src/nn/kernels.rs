@@ -1,0 +1,394 @@
+//! Fused CPU kernels for the hot paths of inference on burn's `flex` backend.
+//!
+//! burn composes these layers from generic tensor ops, each a full pass over memory (RMSNorm is
+//! four, SwiGLU three, RoPE attention a dozen with its permutes and copies). On the CPU, tensors
+//! that are not tracked by autodiff take the fused kernels below, which work directly on the flex
+//! backend's buffers; every other tensor — GPU backends, autodiff training — takes the generic
+//! composition, which is also the reference the kernels are tested against.
+
+use super::rope::RopeTable;
+use burn::backend::Flex;
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::nn::{Linear, RmsNorm};
+use burn::prelude::*;
+use burn::tensor::module::attention as sdpa;
+use burn::tensor::{Bytes, DType, Shape};
+use rayon::prelude::*;
+
+/// Set `RECTOK_GENERIC_KERNELS=1` to force the generic composition everywhere (for comparisons).
+fn generic_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var_os("RECTOK_GENERIC_KERNELS").is_some_and(|v| v != "0"))
+}
+
+/// Whether `t` can take a fused kernel: a float32 flex tensor outside autodiff.
+pub fn is_fast<const D: usize>(t: &Tensor<D>) -> bool {
+    if generic_forced() || t.dtype() != DType::F32 {
+        return false;
+    }
+    let device = t.device();
+    !device.is_autodiff() && device == Device::flex()
+}
+
+/// The contiguous f32 storage of a flex tensor.
+fn host<const D: usize>(t: Tensor<D>) -> FlexTensor {
+    let ft = t.try_into_primitive::<Flex>().expect("checked by is_fast");
+    if ft.is_contiguous() && ft.layout().start_offset() == 0 { ft } else { ft.to_contiguous() }
+}
+
+fn slice(ft: &FlexTensor) -> &[f32] {
+    let n = ft.layout().num_elements();
+    let off = ft.layout().start_offset();
+    &ft.storage::<f32>()[off..off + n]
+}
+
+fn from_vec<const D: usize>(v: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+    let ft = FlexTensor::new(Bytes::from_elems(v), Layout::contiguous(Shape::from(shape.to_vec())), DType::F32);
+    Tensor::from_primitive::<Flex>(ft)
+}
+
+/// Runs `body` compiled for AVX-512 or AVX2+FMA when the CPU has them (runtime detection), so the
+/// loops vectorise beyond the SSE2 baseline of the default target.
+macro_rules! multiversion {
+    ($body:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+            unsafe fn v4<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn v3<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+                // SAFETY: the features were detected at run time.
+                unsafe { v4($body) }
+            } else if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the features were detected at run time.
+                unsafe { v3($body) }
+            } else {
+                ($body)()
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            ($body)()
+        }
+    }};
+}
+
+/// `exp(x)` for f32 with Cephes' degree-6 polynomial after range reduction by powers of two
+/// (relative error ≈ 1e-7); branch-free so that it vectorises.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.3, 88.7);
+    // Round to nearest with the 1.5·2^23 trick (vectorises, unlike `round`).
+    let magic = 12_582_912.0f32;
+    let n = (x * LOG2E + magic) - magic;
+    let r = x - n * C1 - n * C2;
+    let r2 = r * r;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r
+        + 5.000_000_1e-1;
+    let e = p * r2 + r + 1.0;
+    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+/// Lanes of the explicit accumulators below: float reductions only vectorise when the code
+/// itself keeps independent partial sums (the compiler may not reassociate float additions).
+const LANES: usize = 16;
+
+#[inline(always)]
+fn sum_of_squares(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i] * c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().map(|v| v * v).sum::<f32>()
+}
+
+/// In place `x ← exp(x − max(x)) / Σ exp(x − max(x))`.
+#[inline(always)]
+fn softmax_in_place(x: &mut [f32]) {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            m[i] = if c[i] > m[i] { c[i] } else { m[i] };
+        }
+    }
+    let max = rest.iter().chain(m.iter()).copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut acc = [0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            c[i] = exp_f32(c[i] - max);
+            acc[i] += c[i];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp_f32(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// `out = (x ⊙ cos + swap_pairs(x) ⊙ sin_signed) · scale` over one head's channels.
+#[inline(always)]
+fn rotate(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], scale: f32) {
+    for (((o, x), c), s) in out.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(cos.chunks_exact(2)).zip(sin.chunks_exact(2)) {
+        o[0] = (x[0] * c[0] + x[1] * s[0]) * scale;
+        o[1] = (x[1] * c[1] + x[0] * s[1]) * scale;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear
+// ---------------------------------------------------------------------------------------------
+
+/// `dst = dst + a · b` for row-major `a (m×k)`, `b (k×n)` with row strides, `dst (m×n)`.
+///
+/// # Safety
+/// The pointers must cover the stated matrices.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_acc(m: usize, n: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, dst: *mut f32, ldd: usize, parallel: bool) {
+    let par = if parallel && m * n * k >= 96 * 96 * 96 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(m, n, k, dst, 1, ldd as isize, true, a, 1, lda as isize, b, 1, ldb as isize, 1.0f32, 1.0f32, false, false, false, par);
+    }
+}
+
+/// [`Linear::forward`] with the bias folded into the matrix product on the CPU.
+pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let w = layer.weight.val();
+    if !is_fast(&x) || !is_fast(&w) {
+        return layer.forward(x);
+    }
+    let dims = x.dims();
+    let k = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let [wk, n] = w.dims();
+    assert_eq!(wk, k, "linear: input width {k} does not match the layer's {wk}");
+    let xf = host(x);
+    let wf = host(w);
+    let mut out = match &layer.bias {
+        Some(b) => {
+            let bf = host(b.val());
+            let bias = slice(&bf);
+            let mut v = Vec::with_capacity(rows * n);
+            for _ in 0..rows {
+                v.extend_from_slice(bias);
+            }
+            v
+        }
+        None => vec![0.0; rows * n],
+    };
+    // SAFETY: the buffers have exactly the shapes passed.
+    unsafe { gemm_acc(rows, n, k, slice(&xf).as_ptr(), k, slice(&wf).as_ptr(), n, out.as_mut_ptr(), n, true) };
+    let mut shape = dims;
+    shape[D - 1] = n;
+    from_vec(out, shape)
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm and SwiGLU
+// ---------------------------------------------------------------------------------------------
+
+/// [`RmsNorm::forward`]: `x · rsqrt(mean(x²) + ε) · γ` in one pass per row.
+pub fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
+    if !is_fast(&x) {
+        return norm.forward(x);
+    }
+    let dims = x.dims();
+    let d = dims[D - 1];
+    let gf = host(norm.gamma.val());
+    let xf = host(x);
+    let (xs, g, eps) = (slice(&xf), slice(&gf), norm.epsilon as f32);
+    let mut out = vec![0f32; xs.len()];
+    let rows_per_task = (16384 / d).max(1);
+    out.par_chunks_mut(rows_per_task * d).zip(xs.par_chunks(rows_per_task * d)).for_each(|(o, x)| {
+        multiversion!(|| {
+            for (orow, xrow) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                let ss = sum_of_squares(xrow);
+                let inv = 1.0 / (ss / d as f32 + eps).sqrt();
+                for ((o, &v), &w) in orow.iter_mut().zip(xrow).zip(g) {
+                    *o = v * inv * w;
+                }
+            }
+        })
+    });
+    from_vec(out, dims)
+}
+
+/// SwiGLU gate: `silu(a) · b` for `[a | b]` halves of the last dim: `[.., 2H] → [.., H]`.
+pub fn silu_gate<const D: usize>(h: Tensor<D>) -> Tensor<D> {
+    let dims = h.dims();
+    let hidden = dims[D - 1] / 2;
+    if !is_fast(&h) {
+        let a = h.clone().narrow(D - 1, 0, hidden);
+        let b = h.narrow(D - 1, hidden, hidden);
+        return burn::tensor::activation::silu(a) * b;
+    }
+    let hf = host(h);
+    let hs = slice(&hf);
+    let rows = hs.len() / (2 * hidden);
+    let mut out = vec![0f32; rows * hidden];
+    let rows_per_task = (16384 / hidden).max(1);
+    out.par_chunks_mut(rows_per_task * hidden).zip(hs.par_chunks(rows_per_task * 2 * hidden)).for_each(|(o, x)| {
+        multiversion!(|| {
+            for (orow, xrow) in o.chunks_exact_mut(hidden).zip(x.chunks_exact(2 * hidden)) {
+                let (a, b) = xrow.split_at(hidden);
+                for ((o, &a), &b) in orow.iter_mut().zip(a).zip(b) {
+                    *o = a / (1.0 + exp_f32(-a)) * b;
+                }
+            }
+        })
+    });
+    let mut shape = dims;
+    shape[D - 1] = hidden;
+    from_vec(out, shape)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+// ---------------------------------------------------------------------------------------------
+
+/// Generic composition: `qkv (B, L, 3D)` laid out `(3, heads, head_dim)` → RoPE on q, k →
+/// scaled dot-product attention → `(B, L, D)` with heads concatenated.
+fn attention_generic(qkv: Tensor<3>, heads: usize, rope: Option<&RopeTable>) -> Tensor<3> {
+    let [b, l, d3] = qkv.dims();
+    let d = d3 / 3;
+    let hd = d / heads;
+    let qkv = qkv.reshape([b, l, 3, heads, hd]).permute([2, 0, 3, 1, 4]);
+    let take = |i: usize| -> Tensor<4> { qkv.clone().narrow(0, i, 1).reshape([b, heads, l, hd]) };
+    let (mut q, mut k, v) = (take(0), take(1), take(2));
+    if let Some(rope) = rope {
+        q = rope.apply(q);
+        k = rope.apply(k);
+    }
+    sdpa(q, k, v, None, None, Default::default()).swap_dims(1, 2).reshape([b, l, d])
+}
+
+/// Self-attention from a fused qkv projection (see [`attention_generic`] for the layout).
+pub fn attention(qkv: Tensor<3>, heads: usize, rope: Option<&RopeTable>) -> Tensor<3> {
+    let fast = is_fast(&qkv) && rope.is_none_or(|r| is_fast(&r.cos) && is_fast(&r.sin_signed));
+    if !fast {
+        return attention_generic(qkv, heads, rope);
+    }
+    let [b, l, d3] = qkv.dims();
+    let d = d3 / 3;
+    let hd = d / heads;
+    let qkvf = host(qkv);
+    let src = slice(&qkvf);
+    let tables = rope.map(|r| {
+        let rows = r.cos.dims()[0];
+        (host(r.cos.clone()), host(r.sin_signed.clone()), rows)
+    });
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0f32; b * l * d];
+    let out_ptr = out.as_mut_ptr() as usize;
+    (0..b * heads).into_par_iter().for_each(|task| {
+        let (bi, h) = (task / heads, task % heads);
+        let base = bi * l * d3;
+        let mut q = vec![0f32; l * hd];
+        let mut k = vec![0f32; l * hd];
+        let mut s = vec![0f32; l * l];
+        multiversion!(|| {
+            for t in 0..l {
+                let row = &src[base + t * d3..base + (t + 1) * d3];
+                let (qs, ks) = (&row[h * hd..(h + 1) * hd], &row[d + h * hd..d + (h + 1) * hd]);
+                let (qd, kd) = (&mut q[t * hd..(t + 1) * hd], &mut k[t * hd..(t + 1) * hd]);
+                match &tables {
+                    Some((cos, sin, rows)) => {
+                        let r = if *rows == 1 { t } else { bi * l + t };
+                        let c = &slice(cos)[r * hd..(r + 1) * hd];
+                        let sn = &slice(sin)[r * hd..(r + 1) * hd];
+                        rotate(qd, qs, c, sn, scale);
+                        rotate(kd, ks, c, sn, 1.0);
+                    }
+                    None => {
+                        qd.iter_mut().zip(qs).for_each(|(o, &v)| *o = v * scale);
+                        kd.copy_from_slice(ks);
+                    }
+                }
+            }
+        });
+        // S = Q Kᵀ (K read transposed through its strides).
+        // SAFETY: q (l×hd), k (l×hd), s (l×l) are owned buffers of exactly these sizes.
+        unsafe {
+            gemm::gemm(l, l, hd, s.as_mut_ptr(), 1, l as isize, false, q.as_ptr(), 1, hd as isize, k.as_ptr(), hd as isize, 1, 0.0f32, 1.0f32, false, false, false, gemm::Parallelism::None);
+        }
+        multiversion!(|| {
+            for row in s.chunks_exact_mut(l) {
+                softmax_in_place(row);
+            }
+        });
+        // O = S V, written straight into the head's columns of the (B, L, D) output.
+        let v_ptr = src[base + 2 * d + h * hd..].as_ptr();
+        let o_ptr = (out_ptr as *mut f32).wrapping_add(bi * l * d + h * hd);
+        // SAFETY: V rows are d3 apart inside `src`; each task writes a disjoint (l × hd) block of
+        // `out` with row stride d.
+        unsafe {
+            gemm::gemm(l, hd, l, o_ptr, 1, d as isize, false, s.as_ptr(), 1, l as isize, v_ptr, 1, d3 as isize, 0.0f32, 1.0f32, false, false, false, gemm::Parallelism::None);
+        }
+    });
+    from_vec(out, [b, l, d])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::rope::tokenizer;
+    use crate::rng::Rng;
+    use burn::nn::{LinearConfig, RmsNormConfig};
+
+    fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        let a: Vec<f32> = a.into_data().try_into_vec_as().unwrap();
+        let b: Vec<f32> = b.into_data().try_into_vec_as().unwrap();
+        a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn exp_is_accurate() {
+        for i in -8000..8000 {
+            let x = i as f32 * 0.01;
+            let (a, b) = (exp_f32(x), x.exp());
+            assert!((a - b).abs() <= 3e-7 * b, "exp({x}): {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn fused_kernels_match_the_generic_composition() {
+        let device = Device::flex();
+        let mut rng = Rng::seed_from(3);
+        let x = rng.normal_tensor([2, 16, 48], &device);
+        let lin = LinearConfig::new(48, 3 * 48).init(&device);
+        assert!(max_diff(linear(&lin, x.clone()), lin.forward(x.clone())) < 1e-5);
+        let norm = RmsNormConfig::new(48).with_epsilon(1e-6).init(&device);
+        assert!(max_diff(rms_norm(&norm, x.clone()), norm.forward(x.clone())) < 1e-5);
+        let h = rng.normal_tensor([2, 16, 64], &device);
+        assert!(max_diff(silu_gate(h.clone()), {
+            let a = h.clone().narrow(2, 0, 32);
+            burn::tensor::activation::silu(a) * h.narrow(2, 32, 32)
+        }) < 1e-5);
+        let qkv = lin.forward(x);
+        let table = tokenizer::table(12, 4, 4, &device);
+        assert!(max_diff(attention(qkv.clone(), 4, Some(&table)), attention_generic(qkv.clone(), 4, Some(&table))) < 1e-5);
+        assert!(max_diff(attention(qkv.clone(), 4, None), attention_generic(qkv.clone(), 4, None)) < 1e-5);
+        // Per-sample (gathered) tables, as under MAE masking.
+        let ids = Tensor::<2, Int>::from_data(TensorData::new((0..32i64).map(|i| (i * 5) % 16).collect::<Vec<_>>(), [2, 16]), &device);
+        let gathered = table.gather_rows(&ids);
+        assert!(max_diff(attention(qkv.clone(), 4, Some(&gathered)), attention_generic(qkv, 4, Some(&gathered))) < 1e-5);
+    }
+}
