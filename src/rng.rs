@@ -9,7 +9,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-/// xoshiro256++ with a Box–Muller normal sampler.
+/// xoshiro256++ with a polar-method normal sampler.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Rng {
     s: [u64; 4],
@@ -73,21 +73,21 @@ impl Rng {
         ((self.next_u64() as u128 * n as u128) >> 64) as usize
     }
 
-    /// Standard normal N(0, 1).
+    /// Standard normal N(0, 1) (Marsaglia's polar method: no trigonometry, one draw in two is
+    /// cached).
     pub fn normal(&mut self) -> f64 {
         if let Some(bits) = self.spare_normal.take() {
             return f64::from_bits(bits);
         }
         loop {
-            let u1 = self.uniform();
-            if u1 <= f64::MIN_POSITIVE {
-                continue;
+            let u = 2.0 * self.uniform() - 1.0;
+            let v = 2.0 * self.uniform() - 1.0;
+            let s = u * u + v * v;
+            if s > 0.0 && s < 1.0 {
+                let f = (-2.0 * s.ln() / s).sqrt();
+                self.spare_normal = Some((v * f).to_bits());
+                return u * f;
             }
-            let u2 = self.uniform();
-            let r = (-2.0 * u1.ln()).sqrt();
-            let theta = 2.0 * std::f64::consts::PI * u2;
-            self.spare_normal = Some((r * theta.sin()).to_bits());
-            return r * theta.cos();
         }
     }
 

@@ -30,6 +30,9 @@ pub struct TokenizerBench {
     /// 2-core development machine with PyTorch 2.15 (fp32, 2 threads).
     #[arg(long, value_name = "JSON")]
     reference: Option<PathBuf>,
+    /// Also write the timings as JSON (same layout as the reference file).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
     /// Compute device.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
@@ -79,6 +82,7 @@ fn run_tokenizer(args: TokenizerBench) -> Result<()> {
     );
     println!("{:<8} {:>6} {:>12} {:>10} {:>14} {:>10}", "op", "batch", "s/image", "images/s", "reference s/im", "ratio");
     let (s, c, g) = (config.img_size, config.token_channels, config.grid_size());
+    let mut record = serde_json::json!({"encode": {}, "decode": {}, "threads": rayon::current_num_threads()});
     for &b in &args.batch_sizes {
         let x = rng.uniform_tensor([b, 3, s, s], &device) * 2.0 - 1.0;
         let z = rng.normal_tensor([b, g * g, c], &device);
@@ -95,6 +99,7 @@ fn run_tokenizer(args: TokenizerBench) -> Result<()> {
             let _ = img.into_data();
         }) / b as f64;
         for (op, t) in [("encode", enc), ("decode", dec)] {
+            record[op][b.to_string()] = serde_json::json!(t);
             let r = reference_time(&reference, op, b);
             println!(
                 "{op:<8} {b:>6} {t:>12.4} {:>10.2} {:>14} {:>10}",
@@ -105,6 +110,9 @@ fn run_tokenizer(args: TokenizerBench) -> Result<()> {
         }
     }
     println!("ratio = reference time / our time (> 1: faster than the reference)");
+    if let Some(path) = &args.json {
+        crate::weights::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
+    }
     Ok(())
 }
 

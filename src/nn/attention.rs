@@ -50,4 +50,10 @@ impl Attention {
         let qkv = kernels::linear(&self.qkv, x);
         kernels::linear(&self.proj, kernels::attention(qkv, self.num_heads, rope))
     }
+
+    /// `residual + forward(x, rope)`, the residual folded into the output projection.
+    pub fn forward_residual(&self, x: Tensor<3>, rope: Option<&RopeTable>, residual: Tensor<3>) -> Tensor<3> {
+        let qkv = kernels::linear(&self.qkv, x);
+        kernels::linear_residual(&self.proj, kernels::attention(qkv, self.num_heads, rope), residual)
+    }
 }

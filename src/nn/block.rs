@@ -55,7 +55,7 @@ pub struct TransformerBlock {
 impl TransformerBlock {
     /// `[B, L, D] → [B, L, D]`.
     pub fn forward(&self, x: Tensor<3>, rope: Option<&RopeTable>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(kernels::rms_norm(&self.norm1, x), rope);
-        x.clone() + self.mlp.forward(kernels::rms_norm(&self.norm2, x))
+        let x = self.attn.forward_residual(kernels::rms_norm(&self.norm1, x.clone()), rope, x);
+        self.mlp.forward_residual(kernels::rms_norm(&self.norm2, x.clone()), x)
     }
 }

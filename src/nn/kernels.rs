@@ -42,6 +42,15 @@ fn slice(ft: &FlexTensor) -> &[f32] {
     &ft.storage::<f32>()[off..off + n]
 }
 
+/// A buffer of `n` floats whose contents the caller overwrites entirely (skips zero-filling).
+fn uninit(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: f32 has no invalid bit patterns, and every caller writes all `n` values before
+    // reading any of them.
+    unsafe { v.set_len(n) };
+    v
+}
+
 fn from_vec<const D: usize>(v: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
     let ft = FlexTensor::new(Bytes::from_elems(v), Layout::contiguous(Shape::from(shape.to_vec())), DType::F32);
     Tensor::from_primitive::<Flex>(ft)
@@ -171,9 +180,22 @@ unsafe fn gemm_acc(m: usize, n: usize, k: usize, a: *const f32, lda: usize, b: *
 
 /// [`Linear::forward`] with the bias folded into the matrix product on the CPU.
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    linear_impl(layer, x, None)
+}
+
+/// `residual + layer(x)`, with both the bias and the residual folded into the matrix product.
+pub fn linear_residual<const D: usize>(layer: &Linear, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
+    linear_impl(layer, x, Some(residual))
+}
+
+fn linear_impl<const D: usize>(layer: &Linear, x: Tensor<D>, residual: Option<Tensor<D>>) -> Tensor<D> {
     let w = layer.weight.val();
-    if !is_fast(&x) || !is_fast(&w) {
-        return layer.forward(x);
+    if !is_fast(&x) || !is_fast(&w) || residual.as_ref().is_some_and(|r| !is_fast(r)) {
+        let y = layer.forward(x);
+        return match residual {
+            Some(r) => r + y,
+            None => y,
+        };
     }
     let dims = x.dims();
     let k = dims[D - 1];
@@ -182,17 +204,22 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     assert_eq!(wk, k, "linear: input width {k} does not match the layer's {wk}");
     let xf = host(x);
     let wf = host(w);
-    let mut out = match &layer.bias {
-        Some(b) => {
-            let bf = host(b.val());
-            let bias = slice(&bf);
-            let mut v = Vec::with_capacity(rows * n);
-            for _ in 0..rows {
-                v.extend_from_slice(bias);
+    let bias = layer.bias.as_ref().map(|b| host(b.val()));
+    let mut out = match residual {
+        Some(r) => {
+            let mut v = slice(&host(r)).to_vec();
+            if let Some(bf) = &bias {
+                let b = slice(bf);
+                for row in v.chunks_exact_mut(n) {
+                    row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+                }
             }
             v
         }
-        None => vec![0.0; rows * n],
+        None => match &bias {
+            Some(bf) => slice(bf).repeat(rows),
+            None => vec![0.0; rows * n],
+        },
     };
     // SAFETY: the buffers have exactly the shapes passed.
     unsafe { gemm_acc(rows, n, k, slice(&xf).as_ptr(), k, slice(&wf).as_ptr(), n, out.as_mut_ptr(), n, true) };
@@ -215,7 +242,7 @@ pub fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
     let gf = host(norm.gamma.val());
     let xf = host(x);
     let (xs, g, eps) = (slice(&xf), slice(&gf), norm.epsilon as f32);
-    let mut out = vec![0f32; xs.len()];
+    let mut out = uninit(xs.len());
     let rows_per_task = (16384 / d).max(1);
     out.par_chunks_mut(rows_per_task * d).zip(xs.par_chunks(rows_per_task * d)).for_each(|(o, x)| {
         multiversion!(|| {
@@ -243,7 +270,7 @@ pub fn silu_gate<const D: usize>(h: Tensor<D>) -> Tensor<D> {
     let hf = host(h);
     let hs = slice(&hf);
     let rows = hs.len() / (2 * hidden);
-    let mut out = vec![0f32; rows * hidden];
+    let mut out = uninit(rows * hidden);
     let rows_per_task = (16384 / hidden).max(1);
     out.par_chunks_mut(rows_per_task * hidden).zip(hs.par_chunks(rows_per_task * 2 * hidden)).for_each(|(o, x)| {
         multiversion!(|| {
@@ -296,14 +323,12 @@ pub fn attention(qkv: Tensor<3>, heads: usize, rope: Option<&RopeTable>) -> Tens
         (host(r.cos.clone()), host(r.sin_signed.clone()), rows)
     });
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0f32; b * l * d];
+    let mut out = uninit(b * l * d);
     let out_ptr = out.as_mut_ptr() as usize;
     (0..b * heads).into_par_iter().for_each(|task| {
         let (bi, h) = (task / heads, task % heads);
         let base = bi * l * d3;
-        let mut q = vec![0f32; l * hd];
-        let mut k = vec![0f32; l * hd];
-        let mut s = vec![0f32; l * l];
+        let (mut q, mut k, mut s) = (uninit(l * hd), uninit(l * hd), uninit(l * l));
         multiversion!(|| {
             for t in 0..l {
                 let row = &src[base + t * d3..base + (t + 1) * d3];
@@ -375,6 +400,8 @@ mod tests {
         let x = rng.normal_tensor([2, 16, 48], &device);
         let lin = LinearConfig::new(48, 3 * 48).init(&device);
         assert!(max_diff(linear(&lin, x.clone()), lin.forward(x.clone())) < 1e-5);
+        let sq = LinearConfig::new(48, 48).init(&device);
+        assert!(max_diff(linear_residual(&sq, x.clone(), x.clone()), x.clone() + sq.forward(x.clone())) < 1e-5);
         let norm = RmsNormConfig::new(48).with_epsilon(1e-6).init(&device);
         assert!(max_diff(rms_norm(&norm, x.clone()), norm.forward(x.clone())) < 1e-5);
         let h = rng.normal_tensor([2, 16, 64], &device);

@@ -38,4 +38,9 @@ impl SwiGlu {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         kernels::linear(&self.w3, kernels::silu_gate(kernels::linear(&self.w12, x)))
     }
+
+    /// `residual + forward(x)`, the residual folded into the output projection.
+    pub fn forward_residual<const D: usize>(&self, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
+        kernels::linear_residual(&self.w3, kernels::silu_gate(kernels::linear(&self.w12, x)), residual)
+    }
 }
