@@ -8,7 +8,7 @@ and prints the median seconds per image of each and their ratio.
 import argparse, json, os, statistics, subprocess, sys, tempfile
 
 p = argparse.ArgumentParser()
-p.add_argument("what", choices=["tokenizer"])
+p.add_argument("what", choices=["tokenizer", "dit"])
 p.add_argument("--rectok-repo", required=True)
 p.add_argument("--rounds", type=int, default=4)
 p.add_argument("--iters", type=int, default=3)
@@ -26,9 +26,11 @@ with tempfile.TemporaryDirectory() as d:
         subprocess.run([a.binary, "-q", "bench", a.what, "--iters", str(a.iters), "--threads", str(a.threads), "--json", ours],
                        check=True, capture_output=True)
         runs["reference"].append(json.load(open(ref))); runs["rectok"].append(json.load(open(ours)))
-print(f"{'op':8} {'batch':>5} {'reference s/im':>15} {'rectok s/im':>12} {'ratio':>7}   ({a.rounds} interleaved rounds, medians)")
-for op in ["encode", "decode"]:
+unit = "s/image" if a.what == "tokenizer" else "s/forward"
+print(f"{'op':8} {'batch':>5} {'reference ' + unit:>19} {'rectok ' + unit:>16} {'ratio':>7}   ({a.rounds} interleaved rounds, medians)")
+ops = ["encode", "decode"] if a.what == "tokenizer" else [k for k in runs["rectok"][0] if k != "threads"]
+for op in ops:
     for b in runs["rectok"][0][op]:
         ref = statistics.median(x[op][b] for x in runs["reference"])
         ours = statistics.median(x[op][b] for x in runs["rectok"])
-        print(f"{op:8} {b:>5} {ref:>15.4f} {ours:>12.4f} {ref / ours:>6.2f}x")
+        print(f"{op:8} {b:>5} {ref:>19.4f} {ours:>16.4f} {ref / ours:>6.2f}x")

@@ -17,8 +17,10 @@
 //! by several networks live in [`nn`]. The command-line front end is in [`cli`].
 
 pub mod cli;
+pub mod config_json;
 pub mod data;
 pub mod device;
+pub mod generator;
 pub mod metrics;
 pub mod nn;
 pub mod rng;

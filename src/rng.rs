@@ -38,6 +38,14 @@ impl Rng {
         Self { s, spare_normal: None }
     }
 
+    /// The stream of item `index` under `seed`: independent of how items are batched or ordered
+    /// (sample `i` of a generation run gets the same noise at any batch size).
+    pub fn for_item(seed: u64, index: u64) -> Self {
+        let mut sm = seed ^ 0xD1B5_4A32_D192_ED03;
+        let a = splitmix64(&mut sm);
+        Self::seed_from(a ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17))
+    }
+
     /// An independent child stream (for worker threads or sub-tasks), derived deterministically.
     pub fn fork(&mut self) -> Self {
         Self::seed_from(self.next_u64())

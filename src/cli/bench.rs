@@ -6,6 +6,7 @@ use crate::nn::init::{TokenizerInit, initialize};
 use crate::rng::Rng;
 use crate::tokenizer::RecTokConfig;
 use anyhow::{Context, Result, anyhow};
+use burn::prelude::*;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -14,6 +15,97 @@ use std::time::Instant;
 pub enum Which {
     /// Encode and decode of rectok_b at 256 px.
     Tokenizer(TokenizerBench),
+    /// One sampling step (a forward pass) of DiT^DH-S and DiT^DH-XL on 128×16×16 latents.
+    Dit(DitBench),
+}
+
+/// Options of `rectok bench dit`.
+#[derive(clap::Args, Debug)]
+pub struct DitBench {
+    /// Models to time (s, b, l, xl).
+    #[arg(long, value_delimiter = ',', default_value = "s,xl")]
+    models: Vec<String>,
+    /// Batch sizes to time.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batch_sizes: Vec<usize>,
+    /// Timed repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Reference timings (JSON `{"s": {"1": seconds_per_forward, ...}, "xl": {...}}` from
+    /// benches/reference_dit.py); default: the figures measured on the 2-core development machine.
+    #[arg(long, value_name = "JSON")]
+    reference: Option<PathBuf>,
+    /// Also write the timings as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Compute device.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// CPU threads.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn reference_dit(reference: &Option<serde_json::Value>, model: &str, batch: usize) -> Option<f64> {
+    match reference {
+        Some(r) => r[model][batch.to_string()].as_f64(),
+        None => match (model, batch) {
+            ("s", 1) => Some(0.73),
+            ("s", 8) => Some(5.7),
+            ("xl", 1) => Some(2.5),
+            ("xl", 8) => Some(17.9),
+            _ => None,
+        },
+    }
+}
+
+fn run_dit(args: DitBench) -> Result<()> {
+    use crate::generator::DitDhConfig;
+    crate::device::set_cpu_threads(args.threads);
+    let device = crate::device::select_device(args.device).map_err(|e| anyhow!(e))?;
+    let reference: Option<serde_json::Value> = args
+        .reference
+        .as_ref()
+        .map(|p| -> Result<_> {
+            let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))
+        })
+        .transpose()?;
+    println!("DiT^DH on 128×16×16 latents, device {}, {} CPU threads", args.device, rayon::current_num_threads());
+    println!("{:<6} {:>6} {:>12} {:>14} {:>16} {:>8}", "model", "batch", "s/forward", "50-step im/s", "reference s/fwd", "ratio");
+    let mut record = serde_json::json!({"threads": rayon::current_num_threads()});
+    for name in &args.models {
+        let config = DitDhConfig::preset(name, 128, 16).ok_or_else(|| anyhow!("unknown DiT^DH preset `{name}` (s, b, l, xl)"))?;
+        let mut rng = Rng::seed_from(0);
+        let model = initialize(config.init(&device), &crate::nn::init::NormalInit(0.02), &mut rng);
+        record[name.as_str()] = serde_json::json!({});
+        for &b in &args.batch_sizes {
+            let x = rng.normal_tensor([b, 128, 16, 16], &device);
+            let t = rng.uniform_tensor([b], &device);
+            let y = Tensor::<1, Int>::from_data(TensorData::new((0..b as i64).collect::<Vec<_>>(), [b]), &device);
+            let run = || {
+                let v = model.forward(x.clone(), t.clone(), y.clone());
+                let _ = v.into_data();
+            };
+            run();
+            let secs = median((0..args.iters.max(1)).map(|_| { let s = Instant::now(); run(); s.elapsed().as_secs_f64() }).collect());
+            record[name.as_str()][b.to_string()] = serde_json::json!(secs);
+            let r = reference_dit(&reference, name, b);
+            // A 50-step sample: 50 grid points = 49 Euler evaluations.
+            let per_image = secs * 49.0 / b as f64;
+            println!(
+                "{name:<6} {b:>6} {secs:>12.3} {:>14.4} {:>16} {:>8}",
+                1.0 / per_image,
+                r.map(|r| format!("{r:.2}")).unwrap_or("-".into()),
+                r.map(|r| format!("{:.2}x", r / secs)).unwrap_or("-".into()),
+            );
+        }
+    }
+    println!("ratio = reference time / our time (> 1: faster than the reference)");
+    if let Some(path) = &args.json {
+        crate::weights::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Options of `rectok bench tokenizer`.
@@ -119,5 +211,6 @@ fn run_tokenizer(args: TokenizerBench) -> Result<()> {
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Tokenizer(a) => run_tokenizer(a),
+        Which::Dit(a) => run_dit(a),
     }
 }

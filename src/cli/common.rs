@@ -176,3 +176,53 @@ pub fn report_skipped(non_images: &[PathBuf], unreadable: &[PathBuf]) {
         );
     }
 }
+
+/// `--generator` and how to read it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GeneratorArgs {
+    /// Generator checkpoint: official ditdhxl_epoch_0599.pth (its `model_ema` is used), or safetensors.
+    #[arg(long, value_name = "CKPT")]
+    pub generator: PathBuf,
+    /// Checkpoint entry of the generator (and guide): auto (model_ema, else model), ema or model.
+    #[arg(long, default_value = "auto")]
+    pub generator_entry: CheckpointEntry,
+    /// Generator configuration when it cannot be inferred: a preset (xl, l, b, s) or a JSON file.
+    #[arg(long, value_name = "PRESET|JSON")]
+    pub generator_config: Option<String>,
+}
+
+/// Loads a DiT^DH checkpoint, checking it fits the tokenizer's latents.
+pub fn load_generator_for(
+    path: &Path,
+    entry: CheckpointEntry,
+    config: Option<&str>,
+    tokenizer: &RecTok,
+    device: &Device,
+) -> Result<crate::generator::DitDh> {
+    use crate::generator::DitDhConfig;
+    let (c, g) = (tokenizer.token_channels(), tokenizer.grid_size());
+    let config = config.map(|s| DitDhConfig::parse(s, c, g).map_err(|e| anyhow!(e))).transpose()?;
+    let t = std::time::Instant::now();
+    let (model, report) = crate::weights::generator::load_generator(path, entry, config, device)?;
+    let cfg = &model.config;
+    if cfg.token_channels != c || cfg.input_size != g {
+        return Err(anyhow!(
+            "{}: the generator works on {}×{}×{} latents but the tokenizer produces {c}×{g}×{g}",
+            path.display(),
+            cfg.token_channels,
+            cfg.input_size,
+            cfg.input_size
+        ));
+    }
+    tracing::info!(
+        "loaded generator {} ({} tensors from {}, {:.1}M parameters, {}+{} blocks) in {:.1}s",
+        path.display(),
+        report.applied,
+        if report.entry.is_empty() { "a bare state dict".to_string() } else { format!("`{}`", report.entry) },
+        model.num_params() as f64 / 1e6,
+        cfg.enc_depth,
+        cfg.dec_depth,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(model)
+}

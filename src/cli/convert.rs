@@ -1,9 +1,12 @@
-//! `rectok convert`: official `.pth` → safetensors with the configuration (and latent statistics)
-//! in its metadata, so later loads need no flags.
+//! `rectok convert`: official `.pth` → safetensors with the configuration (and, for tokenizers,
+//! latent statistics) in its metadata, so later loads need no flags. Tokenizers (`RecTok.pth`,
+//! `RecTok_decft.pth`) and generators (`ditdh*_epoch_*.pth`) are told apart by their keys.
 
 use super::common::parse_config;
 use crate::weights::tokenizer::{TokenizerLoadOptions, load_latent_stats, load_tokenizer, save_tokenizer};
-use crate::weights::CheckpointEntry;
+use crate::generator::DitDhConfig;
+use crate::weights::generator::{load_generator, save_generator};
+use crate::weights::{CheckpointEntry, StateDict};
 use anyhow::{Result, anyhow};
 use burn::prelude::*;
 use std::path::PathBuf;
@@ -21,7 +24,8 @@ pub struct Args {
     /// Latent statistics to store with the weights (safetensors with `mean` and `std`).
     #[arg(long, value_name = "FILE")]
     latent_stats: Option<PathBuf>,
-    /// Model configuration (preset name or JSON) when it cannot be inferred from the file.
+    /// Model configuration when it cannot be inferred from the file: a tokenizer preset (rectok_b)
+    /// or JSON, or a generator preset (xl, l, b, s; 128 channels on a 16×16 grid) or JSON.
     #[arg(long, value_name = "PRESET|JSON")]
     config: Option<String>,
     /// Drop the semantic decoder (it is only needed to continue stage-1 training).
@@ -29,8 +33,33 @@ pub struct Args {
     inference_only: bool,
 }
 
+fn convert_generator(args: &Args, device: &Device) -> Result<()> {
+    if args.latent_stats.is_some() {
+        anyhow::bail!("--latent-stats belongs with the tokenizer (`rectok convert TOKENIZER.pth ... --latent-stats`)");
+    }
+    let config = args.config.as_deref().map(|s| DitDhConfig::parse(s, 128, 16).map_err(|e| anyhow!(e))).transpose()?;
+    let (model, report) = load_generator(&args.input, args.entry, config, device)?;
+    save_generator(&model, &args.output)?;
+    println!(
+        "wrote {}: DiT^DH with {:.1}M parameters ({}+{} blocks, {} classes), {} tensors from {}",
+        args.output.display(),
+        model.num_params() as f64 / 1e6,
+        model.config.enc_depth,
+        model.config.dec_depth,
+        model.config.num_classes,
+        report.applied,
+        if report.entry.is_empty() { "the bare state dict".to_string() } else { format!("`{}`", report.entry) }
+    );
+    Ok(())
+}
+
 pub fn run(args: Args) -> Result<()> {
     let device = Device::flex();
+    let probe = StateDict::open(&args.input, args.entry)?;
+    if probe.contains("s_embedder.proj.weight") || probe.metadata.get("rectok.kind").is_some_and(|k| k == "generator") {
+        return convert_generator(&args, &device);
+    }
+    drop(probe);
     let options = TokenizerLoadOptions {
         entry: args.entry,
         config: args.config.as_deref().map(parse_config).transpose()?,

@@ -5,7 +5,9 @@ mod common;
 mod convert;
 mod decode;
 mod encode;
+mod generate;
 mod reconstruct;
+mod stats;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +33,10 @@ enum Command {
     Decode(decode::Args),
     /// Encode and decode images, write the reconstructions and print PSNR / SSIM.
     Reconstruct(reconstruct::Args),
+    /// Sample class-conditional images with DiT^DH and decode them with the tokenizer.
+    Generate(generate::Args),
+    /// Compute per-channel latent statistics of a tokenizer over a folder of images.
+    Stats(stats::Args),
     /// Convert an official PyTorch checkpoint into a self-describing safetensors file.
     Convert(convert::Args),
     /// Time the networks with random weights.
@@ -72,6 +78,8 @@ pub fn run() -> i32 {
         Command::Encode(a) => encode::run(a),
         Command::Decode(a) => decode::run(a),
         Command::Reconstruct(a) => reconstruct::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Stats(a) => stats::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Bench(w) => bench::run(w),
     };

@@ -69,6 +69,19 @@ impl InitRules for TorchDefaultInit {
     }
 }
 
+/// Every parameter `N(0, std)`, norms 1: random weights for benchmarks and tests, where the
+/// reference's zero-initialised layers would make whole paths vanish.
+pub struct NormalInit(pub f64);
+
+impl InitRules for NormalInit {
+    fn rule(&self, _path: &str, module_type: &str, _shape: &[usize]) -> ParamInit {
+        match module_type {
+            "Struct:RmsNorm" => ParamInit::Ones,
+            _ => ParamInit::Normal(self.0),
+        }
+    }
+}
+
 struct Initializer<'a, R: InitRules> {
     rules: &'a R,
     rng: &'a mut Rng,

@@ -288,6 +288,94 @@ pub fn silu_gate<const D: usize>(h: Tensor<D>) -> Tensor<D> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// adaLN modulation (DiT)
+// ---------------------------------------------------------------------------------------------
+
+/// Chunk `i` of `k` equal chunks of the last dim of a modulation tensor `(B, Lc, k·D)`, as a
+/// `(B, Lc, D)` view (`Lc` = 1 broadcasts over tokens).
+fn chunk(m: &Tensor<3>, i: usize, k: usize) -> Tensor<3> {
+    let d = m.dims()[2] / k;
+    m.clone().narrow(2, i * d, d)
+}
+
+/// Row `r` of token-row `t` of batch `b` in a `(B, Lc, width)` modulation buffer.
+#[inline(always)]
+fn cond_row(m: &[f32], lc: usize, width: usize, b: usize, t: usize) -> &[f32] {
+    let row = b * lc + if lc == 1 { 0 } else { t };
+    &m[row * width..(row + 1) * width]
+}
+
+/// `RMSNorm(x)·(1 + scale) + shift` with `shift`/`scale` chunks `shift_i`/`scale_i` of the `k`-way
+/// modulation tensor `m (B, 1 or L, k·D)` (the reference's `DDTModulate(norm(x), shift, scale)`).
+pub fn rms_norm_modulate(norm: &RmsNorm, x: Tensor<3>, m: &Tensor<3>, k: usize, shift_i: usize, scale_i: usize) -> Tensor<3> {
+    if !is_fast(&x) || !is_fast(m) {
+        let h = norm.forward(x);
+        return h.clone() * chunk(m, scale_i, k) + h + chunk(m, shift_i, k);
+    }
+    let [b, l, d] = x.dims();
+    let lc = m.dims()[1];
+    let width = m.dims()[2];
+    let gf = host(norm.gamma.val());
+    let (xf, mf) = (host(x), host(m.clone()));
+    let (xs, ms, g, eps) = (slice(&xf), slice(&mf), slice(&gf), norm.epsilon as f32);
+    let mut out = uninit(xs.len());
+    out.par_chunks_mut(d).zip(xs.par_chunks(d)).enumerate().for_each(|(r, (o, xrow))| {
+        let c = cond_row(ms, lc, width, r / l, r % l);
+        let (shift, scale) = (&c[shift_i * d..(shift_i + 1) * d], &c[scale_i * d..(scale_i + 1) * d]);
+        multiversion!(|| {
+            let inv = 1.0 / (sum_of_squares(xrow) / d as f32 + eps).sqrt();
+            for i in 0..d {
+                let h = xrow[i] * inv * g[i];
+                o[i] = h * scale[i] + h + shift[i];
+            }
+        })
+    });
+    let _ = b;
+    from_vec(out, [b, l, d])
+}
+
+/// `x + gate ⊙ y` with `gate` chunk `gate_i` of the `k`-way modulation tensor `m`.
+pub fn gated_residual(x: Tensor<3>, m: &Tensor<3>, k: usize, gate_i: usize, y: Tensor<3>) -> Tensor<3> {
+    if !is_fast(&x) || !is_fast(m) || !is_fast(&y) {
+        return x + chunk(m, gate_i, k) * y;
+    }
+    let [b, l, d] = x.dims();
+    let lc = m.dims()[1];
+    let width = m.dims()[2];
+    let (xf, mf, yf) = (host(x), host(m.clone()), host(y));
+    let (xs, ms, ys) = (slice(&xf), slice(&mf), slice(&yf));
+    let mut out = uninit(xs.len());
+    out.par_chunks_mut(d).zip(xs.par_chunks(d).zip(ys.par_chunks(d))).enumerate().for_each(|(r, (o, (xr, yr)))| {
+        let gate = &cond_row(ms, lc, width, r / l, r % l)[gate_i * d..(gate_i + 1) * d];
+        multiversion!(|| {
+            for i in 0..d {
+                o[i] = xr[i] + gate[i] * yr[i];
+            }
+        })
+    });
+    from_vec(out, [b, l, d])
+}
+
+/// `SiLU(x)` (vectorised on the CPU).
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if !is_fast(&x) {
+        return burn::tensor::activation::silu(x);
+    }
+    let dims = x.dims();
+    let xf = host(x);
+    let xs = slice(&xf);
+    let mut out = uninit(xs.len());
+    out.par_chunks_mut(16384).zip(xs.par_chunks(16384)).for_each(|(o, x)| {
+        multiversion!(|| {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = v / (1.0 + exp_f32(-v));
+            }
+        })
+    });
+    from_vec(out, dims)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Attention
 // ---------------------------------------------------------------------------------------------
 
@@ -409,6 +497,16 @@ mod tests {
             let a = h.clone().narrow(2, 0, 32);
             burn::tensor::activation::silu(a) * h.narrow(2, 32, 32)
         }) < 1e-5);
+        // DiT modulation kernels, per-sample (Lc = 1) and per-token conditions.
+        for lc in [1, 16] {
+            let m = rng.normal_tensor([2, lc, 6 * 48], &device);
+            let h = norm.forward(x.clone());
+            let want = h.clone() * chunk(&m, 1, 6) + h + chunk(&m, 0, 6);
+            assert!(max_diff(rms_norm_modulate(&norm, x.clone(), &m, 6, 0, 1), want) < 1e-5);
+            let y = rng.normal_tensor([2, 16, 48], &device);
+            assert!(max_diff(gated_residual(x.clone(), &m, 6, 2, y.clone()), x.clone() + chunk(&m, 2, 6) * y) < 1e-5);
+        }
+        assert!(max_diff(silu(x.clone()), burn::tensor::activation::silu(x.clone())) < 1e-6);
         let qkv = lin.forward(x);
         let table = tokenizer::table(12, 4, 4, &device);
         assert!(max_diff(attention(qkv.clone(), 4, Some(&table)), attention_generic(qkv.clone(), 4, Some(&table))) < 1e-5);

@@ -53,13 +53,6 @@ pub enum NoiseSchedule {
     Uniform,
 }
 
-fn size_or_tiny(obj: &serde_json::Map<String, serde_json::Value>) -> Result<VitSize, String> {
-    match obj.get("semantic") {
-        None => Ok(VitSize::named("tiny").expect("tiny")),
-        Some(_) => Err("invalid field `semantic`".into()),
-    }
-}
-
 /// Full configuration of a [`RecTok`](super::RecTok) model.
 ///
 /// Defaults are those of the reference `RecTok.__init__` (`models/rectok.py`); `token_channels`,
@@ -144,8 +137,8 @@ impl RecTokConfig {
     /// Parses a JSON configuration in which every field with a default may be omitted; unknown
     /// fields are errors (they are usually typos).
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let user: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-        let obj = user.as_object().ok_or("a tokenizer configuration is a JSON object")?;
+        use crate::config_json::{merge, object, required_usize};
+        let obj = object(text, "tokenizer")?;
         let size = |key: &str| -> Result<VitSize, String> {
             let v = obj.get(key).ok_or(format!("missing field `{key}`"))?;
             match v.as_str() {
@@ -153,22 +146,9 @@ impl RecTokConfig {
                 None => serde_json::from_value(v.clone()).map_err(|e| format!("field `{key}`: {e}")),
             }
         };
-        let channels = obj
-            .get("token_channels")
-            .and_then(|v| v.as_u64())
-            .ok_or("missing or invalid field `token_channels`")? as usize;
-        let base = Self::new(channels, size("encoder")?, size("decoder")?, size("semantic").or_else(|_| size_or_tiny(obj))?);
-        let mut merged = serde_json::to_value(&base).map_err(|e| e.to_string())?;
-        let target = merged.as_object_mut().expect("object");
-        for (k, v) in obj {
-            if !target.contains_key(k) {
-                return Err(format!("unknown field `{k}` (known: {})", target.keys().cloned().collect::<Vec<_>>().join(", ")));
-            }
-            if !matches!(k.as_str(), "encoder" | "decoder" | "semantic") {
-                target.insert(k.clone(), v.clone());
-            }
-        }
-        let config: Self = serde_json::from_value(merged).map_err(|e| e.to_string())?;
+        let semantic = if obj.contains_key("semantic") { size("semantic")? } else { VitSize::named("tiny").expect("tiny") };
+        let base = Self::new(required_usize(&obj, "token_channels")?, size("encoder")?, size("decoder")?, semantic);
+        let config = merge(&base, &obj, &["encoder", "decoder", "semantic"])?;
         config.validate()?;
         Ok(config)
     }

@@ -5,11 +5,14 @@ use burn::store::burn_pack::Tensor as PackTensor;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Bidirectional prefix renames between reference state-dict keys and module paths (with
-/// PyTorch parameter names: `weight`, not `gamma`). Keys matching no rule are the same in both.
+/// Bidirectional renames between reference state-dict keys and module paths (with PyTorch
+/// parameter names: `weight`, not `gamma`): prefix rules, and infix rules for a segment that
+/// recurs inside many keys (`blocks.{i}.adaLN_modulation.1.`). Keys matching no rule are the
+/// same in both.
 #[derive(Clone, Debug, Default)]
 pub struct KeyMap {
     rules: Vec<(String, String)>,
+    infixes: Vec<(String, String)>,
 }
 
 impl KeyMap {
@@ -24,11 +27,19 @@ impl KeyMap {
         self
     }
 
+    /// Adds a rule: the segment `reference` (e.g. `.adaLN_modulation.1.`) anywhere in a key is
+    /// `module` in the path.
+    pub fn infix(mut self, reference: impl Into<String>, module: impl Into<String>) -> Self {
+        self.infixes.push((reference.into(), module.into()));
+        self
+    }
+
     /// Adds the rules of `inner` under a reference prefix and a module prefix.
     pub fn nest(mut self, reference: &str, module: &str, inner: &KeyMap) -> Self {
         for (r, m) in &inner.rules {
             self.rules.push((format!("{reference}{r}"), format!("{module}{m}")));
         }
+        self.infixes.extend(inner.infixes.iter().cloned());
         self
     }
 
@@ -39,10 +50,15 @@ impl KeyMap {
             .map(|(r, m)| if forward { (r, m) } else { (m, r) })
             .filter(|(from, _)| key.starts_with(from.as_str()))
             .max_by_key(|(from, _)| from.len());
-        match best {
+        let mut out = match best {
             Some((from, to)) => format!("{to}{}", &key[from.len()..]),
             None => key.to_string(),
+        };
+        for (r, m) in &self.infixes {
+            let (from, to) = if forward { (r, m) } else { (m, r) };
+            out = out.replacen(from.as_str(), to, 1);
         }
+        out
     }
 
     /// Reference key → module path.

@@ -11,6 +11,7 @@
 mod apply;
 mod export;
 mod state_dict;
+pub mod generator;
 pub mod tokenizer;
 
 pub use apply::{KeyMap, LoadReport, load_into};

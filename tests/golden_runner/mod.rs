@@ -1,5 +1,6 @@
 //! Case loading, comparison and dispatch for the golden harness.
 
+mod generator;
 mod tokenizer;
 
 use burn::prelude::*;
@@ -211,6 +212,9 @@ fn run_case(case: &mut Case) -> CaseResult<()> {
         "posterior" => tokenizer::posterior(case),
         "rectok_encode_train" => tokenizer::rectok_encode_train(case),
         "rectok_tokenize" => tokenizer::rectok_tokenize(case),
+        "dit_ddt" => generator::dit_ddt(case),
+        "transport" => generator::transport(case),
+        "timestep_shift" => generator::timestep_shift(case),
         other => Err(format!("no runner for case '{other}'")),
     }
 }

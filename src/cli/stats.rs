@@ -1,0 +1,109 @@
+//! `rectok stats`: per-channel latent statistics of a tokenizer over a folder of images, as the
+//! reference computes them before generator training and evaluation (spec TRAINING.md §4).
+
+use super::common::{DeviceArgs, TokenizerArgs, input_images, load_batch, progress, report_skipped};
+use crate::tokenizer::LatentStats;
+use crate::weights::tokenizer::save_latent_stats;
+use anyhow::{Result, bail};
+use std::path::PathBuf;
+
+/// Compute latent statistics.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    tokenizer: TokenizerArgs,
+    /// Images (a folder, searched recursively, in the ImageNet layout or flat).
+    #[arg(long)]
+    data: PathBuf,
+    /// Output safetensors file with `mean` and `std` (C values each).
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Use at most this many images.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+/// Streaming per-channel first and second moments, accumulated in f64.
+#[derive(Clone, Debug)]
+pub struct ChannelMoments {
+    sum: Vec<f64>,
+    sum_sq: Vec<f64>,
+    count: u64,
+}
+
+impl ChannelMoments {
+    /// Empty accumulators for `channels` channels.
+    pub fn new(channels: usize) -> Self {
+        Self { sum: vec![0.0; channels], sum_sq: vec![0.0; channels], count: 0 }
+    }
+
+    /// Adds rows of `channels` values (channel fastest).
+    pub fn add(&mut self, values: &[f32]) {
+        let c = self.sum.len();
+        for row in values.chunks_exact(c) {
+            for (i, &v) in row.iter().enumerate() {
+                self.sum[i] += v as f64;
+                self.sum_sq[i] += (v as f64) * (v as f64);
+            }
+            self.count += 1;
+        }
+    }
+
+    /// Mean and population standard deviation per channel.
+    pub fn finish(&self) -> LatentStats {
+        let n = self.count.max(1) as f64;
+        let mean: Vec<f64> = self.sum.iter().map(|s| s / n).collect();
+        let std = self.sum_sq.iter().zip(&mean).map(|(s2, m)| (s2 / n - m * m).max(0.0).sqrt() as f32).collect();
+        LatentStats { mean: mean.into_iter().map(|m| m as f32).collect(), std }
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let device = args.device.device()?;
+    let mut inputs = input_images(&args.data)?;
+    if let Some(n) = args.limit {
+        inputs.sources.truncate(n);
+    }
+    let model = args.tokenizer.load(&device)?;
+    let size = model.config.img_size;
+    let mut moments = ChannelMoments::new(model.token_channels());
+    let mut unreadable = Vec::new();
+    let mut images = 0usize;
+    let pb = progress(inputs.sources.len(), "latent statistics");
+    for chunk in inputs.sources.chunks(args.batch_size) {
+        if let Some(batch) = load_batch(chunk, size, true, &mut unreadable, &device)? {
+            images += batch.names.len();
+            let mean = model.posterior(batch.tensor).mean;
+            moments.add(&mean.into_data().try_into_vec_as::<f32>().expect("f32"));
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    if images == 0 {
+        bail!("{}: none of the images could be read", args.data.display());
+    }
+    let stats = moments.finish();
+    save_latent_stats(&stats, &args.output)?;
+    report_skipped(&inputs.skipped_non_images, &unreadable);
+    let c = stats.mean.len() as f32;
+    println!(
+        "wrote {}: {} channels over {images} images ({} tokens); mean of means {:.4}, mean std {:.4}",
+        args.output.display(),
+        stats.mean.len(),
+        moments.count,
+        stats.mean.iter().sum::<f32>() / c,
+        stats.std.iter().sum::<f32>() / c
+    );
+    if images < 1000 {
+        tracing::warn!("statistics from {images} images are rough; the reference uses the whole training set");
+    }
+    Ok(())
+}

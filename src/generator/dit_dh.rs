@@ -1,0 +1,456 @@
+//! DiT^DH: a diffusion transformer with a wide, shallow "DDT head" (the reference's `DiTwDDTHead`
+//! in `models/DDT.py` and `models/layers.py`; RAE / DDT lineage), the generator RecTok's latents
+//! are evaluated with (paper §4).
+//!
+//! For latents `x (B, C, h, w)`, time `t (B,)` in [0, 1] (t = 1 is data) and labels `y (B,)`:
+//!
+//! ```text
+//! c = SiLU(t_embedder(t) + y_embedder(y))                      (B, D_enc)
+//! s = s_embedder(x) + pos_embed → encoder blocks(·, c)          (B, L, D_enc)
+//! s = s_projector(SiLU(t_embedder(t) + s))                      (B, L, D_dec)
+//! h = x_embedder(x) → head blocks(·, s) → final_layer(·, s)     (B, L, C)  → unpatchify
+//! ```
+//!
+//! The output is the predicted velocity `x1 − x0`. Blocks are LightningDDT blocks: adaLN
+//! shift/scale/gate modulation from the condition, RMSNorm, RoPE attention (the DiT convention of
+//! [`crate::nn::rope::dit`]), SwiGLU.
+
+use crate::nn::kernels;
+use crate::nn::rope::{RopeTable, dit as dit_rope};
+use crate::nn::{Attention, AttentionConfig, SwiGlu, SwiGluConfig, swiglu_hidden};
+use crate::trace::Trace;
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+
+/// RMSNorm ε of the DiT.
+const RMS_EPS: f64 = 1e-6;
+
+/// Configuration of a [`DitDh`] model.
+#[derive(Config, Debug)]
+pub struct DitDhConfig {
+    /// Latent grid side `h = w` (image size / tokenizer patch size; 16 for RecTok at 256 px).
+    pub input_size: usize,
+    /// Latent channels `C`.
+    pub token_channels: usize,
+    /// Width of the encoder (`s`) stream.
+    pub enc_hidden: usize,
+    /// Depth of the encoder stream.
+    pub enc_depth: usize,
+    /// Heads of the encoder stream.
+    pub enc_heads: usize,
+    /// Width of the DDT head (`x`) stream.
+    #[config(default = 2048)]
+    pub dec_hidden: usize,
+    /// Depth of the DDT head.
+    #[config(default = 2)]
+    pub dec_depth: usize,
+    /// Heads of the DDT head.
+    #[config(default = 16)]
+    pub dec_heads: usize,
+    /// Patch size of both embedders (1 in every official model).
+    #[config(default = 1)]
+    pub patch_size: usize,
+    /// MLP ratio of the SwiGLU layers.
+    #[config(default = 4.0)]
+    pub mlp_ratio: f64,
+    /// Number of classes; label `num_classes` is the null (unconditional) class.
+    #[config(default = 1000)]
+    pub num_classes: usize,
+    /// Probability of replacing a label by the null class in training.
+    #[config(default = 0.1)]
+    pub label_dropout_prob: f64,
+}
+
+impl DitDhConfig {
+    /// `DiTDDT_xl`: 28 × 1152 (16 heads) encoder, 2 × 2048 head — the released generator.
+    pub fn ditdh_xl(token_channels: usize, input_size: usize) -> Self {
+        Self::new(input_size, token_channels, 1152, 28, 16)
+    }
+
+    /// `DiTDDT_l`: 24 × 1024 (16 heads) encoder, 2 × 2048 head.
+    pub fn ditdh_l(token_channels: usize, input_size: usize) -> Self {
+        Self::new(input_size, token_channels, 1024, 24, 16)
+    }
+
+    /// `DiTDDT_b`: 12 × 768 (12 heads) encoder, 2 × 2048 head.
+    pub fn ditdh_b(token_channels: usize, input_size: usize) -> Self {
+        Self::new(input_size, token_channels, 768, 12, 12)
+    }
+
+    /// `DiTDDT_s`: 12 × 384 (6 heads) encoder, 2 × 2048 head — the AutoGuidance guide.
+    pub fn ditdh_s(token_channels: usize, input_size: usize) -> Self {
+        Self::new(input_size, token_channels, 384, 12, 6)
+    }
+
+    /// A preset by name (`xl`, `l`, `b`, `s`, with or without a `ditdh_` prefix).
+    pub fn preset(name: &str, token_channels: usize, input_size: usize) -> Option<Self> {
+        match name.trim_start_matches("ditdh_").trim_start_matches("ditdh-").to_ascii_lowercase().as_str() {
+            "xl" => Some(Self::ditdh_xl(token_channels, input_size)),
+            "l" => Some(Self::ditdh_l(token_channels, input_size)),
+            "b" => Some(Self::ditdh_b(token_channels, input_size)),
+            "s" => Some(Self::ditdh_s(token_channels, input_size)),
+            _ => None,
+        }
+    }
+
+    /// Parses a configuration: a preset name (`xl`, `l`, `b`, `s`) for the given latent
+    /// geometry, or JSON with `input_size`, `token_channels`, `enc_hidden`, `enc_depth`,
+    /// `enc_heads` (or `"preset": "xl"` plus the geometry) and optional other fields.
+    pub fn parse(spec: &str, token_channels: usize, input_size: usize) -> Result<Self, String> {
+        use crate::config_json::{merge, object, required_usize};
+        if let Some(c) = Self::preset(spec, token_channels, input_size) {
+            return Ok(c);
+        }
+        let text = std::fs::read_to_string(spec).map_err(|e| format!("{spec}: not a preset (xl, l, b, s) nor a readable JSON file ({e})"))?;
+        let obj = object(&text, "generator").map_err(|e| format!("{spec}: {e}"))?;
+        let channels = obj.get("token_channels").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(token_channels);
+        let size = obj.get("input_size").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(input_size);
+        let base = match obj.get("preset").and_then(|v| v.as_str()) {
+            Some(p) => Self::preset(p, channels, size).ok_or(format!("{spec}: unknown preset `{p}`"))?,
+            None => Self::new(
+                size,
+                channels,
+                required_usize(&obj, "enc_hidden")?,
+                required_usize(&obj, "enc_depth")?,
+                required_usize(&obj, "enc_heads")?,
+            ),
+        };
+        let mut obj = obj;
+        obj.remove("preset");
+        let config = merge(&base, &obj, &[]).map_err(|e| format!("{spec}: {e}"))?;
+        config.validate().map_err(|e| format!("{spec}: {e}"))?;
+        Ok(config)
+    }
+
+    /// Number of latent tokens.
+    pub fn seq_len(&self) -> usize {
+        (self.input_size / self.patch_size).pow(2)
+    }
+
+    /// The dimension-dependent time shift `s = sqrt(h·w·C / 4096)` of training and sampling.
+    pub fn time_shift(&self) -> f64 {
+        ((self.input_size * self.input_size * self.token_channels) as f64 / 4096.0).sqrt()
+    }
+
+    /// Checks the sizes, naming the first problem.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, width, heads) in [("encoder", self.enc_hidden, self.enc_heads), ("head", self.dec_hidden, self.dec_heads)] {
+            if heads == 0 || width % heads != 0 {
+                return Err(format!("{name} width {width} is not a multiple of its {heads} heads"));
+            }
+            if (width / heads) % 4 != 0 {
+                return Err(format!("{name} head dim {} is not a multiple of 4 (2D RoPE)", width / heads));
+            }
+        }
+        if self.enc_hidden % 4 != 0 {
+            return Err(format!("encoder width {} is not a multiple of 4 (2D sin-cos positions)", self.enc_hidden));
+        }
+        if self.patch_size == 0 || self.input_size % self.patch_size != 0 {
+            return Err(format!("latent size {} is not a multiple of the patch size {}", self.input_size, self.patch_size));
+        }
+        Ok(())
+    }
+
+    /// Builds the model: zero weights except the fixed 2D sin-cos `pos_embed`; load or initialise
+    /// the rest afterwards.
+    pub fn init(&self, device: &Device) -> DitDh {
+        if let Err(e) = self.validate() {
+            panic!("invalid DiT^DH configuration: {e}");
+        }
+        let lin = |i, o| LinearConfig::new(i, o).with_initializer(Initializer::Zeros).init(device);
+        let p = self.patch_size;
+        let embed = |width: usize| PatchEmbed {
+            proj: Conv2dConfig::new([self.token_channels, width], [p, p])
+                .with_stride([p, p])
+                .with_initializer(Initializer::Zeros)
+                .init(device),
+        };
+        let grid = self.input_size / p;
+        let pos = sincos_pos_embed_2d(self.enc_hidden, grid);
+        let blocks = (0..self.enc_depth + self.dec_depth)
+            .map(|i| {
+                let (width, heads) = if i < self.enc_depth { (self.enc_hidden, self.enc_heads) } else { (self.dec_hidden, self.dec_heads) };
+                LightningDdtBlock {
+                    norm1: RmsNormConfig::new(width).with_epsilon(RMS_EPS).init(device),
+                    norm2: RmsNormConfig::new(width).with_epsilon(RMS_EPS).init(device),
+                    attn: AttentionConfig::new(width, heads).init(device),
+                    mlp: SwiGluConfig::new(width, swiglu_hidden(width, self.mlp_ratio)).init(device),
+                    ada_ln_modulation: lin(width, 6 * width),
+                }
+            })
+            .collect();
+        DitDh {
+            x_embedder: embed(self.dec_hidden),
+            s_embedder: embed(self.enc_hidden),
+            s_projector: (self.enc_hidden != self.dec_hidden).then(|| lin(self.enc_hidden, self.dec_hidden)),
+            t_embedder: TimestepEmbedder {
+                freqs: Param::from_tensor(Tensor::zeros([256], device)),
+                fc1: lin(512, self.enc_hidden),
+                fc2: lin(self.enc_hidden, self.enc_hidden),
+            },
+            y_embedder: LabelEmbedder {
+                embedding_table: EmbeddingConfig::new(self.num_classes + 1, self.enc_hidden)
+                    .with_initializer(Initializer::Zeros)
+                    .init(device),
+            },
+            pos_embed: Param::from_tensor(Tensor::from_data(TensorData::new(pos, [1, grid * grid, self.enc_hidden]), device)),
+            blocks,
+            final_layer: DdtFinalLayer {
+                norm_final: RmsNormConfig::new(self.dec_hidden).with_epsilon(RMS_EPS).init(device),
+                linear: lin(self.dec_hidden, p * p * self.token_channels),
+                ada_ln_modulation: lin(self.dec_hidden, 2 * self.dec_hidden),
+            },
+            config: self.clone(),
+        }
+    }
+}
+
+/// The reference's `initialize_weights` (spec ARCHITECTURE.md §3.5): PyTorch default Linear
+/// init, except Xavier-uniform embedder convs with zero bias, `N(0, 0.02)` label table and time-MLP
+/// weights, zero adaLN and output layers, `t_embedder.W ~ N(0, 1)`; `pos_embed` keeps its fixed
+/// sin-cos values.
+pub struct DitInit;
+
+impl crate::nn::init::InitRules for DitInit {
+    fn rule(&self, path: &str, module_type: &str, shape: &[usize]) -> crate::nn::init::ParamInit {
+        use crate::nn::init::{ParamInit, TorchDefaultInit};
+        let name = path.rsplit('.').next().unwrap_or("");
+        if path == "pos_embed" {
+            return ParamInit::Keep;
+        }
+        if path == "t_embedder.freqs" {
+            return ParamInit::Normal(1.0);
+        }
+        if path.starts_with("x_embedder.proj.") || path.starts_with("s_embedder.proj.") {
+            return match name {
+                // Xavier-uniform on the (out, in·k·k) view: bound sqrt(6 / (fan_in + fan_out)).
+                "weight" => ParamInit::Uniform((6.0 / (shape[0] + shape[1..].iter().product::<usize>()) as f64).sqrt()),
+                _ => ParamInit::Zeros,
+            };
+        }
+        if path.contains("ada_ln_modulation.") || path.starts_with("final_layer.linear.") {
+            return ParamInit::Zeros;
+        }
+        if path == "y_embedder.embedding_table.weight" || ((path.starts_with("t_embedder.fc")) && name == "weight") {
+            return ParamInit::Normal(0.02);
+        }
+        TorchDefaultInit.rule(path, module_type, shape)
+    }
+}
+
+/// MAE-style fixed 2D sin-cos position embedding (`get_2d_sincos_pos_embed`), computed in float64
+/// as NumPy does: the first half of the channels encodes the **column** index (the reference's
+/// `np.meshgrid(grid_w, grid_h)` puts w first), the second half the row; each half is
+/// `[sin(p·ω) | cos(p·ω)]` with `ω_i = 10000^(−i/(D/4))`.
+pub fn sincos_pos_embed_2d(dim: usize, grid: usize) -> Vec<f32> {
+    let quarter = dim / 4;
+    let omega: Vec<f64> = (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
+    let mut out = Vec::with_capacity(grid * grid * dim);
+    for h in 0..grid {
+        for w in 0..grid {
+            for pos in [w as f64, h as f64] {
+                out.extend(omega.iter().map(|o| (pos * o).sin() as f32));
+                out.extend(omega.iter().map(|o| (pos * o).cos() as f32));
+            }
+        }
+    }
+    out
+}
+
+/// 1×1 (patch) conv embedding: `(B, C, h, w) → (B, L, D)`, tokens row-major (`proj` in the
+/// reference).
+#[derive(Module, Debug)]
+pub struct PatchEmbed {
+    /// Conv `C → D`, kernel = stride = patch size.
+    pub proj: Conv2d,
+}
+
+impl PatchEmbed {
+    /// Patchify and project, as one matrix product.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<3> {
+        let [b, c, hh, ww] = x.dims();
+        let weight = self.proj.weight.val();
+        let [d, _, p, _] = weight.dims();
+        let (gh, gw) = (hh / p, ww / p);
+        let patches = x.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p]);
+        let mut out = patches.matmul(weight.reshape([d, c * p * p]).transpose().unsqueeze_dim(0));
+        if let Some(bias) = &self.proj.bias {
+            out = out + bias.val().unsqueeze_dims(&[0, 1]);
+        }
+        out
+    }
+}
+
+/// Gaussian Fourier time embedding (`GaussianFourierEmbedding`): `[sin θ | cos θ]` with
+/// `θ = 2π·t·W` for a fixed random `W` (256), then `Linear → SiLU → Linear`. No ×1000 on t.
+#[derive(Module, Debug)]
+pub struct TimestepEmbedder {
+    /// The fixed random frequencies (`t_embedder.W`), stored in the checkpoint, never trained.
+    pub freqs: Param<Tensor<1>>,
+    /// `512 → D` (`mlp.0`).
+    pub fc1: Linear,
+    /// `D → D` (`mlp.2`).
+    pub fc2: Linear,
+}
+
+impl TimestepEmbedder {
+    /// `(B,) → (B, D)`.
+    pub fn forward(&self, t: Tensor<1>) -> Tensor<2> {
+        let theta = t.unsqueeze_dim::<2>(1) * self.freqs.val().unsqueeze_dim(0) * 2.0 * std::f64::consts::PI;
+        let e = Tensor::cat(vec![theta.clone().sin(), theta.cos()], 1);
+        kernels::linear(&self.fc2, silu(kernels::linear(&self.fc1, e)))
+    }
+}
+
+/// Class embedding table with the extra null class (`LabelEmbedder`).
+#[derive(Module, Debug)]
+pub struct LabelEmbedder {
+    /// `(num_classes + 1, D)`.
+    pub embedding_table: Embedding,
+}
+
+impl LabelEmbedder {
+    /// `(B,) → (B, D)`.
+    pub fn forward(&self, y: Tensor<1, Int>) -> Tensor<2> {
+        let b = y.dims()[0];
+        self.embedding_table.forward(y.unsqueeze_dim(0)).reshape([b as i32, -1])
+    }
+}
+
+/// LightningDDT block: adaLN-modulated pre-norm attention and SwiGLU with gated residuals.
+#[derive(Module, Debug)]
+pub struct LightningDdtBlock {
+    /// RMSNorm before attention.
+    pub norm1: RmsNorm,
+    /// RMSNorm before the MLP.
+    pub norm2: RmsNorm,
+    /// Self-attention with RoPE.
+    pub attn: Attention,
+    /// SwiGLU feed-forward.
+    pub mlp: SwiGlu,
+    /// `D → 6D` after SiLU (`adaLN_modulation.1`): shift, scale, gate for attention and MLP.
+    pub ada_ln_modulation: Linear,
+}
+
+impl LightningDdtBlock {
+    /// `x (B, L, D)` conditioned on `silu_c = SiLU(c)` of shape `(B, 1, D)` (encoder) or
+    /// `(B, L, D)` (head). (The reference applies the SiLU inside `adaLN_modulation`; it is taken
+    /// once per forward here, as every block of a stream shares its condition.)
+    pub fn forward(&self, x: Tensor<3>, silu_c: Tensor<3>, rope: &RopeTable) -> Tensor<3> {
+        // Chunks in the reference's order: shift, scale, gate (attention), shift, scale, gate (MLP).
+        let m = kernels::linear(&self.ada_ln_modulation, silu_c);
+        let h = kernels::rms_norm_modulate(&self.norm1, x.clone(), &m, 6, 0, 1);
+        let x = kernels::gated_residual(x, &m, 6, 2, self.attn.forward(h, Some(rope)));
+        let h = kernels::rms_norm_modulate(&self.norm2, x.clone(), &m, 6, 3, 4);
+        kernels::gated_residual(x, &m, 6, 5, self.mlp.forward(h))
+    }
+}
+
+/// Final layer of the head: adaLN shift/scale (no gate), RMSNorm, `Linear(D → p²·C)`.
+#[derive(Module, Debug)]
+pub struct DdtFinalLayer {
+    /// RMSNorm.
+    pub norm_final: RmsNorm,
+    /// Output projection.
+    pub linear: Linear,
+    /// `D → 2D` after SiLU (`adaLN_modulation.1`).
+    pub ada_ln_modulation: Linear,
+}
+
+impl DdtFinalLayer {
+    /// `(B, L, D)` conditioned on `silu_c = SiLU(s)` `(B, L, D)` → `(B, L, p²·C)`.
+    pub fn forward(&self, x: Tensor<3>, silu_c: Tensor<3>) -> Tensor<3> {
+        let m = kernels::linear(&self.ada_ln_modulation, silu_c);
+        kernels::linear(&self.linear, kernels::rms_norm_modulate(&self.norm_final, x, &m, 2, 0, 1))
+    }
+}
+
+/// The DiT^DH network.
+#[derive(Module, Debug)]
+pub struct DitDh {
+    /// Head-stream embedder `C → D_dec`.
+    pub x_embedder: PatchEmbed,
+    /// Encoder-stream embedder `C → D_enc`.
+    pub s_embedder: PatchEmbed,
+    /// `D_enc → D_dec` (absent when the widths agree, an `nn.Identity` in the reference).
+    pub s_projector: Option<Linear>,
+    /// Time embedding.
+    pub t_embedder: TimestepEmbedder,
+    /// Class embedding.
+    pub y_embedder: LabelEmbedder,
+    /// Fixed 2D sin-cos positions of the encoder stream `(1, L, D_enc)` (a frozen parameter).
+    pub pos_embed: Param<Tensor<3>>,
+    /// Encoder blocks followed by head blocks.
+    pub blocks: Vec<LightningDdtBlock>,
+    /// Output layer.
+    pub final_layer: DdtFinalLayer,
+    /// The configuration.
+    #[module(skip)]
+    pub config: DitDhConfig,
+}
+
+impl DitDh {
+    /// Replaces labels by the null class where `drop_u < label_dropout_prob` (training-mode
+    /// label dropout with explicit uniform draws `(B,)`).
+    pub fn drop_labels(&self, y: Tensor<1, Int>, drop_u: &Tensor<1>) -> Tensor<1, Int> {
+        let mask = drop_u.clone().lower_elem(self.config.label_dropout_prob);
+        y.mask_fill(mask, self.config.num_classes as i64)
+    }
+
+    /// Predicted velocity `(B, C, h, w)` (`net(x, t, y)` in eval mode).
+    pub fn forward(&self, x: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>) -> Tensor<4> {
+        self.forward_traced(x, t, y, &mut Trace::off())
+    }
+
+    /// [`DitDh::forward`] recording the reference's submodule outputs.
+    pub fn forward_traced(&self, x: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>, trace: &mut Trace) -> Tensor<4> {
+        let device = x.device();
+        let cfg = &self.config;
+        let [b, _, hh, ww] = x.dims();
+        let p = cfg.patch_size;
+        let (gh, gw) = (hh / p, ww / p);
+        let te = self.t_embedder.forward(t);
+        trace.record("t_embedder", &te);
+        let ye = self.y_embedder.forward(y);
+        trace.record("y_embedder", &ye);
+        let c = silu(te.clone() + ye).unsqueeze_dim::<3>(1);
+        let silu_c = kernels::silu(c);
+        let mut s = self.s_embedder.forward(x.clone());
+        trace.record("s_embedder", &s);
+        s = s + self.pos_embed.val();
+        let enc_rope = dit_rope::table(cfg.enc_hidden / cfg.enc_heads, gh, &device);
+        for (i, block) in self.blocks[..cfg.enc_depth].iter().enumerate() {
+            s = block.forward(s, silu_c.clone(), &enc_rope);
+            if trace.enabled() {
+                trace.record(&format!("blocks.{i}"), &s);
+            }
+        }
+        s = kernels::silu(te.unsqueeze_dim::<3>(1) + s);
+        if let Some(proj) = &self.s_projector {
+            s = kernels::linear(proj, s);
+            trace.record("s_projector", &s);
+        }
+        let silu_s = kernels::silu(s);
+        let mut h = self.x_embedder.forward(x);
+        trace.record("x_embedder", &h);
+        let dec_rope = dit_rope::table(cfg.dec_hidden / cfg.dec_heads, gh, &device);
+        for (i, block) in self.blocks[cfg.enc_depth..].iter().enumerate() {
+            h = block.forward(h, silu_s.clone(), &dec_rope);
+            if trace.enabled() {
+                trace.record(&format!("blocks.{}", cfg.enc_depth + i), &h);
+            }
+        }
+        let out = self.final_layer.forward(h, silu_s);
+        trace.record("final_layer", &out);
+        let c = cfg.token_channels;
+        out.reshape([b, gh, gw, p, p, c]).permute([0, 5, 1, 3, 2, 4]).reshape([b, c, gh * p, gw * p])
+    }
+
+    /// Number of parameters (DiT^DH-XL with 128 channels: 835,316,436).
+    pub fn num_params_total(&self) -> usize {
+        self.num_params()
+    }
+}

@@ -1,0 +1,93 @@
+//! Rectified-flow transport of the DiT (the reference's `transport/`, linear path, velocity
+//! prediction; spec TRAINING.md §5, SAMPLING_EVAL.md §1).
+//!
+//! **Time convention: t = 1 is data, t = 0 is noise** (the tokenizer's noise level τ is 1 − t):
+//! `x_t = t·x1 + (1 − t)·x0`, target velocity `x1 − x0`. With the dimension-dependent shift
+//! `s = sqrt(h·w·C/4096)`, training draws `t = 1 − S(u)` (only when s > 1) and the ODE grid is
+//! `flip(S(1) − S(u))` (s > 1) or `S(u)` (0 < s ≤ 1), `S(u) = s·u / (1 + (s − 1)·u)`, all in float32.
+
+use super::dit_dh::DitDh;
+use burn::prelude::*;
+
+/// `S(u)` in float32 as the reference evaluates it (`(s − 1)` is a Python float).
+fn shift_f32(u: f32, s: f64) -> f32 {
+    (s as f32) * u / (1.0 + ((s - 1.0) as f32) * u)
+}
+
+/// Training-time t from uniform draws `u`: `1 − S(u)` if `s > 1`, else `u`.
+pub fn train_time(u: Tensor<1>, shift: f64) -> Tensor<1> {
+    if shift > 1.0 {
+        let s = u.clone() * shift / (u * (shift - 1.0) + 1.0);
+        s.neg() + 1.0
+    } else {
+        u
+    }
+}
+
+/// The ODE time grid of `n` points from 0 (noise) to 1 (data).
+pub fn ode_grid(n: usize, shift: f64) -> Vec<f32> {
+    let u = crate::nn::rope::linspace_f32(0.0, 1.0, n);
+    if shift <= 0.0 {
+        return u;
+    }
+    let v: Vec<f32> = u.iter().map(|&x| shift_f32(x, shift)).collect();
+    if shift > 1.0 {
+        let last = *v.last().unwrap_or(&1.0);
+        v.iter().rev().map(|&x| last - x).collect()
+    } else {
+        v
+    }
+}
+
+/// `t` of shape `(B,)` broadcast against `(B, C, h, w)`.
+fn expand_t(t: &Tensor<1>) -> Tensor<4> {
+    t.clone().unsqueeze_dims(&[1, 2, 3])
+}
+
+/// The linear path: `x_t = t·x1 + (1 − t)·x0` and its velocity `x1 − x0`.
+pub fn plan(t: &Tensor<1>, x0: Tensor<4>, x1: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    let te = expand_t(t);
+    let xt = te.clone() * x1.clone() + (te.neg() + 1.0) * x0.clone();
+    (xt, x1 - x0)
+}
+
+/// The explicit random draws of one training loss, in the reference's order.
+#[derive(Clone, Debug)]
+pub struct TrainingDraws {
+    /// Noise `x0 ~ N(0, I)` shaped like the data.
+    pub x0: Tensor<4>,
+    /// Uniform `u` per sample before the time shift.
+    pub t_u: Tensor<1>,
+    /// Uniform draws of the label dropout (training mode); `None` evaluates the network in eval
+    /// mode (no dropout).
+    pub label_drop_u: Option<Tensor<1>>,
+}
+
+/// Result of [`training_losses`].
+#[derive(Clone, Debug)]
+pub struct TrainingLosses {
+    /// Shifted time per sample.
+    pub t: Tensor<1>,
+    /// Network output at `x_t`.
+    pub pred: Tensor<4>,
+    /// `mean_{c,h,w}((pred − (x1 − x0))²)` per sample `(B,)`.
+    pub loss_per_sample: Tensor<1>,
+    /// Mean over the batch (the training objective).
+    pub loss: Tensor<1>,
+}
+
+/// The velocity-matching loss of `net` on data `x1` with labels `y` (labels dropped to the null
+/// class with the given draws in training mode).
+pub fn training_losses(net: &DitDh, x1: Tensor<4>, y: Tensor<1, Int>, draws: &TrainingDraws) -> TrainingLosses {
+    let t = train_time(draws.t_u.clone(), net.config.time_shift());
+    let (xt, ut) = plan(&t, draws.x0.clone(), x1);
+    let y = match &draws.label_drop_u {
+        Some(u) => net.drop_labels(y, u),
+        None => y,
+    };
+    let pred = net.forward(xt, t.clone(), y);
+    let b = pred.dims()[0];
+    let loss_per_sample = (pred.clone() - ut).powi_scalar(2).reshape([b as i32, -1]).mean_dim(1).reshape([b]);
+    let loss = loss_per_sample.clone().mean();
+    TrainingLosses { t, pred, loss_per_sample, loss }
+}
