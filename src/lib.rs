@@ -24,6 +24,7 @@ pub mod generator;
 pub mod metrics;
 pub mod nn;
 pub mod rng;
+pub mod teacher;
 pub mod tokenizer;
 pub mod trace;
 pub mod weights;

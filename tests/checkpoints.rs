@@ -127,3 +127,49 @@ fn shape_mismatch_is_reported_by_key() {
     let err = load(&fixture("tiny_rectok.pth"), CheckpointEntry::Auto, Some(config)).unwrap_err().to_string();
     assert!(err.contains("has shape") && err.contains("expects"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// DiT^DH
+// ---------------------------------------------------------------------------------------------
+
+fn tiny_dit_config() -> rectok::generator::DitDhConfig {
+    rectok::generator::DitDhConfig::parse(fixture("tiny_ditdh_config.json").to_str().unwrap(), 8, 4).unwrap()
+}
+
+fn velocity_of(model: &rectok::generator::DitDh) -> Vec<f32> {
+    let expected = StateDict::open(&fixture("tiny_ditdh_expected.safetensors"), CheckpointEntry::Auto).unwrap();
+    let device = Device::flex();
+    let x = Tensor::<4>::from_data(TensorData::new(expected.read_f32("x").unwrap(), [2, 8, 4, 4]), &device);
+    let t = Tensor::<1>::from_data(TensorData::new(expected.read_f32("t").unwrap(), [2]), &device);
+    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 5], [2]), &device);
+    values(model.forward(x, t, y))
+}
+
+#[test]
+fn official_dit_checkpoint_gives_the_reference_velocity() {
+    use rectok::weights::generator::{load_generator, save_generator};
+    let expected = StateDict::open(&fixture("tiny_ditdh_expected.safetensors"), CheckpointEntry::Auto).unwrap();
+    let want = expected.read_f32("velocity").unwrap();
+    let (model, report) = load_generator(&fixture("tiny_ditdh.pth"), CheckpointEntry::Auto, Some(tiny_dit_config()), &Device::flex()).unwrap();
+    assert_eq!(report.entry, "model_ema", "evaluation uses the EMA weights");
+    let got = velocity_of(&model);
+    let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0f32, f32::max);
+    assert!(max < 1e-4, "velocity differs from the reference by {max:e}");
+    // The raw `model` entry (which also holds the RoPE buffers) loads and differs.
+    let (raw, _) = load_generator(&fixture("tiny_ditdh.pth"), CheckpointEntry::Model, Some(tiny_dit_config()), &Device::flex()).unwrap();
+    assert_ne!(velocity_of(&raw), got);
+    // Converted safetensors load without flags and give the same velocity.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("dit.safetensors");
+    save_generator(&model, &out).unwrap();
+    let sd = StateDict::open(&out, CheckpointEntry::Auto).unwrap();
+    assert!(sd.contains("blocks.0.adaLN_modulation.1.weight") && sd.contains("t_embedder.W") && sd.contains("t_embedder.mlp.2.bias"));
+    let (back, _) = load_generator(&out, CheckpointEntry::Auto, None, &Device::flex()).unwrap();
+    assert_eq!(velocity_of(&back), got);
+    // Without sizes, non-official widths are refused with a hint.
+    let err = load_generator(&fixture("tiny_ditdh.pth"), CheckpointEntry::Auto, None, &Device::flex()).unwrap_err().to_string();
+    assert!(err.contains("heads") && err.contains("--generator-config"), "{err}");
+    // A tokenizer is not a generator.
+    let err = load_generator(&fixture("tiny_rectok.pth"), CheckpointEntry::Auto, Some(tiny_dit_config()), &Device::flex()).unwrap_err().to_string();
+    assert!(err.contains("missing key `pos_embed`") || err.contains("missing key `x_embedder"), "{err}");
+}

@@ -271,16 +271,7 @@ pub struct PatchEmbed {
 impl PatchEmbed {
     /// Patchify and project, as one matrix product.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<3> {
-        let [b, c, hh, ww] = x.dims();
-        let weight = self.proj.weight.val();
-        let [d, _, p, _] = weight.dims();
-        let (gh, gw) = (hh / p, ww / p);
-        let patches = x.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p]);
-        let mut out = patches.matmul(weight.reshape([d, c * p * p]).transpose().unsqueeze_dim(0));
-        if let Some(bias) = &self.proj.bias {
-            out = out + bias.val().unsqueeze_dims(&[0, 1]);
-        }
-        out
+        crate::nn::patchify(&self.proj, x)
     }
 }
 

@@ -6,7 +6,7 @@
 //! backend's buffers; every other tensor — GPU backends, autodiff training — takes the generic
 //! composition, which is also the reference the kernels are tested against.
 
-use super::rope::RopeTable;
+use super::rope::{RopeStyle, RopeTable};
 use burn::backend::Flex;
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::nn::{Linear, RmsNorm};
@@ -152,12 +152,23 @@ fn softmax_in_place(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v *= inv);
 }
 
-/// `out = (x ⊙ cos + swap_pairs(x) ⊙ sin_signed) · scale` over one head's channels.
+/// `out = (x ⊙ cos + swap(x) ⊙ sin_signed) · scale` over one head's channels.
 #[inline(always)]
-fn rotate(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], scale: f32) {
-    for (((o, x), c), s) in out.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(cos.chunks_exact(2)).zip(sin.chunks_exact(2)) {
-        o[0] = (x[0] * c[0] + x[1] * s[0]) * scale;
-        o[1] = (x[1] * c[1] + x[0] * s[1]) * scale;
+fn rotate(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], scale: f32, style: RopeStyle) {
+    match style {
+        RopeStyle::AdjacentPairs => {
+            for (((o, x), c), s) in out.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(cos.chunks_exact(2)).zip(sin.chunks_exact(2)) {
+                o[0] = (x[0] * c[0] + x[1] * s[0]) * scale;
+                o[1] = (x[1] * c[1] + x[0] * s[1]) * scale;
+            }
+        }
+        RopeStyle::SplitHalf => {
+            let h = x.len() / 2;
+            for i in 0..h {
+                out[i] = (x[i] * cos[i] + x[i + h] * sin[i]) * scale;
+                out[i + h] = (x[i + h] * cos[i + h] + x[i] * sin[i + h]) * scale;
+            }
+        }
     }
 }
 
@@ -408,7 +419,7 @@ pub fn attention(qkv: Tensor<3>, heads: usize, rope: Option<&RopeTable>) -> Tens
     let src = slice(&qkvf);
     let tables = rope.map(|r| {
         let rows = r.cos.dims()[0];
-        (host(r.cos.clone()), host(r.sin_signed.clone()), rows)
+        (host(r.cos.clone()), host(r.sin_signed.clone()), rows, r.style, r.prefix, r.cos.dims()[1])
     });
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = uninit(b * l * d);
@@ -423,14 +434,15 @@ pub fn attention(qkv: Tensor<3>, heads: usize, rope: Option<&RopeTable>) -> Tens
                 let (qs, ks) = (&row[h * hd..(h + 1) * hd], &row[d + h * hd..d + (h + 1) * hd]);
                 let (qd, kd) = (&mut q[t * hd..(t + 1) * hd], &mut k[t * hd..(t + 1) * hd]);
                 match &tables {
-                    Some((cos, sin, rows)) => {
-                        let r = if *rows == 1 { t } else { bi * l + t };
+                    Some((cos, sin, rows, style, prefix, len)) if t >= *prefix => {
+                        let tt = t - prefix;
+                        let r = if *rows == 1 { tt } else { bi * len + tt };
                         let c = &slice(cos)[r * hd..(r + 1) * hd];
                         let sn = &slice(sin)[r * hd..(r + 1) * hd];
-                        rotate(qd, qs, c, sn, scale);
-                        rotate(kd, ks, c, sn, 1.0);
+                        rotate(qd, qs, c, sn, scale, *style);
+                        rotate(kd, ks, c, sn, 1.0, *style);
                     }
-                    None => {
+                    _ => {
                         qd.iter_mut().zip(qs).for_each(|(o, &v)| *o = v * scale);
                         kd.copy_from_slice(ks);
                     }
@@ -511,6 +523,10 @@ mod tests {
         let table = tokenizer::table(12, 4, 4, &device);
         assert!(max_diff(attention(qkv.clone(), 4, Some(&table)), attention_generic(qkv.clone(), 4, Some(&table))) < 1e-5);
         assert!(max_diff(attention(qkv.clone(), 4, None), attention_generic(qkv.clone(), 4, None)) < 1e-5);
+        // Split-half rotation with two unrotated prefix tokens (DINOv3).
+        let (c, sn) = (rng.uniform_vec(14 * 12), rng.uniform_vec(14 * 12));
+        let split = RopeTable::with_style(c, sn, 14, 12, RopeStyle::SplitHalf, 2, &device);
+        assert!(max_diff(attention(qkv.clone(), 4, Some(&split)), attention_generic(qkv.clone(), 4, Some(&split))) < 1e-5);
         // Per-sample (gathered) tables, as under MAE masking.
         let ids = Tensor::<2, Int>::from_data(TensorData::new((0..32i64).map(|i| (i * 5) % 16).collect::<Vec<_>>(), [2, 16]), &device);
         let gathered = table.gather_rows(&ids);

@@ -13,6 +13,21 @@ pub use block::{TransformerBlock, TransformerBlockConfig};
 pub use rope::RopeTable;
 pub use swiglu::{SwiGlu, SwiGluConfig};
 
+/// A conv with kernel = stride = `p` (patch embedding) as one matrix product over flattened
+/// patches: `(B, C, H, W) → (B, (H/p)·(W/p), D)`, tokens row-major.
+pub fn patchify(conv: &burn::nn::conv::Conv2d, x: burn::prelude::Tensor<4>) -> burn::prelude::Tensor<3> {
+    let [b, c, hh, ww] = x.dims();
+    let weight = conv.weight.val();
+    let [d, _, p, _] = weight.dims();
+    let (gh, gw) = (hh / p, ww / p);
+    let patches = x.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b * gh * gw, c * p * p]);
+    let mut out = patches.matmul(weight.reshape([d, c * p * p]).transpose());
+    if let Some(bias) = &conv.bias {
+        out = out + bias.val().unsqueeze_dim(0);
+    }
+    out.reshape([b, gh * gw, d])
+}
+
 /// `int(2/3 · mlp_ratio · width)` with plain truncation, as the reference's SwiGLU sizes its hidden
 /// layer (768 → 2048, 192 → 512, 2048 → 5461).
 pub fn swiglu_hidden(width: usize, mlp_ratio: f64) -> usize {

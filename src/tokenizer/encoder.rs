@@ -103,23 +103,9 @@ impl Encoder {
         self.latent_head.forward(h)
     }
 
-    /// Conv with kernel = stride = patch, computed as one matmul over flattened patches:
+    /// Conv with kernel = stride = patch, as one matmul over flattened patches:
     /// `(B, 3, H, W) → (B, L, W)`, tokens row-major.
     pub fn patchify(&self, x: Tensor<4>) -> Tensor<3> {
-        let [b, c, hh, ww] = x.dims();
-        let p = self.patch_size;
-        let (gh, gw) = (hh / p, ww / p);
-        let weight = self.patch_embed.weight.val();
-        let width = weight.dims()[0];
-        let patches = x
-            .reshape([b, c, gh, p, gw, p])
-            .permute([0, 2, 4, 1, 3, 5])
-            .reshape([b * gh * gw, c * p * p]);
-        let w2 = weight.reshape([width, c * p * p]);
-        let mut out = patches.matmul(w2.transpose());
-        if let Some(bias) = &self.patch_embed.bias {
-            out = out + bias.val().unsqueeze_dim(0);
-        }
-        out.reshape([b, gh * gw, width])
+        crate::nn::patchify(&self.patch_embed, x)
     }
 }
