@@ -8,6 +8,7 @@ mod encode;
 mod generate;
 mod reconstruct;
 mod stats;
+mod teacher;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +40,9 @@ enum Command {
     Stats(stats::Args),
     /// Convert an official PyTorch checkpoint into a self-describing safetensors file.
     Convert(convert::Args),
+    /// Teachers of flow semantic distillation.
+    #[command(subcommand)]
+    Teacher(teacher::Which),
     /// Time the networks with random weights.
     #[command(subcommand)]
     Bench(bench::Which),
@@ -81,6 +85,7 @@ pub fn run() -> i32 {
         Command::Generate(a) => generate::run(a),
         Command::Stats(a) => stats::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Teacher(w) => teacher::run(w),
         Command::Bench(w) => bench::run(w),
     };
     match result {

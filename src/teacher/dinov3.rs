@@ -183,6 +183,13 @@ pub struct Dinov3Vit {
     pub config: Dinov3Config,
 }
 
+/// Draws the training-mode RoPE coordinate rescale `exp(u)`, `u ~ U(−ln r, ln r)` (one scalar per
+/// forward call, shared by the batch and both axes, as HF's `augment_patches_center_coordinates`).
+pub fn draw_rope_rescale(rng: &mut crate::rng::Rng, range: f64) -> f32 {
+    let r = range.ln();
+    (rng.uniform_range(-r, r) as f32).exp()
+}
+
 impl Dinov3Vit {
     /// `last_hidden_state (B, 1 + R + N, D)`. `rope_rescale` is the training-mode coordinate
     /// rescale `exp(u)` (None in eval mode).
@@ -198,14 +205,12 @@ impl Dinov3Vit {
         let (gh, gw) = (h / cfg.patch_size, w / cfg.patch_size);
         let patches = crate::nn::patchify(&self.embeddings.patch_embeddings, pixels);
         let d = cfg.hidden_size;
-        let mut x = Tensor::cat(
-            vec![
-                self.embeddings.cls_token.val().expand([b, 1, d]),
-                self.embeddings.register_tokens.val().expand([b, cfg.num_register_tokens, d]),
-                patches,
-            ],
-            1,
-        );
+        let mut parts = vec![self.embeddings.cls_token.val().expand([b, 1, d])];
+        if cfg.num_register_tokens > 0 {
+            parts.push(self.embeddings.register_tokens.val().expand([b, cfg.num_register_tokens, d]));
+        }
+        parts.push(patches);
+        let mut x = Tensor::cat(parts, 1);
         trace.record("embeddings", &x);
         let table = rope::table(d / cfg.num_attention_heads, gh, gw, 1 + cfg.num_register_tokens, rope_rescale, &device);
         for (i, layer) in self.layer.iter().enumerate() {

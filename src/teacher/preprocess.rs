@@ -17,20 +17,27 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// `out × in` weights of an antialiased linear (triangle) resize: for downsampling the filter
-/// support grows with the scale, as Pillow / ATen's `_upsample_bilinear2d_aa`.
+/// support grows with the scale, as Pillow / ATen's `_upsample_bilinear2d_aa`. Computed with ATen's
+/// float32 arithmetic: with a non-integer scale the float32 centre of output pixel `i` is off by up
+/// to ~1e-5 of a pixel, which moves the weights by as much — and the reference by that much too.
 pub fn antialiased_bilinear_weights(input: usize, output: usize) -> Vec<f32> {
-    let scale = input as f64 / output as f64;
-    let support = if scale >= 1.0 { scale } else { 1.0 };
-    let inv = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
+    let scale = input as f32 / output as f32;
+    let (support, inv) = if scale >= 1.0 { (scale, 1.0 / scale) } else { (1.0f32, 1.0f32) };
     let mut w = vec![0f32; output * input];
     for i in 0..output {
-        let center = scale * (i as f64 + 0.5);
-        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64).min(input as i64) as usize;
-        let ws: Vec<f64> = (xmin..xmax).map(|j| (1.0 - ((j as f64 - center + 0.5) * inv).abs()).max(0.0)).collect();
-        let total: f64 = ws.iter().sum();
+        // `scalar_t center = scale * (i + 0.5)`: a double product stored as float.
+        let center = (scale as f64 * (i as f64 + 0.5)) as f32;
+        let xmin = (((center - support) as f64 + 0.5) as i64).max(0) as usize;
+        let xmax = (((center + support) as f64 + 0.5) as i64).min(input as i64) as usize;
+        let ws: Vec<f32> = (xmin..xmax)
+            .map(|j| {
+                let x = (((j as f32 - center) as f64 + 0.5) * inv as f64) as f32;
+                (1.0 - x.abs()).max(0.0)
+            })
+            .collect();
+        let total: f32 = ws.iter().sum();
         for (k, v) in ws.iter().enumerate() {
-            w[i * input + xmin + k] = (if total != 0.0 { v / total } else { 0.0 }) as f32;
+            w[i * input + xmin + k] = if total != 0.0 { v / total } else { 0.0 };
         }
     }
     w

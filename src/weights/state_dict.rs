@@ -148,7 +148,20 @@ impl StateDict {
     fn open_safetensors(path: &Path, entry: CheckpointEntry) -> Result<Self, WeightsError> {
         let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
         // SAFETY: the map is read-only and the file is not modified while we hold it.
-        let mmap = Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_err(path, e))?);
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_err(path, e))?;
+        Self::from_safetensors_buffer(path, Arc::new(mmap), entry)
+    }
+
+    /// Reads safetensors bytes held in memory (e.g. weights embedded in the binary); `label` names
+    /// them in messages.
+    pub fn from_safetensors_bytes(label: &Path, bytes: &'static [u8]) -> Result<Self, WeightsError> {
+        Self::from_safetensors_buffer(label, Arc::new(bytes), CheckpointEntry::Auto)
+    }
+
+    fn from_safetensors_buffer<B>(path: &Path, mmap: Arc<B>, entry: CheckpointEntry) -> Result<Self, WeightsError>
+    where
+        B: std::ops::Deref<Target = [u8]> + Send + Sync + 'static,
+    {
         let (_, meta) = safetensors::SafeTensors::read_metadata(&mmap[..])
             .map_err(|e| WeightsError::Format { path: path.into(), reason: e.to_string() })?;
         let metadata: BTreeMap<String, String> =

@@ -1,6 +1,7 @@
 //! Case loading, comparison and dispatch for the golden harness.
 
 mod generator;
+mod teacher;
 mod tokenizer;
 
 use burn::prelude::*;
@@ -163,6 +164,7 @@ struct CaseOutcome {
 
 fn compare(case: &Case) -> CaseOutcome {
     let mut out = CaseOutcome { max_abs: 0.0, max_rel: 0.0, compared: 0, failures: Vec::new() };
+    let verbose = std::env::var_os("RECTOK_GOLDEN_VERBOSE").is_some();
     for (name, want) in case.tensors.iter().filter(|(n, _)| n.starts_with("out.")) {
         let Some(got) = case.outputs.get(name) else {
             out.failures.push(format!("{name}: not produced"));
@@ -194,6 +196,10 @@ fn compare(case: &Case) -> CaseOutcome {
                 first_bad.get_or_insert((i, a, b));
             }
         }
+        if verbose {
+            let m = g.iter().zip(w.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            println!("        {name}: max abs {m:.3e}");
+        }
         if let Some((i, a, b)) = first_bad {
             out.failures.push(format!("{name}: {bad} of {} values out of tolerance {tol:?} (first at {i}: got {a}, want {b})", g.len()));
         }
@@ -215,6 +221,8 @@ fn run_case(case: &mut Case) -> CaseResult<()> {
         "dit_ddt" => generator::dit_ddt(case),
         "transport" => generator::transport(case),
         "timestep_shift" => generator::timestep_shift(case),
+        "dinov3_vit" => teacher::dinov3_vit(case),
+        "teacher_preprocess" => teacher::teacher_preprocess(case),
         other => Err(format!("no runner for case '{other}'")),
     }
 }
