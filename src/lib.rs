@@ -21,11 +21,13 @@ pub mod config_json;
 pub mod data;
 pub mod device;
 pub mod generator;
+pub mod loss;
 pub mod metrics;
 pub mod nn;
 pub mod rng;
 pub mod teacher;
 pub mod tokenizer;
+pub mod train;
 pub mod trace;
 pub mod weights;
 

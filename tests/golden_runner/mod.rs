@@ -3,6 +3,7 @@
 mod generator;
 mod teacher;
 mod tokenizer;
+mod training;
 
 use burn::prelude::*;
 use rectok::weights::{CheckpointEntry, StateDict};
@@ -223,6 +224,8 @@ fn run_case(case: &mut Case) -> CaseResult<()> {
         "timestep_shift" => generator::timestep_shift(case),
         "dinov3_vit" => teacher::dinov3_vit(case),
         "teacher_preprocess" => teacher::teacher_preprocess(case),
+        "rectok_forward_train" => training::rectok_forward_train(case),
+        "tokenizer_loss" => training::tokenizer_loss(case),
         other => Err(format!("no runner for case '{other}'")),
     }
 }

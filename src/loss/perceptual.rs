@@ -1,0 +1,1 @@
+//! Perceptual loss (placeholder; filled in below).
