@@ -9,11 +9,14 @@
 //! on `y = x/2 + 1/2`, `ŷ = x̂/2 + 1/2` (ŷ not clamped). The GAN weight the reference really
 //! applies is 0.1: its script passes 0.5, but the argument never reaches the loss module.
 
+pub mod convnext;
 pub mod discriminator;
+pub mod lpips;
 pub mod perceptual;
 pub mod semantic;
 
 pub use discriminator::{DiscriminatorConfig, NLayerDiscriminator, hinge_d_loss};
+pub use perceptual::{PerceptualKind, PerceptualLoss, PerceptualWeights};
 pub use semantic::{SemLossKind, sem_loss, targeted_sem_loss};
 
 use crate::tokenizer::DiagonalGaussian;

@@ -471,6 +471,125 @@ pub fn attention(qkv: Tensor<3>, heads: usize, rope: Option<&RopeTable>) -> Tens
     from_vec(out, [b, l, d])
 }
 
+// ---------------------------------------------------------------------------------------------
+// Convolution + per-channel affine + ReLU6 (inference of frozen convnets)
+// ---------------------------------------------------------------------------------------------
+
+/// Per-channel epilogue of a fused convolution: `y = x·scale + shift`, optionally ReLU6, optionally
+/// plus a residual of the output's shape.
+pub struct ConvEpilogue<'a> {
+    /// Per-output-channel scale (a folded BatchNorm).
+    pub scale: &'a [f32],
+    /// Per-output-channel shift.
+    pub shift: &'a [f32],
+    /// Clamp to [0, 6] after the affine map.
+    pub relu6: bool,
+}
+
+impl ConvEpilogue<'_> {
+    #[inline(always)]
+    fn apply(&self, channel: usize, plane: &mut [f32], residual: Option<&[f32]>) {
+        let (a, b) = (self.scale[channel], self.shift[channel]);
+        let relu6 = self.relu6;
+        multiversion!(|| {
+            for v in plane.iter_mut() {
+                let y = *v * a + b;
+                *v = if relu6 { y.clamp(0.0, 6.0) } else { y };
+            }
+            if let Some(r) = residual {
+                plane.iter_mut().zip(r).for_each(|(v, r)| *v += r);
+            }
+        })
+    }
+}
+
+/// A 1×1, stride-1 convolution `(B, Cin, H, W) → (B, Cout, H, W)` (one GEMM per image) with the
+/// epilogue fused, for flex tensors outside autodiff ([`is_fast`]); `None` otherwise.
+pub fn conv1x1_fused(x: &Tensor<4>, weight: &Tensor<4>, epilogue: &ConvEpilogue<'_>, residual: Option<&Tensor<4>>) -> Option<Tensor<4>> {
+    if !is_fast(x) || !is_fast(weight) || residual.is_some_and(|r| !is_fast(r)) {
+        return None;
+    }
+    let [b, cin, h, w] = x.dims();
+    let [cout, wcin, kh, kw] = weight.dims();
+    if wcin != cin || kh != 1 || kw != 1 {
+        return None;
+    }
+    let hw = h * w;
+    let xf = host(x.clone());
+    let wf = host(weight.clone());
+    let rf = residual.map(|r| host(r.clone()));
+    let (xs, ws) = (slice(&xf), slice(&wf));
+    let rs = rf.as_ref().map(slice);
+    let mut out = vec![0f32; b * cout * hw];
+    let per_image = |(bi, o): (usize, &mut [f32])| {
+        // SAFETY: W is cout×cin, the image cin×hw, the output cout×hw, all row-major.
+        unsafe { gemm_acc(cout, hw, cin, ws.as_ptr(), cin, xs[bi * cin * hw..].as_ptr(), hw, o.as_mut_ptr(), hw, b == 1) };
+        for (c, plane) in o.chunks_exact_mut(hw).enumerate() {
+            epilogue.apply(c, plane, rs.map(|r| &r[(bi * cout + c) * hw..(bi * cout + c + 1) * hw]));
+        }
+    };
+    if b == 1 {
+        out.chunks_mut(cout * hw).enumerate().for_each(per_image);
+    } else {
+        out.par_chunks_mut(cout * hw).enumerate().for_each(per_image);
+    }
+    Some(from_vec(out, [b, cout, h, w]))
+}
+
+/// A depthwise `k×k` convolution with stride `s` and explicit padding `(top/left, bottom/right)`
+/// (the same on both axes) with the epilogue fused, for flex tensors outside autodiff; `None`
+/// otherwise. One task per (image, channel) plane.
+pub fn depthwise_fused(x: &Tensor<4>, weight: &Tensor<4>, stride: usize, pad: (usize, usize), epilogue: &ConvEpilogue<'_>) -> Option<Tensor<4>> {
+    if !is_fast(x) || !is_fast(weight) {
+        return None;
+    }
+    let [b, c, h, w] = x.dims();
+    let [wc, one, k, kw] = weight.dims();
+    if wc != c || one != 1 || k != kw {
+        return None;
+    }
+    let (hp, wp) = (h + pad.0 + pad.1, w + pad.0 + pad.1);
+    if hp < k || wp < k {
+        return None;
+    }
+    let (ho, wo) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
+    let xf = host(x.clone());
+    let wf = host(weight.clone());
+    let (xs, ws) = (slice(&xf), slice(&wf));
+    let mut out = uninit(b * c * ho * wo);
+    out.par_chunks_mut(ho * wo).enumerate().for_each_init(
+        || vec![0f32; hp * wp],
+        |padded, (plane_index, o)| {
+            let ch = plane_index % c;
+            let src = &xs[plane_index * h * w..(plane_index + 1) * h * w];
+            for (y, row) in src.chunks_exact(w).enumerate() {
+                let start = (y + pad.0) * wp + pad.0;
+                padded[start..start + w].copy_from_slice(row);
+            }
+            let taps = &ws[ch * k * k..(ch + 1) * k * k];
+            multiversion!(|| {
+                o.fill(0.0);
+                for oy in 0..ho {
+                    let orow = &mut o[oy * wo..(oy + 1) * wo];
+                    for ky in 0..k {
+                        let irow = &padded[(oy * stride + ky) * wp..(oy * stride + ky + 1) * wp];
+                        for kx in 0..k {
+                            let t = taps[ky * k + kx];
+                            if stride == 1 {
+                                orow.iter_mut().zip(&irow[kx..kx + wo]).for_each(|(o, i)| *o += t * i);
+                            } else {
+                                orow.iter_mut().enumerate().for_each(|(ox, o)| *o += t * irow[ox * stride + kx]);
+                            }
+                        }
+                    }
+                }
+            });
+            epilogue.apply(ch, o, None);
+        },
+    );
+    Some(from_vec(out, [b, c, ho, wo]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@
 //! shapes allow) → head 320→1280 (1×1) → global average pool → `_fc` 1280→1000. The teacher's
 //! features are the head's `(1280, H/32, W/32)` map.
 
+use crate::nn::kernels::{ConvEpilogue, conv1x1_fused, depthwise_fused};
 use burn::module::Param;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
@@ -54,6 +55,15 @@ impl FrozenBatchNorm {
         Self { weight: p(1.0), bias: p(0.0), running_mean: p(0.0), running_var: p(1.0) }
     }
 
+    /// The per-channel `(scale, shift)` of the inference map, on the host.
+    fn folded(&self) -> (Vec<f32>, Vec<f32>) {
+        let v = |p: &Param<Tensor<1>>| -> Vec<f32> { p.val().into_data().try_into_vec_as::<f32>().expect("f32") };
+        let (g, b, m, var) = (v(&self.weight), v(&self.bias), v(&self.running_mean), v(&self.running_var));
+        let scale: Vec<f32> = g.iter().zip(&var).map(|(g, v)| g / (v + BN_EPS as f32).sqrt()).collect();
+        let shift = b.iter().zip(&m).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+        (scale, shift)
+    }
+
     /// `(x − μ)/sqrt(σ² + ε)·γ + β` per channel of `(B, C, H, W)`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let scale = self.weight.val() / (self.running_var.val() + BN_EPS).sqrt();
@@ -93,7 +103,7 @@ impl SameConv {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let options = ConvOptions::new_with_padding([self.stride; 2], [self.pad; 2], [1, 1], self.groups);
         conv2d(x, self.weight.val(), None, options)
     }
@@ -123,7 +133,11 @@ pub struct MbConv {
 }
 
 impl MbConv {
-    fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+    /// The block.
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        if let Some(y) = self.forward_fused(&input) {
+            return y;
+        }
         let mut x = input.clone();
         if let (Some(conv), Some(bn)) = (&self._expand_conv, &self._bn0) {
             x = relu6(bn.forward(conv.forward(x)));
@@ -131,6 +145,25 @@ impl MbConv {
         x = relu6(self._bn1.forward(self._depthwise_conv.forward(x)));
         x = self._bn2.forward(self._project_conv.forward(x));
         if self.residual { x + input } else { x }
+    }
+}
+
+impl MbConv {
+    /// The block with BatchNorm, ReLU6 and the residual fused into the convolutions (CPU
+    /// inference); `None` where the fused kernels do not apply (autodiff, GPU).
+    fn forward_fused(&self, input: &Tensor<4>) -> Option<Tensor<4>> {
+        let epilogue = |bn: &FrozenBatchNorm, relu6: bool| {
+            let (scale, shift) = bn.folded();
+            move |f: &dyn Fn(&ConvEpilogue<'_>) -> Option<Tensor<4>>| f(&ConvEpilogue { scale: &scale, shift: &shift, relu6 })
+        };
+        let mut x = input.clone();
+        if let (Some(conv), Some(bn)) = (&self._expand_conv, &self._bn0) {
+            x = epilogue(bn, true)(&|e| conv1x1_fused(&x, &conv.weight.val(), e, None))?;
+        }
+        let dw = &self._depthwise_conv;
+        x = epilogue(&self._bn1, true)(&|e| depthwise_fused(&x, &dw.weight.val(), dw.stride, dw.pad, e))?;
+        let residual = self.residual.then_some(input);
+        epilogue(&self._bn2, false)(&|e| conv1x1_fused(&x, &self._project_conv.weight.val(), e, residual))
     }
 }
 
@@ -190,7 +223,10 @@ impl EfficientNetLite {
         for block in &self._blocks {
             x = block.forward(x);
         }
-        relu6(self._bn1.forward(self._conv_head.forward(x)))
+        let (scale, shift) = self._bn1.folded();
+        let head = ConvEpilogue { scale: &scale, shift: &shift, relu6: true };
+        conv1x1_fused(&x, &self._conv_head.weight.val(), &head, None)
+            .unwrap_or_else(|| relu6(self._bn1.forward(self._conv_head.forward(x))))
     }
 
     /// ImageNet logits `(B, 1000)`.

@@ -134,6 +134,14 @@ impl RecTokConfig {
         Self::rectok_b().with_teacher_dim(Some(1024)).with_mask_ratio(0.4)
     }
 
+    /// The tiny tokenizer of the built-in CPU recipes: 32 px images, patch 4 (8×8 tokens), 16
+    /// channels, 128-wide 4-layer encoder and decoder, a 64-wide one-layer semantic decoder; the
+    /// official method otherwise (mask ratio up to 0.4, flow noise with the dimension shift).
+    pub fn tiny() -> Self {
+        let vit = |width, layers, heads| VitSize { width, layers, heads };
+        Self::new(16, vit(128, 4, 4), vit(128, 4, 4), vit(64, 1, 2)).with_img_size(32).with_patch_size(4)
+    }
+
     /// Parses a JSON configuration in which every field with a default may be omitted; unknown
     /// fields are errors (they are usually typos).
     pub fn from_json(text: &str) -> Result<Self, String> {

@@ -1,0 +1,305 @@
+//! Labelled image datasets for training and evaluation.
+//!
+//! * [`ImageFolder`]: the ImageNet layout, one subfolder per class (sorted names → labels 0..K−1).
+//! * [`FileList`]: the reference's `train.txt` / `val.txt` lists, one `relative/path label` per line.
+//! * [`Procedural`](super::procedural::Procedural): the built-in labelled shapes and textures.
+//!
+//! Every dataset yields 8-bit RGB images already at the training resolution (files through ADM's
+//! `center_crop_arr`, as the reference) with their labels; [`open_dataset`] picks one from a
+//! `--data` argument.
+
+use super::images::{IMAGE_EXTENSIONS, load_rgb8};
+use super::procedural::Procedural;
+use super::transforms::center_crop_arr;
+use anyhow::{Context, Result, bail};
+use image::RgbImage;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A labelled image collection with random access.
+pub trait Dataset: Send + Sync {
+    /// Number of items.
+    fn len(&self) -> usize;
+
+    /// Whether the dataset has no items.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of classes (labels are `0..num_classes`).
+    fn num_classes(&self) -> usize;
+
+    /// Class names, indexed by label.
+    fn class_names(&self) -> Vec<String>;
+
+    /// Item `index` as a `size × size` RGB image and its label; errors name the file.
+    fn get(&self, index: usize, size: usize) -> Result<(RgbImage, usize)>;
+
+    /// One line saying what the dataset is.
+    fn describe(&self) -> String;
+}
+
+/// Which images a run reads (`--data`): the built-in procedural set, a class-folder tree, or a
+/// file list.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DataSpec {
+    /// `builtin` / `procedural` (optionally `procedural:N` items).
+    Procedural {
+        /// Number of training items.
+        len: usize,
+    },
+    /// A folder (class subfolders, or images directly for one unlabelled class).
+    Folder(PathBuf),
+    /// A `.txt` list of `relpath label` lines (paths relative to `root`, default the list's folder).
+    List {
+        /// The list file.
+        list: PathBuf,
+        /// Folder the relative paths start from.
+        root: Option<PathBuf>,
+    },
+}
+
+impl std::str::FromStr for DataSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty data source".into());
+        }
+        if let Some(rest) = s.strip_prefix("procedural").or_else(|| s.strip_prefix("builtin")) {
+            return match rest.strip_prefix(':') {
+                None if rest.is_empty() => Ok(Self::Procedural { len: Procedural::DEFAULT_LEN }),
+                Some(n) => n.parse().map(|len| Self::Procedural { len }).map_err(|_| format!("`{s}`: expected procedural:NUMBER_OF_IMAGES")),
+                None => Ok(Self::Folder(PathBuf::from(s))),
+            };
+        }
+        let path = PathBuf::from(s);
+        if path.extension().is_some_and(|e| e == "txt") {
+            Ok(Self::List { list: path, root: None })
+        } else {
+            Ok(Self::Folder(path))
+        }
+    }
+}
+
+impl std::fmt::Display for DataSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Procedural { len } => write!(f, "procedural:{len}"),
+            Self::Folder(p) => write!(f, "{}", p.display()),
+            Self::List { list, .. } => write!(f, "{}", list.display()),
+        }
+    }
+}
+
+/// Which part of the data: the training items, or held-out ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// Training items.
+    Train,
+    /// Held-out items (the procedural set draws other seeds; files need their own `--val-data`).
+    Val,
+}
+
+/// Opens a dataset. `seed` only matters for the procedural set (whose images it determines).
+pub fn open_dataset(spec: &DataSpec, split: Split, seed: u64) -> Result<Arc<dyn Dataset>> {
+    Ok(match spec {
+        DataSpec::Procedural { len } => Arc::new(match split {
+            Split::Train => Procedural::new(seed, *len),
+            Split::Val => Procedural::held_out(seed, (*len / 10).clamp(64, 2000)),
+        }),
+        DataSpec::Folder(p) => Arc::new(ImageFolder::open(p)?),
+        DataSpec::List { list, root } => Arc::new(FileList::open(list, root.as_deref())?),
+    })
+}
+
+fn read_image(path: &Path, size: usize) -> Result<RgbImage> {
+    let img = load_rgb8(path)?;
+    if img.width() == 0 || img.height() == 0 {
+        bail!("{}: empty image", path.display());
+    }
+    Ok(center_crop_arr(&img, size))
+}
+
+/// Images in class subfolders: `root/<class>/**/<image>`; class names sorted give the labels (as
+/// torchvision's `ImageFolder`). A folder with images and no subfolders is one class.
+pub struct ImageFolder {
+    root: PathBuf,
+    classes: Vec<String>,
+    items: Vec<(PathBuf, usize)>,
+}
+
+impl ImageFolder {
+    /// Scans `root`.
+    pub fn open(root: &Path) -> Result<Self> {
+        if !root.is_dir() {
+            bail!("{}: not a folder (expected class subfolders of images, or a .txt file list)", root.display());
+        }
+        let mut subdirs: Vec<PathBuf> = std::fs::read_dir(root)
+            .with_context(|| format!("{}: cannot list folder", root.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+            .collect();
+        subdirs.sort();
+        let mut items = Vec::new();
+        let mut classes = Vec::new();
+        if subdirs.is_empty() {
+            classes.push(root.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "images".into()));
+            items.extend(scan_images(root)?.into_iter().map(|p| (p, 0)));
+        } else {
+            for dir in &subdirs {
+                let label = classes.len();
+                let files = scan_images(dir)?;
+                if files.is_empty() {
+                    continue;
+                }
+                classes.push(dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
+                items.extend(files.into_iter().map(|p| (p, label)));
+            }
+        }
+        if items.is_empty() {
+            bail!("{}: no images found (extensions {})", root.display(), IMAGE_EXTENSIONS.join(", "));
+        }
+        Ok(Self { root: root.to_path_buf(), classes, items })
+    }
+}
+
+fn scan_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("{}: cannot list folder", d.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_string_lossy().as_ref())) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl Dataset for ImageFolder {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn num_classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    fn class_names(&self) -> Vec<String> {
+        self.classes.clone()
+    }
+
+    fn get(&self, index: usize, size: usize) -> Result<(RgbImage, usize)> {
+        let (path, label) = &self.items[index];
+        Ok((read_image(path, size)?, *label))
+    }
+
+    fn describe(&self) -> String {
+        format!("{}: {} images in {} classes", self.root.display(), self.items.len(), self.classes.len())
+    }
+}
+
+/// A file list in the reference's format: `relative/path label` per line (the label may be
+/// omitted for unlabelled data; blank lines and `#` comments are skipped).
+pub struct FileList {
+    list: PathBuf,
+    items: Vec<(PathBuf, usize)>,
+    num_classes: usize,
+}
+
+impl FileList {
+    /// Reads `list`; relative paths start at `root` (default: the list's folder).
+    pub fn open(list: &Path, root: Option<&Path>) -> Result<Self> {
+        let text = std::fs::read_to_string(list).with_context(|| format!("{}: cannot read file list", list.display()))?;
+        let base = root.map(Path::to_path_buf).unwrap_or_else(|| list.parent().map(Path::to_path_buf).unwrap_or_default());
+        let mut items = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (path, label) = match line.rsplit_once(char::is_whitespace) {
+                Some((p, l)) if l.parse::<usize>().is_ok() => (p.trim(), l.parse::<usize>().expect("checked")),
+                _ => (line, 0),
+            };
+            if path.is_empty() {
+                bail!("{}:{}: no path on this line", list.display(), n + 1);
+            }
+            items.push((base.join(path), label));
+        }
+        if items.is_empty() {
+            bail!("{}: the list names no images", list.display());
+        }
+        let num_classes = items.iter().map(|(_, l)| l + 1).max().unwrap_or(1);
+        Ok(Self { list: list.to_path_buf(), items, num_classes })
+    }
+}
+
+impl Dataset for FileList {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    fn class_names(&self) -> Vec<String> {
+        (0..self.num_classes).map(|i| i.to_string()).collect()
+    }
+
+    fn get(&self, index: usize, size: usize) -> Result<(RgbImage, usize)> {
+        let (path, label) = &self.items[index];
+        Ok((read_image(path, size)?, *label))
+    }
+
+    fn describe(&self) -> String {
+        format!("{}: {} images, labels 0..{}", self.list.display(), self.items.len(), self.num_classes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!("procedural".parse::<DataSpec>().unwrap(), DataSpec::Procedural { len: Procedural::DEFAULT_LEN });
+        assert_eq!("procedural:500".parse::<DataSpec>().unwrap(), DataSpec::Procedural { len: 500 });
+        assert!("procedural:x".parse::<DataSpec>().is_err());
+        assert_eq!("data/train.txt".parse::<DataSpec>().unwrap(), DataSpec::List { list: "data/train.txt".into(), root: None });
+        assert_eq!("imagenet/train".parse::<DataSpec>().unwrap(), DataSpec::Folder("imagenet/train".into()));
+    }
+
+    #[test]
+    fn folder_and_list_layouts() {
+        let dir = tempfile::tempdir().unwrap();
+        for (class, n) in [("b_dog", 2), ("a_cat", 3)] {
+            std::fs::create_dir_all(dir.path().join(class)).unwrap();
+            for i in 0..n {
+                RgbImage::from_pixel(40, 30, image::Rgb([i as u8 * 50, 0, 0])).save(dir.path().join(class).join(format!("{i}.png"))).unwrap();
+            }
+        }
+        let ds = ImageFolder::open(dir.path()).unwrap();
+        assert_eq!((ds.len(), ds.num_classes()), (5, 2));
+        assert_eq!(ds.class_names(), vec!["a_cat", "b_dog"]);
+        let (img, label) = ds.get(3, 16).unwrap();
+        assert_eq!((img.width(), img.height(), label), (16, 16, 1));
+
+        let list = dir.path().join("train.txt");
+        std::fs::write(&list, "# comment\na_cat/0.png 0\n\nb_dog/1.png 4\n").unwrap();
+        let fl = FileList::open(&list, None).unwrap();
+        assert_eq!((fl.len(), fl.num_classes()), (2, 5));
+        assert_eq!(fl.get(1, 8).unwrap().1, 4);
+
+        std::fs::write(dir.path().join("a_cat/bad.png"), b"not a png").unwrap();
+        let ds = ImageFolder::open(dir.path()).unwrap();
+        let err = (0..ds.len()).find_map(|i| ds.get(i, 8).err()).expect("a corrupt file errors");
+        assert!(format!("{err:#}").contains("bad.png"), "{err:#}");
+    }
+}

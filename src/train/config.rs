@@ -1,0 +1,497 @@
+//! Training configurations: TOML files in which every option has the reference's default, named
+//! recipes built into the binary (`configs/*.toml`), and command-line overrides
+//! (`--set optim.batch_size=16`).
+
+use crate::loss::{PerceptualKind, PerceptualWeights};
+use crate::tokenizer::RecTokConfig;
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The recipes shipped with rectok: `(name, TOML text)`.
+pub const BUILTIN_CONFIGS: &[(&str, &str)] = &[
+    ("tiny", include_str!("../../configs/tiny.toml")),
+    ("tiny-stage2", include_str!("../../configs/tiny-stage2.toml")),
+    ("rectok-b-stage1", include_str!("../../configs/rectok-b-stage1.toml")),
+    ("rectok-b-stage2", include_str!("../../configs/rectok-b-stage2.toml")),
+];
+
+/// Reads a configuration: a built-in recipe name or a TOML file, then `overrides`
+/// (`dotted.key=value`, the value in TOML syntax or a bare string).
+pub fn read_toml(spec: &str, overrides: &[String]) -> Result<(toml::Table, String)> {
+    let (text, origin) = match BUILTIN_CONFIGS.iter().find(|(name, _)| *name == spec) {
+        Some((name, text)) => (text.to_string(), format!("built-in recipe `{name}`")),
+        None => {
+            let path = Path::new(spec);
+            if !path.exists() {
+                let names: Vec<&str> = BUILTIN_CONFIGS.iter().map(|(n, _)| *n).collect();
+                bail!("{spec}: no such configuration file (built-in recipes: {})", names.join(", "));
+            }
+            (std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?, path.display().to_string())
+        }
+    };
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| anyhow!("{origin}: invalid TOML: {e}"))?;
+    for o in overrides {
+        apply_override(&mut table, o)?;
+    }
+    Ok((table, origin))
+}
+
+/// Applies one `dotted.key=value` override.
+pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+    let (key, value) = assignment.split_once('=').ok_or_else(|| anyhow!("override `{assignment}`: expected section.key=value"))?;
+    let key = key.trim();
+    let value = value.trim();
+    let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut t) => t.remove("v").expect("parsed key"),
+        Err(_) => toml::Value::String(value.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("override `{assignment}`: empty key segment");
+    }
+    let mut cursor = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = cursor.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cursor = entry.as_table_mut().ok_or_else(|| anyhow!("override `{assignment}`: `{part}` is not a section"))?;
+    }
+    cursor.insert(parts[parts.len() - 1].to_string(), parsed);
+    Ok(())
+}
+
+fn toml_to_json(v: toml::Value) -> serde_json::Value {
+    serde_json::to_value(v).expect("TOML values are JSON-representable")
+}
+
+/// Builds a tokenizer configuration from a `[model]` table: `preset` (`rectok_b`,
+/// `rectok_b_head`, `tiny`; default `rectok_b`) with any field overridden. Sizes are `SIZE_DICT`
+/// names or `{ width, layers, heads }`; enumerations accept the reference's spellings
+/// (`"noisy"`, `"rec+align"`, `"shift"`, `"random"`, `"transformer"`).
+pub fn model_from_table(mut table: toml::Table) -> Result<RecTokConfig, String> {
+    let preset = match table.remove("preset") {
+        Some(toml::Value::String(s)) => s,
+        Some(other) => return Err(format!("model.preset must be a string, got {other}")),
+        None => "rectok_b".into(),
+    };
+    let base = match preset.as_str() {
+        "rectok_b" => RecTokConfig::rectok_b(),
+        "rectok_b_head" => RecTokConfig::rectok_b_head_script(),
+        "tiny" => RecTokConfig::tiny(),
+        other => return Err(format!("unknown model preset `{other}` (rectok_b, rectok_b_head, tiny)")),
+    };
+    let mut obj = serde_json::Map::new();
+    for (k, v) in table {
+        let mut v = toml_to_json(v);
+        if let serde_json::Value::String(s) = v.clone() {
+            if let Some(canonical) = canonical_enum(&k, &s) {
+                v = serde_json::Value::String(canonical.into());
+            }
+            if ["encoder", "decoder", "semantic"].contains(&k.as_str()) {
+                let size = crate::nn::VitSize::named(&s).ok_or(format!("unknown model size `{s}` for `{k}`"))?;
+                v = serde_json::to_value(size).expect("size");
+            }
+        }
+        obj.insert(k, v);
+    }
+    let config = crate::config_json::merge(&base, &obj, &[]).map_err(|e| format!("[model]: {e}"))?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn canonical_enum(key: &str, value: &str) -> Option<&'static str> {
+    Some(match (key, value) {
+        ("sem_input", "noisy") => "Noisy",
+        ("sem_input", "clean") => "Clean",
+        ("sem_target", "rec+align" | "align" | "rec_align") => "RecAlign",
+        ("sem_target", "reconstruction") => "Reconstruction",
+        ("noise_schedule", "shift") => "Shift",
+        ("noise_schedule", "lognorm") => "Lognorm",
+        ("noise_schedule", "uniform") => "Uniform",
+        ("mask_ratio_type", "random") => "Random",
+        ("mask_ratio_type", "fix" | "fixed") => "Fix",
+        ("sem_decoder", "transformer") => "Transformer",
+        ("sem_decoder", "mlp") => "Mlp",
+        _ => return None,
+    })
+}
+
+/// Length, seeds, checkpointing and monitoring of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunOptions {
+    /// Tokenizer stage: 1 (full training) or 2 (decoder fine-tuning).
+    pub stage: u8,
+    /// Seed of initialisation, random draws and data order.
+    pub seed: u64,
+    /// Epochs (the schedules are defined in epochs, as the reference's).
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (0: the full `epochs`); the schedule still spans
+    /// `epochs`.
+    pub max_steps: usize,
+    /// Stage 2: the stage-1 run, checkpoint folder, exported tokenizer or official `.pth`.
+    pub init_from: Option<PathBuf>,
+    /// Checkpoint every N optimizer steps (and at the end).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept on disk (the newest ones).
+    pub keep_checkpoints: usize,
+    /// Reconstruction grid every N steps (0: only at the end).
+    pub sample_every: usize,
+    /// Metrics line every N steps.
+    pub log_every: usize,
+    /// CPU threads for tensor work (default: all cores).
+    pub threads: Option<usize>,
+    /// Compute device: `cpu`, `vulkan`, `cuda`.
+    pub device: String,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            stage: 1,
+            seed: 0,
+            epochs: 200,
+            max_steps: 0,
+            init_from: None,
+            checkpoint_every: 1000,
+            keep_checkpoints: 2,
+            sample_every: 1000,
+            log_every: 10,
+            threads: None,
+            device: "cpu".into(),
+        }
+    }
+}
+
+/// Training data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataOptions {
+    /// `procedural[:N]`, a class-folder tree, or a `.txt` file list.
+    pub source: String,
+    /// Held-out images for the reconstruction grids (default: the procedural set's held-out
+    /// items, or the first training images).
+    pub val_source: Option<String>,
+    /// Decoding threads.
+    pub workers: usize,
+    /// Batches decoded ahead.
+    pub prefetch: usize,
+    /// Random horizontal flips (the reference's augmentation).
+    pub flip: bool,
+    /// Images in the reconstruction grids.
+    pub grid_images: usize,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        Self { source: "procedural".into(), val_source: None, workers: 2, prefetch: 4, flip: true, grid_images: 8 }
+    }
+}
+
+/// The frozen teacher of flow semantic distillation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeacherOptions {
+    /// `efficientnet-lite0`, `dinov3-b16:PATH`, … or `none` (stage 2, or no semantic loss).
+    pub spec: String,
+    /// Side of the teacher's input (the reference's processor: 224).
+    pub resolution: usize,
+}
+
+impl Default for TeacherOptions {
+    fn default() -> Self {
+        Self { spec: "efficientnet-lite0".into(), resolution: crate::teacher::TEACHER_RESOLUTION }
+    }
+}
+
+/// Loss terms and weights (spec TRAINING.md §2.1–2.2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossOptions {
+    /// Pixel loss: `l2` (official), `l1`, `l2+l1`.
+    pub reconstruction: String,
+    /// Pixel loss weight.
+    pub reconstruction_weight: f64,
+    /// Perceptual term: `lpips-convnext` (official, needs weight files), `effnet`, `none`.
+    pub perceptual: PerceptualKind,
+    /// What runs when the official term's weights are not given: `none` or `effnet`.
+    pub perceptual_fallback: PerceptualKind,
+    /// Perceptual weight.
+    pub perceptual_weight: f64,
+    /// LPIPS weights: `vgg.pth` of the `lpips` package (linear heads), or a whole LPIPS state dict.
+    pub lpips: Option<PathBuf>,
+    /// torchvision VGG16 ImageNet weights (`vgg16-397923af.pth`), unless `lpips` holds the trunk.
+    pub vgg: Option<PathBuf>,
+    /// torchvision ConvNeXt-Small ImageNet weights (`convnext_small-0c510722.pth`).
+    pub convnext: Option<PathBuf>,
+    /// KL weight.
+    pub kl_weight: f64,
+    /// Semantic loss: `cosine` (official), `l1`, `l2`.
+    pub sem_loss: String,
+    /// Semantic loss weight.
+    pub sem_weight: f64,
+    /// Generator GAN weight (0.1, what the reference really applies).
+    pub gan_weight: f64,
+    /// Epoch from which the discriminator trains and the GAN term is on.
+    pub gan_start_epoch: usize,
+    /// Discriminator base width.
+    pub disc_ndf: usize,
+    /// Discriminator strided layers.
+    pub disc_layers: usize,
+}
+
+impl Default for LossOptions {
+    fn default() -> Self {
+        Self {
+            reconstruction: "l2".into(),
+            reconstruction_weight: 1.0,
+            perceptual: PerceptualKind::LpipsConvnext,
+            perceptual_fallback: PerceptualKind::None,
+            perceptual_weight: 1.0,
+            lpips: None,
+            vgg: None,
+            convnext: None,
+            kl_weight: 1e-6,
+            sem_loss: "cosine".into(),
+            sem_weight: 1.0,
+            gan_weight: 0.1,
+            gan_start_epoch: 100,
+            disc_ndf: 64,
+            disc_layers: 3,
+        }
+    }
+}
+
+impl LossOptions {
+    /// The official perceptual term's weight files.
+    pub fn perceptual_weights(&self) -> PerceptualWeights {
+        PerceptualWeights { lpips: self.lpips.clone(), vgg: self.vgg.clone(), convnext: self.convnext.clone() }
+    }
+
+    /// The official term's files are all named.
+    pub fn has_official_perceptual_weights(&self) -> bool {
+        self.convnext.is_some() && (self.vgg.is_some() || self.lpips.is_some()) && self.lpips.is_some()
+    }
+
+    /// The loss configuration these options describe.
+    pub fn loss_config(&self) -> Result<crate::loss::LossConfig> {
+        use crate::loss::{LossConfig, PixelLossKind, SemLossKind};
+        let reconstruction = match self.reconstruction.as_str() {
+            "l2" | "mse" => PixelLossKind::L2,
+            "l1" => PixelLossKind::L1,
+            "l2+l1" | "l1+l2" => PixelLossKind::L2L1,
+            other => bail!("loss.reconstruction `{other}`: expected l2, l1 or l2+l1"),
+        };
+        let sem = match self.sem_loss.as_str() {
+            "cosine" => SemLossKind::Cosine,
+            "l1" => SemLossKind::L1,
+            "l2" | "mse" => SemLossKind::L2,
+            other => bail!("loss.sem_loss `{other}`: expected cosine, l1 or l2"),
+        };
+        Ok(LossConfig::new()
+            .with_reconstruction(reconstruction)
+            .with_reconstruction_weight(self.reconstruction_weight)
+            .with_perceptual_weight(self.perceptual_weight)
+            .with_kl_weight(self.kl_weight)
+            .with_sem_loss(sem)
+            .with_sem_weight(self.sem_weight)
+            .with_gan_weight(self.gan_weight)
+            .with_gan_start_epoch(self.gan_start_epoch))
+    }
+}
+
+/// Optimizer, schedule and EMA (spec TRAINING.md §2.1, §2.8).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimOptions {
+    /// Images per step on this machine (the reference: 64 per GPU).
+    pub batch_size: usize,
+    /// Micro-batches accumulated per optimizer step.
+    pub accum_steps: usize,
+    /// Base learning rate; `lr = blr · batch_size · accum_steps / 256`.
+    pub blr: f64,
+    /// Absolute learning rate, overriding the scaling rule.
+    pub lr: Option<f64>,
+    /// Final learning rate of the cosine schedule.
+    pub min_lr: f64,
+    /// Warm-up epochs as a fraction of `epochs` (`int(warmup_rate · epochs)`).
+    pub warmup_rate: f64,
+    /// AdamW weight decay of the decay group.
+    pub weight_decay: f64,
+    /// AdamW β₁.
+    pub beta1: f64,
+    /// AdamW β₂.
+    pub beta2: f64,
+    /// AdamW ε.
+    pub eps: f64,
+    /// Global gradient-norm clip (0: none).
+    pub clip_grad: f64,
+    /// EMA decay per optimizer step.
+    pub ema_decay: f64,
+}
+
+impl Default for OptimOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 64,
+            accum_steps: 1,
+            blr: 1e-4,
+            lr: None,
+            min_lr: 0.0,
+            warmup_rate: 0.25,
+            weight_decay: 1e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            clip_grad: 3.0,
+            ema_decay: 0.999,
+        }
+    }
+}
+
+impl OptimOptions {
+    /// The peak learning rate: `lr`, or `blr · effective batch / 256`.
+    pub fn peak_lr(&self) -> f64 {
+        self.lr.unwrap_or(self.blr * (self.batch_size * self.accum_steps) as f64 / 256.0)
+    }
+
+    /// Warm-up length in epochs, `int(warmup_rate · epochs)` as the reference.
+    pub fn warmup_epochs(&self, epochs: usize) -> f64 {
+        (self.warmup_rate * epochs as f64).floor()
+    }
+}
+
+/// A tokenizer training run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerTrainConfig {
+    /// Run options.
+    #[serde(default)]
+    pub run: RunOptions,
+    /// The tokenizer (resolved; `teacher_dim` follows the teacher).
+    pub model: RecTokConfig,
+    /// Data.
+    #[serde(default)]
+    pub data: DataOptions,
+    /// Teacher.
+    #[serde(default)]
+    pub teacher: TeacherOptions,
+    /// Losses.
+    #[serde(default)]
+    pub loss: LossOptions,
+    /// Optimizer.
+    #[serde(default)]
+    pub optim: OptimOptions,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokenizerConfig {
+    #[serde(default)]
+    run: RunOptions,
+    #[serde(default)]
+    model: toml::Table,
+    #[serde(default)]
+    data: DataOptions,
+    #[serde(default)]
+    teacher: TeacherOptions,
+    #[serde(default)]
+    loss: LossOptions,
+    #[serde(default)]
+    optim: OptimOptions,
+}
+
+impl TokenizerTrainConfig {
+    /// Resolves a configuration table (see [`read_toml`]).
+    pub fn from_table(table: toml::Table, origin: &str) -> Result<Self> {
+        let raw: RawTokenizerConfig = toml::Value::Table(table).try_into().map_err(|e| anyhow!("{origin}: {e}"))?;
+        let model = model_from_table(raw.model).map_err(|e| anyhow!("{origin}: {e}"))?;
+        let config = Self { run: raw.run, model, data: raw.data, teacher: raw.teacher, loss: raw.loss, optim: raw.optim };
+        config.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
+        Ok(config)
+    }
+
+    /// Reads a built-in recipe or TOML file with overrides.
+    pub fn load(spec: &str, overrides: &[String]) -> Result<Self> {
+        let (table, origin) = read_toml(spec, overrides)?;
+        Self::from_table(table, &origin)
+    }
+
+    /// Consistency checks, naming the option at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        let (r, o) = (&self.run, &self.optim);
+        if !(1..=2).contains(&r.stage) {
+            return Err(format!("run.stage must be 1 or 2, got {}", r.stage));
+        }
+        if r.epochs == 0 {
+            return Err("run.epochs must be positive".into());
+        }
+        if o.batch_size == 0 || o.accum_steps == 0 {
+            return Err("optim.batch_size and optim.accum_steps must be positive".into());
+        }
+        if !(0.0..1.0).contains(&o.ema_decay) {
+            return Err(format!("optim.ema_decay must be in [0, 1), got {}", o.ema_decay));
+        }
+        if !(0.0..=1.0).contains(&o.warmup_rate) {
+            return Err(format!("optim.warmup_rate must be in [0, 1], got {}", o.warmup_rate));
+        }
+        if r.checkpoint_every == 0 || r.log_every == 0 {
+            return Err("run.checkpoint_every and run.log_every must be positive".into());
+        }
+        if r.stage == 2 && r.init_from.is_none() {
+            return Err("stage 2 fine-tunes a stage-1 tokenizer: set run.init_from (a run folder, checkpoint or tokenizer file)".into());
+        }
+        if self.data.workers == 0 {
+            return Err("data.workers must be positive".into());
+        }
+        self.loss.loss_config().map_err(|e| e.to_string())?;
+        crate::loss::perceptual::check_exists(&self.loss.lpips, "loss.lpips")?;
+        crate::loss::perceptual::check_exists(&self.loss.vgg, "loss.vgg")?;
+        crate::loss::perceptual::check_exists(&self.loss.convnext, "loss.convnext")?;
+        Ok(())
+    }
+
+    /// The teacher, unless `none` (stage 2 never uses one).
+    pub fn teacher_spec(&self) -> Result<Option<crate::teacher::TeacherSpec>> {
+        if self.run.stage == 2 || matches!(self.teacher.spec.as_str(), "none" | "") {
+            return Ok(None);
+        }
+        self.teacher.spec.parse().map(Some).map_err(|e: String| anyhow!("teacher.spec: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::SemTarget;
+
+    #[test]
+    fn builtin_recipes_parse_and_overrides_apply() {
+        for (name, _) in BUILTIN_CONFIGS {
+            let cfg = TokenizerTrainConfig::load(name, &["run.init_from=\"x\"".into()]).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert!(cfg.optim.batch_size > 0, "{name}");
+        }
+        let s1 = TokenizerTrainConfig::load("rectok-b-stage1", &[]).unwrap();
+        assert_eq!((s1.model.token_channels, s1.run.epochs, s1.optim.blr, s1.loss.gan_weight), (128, 200, 1e-4, 0.1));
+        assert_eq!(s1.optim.warmup_epochs(s1.run.epochs), 50.0);
+        let cfg = TokenizerTrainConfig::load(
+            "tiny",
+            &["optim.batch_size=7".into(), "model.sem_target=reconstruction".into(), "data.source=procedural:100".into(), "loss.lpips=/no/such/vgg.pth".into()],
+        );
+        let err = cfg.unwrap_err().to_string();
+        assert!(err.contains("/no/such/vgg.pth"), "{err}");
+        let cfg = TokenizerTrainConfig::load("tiny", &["optim.batch_size=7".into(), "model.sem_target=reconstruction".into(), "data.source=procedural:100".into()]).unwrap();
+        assert_eq!((cfg.optim.batch_size, cfg.model.sem_target, cfg.data.source.as_str()), (7, SemTarget::Reconstruction, "procedural:100"));
+        let err = TokenizerTrainConfig::load("tiny", &["optim.batch_sise=7".into()]).unwrap_err().to_string();
+        assert!(err.contains("batch_sise"), "{err}");
+        let err = TokenizerTrainConfig::load("tiny", &["model.mask_ration=0.1".into()]).unwrap_err().to_string();
+        assert!(err.contains("mask_ration"), "{err}");
+        let err = TokenizerTrainConfig::load("no-such-recipe", &[]).unwrap_err().to_string();
+        assert!(err.contains("built-in recipes"), "{err}");
+    }
+
+    #[test]
+    fn lr_scaling_follows_the_reference() {
+        let o = OptimOptions { batch_size: 64, accum_steps: 16, ..Default::default() };
+        assert!((o.peak_lr() - 4e-4).abs() < 1e-15);
+    }
+}
