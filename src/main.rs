@@ -4,5 +4,12 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // Keep freed memory mapped instead of purging it after 10 ms: a training step frees and
+    // re-allocates parameter-sized buffers, and each purge costs a page fault per 4 KiB on reuse
+    // (rectok_b step: 6.4 s → 4.6 s). `MIMALLOC_PURGE_DELAY` in the environment still wins.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: setting an option is thread-safe; 15 is `mi_option_purge_delay`.
+        unsafe { libmimalloc_sys::mi_option_set(15, -1) };
+    }
     std::process::exit(rectok::cli::run());
 }

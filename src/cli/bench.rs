@@ -17,6 +17,100 @@ pub enum Which {
     Tokenizer(TokenizerBench),
     /// One sampling step (a forward pass) of DiT^DH-S and DiT^DH-XL on 128×16×16 latents.
     Dit(DitBench),
+    /// One stage-1 training step of the tokenizer (tiny recipe, rectok_b).
+    Train(TrainBench),
+}
+
+/// Options of `rectok bench train`.
+#[derive(clap::Args, Debug)]
+pub struct TrainBench {
+    /// Recipes to time: `tiny` (the full tiny step: teacher, semantic decoder, pixel losses) and
+    /// `rectok_b` (the reference's measured step: masking, flow noise, MSE + KL, backward and
+    /// AdamW, no teacher).
+    #[arg(long, value_delimiter = ',', default_value = "tiny,rectok_b")]
+    recipes: Vec<String>,
+    /// Batch sizes for rectok_b (the tiny recipe uses its own, 32).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    batch_sizes: Vec<usize>,
+    /// Timed steps per measurement (the median is reported), after one warm-up step.
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Reference seconds per rectok_b step as JSON `{"1": s, "4": s}`; default: PyTorch 2.15,
+    /// fp32, 2 threads on the development machine (2.6 s at batch 1, 7.4 s at batch 4).
+    #[arg(long, value_name = "JSON")]
+    reference: Option<PathBuf>,
+    /// Also write the timings as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// CPU threads.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn run_train(args: TrainBench) -> Result<()> {
+    use crate::train::config::TokenizerTrainConfig;
+    use crate::train::tokenizer::TokenizerTrainer;
+    crate::device::set_cpu_threads(args.threads);
+    let reference = read_reference(&args.reference)?;
+    let reference_step = |b: usize| match &reference {
+        Some(r) => r[b.to_string()].as_f64(),
+        None => match b {
+            1 => Some(2.6),
+            4 => Some(7.4),
+            _ => None,
+        },
+    };
+    let iters = args.iters.max(1);
+    println!("tokenizer training step, {} CPU threads", rayon::current_num_threads());
+    println!("{:<10} {:>6} {:>10} {:>10} {:>12} {:>8}", "recipe", "batch", "s/step", "images/s", "reference s", "ratio");
+    let mut record = serde_json::json!({"threads": rayon::current_num_threads()});
+    for recipe in &args.recipes {
+        let (name, batches): (&str, Vec<usize>) = match recipe.as_str() {
+            "tiny" => ("tiny", vec![0]),
+            "rectok_b" | "rectok-b" => ("rectok-b-stage1", args.batch_sizes.clone()),
+            other => anyhow::bail!("unknown recipe `{other}` (tiny, rectok_b)"),
+        };
+        for b in batches {
+            let mut overrides = vec!["run.checkpoint_every=1000000".to_string(), "data.grid_images=1".into(), "data.flip=false".into()];
+            if name != "tiny" {
+                overrides.extend([
+                    format!("optim.batch_size={b}"),
+                    "optim.accum_steps=1".into(),
+                    "teacher.spec=none".into(),
+                    "loss.perceptual=none".into(),
+                    "loss.gan_start_epoch=1000".into(),
+                ]);
+            }
+            let mut config = TokenizerTrainConfig::load(name, &overrides)?;
+            let batch = config.optim.batch_size;
+            config.data.source = format!("procedural:{}", batch * (iters + 2));
+            let dir = tempfile::tempdir().context("temporary run folder")?;
+            let mut trainer = TokenizerTrainer::start(config, &dir.path().join("run"))?;
+            let mut stream = trainer.batches();
+            trainer.train_step(&mut stream)?; // warm-up
+            let times: Vec<f64> = (0..iters)
+                .map(|_| -> Result<f64> {
+                    let t = Instant::now();
+                    trainer.train_step(&mut stream)?;
+                    Ok(t.elapsed().as_secs_f64())
+                })
+                .collect::<Result<_>>()?;
+            let t = median(times);
+            let r = if name == "tiny" { None } else { reference_step(batch) };
+            record[recipe.as_str()][batch.to_string()] = serde_json::json!(t);
+            println!(
+                "{recipe:<10} {batch:>6} {t:>10.3} {:>10.2} {:>12} {:>8}",
+                batch as f64 / t,
+                r.map(|r| format!("{r:.2}")).unwrap_or("-".into()),
+                r.map(|r| format!("{:.2}x", r / t)).unwrap_or("-".into()),
+            );
+        }
+    }
+    println!("ratio = reference time / our time (> 1: faster than the reference)");
+    if let Some(path) = &args.json {
+        crate::weights::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Options of `rectok bench dit`.
@@ -63,14 +157,7 @@ fn run_dit(args: DitBench) -> Result<()> {
     use crate::generator::DitDhConfig;
     crate::device::set_cpu_threads(args.threads);
     let device = crate::device::select_device(args.device).map_err(|e| anyhow!(e))?;
-    let reference: Option<serde_json::Value> = args
-        .reference
-        .as_ref()
-        .map(|p| -> Result<_> {
-            let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))
-        })
-        .transpose()?;
+    let reference = read_reference(&args.reference)?;
     println!("DiT^DH on 128×16×16 latents, device {}, {} CPU threads", args.device, rayon::current_num_threads());
     println!("{:<6} {:>6} {:>12} {:>14} {:>16} {:>8}", "model", "batch", "s/forward", "50-step im/s", "reference s/fwd", "ratio");
     let mut record = serde_json::json!({"threads": rayon::current_num_threads()});
@@ -133,6 +220,16 @@ pub struct TokenizerBench {
     threads: Option<usize>,
 }
 
+/// Reads a `--reference` JSON file of timings.
+fn read_reference(path: &Option<PathBuf>) -> Result<Option<serde_json::Value>> {
+    path.as_ref()
+        .map(|p| -> Result<_> {
+            let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))
+        })
+        .transpose()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -155,14 +252,7 @@ fn reference_time(reference: &Option<serde_json::Value>, op: &str, batch: usize)
 fn run_tokenizer(args: TokenizerBench) -> Result<()> {
     crate::device::set_cpu_threads(args.threads);
     let device = crate::device::select_device(args.device).map_err(|e| anyhow!(e))?;
-    let reference: Option<serde_json::Value> = args
-        .reference
-        .as_ref()
-        .map(|p| -> Result<_> {
-            let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))
-        })
-        .transpose()?;
+    let reference = read_reference(&args.reference)?;
     let config = RecTokConfig::rectok_b().with_teacher_dim(None);
     let mut rng = Rng::seed_from(0);
     let model = initialize(config.init(&device), &TokenizerInit, &mut rng);
@@ -212,5 +302,6 @@ pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Tokenizer(a) => run_tokenizer(a),
         Which::Dit(a) => run_dit(a),
+        Which::Train(a) => run_train(a),
     }
 }

@@ -6,9 +6,11 @@ mod convert;
 mod decode;
 mod encode;
 mod generate;
+mod probe;
 mod reconstruct;
 mod stats;
 mod teacher;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +45,11 @@ enum Command {
     /// Teachers of flow semantic distillation.
     #[command(subcommand)]
     Teacher(teacher::Which),
+    /// Linear probe of a tokenizer's latents on labelled images (top-1 accuracy).
+    Probe(probe::Args),
+    /// Train a tokenizer (stage 1 or 2) from a TOML recipe.
+    #[command(subcommand)]
+    Train(train::Which),
     /// Time the networks with random weights.
     #[command(subcommand)]
     Bench(bench::Which),
@@ -86,6 +93,8 @@ pub fn run() -> i32 {
         Command::Stats(a) => stats::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Teacher(w) => teacher::run(w),
+        Command::Probe(a) => probe::run(a),
+        Command::Train(w) => train::run(w),
         Command::Bench(w) => bench::run(w),
     };
     match result {

@@ -35,6 +35,17 @@ pub enum PerceptualKind {
     Effnet,
 }
 
+impl PerceptualKind {
+    /// The configuration spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::LpipsConvnext => "lpips-convnext",
+            Self::Effnet => "effnet",
+        }
+    }
+}
+
 impl std::str::FromStr for PerceptualKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

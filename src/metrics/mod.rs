@@ -1,5 +1,6 @@
 //! Evaluation metrics.
 
+pub mod probe;
 pub mod psnr_ssim;
 
 pub use psnr_ssim::{psnr, ssim};

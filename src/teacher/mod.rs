@@ -147,12 +147,18 @@ impl Teacher {
     /// token grid. `rope_rescale` is DINOv3's training-mode coordinate rescale `exp(u)` (ignored by
     /// EfficientNet). No gradient flows into the teacher.
     pub fn features(&self, x: Tensor<4>, grid: usize, rope_rescale: Option<f32>) -> Tensor<3> {
+        self.features_at(x, grid, rope_rescale, TEACHER_RESOLUTION)
+    }
+
+    /// [`features`](Self::features) with the teacher's input side `resolution` instead of the
+    /// reference's 224 (small-image recipes: a 32 px image carries no detail a 224 px input adds).
+    pub fn features_at(&self, x: Tensor<4>, grid: usize, rope_rescale: Option<f32>, resolution: usize) -> Tensor<3> {
         let x = x.detach();
         let [b, _, s, _] = x.dims();
         let map = match self {
             Self::Dinov3(m) => {
                 // The reference feeds the processor output resized back to the tokenizer's size.
-                let (_, pixels) = teacher_pixels(x, TEACHER_RESOLUTION, s, IMAGENET_MEAN, IMAGENET_STD);
+                let (_, pixels) = teacher_pixels(x, resolution, s, IMAGENET_MEAN, IMAGENET_STD);
                 let tokens = m.patch_tokens(pixels, rope_rescale);
                 let g = s / m.config.patch_size;
                 if g == grid {
@@ -161,9 +167,10 @@ impl Teacher {
                 let d = m.config.hidden_size;
                 tokens.swap_dims(1, 2).reshape([b, d, g, g])
             }
-            // EfficientNet runs at its native 224 px; its 7×7 head map is resampled to the grid.
+            // EfficientNet runs at `resolution` (native 224 px); its head map (7×7 at 224) is
+            // resampled to the grid.
             Self::EfficientNet(m) => {
-                let (pixels, _) = teacher_pixels(x, TEACHER_RESOLUTION, TEACHER_RESOLUTION, IMAGENET_MEAN, IMAGENET_STD);
+                let (pixels, _) = teacher_pixels(x, resolution, resolution, IMAGENET_MEAN, IMAGENET_STD);
                 m.features(pixels)
             }
         };

@@ -403,7 +403,9 @@ struct RawTokenizerConfig {
 impl TokenizerTrainConfig {
     /// Resolves a configuration table (see [`read_toml`]).
     pub fn from_table(table: toml::Table, origin: &str) -> Result<Self> {
-        let raw: RawTokenizerConfig = toml::Value::Table(table).try_into().map_err(|e| anyhow!("{origin}: {e}"))?;
+        // TOML errors end with a line naming the section; keep the message on one line.
+        let raw: RawTokenizerConfig =
+            toml::Value::Table(table).try_into().map_err(|e| anyhow!("{origin}: {}", e.to_string().trim().replace('\n', " ")))?;
         let model = model_from_table(raw.model).map_err(|e| anyhow!("{origin}: {e}"))?;
         let config = Self { run: raw.run, model, data: raw.data, teacher: raw.teacher, loss: raw.loss, optim: raw.optim };
         config.validate().map_err(|e| anyhow!("{origin}: {e}"))?;

@@ -1,7 +1,10 @@
 //! Training: tokenizer stages 1 and 2, and the generator. Composes the models, losses, teachers and
 //! data; models never know about training.
 
+pub mod checkpoint;
 pub mod config;
+pub mod monitor;
 pub mod optim;
 pub mod params;
+pub mod tokenizer;
 pub mod tokenizer_step;

@@ -6,6 +6,7 @@
 //! that checkpoints store and `--resume` restores exactly.
 
 use super::params;
+use crate::nn::kernels::{AdamWScalars, adamw_fused, is_fast};
 use burn::module::Module;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -50,26 +51,34 @@ impl AdamW {
     pub fn step<M: Module>(&mut self, module: M, grads: &BTreeMap<String, Tensor<1>>, lr: f64, decay: &dyn Fn(&str, &[usize]) -> bool) -> M {
         let cfg = self.config.clone();
         params::update(module, |path, shape, p| {
-            let g = grads.get(path)?.clone();
+            let Some(g) = grads.get(path) else { return p };
             let t = self.steps.entry(path.to_string()).or_insert(0);
             *t += 1;
             let step = *t as i32;
-            let m = match self.exp_avg.remove(path) {
-                Some(m) => m * cfg.beta1 + g.clone() * (1.0 - cfg.beta1),
-                None => g.clone() * (1.0 - cfg.beta1),
+            let weight_decay = if decay(path, shape) { cfg.weight_decay } else { 0.0 };
+            let (m, v) = (self.exp_avg.remove(path), self.exp_avg_sq.remove(path));
+            let (new, m, v) = if is_fast(&p) && is_fast(g) && m.as_ref().is_none_or(is_fast) && v.as_ref().is_none_or(is_fast) {
+                let scalars = AdamWScalars { lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay, step };
+                adamw_fused(p, g, m, v, scalars)
+            } else {
+                let g = g.clone();
+                let m = match m {
+                    Some(m) => m * cfg.beta1 + g.clone() * (1.0 - cfg.beta1),
+                    None => g.clone() * (1.0 - cfg.beta1),
+                };
+                let v = match v {
+                    Some(v) => v * cfg.beta2 + g.clone() * g.clone() * (1.0 - cfg.beta2),
+                    None => g.clone() * g * (1.0 - cfg.beta2),
+                };
+                let p = if weight_decay > 0.0 { p * (1.0 - lr * weight_decay) } else { p };
+                let bc1 = 1.0 - cfg.beta1.powi(step);
+                let bc2 = 1.0 - cfg.beta2.powi(step);
+                let denom = v.clone().sqrt() / bc2.sqrt() + cfg.eps;
+                (p - m.clone() / denom * (lr / bc1), m, v)
             };
-            let v = match self.exp_avg_sq.remove(path) {
-                Some(v) => v * cfg.beta2 + g.clone() * g.clone() * (1.0 - cfg.beta2),
-                None => g.clone() * g * (1.0 - cfg.beta2),
-            };
-            let p = if decay(path, shape) && cfg.weight_decay > 0.0 { p * (1.0 - lr * cfg.weight_decay) } else { p };
-            let bc1 = 1.0 - cfg.beta1.powi(step);
-            let bc2 = 1.0 - cfg.beta2.powi(step);
-            let denom = v.clone().sqrt() / bc2.sqrt() + cfg.eps;
-            let new = p - m.clone() / denom * (lr / bc1);
             self.exp_avg.insert(path.to_string(), m);
             self.exp_avg_sq.insert(path.to_string(), v);
-            Some(new)
+            new
         })
     }
 }
@@ -128,6 +137,36 @@ pub fn reference_decays(name: &str, shape: &[usize]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adamw_matches_pytorch_over_steps() {
+        let device = Device::flex();
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let mut opt = AdamW::new(cfg.clone());
+        let mut module = burn::nn::LinearConfig::new(2, 1).init(&device);
+        let w0: Vec<f32> = module.weight.val().into_data().to_vec().unwrap();
+        let (mut p, mut m, mut v) = (w0.iter().map(|&x| x as f64).collect::<Vec<_>>(), vec![0f64; 2], vec![0f64; 2]);
+        let lr = 1e-2;
+        for step in 1..=3 {
+            let g = [0.5 * step as f64, -0.25];
+            let mut grads = BTreeMap::new();
+            grads.insert("weight".to_string(), Tensor::<1>::from_data(TensorData::new(g.iter().map(|&x| x as f32).collect::<Vec<_>>(), [2]), &device));
+            module = opt.step(module, &grads, lr, &|_, s| s.len() >= 2);
+            for i in 0..2 {
+                p[i] *= 1.0 - lr * cfg.weight_decay;
+                m[i] = 0.9 * m[i] + 0.1 * g[i];
+                v[i] = 0.95 * v[i] + 0.05 * g[i] * g[i];
+                let (bc1, bc2) = (1.0 - 0.9f64.powi(step), 1.0 - 0.95f64.powi(step));
+                p[i] -= lr / bc1 * m[i] / ((v[i] / bc2).sqrt() + cfg.eps);
+            }
+        }
+        let got: Vec<f32> = module.weight.val().into_data().to_vec().unwrap();
+        for i in 0..2 {
+            assert!((got[i] as f64 - p[i]).abs() < 1e-6, "{got:?} vs {p:?}");
+        }
+        assert_eq!(opt.steps["weight"], 3);
+        assert!(!opt.steps.contains_key("bias"), "parameters without a gradient are not stepped");
+    }
 
     #[test]
     fn schedules() {

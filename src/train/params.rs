@@ -76,12 +76,12 @@ pub fn gradients<M: Module>(module: &M, grads: &Gradients) -> BTreeMap<String, T
 
 /// Replaces parameters by path with new flattened values (on the non-autodiff device), keeping
 /// each parameter's identity and gradient tracking.
-pub struct Writer<F: FnMut(&str, &[usize], Tensor<1>) -> Option<Tensor<1>>> {
+pub struct Writer<F: FnMut(&str, &[usize], Tensor<1>) -> Tensor<1>> {
     paths: Paths,
     update: F,
 }
 
-impl<F: FnMut(&str, &[usize], Tensor<1>) -> Option<Tensor<1>>> ModuleMapper for Writer<F> {
+impl<F: FnMut(&str, &[usize], Tensor<1>) -> Tensor<1>> ModuleMapper for Writer<F> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.paths.enter(name, container_type);
     }
@@ -97,24 +97,19 @@ impl<F: FnMut(&str, &[usize], Tensor<1>) -> Option<Tensor<1>>> ModuleMapper for 
         let n = shape.iter().product::<usize>();
         let tracked = tensor.device().is_autodiff();
         let require_grad = tensor.is_require_grad();
-        let current = tensor.clone().without_autodiff().reshape([n]);
-        let tensor = match (self.update)(&path, &shape, current) {
-            Some(new) => {
-                let new = new.reshape(shape);
-                let mut t = if tracked { new.autodiff() } else { new };
-                if require_grad {
-                    t = t.require_grad();
-                }
-                t
-            }
-            None => tensor,
-        };
-        Param::from_mapped_value(id, tensor, mapper)
+        // The value is handed over, not cloned, so that an update can reuse its buffer.
+        let new = (self.update)(&path, &shape, tensor.without_autodiff().reshape([n])).reshape(shape);
+        let mut t = if tracked { new.autodiff() } else { new };
+        if require_grad {
+            t = t.require_grad();
+        }
+        Param::from_mapped_value(id, t, mapper)
     }
 }
 
-/// Applies `update(path, shape, current) -> Some(new)` to every float parameter.
-pub fn update<M: Module, F: FnMut(&str, &[usize], Tensor<1>) -> Option<Tensor<1>>>(module: M, update: F) -> M {
+/// Applies `update(path, shape, current) -> new` to every float parameter (return `current` to
+/// keep a value).
+pub fn update<M: Module, F: FnMut(&str, &[usize], Tensor<1>) -> Tensor<1>>(module: M, update: F) -> M {
     let mut w = Writer { paths: Paths { stack: Vec::new() }, update };
     module.map(&mut w)
 }

@@ -19,21 +19,23 @@ pub struct TrainingForward {
     pub pred_sem_feature: Option<Tensor<3>>,
 }
 
-/// The training forward with explicit random draws; `rope_rescale` is the teacher's training-mode
-/// RoPE coordinate rescale (DINOv3).
-pub fn training_forward(model: &RecTok, teacher: Option<&Teacher>, x: Tensor<4>, draws: &TrainDraws, rope_rescale: Option<f32>) -> TrainingForward {
-    let encoded = model.encode_train(x.clone(), draws);
+/// The training forward with explicit random draws. `teacher_features` are the targets of the
+/// semantic decoder (computed by the caller, often on another device: the teacher is frozen).
+pub fn training_forward(model: &RecTok, teacher_features: Option<Tensor<3>>, x: Tensor<4>, draws: &TrainDraws) -> TrainingForward {
+    let encoded = model.encode_train(x, draws);
     let ids_restore = encoded.mask.as_ref().map(|m| &m.ids_restore);
-    let (sem_feature, pred_sem_feature) = match (teacher, &model.sem_decoder) {
-        (Some(t), Some(sd)) => {
-            let f = t.features(x, model.grid_size(), rope_rescale);
-            let p = sd.forward(encoded.sem_input.clone(), ids_restore);
-            (Some(f), Some(p))
-        }
+    let (sem_feature, pred_sem_feature) = match (teacher_features, &model.sem_decoder) {
+        (Some(f), Some(sd)) => (Some(f.detach()), Some(sd.forward(encoded.sem_input.clone(), ids_restore))),
         _ => (None, None),
     };
     let decoded = model.decoder.forward(encoded.z_latents.clone(), ids_restore);
     TrainingForward { decoded, encoded, sem_feature, pred_sem_feature }
+}
+
+/// Teacher targets for a training step: `teacher` on images `x` in [-1, 1] at input side
+/// `resolution`, with `rope_rescale` (DINOv3's training-mode augmentation).
+pub fn teacher_targets(teacher: &Teacher, model: &RecTok, x: Tensor<4>, rope_rescale: Option<f32>, resolution: usize) -> Tensor<3> {
+    teacher.features_at(x, model.grid_size(), rope_rescale, resolution)
 }
 
 #[cfg(test)]
@@ -57,7 +59,7 @@ mod tests {
         let mut losses = Vec::new();
         for step in 0..8 {
             let draws = model.draw_train(2, true, &mut Rng::seed_from(step), &device);
-            let out = training_forward(&model, None, x.clone().autodiff(), &draws, None);
+            let out = training_forward(&model, None, x.clone().autodiff(), &draws);
             let y = x.clone() * 0.5 + 0.5;
             let loss = (out.decoded * 0.5 + 0.5 - y.autodiff()).powi_scalar(2).mean();
             losses.push(loss.clone().into_scalar::<f32>());

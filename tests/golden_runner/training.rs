@@ -61,7 +61,7 @@ pub fn rectok_forward_train(case: &mut Case) -> CaseResult<()> {
         flow_noise: Some(case.input("in.flow_noise")?),
     };
     let rescale = case.input_host("in.teacher_rope_rescale_u")?[0].exp();
-    let out = training_forward(&model, Some(&teacher), x.clone(), &draws, Some(rescale));
+    let out = training_forward(&model, Some(teacher.features(x.clone(), model.grid_size(), Some(rescale))), x.clone(), &draws);
     let img = cfg.img_size;
     let (_, pixels) = teacher_pixels(x.clone(), 224, img, IMAGENET_MEAN, IMAGENET_STD);
     case.put("out.teacher_pixel_values", pixels);

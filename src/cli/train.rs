@@ -1,0 +1,123 @@
+//! `rectok train tokenizer`: stage 1 / stage 2 tokenizer training from a TOML recipe.
+
+use crate::train::config::{TokenizerTrainConfig, apply_override};
+use crate::train::tokenizer::TokenizerTrainer;
+use anyhow::{Result, anyhow, bail};
+use std::path::PathBuf;
+
+/// What to train.
+#[derive(clap::Subcommand, Debug)]
+pub enum Which {
+    /// Train a RecTok tokenizer (stage 1, or stage 2 decoder fine-tuning).
+    Tokenizer(TokenizerArgs),
+}
+
+/// `rectok train tokenizer`.
+#[derive(clap::Args, Debug)]
+pub struct TokenizerArgs {
+    /// Recipe: a built-in name (tiny, tiny-stage2, rectok-b-stage1, rectok-b-stage2) or a TOML file.
+    #[arg(long, default_value = "tiny", value_name = "NAME|FILE")]
+    pub config: String,
+    /// Run folder: checkpoints, metrics.jsonl, samples/, loss.png, tokenizer.safetensors.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub out: PathBuf,
+    /// Training images: a class-folder tree (ImageNet layout), a `.txt` list of `relpath label`
+    /// lines, or procedural[:N] (built in). Sets data.source.
+    #[arg(long, value_name = "DIR|LIST|procedural[:N]")]
+    pub data: Option<String>,
+    /// Held-out images for the reconstruction grids and PSNR (data.val_source).
+    #[arg(long, value_name = "DIR|LIST")]
+    pub val_data: Option<String>,
+    /// Teacher: efficientnet-lite0 (built in), dinov3-b16:PATH, dinov3-l16:PATH, dinov3-s16:PATH or none.
+    #[arg(long, value_name = "SPEC")]
+    pub teacher: Option<String>,
+    /// Stage 2: the stage-1 run folder, checkpoint, tokenizer file or official .pth (run.init_from).
+    #[arg(long, value_name = "PATH")]
+    pub init_from: Option<PathBuf>,
+    /// Override any option: `--set optim.batch_size=16 --set loss.kl_weight=1e-5`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Stop after this many optimizer steps (the schedule still spans run.epochs).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Continue the run in --out from its newest checkpoint (only run.* options may change).
+    #[arg(long)]
+    pub resume: bool,
+    /// Print the resolved configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// `--set` assignments, then the dedicated flags (which win over a `--set` of the same key).
+fn run_overrides(args: &TokenizerArgs) -> Vec<String> {
+    let mut o = args.overrides.clone();
+    let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
+    if let Some(d) = &args.data {
+        o.push(format!("data.source={}", quoted(d)));
+    }
+    if let Some(d) = &args.val_data {
+        o.push(format!("data.val_source={}", quoted(d)));
+    }
+    if let Some(t) = &args.teacher {
+        o.push(format!("teacher.spec={}", quoted(t)));
+    }
+    if let Some(p) = &args.init_from {
+        o.push(format!("run.init_from={}", quoted(&p.display().to_string())));
+    }
+    if let Some(m) = args.max_steps {
+        o.push(format!("run.max_steps={m}"));
+    }
+    o
+}
+
+/// Applies `run.*` overrides to a resumed run's options.
+fn adjust_run(config: &mut TokenizerTrainConfig, overrides: &[String]) -> Result<()> {
+    let mut table = toml::Table::new();
+    table.insert("run".into(), toml::Value::try_from(&config.run)?);
+    for o in overrides {
+        let key = o.split('=').next().unwrap_or_default().trim();
+        if !key.starts_with("run.") || key == "run.stage" || key == "run.seed" || key == "run.init_from" {
+            bail!("`{o}`: only run.* options (length, logging, checkpoints, threads, device) can change when resuming; the others would change the run");
+        }
+        apply_override(&mut table, o)?;
+    }
+    config.run = table.remove("run").expect("run").try_into().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+pub fn run(which: Which) -> Result<()> {
+    let Which::Tokenizer(args) = which;
+    let overrides = run_overrides(&args);
+    let mut trainer = if args.resume {
+        if args.data.is_some() || args.teacher.is_some() || args.init_from.is_some() || args.val_data.is_some() {
+            bail!("--resume continues the run as it was configured; --data, --val-data, --teacher and --init-from cannot change");
+        }
+        let mut adjust_err = None;
+        let t = TokenizerTrainer::resume(&args.out, |c| {
+            if let Err(e) = adjust_run(c, &overrides) {
+                adjust_err = Some(e);
+            }
+        });
+        if let Some(e) = adjust_err {
+            return Err(e);
+        }
+        t?
+    } else {
+        let config = TokenizerTrainConfig::load(&args.config, &overrides)?;
+        if args.print_config {
+            print!("{}", toml::to_string_pretty(&config)?);
+            return Ok(());
+        }
+        TokenizerTrainer::start(config, &args.out)?
+    };
+    let summary = trainer.run()?;
+    println!(
+        "trained {} steps in {:.0} s; tokenizer: {}; held-out PSNR {}{:.2} dB",
+        summary.steps,
+        summary.seconds,
+        summary.tokenizer.display(),
+        summary.val_psnr.0.map(|p| format!("{p:.2} dB (untrained) → ")).unwrap_or_default(),
+        summary.val_psnr.1
+    );
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! Crash-safe training checkpoints.
+//!
+//! A checkpoint is a folder `RUN/checkpoints/step_XXXXXXXX/` written under a temporary name and
+//! renamed into place only when every file in it is complete; `RUN/checkpoints/latest` (itself
+//! written atomically) names the newest one. A crash at any moment therefore leaves either the
+//! previous checkpoint or the new one, never a partial folder that `--resume` would read.
+
+use super::optim::{AdamW, AdamWConfig};
+use crate::weights::{CheckpointEntry, StateDict, write_atomic, write_safetensors};
+use anyhow::{Context, Result, anyhow, bail};
+use burn::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// The checkpoint folders of a run.
+#[derive(Clone, Debug)]
+pub struct CheckpointStore {
+    dir: PathBuf,
+    keep: usize,
+}
+
+const LATEST: &str = "latest";
+
+impl CheckpointStore {
+    /// The store of run folder `run_dir`, keeping the newest `keep` checkpoints.
+    pub fn new(run_dir: &Path, keep: usize) -> Self {
+        Self { dir: run_dir.join("checkpoints"), keep: keep.max(1) }
+    }
+
+    /// Folder name of the checkpoint after `step` optimizer steps.
+    pub fn name(step: usize) -> String {
+        format!("step_{step:08}")
+    }
+
+    /// Writes a checkpoint: `write` fills a temporary folder, which is then renamed to
+    /// `step_XXXXXXXX`, recorded as `latest`, and older checkpoints beyond `keep` are removed.
+    pub fn save(&self, step: usize, write: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+        let name = Self::name(step);
+        let done = self.dir.join(&name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).with_context(|| format!("removing stale {}", tmp.display()))?;
+        }
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        write(&tmp).with_context(|| format!("writing checkpoint {}", done.display()))?;
+        if done.exists() {
+            std::fs::remove_dir_all(&done).with_context(|| format!("replacing {}", done.display()))?;
+        }
+        std::fs::rename(&tmp, &done).with_context(|| format!("renaming {} to {}", tmp.display(), done.display()))?;
+        write_atomic(&self.dir.join(LATEST), name.as_bytes())?;
+        self.prune(&name)?;
+        Ok(done)
+    }
+
+    fn list(&self) -> Result<Vec<(usize, PathBuf)>> {
+        let mut found = Vec::new();
+        if !self.dir.exists() {
+            return Ok(found);
+        }
+        for entry in std::fs::read_dir(&self.dir).with_context(|| format!("listing {}", self.dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(step) = name.strip_prefix("step_").and_then(|s| s.parse::<usize>().ok())
+                && entry.path().join("state.json").exists()
+            {
+                found.push((step, entry.path()));
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    fn prune(&self, newest: &str) -> Result<()> {
+        let all = self.list()?;
+        let excess = all.len().saturating_sub(self.keep);
+        for (_, path) in all.into_iter().take(excess) {
+            if path.file_name().is_some_and(|n| n != newest) {
+                std::fs::remove_dir_all(&path).with_context(|| format!("removing old checkpoint {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest complete checkpoint: the one `latest` names, else the highest step present.
+    pub fn latest(&self) -> Result<Option<PathBuf>> {
+        if let Ok(name) = std::fs::read_to_string(self.dir.join(LATEST)) {
+            let path = self.dir.join(name.trim());
+            if path.join("state.json").exists() {
+                return Ok(Some(path));
+            }
+        }
+        Ok(self.list()?.pop().map(|(_, p)| p))
+    }
+}
+
+/// Writes named flat tensors with JSON `metadata` entries.
+pub fn save_tensors(path: &Path, tensors: &BTreeMap<String, Tensor<1>>, metadata: HashMap<String, String>) -> Result<()> {
+    let data = tensors.iter().map(|(k, t)| (k.clone(), t.clone().without_autodiff().into_data())).collect();
+    write_safetensors(path, data, metadata)
+}
+
+/// Reads every tensor of a safetensors file as flat `f32` values, with its metadata.
+pub fn load_tensors(path: &Path) -> Result<(BTreeMap<String, Vec<f32>>, BTreeMap<String, String>)> {
+    let sd = StateDict::open(path, CheckpointEntry::Auto)?;
+    let keys: Vec<String> = sd.keys_with_prefix("").cloned().collect();
+    let mut out = BTreeMap::new();
+    for k in keys {
+        out.insert(k.clone(), sd.read_f32(&k)?);
+    }
+    Ok((out, sd.metadata.clone()))
+}
+
+impl AdamW {
+    /// Writes the moments and step counts.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors = BTreeMap::new();
+        for (k, v) in &self.exp_avg {
+            tensors.insert(format!("exp_avg.{k}"), v.clone());
+        }
+        for (k, v) in &self.exp_avg_sq {
+            tensors.insert(format!("exp_avg_sq.{k}"), v.clone());
+        }
+        let mut meta = HashMap::new();
+        meta.insert("steps".into(), serde_json::to_string(&self.steps)?);
+        meta.insert("config".into(), serde_json::to_string(&self.config)?);
+        save_tensors(path, &tensors, meta)
+    }
+
+    /// Reads a state written by [`save`](Self::save), on `device`.
+    pub fn load(path: &Path, config: AdamWConfig, device: &Device) -> Result<Self> {
+        let (tensors, meta) = load_tensors(path)?;
+        let steps = meta.get("steps").ok_or_else(|| anyhow!("{}: not an optimizer state (no `steps`)", path.display()))?;
+        let mut opt = Self::new(config);
+        opt.steps = serde_json::from_str(steps).with_context(|| format!("{}: corrupt `steps`", path.display()))?;
+        for (k, v) in tensors {
+            let n = v.len();
+            let t = Tensor::<1>::from_data(TensorData::new(v, [n]), device);
+            if let Some(p) = k.strip_prefix("exp_avg_sq.") {
+                opt.exp_avg_sq.insert(p.to_string(), t);
+            } else if let Some(p) = k.strip_prefix("exp_avg.") {
+                opt.exp_avg.insert(p.to_string(), t);
+            } else {
+                bail!("{}: unexpected optimizer tensor `{k}`", path.display());
+            }
+        }
+        Ok(opt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_keeps_the_newest_and_survives_partial_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path(), 2);
+        for step in [10, 20, 30] {
+            store.save(step, |d| Ok(std::fs::write(d.join("state.json"), format!("{step}"))?)).unwrap();
+        }
+        let names: Vec<_> = store.list().unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(names, vec![20, 30]);
+        // A crash while writing leaves a hidden temporary folder that is never resumed from.
+        std::fs::create_dir_all(dir.path().join("checkpoints/.step_00000040.tmp")).unwrap();
+        assert_eq!(store.latest().unwrap().unwrap().file_name().unwrap(), "step_00000030");
+        // A failed write keeps the previous checkpoint as the latest.
+        assert!(store.save(40, |_| bail!("disk full")).is_err());
+        assert_eq!(store.latest().unwrap().unwrap().file_name().unwrap(), "step_00000030");
+    }
+
+    #[test]
+    fn adamw_state_round_trips_exactly() {
+        let device = Device::flex();
+        let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 1e-4 });
+        opt.exp_avg.insert("a.weight".into(), Tensor::from_data(TensorData::new(vec![0.1f32, -0.3], [2]), &device));
+        opt.exp_avg_sq.insert("a.weight".into(), Tensor::from_data(TensorData::new(vec![1e-7f32, 2.5], [2]), &device));
+        opt.steps.insert("a.weight".into(), 7);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("opt.safetensors");
+        opt.save(&path).unwrap();
+        let back = AdamW::load(&path, opt.config.clone(), &device).unwrap();
+        assert_eq!(back.steps, opt.steps);
+        assert_eq!(back.exp_avg["a.weight"].to_data().to_vec::<f32>().unwrap(), vec![0.1f32, -0.3]);
+        assert_eq!(back.exp_avg_sq["a.weight"].to_data().to_vec::<f32>().unwrap(), vec![1e-7f32, 2.5]);
+    }
+}

@@ -1,0 +1,220 @@
+//! Watching a run: metrics appended to `metrics.jsonl`, reconstruction grids, the loss-curve plot
+//! and the progress line.
+
+use anyhow::{Context, Result};
+use image::RgbImage;
+use serde_json::{Map, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The training progress bar (drawn only on a terminal; see [`indicatif::ProgressBar::is_hidden`]).
+pub fn progress_bar(len: usize, position: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("[{elapsed_precise}] {pos}/{len} [{bar:25}] eta {eta} {msg}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(position as u64);
+    bar.reset_eta();
+    bar
+}
+
+/// `RUN/metrics.jsonl`: one JSON object per logged step.
+pub struct MetricsLog {
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// The log of run folder `run_dir`. On resume, lines after `keep_through_step` (written after
+    /// the checkpoint being resumed, by the run that crashed) are dropped so the file tells one
+    /// consistent story.
+    pub fn open(run_dir: &Path, keep_through_step: Option<usize>) -> Result<Self> {
+        let path = run_dir.join("metrics.jsonl");
+        if let Some(last) = keep_through_step
+            && path.exists()
+        {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let kept: String = text
+                .lines()
+                .filter(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= last))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            crate::weights::write_atomic(&path, kept.as_bytes())?;
+        }
+        Ok(Self { path })
+    }
+
+    /// Appends one record.
+    pub fn append(&self, record: &Map<String, Value>) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
+        writeln!(f, "{}", Value::Object(record.clone())).with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    /// Every record so far.
+    pub fn read(&self) -> Result<Vec<Map<String, Value>>> {
+        read_metrics(&self.path)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads a `metrics.jsonl` file.
+pub fn read_metrics(path: &Path) -> Result<Vec<Map<String, Value>>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| match serde_json::from_str::<Value>(l) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => anyhow::bail!("{}:{}: not a JSON object", path.display(), i + 1),
+        })
+        .collect()
+}
+
+/// Originals above their reconstructions, `columns` images per row pair, 2 px gaps.
+pub fn reconstruction_grid(originals: &[RgbImage], reconstructions: &[RgbImage], columns: usize) -> RgbImage {
+    let n = originals.len().min(reconstructions.len());
+    let columns = columns.clamp(1, n.max(1));
+    let rows = n.div_ceil(columns);
+    let (w, h) = originals.first().map(|i| (i.width(), i.height())).unwrap_or((1, 1));
+    let gap = 2;
+    let width = columns as u32 * (w + gap) + gap;
+    let height = rows as u32 * (2 * h + 2 * gap) + gap;
+    let mut grid = RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    for i in 0..n {
+        let (c, r) = ((i % columns) as u32, (i / columns) as u32);
+        let x = gap + c * (w + gap);
+        let y = gap + r * (2 * h + 2 * gap);
+        image::imageops::replace(&mut grid, &originals[i], x as i64, y as i64);
+        image::imageops::replace(&mut grid, &reconstructions[i], x as i64, (y + h + gap) as i64);
+    }
+    grid
+}
+
+/// Saves a PNG atomically.
+pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).context("encoding PNG")?;
+    crate::weights::write_atomic(path, &bytes)
+}
+
+static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, FONT);
+    });
+}
+
+/// Plots the named metrics against `step` (log-scale y when all values are positive), one panel
+/// per metric, into a PNG.
+pub fn plot_metrics(records: &[Map<String, Value>], keys: &[&str], title: &str, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    register_font();
+    let series: Vec<(&str, Vec<(f64, f64)>)> = keys
+        .iter()
+        .map(|k| {
+            let pts = records
+                .iter()
+                .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(*k)?.as_f64()?)))
+                .filter(|(_, v)| v.is_finite())
+                .collect::<Vec<_>>();
+            (*k, pts)
+        })
+        // Series that never leave 0 (a GAN term before its start epoch) say nothing.
+        .filter(|(_, p)| p.iter().any(|&(_, v)| v != 0.0))
+        .collect();
+    if series.is_empty() {
+        anyhow::bail!("nothing to plot: no records with {}", keys.join(", "));
+    }
+    let cols = 2usize.min(series.len());
+    let rows = series.len().div_ceil(cols);
+    let (width, height) = (520 * cols as u32, 60 + 300 * rows as u32);
+    let mut pixels = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(title, ("sans-serif", 22))?;
+        let panels = root.split_evenly((rows, cols));
+        for ((name, pts), area) in series.iter().zip(panels.iter()) {
+            let (x0, x1) = (pts.first().unwrap().0, pts.last().unwrap().0.max(pts.first().unwrap().0 + 1.0));
+            let lo = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+            let hi = pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+            let pad = ((hi - lo) * 0.05).max(1e-12);
+            // One panel; the y axis is logarithmic when the values span decades.
+            macro_rules! panel {
+                ($y:expr, $fmt:expr) => {{
+                    let mut chart = ChartBuilder::on(area)
+                        .caption(*name, ("sans-serif", 16))
+                        .margin(8)
+                        .x_label_area_size(28)
+                        .y_label_area_size(60)
+                        .build_cartesian_2d(x0..x1, $y)?;
+                    chart
+                        .configure_mesh()
+                        .x_desc("step")
+                        .y_labels(6)
+                        .x_label_formatter(&|x| format!("{x:.0}"))
+                        .y_label_formatter($fmt)
+                        .label_style(("sans-serif", 12))
+                        .draw()?;
+                    chart.draw_series(LineSeries::new(pts.iter().copied(), &BLUE))?;
+                }};
+            }
+            if lo > 0.0 && hi / lo > 20.0 {
+                panel!((lo * 0.9..hi * 1.1).log_scale(), &|y: &f64| format!("{y:.1e}"));
+            } else {
+                let digits = (-(hi - lo + 2.0 * pad).log10().floor() + 1.0).clamp(0.0, 8.0) as usize;
+                panel!((lo - pad)..(hi + pad), &|y: &f64| format!("{y:.digits$}"));
+            }
+        }
+        root.present()?;
+    }
+    save_png(&RgbImage::from_raw(width, height, pixels).expect("buffer size"), path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_truncated_on_resume_and_plotted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = MetricsLog::open(dir.path(), None).unwrap();
+        for step in 1..=6 {
+            let mut m = Map::new();
+            m.insert("step".into(), step.into());
+            m.insert("loss".into(), (1.0 / step as f64).into());
+            m.insert("psnr".into(), (10.0 + step as f64).into());
+            log.append(&m).unwrap();
+        }
+        let log = MetricsLog::open(dir.path(), Some(4)).unwrap();
+        let records = log.read().unwrap();
+        assert_eq!(records.len(), 4);
+        let png = dir.path().join("loss.png");
+        plot_metrics(&records, &["loss", "psnr"], "test", &png).unwrap();
+        let img = image::open(&png).unwrap();
+        assert_eq!(img.width(), 1040);
+        // Something besides the white background was drawn.
+        assert!(img.to_rgb8().pixels().any(|p| p.0 != [255, 255, 255]));
+    }
+
+    #[test]
+    fn grid_layout() {
+        let a = vec![RgbImage::from_pixel(4, 4, image::Rgb([255, 0, 0])); 3];
+        let b = vec![RgbImage::from_pixel(4, 4, image::Rgb([0, 0, 255])); 3];
+        let g = reconstruction_grid(&a, &b, 2);
+        assert_eq!((g.width(), g.height()), (2 * 6 + 2, 2 * 12 + 2));
+        assert_eq!(g.get_pixel(2, 2).0, [255, 0, 0]);
+        assert_eq!(g.get_pixel(2, 8).0, [0, 0, 255]);
+    }
+}

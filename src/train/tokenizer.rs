@@ -1,0 +1,716 @@
+//! Tokenizer training: stage 1 (flow semantic distillation + reconstruction–alignment
+//! distillation with the pixel losses) and stage 2 (decoder fine-tuning), after the reference's
+//! `main_reconstruction.py` (spec TRAINING.md §2–3).
+//!
+//! One optimizer step = `accum_steps` micro-batches of: masked encode → posterior sample →
+//! forward-flow noise → pixel and semantic decoders → [`generator_loss`]; then global-norm
+//! clipping, AdamW with the reference's no-decay group, the EMA update, and — from
+//! `gan_start_epoch` — a discriminator step on the same targets and (detached) reconstructions.
+//! The learning rate follows [`warmup_cosine`] of the fractional epoch, for both optimizers.
+//!
+//! Every random draw comes from one [`Rng`] stored in the checkpoints, the data order is a
+//! function of (seed, epoch), so `--resume` continues bit for bit.
+
+use super::checkpoint::{CheckpointStore, load_tensors};
+use super::config::TokenizerTrainConfig;
+use super::monitor::{MetricsLog, plot_metrics, progress_bar, reconstruction_grid, save_png};
+use super::optim::{AdamW, AdamWConfig, clip_grad_norm, global_norm, reference_decays, warmup_cosine};
+use super::params;
+use super::tokenizer_step::{teacher_targets, training_forward};
+use crate::data::transforms::tensor_to_images;
+use crate::data::{DataSpec, Loader, LoaderConfig, Split, open_dataset};
+use crate::loss::{
+    DiscriminatorConfig, GeneratorInputs, LossConfig, NLayerDiscriminator, PerceptualKind, PerceptualLoss, discriminator_loss,
+    generator_loss, targeted_sem_loss,
+};
+use crate::nn::init::{TokenizerInit, TorchDefaultInit, initialize};
+use crate::nn::kernels::{ema_fused, is_fast};
+use crate::rng::Rng;
+use crate::teacher::Teacher;
+use crate::tokenizer::RecTok;
+use crate::weights::tokenizer::{TokenizerLoadOptions, key_map, load_tokenizer, save_tokenizer};
+use crate::weights::{CheckpointEntry, KeyMap, load_into, write_atomic, write_safetensors_from_module};
+use anyhow::{Context, Result, anyhow, bail};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a checkpoint's `state.json` holds besides the tensors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// The random stream after the last step.
+    pub rng: Rng,
+    /// The run's configuration.
+    pub config: TokenizerTrainConfig,
+    /// Training seconds so far (all sessions).
+    pub elapsed_s: f64,
+    /// `rectok` version that wrote it.
+    pub version: String,
+}
+
+/// The loss values of one optimizer step (means over its micro-batches).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepValues {
+    /// Objective.
+    pub loss: f64,
+    /// Pixel term.
+    pub rec: f64,
+    /// Weighted perceptual term.
+    pub perceptual: f64,
+    /// Weighted KL term.
+    pub kl: f64,
+    /// Weighted semantic term.
+    pub sem: f64,
+    /// Unweighted generator GAN loss.
+    pub gan: f64,
+    /// Discriminator hinge loss (0 before `gan_start_epoch`).
+    pub d_loss: f64,
+    /// Mean discriminator logit on real images.
+    pub logits_real: f64,
+    /// Mean discriminator logit on reconstructions.
+    pub logits_fake: f64,
+    /// Tokenizer gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+impl StepValues {
+    fn add(&mut self, o: &StepValues, w: f64) {
+        self.loss += o.loss * w;
+        self.rec += o.rec * w;
+        self.perceptual += o.perceptual * w;
+        self.kl += o.kl * w;
+        self.sem += o.sem * w;
+        self.gan += o.gan * w;
+        self.d_loss += o.d_loss * w;
+        self.logits_real += o.logits_real * w;
+        self.logits_fake += o.logits_fake * w;
+    }
+
+    /// `−10·log10(rec)`.
+    pub fn psnr(&self) -> f64 {
+        -10.0 * self.rec.log10()
+    }
+}
+
+/// The end of a run.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    /// Optimizer steps taken in total.
+    pub steps: usize,
+    /// The exported tokenizer (EMA weights).
+    pub tokenizer: PathBuf,
+    /// Held-out PSNR of the EMA tokenizer before training (this run's start) and at the end.
+    pub val_psnr: (Option<f64>, f64),
+    /// Seconds spent training in this session.
+    pub seconds: f64,
+}
+
+/// A tokenizer training run.
+pub struct TokenizerTrainer {
+    /// The run's configuration.
+    pub config: TokenizerTrainConfig,
+    run_dir: PathBuf,
+    device: Device,
+    inner: Device,
+    model: RecTok,
+    ema: RecTok,
+    disc: NLayerDiscriminator,
+    opt: AdamW,
+    opt_disc: AdamW,
+    teacher: Option<Teacher>,
+    perceptual: PerceptualLoss,
+    loss: LossConfig,
+    loader: Loader,
+    val_images: Tensor<4>,
+    rng: Rng,
+    step: usize,
+    elapsed_s: f64,
+    trainable: BTreeSet<String>,
+    reference_names: KeyMap,
+    store: CheckpointStore,
+    metrics: MetricsLog,
+    initial_val_psnr: Option<f64>,
+}
+
+fn adamw_config(c: &TokenizerTrainConfig) -> AdamWConfig {
+    AdamWConfig { beta1: c.optim.beta1, beta2: c.optim.beta2, eps: c.optim.eps, weight_decay: c.optim.weight_decay }
+}
+
+/// Errors that stop a run on purpose.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A loss term became NaN or infinite.
+    #[error("the {term} loss is {value} at step {step} (epoch {epoch:.3}); the state before this step is saved in {checkpoint}")]
+    NonFinite {
+        /// The term.
+        term: String,
+        /// Its value.
+        value: f64,
+        /// The optimizer step being computed (1-based).
+        step: usize,
+        /// Fractional epoch.
+        epoch: f64,
+        /// The checkpoint written before stopping.
+        checkpoint: String,
+    },
+}
+
+impl TokenizerTrainer {
+    /// Starts a new run in `run_dir` (which must not hold a run already).
+    pub fn start(config: TokenizerTrainConfig, run_dir: &Path) -> Result<Self> {
+        let store = CheckpointStore::new(run_dir, config.run.keep_checkpoints);
+        if store.latest()?.is_some() || run_dir.join("metrics.jsonl").exists() {
+            bail!("{} already holds a training run; pass --resume to continue it, or choose another --out", run_dir.display());
+        }
+        std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        write_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
+        Self::build(config, run_dir, None)
+    }
+
+    /// Continues the run in `run_dir` from its newest checkpoint. `adjust` may change options
+    /// that do not alter the trajectory (run length, logging, checkpointing, threads).
+    pub fn resume(run_dir: &Path, adjust: impl FnOnce(&mut TokenizerTrainConfig)) -> Result<Self> {
+        let probe = CheckpointStore::new(run_dir, 1);
+        let ckpt = probe.latest()?.ok_or_else(|| anyhow!("{}: no checkpoint to resume from (checkpoints/ is empty or missing)", run_dir.display()))?;
+        let state = read_state(&ckpt)?;
+        let mut config = state.config.clone();
+        adjust(&mut config);
+        config.validate().map_err(|e| anyhow!(e))?;
+        Self::build(config, run_dir, Some((ckpt, state)))
+    }
+
+    fn build(config: TokenizerTrainConfig, run_dir: &Path, resume: Option<(PathBuf, TrainState)>) -> Result<Self> {
+        let choice: crate::device::DeviceChoice = config.run.device.parse().map_err(|e: String| anyhow!("run.device: {e}"))?;
+        crate::device::set_cpu_threads(config.run.threads);
+        let inner = crate::device::select_device(choice).map_err(|e| anyhow!(e))?;
+        let device = inner.clone().autodiff();
+        let stage = config.run.stage;
+
+        // Teacher and semantic decoder (stage 1 only).
+        let teacher = match config.teacher_spec()? {
+            Some(spec) => {
+                let t = Teacher::load(&spec, &inner).with_context(|| format!("loading teacher {spec}"))?;
+                tracing::info!("teacher: {}, {}-d features at {} px", t.name(), t.dim(), config.teacher.resolution);
+                Some(t)
+            }
+            None => None,
+        };
+        let mut model_config = config.model.clone();
+        if stage == 2 {
+            // Decoder fine-tuning: no masking, no flow noise, no semantic decoder.
+            model_config.mask_ratio = 0.0;
+            model_config.gamma = 0.0;
+            model_config.teacher_dim = None;
+        } else if let Some(t) = &teacher {
+            model_config.teacher_dim = Some(t.dim());
+            model_config.teacher_key = t.key().to_string();
+        } else {
+            model_config.teacher_dim = None;
+        }
+        model_config.validate().map_err(|e| anyhow!("[model]: {e}"))?;
+
+        // Perceptual term: the official one when its weights are named, else the fallback, said aloud.
+        let mut kind = config.loss.perceptual;
+        if kind == PerceptualKind::LpipsConvnext && !config.loss.has_official_perceptual_weights() {
+            tracing::warn!(
+                "perceptual loss: the official LPIPS-VGG + ConvNeXt-S term needs loss.lpips, loss.vgg and loss.convnext weight files; \
+                 running with `{}` instead (set loss.perceptual_fallback = \"effnet\" for an EfficientNet-Lite0 stand-in)",
+                config.loss.perceptual_fallback.name()
+            );
+            kind = config.loss.perceptual_fallback;
+        }
+        let perceptual = PerceptualLoss::load(kind, &config.loss.perceptual_weights(), &device)?;
+        tracing::info!("perceptual loss: {}", perceptual.describe());
+        let loss = config.loss.loss_config()?;
+
+        // Data.
+        let spec: DataSpec = config.data.source.parse().map_err(|e: String| anyhow!("data.source: {e}"))?;
+        let dataset = open_dataset(&spec, Split::Train, config.run.seed).with_context(|| format!("opening training data {spec}"))?;
+        let image_size = model_config.img_size;
+        let loader = Loader::new(
+            dataset.clone(),
+            LoaderConfig {
+                batch_size: config.optim.batch_size,
+                image_size,
+                seed: config.run.seed,
+                shuffle: true,
+                flip: config.data.flip,
+                drop_last: true,
+                workers: config.data.workers,
+                prefetch: config.data.prefetch,
+            },
+        )?;
+        if loader.steps_per_epoch() < config.optim.accum_steps {
+            bail!(
+                "{spec}: {} images make fewer than one optimizer step of {}×{} images",
+                dataset.len(),
+                config.optim.batch_size,
+                config.optim.accum_steps
+            );
+        }
+        let val_images = {
+            let val_spec: DataSpec = match &config.data.val_source {
+                Some(s) => s.parse().map_err(|e: String| anyhow!("data.val_source: {e}"))?,
+                None => spec.clone(),
+            };
+            let split = if config.data.val_source.is_some() || matches!(spec, DataSpec::Procedural { .. }) { Split::Val } else { Split::Train };
+            let val = open_dataset(&val_spec, split, config.run.seed)?;
+            let n = config.data.grid_images.clamp(1, val.len());
+            Loader::sequential(val, n, image_size, config.data.workers)?.batch(0, 0)?.tensor(&inner)
+        };
+
+        let store = CheckpointStore::new(run_dir, config.run.keep_checkpoints);
+        let opt_config = adamw_config(&config);
+        let disc_config = DiscriminatorConfig::new().with_ndf(config.loss.disc_ndf).with_n_layers(config.loss.disc_layers);
+        let (model, ema, disc, opt, opt_disc, rng, step, elapsed_s) = match &resume {
+            Some((ckpt, state)) => {
+                let load = |file: &str| -> Result<RecTok> {
+                    let options = TokenizerLoadOptions { entry: CheckpointEntry::Auto, config: Some(model_config.clone()), without_semantic: false };
+                    Ok(load_tokenizer(&ckpt.join(file), &options, &inner)?.0)
+                };
+                let mut disc = disc_config.init(&inner);
+                load_into(&mut disc, &crate::weights::StateDict::open(&ckpt.join("discriminator.safetensors"), CheckpointEntry::Auto)?, &KeyMap::new(), &[], &[], "")?;
+                tracing::info!("resuming {} from {} (step {})", run_dir.display(), ckpt.display(), state.step);
+                (
+                    load("model.safetensors")?,
+                    load("ema.safetensors")?,
+                    disc,
+                    AdamW::load(&ckpt.join("optimizer.safetensors"), opt_config.clone(), &inner)?,
+                    AdamW::load(&ckpt.join("disc_optimizer.safetensors"), opt_config.clone(), &inner)?,
+                    state.rng.clone(),
+                    state.step,
+                    state.elapsed_s,
+                )
+            }
+            None => {
+                let mut rng = Rng::seed_from(config.run.seed);
+                let (model, ema) = match (stage, &config.run.init_from) {
+                    (2, Some(from)) => init_from(from, &model_config, &inner)?,
+                    _ => {
+                        let m = initialize(model_config.init(&inner), &TokenizerInit, &mut rng);
+                        (m.clone(), m)
+                    }
+                };
+                let disc = initialize(disc_config.init(&inner), &TorchDefaultInit, &mut rng);
+                (model, ema, disc, AdamW::new(opt_config.clone()), AdamW::new(opt_config.clone()), rng, 0, 0.0)
+            }
+        };
+        // Stage 2 trains the decoder only; the frozen encoder gets no gradient at all.
+        let mut model = model.train();
+        if stage == 2 {
+            model.encoder = model.encoder.no_grad();
+        }
+        let trainable: BTreeSet<String> =
+            params::values(&model).into_keys().filter(|p| stage == 1 || p.starts_with("decoder.")).collect();
+        let reference_names = key_map(&model_config.teacher_key, "sem_decoders");
+        let metrics = MetricsLog::open(run_dir, resume.as_ref().map(|(_, s)| s.step))?;
+        let mut trainer = Self {
+            config,
+            run_dir: run_dir.to_path_buf(),
+            device,
+            inner,
+            model,
+            ema,
+            disc: disc.train(),
+            opt,
+            opt_disc,
+            teacher,
+            perceptual,
+            loss,
+            loader,
+            val_images,
+            rng,
+            step,
+            elapsed_s,
+            trainable,
+            reference_names,
+            store,
+            metrics,
+            initial_val_psnr: None,
+        };
+        let (n_train, n_all) = (trainer.num_trainable(), trainer.model.num_params());
+        tracing::info!(
+            "stage {stage}: {:.2}M trainable of {:.2}M parameters; {} images of {image_size} px, {} steps/epoch of {}×{}, peak lr {:.3e}",
+            n_train as f64 / 1e6,
+            n_all as f64 / 1e6,
+            dataset.len(),
+            trainer.steps_per_epoch(),
+            trainer.config.optim.batch_size,
+            trainer.config.optim.accum_steps,
+            trainer.config.optim.peak_lr()
+        );
+        if resume.is_none() {
+            trainer.initial_val_psnr = Some(trainer.val_psnr());
+        }
+        Ok(trainer)
+    }
+
+    fn num_trainable(&self) -> usize {
+        params::values(&self.model).iter().filter(|(k, _)| self.trainable.contains(*k)).map(|(_, (s, _))| s.iter().product::<usize>()).sum()
+    }
+
+    /// Optimizer steps per epoch.
+    pub fn steps_per_epoch(&self) -> usize {
+        self.loader.steps_per_epoch() / self.config.optim.accum_steps
+    }
+
+    /// Optimizer steps of the whole schedule.
+    pub fn total_steps(&self) -> usize {
+        self.steps_per_epoch() * self.config.run.epochs
+    }
+
+    /// Where this run stops: `max_steps` when set, else the end of the schedule.
+    pub fn last_step(&self) -> usize {
+        match self.config.run.max_steps {
+            0 => self.total_steps(),
+            m => m.min(self.total_steps()),
+        }
+    }
+
+    /// Steps taken.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// The fractional epoch at the start of step `step` (0-based).
+    fn epoch_at(&self, step: usize) -> f64 {
+        step as f64 / self.steps_per_epoch() as f64
+    }
+
+    /// The learning rate of step `step` (0-based).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        let o = &self.config.optim;
+        let epochs = self.config.run.epochs;
+        warmup_cosine(self.epoch_at(step), o.peak_lr(), o.min_lr, o.warmup_epochs(epochs), epochs as f64)
+    }
+
+    /// The current EMA tokenizer (inference weights).
+    pub fn ema(&self) -> &RecTok {
+        &self.ema
+    }
+
+    /// PSNR of the EMA tokenizer's reconstructions (posterior mean) of the held-out grid images.
+    pub fn val_psnr(&self) -> f64 {
+        let x = self.val_images.clone();
+        let recon = self.ema.reconstruct(x.clone());
+        let target = (x * 0.5 + 0.5).into_data().try_to_vec::<f32>().expect("f32");
+        let got = recon.into_data().try_to_vec::<f32>().expect("f32");
+        let per = target.len() / self.val_images.dims()[0];
+        let psnrs: Vec<f64> = target.chunks(per).zip(got.chunks(per)).map(|(a, b)| crate::metrics::psnr(a, b)).collect();
+        psnrs.iter().sum::<f64>() / psnrs.len() as f64
+    }
+
+    /// The training batches from the current step on (decoded ahead on worker threads).
+    pub fn batches(&self) -> crate::data::BatchStream {
+        let spe_micro = self.loader.steps_per_epoch();
+        let micro = self.step * self.config.optim.accum_steps;
+        self.loader.stream(micro / spe_micro, micro % spe_micro)
+    }
+
+    /// One optimizer step; returns its loss values.
+    pub fn train_step(&mut self, stream: &mut crate::data::BatchStream) -> Result<StepValues> {
+        let accum = self.config.optim.accum_steps;
+        let lr = self.lr_at(self.step);
+        let epoch = self.epoch_at(self.step);
+        let gan_on = self.loss.gan_weight > 0.0 && epoch.floor() as usize >= self.loss.gan_start_epoch;
+        let mut totals = StepValues::default();
+        let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
+        let mut disc_grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
+        for _ in 0..accum {
+            let batch = stream.next_batch()?;
+            let b = batch.len();
+            let x_host = batch.tensor(&self.inner);
+            let draws = self.model.draw_train(b, true, &mut self.rng, &self.device);
+            let targets = match &self.teacher {
+                Some(t) if self.model.sem_decoder.is_some() => {
+                    // DINOv3 runs in training mode: RoPE coordinates rescaled by exp(U(−ln 2, ln 2)).
+                    let rescale = t.has_rope_rescale().then(|| self.rng.uniform_range(-std::f64::consts::LN_2, std::f64::consts::LN_2).exp() as f32);
+                    Some(teacher_targets(t, &self.model, x_host.clone(), rescale, self.config.teacher.resolution).autodiff())
+                }
+                _ => None,
+            };
+            let x = x_host.autodiff();
+            let out = training_forward(&self.model, targets, x.clone(), &draws);
+            let y = x * 0.5 + 0.5;
+            let y_hat = out.decoded.clone() * 0.5 + 0.5;
+            let sem = match (out.sem_feature, out.pred_sem_feature) {
+                (Some(f), Some(p)) => {
+                    let ids = out.encoded.mask.as_ref().map(|m| &m.ids_masked);
+                    Some(targeted_sem_loss(self.loss.sem_loss, self.model.config.sem_target, f, p, ids))
+                }
+                _ => None,
+            };
+            let perceptual = self.perceptual.forward(y.clone(), y_hat.clone());
+            let frozen_disc = gan_on.then(|| self.disc.clone().no_grad());
+            let terms = generator_loss(
+                &self.loss,
+                GeneratorInputs {
+                    targets: y.clone(),
+                    reconstructions: y_hat.clone(),
+                    posterior: (self.loss.kl_weight > 0.0).then_some(&out.encoded.posterior),
+                    sem,
+                    perceptual,
+                    discriminator: frozen_disc.as_ref(),
+                },
+            );
+            let scalar = |t: &Tensor<1>| t.clone().into_scalar::<f32>() as f64;
+            let mut v = StepValues {
+                loss: scalar(&terms.total),
+                rec: scalar(&terms.reconstruction),
+                perceptual: scalar(&terms.perceptual),
+                kl: scalar(&terms.kl),
+                sem: scalar(&terms.sem),
+                gan: scalar(&terms.gan),
+                ..Default::default()
+            };
+            for (term, value) in [("reconstruction", v.rec), ("perceptual", v.perceptual), ("KL", v.kl), ("semantic", v.sem), ("generator GAN", v.gan), ("total", v.loss)] {
+                self.check_finite(term, value, epoch)?;
+            }
+            let g = (terms.total / accum as f64).backward();
+            accumulate(&mut grads, params::gradients(&self.model, &g));
+            if gan_on {
+                let d = discriminator_loss(&self.disc, y, y_hat);
+                v.d_loss = scalar(&d.loss);
+                v.logits_real = scalar(&d.logits_real_mean);
+                v.logits_fake = scalar(&d.logits_fake_mean);
+                self.check_finite("discriminator", v.d_loss, epoch)?;
+                let g = (d.loss / accum as f64).backward();
+                accumulate(&mut disc_grads, params::gradients(&self.disc, &g));
+            }
+            totals.add(&v, 1.0 / accum as f64);
+        }
+        grads.retain(|k, _| self.trainable.contains(k));
+        let clip = self.config.optim.clip_grad;
+        totals.grad_norm = if clip > 0.0 { clip_grad_norm(&mut grads, clip) } else { global_norm(&grads) };
+        self.check_finite("gradient norm of the", totals.grad_norm, epoch)?;
+        let names = &self.reference_names;
+        let decays = |path: &str, shape: &[usize]| reference_decays(&names.to_reference(path), shape);
+        self.model = self.opt.step(self.model.clone(), &grads, lr, &decays);
+        self.update_ema();
+        if gan_on {
+            if clip > 0.0 {
+                clip_grad_norm(&mut disc_grads, clip);
+            }
+            self.disc = self.opt_disc.step(self.disc.clone(), &disc_grads, lr, &reference_decays);
+        }
+        self.step += 1;
+        Ok(totals)
+    }
+
+    fn check_finite(&mut self, term: &str, value: f64, epoch: f64) -> Result<()> {
+        if value.is_finite() {
+            return Ok(());
+        }
+        // The state before this step is intact: save it so the run can be inspected or resumed
+        // with other settings.
+        let checkpoint = match self.save_checkpoint() {
+            Ok(p) => p.display().to_string(),
+            Err(e) => format!("(none: {e})"),
+        };
+        Err(TrainError::NonFinite { term: term.to_string(), value, step: self.step + 1, epoch, checkpoint }.into())
+    }
+
+    /// `ema ← d·ema + (1−d)·θ` for trained parameters; frozen ones are copied (the reference's
+    /// `SimpleEMAModel`).
+    fn update_ema(&mut self) {
+        let d = self.config.optim.ema_decay;
+        let current = params::values(&self.model);
+        let trainable = &self.trainable;
+        self.ema = params::update(self.ema.clone(), |path, _, e| {
+            let Some((_, p)) = current.get(path) else { return e };
+            if !trainable.contains(path) {
+                p.clone()
+            } else if is_fast(&e) && is_fast(p) {
+                ema_fused(e, p, d)
+            } else {
+                e * d + p.clone() * (1.0 - d)
+            }
+        });
+    }
+
+    /// Writes a checkpoint of the current state; returns its folder.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let state = TrainState {
+            step: self.step,
+            rng: self.rng.clone(),
+            config: self.config.clone(),
+            elapsed_s: self.elapsed_s,
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        self.store.save(self.step, |dir| {
+            save_tokenizer(&self.model.valid(), &dir.join("model.safetensors"))?;
+            save_tokenizer(&self.ema, &dir.join("ema.safetensors"))?;
+            self.opt.save(&dir.join("optimizer.safetensors"))?;
+            write_safetensors_from_module(&self.disc.valid(), &KeyMap::new(), &dir.join("discriminator.safetensors"), Default::default())?;
+            self.opt_disc.save(&dir.join("disc_optimizer.safetensors"))?;
+            write_atomic(&dir.join("state.json"), serde_json::to_string_pretty(&state)?.as_bytes())
+        })
+    }
+
+    fn save_grid(&self) -> Result<PathBuf> {
+        let x = self.val_images.clone();
+        let recon = self.ema.reconstruct(x.clone());
+        let grid = reconstruction_grid(&tensor_to_images(x * 0.5 + 0.5), &tensor_to_images(recon), self.val_images.dims()[0].div_ceil(2).max(1));
+        let path = self.run_dir.join("samples").join(format!("step_{:08}.png", self.step));
+        save_png(&grid, &path)?;
+        Ok(path)
+    }
+
+    /// Trains to the end (or `max_steps`), checkpointing, logging and exporting the EMA tokenizer
+    /// as `RUN/tokenizer.safetensors`.
+    pub fn run(&mut self) -> Result<TrainSummary> {
+        let last = self.last_step();
+        let run = self.config.run.clone();
+        let started = Instant::now();
+        let mut stream = self.batches();
+        let bar = progress_bar(last, self.step);
+        let images_per_step = (self.config.optim.batch_size * self.config.optim.accum_steps) as f64;
+        let quiet_every = (last / 20).max(run.log_every);
+        let mut window = (Instant::now(), self.step);
+        while self.step < last {
+            let t0 = Instant::now();
+            let v = self.train_step(&mut stream)?;
+            self.elapsed_s += t0.elapsed().as_secs_f64();
+            let step = self.step;
+            let lr = self.lr_at(step - 1);
+            let img_s = images_per_step * (step - window.1) as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {:.4} rec {:.4} ({:.1} dB) sem {:.4} kl {:.2e} gan {:.3} | {img_s:.1} img/s", v.loss, v.rec, v.psnr(), v.sem, v.kl, v.gan));
+            if step % run.log_every == 0 || step == last {
+                let mut rec = record(step, self.epoch_at(step), lr, &v);
+                rec.insert("images_per_s".into(), img_s.into());
+                rec.insert("elapsed_s".into(), self.elapsed_s.into());
+                if (run.sample_every > 0 && step % run.sample_every == 0) || step == last {
+                    rec.insert("val_psnr".into(), self.val_psnr().into());
+                }
+                self.metrics.append(&rec)?;
+                window = (Instant::now(), step);
+            }
+            if bar.is_hidden() && (step % quiet_every == 0 || step == last) {
+                tracing::info!(
+                    "step {step}/{last} epoch {:.2} lr {lr:.2e}: loss {:.4} rec {:.4} ({:.1} dB) sem {:.4} kl {:.2e} gan {:.3} d {:.3}, {img_s:.1} img/s",
+                    self.epoch_at(step),
+                    v.loss,
+                    v.rec,
+                    v.psnr(),
+                    v.sem,
+                    v.kl,
+                    v.gan,
+                    v.d_loss
+                );
+            }
+            if run.sample_every > 0 && step % run.sample_every == 0 {
+                self.save_grid()?;
+            }
+            if step % run.checkpoint_every == 0 && step != last {
+                self.save_checkpoint()?;
+            }
+        }
+        bar.finish_and_clear();
+        let checkpoint = self.save_checkpoint()?;
+        let grid = self.save_grid()?;
+        let tokenizer = self.run_dir.join("tokenizer.safetensors");
+        save_tokenizer(&self.ema, &tokenizer)?;
+        let records = self.metrics.read()?;
+        let plot = self.run_dir.join("loss.png");
+        if let Err(e) = plot_metrics(&records, &["loss", "rec", "sem", "kl", "gan", "d_loss", "val_psnr", "lr"], "RecTok tokenizer training", &plot) {
+            tracing::warn!("no loss plot: {e}");
+        }
+        let final_psnr = self.val_psnr();
+        tracing::info!(
+            "done: {} steps; checkpoint {}; reconstructions {}; EMA tokenizer {} (held-out PSNR {}{final_psnr:.2} dB); curves {}",
+            self.step,
+            checkpoint.display(),
+            grid.display(),
+            tokenizer.display(),
+            self.initial_val_psnr.map(|p| format!("{p:.2} dB untrained → ")).unwrap_or_default(),
+            plot.display()
+        );
+        Ok(TrainSummary { steps: self.step, tokenizer, val_psnr: (self.initial_val_psnr, final_psnr), seconds: started.elapsed().as_secs_f64() })
+    }
+}
+
+fn record(step: usize, epoch: f64, lr: f64, v: &StepValues) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("step".into(), step.into());
+    m.insert("epoch".into(), epoch.into());
+    m.insert("lr".into(), lr.into());
+    for (k, x) in [
+        ("loss", v.loss),
+        ("rec", v.rec),
+        ("psnr", v.psnr()),
+        ("perceptual", v.perceptual),
+        ("kl", v.kl),
+        ("sem", v.sem),
+        ("gan", v.gan),
+        ("d_loss", v.d_loss),
+        ("logits_real", v.logits_real),
+        ("logits_fake", v.logits_fake),
+        ("grad_norm", v.grad_norm),
+    ] {
+        m.insert(k.into(), x.into());
+    }
+    m
+}
+
+fn accumulate(into: &mut BTreeMap<String, Tensor<1>>, grads: BTreeMap<String, Tensor<1>>) {
+    for (k, g) in grads {
+        match into.remove(&k) {
+            Some(prev) => into.insert(k, prev + g),
+            None => into.insert(k, g),
+        };
+    }
+}
+
+/// Reads a checkpoint's `state.json`.
+pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
+    let path = checkpoint.join("state.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: corrupt training state", path.display()))
+}
+
+/// Stage 2's starting point: the module from the stage-1 `model` weights and the EMA from its
+/// `model_ema` (spec TRAINING.md §3). `from` is a run folder, a checkpoint folder, a tokenizer
+/// file (both from it) or an official `.pth` with both entries.
+fn init_from(from: &Path, config: &crate::tokenizer::RecTokConfig, device: &Device) -> Result<(RecTok, RecTok)> {
+    let (model_file, ema_file, model_entry, ema_entry) = if from.is_dir() {
+        let ckpt = if from.join("state.json").exists() {
+            from.to_path_buf()
+        } else {
+            CheckpointStore::new(from, 1)
+                .latest()?
+                .ok_or_else(|| anyhow!("{}: neither a checkpoint nor a run folder with checkpoints", from.display()))?
+        };
+        (ckpt.join("model.safetensors"), ckpt.join("ema.safetensors"), CheckpointEntry::Auto, CheckpointEntry::Auto)
+    } else if from.extension().is_some_and(|e| e == "pth" || e == "pt") {
+        (from.to_path_buf(), from.to_path_buf(), CheckpointEntry::Model, CheckpointEntry::Ema)
+    } else {
+        (from.to_path_buf(), from.to_path_buf(), CheckpointEntry::Auto, CheckpointEntry::Auto)
+    };
+    let load = |path: &Path, entry: CheckpointEntry| -> Result<RecTok> {
+        let options = TokenizerLoadOptions { entry, config: Some(config.clone()), without_semantic: true };
+        let (m, report) = load_tokenizer(path, &options, device).with_context(|| format!("run.init_from {}", path.display()))?;
+        tracing::info!("stage 2 starts from {} ({} tensors{})", path.display(), report.applied, if report.entry.is_empty() { String::new() } else { format!(", `{}`", report.entry) });
+        Ok(m)
+    };
+    let model = load(&model_file, model_entry)?;
+    let ema = match load(&ema_file, ema_entry) {
+        Ok(e) => e,
+        Err(e) if ema_entry == CheckpointEntry::Ema => {
+            tracing::warn!("{e:#}; the EMA starts from the `model` weights");
+            model.clone()
+        }
+        Err(e) => return Err(e),
+    };
+    Ok((model, ema))
+}
+
+/// Reads the tensors of a checkpoint file (for tests and tools).
+pub fn checkpoint_tensors(path: &Path) -> Result<BTreeMap<String, Vec<f32>>> {
+    Ok(load_tensors(path)?.0)
+}
