@@ -5,6 +5,7 @@ mod common;
 mod convert;
 mod decode;
 mod encode;
+mod eval;
 mod generate;
 mod probe;
 mod reconstruct;
@@ -45,6 +46,9 @@ enum Command {
     /// Teachers of flow semantic distillation.
     #[command(subcommand)]
     Teacher(teacher::Which),
+    /// Evaluation: Fréchet distances and feature statistics.
+    #[command(subcommand)]
+    Eval(eval::Which),
     /// Linear probe of a tokenizer's latents on labelled images (top-1 accuracy).
     Probe(probe::Args),
     /// Train a tokenizer (stage 1 or 2) from a TOML recipe.
@@ -93,6 +97,7 @@ pub fn run() -> i32 {
         Command::Stats(a) => stats::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Teacher(w) => teacher::run(w),
+        Command::Eval(w) => eval::run(w),
         Command::Probe(a) => probe::run(a),
         Command::Train(w) => train::run(w),
         Command::Bench(w) => bench::run(w),

@@ -1,5 +1,7 @@
 //! Evaluation metrics.
 
+pub mod extractor;
+pub mod fid;
 pub mod probe;
 pub mod psnr_ssim;
 

@@ -144,7 +144,7 @@ mod tests {
         let cfg = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
         let mut opt = AdamW::new(cfg.clone());
         let mut module = burn::nn::LinearConfig::new(2, 1).init(&device);
-        let w0: Vec<f32> = module.weight.val().into_data().to_vec().unwrap();
+        let w0: Vec<f32> = module.weight.val().into_data().try_to_vec().unwrap();
         let (mut p, mut m, mut v) = (w0.iter().map(|&x| x as f64).collect::<Vec<_>>(), vec![0f64; 2], vec![0f64; 2]);
         let lr = 1e-2;
         for step in 1..=3 {
@@ -160,7 +160,7 @@ mod tests {
                 p[i] -= lr / bc1 * m[i] / ((v[i] / bc2).sqrt() + cfg.eps);
             }
         }
-        let got: Vec<f32> = module.weight.val().into_data().to_vec().unwrap();
+        let got: Vec<f32> = module.weight.val().into_data().try_to_vec().unwrap();
         for i in 0..2 {
             assert!((got[i] as f64 - p[i]).abs() < 1e-6, "{got:?} vs {p:?}");
         }

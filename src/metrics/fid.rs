@@ -1,0 +1,352 @@
+//! Feature statistics and the distances computed on them: Fréchet distance (FID when the features
+//! are Inception pool3), Inception Score, and the ADM / torch-fidelity `.npz` statistics format
+//! (spec SAMPLING_EVAL.md §3).
+
+use anyhow::{Context, Result, anyhow, bail};
+use nalgebra::{DMatrix, DVector, SymmetricEigen};
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// Mean and covariance of a feature set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeatureStats {
+    /// Mean, `d`.
+    pub mu: Vec<f64>,
+    /// Covariance, `d × d` row-major (unbiased: divided by `n − 1`, as `numpy.cov`).
+    pub sigma: Vec<f64>,
+    /// Number of feature vectors (0 when read from a file that does not say).
+    pub count: usize,
+}
+
+impl FeatureStats {
+    /// Feature width.
+    pub fn dim(&self) -> usize {
+        self.mu.len()
+    }
+}
+
+/// Streaming mean and covariance in f64: `add` batches of rows, then [`finish`](Self::finish).
+#[derive(Clone, Debug)]
+pub struct StatsAccumulator {
+    dim: usize,
+    count: usize,
+    /// Shift (the first row) subtracted before accumulating, so the sums stay small and the
+    /// covariance does not lose digits to cancellation.
+    shift: Option<Vec<f64>>,
+    sum: DVector<f64>,
+    outer: DMatrix<f64>,
+}
+
+impl StatsAccumulator {
+    /// An empty accumulator of `dim`-wide features.
+    pub fn new(dim: usize) -> Self {
+        Self { dim, count: 0, shift: None, sum: DVector::zeros(dim), outer: DMatrix::zeros(dim, dim) }
+    }
+
+    /// Adds `rows` feature vectors stored row-major in `features`.
+    pub fn add(&mut self, features: &[f32]) -> Result<()> {
+        if features.len() % self.dim != 0 {
+            bail!("{} values are not a whole number of {}-wide features", features.len(), self.dim);
+        }
+        let rows = features.len() / self.dim;
+        if rows == 0 {
+            return Ok(());
+        }
+        let shift = self.shift.get_or_insert_with(|| features[..self.dim].iter().map(|&v| v as f64).collect());
+        let mut x = DMatrix::<f64>::zeros(rows, self.dim);
+        for r in 0..rows {
+            for c in 0..self.dim {
+                let v = features[r * self.dim + c] as f64;
+                if !v.is_finite() {
+                    bail!("feature {c} of row {r} is {v}");
+                }
+                x[(r, c)] = v - shift[c];
+            }
+        }
+        self.sum += x.row_sum().transpose();
+        self.outer += x.transpose() * &x;
+        self.count += rows;
+        Ok(())
+    }
+
+    /// Rows added so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The mean and unbiased covariance.
+    pub fn finish(&self) -> Result<FeatureStats> {
+        if self.count < 2 {
+            bail!("statistics need at least 2 feature vectors, got {}", self.count);
+        }
+        let n = self.count as f64;
+        let mean_shifted = &self.sum / n;
+        let cov = (&self.outer - &mean_shifted * mean_shifted.transpose() * n) / (n - 1.0);
+        let shift = self.shift.as_ref().expect("count ≥ 2");
+        let mu = mean_shifted.iter().zip(shift).map(|(m, s)| m + s).collect();
+        let d = self.dim;
+        let mut sigma = vec![0.0; d * d];
+        for r in 0..d {
+            for c in 0..d {
+                sigma[r * d + c] = 0.5 * (cov[(r, c)] + cov[(c, r)]);
+            }
+        }
+        Ok(FeatureStats { mu, sigma, count: self.count })
+    }
+}
+
+fn matrix(d: usize, values: &[f64]) -> DMatrix<f64> {
+    DMatrix::from_row_slice(d, d, values)
+}
+
+/// `Σᵢ sqrt(λᵢ)` over the eigenvalues of `A·B` for symmetric positive semi-definite `A`, `B`,
+/// computed as the eigenvalues of the symmetric `√A·B·√A` (same spectrum), so that singular or
+/// nearly singular covariances give a finite, real answer. Eigenvalues below zero (round-off)
+/// count as zero.
+pub fn trace_sqrt_product(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
+    // Eigenvalues within round-off of zero (relative to the largest) are zero: their square roots
+    // would otherwise add up to visible noise on rank-deficient covariances.
+    let cutoff = |v: &DVector<f64>| v.amax() * v.len() as f64 * f64::EPSILON;
+    let eig = SymmetricEigen::new(a.clone());
+    let tol = cutoff(&eig.eigenvalues);
+    let sqrt_vals = eig.eigenvalues.map(|l| if l > tol { l.sqrt() } else { 0.0 });
+    let sqrt_a = &eig.eigenvectors * DMatrix::from_diagonal(&sqrt_vals) * eig.eigenvectors.transpose();
+    let m = &sqrt_a * b * &sqrt_a;
+    let m = (&m + m.transpose()) * 0.5;
+    let vals = SymmetricEigen::new(m).eigenvalues;
+    let tol = cutoff(&vals);
+    vals.iter().map(|&l| if l > tol { l.sqrt() } else { 0.0 }).sum()
+}
+
+/// Fréchet distance `‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2·tr √(Σ₁Σ₂)` between two Gaussians.
+pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
+    let d = a.dim();
+    if b.dim() != d {
+        bail!("statistics of {d}-d and {}-d features cannot be compared", b.dim());
+    }
+    let diff: f64 = a.mu.iter().zip(&b.mu).map(|(x, y)| (x - y).powi(2)).sum();
+    let (sa, sb) = (matrix(d, &a.sigma), matrix(d, &b.sigma));
+    let fd = diff + sa.trace() + sb.trace() - 2.0 * trace_sqrt_product(&sa, &sb);
+    if !fd.is_finite() {
+        bail!("the Fréchet distance is not finite ({fd}): the statistics contain NaN or infinite values");
+    }
+    Ok(fd)
+}
+
+/// Inception Score from class logits (`n × classes`, row-major), the torch-fidelity way: rows
+/// taken in `order` (torch-fidelity uses `numpy.random.RandomState(2020).permutation(n)`; `None`
+/// keeps the given order), softmax in f64, `splits` equal splits, per split
+/// `exp(mean_i KL(p_i ‖ mean_j p_j))`; returns (mean, population std) over the splits.
+pub fn inception_score(logits: &[f32], classes: usize, splits: usize, order: Option<&[usize]>) -> Result<(f64, f64)> {
+    if classes == 0 || logits.len() % classes != 0 {
+        bail!("{} logits are not rows of {classes} classes", logits.len());
+    }
+    let n = logits.len() / classes;
+    if splits == 0 || n < splits {
+        bail!("{n} images cannot make {splits} splits");
+    }
+    let probs: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            let row = &logits[i * classes..(i + 1) * classes];
+            let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let e: Vec<f64> = row.iter().map(|&l| (l as f64 - mx).exp()).collect();
+            let z: f64 = e.iter().sum();
+            e.into_iter().map(|v| v / z).collect()
+        })
+        .collect();
+    let index: Vec<usize> = match order {
+        Some(o) if o.len() == n => o.to_vec(),
+        Some(o) => bail!("the permutation has {} entries for {n} images", o.len()),
+        None => (0..n).collect(),
+    };
+    let mut scores = Vec::with_capacity(splits);
+    for s in 0..splits {
+        let (lo, hi) = (s * n / splits, (s + 1) * n / splits);
+        let part: Vec<&Vec<f64>> = index[lo..hi].iter().map(|&i| &probs[i]).collect();
+        let mut marginal = vec![0f64; classes];
+        for p in &part {
+            for (m, v) in marginal.iter_mut().zip(p.iter()) {
+                *m += v / part.len() as f64;
+            }
+        }
+        let kl: f64 = part
+            .iter()
+            .map(|p| p.iter().zip(&marginal).map(|(&pi, &mi)| if pi > 0.0 { pi * (pi.ln() - mi.ln()) } else { 0.0 }).sum::<f64>())
+            .sum::<f64>()
+            / part.len() as f64;
+        scores.push(kl.exp());
+    }
+    let mean = scores.iter().sum::<f64>() / splits as f64;
+    let std = (scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / splits as f64).sqrt();
+    Ok((mean, std))
+}
+
+// ---------------------------------------------------------------------------------------------
+// .npz statistics files (`numpy.savez(path, mu=…, sigma=…)`)
+// ---------------------------------------------------------------------------------------------
+
+/// An array read from a `.npy` entry: shape and values as f64.
+fn parse_npy(bytes: &[u8], what: &str) -> Result<(Vec<usize>, Vec<f64>)> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        bail!("{what}: not a .npy array");
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 => {
+            if bytes.len() < 12 {
+                bail!("{what}: truncated .npy header");
+            }
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        }
+        v => bail!("{what}: unsupported .npy version {v}"),
+    };
+    let header = std::str::from_utf8(bytes.get(start..start + header_len).ok_or_else(|| anyhow!("{what}: truncated .npy header"))?)
+        .map_err(|_| anyhow!("{what}: .npy header is not text"))?;
+    let field = |key: &str| -> Result<&str> {
+        let at = header.find(&format!("'{key}'")).ok_or_else(|| anyhow!("{what}: .npy header has no `{key}`"))?;
+        Ok(header[at + key.len() + 2..].trim_start().trim_start_matches(':').trim_start())
+    };
+    let descr = field("descr")?;
+    let descr = descr.trim_start_matches('\'').split('\'').next().unwrap_or_default();
+    if field("fortran_order")?.starts_with("True") {
+        bail!("{what}: Fortran-ordered arrays are not supported");
+    }
+    let shape_text = field("shape")?;
+    let shape_text = &shape_text[shape_text.find('(').ok_or_else(|| anyhow!("{what}: bad shape"))? + 1..shape_text.find(')').ok_or_else(|| anyhow!("{what}: bad shape"))?];
+    let shape: Vec<usize> = shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| anyhow!("{what}: bad shape `{shape_text}`")))
+        .collect::<Result<_>>()?;
+    let n: usize = shape.iter().product();
+    let data = &bytes[start + header_len..];
+    let values: Vec<f64> = match descr {
+        "<f8" => {
+            if data.len() < n * 8 {
+                bail!("{what}: truncated data ({} bytes for {n} float64 values)", data.len());
+            }
+            data[..n * 8].chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
+        }
+        "<f4" => {
+            if data.len() < n * 4 {
+                bail!("{what}: truncated data ({} bytes for {n} float32 values)", data.len());
+            }
+            data[..n * 4].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64).collect()
+        }
+        other => bail!("{what}: dtype `{other}` is not supported (float32 or float64 expected)"),
+    };
+    Ok((shape, values))
+}
+
+fn npy_bytes(shape: &[usize], values: &[f64]) -> Vec<u8> {
+    let shape_text = match shape.len() {
+        1 => format!("({},)", shape[0]),
+        _ => format!("({})", shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape_text}, }}");
+    // Pad so that the data starts on a 64-byte boundary, as numpy does.
+    let total = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - total % 64) % 64));
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + values.len() * 8);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Reads a float32 or float64 `.npy` file: shape and values.
+pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    parse_npy(&bytes, &path.display().to_string())
+}
+
+/// Reads `mu` and `sigma` from an `.npz` statistics file (ADM's `adm_in256_stats.npz`,
+/// torch-fidelity / pytorch-fid caches, or one written by [`write_npz`]).
+pub fn read_npz(path: &Path) -> Result<FeatureStats> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| anyhow!("{}: not an .npz file ({e})", path.display()))?;
+    let mut read = |name: &str| -> Result<(Vec<usize>, Vec<f64>)> {
+        let mut entry = zip
+            .by_name(&format!("{name}.npy"))
+            .map_err(|_| anyhow!("{}: no `{name}` array (statistics files hold `mu` and `sigma`)", path.display()))?;
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).with_context(|| format!("{}: reading `{name}`", path.display()))?;
+        parse_npy(&bytes, &format!("{}: `{name}`", path.display()))
+    };
+    let (mu_shape, mu) = read("mu")?;
+    let (sigma_shape, sigma) = read("sigma")?;
+    let d = mu.len();
+    if mu_shape.len() != 1 || sigma_shape != [d, d] {
+        bail!("{}: `mu` has shape {mu_shape:?} and `sigma` {sigma_shape:?}; expected (d,) and (d, d)", path.display());
+    }
+    if mu.iter().chain(&sigma).any(|v| !v.is_finite()) {
+        bail!("{}: the statistics contain NaN or infinite values", path.display());
+    }
+    Ok(FeatureStats { mu, sigma, count: 0 })
+}
+
+/// Writes `mu` and `sigma` (float64) as an uncompressed `.npz`, atomically.
+pub fn write_npz(stats: &FeatureStats, path: &Path) -> Result<()> {
+    let d = stats.dim();
+    let mut buffer = std::io::Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut buffer);
+        let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored).large_file(true);
+        for (name, shape, values) in [("mu.npy", vec![d], &stats.mu), ("sigma.npy", vec![d, d], &stats.sigma)] {
+            zip.start_file(name, options).context("writing .npz")?;
+            zip.write_all(&npy_bytes(&shape, values)).context("writing .npz")?;
+        }
+        zip.finish().context("writing .npz")?;
+    }
+    crate::weights::write_atomic(path, &buffer.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(d: usize, rows: &[Vec<f32>]) -> FeatureStats {
+        let mut acc = StatsAccumulator::new(d);
+        for r in rows {
+            acc.add(r).unwrap();
+        }
+        acc.finish().unwrap()
+    }
+
+    #[test]
+    fn identical_gaussians_are_at_distance_zero_and_a_mean_shift_adds_its_square() {
+        let rows: Vec<Vec<f32>> = (0..50).map(|i| vec![(i as f32).sin(), (i as f32 * 0.7).cos(), i as f32 * 0.01]).collect();
+        let a = stats(3, &rows);
+        assert!(frechet_distance(&a, &a).unwrap().abs() < 1e-9);
+        let mut b = a.clone();
+        b.mu[0] += 2.0;
+        assert!((frechet_distance(&a, &b).unwrap() - 4.0).abs() < 1e-9);
+        // A singular covariance (all rows identical in one coordinate) stays finite.
+        let flat: Vec<Vec<f32>> = rows.iter().map(|r| vec![r[0], 1.0, r[2]]).collect();
+        let c = stats(3, &flat);
+        assert!(frechet_distance(&a, &c).unwrap().is_finite());
+    }
+
+    #[test]
+    fn npz_round_trip() {
+        let s = FeatureStats { mu: vec![1.0, -2.5], sigma: vec![2.0, 0.5, 0.5, 1.0], count: 0 };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.npz");
+        write_npz(&s, &p).unwrap();
+        assert_eq!(read_npz(&p).unwrap(), s);
+    }
+
+    #[test]
+    fn inception_score_of_confident_uniform_predictions_is_the_class_count() {
+        // Every image certain of its class, classes balanced: IS = number of classes.
+        let classes = 4;
+        let logits: Vec<f32> = (0..40).flat_map(|i| (0..classes).map(move |c| if c == i % classes { 50.0 } else { 0.0 })).collect();
+        let (mean, std) = inception_score(&logits, classes, 2, None).unwrap();
+        assert!((mean - 4.0).abs() < 1e-6 && std < 1e-6, "{mean} {std}");
+    }
+}
