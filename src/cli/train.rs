@@ -40,7 +40,8 @@ pub struct TokenizerArgs {
     /// Stop after this many optimizer steps (the schedule still spans run.epochs).
     #[arg(long)]
     pub max_steps: Option<usize>,
-    /// Continue the run in --out from its newest checkpoint (only run.* options may change).
+    /// Continue the run in --out from its newest checkpoint (only where it stops, logging,
+    /// checkpointing, threads and device may change).
     #[arg(long)]
     pub resume: bool,
     /// Print the resolved configuration as TOML and exit.
@@ -70,15 +71,25 @@ fn run_overrides(args: &TokenizerArgs) -> Vec<String> {
     o
 }
 
-/// Applies `run.*` overrides to a resumed run's options.
+/// Options that may change when resuming: they do not alter the trajectory.
+const RESUMABLE: &[&str] = &["run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.sample_every", "run.log_every", "run.threads", "run.device"];
+
+/// Refuses overrides that would change a resumed run's trajectory.
+fn check_resume_overrides(overrides: &[String]) -> Result<()> {
+    for o in overrides {
+        let key = o.split('=').next().unwrap_or_default().trim();
+        if !RESUMABLE.contains(&key) {
+            bail!("`{o}`: only {} can change when resuming; the others would change the run", RESUMABLE.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// Applies the (checked) overrides to a resumed run's options.
 fn adjust_run(config: &mut TokenizerTrainConfig, overrides: &[String]) -> Result<()> {
     let mut table = toml::Table::new();
     table.insert("run".into(), toml::Value::try_from(&config.run)?);
     for o in overrides {
-        let key = o.split('=').next().unwrap_or_default().trim();
-        if !key.starts_with("run.") || key == "run.stage" || key == "run.seed" || key == "run.init_from" {
-            bail!("`{o}`: only run.* options (length, logging, checkpoints, threads, device) can change when resuming; the others would change the run");
-        }
         apply_override(&mut table, o)?;
     }
     config.run = table.remove("run").expect("run").try_into().map_err(|e| anyhow!("{e}"))?;
@@ -92,6 +103,7 @@ pub fn run(which: Which) -> Result<()> {
         if args.data.is_some() || args.teacher.is_some() || args.init_from.is_some() || args.val_data.is_some() {
             bail!("--resume continues the run as it was configured; --data, --val-data, --teacher and --init-from cannot change");
         }
+        check_resume_overrides(&overrides)?;
         let mut adjust_err = None;
         let t = TokenizerTrainer::resume(&args.out, |c| {
             if let Err(e) = adjust_run(c, &overrides) {

@@ -85,6 +85,7 @@ pub struct Loader {
     dataset: Arc<dyn Dataset>,
     config: LoaderConfig,
     pool: Arc<rayon::ThreadPool>,
+    step_multiple: usize,
 }
 
 impl Loader {
@@ -101,7 +102,15 @@ impl Loader {
             .thread_name(|i| format!("rectok-data-{i}"))
             .build()
             .context("cannot start data-loading threads")?;
-        Ok(Self { dataset, config, pool: Arc::new(pool) })
+        Ok(Self { dataset, config, pool: Arc::new(pool), step_multiple: 1 })
+    }
+
+    /// With `drop_last`, also drops the batches after the last whole group of `k` in each epoch,
+    /// so that an epoch is a whole number of optimizer steps of `k` accumulated micro-batches (the
+    /// reference drops the incomplete global batch).
+    pub fn with_step_multiple(mut self, k: usize) -> Self {
+        self.step_multiple = k.max(1);
+        self
     }
 
     /// The dataset.
@@ -117,7 +126,11 @@ impl Loader {
     /// Batches per epoch.
     pub fn steps_per_epoch(&self) -> usize {
         let n = self.dataset.len();
-        if self.config.drop_last { n / self.config.batch_size } else { n.div_ceil(self.config.batch_size) }
+        if self.config.drop_last {
+            n / self.config.batch_size / self.step_multiple * self.step_multiple
+        } else {
+            n.div_ceil(self.config.batch_size)
+        }
     }
 
     /// Item order and flips of `epoch`.

@@ -47,7 +47,9 @@ impl CheckpointStore {
             std::fs::remove_dir_all(&done).with_context(|| format!("replacing {}", done.display()))?;
         }
         std::fs::rename(&tmp, &done).with_context(|| format!("renaming {} to {}", tmp.display(), done.display()))?;
+        sync_dir(&self.dir);
         write_atomic(&self.dir.join(LATEST), name.as_bytes())?;
+        sync_dir(&self.dir);
         self.prune(&name)?;
         Ok(done)
     }
@@ -81,6 +83,12 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// The complete checkpoint of `step`, if there is one.
+    pub fn get(&self, step: usize) -> Option<PathBuf> {
+        let path = self.dir.join(Self::name(step));
+        path.join("state.json").exists().then_some(path)
+    }
+
     /// The newest complete checkpoint: the one `latest` names, else the highest step present.
     pub fn latest(&self) -> Result<Option<PathBuf>> {
         if let Ok(name) = std::fs::read_to_string(self.dir.join(LATEST)) {
@@ -90,6 +98,13 @@ impl CheckpointStore {
             }
         }
         Ok(self.list()?.pop().map(|(_, p)| p))
+    }
+}
+
+/// Makes a rename in `dir` durable (best effort: not every filesystem supports it).
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
     }
 }
 

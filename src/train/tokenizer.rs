@@ -128,6 +128,8 @@ pub struct TokenizerTrainer {
     loader: Loader,
     val_images: Tensor<4>,
     rng: Rng,
+    /// The random stream before the current step's draws (what a NaN-stop checkpoint stores).
+    rng_at_step_start: Rng,
     step: usize,
     elapsed_s: f64,
     trainable: BTreeSet<String>,
@@ -173,7 +175,7 @@ impl TokenizerTrainer {
     }
 
     /// Continues the run in `run_dir` from its newest checkpoint. `adjust` may change options
-    /// that do not alter the trajectory (run length, logging, checkpointing, threads).
+    /// that do not alter the trajectory (where to stop, logging, checkpointing, threads).
     pub fn resume(run_dir: &Path, adjust: impl FnOnce(&mut TokenizerTrainConfig)) -> Result<Self> {
         let probe = CheckpointStore::new(run_dir, 1);
         let ckpt = probe.latest()?.ok_or_else(|| anyhow!("{}: no checkpoint to resume from (checkpoints/ is empty or missing)", run_dir.display()))?;
@@ -206,6 +208,12 @@ impl TokenizerTrainer {
             model_config.mask_ratio = 0.0;
             model_config.gamma = 0.0;
             model_config.teacher_dim = None;
+            if config.loss.gan_start_epoch > 0 {
+                tracing::warn!(
+                    "stage 2 with loss.gan_start_epoch = {} (the reference's decoder fine-tuning trains the GAN from epoch 0)",
+                    config.loss.gan_start_epoch
+                );
+            }
         } else if let Some(t) = &teacher {
             model_config.teacher_dim = Some(t.dim());
             model_config.teacher_key = t.key().to_string();
@@ -244,7 +252,8 @@ impl TokenizerTrainer {
                 workers: config.data.workers,
                 prefetch: config.data.prefetch,
             },
-        )?;
+        )?
+        .with_step_multiple(config.optim.accum_steps);
         if loader.steps_per_epoch() < config.optim.accum_steps {
             bail!(
                 "{spec}: {} images make fewer than one optimizer step of {}×{} images",
@@ -260,6 +269,9 @@ impl TokenizerTrainer {
             };
             let split = if config.data.val_source.is_some() || matches!(spec, DataSpec::Procedural { .. }) { Split::Val } else { Split::Train };
             let val = open_dataset(&val_spec, split, config.run.seed)?;
+            if val.is_empty() {
+                bail!("{val_spec}: no held-out images for the reconstruction grids");
+            }
             let n = config.data.grid_images.clamp(1, val.len());
             Loader::sequential(val, n, image_size, config.data.workers)?.batch(0, 0)?.tensor(&inner)
         };
@@ -324,6 +336,7 @@ impl TokenizerTrainer {
             loss,
             loader,
             val_images,
+            rng_at_step_start: rng.clone(),
             rng,
             step,
             elapsed_s,
@@ -414,6 +427,7 @@ impl TokenizerTrainer {
 
     /// One optimizer step; returns its loss values.
     pub fn train_step(&mut self, stream: &mut crate::data::BatchStream) -> Result<StepValues> {
+        self.rng_at_step_start = self.rng.clone();
         let accum = self.config.optim.accum_steps;
         let lr = self.lr_at(self.step);
         let epoch = self.epoch_at(self.step);
@@ -493,9 +507,8 @@ impl TokenizerTrainer {
         self.model = self.opt.step(self.model.clone(), &grads, lr, &decays);
         self.update_ema();
         if gan_on {
-            if clip > 0.0 {
-                clip_grad_norm(&mut disc_grads, clip);
-            }
+            let norm = if clip > 0.0 { clip_grad_norm(&mut disc_grads, clip) } else { global_norm(&disc_grads) };
+            self.check_finite("discriminator gradient norm of the", norm, epoch)?;
             self.disc = self.opt_disc.step(self.disc.clone(), &disc_grads, lr, &reference_decays);
         }
         self.step += 1;
@@ -506,11 +519,15 @@ impl TokenizerTrainer {
         if value.is_finite() {
             return Ok(());
         }
-        // The state before this step is intact: save it so the run can be inspected or resumed
-        // with other settings.
-        let checkpoint = match self.save_checkpoint() {
-            Ok(p) => p.display().to_string(),
-            Err(e) => format!("(none: {e})"),
+        // The state before this step is intact: save it (with the random stream as it was before
+        // the step) so the run can be inspected or resumed with other settings — unless the
+        // regular checkpoint of this step exists already.
+        let checkpoint = match self.store.get(self.step) {
+            Some(existing) => existing.display().to_string(),
+            None => match self.save_checkpoint_with(self.rng_at_step_start.clone()) {
+                Ok(p) => p.display().to_string(),
+                Err(e) => format!("(none: {e})"),
+            },
         };
         Err(TrainError::NonFinite { term: term.to_string(), value, step: self.step + 1, epoch, checkpoint }.into())
     }
@@ -535,9 +552,13 @@ impl TokenizerTrainer {
 
     /// Writes a checkpoint of the current state; returns its folder.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        self.save_checkpoint_with(self.rng.clone())
+    }
+
+    fn save_checkpoint_with(&self, rng: Rng) -> Result<PathBuf> {
         let state = TrainState {
             step: self.step,
-            rng: self.rng.clone(),
+            rng,
             config: self.config.clone(),
             elapsed_s: self.elapsed_s,
             version: env!("CARGO_PKG_VERSION").into(),
@@ -690,6 +711,11 @@ fn init_from(from: &Path, config: &crate::tokenizer::RecTokConfig, device: &Devi
     } else if from.extension().is_some_and(|e| e == "pth" || e == "pt") {
         (from.to_path_buf(), from.to_path_buf(), CheckpointEntry::Model, CheckpointEntry::Ema)
     } else {
+        tracing::warn!(
+            "{}: a single tokenizer file starts both the module and the EMA (the reference starts the module from the raw \
+             `model` weights: pass the stage-1 run or checkpoint folder for that)",
+            from.display()
+        );
         (from.to_path_buf(), from.to_path_buf(), CheckpointEntry::Auto, CheckpointEntry::Auto)
     };
     let load = |path: &Path, entry: CheckpointEntry| -> Result<RecTok> {
