@@ -11,7 +11,7 @@
 //! Every random draw comes from one [`Rng`] stored in the checkpoints, the data order is a
 //! function of (seed, epoch), so `--resume` continues bit for bit.
 
-use super::checkpoint::{CheckpointStore, load_tensors};
+use super::checkpoint::CheckpointStore;
 use super::config::TokenizerTrainConfig;
 use super::monitor::{MetricsLog, plot_metrics, progress_bar, reconstruction_grid, save_png};
 use super::optim::{AdamW, AdamWConfig, clip_grad_norm, global_norm, reference_decays, warmup_cosine};
@@ -734,9 +734,4 @@ fn init_from(from: &Path, config: &crate::tokenizer::RecTokConfig, device: &Devi
         Err(e) => return Err(e),
     };
     Ok((model, ema))
-}
-
-/// Reads the tensors of a checkpoint file (for tests and tools).
-pub fn checkpoint_tensors(path: &Path) -> Result<BTreeMap<String, Vec<f32>>> {
-    Ok(load_tensors(path)?.0)
 }
