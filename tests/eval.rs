@@ -91,3 +91,23 @@ fn eval_commands_end_to_end() {
     let o = rectok().args(["eval", "stats", "--extractor", "inception"]).arg(dir.path()).arg("-o").arg(&out).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not implemented yet"));
 }
+
+#[test]
+fn psnr_and_ssim_match_scikit_image() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ssim");
+    let planes = |name: &str| -> (Vec<f32>, usize, usize) {
+        let img = image::open(dir.join(name)).unwrap().to_rgb8();
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let mut v = Vec::with_capacity(3 * h * w);
+        for c in 0..3 {
+            v.extend(img.pixels().map(|p| p.0[c] as f32 / 255.0));
+        }
+        (v, h, w)
+    };
+    let ((a, h, w), (b, _, _)) = (planes("a.png"), planes("b.png"));
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let (ssim, psnr) = (rectok::metrics::ssim(&a, &b, 3, h, w), rectok::metrics::psnr(&a, &b));
+    let (ws, wp) = (want["ssim"].as_f64().unwrap(), want["psnr"].as_f64().unwrap());
+    eprintln!("SSIM {ssim} (scikit-image {ws}), PSNR {psnr} (scikit-image {wp})");
+    assert!((ssim - ws).abs() < 1e-4 && (psnr - wp).abs() < 1e-4, "SSIM {ssim} vs {ws}, PSNR {psnr} vs {wp}");
+}
