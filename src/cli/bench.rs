@@ -35,8 +35,9 @@ pub struct TrainBench {
     /// Timed steps per measurement (the median is reported), after one warm-up step.
     #[arg(long, default_value_t = 3)]
     iters: usize,
-    /// Reference seconds per rectok_b step as JSON `{"1": s, "4": s}`; default: PyTorch 2.15,
-    /// fp32, 2 threads on the development machine (2.6 s at batch 1, 7.4 s at batch 4).
+    /// Reference seconds per step as JSON `{"rectok_b": {"1": s, "4": s}}` (the layout `--json`
+    /// writes); default: PyTorch 2.15, fp32, 2 threads on the development machine (rectok_b: 2.6 s
+    /// at batch 1, 7.4 s at batch 4).
     #[arg(long, value_name = "JSON")]
     reference: Option<PathBuf>,
     /// Also write the timings as JSON.
@@ -52,22 +53,14 @@ fn run_train(args: TrainBench) -> Result<()> {
     use crate::train::tokenizer::TokenizerTrainer;
     crate::device::set_cpu_threads(args.threads);
     let reference = read_reference(&args.reference)?;
-    let reference_step = |b: usize| match &reference {
-        Some(r) => r[b.to_string()].as_f64(),
-        None => match b {
-            1 => Some(2.6),
-            4 => Some(7.4),
-            _ => None,
-        },
-    };
     let iters = args.iters.max(1);
     println!("tokenizer training step, {} CPU threads", rayon::current_num_threads());
     println!("{:<10} {:>6} {:>10} {:>10} {:>12} {:>8}", "recipe", "batch", "s/step", "images/s", "reference s", "ratio");
     let mut record = serde_json::json!({"threads": rayon::current_num_threads()});
     for recipe in &args.recipes {
-        let (name, batches): (&str, Vec<usize>) = match recipe.as_str() {
-            "tiny" => ("tiny", vec![0]),
-            "rectok_b" | "rectok-b" => ("rectok-b-stage1", args.batch_sizes.clone()),
+        let (key, name, batches): (&str, &str, Vec<usize>) = match recipe.as_str() {
+            "tiny" => ("tiny", "tiny", vec![0]),
+            "rectok_b" | "rectok-b" => ("rectok_b", "rectok-b-stage1", args.batch_sizes.clone()),
             other => anyhow::bail!("unknown recipe `{other}` (tiny, rectok_b)"),
         };
         for b in batches {
@@ -96,10 +89,10 @@ fn run_train(args: TrainBench) -> Result<()> {
                 })
                 .collect::<Result<_>>()?;
             let t = median(times);
-            let r = if name == "tiny" { None } else { reference_step(batch) };
-            record[recipe.as_str()][batch.to_string()] = serde_json::json!(t);
+            let r = reference_seconds(&reference, TRAIN_REFERENCE, key, batch);
+            record[key][batch.to_string()] = serde_json::json!(t);
             println!(
-                "{recipe:<10} {batch:>6} {t:>10.3} {:>10.2} {:>12} {:>8}",
+                "{key:<10} {batch:>6} {t:>10.3} {:>10.2} {:>12} {:>8}",
                 batch as f64 / t,
                 r.map(|r| format!("{r:.2}")).unwrap_or("-".into()),
                 r.map(|r| format!("{:.2}x", r / t)).unwrap_or("-".into()),
@@ -140,19 +133,6 @@ pub struct DitBench {
     threads: Option<usize>,
 }
 
-fn reference_dit(reference: &Option<serde_json::Value>, model: &str, batch: usize) -> Option<f64> {
-    match reference {
-        Some(r) => r[model][batch.to_string()].as_f64(),
-        None => match (model, batch) {
-            ("s", 1) => Some(0.73),
-            ("s", 8) => Some(5.7),
-            ("xl", 1) => Some(2.5),
-            ("xl", 8) => Some(17.9),
-            _ => None,
-        },
-    }
-}
-
 fn run_dit(args: DitBench) -> Result<()> {
     use crate::generator::DitDhConfig;
     crate::device::set_cpu_threads(args.threads);
@@ -177,7 +157,7 @@ fn run_dit(args: DitBench) -> Result<()> {
             run();
             let secs = median((0..args.iters.max(1)).map(|_| { let s = Instant::now(); run(); s.elapsed().as_secs_f64() }).collect());
             record[name.as_str()][b.to_string()] = serde_json::json!(secs);
-            let r = reference_dit(&reference, name, b);
+            let r = reference_seconds(&reference, DIT_REFERENCE, name, b);
             // A 50-step sample: 50 grid points = 49 Euler evaluations.
             let per_image = secs * 49.0 / b as f64;
             println!(
@@ -220,6 +200,22 @@ pub struct TokenizerBench {
     threads: Option<usize>,
 }
 
+/// Figures stated for the 2-core development machine (PyTorch 2.15, fp32, 2 threads), used when no
+/// `--reference` file is given: `(key, batch, seconds)`. DiT: per forward; tokenizer: per image;
+/// training: per step.
+const DIT_REFERENCE: &[(&str, usize, f64)] = &[("s", 1, 0.73), ("s", 8, 5.7), ("xl", 1, 2.5), ("xl", 8, 17.9)];
+const TOKENIZER_REFERENCE: &[(&str, usize, f64)] = &[("encode", 1, 0.31), ("decode", 1, 0.31), ("encode", 8, 0.35), ("decode", 8, 0.43)];
+const TRAIN_REFERENCE: &[(&str, usize, f64)] = &[("rectok_b", 1, 2.6), ("rectok_b", 4, 7.4)];
+
+/// Reference seconds for `(key, batch)`: from a `--reference` file (`{key: {batch: seconds}}`)
+/// or the stated figures.
+fn reference_seconds(reference: &Option<serde_json::Value>, stated: &[(&str, usize, f64)], key: &str, batch: usize) -> Option<f64> {
+    match reference {
+        Some(r) => r[key][batch.to_string()].as_f64(),
+        None => stated.iter().find(|(k, b, _)| *k == key && *b == batch).map(|s| s.2),
+    }
+}
+
 /// Reads a `--reference` JSON file of timings.
 fn read_reference(path: &Option<PathBuf>) -> Result<Option<serde_json::Value>> {
     path.as_ref()
@@ -233,20 +229,6 @@ fn read_reference(path: &Option<PathBuf>) -> Result<Option<serde_json::Value>> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-/// Reference seconds per image for `(op, batch)`.
-fn reference_time(reference: &Option<serde_json::Value>, op: &str, batch: usize) -> Option<f64> {
-    match reference {
-        Some(r) => r[op][batch.to_string()].as_f64(),
-        None => match (op, batch) {
-            ("encode", 1) => Some(0.31),
-            ("decode", 1) => Some(0.31),
-            ("encode", 8) => Some(0.35),
-            ("decode", 8) => Some(0.43),
-            _ => None,
-        },
-    }
 }
 
 fn run_tokenizer(args: TokenizerBench) -> Result<()> {
@@ -282,7 +264,7 @@ fn run_tokenizer(args: TokenizerBench) -> Result<()> {
         }) / b as f64;
         for (op, t) in [("encode", enc), ("decode", dec)] {
             record[op][b.to_string()] = serde_json::json!(t);
-            let r = reference_time(&reference, op, b);
+            let r = reference_seconds(&reference, TOKENIZER_REFERENCE, op, b);
             println!(
                 "{op:<8} {b:>6} {t:>12.4} {:>10.2} {:>14} {:>10}",
                 1.0 / t,

@@ -1,11 +1,12 @@
 //! `rectok decode`: latents → PNG images.
 
 use super::common::{DeviceArgs, TokenizerArgs, progress};
+use crate::data::save_png;
 use crate::data::transforms::tensor_to_images;
 use crate::weights::{CheckpointEntry, StateDict};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Decode latents into images.
 #[derive(clap::Args, Debug)]
@@ -29,13 +30,6 @@ pub struct Args {
 }
 
 /// Saves an RGB image as PNG through a temporary file and a rename.
-pub fn save_png(img: &image::RgbImage, path: &Path) -> Result<()> {
-    let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .with_context(|| format!("encoding {}", path.display()))?;
-    crate::weights::write_atomic(path, &bytes)
-}
-
 pub fn run(args: Args) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");

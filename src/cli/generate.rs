@@ -2,7 +2,7 @@
 //! classifier-free guidance or AutoGuidance), decoded by the tokenizer.
 
 use super::common::{DeviceArgs, GeneratorArgs, TokenizerArgs, load_generator_for, progress};
-use super::decode::save_png;
+use crate::data::save_png;
 use crate::data::transforms::tensor_to_images;
 use crate::generator::transport::ode_grid;
 use crate::generator::{Guidance, Integrator, sample_ode};

@@ -1,7 +1,7 @@
 //! `rectok reconstruct`: images → latents → images, with PSNR and SSIM.
 
 use super::common::{DeviceArgs, TokenizerArgs, input_images, load_batch, progress, report_skipped};
-use super::decode::save_png;
+use crate::data::save_png;
 use crate::data::transforms::{tensor_to_images, tensor_to_planes};
 use crate::metrics::{psnr, ssim};
 use anyhow::{Context, Result, bail};

@@ -118,3 +118,11 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> Result<Option<RgbImage>> {
         }
     }
 }
+
+/// Encodes `img` as PNG and writes it atomically (temporary file, then rename).
+pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .with_context(|| format!("encoding {}", path.display()))?;
+    crate::weights::write_atomic(path, &bytes)
+}

@@ -9,7 +9,7 @@ pub mod procedural;
 pub mod transforms;
 
 pub use dataset::{DataSpec, Dataset, FileList, ImageFolder, Split, open_dataset};
-pub use images::{ImageSource, list_images, load_rgb8};
+pub use images::{ImageSource, list_images, load_rgb8, save_png};
 pub use loader::{Batch, BatchStream, Loader, LoaderConfig};
 pub use procedural::Procedural;
 pub use transforms::{ResampleFilter, center_crop_arr, resize_rgb8};

@@ -1,6 +1,7 @@
 //! Watching a run: metrics appended to `metrics.jsonl`, reconstruction grids, the loss-curve plot
 //! and the progress line.
 
+use crate::data::save_png;
 use anyhow::{Context, Result};
 use image::RgbImage;
 use serde_json::{Map, Value};
@@ -97,13 +98,6 @@ pub fn reconstruction_grid(originals: &[RgbImage], reconstructions: &[RgbImage],
         image::imageops::replace(&mut grid, &reconstructions[i], x as i64, (y + h + gap) as i64);
     }
     grid
-}
-
-/// Saves a PNG atomically.
-pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
-    let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).context("encoding PNG")?;
-    crate::weights::write_atomic(path, &bytes)
 }
 
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");

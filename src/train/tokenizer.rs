@@ -13,12 +13,12 @@
 
 use super::checkpoint::CheckpointStore;
 use super::config::TokenizerTrainConfig;
-use super::monitor::{MetricsLog, plot_metrics, progress_bar, reconstruction_grid, save_png};
+use super::monitor::{MetricsLog, plot_metrics, progress_bar, reconstruction_grid};
 use super::optim::{AdamW, AdamWConfig, clip_grad_norm, global_norm, reference_decays, warmup_cosine};
 use super::params;
 use super::tokenizer_step::{teacher_targets, training_forward};
 use crate::data::transforms::tensor_to_images;
-use crate::data::{DataSpec, Loader, LoaderConfig, Split, open_dataset};
+use crate::data::{DataSpec, Loader, LoaderConfig, Split, open_dataset, save_png};
 use crate::loss::{
     DiscriminatorConfig, GeneratorInputs, LossConfig, NLayerDiscriminator, PerceptualKind, PerceptualLoss, discriminator_loss,
     generator_loss, targeted_sem_loss,
