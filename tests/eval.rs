@@ -2,7 +2,12 @@
 //! Fréchet distance (pytorch-fid's formula, including a singular covariance), streaming
 //! statistics, Inception Score, the `.npz` format, and `rectok eval fd / stats` end to end.
 
-use rectok::metrics::fid::{StatsAccumulator, frechet_distance, inception_score, read_npy, read_npz};
+use burn::tensor::TensorData;
+use rectok::metrics::extractor::Extractor;
+use rectok::metrics::fid::{IS_PERMUTATION_SEED, StatsAccumulator, frechet_distance, inception_score, read_npy, read_npz};
+use rectok::metrics::inception::resize_tf1_bilinear;
+use rectok::metrics::numpy_rng::legacy_permutation;
+use rectok::weights::write_safetensors;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -59,6 +64,121 @@ fn inception_score_matches_the_reference_formula() {
     let logits: Vec<f32> = values.iter().map(|&v| v as f32).collect();
     let (mean, std) = inception_score(&logits, shape[1], 10, None).unwrap();
     assert!(rel(mean, expected("is_mean")) < 1e-6 && rel(std, expected("is_std")) < 1e-5, "{mean} ± {std}");
+    // torch-fidelity's order: numpy's RandomState(2020) permutation.
+    let order = legacy_permutation(shape[0], IS_PERMUTATION_SEED);
+    let (mean, _) = inception_score(&logits, shape[1], 10, Some(&order)).unwrap();
+    assert!(rel(mean, expected("is_mean_permuted")) < 1e-6, "{mean}");
+}
+
+#[test]
+fn numpy_legacy_permutation_matches_numpy() {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
+    for n in [10usize, 1000, 50000] {
+        let want: Vec<usize> = serde_json::from_value(v[format!("permutation_2020_{n}_head")].clone()).unwrap();
+        let got = legacy_permutation(n, 2020);
+        assert_eq!(&got[..want.len()], &want[..], "n = {n}");
+    }
+}
+
+fn inception_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inception").join(name)
+}
+
+/// The fixture's deterministic weight formula (tests/fixtures/inception/make_fixture.py).
+fn formula_weights(key: &str, shape: &[usize]) -> Vec<f32> {
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+    for b in key.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01B3);
+    }
+    let n: usize = shape.iter().product();
+    (1..=n as u64)
+        .map(|i| {
+            let mut z = h.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let u = (z >> 40) as f64 / (1u64 << 24) as f64;
+            let v = if key.ends_with("conv.weight") {
+                (2.0 * u - 1.0) * (6.0 / (n / shape[0]) as f64).sqrt()
+            } else if key.ends_with("bn.weight") {
+                0.8 + 0.4 * u
+            } else if key.ends_with("bn.bias") || key.ends_with("bn.running_mean") {
+                0.2 * u - 0.1
+            } else if key.ends_with("bn.running_var") {
+                0.5 + u
+            } else if key == "fc.weight" {
+                (2.0 * u - 1.0) * (3.0f64 / 2048.0).sqrt()
+            } else if key == "fc.bias" {
+                0.1 * (2.0 * u - 1.0)
+            } else {
+                panic!("unexpected key {key}")
+            };
+            v as f32
+        })
+        .collect()
+}
+
+fn max_rel_diff(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
+    got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max) / scale
+}
+
+#[test]
+fn tf1_bilinear_resize_matches_torch_fidelity() {
+    for (image, file, (h, w)) in [("image0.png", "resize0_101x77.npy", (101, 77)), ("image1.png", "resize1_53x61.npy", (53, 61))] {
+        let img = image::open(inception_fixture(image)).unwrap().to_rgb8();
+        let got = resize_tf1_bilinear(&img, h, w);
+        let (shape, want) = read_npy(&inception_fixture(file)).unwrap();
+        assert_eq!(shape, vec![3, h, w]);
+        let worst = got.iter().zip(&want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-4, "{image} → {h}×{w}: max abs difference {worst} (of 255)");
+    }
+}
+
+#[test]
+fn inception_features_match_torch_fidelity_on_fixed_random_weights() {
+    // Weights under torch-fidelity's key names, written as a safetensors file and loaded through
+    // the user-facing `inception:PATH` extractor.
+    let keys: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(inception_fixture("keys.json")).unwrap()).unwrap();
+    assert_eq!(keys.len(), 5 * 94 + 2, "94 BasicConv2d (conv weight + 4 BatchNorm tensors) and fc");
+    let tensors: Vec<(String, TensorData)> = keys
+        .iter()
+        .map(|k| {
+            let key = k["key"].as_str().unwrap().to_string();
+            let shape: Vec<usize> = serde_json::from_value(k["shape"].clone()).unwrap();
+            let data = TensorData::new(formula_weights(&key, &shape), shape);
+            (key, data)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("inception.safetensors");
+    write_safetensors(&weights, tensors, Default::default()).unwrap();
+    let device = burn::tensor::Device::flex();
+    let extractor = Extractor::load(&format!("inception:{}", weights.display()), &device).unwrap();
+    assert_eq!((extractor.metric_name(), extractor.dim(), extractor.classes()), ("FID", 2048, 1008));
+    for i in 0..3 {
+        let img = image::open(inception_fixture(&format!("image{i}.png"))).unwrap().to_rgb8();
+        let f = extractor.features_and_logits(&[img], &device).unwrap();
+        let (_, pool) = read_npy(&inception_fixture(&format!("pool{i}.npy"))).unwrap();
+        let (_, logits) = read_npy(&inception_fixture(&format!("logits{i}.npy"))).unwrap();
+        let (dp, dl) = (max_rel_diff(&f.pool, &pool), max_rel_diff(&f.logits, &logits));
+        eprintln!("image{i}: pool3 max difference {dp:.2e}, logits {dl:.2e} (relative to the largest value)");
+        assert!(dp < 1e-4 && dl < 1e-4, "image{i}: pool3 {dp:e}, logits {dl:e}");
+    }
+    // A missing key is a clear error naming the file and the key.
+    let partial = dir.path().join("partial.safetensors");
+    let tensors: Vec<(String, TensorData)> = keys
+        .iter()
+        .filter(|k| k["key"] != "Mixed_6c.branch7x7_2.bn.running_var")
+        .map(|k| {
+            let shape: Vec<usize> = serde_json::from_value(k["shape"].clone()).unwrap();
+            (k["key"].as_str().unwrap().to_string(), TensorData::new(vec![0f32; shape.iter().product()], shape))
+        })
+        .collect();
+    write_safetensors(&partial, tensors, Default::default()).unwrap();
+    let err = format!("{:#}", Extractor::load(&format!("inception:{}", partial.display()), &device).err().unwrap());
+    assert!(err.contains("Mixed_6c.branch7x7_2.bn.running_var") && err.contains("partial.safetensors"), "{err}");
 }
 
 #[test]
@@ -89,7 +209,11 @@ fn eval_commands_end_to_end() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("expected.json") && e.contains("not an .npz"), "{e}");
     let o = rectok().args(["eval", "stats", "--extractor", "inception"]).arg(dir.path()).arg("-o").arg(&out).output().unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not implemented yet"));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("inception:PATH") && e.contains("nothing is downloaded"), "{e}");
+    let o = rectok().args(["eval", "stats", "--extractor", "inception:/no/such/pt_inception.pth"]).arg(dir.path()).arg("-o").arg(&out).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("/no/such/pt_inception.pth"), "{e}");
 }
 
 #[test]

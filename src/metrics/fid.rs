@@ -133,6 +133,10 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
     Ok(fd)
 }
 
+/// The seed of torch-fidelity's Inception-Score permutation
+/// (`numpy.random.RandomState(2020).permutation(n)`, see [`super::numpy_rng`]).
+pub const IS_PERMUTATION_SEED: u32 = 2020;
+
 /// Inception Score from class logits (`n × classes`, row-major), the torch-fidelity way: rows
 /// taken in `order` (torch-fidelity uses `numpy.random.RandomState(2020).permutation(n)`; `None`
 /// keeps the given order), softmax in f64, `splits` equal splits, per split

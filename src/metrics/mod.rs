@@ -2,6 +2,8 @@
 
 pub mod extractor;
 pub mod fid;
+pub mod inception;
+pub mod numpy_rng;
 pub mod probe;
 pub mod psnr_ssim;
 

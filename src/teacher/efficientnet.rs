@@ -50,7 +50,8 @@ pub struct FrozenBatchNorm {
 }
 
 impl FrozenBatchNorm {
-    fn new(c: usize, device: &Device) -> Self {
+    /// Identity statistics (load a state dict into it).
+    pub fn new(c: usize, device: &Device) -> Self {
         let p = |v: f32| Param::from_tensor(Tensor::full([c], v, device));
         Self { weight: p(1.0), bias: p(0.0), running_mean: p(0.0), running_var: p(1.0) }
     }
@@ -64,10 +65,16 @@ impl FrozenBatchNorm {
         (scale, shift)
     }
 
-    /// `(x − μ)/sqrt(σ² + ε)·γ + β` per channel of `(B, C, H, W)`.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    /// The per-channel `(scale, shift)` of the inference map, as tensors.
+    pub fn scale_shift(&self) -> (Tensor<1>, Tensor<1>) {
         let scale = self.weight.val() / (self.running_var.val() + BN_EPS).sqrt();
         let shift = self.bias.val() - self.running_mean.val() * scale.clone();
+        (scale, shift)
+    }
+
+    /// `(x − μ)/sqrt(σ² + ε)·γ + β` per channel of `(B, C, H, W)`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let (scale, shift) = self.scale_shift();
         let c = scale.dims()[0];
         x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
     }
