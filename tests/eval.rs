@@ -7,6 +7,7 @@ use rectok::metrics::extractor::Extractor;
 use rectok::metrics::fid::{IS_PERMUTATION_SEED, StatsAccumulator, frechet_distance, inception_score, read_npy, read_npz};
 use rectok::metrics::inception::resize_tf1_bilinear;
 use rectok::metrics::numpy_rng::legacy_permutation;
+use rectok::metrics::protocol::kernel_inception_distance;
 use rectok::weights::write_safetensors;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -78,6 +79,19 @@ fn numpy_legacy_permutation_matches_numpy() {
         let got = legacy_permutation(n, 2020);
         assert_eq!(&got[..want.len()], &want[..], "n = {n}");
     }
+}
+
+#[test]
+fn kernel_inception_distance_matches_torch_fidelity() {
+    let load = |n: &str| {
+        let (shape, v) = read_npy(&fixture(n)).unwrap();
+        (shape[1], v.iter().map(|&x| x as f32).collect::<Vec<f32>>())
+    };
+    let ((d, a), (_, b)) = (load("kid_a.npy"), load("kid_b.npy"));
+    let (mean, std, m) = kernel_inception_distance(&a, &b, d, 7, 50).unwrap();
+    assert_eq!(m, 50);
+    eprintln!("KID {mean} ± {std}; torch-fidelity {} ± {}", expected("kid_mean"), expected("kid_std"));
+    assert!(rel(mean, expected("kid_mean")) < 1e-5 && rel(std, expected("kid_std")) < 1e-4, "{mean} ± {std}");
 }
 
 fn inception_fixture(name: &str) -> PathBuf {
@@ -181,13 +195,14 @@ fn inception_features_match_torch_fidelity_on_fixed_random_weights() {
     assert!(err.contains("Mixed_6c.branch7x7_2.bn.running_var") && err.contains("partial.safetensors"), "{err}");
 }
 
+fn rectok() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rectok"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
 #[test]
 fn eval_commands_end_to_end() {
-    let rectok = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_rectok"));
-        c.env("RUST_LOG", "warn");
-        c
-    };
     let o = rectok().args(["eval", "fd"]).arg(fixture("a.npz")).arg(fixture("b.npz")).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let last: f64 = String::from_utf8_lossy(&o.stdout).lines().last().unwrap().trim().parse().unwrap();
@@ -234,4 +249,93 @@ fn psnr_and_ssim_match_scikit_image() {
     let (ws, wp) = (want["ssim"].as_f64().unwrap(), want["psnr"].as_f64().unwrap());
     eprintln!("SSIM {ssim} (scikit-image {ws}), PSNR {psnr} (scikit-image {wp})");
     assert!((ssim - ws).abs() < 1e-4 && (psnr - wp).abs() < 1e-4, "SSIM {ssim} vs {ws}, PSNR {psnr} vs {wp}");
+}
+
+fn tiny(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).to_string_lossy().into_owned()
+}
+
+fn json_file(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn tokenizer_generator_and_probe_protocols_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (rectok_pth, rectok_config) = (tiny("tiny_rectok.pth"), tiny("tiny_config.json"));
+    let tok = ["--tokenizer", &rectok_pth, "--config", &rectok_config];
+
+    // Tokenizer: 12 held-out procedural images; rFD-effnet against the originals, then against
+    // statistics of the saved 8-bit reconstructions themselves (must be ~0: the PNGs are exactly
+    // what was measured).
+    let o = rectok().args(["eval", "tokenizer"]).args(tok).args(["--limit", "12", "--batch-size", "5"]).arg("--save-dir").arg(d.join("recon")).arg("--json").arg(d.join("tok.json")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("PSNR (dB)") && stdout.contains("rFD-effnet") && stdout.contains("IS-effnet"), "{stdout}");
+    let r = &json_file(&d.join("tok.json"))["results"];
+    assert_eq!(r["images"], 12);
+    let psnr = r["psnr"].as_f64().unwrap();
+    assert!(psnr > 3.0 && psnr < 40.0, "{psnr}");
+    assert!(r["distance"]["value"].as_f64().unwrap() > 1.0 && r["score"]["mean"].as_f64().unwrap() >= 1.0, "{r}");
+    assert_eq!(std::fs::read_dir(d.join("recon")).unwrap().count(), 12);
+    let o = rectok().args(["eval", "stats"]).arg(d.join("recon")).arg("-o").arg(d.join("recon.npz")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = rectok().args(["eval", "tokenizer"]).args(tok).args(["--limit", "12"]).arg("--ref-stats").arg(d.join("recon.npz")).arg("--json").arg(d.join("tok2.json")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r2 = &json_file(&d.join("tok2.json"))["results"];
+    assert!(r2["distance"]["value"].as_f64().unwrap().abs() < 1e-3, "{r2}");
+    assert_eq!(r2["psnr"], r["psnr"]);
+
+    // Generator: 10 class-balanced samples of the tiny DiT (5 classes), saved and measured.
+    let (stats, ditdh, ditdh_config) = (tiny("tiny_stats.safetensors"), tiny("tiny_ditdh.pth"), tiny("tiny_ditdh_config.json"));
+    let gen_args = ["--latent-stats", &stats, "--generator", &ditdh, "--generator-config", &ditdh_config];
+    let o = rectok()
+        .args(["eval", "generator"])
+        .args(tok)
+        .args(gen_args)
+        .args(["--num-samples", "10", "--steps", "4", "--batch-size", "4", "--ref-data", "procedural:100"])
+        .arg("--save-dir")
+        .arg(d.join("samples"))
+        .arg("--json")
+        .arg(d.join("gen.json"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let g = &json_file(&d.join("gen.json"))["results"];
+    assert_eq!(g["samples"], 10);
+    assert!(g["distance"]["value"].as_f64().unwrap() > 1.0, "{g}");
+    let mut names: Vec<String> = std::fs::read_dir(d.join("samples")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names.len(), 10);
+    assert_eq!((names[3].as_str(), names[7].as_str()), ("000003_0003.png", "000007_0002.png"), "class i mod 5");
+    // The same samples against their own statistics: gFD ≈ 0 (same seed, same noise per index,
+    // whatever the batch size).
+    let o = rectok().args(["eval", "stats"]).arg(d.join("samples")).arg("-o").arg(d.join("samples.npz")).output().unwrap();
+    assert!(o.status.success());
+    let o = rectok()
+        .args(["eval", "generator"])
+        .args(tok)
+        .args(gen_args)
+        .args(["--num-samples", "10", "--steps", "4", "--batch-size", "3"])
+        .arg("--ref-stats")
+        .arg(d.join("samples.npz"))
+        .arg("--json")
+        .arg(d.join("gen2.json"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let g2 = &json_file(&d.join("gen2.json"))["results"];
+    assert!(g2["distance"]["value"].as_f64().unwrap().abs() < 1e-3, "{g2}");
+    // Statistics from another extractor are refused with the reason.
+    let o = rectok().args(["eval", "generator"]).args(tok).args(gen_args).args(["--num-samples", "2"]).arg("--ref-stats").arg(fixture("a.npz")).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("a.npz") && e.contains("same extractor"), "{e}");
+
+    // Linear probe with a JSON report.
+    let o = rectok().args(["eval", "probe"]).args(tok).args(["--data", "procedural:200", "--epochs", "20"]).arg("--json").arg(d.join("probe.json")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let p = json_file(&d.join("probe.json"));
+    let top1 = p["top1_held_out"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&top1) && p["train_images"] == 200 && p["held_out_images"] == 64, "{p}");
 }

@@ -226,3 +226,73 @@ pub fn load_generator_for(
     );
     Ok(model)
 }
+
+/// `--guide`, `--cfg`, `--cfg-interval`: how sampling is guided.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GuidanceArgs {
+    /// AutoGuidance: a weaker guide model (the released ditdhs_epoch_0029.pth); --cfg is its weight.
+    #[arg(long, value_name = "CKPT")]
+    pub guide: Option<PathBuf>,
+    /// Guide configuration when it cannot be inferred: a preset (xl, l, b, s) or a JSON file.
+    #[arg(long, value_name = "PRESET|JSON")]
+    pub guide_config: Option<String>,
+    /// Guidance weight: CFG with the null class, or AutoGuidance with --guide (official: 1.29 with
+    /// the DiT^DH-S guide). 1 disables guidance.
+    #[arg(long, default_value_t = 1.0)]
+    pub cfg: f64,
+    /// Interval of t (0 = noise, 1 = data) in which guidance applies, as `lo,hi`.
+    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [0.0, 1.0])]
+    pub cfg_interval: Vec<f64>,
+}
+
+impl GuidanceArgs {
+    /// Checks the options without loading anything.
+    pub fn validate(&self) -> Result<(f64, f64)> {
+        if !(self.cfg.is_finite() && self.cfg >= 0.0) {
+            return Err(anyhow!("--cfg must be a non-negative number"));
+        }
+        let interval = (self.cfg_interval[0], self.cfg_interval[1]);
+        if !(0.0..=1.0).contains(&interval.0) || !(0.0..=1.0).contains(&interval.1) || interval.0 >= interval.1 {
+            return Err(anyhow!("--cfg-interval must be lo,hi with 0 ≤ lo < hi ≤ 1"));
+        }
+        if self.guide.is_some() && self.cfg == 1.0 {
+            tracing::warn!("--guide is given but --cfg is 1: AutoGuidance has no effect at weight 1");
+        }
+        Ok(interval)
+    }
+
+    /// Loads the guide model, if any, checking it matches the generator.
+    pub fn load_guide(&self, entry: CheckpointEntry, tokenizer: &RecTok, net: &crate::generator::DitDh, device: &Device) -> Result<Option<crate::generator::DitDh>> {
+        let Some(path) = &self.guide else { return Ok(None) };
+        let g = load_generator_for(path, entry, self.guide_config.as_deref(), tokenizer, device)?;
+        if g.config.num_classes != net.config.num_classes {
+            return Err(anyhow!("{}: the guide has {} classes, the generator {}", path.display(), g.config.num_classes, net.config.num_classes));
+        }
+        Ok(Some(g))
+    }
+
+    /// The guidance for `net` given the loaded guide.
+    pub fn guidance<'a>(&self, guide: Option<&'a crate::generator::DitDh>) -> crate::generator::Guidance<'a> {
+        use crate::generator::Guidance;
+        let interval = (self.cfg_interval[0], self.cfg_interval[1]);
+        match guide {
+            Some(g) => Guidance::Auto { guide: g, scale: self.cfg, interval },
+            None if self.cfg > 1.0 => Guidance::Cfg { scale: self.cfg, interval },
+            None => Guidance::None,
+        }
+    }
+}
+
+/// The message for a tokenizer without latent statistics, when a generator needs them.
+pub fn require_latent_stats(tokenizer: &RecTok, args: &TokenizerArgs) -> Result<()> {
+    if tokenizer.stats.is_some() {
+        return Ok(());
+    }
+    let t = args.tokenizer.display();
+    Err(anyhow!(
+        "{t}: the tokenizer carries no latent statistics, and the DiT samples normalised latents. The \
+         reference recomputes them over its training set; compute them once with `rectok stats \
+         --tokenizer {t} --data IMAGES --output stats.safetensors` and pass --latent-stats \
+         stats.safetensors (or store them with `rectok convert --latent-stats`)"
+    ))
+}

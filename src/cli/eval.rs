@@ -1,12 +1,15 @@
-//! `rectok eval`: distribution distances on feature statistics.
+//! `rectok eval`: the evaluation protocols (tokenizer, generator, linear probe) and the
+//! distribution-distance tools they are built on.
 
-use super::common::{DeviceArgs, input_images, progress, report_skipped};
-use crate::data::load_rgb8;
+use super::common::{DeviceArgs, GeneratorArgs, GuidanceArgs, TokenizerArgs, input_images, load_generator_for, progress, report_skipped, require_latent_stats};
+use crate::data::{DataSpec, Loader, Split, load_rgb8, open_dataset};
+use crate::generator::Integrator;
 use crate::metrics::extractor::Extractor;
-use crate::metrics::fid::{StatsAccumulator, frechet_distance, read_npz, write_npz};
-use anyhow::{Result, bail};
+use crate::metrics::fid::{FeatureStats, StatsAccumulator, frechet_distance, read_npz, write_npz};
+use crate::metrics::protocol::{GeneratorEvalOptions, Reference, TokenizerEvalOptions, evaluate_generator, evaluate_tokenizer, to_u8_rounded};
+use anyhow::{Result, anyhow, bail};
 use rayon::prelude::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Evaluation commands.
 #[derive(clap::Subcommand, Debug)]
@@ -16,6 +19,266 @@ pub enum Which {
     Fd(FdArgs),
     /// Feature statistics (`mu`, `sigma`) of a folder of images, as an `.npz` file.
     Stats(StatsArgs),
+    /// Tokenizer: PSNR, SSIM, rFID and IS of posterior-mean reconstructions.
+    Tokenizer(TokenizerEvalArgs),
+    /// Generator: gFID and IS of class-balanced samples.
+    Generator(GeneratorEvalArgs),
+    /// Linear probing of the tokenizer's latents (top-1 on held-out images).
+    Probe(super::probe::Args),
+}
+
+/// `--extractor`, shared by the protocols.
+const EXTRACTOR_HELP: &str = "Feature extractor: inception:PATH (FID / IS with torch-fidelity's \
+weights-inception-2015-12-05 .pth or safetensors), effnet (the built-in EfficientNet-Lite0: FD-effnet / \
+IS-effnet, not comparable with published FID), or none";
+
+/// `rectok eval tokenizer`.
+#[derive(clap::Args, Debug)]
+pub struct TokenizerEvalArgs {
+    #[command(flatten)]
+    tokenizer: TokenizerArgs,
+    /// Images: a folder (searched recursively), a `.txt` list (`relpath label` lines), or
+    /// `procedural[:N]` (the built-in set's held-out images). Center-cropped to the model's size.
+    #[arg(long, value_name = "DIR|LIST|procedural[:N]", default_value = "procedural")]
+    data: String,
+    /// Evaluate only the first N images (the official protocol: the 50,000 ImageNet-val images).
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value = "effnet", help = EXTRACTOR_HELP)]
+    extractor: String,
+    /// Reference statistics (`.npz`, e.g. the reference's val_fid_statistics_file_256.npz);
+    /// default: computed from the evaluated originals with the same extractor (equivalent).
+    #[arg(long, value_name = "NPZ")]
+    ref_stats: Option<PathBuf>,
+    /// Also compute KID against the originals (100 subsets of up to 1000 images).
+    #[arg(long)]
+    kid: bool,
+    /// Write the 8-bit reconstructions (truncating conversion) to this folder.
+    #[arg(long, value_name = "DIR")]
+    save_dir: Option<PathBuf>,
+    /// Write the results as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+/// `rectok eval generator`.
+#[derive(clap::Args, Debug)]
+pub struct GeneratorEvalArgs {
+    #[command(flatten)]
+    tokenizer: TokenizerArgs,
+    #[command(flatten)]
+    generator: GeneratorArgs,
+    #[command(flatten)]
+    guidance: GuidanceArgs,
+    /// Number of samples; sample i gets class i mod classes (official: 50,000 = 50 per class).
+    #[arg(long, default_value_t = 50_000)]
+    num_samples: usize,
+    /// Time-grid points (N points = N − 1 Euler steps; official: 150).
+    #[arg(long, default_value_t = 150)]
+    steps: usize,
+    /// ODE integrator.
+    #[arg(long, default_value = "euler")]
+    sampler: Integrator,
+    /// Seed of the initial noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "effnet", help = EXTRACTOR_HELP)]
+    extractor: String,
+    /// Reference statistics (`.npz` with `mu`, `sigma`; official: ADM's adm_in256_stats.npz).
+    #[arg(long, value_name = "NPZ", conflicts_with = "ref_data")]
+    ref_stats: Option<PathBuf>,
+    /// Or compute the reference statistics from these images (folder, list or procedural[:N]).
+    #[arg(long, value_name = "DIR|LIST|procedural[:N]")]
+    ref_data: Option<String>,
+    /// Write the samples (`<index>_<class>.png`) to this folder.
+    #[arg(long, value_name = "DIR")]
+    save_dir: Option<PathBuf>,
+    /// Write the results as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Samples per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+fn load_extractor(spec: &str, device: &burn::prelude::Device) -> Result<Option<Extractor>> {
+    match spec {
+        "none" => Ok(None),
+        s => Extractor::load(s, device).map(Some),
+    }
+}
+
+fn load_ref_stats(path: &Path, extractor: &Extractor) -> Result<FeatureStats> {
+    let stats = read_npz(path)?;
+    if stats.dim() != extractor.dim() {
+        bail!(
+            "{}: {}-d statistics, but the {} extractor gives {}-d features (statistics must come from the same extractor)",
+            path.display(),
+            stats.dim(),
+            extractor.metric_name(),
+            extractor.dim()
+        );
+    }
+    Ok(stats)
+}
+
+/// Prints `rows` as an aligned two-column table.
+fn print_table(title: &str, rows: &[(String, String)]) {
+    let w = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+    println!("{title}");
+    for (k, v) in rows {
+        println!("  {k:<w$}  {v}");
+    }
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    crate::weights::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+}
+
+fn data_loader(data: &str, split: Split, batch_size: usize, size: usize) -> Result<Loader> {
+    let spec: DataSpec = data.parse().map_err(|e: String| anyhow!("--data: {e}"))?;
+    let dataset = open_dataset(&spec, split, 0)?;
+    Loader::sequential(dataset, batch_size, size, rayon::current_num_threads())
+}
+
+fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
+    if a.batch_size == 0 || a.limit == Some(0) {
+        bail!("--batch-size and --limit must be at least 1");
+    }
+    let device = a.device.device()?;
+    let extractor = load_extractor(&a.extractor, &device)?;
+    let reference = match (&a.ref_stats, &extractor) {
+        (Some(p), Some(e)) => Reference::Stats(load_ref_stats(p, e)?, p.display().to_string()),
+        (Some(_), None) => bail!("--ref-stats needs a feature extractor (not `none`)"),
+        (None, Some(_)) => Reference::Originals,
+        (None, None) => Reference::None,
+    };
+    if a.kid && !matches!(reference, Reference::Originals) {
+        bail!("--kid compares features of reconstructions and originals: it needs an extractor and no --ref-stats");
+    }
+    let model = a.tokenizer.load(&device)?;
+    let loader = data_loader(&a.data, Split::Val, a.batch_size, model.config.img_size)?;
+    let total = a.limit.unwrap_or(usize::MAX).min(loader.dataset().len());
+    let options = TokenizerEvalOptions { extractor: extractor.as_ref(), reference, limit: a.limit, save_dir: a.save_dir.clone(), kid: a.kid };
+    let bar = progress(total, "reconstruct + measure");
+    let r = evaluate_tokenizer(&model, &loader, &options, &device, |n| bar.inc(n as u64))?;
+    bar.finish_and_clear();
+    let mut rows = vec![
+        ("images".to_string(), r.images.to_string()),
+        ("PSNR (dB)".to_string(), format!("{:.3}", r.psnr)),
+        ("SSIM".to_string(), format!("{:.4}", r.ssim)),
+    ];
+    if let Some(d) = &r.distance {
+        rows.push((format!("r{}", d.metric), format!("{:.4}  (against {})", d.value, d.reference)));
+    }
+    if let Some(s) = &r.score {
+        rows.push((s.metric.clone(), format!("{:.3} ± {:.3}", s.mean, s.std)));
+    }
+    if let Some((m, s)) = r.kid {
+        rows.push(("KID".to_string(), format!("{m:.6} ± {s:.6}")));
+    }
+    print_table(&format!("tokenizer {} on {}", a.tokenizer.tokenizer.display(), loader.dataset().describe()), &rows);
+    println!("PSNR: 10·log10(1/MSE) of float reconstructions in [0,1]; SSIM: Gaussian 11, σ 1.5, data range 1; distances on 8-bit (truncated) reconstructions");
+    if let Some(path) = &a.json {
+        let json = serde_json::json!({
+            "protocol": "tokenizer",
+            "tokenizer": a.tokenizer.tokenizer,
+            "entry": format!("{:?}", a.tokenizer.entry),
+            "data": a.data,
+            "extractor": a.extractor,
+            "results": r,
+        });
+        write_json(path, &json)?;
+    }
+    Ok(())
+}
+
+fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
+    if a.steps < 2 {
+        bail!("--steps must be at least 2 (N time-grid points give N − 1 integration steps)");
+    }
+    if a.batch_size == 0 || a.num_samples == 0 {
+        bail!("--batch-size and --num-samples must be at least 1");
+    }
+    a.guidance.validate()?;
+    let device = a.device.device()?;
+    let Some(extractor) = load_extractor(&a.extractor, &device)? else {
+        bail!("the generator protocol needs a feature extractor (inception:PATH or effnet)");
+    };
+    let tokenizer = a.tokenizer.load(&device)?;
+    require_latent_stats(&tokenizer, &a.tokenizer)?;
+    let reference = match (&a.ref_stats, &a.ref_data) {
+        (Some(p), _) => Some((load_ref_stats(p, &extractor)?, p.display().to_string())),
+        (None, Some(d)) => Some(reference_stats_from(d, &extractor, a.batch_size, tokenizer.config.img_size, &device)?),
+        (None, None) => {
+            tracing::warn!("no --ref-stats or --ref-data: only the {} is computed", extractor.score_name());
+            None
+        }
+    };
+    let g = &a.generator;
+    let net = load_generator_for(&g.generator, g.generator_entry, g.generator_config.as_deref(), &tokenizer, &device)?;
+    let guide = a.guidance.load_guide(g.generator_entry, &tokenizer, &net, &device)?;
+    let options = GeneratorEvalOptions {
+        num_samples: a.num_samples,
+        steps: a.steps,
+        integrator: a.sampler,
+        guidance: a.guidance.guidance(guide.as_ref()),
+        seed: a.seed,
+        batch_size: a.batch_size,
+        extractor: &extractor,
+        reference: reference.as_ref().map(|(s, l)| (s, l.clone())),
+        save_dir: a.save_dir.clone(),
+    };
+    let bar = progress(a.num_samples, "sample + measure");
+    let r = evaluate_generator(&net, &tokenizer, &options, &device, |n| bar.inc(n as u64), |_, _| Ok(()))?;
+    bar.finish_and_clear();
+    let mut rows = vec![("samples".to_string(), format!("{} (class-balanced, {} classes)", r.samples, net.config.num_classes))];
+    if let Some(d) = &r.distance {
+        rows.push((format!("g{}", d.metric), format!("{:.4}  (against {})", d.value, d.reference)));
+    }
+    rows.push((r.score.metric.clone(), format!("{:.3} ± {:.3}", r.score.mean, r.score.std)));
+    print_table(
+        &format!("generator {} ({} grid points, {:?}, cfg {})", g.generator.display(), a.steps, a.sampler, a.guidance.cfg),
+        &rows,
+    );
+    if let Some(path) = &a.json {
+        let json = serde_json::json!({
+            "protocol": "generator",
+            "generator": g.generator,
+            "guide": a.guidance.guide,
+            "cfg": a.guidance.cfg,
+            "steps": a.steps,
+            "sampler": format!("{:?}", a.sampler),
+            "seed": a.seed,
+            "extractor": a.extractor,
+            "results": r,
+        });
+        write_json(path, &json)?;
+    }
+    Ok(())
+}
+
+/// Feature statistics of a data source (center-cropped 8-bit images, as the reference batch).
+fn reference_stats_from(data: &str, extractor: &Extractor, batch_size: usize, size: usize, device: &burn::prelude::Device) -> Result<(FeatureStats, String)> {
+    let loader = data_loader(data, Split::Val, batch_size, size)?;
+    let mut acc = StatsAccumulator::new(extractor.dim());
+    let bar = progress(loader.dataset().len(), "reference statistics");
+    let mut stream = loader.stream(0, 0);
+    for _ in 0..loader.steps_per_epoch() {
+        let batch = stream.next_batch()?;
+        let images = to_u8_rounded(batch.tensor(device) * 0.5 + 0.5);
+        acc.add(&extractor.features(&images, device)?)?;
+        bar.inc(batch.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok((acc.finish()?, loader.dataset().describe()))
 }
 
 /// `rectok eval fd`.
@@ -47,6 +310,9 @@ pub struct StatsArgs {
 
 pub fn run(which: Which) -> Result<()> {
     match which {
+        Which::Tokenizer(a) => run_tokenizer(a),
+        Which::Generator(a) => run_generator(a),
+        Which::Probe(a) => super::probe::run(a),
         Which::Fd(a) => {
             let (sa, sb) = (read_npz(&a.a)?, read_npz(&a.b)?);
             let fd = frechet_distance(&sa, &sb)?;

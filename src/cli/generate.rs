@@ -1,14 +1,13 @@
 //! `rectok generate`: class-conditional sampling with DiT^DH (Euler or Heun on the shifted grid,
 //! classifier-free guidance or AutoGuidance), decoded by the tokenizer.
 
-use super::common::{DeviceArgs, GeneratorArgs, TokenizerArgs, load_generator_for, progress};
+use super::common::{DeviceArgs, GeneratorArgs, GuidanceArgs, TokenizerArgs, load_generator_for, progress, require_latent_stats};
 use crate::data::save_png;
 use crate::data::transforms::tensor_to_images;
 use crate::generator::transport::ode_grid;
-use crate::generator::{Guidance, Integrator, sample_ode};
-use crate::rng::Rng;
+use crate::generator::sampler::sample_class_latents;
+use crate::generator::{Guidance, Integrator};
 use anyhow::{Context, Result, bail};
-use burn::prelude::*;
 use image::RgbImage;
 use std::path::PathBuf;
 
@@ -19,12 +18,8 @@ pub struct Args {
     tokenizer: TokenizerArgs,
     #[command(flatten)]
     generator: GeneratorArgs,
-    /// AutoGuidance: a weaker guide model (the released ditdhs_epoch_0029.pth); --cfg is its weight.
-    #[arg(long, value_name = "CKPT")]
-    guide: Option<PathBuf>,
-    /// Guide configuration when it cannot be inferred (preset or JSON).
-    #[arg(long, value_name = "PRESET|JSON")]
-    guide_config: Option<String>,
+    #[command(flatten)]
+    guidance: GuidanceArgs,
     /// Class ids to sample (comma-separated); default: every class (class-balanced).
     #[arg(long, value_delimiter = ',')]
     classes: Vec<usize>,
@@ -34,13 +29,6 @@ pub struct Args {
     /// Time-grid points (N points = N − 1 Euler steps; the official evaluation uses 150).
     #[arg(long, default_value_t = 150)]
     steps: usize,
-    /// Guidance weight: CFG with the null class, or AutoGuidance with --guide (official: 1.29 with
-    /// the DiT^DH-S guide). 1 disables guidance.
-    #[arg(long, default_value_t = 1.0)]
-    cfg: f64,
-    /// Interval of t (0 = noise, 1 = data) in which guidance applies, as `lo,hi`.
-    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [0.0, 1.0])]
-    cfg_interval: Vec<f64>,
     /// ODE integrator.
     #[arg(long, default_value = "euler")]
     sampler: Integrator,
@@ -80,28 +68,10 @@ pub fn run(args: Args) -> Result<()> {
     if args.batch_size == 0 || args.num_per_class == 0 {
         bail!("--batch-size and --num-per-class must be at least 1");
     }
-    if !(args.cfg.is_finite() && args.cfg >= 0.0) {
-        bail!("--cfg must be a non-negative number");
-    }
-    let interval = (args.cfg_interval[0], args.cfg_interval[1]);
-    if !(0.0..=1.0).contains(&interval.0) || !(0.0..=1.0).contains(&interval.1) || interval.0 >= interval.1 {
-        bail!("--cfg-interval must be lo,hi with 0 ≤ lo < hi ≤ 1");
-    }
-    if args.guide.is_some() && args.cfg == 1.0 {
-        tracing::warn!("--guide is given but --cfg is 1: AutoGuidance has no effect at weight 1");
-    }
+    args.guidance.validate()?;
     let device = args.device.device()?;
     let tokenizer = args.tokenizer.load(&device)?;
-    if tokenizer.stats.is_none() {
-        bail!(
-            "{}: the tokenizer carries no latent statistics, and the DiT samples normalised latents. The \
-             reference recomputes them over its training set; compute them once with `rectok stats \
-             --tokenizer {} --data IMAGES --output stats.safetensors` and pass --latent-stats \
-             stats.safetensors (or store them with `rectok convert --latent-stats`)",
-            args.tokenizer.tokenizer.display(),
-            args.tokenizer.tokenizer.display()
-        );
-    }
+    require_latent_stats(&tokenizer, &args.tokenizer)?;
     let gen_args = &args.generator;
     let net = load_generator_for(&gen_args.generator, gen_args.generator_entry, gen_args.generator_config.as_deref(), &tokenizer, &device)?;
     let num_classes = net.config.num_classes;
@@ -109,26 +79,12 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(&bad) = classes.iter().find(|&&c| c >= num_classes) {
         bail!("class id {bad} is out of range: the generator has {num_classes} classes (0..{})", num_classes - 1);
     }
-    let guide = match &args.guide {
-        Some(path) => {
-            let g = load_generator_for(path, gen_args.generator_entry, args.guide_config.as_deref(), &tokenizer, &device)?;
-            if g.config.num_classes != num_classes {
-                bail!("{}: the guide has {} classes, the generator {num_classes}", path.display(), g.config.num_classes);
-            }
-            Some(g)
-        }
-        None => None,
-    };
-    let guidance = match &guide {
-        Some(g) => Guidance::Auto { guide: g, scale: args.cfg, interval },
-        None if args.cfg > 1.0 => Guidance::Cfg { scale: args.cfg, interval },
-        None => Guidance::None,
-    };
+    let guide = args.guidance.load_guide(gen_args.generator_entry, &tokenizer, &net, &device)?;
+    let guidance = args.guidance.guidance(guide.as_ref());
     std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
 
     let jobs: Vec<(usize, usize)> = classes.iter().flat_map(|&c| (0..args.num_per_class).map(move |k| (c, k))).collect();
     let grid_t = ode_grid(args.steps, net.config.time_shift());
-    let (c, g) = (net.config.token_channels, net.config.input_size);
     let batches = jobs.len().div_ceil(args.batch_size);
     let evals = args.sampler.evaluations(args.steps);
     tracing::info!(
@@ -146,23 +102,9 @@ pub fn run(args: Args) -> Result<()> {
     let pb = progress(batches * (args.steps - 1), "sampling steps");
     let mut all = Vec::new();
     for (bi, batch) in jobs.chunks(args.batch_size).enumerate() {
-        let b = batch.len();
-        let mut noise = Vec::with_capacity(b * c * g * g);
-        for (j, _) in batch.iter().enumerate() {
-            let index = (bi * args.batch_size + j) as u64;
-            noise.extend(Rng::for_item(args.seed, index).normal_vec(c * g * g));
-        }
-        let z = Tensor::<4>::from_data(TensorData::new(noise, [b, c, g, g]), &device);
-        let labels: Vec<i64> = batch.iter().map(|&(class, _)| class as i64).collect();
-        let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), &device);
-        let (x, y) = if guidance.doubles_batch() {
-            let null = Tensor::<1, Int>::full([b], num_classes as i64, &device);
-            (Tensor::cat(vec![z.clone(), z], 0), Tensor::cat(vec![y, null], 0))
-        } else {
-            (z, y)
-        };
-        let out = sample_ode(x, &grid_t, args.sampler, |x, t| guidance.velocity(&net, x, t, y.clone()), |k, _| if k > 0 { pb.inc(1) });
-        let latents = out.narrow(0, 0, b);
+        let labels: Vec<usize> = batch.iter().map(|&(class, _)| class).collect();
+        let first = (bi * args.batch_size) as u64;
+        let latents = sample_class_latents(&net, &guidance, &labels, args.seed, first, &grid_t, args.sampler, |_| pb.inc(1));
         let images = tensor_to_images(tokenizer.detokenize(latents));
         for (&(class, k), img) in batch.iter().zip(images) {
             save_png(&img, &args.output.join(format!("{class:04}_{k:03}.png")))?;

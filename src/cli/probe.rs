@@ -1,7 +1,8 @@
 //! `rectok probe`: linear probing of a tokenizer's latents on labelled images.
 
 use super::common::{DeviceArgs, TokenizerArgs};
-use crate::data::{DataSpec, Loader, Split, open_dataset};
+use crate::data::{DataSpec, Loader, Split, Subset, open_dataset};
+use std::path::PathBuf;
 use crate::metrics::probe::{ProbeConfig, ProbeFeatures, linear_probe};
 use anyhow::{Result, anyhow, bail};
 
@@ -13,9 +14,13 @@ pub struct Args {
     /// Training images of the probe: a class-folder tree, a `.txt` list, or procedural[:N].
     #[arg(long, value_name = "DIR|LIST|procedural[:N]", default_value = "procedural:5000")]
     data: String,
-    /// Held-out images (default for procedural data: its held-out items; required otherwise).
+    /// Held-out images (default: the procedural set's held-out items, or a seeded split of
+    /// --data with --val-fraction held out).
     #[arg(long, value_name = "DIR|LIST")]
     val_data: Option<String>,
+    /// Fraction of --data held out when --val-data is not given (folders and lists).
+    #[arg(long, default_value_t = 0.2)]
+    val_fraction: f64,
     /// Features: mean (token-averaged latents, the reference's probe) or flat (all tokens).
     #[arg(long, value_enum, default_value = "mean")]
     features: ProbeFeatures,
@@ -31,6 +36,9 @@ pub struct Args {
     /// Seed (the procedural images and the probe's mini-batch order).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Write the results as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -42,11 +50,10 @@ pub fn run(args: Args) -> Result<()> {
     let device = args.device.device()?;
     let model = args.tokenizer.load(&device)?;
     let spec: DataSpec = args.data.parse().map_err(|e: String| anyhow!("--data: {e}"))?;
-    let train = open_dataset(&spec, Split::Train, args.seed)?;
-    let val = match (&args.val_data, &spec) {
-        (Some(v), _) => open_dataset(&v.parse().map_err(|e: String| anyhow!("--val-data: {e}"))?, Split::Val, args.seed)?,
-        (None, DataSpec::Procedural { .. }) => open_dataset(&spec, Split::Val, args.seed)?,
-        (None, _) => bail!("--val-data is required for image folders and lists (the probe is scored on held-out images)"),
+    let (train, val) = match (&args.val_data, &spec) {
+        (Some(v), _) => (open_dataset(&spec, Split::Train, args.seed)?, open_dataset(&v.parse().map_err(|e: String| anyhow!("--val-data: {e}"))?, Split::Val, args.seed)?),
+        (None, DataSpec::Procedural { .. }) => (open_dataset(&spec, Split::Train, args.seed)?, open_dataset(&spec, Split::Val, args.seed)?),
+        (None, _) => Subset::split(open_dataset(&spec, Split::Train, args.seed)?, args.val_fraction, args.seed)?,
     };
     if val.num_classes() != train.num_classes() {
         bail!("the training data has {} classes but the held-out data {}", train.num_classes(), val.num_classes());
@@ -67,5 +74,23 @@ pub fn run(args: Args) -> Result<()> {
         100.0 * report.train_accuracy,
         report.sizes.0
     );
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "protocol": "linear probe",
+            "tokenizer": args.tokenizer.tokenizer,
+            "data": train.describe(),
+            "held_out": val.describe(),
+            "features": format!("{:?}", args.features),
+            "dim": report.dim,
+            "classes": train.num_classes(),
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "top1_held_out": report.val_accuracy,
+            "top1_train": report.train_accuracy,
+            "train_images": report.sizes.0,
+            "held_out_images": report.sizes.1,
+        });
+        crate::weights::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    }
     Ok(())
 }

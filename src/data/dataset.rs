@@ -303,3 +303,61 @@ mod tests {
         assert!(format!("{err:#}").contains("bad.png"), "{err:#}");
     }
 }
+
+/// Some items of another dataset (a deterministic train / held-out split of one labelled folder).
+pub struct Subset {
+    inner: Arc<dyn Dataset>,
+    indices: Vec<usize>,
+    label: String,
+}
+
+impl Subset {
+    /// Splits `inner` into (train, held-out): a seeded shuffle, then the last `fraction` of the
+    /// items held out (at least one item on each side).
+    pub fn split(inner: Arc<dyn Dataset>, fraction: f64, seed: u64) -> Result<(Arc<dyn Dataset>, Arc<dyn Dataset>)> {
+        let n = inner.len();
+        if n < 2 {
+            bail!("{}: {n} image(s) cannot be split into training and held-out parts", inner.describe());
+        }
+        if !(fraction > 0.0 && fraction < 1.0) {
+            bail!("the held-out fraction must be between 0 and 1 (got {fraction})");
+        }
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut rng = crate::rng::Rng::seed_from(seed ^ 0x7370_6c69_7473_6565);
+        for i in (1..n).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        let held = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
+        let val = order.split_off(n - held);
+        let (mut train, mut val) = (order, val);
+        train.sort_unstable();
+        val.sort_unstable();
+        let describe = inner.describe();
+        let make = |indices: Vec<usize>, part: &str| -> Arc<dyn Dataset> {
+            Arc::new(Subset { inner: inner.clone(), label: format!("{describe} ({part}: {} images)", indices.len()), indices })
+        };
+        Ok((make(train, "training part"), make(val, "held-out part")))
+    }
+}
+
+impl Dataset for Subset {
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    fn num_classes(&self) -> usize {
+        self.inner.num_classes()
+    }
+
+    fn class_names(&self) -> Vec<String> {
+        self.inner.class_names()
+    }
+
+    fn get(&self, index: usize, size: usize) -> Result<(RgbImage, usize)> {
+        self.inner.get(self.indices[index], size)
+    }
+
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+}

@@ -8,7 +8,7 @@ pub mod loader;
 pub mod procedural;
 pub mod transforms;
 
-pub use dataset::{DataSpec, Dataset, FileList, ImageFolder, Split, open_dataset};
+pub use dataset::{DataSpec, Dataset, FileList, ImageFolder, Split, Subset, open_dataset};
 pub use images::{ImageSource, list_images, load_rgb8, save_png};
 pub use loader::{Batch, BatchStream, Loader, LoaderConfig};
 pub use procedural::Procedural;

@@ -64,3 +64,36 @@ pub fn sample_ode(
     }
     x
 }
+
+/// Samples normalised latents `(B, C, G, G)` for class `labels` — the whole generation loop of
+/// `rectok generate`, the evaluation protocol and training previews. Item `first_index + j` starts
+/// from the noise of `Rng::for_item(seed, first_index + j)`, so a sample does not depend on the
+/// batch it is drawn in. Classifier-free guidance doubles the batch with the null class.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_class_latents(
+    net: &super::DitDh,
+    guidance: &super::Guidance<'_>,
+    labels: &[usize],
+    seed: u64,
+    first_index: u64,
+    grid: &[f32],
+    integrator: Integrator,
+    mut on_step: impl FnMut(usize),
+) -> Tensor<4> {
+    let device = net.pos_embed.val().device();
+    let (b, c, g) = (labels.len(), net.config.token_channels, net.config.input_size);
+    let mut noise = Vec::with_capacity(b * c * g * g);
+    for j in 0..b {
+        noise.extend(crate::rng::Rng::for_item(seed, first_index + j as u64).normal_vec(c * g * g));
+    }
+    let z = Tensor::<4>::from_data(TensorData::new(noise, [b, c, g, g]), &device);
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]), &device);
+    let (x, y) = if guidance.doubles_batch() {
+        let null = Tensor::<1, Int>::full([b], net.config.num_classes as i64, &device);
+        (Tensor::cat(vec![z.clone(), z], 0), Tensor::cat(vec![y, null], 0))
+    } else {
+        (z, y)
+    };
+    let out = sample_ode(x, grid, integrator, |x, t| guidance.velocity(net, x, t, y.clone()), |k, _| if k > 0 { on_step(k) });
+    out.narrow(0, 0, b)
+}

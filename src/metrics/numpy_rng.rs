@@ -53,16 +53,32 @@ impl Mt19937 {
     }
 }
 
-/// `numpy.random.RandomState(seed).permutation(n)` (Fisher–Yates from the end).
-pub fn legacy_permutation(n: usize, seed: u32) -> Vec<usize> {
-    assert!(n <= u32::MAX as usize, "permutation of more than 2^32 items");
-    let mut rng = Mt19937::new(seed);
-    let mut v: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = rng.interval(i as u32) as usize;
-        v.swap(i, j);
+/// A `numpy.random.RandomState(seed)` whose stream continues across calls (torch-fidelity's KID
+/// draws all its subsets from one generator).
+pub struct LegacyRandomState(Mt19937);
+
+impl LegacyRandomState {
+    /// `RandomState(seed)`.
+    pub fn new(seed: u32) -> Self {
+        Self(Mt19937::new(seed))
     }
-    v
+
+    /// `permutation(n)` (Fisher–Yates from the end); `choice(n, k, replace=False)` is its first
+    /// `k` entries.
+    pub fn permutation(&mut self, n: usize) -> Vec<usize> {
+        assert!(n <= u32::MAX as usize, "permutation of more than 2^32 items");
+        let mut v: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = self.0.interval(i as u32) as usize;
+            v.swap(i, j);
+        }
+        v
+    }
+}
+
+/// `numpy.random.RandomState(seed).permutation(n)`.
+pub fn legacy_permutation(n: usize, seed: u32) -> Vec<usize> {
+    LegacyRandomState::new(seed).permutation(n)
 }
 
 #[cfg(test)]
