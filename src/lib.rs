@@ -24,6 +24,7 @@ pub mod generator;
 pub mod loss;
 pub mod metrics;
 pub mod nn;
+pub mod pipeline;
 pub mod rng;
 pub mod teacher;
 pub mod tokenizer;

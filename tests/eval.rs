@@ -339,3 +339,21 @@ fn tokenizer_generator_and_probe_protocols_end_to_end() {
     let top1 = p["top1_held_out"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&top1) && p["train_images"] == 200 && p["held_out_images"] == 64, "{p}");
 }
+
+#[test]
+fn frechet_distance_is_finite_for_wide_rank_deficient_low_variance_statistics() {
+    // 64 near-identical 1280-d feature rows (the statistics of an untrained decoder's nearly
+    // constant outputs): covariance of rank ≤ 63 with entries ~1e-6.
+    let mut rng = rectok::rng::Rng::seed_from(5);
+    let d = 1280;
+    let base: Vec<f32> = rng.normal_vec(d).iter().map(|v| v.abs()).collect();
+    let rows = |rng: &mut rectok::rng::Rng, scale: f32| -> Vec<f32> { (0..64).flat_map(|_| base.iter().zip(rng.normal_vec(d)).map(move |(b, n)| b + scale * n).collect::<Vec<_>>()).collect() };
+    let (mut a, mut b) = (StatsAccumulator::new(d), StatsAccumulator::new(d));
+    a.add(&rows(&mut rng, 1e-3)).unwrap();
+    b.add(&rows(&mut rng, 1e-1)).unwrap();
+    let (a, b) = (a.finish().unwrap(), b.finish().unwrap());
+    let aa = frechet_distance(&a, &a).unwrap();
+    let ab = frechet_distance(&a, &b).unwrap();
+    assert!(aa.abs() < 1e-9, "{aa}");
+    assert!(ab.is_finite() && ab > 0.0, "{ab}");
+}

@@ -17,19 +17,21 @@ pub enum Which {
     Tokenizer(TokenizerBench),
     /// One sampling step (a forward pass) of DiT^DH-S and DiT^DH-XL on 128×16×16 latents.
     Dit(DitBench),
-    /// One stage-1 training step of the tokenizer (tiny recipe, rectok_b).
+    /// One training step: tokenizer stage 1 (tiny recipe, rectok_b) and generator (ditdh-tiny
+    /// recipe, DiT^DH-S on 128×16×16 latents).
     Train(TrainBench),
 }
 
 /// Options of `rectok bench train`.
 #[derive(clap::Args, Debug)]
 pub struct TrainBench {
-    /// Recipes to time: `tiny` (the full tiny step: teacher, semantic decoder, pixel losses) and
+    /// Recipes to time: `tiny` (the full tiny step: teacher, semantic decoder, pixel losses),
     /// `rectok_b` (the reference's measured step: masking, flow noise, MSE + KL, backward and
-    /// AdamW, no teacher).
-    #[arg(long, value_delimiter = ',', default_value = "tiny,rectok_b")]
+    /// AdamW, no teacher), `ditdh-tiny` (the tiny generator step, batch 64) and `ditdh_s` (the
+    /// reference's measured step: transport loss, backward, AdamW, EMA on cached latents).
+    #[arg(long, value_delimiter = ',', default_value = "tiny,rectok_b,ditdh-tiny,ditdh_s")]
     recipes: Vec<String>,
-    /// Batch sizes for rectok_b (the tiny recipe uses its own, 32).
+    /// Batch sizes for rectok_b and ditdh_s (the tiny recipes use their own).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     batch_sizes: Vec<usize>,
     /// Timed steps per measurement (the median is reported), after one warm-up step.
@@ -37,7 +39,7 @@ pub struct TrainBench {
     iters: usize,
     /// Reference seconds per step as JSON `{"rectok_b": {"1": s, "4": s}}` (the layout `--json`
     /// writes); default: PyTorch 2.15, fp32, 2 threads on the development machine (rectok_b: 2.6 s
-    /// at batch 1, 7.4 s at batch 4).
+    /// at batch 1, 7.4 s at batch 4; ditdh_s: 3.4 s and 10.0 s).
     #[arg(long, value_name = "JSON")]
     reference: Option<PathBuf>,
     /// Also write the timings as JSON.
@@ -54,14 +56,24 @@ fn run_train(args: TrainBench) -> Result<()> {
     crate::device::set_cpu_threads(args.threads);
     let reference = read_reference(&args.reference)?;
     let iters = args.iters.max(1);
-    println!("tokenizer training step, {} CPU threads", rayon::current_num_threads());
+    println!("training step (tokenizer: tiny, rectok_b; generator: ditdh-tiny, ditdh_s), {} CPU threads", rayon::current_num_threads());
     println!("{:<10} {:>6} {:>10} {:>10} {:>12} {:>8}", "recipe", "batch", "s/step", "images/s", "reference s", "ratio");
     let mut record = serde_json::json!({"threads": rayon::current_num_threads()});
     for recipe in &args.recipes {
         let (key, name, batches): (&str, &str, Vec<usize>) = match recipe.as_str() {
             "tiny" => ("tiny", "tiny", vec![0]),
             "rectok_b" | "rectok-b" => ("rectok_b", "rectok-b-stage1", args.batch_sizes.clone()),
-            other => anyhow::bail!("unknown recipe `{other}` (tiny, rectok_b)"),
+            "ditdh-tiny" | "ditdh_tiny" => {
+                bench_generator_step("ditdh-tiny", "ditdh-tiny", 0, iters, &reference, &mut record)?;
+                continue;
+            }
+            "ditdh_s" | "ditdh-s" => {
+                for &b in &args.batch_sizes {
+                    bench_generator_step("ditdh_s", "ditdh-s", b, iters, &reference, &mut record)?;
+                }
+                continue;
+            }
+            other => anyhow::bail!("unknown recipe `{other}` (tiny, rectok_b, ditdh-tiny, ditdh_s)"),
         };
         for b in batches {
             let mut overrides = vec!["run.checkpoint_every=1000000".to_string(), "data.grid_images=1".into(), "data.flip=false".into()];
@@ -80,15 +92,7 @@ fn run_train(args: TrainBench) -> Result<()> {
             let dir = tempfile::tempdir().context("temporary run folder")?;
             let mut trainer = TokenizerTrainer::start(config, &dir.path().join("run"))?;
             let mut stream = trainer.batches();
-            trainer.train_step(&mut stream)?; // warm-up
-            let times: Vec<f64> = (0..iters)
-                .map(|_| -> Result<f64> {
-                    let t = Instant::now();
-                    trainer.train_step(&mut stream)?;
-                    Ok(t.elapsed().as_secs_f64())
-                })
-                .collect::<Result<_>>()?;
-            let t = median(times);
+            let t = median_step_seconds(iters, || trainer.train_step(&mut stream).map(|_| ()))?;
             let r = reference_seconds(&reference, TRAIN_REFERENCE, key, batch);
             record[key][batch.to_string()] = serde_json::json!(t);
             println!(
@@ -103,6 +107,45 @@ fn run_train(args: TrainBench) -> Result<()> {
     if let Some(path) = &args.json {
         crate::weights::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
     }
+    Ok(())
+}
+
+/// Times one generator training step (latents from a cache of a random-weight tokenizer: tiny
+/// for `ditdh-tiny`, rectok_b geometry for the others); `batch` 0 keeps the recipe's.
+fn bench_generator_step(key: &str, recipe: &str, batch: usize, iters: usize, reference: &Option<serde_json::Value>, record: &mut serde_json::Value) -> Result<()> {
+    use crate::train::generator::GeneratorTrainer;
+    use crate::train::generator_config::GeneratorTrainConfig;
+    let dir = tempfile::tempdir().context("temporary run folder")?;
+    let device = crate::device::select_device(DeviceChoice::Cpu).map_err(|e| anyhow!(e))?;
+    let tok_config = if recipe == "ditdh-tiny" { RecTokConfig::tiny() } else { RecTokConfig::rectok_b() }.with_teacher_dim(None);
+    let tokenizer = initialize(tok_config.init(&device), &TokenizerInit, &mut Rng::seed_from(0));
+    let tok_path = dir.path().join("tokenizer.safetensors");
+    crate::weights::tokenizer::save_tokenizer(&tokenizer, &tok_path)?;
+    let mut overrides = vec![
+        format!("tokenizer.path=\"{}\"", tok_path.display()),
+        "run.checkpoint_every=1000000".into(),
+        "run.fd_images=0".into(),
+        "data.flip=false".into(),
+        "optim.accum_steps=1".into(),
+    ];
+    if batch > 0 {
+        overrides.push(format!("optim.batch_size={batch}"));
+    }
+    let mut config = GeneratorTrainConfig::load(recipe, &overrides)?;
+    let b = config.optim.batch_size;
+    config.data.source = format!("procedural:{}", b * (iters + 2));
+    config.latents.cache = Some("cache".into());
+    let mut trainer = GeneratorTrainer::start(config, &dir.path().join("run"))?;
+    let mut stream = trainer.batches();
+    let t = median_step_seconds(iters, || trainer.train_step(&mut stream).map(|_| ()))?;
+    let r = reference_seconds(reference, TRAIN_REFERENCE, key, b);
+    record[key][b.to_string()] = serde_json::json!(t);
+    println!(
+        "{key:<10} {b:>6} {t:>10.3} {:>10.2} {:>12} {:>8}",
+        b as f64 / t,
+        r.map(|r| format!("{r:.2}")).unwrap_or("-".into()),
+        r.map(|r| format!("{:.2}x", r / t)).unwrap_or("-".into()),
+    );
     Ok(())
 }
 
@@ -205,7 +248,7 @@ pub struct TokenizerBench {
 /// training: per step.
 const DIT_REFERENCE: &[(&str, usize, f64)] = &[("s", 1, 0.73), ("s", 8, 5.7), ("xl", 1, 2.5), ("xl", 8, 17.9)];
 const TOKENIZER_REFERENCE: &[(&str, usize, f64)] = &[("encode", 1, 0.31), ("decode", 1, 0.31), ("encode", 8, 0.35), ("decode", 8, 0.43)];
-const TRAIN_REFERENCE: &[(&str, usize, f64)] = &[("rectok_b", 1, 2.6), ("rectok_b", 4, 7.4)];
+const TRAIN_REFERENCE: &[(&str, usize, f64)] = &[("rectok_b", 1, 2.6), ("rectok_b", 4, 7.4), ("ditdh_s", 1, 3.4), ("ditdh_s", 4, 10.0)];
 
 /// Reference seconds for `(key, batch)`: from a `--reference` file (`{key: {batch: seconds}}`)
 /// or the stated figures.
@@ -224,6 +267,18 @@ fn read_reference(path: &Option<PathBuf>) -> Result<Option<serde_json::Value>> {
             serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))
         })
         .transpose()
+}
+
+/// Median seconds of `iters` calls of `step`, after one untimed warm-up call.
+fn median_step_seconds(iters: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+    step()?;
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        step()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -98,6 +98,11 @@ pub struct GeneratorEvalArgs {
     /// Write the samples (`<index>_<class>.png`) to this folder.
     #[arg(long, value_name = "DIR")]
     save_dir: Option<PathBuf>,
+    /// Class check: fit the built-in teacher's linear probe on the tokenizer's reconstructions of
+    /// these labelled images (up to 700; classes must match the generator's) and report the
+    /// fraction of samples it puts in their class.
+    #[arg(long, value_name = "DIR|LIST|procedural[:N]")]
+    class_check: Option<String>,
     /// Write the results as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -106,6 +111,22 @@ pub struct GeneratorEvalArgs {
     batch_size: usize,
     #[command(flatten)]
     device: DeviceArgs,
+}
+
+/// Up to `n` labelled 8-bit images of a data source (held-out part for the procedural set).
+fn labelled_images(data: &str, n: usize, size: usize, device: &burn::prelude::Device) -> Result<(Vec<image::RgbImage>, Vec<usize>, usize)> {
+    let loader = data_loader(data, Split::Val, 64, size)?;
+    let classes = loader.dataset().num_classes();
+    let n = n.min(loader.dataset().len());
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    let mut stream = loader.stream(0, 0);
+    while images.len() < n {
+        let batch = stream.next_batch()?;
+        let take = batch.len().min(n - images.len());
+        images.extend(to_u8_rounded(batch.tensor(device).narrow(0, 0, take) * 0.5 + 0.5));
+        labels.extend_from_slice(&batch.labels[..take]);
+    }
+    Ok((images, labels, classes))
 }
 
 fn load_extractor(spec: &str, device: &burn::prelude::Device) -> Result<Option<Extractor>> {
@@ -236,10 +257,30 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
         reference: reference.as_ref().map(|(s, l)| (s, l.clone())),
         save_dir: a.save_dir.clone(),
     };
+    let classifier = match &a.class_check {
+        Some(data) => {
+            let (images, labels, classes) = labelled_images(data, 2000, tokenizer.config.img_size, &device)?;
+            if classes != net.config.num_classes {
+                bail!("--class-check {data}: {classes} classes, but the generator has {}", net.config.num_classes);
+            }
+            Some(crate::metrics::protocol::TeacherClassifier::fit_on_reconstructions(&tokenizer, &images, &labels, classes, &device)?)
+        }
+        None => None,
+    };
     let bar = progress(a.num_samples, "sample + measure");
-    let r = evaluate_generator(&net, &tokenizer, &options, &device, |n| bar.inc(n as u64), |_, _| Ok(()))?;
+    let mut hits = 0;
+    let r = evaluate_generator(&net, &tokenizer, &options, &device, |n| bar.inc(n as u64), |images, labels| {
+        if let Some(c) = &classifier {
+            hits += c.hits(images, labels)?;
+        }
+        Ok(())
+    })?;
     bar.finish_and_clear();
+    let class_accuracy = classifier.as_ref().map(|c| (hits as f64 / r.samples as f64, c.real_accuracy));
     let mut rows = vec![("samples".to_string(), format!("{} (class-balanced, {} classes)", r.samples, net.config.num_classes))];
+    if let Some((acc, ceiling)) = class_accuracy {
+        rows.push(("in their class (teacher)".to_string(), format!("{:.1} %  (reconstructions of real images: {:.1} %)", 100.0 * acc, 100.0 * ceiling)));
+    }
     if let Some(d) = &r.distance {
         rows.push((format!("g{}", d.metric), format!("{:.4}  (against {})", d.value, d.reference)));
     }
@@ -259,6 +300,8 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
             "seed": a.seed,
             "extractor": a.extractor,
             "results": r,
+            "class_accuracy": class_accuracy.map(|c| c.0),
+            "class_accuracy_reconstructions": class_accuracy.map(|c| c.1),
         });
         write_json(path, &json)?;
     }

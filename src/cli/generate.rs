@@ -8,7 +8,6 @@ use crate::generator::transport::ode_grid;
 use crate::generator::sampler::sample_class_latents;
 use crate::generator::{Guidance, Integrator};
 use anyhow::{Context, Result, bail};
-use image::RgbImage;
 use std::path::PathBuf;
 
 /// Generate images.
@@ -48,17 +47,6 @@ pub struct Args {
     device: DeviceArgs,
 }
 
-/// Tiles `images` (equal sizes) into rows of `cols`.
-pub fn image_grid(images: &[RgbImage], cols: usize) -> RgbImage {
-    let (w, h) = (images[0].width(), images[0].height());
-    let cols = cols.clamp(1, images.len());
-    let rows = images.len().div_ceil(cols);
-    let mut out = RgbImage::from_pixel(w * cols as u32, h * rows as u32, image::Rgb([255, 255, 255]));
-    for (i, img) in images.iter().enumerate() {
-        image::imageops::replace(&mut out, img, (w * (i % cols) as u32) as i64, (h * (i / cols) as u32) as i64);
-    }
-    out
-}
 
 pub fn run(args: Args) -> Result<()> {
     // Everything that can be checked without the networks is checked first.
@@ -114,7 +102,7 @@ pub fn run(args: Args) -> Result<()> {
     pb.finish_and_clear();
     if let Some(path) = &args.grid {
         let cols = if classes.len() > 1 { args.num_per_class } else { (all.len() as f64).sqrt().ceil() as usize };
-        save_png(&image_grid(&all, cols), path)?;
+        save_png(&crate::data::images::image_grid(&all, cols), path)?;
     }
     tracing::info!("wrote {} samples to {}", all.len(), args.output.display());
     Ok(())

@@ -4,6 +4,7 @@ mod bench;
 mod common;
 mod convert;
 mod decode;
+mod demo;
 mod encode;
 mod eval;
 mod generate;
@@ -46,17 +47,22 @@ enum Command {
     /// Teachers of flow semantic distillation.
     #[command(subcommand)]
     Teacher(teacher::Which),
-    /// Evaluation: Fréchet distances and feature statistics.
+    /// Evaluation protocols (tokenizer, generator, probe) and feature statistics / distances.
     #[command(subcommand)]
     Eval(eval::Which),
     /// Linear probe of a tokenizer's latents on labelled images (top-1 accuracy).
     Probe(probe::Args),
-    /// Train a tokenizer (stage 1 or 2) from a TOML recipe.
+    /// Train a tokenizer (stage 1 or 2) or a generator from a TOML recipe.
     #[command(subcommand)]
     Train(train::Which),
     /// Time the networks with random weights.
     #[command(subcommand)]
     Bench(bench::Which),
+    /// The whole pipeline on built-in data in minutes: train a tokenizer and a generator,
+    /// sample, evaluate, write report.html.
+    Demo(demo::DemoArgs),
+    /// The paper's ablations in miniature (semantic loss variants, latent channels).
+    Ablate(demo::AblateArgs),
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -101,6 +107,8 @@ pub fn run() -> i32 {
         Command::Probe(a) => probe::run(a),
         Command::Train(w) => train::run(w),
         Command::Bench(w) => bench::run(w),
+        Command::Demo(a) => demo::run_demo_command(a),
+        Command::Ablate(a) => demo::run_ablate_command(a),
     };
     match result {
         Ok(()) => 0,

@@ -2,7 +2,7 @@
 //! reference computes them before generator training and evaluation (spec TRAINING.md §4).
 
 use super::common::{DeviceArgs, TokenizerArgs, input_images, load_batch, progress, report_skipped};
-use crate::tokenizer::LatentStats;
+use crate::train::latents::ChannelMoments;
 use crate::weights::tokenizer::save_latent_stats;
 use anyhow::{Result, bail};
 use std::path::PathBuf;
@@ -26,41 +26,6 @@ pub struct Args {
     batch_size: usize,
     #[command(flatten)]
     device: DeviceArgs,
-}
-
-/// Streaming per-channel first and second moments, accumulated in f64.
-#[derive(Clone, Debug)]
-pub struct ChannelMoments {
-    sum: Vec<f64>,
-    sum_sq: Vec<f64>,
-    count: u64,
-}
-
-impl ChannelMoments {
-    /// Empty accumulators for `channels` channels.
-    pub fn new(channels: usize) -> Self {
-        Self { sum: vec![0.0; channels], sum_sq: vec![0.0; channels], count: 0 }
-    }
-
-    /// Adds rows of `channels` values (channel fastest).
-    pub fn add(&mut self, values: &[f32]) {
-        let c = self.sum.len();
-        for row in values.chunks_exact(c) {
-            for (i, &v) in row.iter().enumerate() {
-                self.sum[i] += v as f64;
-                self.sum_sq[i] += (v as f64) * (v as f64);
-            }
-            self.count += 1;
-        }
-    }
-
-    /// Mean and population standard deviation per channel.
-    pub fn finish(&self) -> LatentStats {
-        let n = self.count.max(1) as f64;
-        let mean: Vec<f64> = self.sum.iter().map(|s| s / n).collect();
-        let std = self.sum_sq.iter().zip(&mean).map(|(s2, m)| (s2 / n - m * m).max(0.0).sqrt() as f32).collect();
-        LatentStats { mean: mean.into_iter().map(|m| m as f32).collect(), std }
-    }
 }
 
 pub fn run(args: Args) -> Result<()> {

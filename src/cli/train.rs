@@ -1,6 +1,8 @@
-//! `rectok train tokenizer`: stage 1 / stage 2 tokenizer training from a TOML recipe.
+//! `rectok train tokenizer | generator`: training from TOML recipes.
 
 use crate::train::config::{TokenizerTrainConfig, apply_override};
+use crate::train::generator::GeneratorTrainer;
+use crate::train::generator_config::GeneratorTrainConfig;
 use crate::train::tokenizer::TokenizerTrainer;
 use anyhow::{Result, anyhow, bail};
 use std::path::PathBuf;
@@ -10,6 +12,45 @@ use std::path::PathBuf;
 pub enum Which {
     /// Train a RecTok tokenizer (stage 1, or stage 2 decoder fine-tuning).
     Tokenizer(TokenizerArgs),
+    /// Train a DiT^DH generator on a frozen tokenizer's latents.
+    Generator(GeneratorArgs),
+}
+
+/// `rectok train generator`.
+#[derive(clap::Args, Debug)]
+pub struct GeneratorArgs {
+    /// Recipe: a built-in name (ditdh-tiny, ditdh-s, ditdh-xl) or a TOML file.
+    #[arg(long, default_value = "ditdh-tiny", value_name = "NAME|FILE")]
+    pub config: String,
+    /// The frozen tokenizer: a run's tokenizer.safetensors or the official RecTok_decft.pth
+    /// (tokenizer.path).
+    #[arg(long, value_name = "CKPT")]
+    pub tokenizer: Option<PathBuf>,
+    /// Latent statistics file (default: stored with the tokenizer, else computed over --data).
+    #[arg(long, value_name = "FILE")]
+    pub latent_stats: Option<PathBuf>,
+    /// Training images: a class-folder tree, a `.txt` list, or procedural[:N] (data.source).
+    #[arg(long, value_name = "DIR|LIST|procedural[:N]")]
+    pub data: Option<String>,
+    /// Cache posterior moments in this folder (latents.cache; relative: inside --out).
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Run folder: checkpoints, metrics.jsonl, samples/, loss.png, generator.safetensors,
+    /// tokenizer.safetensors (with latent statistics).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub out: PathBuf,
+    /// Override any option: `--set optim.batch_size=32 --set run.fd_every=0`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Stop after this many optimizer steps (the schedule still spans run.epochs).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Continue the run in --out from its newest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Print the resolved configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 /// `rectok train tokenizer`.
@@ -72,7 +113,7 @@ fn run_overrides(args: &TokenizerArgs) -> Vec<String> {
 }
 
 /// Options that may change when resuming: they do not alter the trajectory.
-const RESUMABLE: &[&str] = &["run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.sample_every", "run.log_every", "run.threads", "run.device"];
+const RESUMABLE: &[&str] = &["run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.sample_every", "run.log_every", "run.threads", "run.device", "run.fd_every"];
 
 /// Refuses overrides that would change a resumed run's trajectory.
 fn check_resume_overrides(overrides: &[String]) -> Result<()> {
@@ -96,8 +137,82 @@ fn adjust_run(config: &mut TokenizerTrainConfig, overrides: &[String]) -> Result
     Ok(())
 }
 
+fn run_generator(args: GeneratorArgs) -> Result<()> {
+    let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let mut overrides = args.overrides.clone();
+    if let Some(m) = args.max_steps {
+        overrides.push(format!("run.max_steps={m}"));
+    }
+    let mut trainer = if args.resume {
+        if args.tokenizer.is_some() || args.data.is_some() || args.latent_stats.is_some() || args.cache.is_some() {
+            bail!("--resume continues the run as it was configured; --tokenizer, --latent-stats, --data and --cache cannot change");
+        }
+        check_resume_overrides(&overrides)?;
+        let mut table = toml::Table::new();
+        let mut adjust_err = None;
+        let t = GeneratorTrainer::resume(&args.out, |c| {
+            let result = (|| -> Result<()> {
+                table.insert("run".into(), toml::Value::try_from(&c.run)?);
+                for o in &overrides {
+                    apply_override(&mut table, o)?;
+                }
+                c.run = table.remove("run").expect("run").try_into().map_err(|e| anyhow!("{e}"))?;
+                Ok(())
+            })();
+            if let Err(e) = result {
+                adjust_err = Some(e);
+            }
+        });
+        if let Some(e) = adjust_err {
+            return Err(e);
+        }
+        t?
+    } else {
+        if let Some(p) = &args.tokenizer {
+            overrides.push(format!("tokenizer.path={}", quoted(&p.display().to_string())));
+        }
+        if let Some(p) = &args.latent_stats {
+            overrides.push(format!("tokenizer.latent_stats={}", quoted(&p.display().to_string())));
+        }
+        if let Some(d) = &args.data {
+            overrides.push(format!("data.source={}", quoted(d)));
+        }
+        if let Some(p) = &args.cache {
+            overrides.push(format!("latents.cache={}", quoted(&p.display().to_string())));
+        }
+        let config = GeneratorTrainConfig::load(&args.config, &overrides)?;
+        if args.print_config {
+            print!("{}", toml::to_string_pretty(&config)?);
+            return Ok(());
+        }
+        GeneratorTrainer::start(config, &args.out)?
+    };
+    let s = trainer.run()?;
+    let eval = |e: &Option<crate::train::generator::OnlineEval>| match e {
+        Some(e) => format!(
+            "{}{}",
+            e.fd.map(|v| format!("FD {v:.2}")).unwrap_or_default(),
+            e.class_accuracy.map(|a| format!(", samples in their class (teacher) {:.1}%", 100.0 * a)).unwrap_or_default()
+        ),
+        None => "-".into(),
+    };
+    println!("trained {} steps in {:.0} s; generator: {}; tokenizer with latent statistics: {}", s.steps, s.seconds, s.generator.display(), s.tokenizer.display());
+    if s.eval.1.is_some() {
+        println!(
+            "EMA samples: {} → {}{}",
+            eval(&s.eval.0),
+            eval(&s.eval.1),
+            s.real_class_accuracy.map(|a| format!(" (real held-out images: {:.1}%)", 100.0 * a)).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(which: Which) -> Result<()> {
-    let Which::Tokenizer(args) = which;
+    let args = match which {
+        Which::Tokenizer(args) => args,
+        Which::Generator(args) => return run_generator(args),
+    };
     let overrides = run_overrides(&args);
     let mut trainer = if args.resume {
         if args.data.is_some() || args.teacher.is_some() || args.init_from.is_some() || args.val_data.is_some() {

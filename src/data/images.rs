@@ -126,3 +126,15 @@ pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
         .with_context(|| format!("encoding {}", path.display()))?;
     crate::weights::write_atomic(path, &bytes)
 }
+
+/// Tiles `images` (equal sizes) into rows of `cols`.
+pub fn image_grid(images: &[RgbImage], cols: usize) -> RgbImage {
+    let (w, h) = (images[0].width(), images[0].height());
+    let cols = cols.clamp(1, images.len());
+    let rows = images.len().div_ceil(cols);
+    let mut out = RgbImage::from_pixel(w * cols as u32, h * rows as u32, image::Rgb([255, 255, 255]));
+    for (i, img) in images.iter().enumerate() {
+        image::imageops::replace(&mut out, img, (w * (i % cols) as u32) as i64, (h * (i / cols) as u32) as i64);
+    }
+    out
+}

@@ -85,13 +85,22 @@ impl DitDhConfig {
         Self::new(input_size, token_channels, 384, 12, 6)
     }
 
-    /// A preset by name (`xl`, `l`, `b`, `s`, with or without a `ditdh_` prefix).
+    /// A CPU-sized DiT^DH for the built-in recipes: 4 × 128 (4 heads) encoder, 2 × 128 (4 heads)
+    /// head, 2×2 latent patches (16 tokens on the tiny RecTok's 8×8 grid) — the same architecture
+    /// at a size that trains in minutes on two cores. (The released models use patch 1.)
+    pub fn ditdh_tiny(token_channels: usize, input_size: usize) -> Self {
+        let patch = if input_size % 2 == 0 { 2 } else { 1 };
+        Self::new(input_size, token_channels, 128, 4, 4).with_dec_hidden(128).with_dec_heads(4).with_patch_size(patch)
+    }
+
+    /// A preset by name (`xl`, `l`, `b`, `s`, `tiny`, with or without a `ditdh_` prefix).
     pub fn preset(name: &str, token_channels: usize, input_size: usize) -> Option<Self> {
         match name.trim_start_matches("ditdh_").trim_start_matches("ditdh-").to_ascii_lowercase().as_str() {
             "xl" => Some(Self::ditdh_xl(token_channels, input_size)),
             "l" => Some(Self::ditdh_l(token_channels, input_size)),
             "b" => Some(Self::ditdh_b(token_channels, input_size)),
             "s" => Some(Self::ditdh_s(token_channels, input_size)),
+            "tiny" => Some(Self::ditdh_tiny(token_channels, input_size)),
             _ => None,
         }
     }

@@ -3,7 +3,7 @@
 //! (spec SAMPLING_EVAL.md §3).
 
 use anyhow::{Context, Result, anyhow, bail};
-use nalgebra::{DMatrix, DVector, SymmetricEigen};
+use nalgebra::{DMatrix, DVector};
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -103,17 +103,23 @@ fn matrix(d: usize, values: &[f64]) -> DMatrix<f64> {
 /// computed as the eigenvalues of the symmetric `√A·B·√A` (same spectrum), so that singular or
 /// nearly singular covariances give a finite, real answer. Eigenvalues below zero (round-off)
 /// count as zero.
+///
+/// The decompositions are SVDs: for a symmetric positive semi-definite matrix the singular
+/// values are the eigenvalues and `U` holds the eigenvectors, and nalgebra's SVD stays accurate
+/// on rank-deficient covariances where its `SymmetricEigen` was seen to return non-finite values
+/// (a 1280-d covariance of 64 near-identical images).
 pub fn trace_sqrt_product(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
     // Eigenvalues within round-off of zero (relative to the largest) are zero: their square roots
     // would otherwise add up to visible noise on rank-deficient covariances.
     let cutoff = |v: &DVector<f64>| v.amax() * v.len() as f64 * f64::EPSILON;
-    let eig = SymmetricEigen::new(a.clone());
-    let tol = cutoff(&eig.eigenvalues);
-    let sqrt_vals = eig.eigenvalues.map(|l| if l > tol { l.sqrt() } else { 0.0 });
-    let sqrt_a = &eig.eigenvectors * DMatrix::from_diagonal(&sqrt_vals) * eig.eigenvectors.transpose();
+    let svd = a.clone().svd(true, false);
+    let u = svd.u.expect("U requested");
+    let tol = cutoff(&svd.singular_values);
+    let sqrt_vals = svd.singular_values.map(|l| if l > tol { l.sqrt() } else { 0.0 });
+    let sqrt_a = &u * DMatrix::from_diagonal(&sqrt_vals) * u.transpose();
     let m = &sqrt_a * b * &sqrt_a;
     let m = (&m + m.transpose()) * 0.5;
-    let vals = SymmetricEigen::new(m).eigenvalues;
+    let vals = m.singular_values();
     let tol = cutoff(&vals);
     vals.iter().map(|&l| if l > tol { l.sqrt() } else { 0.0 }).sum()
 }

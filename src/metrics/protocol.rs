@@ -21,7 +21,7 @@ use crate::tokenizer::RecTok;
 use anyhow::{Result, anyhow, bail};
 use burn::prelude::*;
 use image::RgbImage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Splits of the Inception Score (torch-fidelity's default).
@@ -133,7 +133,7 @@ pub fn kernel_inception_distance(a: &[f32], b: &[f32], dim: usize, subsets: usiz
 }
 
 /// A distance and where its reference came from.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Distance {
     /// `FID` or `FD-effnet`.
     pub metric: String,
@@ -144,7 +144,7 @@ pub struct Distance {
 }
 
 /// A score with its spread over splits.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Score {
     /// `IS` or `IS-effnet`.
     pub metric: String,
@@ -179,7 +179,7 @@ pub struct TokenizerEvalOptions<'a> {
 }
 
 /// Results of [`evaluate_tokenizer`].
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TokenizerEval {
     /// Images evaluated.
     pub images: usize,
@@ -292,7 +292,7 @@ pub struct GeneratorEvalOptions<'a> {
 }
 
 /// Results of [`evaluate_generator`].
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GeneratorEval {
     /// Samples drawn.
     pub samples: usize,
@@ -347,4 +347,58 @@ pub fn evaluate_generator(
         None => None,
     };
     Ok(GeneratorEval { samples: options.num_samples, distance, score: Score { metric: options.extractor.score_name().into(), mean, std } })
+}
+
+/// "Does the sample look like its class?": a linear probe on the built-in teacher's pooled
+/// features, fitted on real labelled images, then applied to generated ones. Its accuracy on
+/// held-out real images is the ceiling a perfect generator would reach.
+pub struct TeacherClassifier {
+    extractor: Extractor,
+    probe: super::probe::LinearProbe,
+    /// Top-1 on held-out real images.
+    pub real_accuracy: f64,
+    device: Device,
+}
+
+impl TeacherClassifier {
+    /// Fits on `train` and scores `held_out` (8-bit images with labels).
+    pub fn fit(train: (&[RgbImage], &[usize]), held_out: (&[RgbImage], &[usize]), classes: usize, device: &Device) -> Result<Self> {
+        let extractor = Extractor::load("effnet", device)?;
+        let features = |images: &[RgbImage], labels: &[usize]| -> Result<super::probe::FeatureSet> {
+            let mut rows = Vec::new();
+            for chunk in images.chunks(32) {
+                let f = extractor.features(chunk, device)?;
+                rows.extend(f.chunks(extractor.dim()).map(|r| r.to_vec()));
+            }
+            Ok(super::probe::FeatureSet { features: rows, labels: labels.to_vec() })
+        };
+        let train_set = features(train.0, train.1)?;
+        let val_set = features(held_out.0, held_out.1)?;
+        let config = super::probe::ProbeConfig { epochs: 60, ..Default::default() };
+        let probe = super::probe::LinearProbe::fit(&train_set, classes, &config)?;
+        let real_accuracy = probe.accuracy(&val_set);
+        Ok(Self { extractor, probe, real_accuracy, device: device.clone() })
+    }
+
+    /// Fits on the tokenizer's reconstructions of labelled real images (the first 5/7 of them;
+    /// the rest score it): generated samples can be no sharper than reconstructions, so this
+    /// judges the content of a sample rather than the tokenizer's blur.
+    pub fn fit_on_reconstructions(tokenizer: &RecTok, images: &[RgbImage], labels: &[usize], classes: usize, device: &Device) -> Result<Self> {
+        if images.len() < 20 {
+            bail!("the class check needs at least 20 labelled images, got {}", images.len());
+        }
+        let split = (images.len() * 5 / 7).clamp(10, images.len() - 10);
+        let mut recon = Vec::with_capacity(images.len());
+        for chunk in images.chunks(64) {
+            let x = crate::data::transforms::images_to_tensor(chunk, device);
+            recon.extend(tensor_to_images(tokenizer.reconstruct(x)));
+        }
+        Self::fit((&recon[..split], &labels[..split]), (&recon[split..], &labels[split..]), classes, device)
+    }
+
+    /// Number of `images` classified as their `labels`.
+    pub fn hits(&self, images: &[RgbImage], labels: &[usize]) -> Result<usize> {
+        let f = self.extractor.features(images, &self.device)?;
+        Ok(f.chunks(self.extractor.dim()).zip(labels).filter(|(row, l)| self.probe.predict(row) == **l).count())
+    }
 }

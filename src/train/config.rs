@@ -16,15 +16,20 @@ pub const BUILTIN_CONFIGS: &[(&str, &str)] = &[
     ("rectok-b-stage2", include_str!("../../configs/rectok-b-stage2.toml")),
 ];
 
-/// Reads a configuration: a built-in recipe name or a TOML file, then `overrides`
+/// Reads a tokenizer configuration: a built-in recipe name or a TOML file, then `overrides`
 /// (`dotted.key=value`, the value in TOML syntax or a bare string).
 pub fn read_toml(spec: &str, overrides: &[String]) -> Result<(toml::Table, String)> {
-    let (text, origin) = match BUILTIN_CONFIGS.iter().find(|(name, _)| *name == spec) {
+    read_toml_among(spec, overrides, BUILTIN_CONFIGS)
+}
+
+/// [`read_toml`] with another list of built-in recipes.
+pub fn read_toml_among(spec: &str, overrides: &[String], recipes: &[(&str, &str)]) -> Result<(toml::Table, String)> {
+    let (text, origin) = match recipes.iter().find(|(name, _)| *name == spec) {
         Some((name, text)) => (text.to_string(), format!("built-in recipe `{name}`")),
         None => {
             let path = Path::new(spec);
             if !path.exists() {
-                let names: Vec<&str> = BUILTIN_CONFIGS.iter().map(|(n, _)| *n).collect();
+                let names: Vec<&str> = recipes.iter().map(|(n, _)| *n).collect();
                 bail!("{spec}: no such configuration file (built-in recipes: {})", names.join(", "));
             }
             (std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?, path.display().to_string())

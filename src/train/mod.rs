@@ -3,6 +3,9 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod generator;
+pub mod generator_config;
+pub mod latents;
 pub mod monitor;
 pub mod optim;
 pub mod params;

@@ -102,7 +102,7 @@ pub fn reconstruction_grid(originals: &[RgbImage], reconstructions: &[RgbImage],
 
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
 
-fn register_font() {
+pub(crate) fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, FONT);

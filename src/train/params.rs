@@ -113,3 +113,30 @@ pub fn update<M: Module, F: FnMut(&str, &[usize], Tensor<1>) -> Tensor<1>>(modul
     let mut w = Writer { paths: Paths { stack: Vec::new() }, update };
     module.map(&mut w)
 }
+
+/// The reference's `SimpleEMAModel` step: `ema ← d·ema + (1−d)·θ` for the `trainable`
+/// parameters (fused in place on the CPU), a copy of `model`'s value for the frozen ones.
+pub fn ema_update<M: Module>(ema: M, model: &M, trainable: &std::collections::BTreeSet<String>, decay: f64) -> M {
+    use crate::nn::kernels::{ema_fused, is_fast};
+    let current = values(model);
+    update(ema, |path, _, e| {
+        let Some((_, p)) = current.get(path) else { return e };
+        if !trainable.contains(path) {
+            p.clone()
+        } else if is_fast(&e) && is_fast(p) {
+            ema_fused(e, p, decay)
+        } else {
+            e * decay + p.clone() * (1.0 - decay)
+        }
+    })
+}
+
+/// Adds per-parameter gradients of one micro-batch into the running sums.
+pub fn accumulate(into: &mut BTreeMap<String, Tensor<1>>, grads: BTreeMap<String, Tensor<1>>) {
+    for (k, g) in grads {
+        match into.remove(&k) {
+            Some(prev) => into.insert(k, prev + g),
+            None => into.insert(k, g),
+        };
+    }
+}

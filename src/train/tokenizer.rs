@@ -24,7 +24,6 @@ use crate::loss::{
     generator_loss, targeted_sem_loss,
 };
 use crate::nn::init::{TokenizerInit, TorchDefaultInit, initialize};
-use crate::nn::kernels::{ema_fused, is_fast};
 use crate::rng::Rng;
 use crate::teacher::Teacher;
 use crate::tokenizer::RecTok;
@@ -486,7 +485,7 @@ impl TokenizerTrainer {
                 self.check_finite(term, value, epoch)?;
             }
             let g = (terms.total / accum as f64).backward();
-            accumulate(&mut grads, params::gradients(&self.model, &g));
+            params::accumulate(&mut grads, params::gradients(&self.model, &g));
             if gan_on {
                 let d = discriminator_loss(&self.disc, y, y_hat);
                 v.d_loss = scalar(&d.loss);
@@ -494,7 +493,7 @@ impl TokenizerTrainer {
                 v.logits_fake = scalar(&d.logits_fake_mean);
                 self.check_finite("discriminator", v.d_loss, epoch)?;
                 let g = (d.loss / accum as f64).backward();
-                accumulate(&mut disc_grads, params::gradients(&self.disc, &g));
+                params::accumulate(&mut disc_grads, params::gradients(&self.disc, &g));
             }
             totals.add(&v, 1.0 / accum as f64);
         }
@@ -535,19 +534,7 @@ impl TokenizerTrainer {
     /// `ema ← d·ema + (1−d)·θ` for trained parameters; frozen ones are copied (the reference's
     /// `SimpleEMAModel`).
     fn update_ema(&mut self) {
-        let d = self.config.optim.ema_decay;
-        let current = params::values(&self.model);
-        let trainable = &self.trainable;
-        self.ema = params::update(self.ema.clone(), |path, _, e| {
-            let Some((_, p)) = current.get(path) else { return e };
-            if !trainable.contains(path) {
-                p.clone()
-            } else if is_fast(&e) && is_fast(p) {
-                ema_fused(e, p, d)
-            } else {
-                e * d + p.clone() * (1.0 - d)
-            }
-        });
+        self.ema = params::ema_update(self.ema.clone(), &self.model, &self.trainable, self.config.optim.ema_decay);
     }
 
     /// Writes a checkpoint of the current state; returns its folder.
@@ -679,17 +666,13 @@ fn record(step: usize, epoch: f64, lr: f64, v: &StepValues) -> Map<String, Value
     m
 }
 
-fn accumulate(into: &mut BTreeMap<String, Tensor<1>>, grads: BTreeMap<String, Tensor<1>>) {
-    for (k, g) in grads {
-        match into.remove(&k) {
-            Some(prev) => into.insert(k, prev + g),
-            None => into.insert(k, g),
-        };
-    }
-}
-
 /// Reads a checkpoint's `state.json`.
 pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
+    read_state_json(checkpoint)
+}
+
+/// Reads a checkpoint's `state.json` as `T`.
+pub fn read_state_json<T: serde::de::DeserializeOwned>(checkpoint: &Path) -> Result<T> {
     let path = checkpoint.join("state.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: corrupt training state", path.display()))

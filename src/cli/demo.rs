@@ -1,0 +1,64 @@
+//! `rectok demo` and `rectok ablate`: the whole pipeline on built-in data.
+
+use crate::pipeline::ablate::run_ablation;
+use crate::pipeline::demo::{run_demo, summary_rows};
+use anyhow::Result;
+use std::path::PathBuf;
+
+/// `rectok demo`.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Output folder (must be new or empty): report.html, report.json and every run.
+    #[arg(long, default_value = "rectok-demo")]
+    out: PathBuf,
+    /// A first look in about 2 minutes (smaller budget everywhere).
+    #[arg(long)]
+    quick: bool,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// `rectok ablate`.
+#[derive(clap::Args, Debug)]
+pub struct AblateArgs {
+    /// Output folder: ablation.md, ablation.json, ablation.png, report.html and every run
+    /// (finished variants are reused when the command is run again).
+    #[arg(long, default_value = "rectok-ablate")]
+    out: PathBuf,
+    /// Run only the variants whose names start with these (a-no-semantic, b-clean, c-fsd,
+    /// d-fsd-rad, d-c8, d-c32).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// The demo's quick budget per variant (a smoke test: too small for conclusions).
+    #[arg(long)]
+    quick: bool,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+pub fn run_demo_command(a: DemoArgs) -> Result<()> {
+    crate::device::set_cpu_threads(a.threads);
+    let started = std::time::Instant::now();
+    let r = run_demo(&a.out, a.quick)?;
+    let rows = summary_rows(&r);
+    let w = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
+    println!("\nrectok demo{} — finished in {:.0} s", if a.quick { " --quick" } else { "" }, started.elapsed().as_secs_f64());
+    println!("  {:<w$}  {:>10}  {:>10}", "metric", "untrained", "trained");
+    for (m, u, t) in rows {
+        println!("  {m:<w$}  {u:>10}  {t:>10}");
+    }
+    println!("report: {}", a.out.join("report.html").display());
+    Ok(())
+}
+
+pub fn run_ablate_command(a: AblateArgs) -> Result<()> {
+    crate::device::set_cpu_threads(a.threads);
+    let started = std::time::Instant::now();
+    run_ablation(&a.out, &a.only, a.quick)?;
+    let md = std::fs::read_to_string(a.out.join("ablation.md"))?;
+    println!("{md}");
+    println!("finished in {:.0} s; report: {}", started.elapsed().as_secs_f64(), a.out.join("report.html").display());
+    Ok(())
+}

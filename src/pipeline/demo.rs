@@ -1,0 +1,135 @@
+//! `rectok demo`: the embedded default — the whole RecTok pipeline on the built-in procedural
+//! dataset and the built-in teacher, on a CPU, with nothing downloaded.
+
+use super::report::{html_escape, write_report};
+use super::{Budget, PipelineResult, Variant, run_variant};
+use anyhow::Result;
+use std::path::Path;
+
+/// The default demo (≈ 9 minutes on 2 cores) or the quick one (≈ 2 minutes).
+pub fn budget(quick: bool) -> Budget {
+    if quick {
+        Budget {
+            tokenizer_images: 1440,
+            tokenizer_epochs: 1,
+            tokenizer_batch: 16,
+            stage2_steps: 4,
+            generator_images: 1280,
+            generator_epochs: 2,
+            eval_images: 64,
+            fd_images: 100,
+            probe_images: 640,
+        }
+    } else {
+        Budget {
+            tokenizer_images: 3200,
+            tokenizer_epochs: 2,
+            tokenizer_batch: 32,
+            stage2_steps: 16,
+            generator_images: 3200,
+            generator_epochs: 16,
+            eval_images: 200,
+            fd_images: 200,
+            probe_images: 2000,
+        }
+    }
+}
+
+/// Runs the demo into `out` and writes `report.html` and `report.json`.
+pub fn run_demo(out: &Path, quick: bool) -> Result<PipelineResult> {
+    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        anyhow::bail!("{}: not empty; choose another --out (the demo never overwrites a previous run)", out.display());
+    }
+    std::fs::create_dir_all(out)?;
+    let budget = budget(quick);
+    let variant = Variant {
+        name: "run".into(),
+        description: "tiny RecTok (FSD + RAD, EfficientNet-Lite0 teacher) → tiny DiT^DH".into(),
+        tokenizer_overrides: Vec::new(),
+    };
+    let r = run_variant(out, &variant, &budget, 0)?;
+    write_json(&out.join("report.json"), &serde_json::json!({ "budget": budget, "result": r }))?;
+    write_report(&out.join("report.html"), "rectok demo", &demo_body(&r, &budget))?;
+    Ok(r)
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|a| format!("{:.1} %", 100.0 * a)).unwrap_or("–".into())
+}
+
+fn num(v: Option<f64>, digits: usize) -> String {
+    v.map(|a| format!("{a:.digits$}")).unwrap_or("–".into())
+}
+
+/// The summary rows `(metric, untrained, trained)`.
+pub fn summary_rows(r: &PipelineResult) -> Vec<(String, String, String)> {
+    vec![
+        ("reconstruction PSNR (dB)".into(), format!("{:.2}", r.untrained.psnr), format!("{:.2}", r.trained.psnr)),
+        ("reconstruction SSIM".into(), format!("{:.3}", r.untrained.ssim), format!("{:.3}", r.trained.ssim)),
+        (
+            "reconstruction FD-effnet".into(),
+            num(r.untrained.distance.as_ref().map(|d| d.value), 1),
+            num(r.trained.distance.as_ref().map(|d| d.value), 1),
+        ),
+        ("linear probe top-1 (10 classes)".into(), pct(Some(r.probe_untrained)), pct(Some(r.probe))),
+        ("generation FD-effnet".into(), num(r.generation_fd.0, 1), num(r.generation_fd.1, 1)),
+        (
+            format!("samples in their class (teacher; reconstructed real images: {})", pct(r.real_class_accuracy)),
+            pct(r.class_accuracy.0),
+            pct(r.class_accuracy.1),
+        ),
+    ]
+}
+
+fn demo_body(r: &PipelineResult, b: &Budget) -> String {
+    let mut h = String::new();
+    h.push_str("<p>The whole RecTok pipeline on the built-in procedural dataset (10 classes of shapes and textures, 32 px) with the built-in EfficientNet-Lite0 teacher, on a CPU, nothing downloaded. ");
+    h.push_str(&format!(
+        "Tokenizer: {} steps of stage 1 (flow semantic distillation + reconstruction–alignment distillation) on {} images{}; generator: DiT^DH-tiny, {} epochs on {} images of its latents. FD-effnet is the Fréchet distance of EfficientNet-Lite0 features, <b>not FID</b>.</p>",
+        b.tokenizer_epochs * b.tokenizer_images / b.tokenizer_batch,
+        b.tokenizer_images,
+        if b.stage2_steps > 0 { format!(", then {} steps of stage-2 decoder fine-tuning with the GAN", b.stage2_steps) } else { String::new() },
+        b.generator_epochs,
+        b.generator_images
+    ));
+    h.push_str("<h2>Metrics</h2><table><tr><th>metric</th><th>untrained</th><th>trained</th></tr>");
+    for (m, a, t) in summary_rows(r) {
+        h.push_str(&format!("<tr><td>{}</td><td>{}</td><td><b>{}</b></td></tr>", html_escape(&m), a, t));
+    }
+    h.push_str("</table>");
+    h.push_str(&format!(
+        "<p>Held-out images: {} for reconstruction, {} for the probe (trained on {}), {} class-balanced samples (50-point Euler, {}). The class check is a linear probe on the teacher's features fitted on the tokenizer's reconstructions of real images. Time: tokenizer {:.0} s, stage 2 {:.0} s, evaluation {:.0} s, generator {:.0} s.</p>",
+        r.trained.images,
+        (b.probe_images / 10).clamp(64, 2000),
+        b.probe_images,
+        b.fd_images,
+        if r.sample_cfg > 1.0 { format!("classifier-free guidance {}", r.sample_cfg) } else { "no guidance".to_string() },
+        r.seconds.0,
+        r.seconds.1,
+        r.seconds.2,
+        r.seconds.3
+    ));
+    let img = |title: &str, p: &Option<std::path::PathBuf>| -> String {
+        p.as_ref().map(|p| format!("<figure><img src=\"{}\"><figcaption>{}</figcaption></figure>", html_escape(&p.display().to_string()), html_escape(title))).unwrap_or_default()
+    };
+    h.push_str("<h2>Samples</h2>");
+    h.push_str(&img("DiT^DH samples from the EMA model, one row per class (disc, square, triangle, ring, cross, star, stripes, checkerboard, dots, waves)", &r.files.samples));
+    h.push_str("<h2>Reconstructions</h2>");
+    h.push_str(&img("stage 1: held-out originals (odd rows) and reconstructions (even rows)", &r.files.reconstructions));
+    h.push_str(&img("after stage 2", &r.files.reconstructions_stage2));
+    h.push_str("<h2>Training curves</h2>");
+    h.push_str(&img("tokenizer, stage 1", &r.files.tokenizer_curves));
+    h.push_str(&img("tokenizer, stage 2", &r.files.stage2_curves));
+    h.push_str(&img("generator", &r.files.generator_curves));
+    h.push_str(&format!(
+        "<h2>Use the trained models</h2><pre>rectok generate --tokenizer {t} --generator {g} --steps 50 -o samples/ --grid grid.png\nrectok reconstruct --tokenizer {t} -i IMAGES -o recon/</pre>",
+        t = html_escape(&r.files.tokenizer.display().to_string()),
+        g = html_escape(&r.files.generator.display().to_string())
+    ));
+    h
+}
+
+/// Writes pretty JSON atomically.
+pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    crate::weights::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+}

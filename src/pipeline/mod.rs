@@ -1,0 +1,258 @@
+//! The whole pipeline on built-in data, as library functions: train a tokenizer (stage 1, and
+//! optionally a short stage 2), measure it (PSNR, SSIM, FD-effnet of reconstructions, linear
+//! probe), train a DiT^DH on its latents and measure the samples (FD-effnet, the teacher's class
+//! accuracy). `rectok demo` runs it once and writes a report; `rectok ablate` runs it for the
+//! paper's ablations side by side.
+
+pub mod ablate;
+pub mod demo;
+pub mod report;
+
+use crate::data::{DataSpec, Loader, Split, open_dataset};
+use crate::device::select_device;
+use crate::metrics::extractor::Extractor;
+use crate::metrics::probe::{ProbeConfig, ProbeFeatures, linear_probe};
+use crate::metrics::protocol::{Reference, TokenizerEval, TokenizerEvalOptions, evaluate_tokenizer};
+use crate::tokenizer::RecTok;
+use crate::train::config::TokenizerTrainConfig;
+use crate::train::generator::GeneratorTrainer;
+use crate::train::generator_config::GeneratorTrainConfig;
+use crate::train::tokenizer::TokenizerTrainer;
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How much each stage trains and measures.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Budget {
+    /// Procedural images of the tokenizer's training set.
+    pub tokenizer_images: usize,
+    /// Tokenizer epochs.
+    pub tokenizer_epochs: usize,
+    /// Tokenizer batch size (the tiny recipe: 32).
+    pub tokenizer_batch: usize,
+    /// Stage-2 decoder fine-tuning steps (0: none).
+    pub stage2_steps: usize,
+    /// Procedural images of the generator's training set.
+    pub generator_images: usize,
+    /// Generator epochs (batch 64).
+    pub generator_epochs: usize,
+    /// Held-out images of the tokenizer evaluation.
+    pub eval_images: usize,
+    /// Samples of the generator evaluation.
+    pub fd_images: usize,
+    /// Training images of the linear probe.
+    pub probe_images: usize,
+}
+
+/// One configuration of the pipeline.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Variant {
+    /// Short name (a folder name).
+    pub name: String,
+    /// What it is.
+    pub description: String,
+    /// `--set` overrides of the tokenizer recipe (`tiny`).
+    pub tokenizer_overrides: Vec<String>,
+}
+
+/// Everything measured for one variant.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PipelineResult {
+    /// The variant.
+    pub variant: Variant,
+    /// Latent channels.
+    pub channels: usize,
+    /// Untrained tokenizer on the held-out images.
+    pub untrained: TokenizerEval,
+    /// Trained tokenizer (after stage 2 when run).
+    pub trained: TokenizerEval,
+    /// Linear-probe top-1 of the untrained tokenizer's latents.
+    pub probe_untrained: f64,
+    /// Linear-probe top-1 of the trained tokenizer's latents.
+    pub probe: f64,
+    /// Generation FD-effnet of the untrained and the trained DiT (EMA).
+    pub generation_fd: (Option<f64>, Option<f64>),
+    /// Fraction of samples the teacher puts in their class: untrained and trained DiT.
+    pub class_accuracy: (Option<f64>, Option<f64>),
+    /// The teacher's accuracy on reconstructions of real held-out images (the ceiling).
+    pub real_class_accuracy: Option<f64>,
+    /// Guidance scale of the evaluated samples (classifier-free; 1 = none).
+    pub sample_cfg: f64,
+    /// Artifacts, relative to the pipeline folder.
+    pub files: PipelineFiles,
+    /// Seconds per stage: tokenizer, stage 2, evaluation, generator.
+    pub seconds: (f64, f64, f64, f64),
+}
+
+/// Paths of a variant's outputs (relative to its folder's parent).
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct PipelineFiles {
+    /// Stage-1 reconstruction grid.
+    pub reconstructions: Option<PathBuf>,
+    /// Stage-2 reconstruction grid.
+    pub reconstructions_stage2: Option<PathBuf>,
+    /// Tokenizer loss curves.
+    pub tokenizer_curves: Option<PathBuf>,
+    /// Stage-2 loss curves.
+    pub stage2_curves: Option<PathBuf>,
+    /// Class grid of the DiT samples.
+    pub samples: Option<PathBuf>,
+    /// Generator loss curves.
+    pub generator_curves: Option<PathBuf>,
+    /// The exported tokenizer (with latent statistics) and generator.
+    pub tokenizer: PathBuf,
+    /// The generator.
+    pub generator: PathBuf,
+}
+
+/// An EMA decay for a run of `steps` steps: the recipe's `decay`, shortened so that the
+/// initial weights keep less than e⁻⁶ of the average by the end (short demo runs export the EMA).
+pub fn ema_decay_for(steps: usize, decay: f64) -> f64 {
+    decay.min(1.0 - 6.0 / steps.max(1) as f64).max(0.9)
+}
+
+/// The newest PNG in `dir/samples/`.
+fn newest_sample(dir: &Path) -> Option<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("samples")).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
+    v.sort();
+    v.pop()
+}
+
+fn existing(p: PathBuf) -> Option<PathBuf> {
+    p.exists().then_some(p)
+}
+
+fn relative(p: &Path, base: &Path) -> PathBuf {
+    p.strip_prefix(base).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Held-out tokenizer measurements: PSNR, SSIM, FD-effnet of 8-bit reconstructions against the
+/// originals.
+fn measure_tokenizer(model: &RecTok, images: usize, extractor: &Extractor, device: &burn::prelude::Device) -> Result<TokenizerEval> {
+    let data = open_dataset(&DataSpec::Procedural { len: images * 10 }, Split::Val, 0)?;
+    let loader = Loader::sequential(data, 50, model.config.img_size, 2)?;
+    let options = TokenizerEvalOptions { extractor: Some(extractor), reference: Reference::Originals, limit: Some(images), save_dir: None, kid: false };
+    evaluate_tokenizer(model, &loader, &options, device, |_| {})
+}
+
+/// Linear-probe top-1 (token-averaged posterior means, 10 classes) on held-out images.
+fn measure_probe(model: &RecTok, train_images: usize, device: &burn::prelude::Device) -> Result<f64> {
+    let spec = DataSpec::Procedural { len: train_images };
+    let size = model.config.img_size;
+    let train = Loader::sequential(open_dataset(&spec, Split::Train, 1)?, 64, size, 2)?;
+    let val = Loader::sequential(open_dataset(&spec, Split::Val, 1)?, 64, size, 2)?;
+    let config = ProbeConfig { features: ProbeFeatures::Mean, ..Default::default() };
+    Ok(linear_probe(model, &train, &val, 10, &config, device)?.val_accuracy)
+}
+
+/// Runs the pipeline for `variant` in `dir/<variant.name>/`.
+pub fn run_variant(dir: &Path, variant: &Variant, budget: &Budget, seed: u64) -> Result<PipelineResult> {
+    let root = dir.join(&variant.name);
+    std::fs::create_dir_all(&root)?;
+    let device = select_device(crate::device::DeviceChoice::Cpu).map_err(|e| anyhow::anyhow!(e))?;
+    let extractor = Extractor::load("effnet", &device)?;
+
+    // Stage 1.
+    let t0 = Instant::now();
+    let mut overrides = variant.tokenizer_overrides.clone();
+    overrides.extend([
+        format!("run.seed={seed}"),
+        format!("data.source=\"procedural:{}\"", budget.tokenizer_images),
+        format!("run.epochs={}", budget.tokenizer_epochs),
+        "run.checkpoint_every=1000000".into(),
+        "run.sample_every=0".into(),
+    ]);
+    let steps = budget.tokenizer_epochs * budget.tokenizer_images / budget.tokenizer_batch;
+    overrides.push(format!("optim.ema_decay={}", ema_decay_for(steps, 0.995)));
+    overrides.push(format!("optim.batch_size={}", budget.tokenizer_batch));
+    let config = TokenizerTrainConfig::load("tiny", &overrides)?;
+    let channels = config.model.token_channels;
+    let stage1 = root.join("tokenizer");
+    let mut trainer = TokenizerTrainer::start(config, &stage1)?;
+    let untrained = measure_tokenizer(trainer.ema(), budget.eval_images, &extractor, &device)?;
+    let probe_untrained = measure_probe(trainer.ema(), budget.probe_images, &device)?;
+    let summary = trainer.run()?;
+    drop(trainer);
+    let mut tokenizer_file = summary.tokenizer.clone();
+    let t_tok = t0.elapsed().as_secs_f64();
+
+    // Stage 2 (decoder fine-tuning with the GAN), short.
+    let t1 = Instant::now();
+    let stage2 = root.join("tokenizer-stage2");
+    if budget.stage2_steps > 0 {
+        let mut o: Vec<String> = variant.tokenizer_overrides.iter().filter(|s| s.starts_with("model.token_channels")).cloned().collect();
+        o.extend([
+            format!("run.seed={seed}"),
+            format!("run.init_from=\"{}\"", stage1.display()),
+            format!("data.source=\"procedural:{}\"", budget.stage2_steps * 32),
+            "run.epochs=1".into(),
+            "run.checkpoint_every=1000000".into(),
+            "run.sample_every=0".into(),
+        ]);
+        let mut t = TokenizerTrainer::start(TokenizerTrainConfig::load("tiny-stage2", &o)?, &stage2)?;
+        tokenizer_file = t.run()?.tokenizer;
+    }
+    let t_s2 = t1.elapsed().as_secs_f64();
+
+    // Measure the tokenizer.
+    let t2 = Instant::now();
+    let (model, _) = crate::weights::tokenizer::load_tokenizer(
+        &tokenizer_file,
+        &crate::weights::tokenizer::TokenizerLoadOptions { entry: crate::weights::CheckpointEntry::Auto, config: None, without_semantic: true },
+        &device,
+    )?;
+    let trained = measure_tokenizer(&model, budget.eval_images, &extractor, &device)?;
+    let probe = measure_probe(&model, budget.probe_images, &device)?;
+    let t_eval = t2.elapsed().as_secs_f64();
+
+    // The generator on its latents.
+    let t3 = Instant::now();
+    let epochs = budget.generator_epochs;
+    let gen_steps = epochs * budget.generator_images / 64;
+    let gen_overrides = vec![
+        format!("optim.ema_decay={}", ema_decay_for(gen_steps, 0.995)),
+        format!("run.seed={seed}"),
+        format!("tokenizer.path=\"{}\"", tokenizer_file.display()),
+        format!("data.source=\"procedural:{}\"", budget.generator_images),
+        format!("run.epochs={epochs}"),
+        format!("optim.decay_start_epoch={}", (epochs * 3 / 8).max(1)),
+        format!("optim.decay_end_epoch={epochs}"),
+        format!("run.fd_images={}", budget.fd_images),
+        "run.fd_every=0".into(),
+        "run.sample_every=0".into(),
+        "run.checkpoint_every=1000000".into(),
+    ];
+    let generator_dir = root.join("generator");
+    let gen_config = GeneratorTrainConfig::load("ditdh-tiny", &gen_overrides)?;
+    let sample_cfg = gen_config.sample.cfg;
+    let mut g = GeneratorTrainer::start(gen_config, &generator_dir)?;
+    let gs = g.run()?;
+    let t_gen = t3.elapsed().as_secs_f64();
+
+    let files = PipelineFiles {
+        reconstructions: newest_sample(&stage1).map(|p| relative(&p, dir)),
+        reconstructions_stage2: (budget.stage2_steps > 0).then(|| newest_sample(&stage2).map(|p| relative(&p, dir))).flatten(),
+        tokenizer_curves: existing(stage1.join("loss.png")).map(|p| relative(&p, dir)),
+        stage2_curves: (budget.stage2_steps > 0).then(|| existing(stage2.join("loss.png")).map(|p| relative(&p, dir))).flatten(),
+        samples: newest_sample(&generator_dir).map(|p| relative(&p, dir)),
+        generator_curves: existing(generator_dir.join("loss.png")).map(|p| relative(&p, dir)),
+        tokenizer: relative(&gs.tokenizer, dir),
+        generator: relative(&gs.generator, dir),
+    };
+    Ok(PipelineResult {
+        variant: variant.clone(),
+        channels,
+        untrained,
+        trained,
+        probe_untrained,
+        probe,
+        generation_fd: (gs.eval.0.as_ref().and_then(|e| e.fd), gs.eval.1.as_ref().and_then(|e| e.fd)),
+        class_accuracy: (gs.eval.0.as_ref().and_then(|e| e.class_accuracy), gs.eval.1.as_ref().and_then(|e| e.class_accuracy)),
+        real_class_accuracy: gs.real_class_accuracy,
+        sample_cfg,
+        files,
+        seconds: (t_tok, t_s2, t_eval, t_gen),
+    })
+}

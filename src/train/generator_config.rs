@@ -1,0 +1,257 @@
+//! Generator-training recipes (TOML): DiT^DH on a frozen tokenizer's latents with the reference's
+//! defaults (spec TRAINING.md §5): AdamW β (0.9, 0.95), no weight decay, lr 2e-4 held to epoch 40
+//! then linear to 2e-5 at epoch 800 ("ditdh_sched"), gradient clipping 1.0, EMA 0.9995 from the
+//! first step, label dropout 0.1, posterior samples of flipped images.
+
+use super::config::{DataOptions, read_toml_among};
+use anyhow::{Result, anyhow};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The generator recipes shipped with rectok.
+pub const GENERATOR_CONFIGS: &[(&str, &str)] = &[
+    ("ditdh-tiny", include_str!("../../configs/ditdh-tiny.toml")),
+    ("ditdh-s", include_str!("../../configs/ditdh-s.toml")),
+    ("ditdh-xl", include_str!("../../configs/ditdh-xl.toml")),
+];
+
+/// Length, seeds, checkpointing and monitoring.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenRunOptions {
+    /// Seed of initialisation, random draws and data order.
+    pub seed: u64,
+    /// Epochs (the schedule is defined in epochs).
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (0: all `epochs`).
+    pub max_steps: usize,
+    /// Checkpoint every N steps (and at the end).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept (the newest).
+    pub keep_checkpoints: usize,
+    /// Sample grid from the EMA model every N steps (0: only at the end).
+    pub sample_every: usize,
+    /// Metrics line every N steps.
+    pub log_every: usize,
+    /// Online FD-effnet / FID of EMA samples every N steps (0: only at the end; the reference:
+    /// every 10 epochs).
+    pub fd_every: usize,
+    /// Samples of the online evaluation (the reference: 10,000). 0 disables it.
+    pub fd_images: usize,
+    /// Extractor of the online evaluation: `effnet` or `inception:PATH`.
+    pub fd_extractor: String,
+    /// CPU threads (default: all cores).
+    pub threads: Option<usize>,
+    /// Compute device.
+    pub device: String,
+}
+
+impl Default for GenRunOptions {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            epochs: 800,
+            max_steps: 0,
+            checkpoint_every: 1000,
+            keep_checkpoints: 2,
+            sample_every: 1000,
+            log_every: 10,
+            fd_every: 0,
+            fd_images: 0,
+            fd_extractor: "effnet".into(),
+            threads: None,
+            device: "cpu".into(),
+        }
+    }
+}
+
+/// The DiT^DH: a preset for the tokenizer's latent geometry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenModelOptions {
+    /// `xl`, `l`, `b`, `s` or `tiny`.
+    pub preset: String,
+    /// Classes (default: the training data's).
+    pub num_classes: Option<usize>,
+    /// Label dropout probability (classifier-free guidance's null class).
+    pub label_dropout_prob: f64,
+}
+
+impl Default for GenModelOptions {
+    fn default() -> Self {
+        Self { preset: "xl".into(), num_classes: None, label_dropout_prob: 0.1 }
+    }
+}
+
+/// The frozen tokenizer and its latent statistics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenTokenizerOptions {
+    /// Tokenizer file (official `.pth`, a run's `tokenizer.safetensors`); `--tokenizer`.
+    pub path: PathBuf,
+    /// Checkpoint entry: `auto`, `ema` or `model`.
+    pub entry: String,
+    /// Latent statistics file; default: those stored with the tokenizer, else computed over the
+    /// training images (as the reference does at every start).
+    pub latent_stats: Option<PathBuf>,
+    /// Images for computed statistics (0: the whole training set).
+    pub stats_images: usize,
+}
+
+/// Latent source.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenLatentOptions {
+    /// Cache posterior moments here (built once, resumable) instead of encoding every batch;
+    /// a relative path is inside the run folder.
+    pub cache: Option<PathBuf>,
+}
+
+/// Optimizer and schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenOptimOptions {
+    /// Images per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub accum_steps: usize,
+    /// Learning rate (not scaled by the batch size).
+    pub lr: f64,
+    /// Final learning rate.
+    pub min_lr: f64,
+    /// Epoch where the decay starts (the reference's `warmup_start_epoch`; no warm-up ramp).
+    pub decay_start_epoch: f64,
+    /// Epoch where it reaches `min_lr` (`warmup_end_epoch`).
+    pub decay_end_epoch: f64,
+    /// Cosine instead of linear decay.
+    pub cosine: bool,
+    /// Adam β₁.
+    pub beta1: f64,
+    /// Adam β₂.
+    pub beta2: f64,
+    /// Adam ε.
+    pub eps: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clipping (0: off).
+    pub clip_grad: f64,
+    /// EMA decay.
+    pub ema_decay: f64,
+}
+
+impl Default for GenOptimOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 64,
+            accum_steps: 16,
+            lr: 2e-4,
+            min_lr: 2e-5,
+            decay_start_epoch: 40.0,
+            decay_end_epoch: 800.0,
+            cosine: false,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            clip_grad: 1.0,
+            ema_decay: 0.9995,
+        }
+    }
+}
+
+/// Sampling for the grids and the online evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenSampleOptions {
+    /// Time-grid points (the reference's online evaluation: 50).
+    pub steps: usize,
+    /// Guidance scale (classifier-free above 1).
+    pub cfg: f64,
+    /// Classes in the grid (the first N).
+    pub grid_classes: usize,
+    /// Samples per class in the grid.
+    pub grid_per_class: usize,
+}
+
+impl Default for GenSampleOptions {
+    fn default() -> Self {
+        Self { steps: 50, cfg: 1.0, grid_classes: 10, grid_per_class: 8 }
+    }
+}
+
+/// A generator-training configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeneratorTrainConfig {
+    /// Run options.
+    pub run: GenRunOptions,
+    /// Model.
+    pub model: GenModelOptions,
+    /// Frozen tokenizer.
+    pub tokenizer: GenTokenizerOptions,
+    /// Training images.
+    pub data: DataOptions,
+    /// Latent cache.
+    pub latents: GenLatentOptions,
+    /// Optimizer.
+    pub optim: GenOptimOptions,
+    /// Sampling.
+    pub sample: GenSampleOptions,
+}
+
+impl GeneratorTrainConfig {
+    /// Reads a built-in recipe or TOML file with overrides.
+    pub fn load(spec: &str, overrides: &[String]) -> Result<Self> {
+        let (table, origin) = read_toml_among(spec, overrides, GENERATOR_CONFIGS)?;
+        let config: Self = toml::Value::Table(table).try_into().map_err(|e| anyhow!("{origin}: {}", e.to_string().trim().replace('\n', " ")))?;
+        config.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
+        Ok(config)
+    }
+
+    /// Consistency checks, naming the option at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        let (r, o) = (&self.run, &self.optim);
+        if r.epochs == 0 || r.checkpoint_every == 0 || r.log_every == 0 {
+            return Err("run.epochs, run.checkpoint_every and run.log_every must be positive".into());
+        }
+        if o.batch_size == 0 || o.accum_steps == 0 {
+            return Err("optim.batch_size and optim.accum_steps must be positive".into());
+        }
+        if !(0.0..1.0).contains(&o.ema_decay) {
+            return Err(format!("optim.ema_decay must be in [0, 1), got {}", o.ema_decay));
+        }
+        if o.decay_end_epoch < o.decay_start_epoch {
+            return Err("optim.decay_end_epoch must not come before optim.decay_start_epoch".into());
+        }
+        if !(0.0..1.0).contains(&self.model.label_dropout_prob) {
+            return Err("model.label_dropout_prob must be in [0, 1)".into());
+        }
+        if self.sample.steps < 2 {
+            return Err("sample.steps must be at least 2".into());
+        }
+        if self.data.workers == 0 {
+            return Err("data.workers must be positive".into());
+        }
+        if !matches!(self.tokenizer.entry.as_str(), "" | "auto" | "ema" | "model") {
+            return Err(format!("tokenizer.entry must be auto, ema or model, got `{}`", self.tokenizer.entry));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generator_recipes_parse() {
+        for (name, _) in GENERATOR_CONFIGS {
+            let c = GeneratorTrainConfig::load(name, &[]).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert_eq!(c.optim.clip_grad, 1.0, "{name}");
+            assert_eq!(c.optim.weight_decay, 0.0, "{name}");
+        }
+        let xl = GeneratorTrainConfig::load("ditdh-xl", &["optim.lr=1e-4".into()]).unwrap();
+        assert_eq!((xl.optim.batch_size * xl.optim.accum_steps, xl.optim.lr, xl.optim.ema_decay), (1024, 1e-4, 0.9995));
+        assert_eq!((xl.optim.decay_start_epoch, xl.optim.decay_end_epoch, xl.run.epochs), (40.0, 800.0, 800));
+    }
+}

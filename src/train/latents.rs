@@ -1,0 +1,237 @@
+//! Latents for generator training (spec TRAINING.md §4–5): per-channel statistics of the frozen
+//! tokenizer's posterior means, and an optional on-disk cache of posterior **moments** so that
+//! a fresh posterior sample can be drawn every epoch without re-running the encoder.
+//!
+//! Cache layout (`DIR/`): `moments.f32` — item-major rows of `O × L × 2C` little-endian f32
+//! (`O` = 2 orientations, original then horizontally flipped, when flips are on; else 1);
+//! `labels.json`; `manifest.json` (geometry, the tokenizer it came from, items complete). Rows are
+//! appended in dataset order and `manifest.json` is rewritten (atomically, after an fsync of the
+//! data) every chunk, so an interrupted build resumes where it stopped.
+
+use crate::data::{Dataset, Loader};
+use crate::tokenizer::{LatentStats, RecTok};
+use crate::weights::write_atomic;
+use anyhow::{Context, Result, anyhow, bail};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Streaming per-channel first and second moments, accumulated in f64.
+#[derive(Clone, Debug)]
+pub struct ChannelMoments {
+    sum: Vec<f64>,
+    sum_sq: Vec<f64>,
+    /// Rows added.
+    pub count: u64,
+}
+
+impl ChannelMoments {
+    /// Empty accumulators for `channels` channels.
+    pub fn new(channels: usize) -> Self {
+        Self { sum: vec![0.0; channels], sum_sq: vec![0.0; channels], count: 0 }
+    }
+
+    /// Adds rows of `channels` values (channel fastest).
+    pub fn add(&mut self, values: &[f32]) {
+        let c = self.sum.len();
+        for row in values.chunks_exact(c) {
+            for (i, &v) in row.iter().enumerate() {
+                self.sum[i] += v as f64;
+                self.sum_sq[i] += (v as f64) * (v as f64);
+            }
+            self.count += 1;
+        }
+    }
+
+    /// Mean and population standard deviation per channel.
+    pub fn finish(&self) -> LatentStats {
+        let n = self.count.max(1) as f64;
+        let mean: Vec<f64> = self.sum.iter().map(|s| s / n).collect();
+        let std = self.sum_sq.iter().zip(&mean).map(|(s2, m)| (s2 / n - m * m).max(0.0).sqrt() as f32).collect();
+        LatentStats { mean: mean.into_iter().map(|m| m as f32).collect(), std }
+    }
+}
+
+/// The reference's latent statistics: posterior means of center-cropped, unflipped images
+/// (`loader` must be sequential), all tokens, population std. `limit` caps the images.
+pub fn collect_latent_stats(tokenizer: &RecTok, loader: &Loader, limit: Option<usize>, device: &Device, mut on_batch: impl FnMut(usize)) -> Result<LatentStats> {
+    let total = limit.unwrap_or(usize::MAX).min(loader.dataset().len());
+    let mut moments = ChannelMoments::new(tokenizer.token_channels());
+    let mut stream = loader.stream(0, 0);
+    let mut done = 0;
+    while done < total {
+        let batch = stream.next_batch()?;
+        let take = batch.len().min(total - done);
+        let mean = tokenizer.posterior(batch.tensor(device).narrow(0, 0, take)).mean;
+        moments.add(&mean.into_data().try_to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?);
+        done += take;
+        on_batch(take);
+    }
+    if done == 0 {
+        bail!("{}: no images for the latent statistics", loader.dataset().describe());
+    }
+    Ok(moments.finish())
+}
+
+/// `manifest.json` of a latent cache.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheManifest {
+    /// Items in the dataset.
+    pub items: usize,
+    /// Items written so far (complete when equal to `items`).
+    pub complete: usize,
+    /// Tokens per latent.
+    pub tokens: usize,
+    /// Latent channels `C` (rows hold `2C` moments: mean then log-variance).
+    pub channels: usize,
+    /// Orientations per item (2: original and flipped).
+    pub orientations: usize,
+    /// What the items are (the dataset's description).
+    pub dataset: String,
+    /// The tokenizer (file) the moments come from.
+    pub tokenizer: String,
+    /// Its image size.
+    pub image_size: usize,
+}
+
+impl CacheManifest {
+    fn row_floats(&self) -> usize {
+        self.orientations * self.tokens * 2 * self.channels
+    }
+}
+
+/// Posterior moments of every item of a dataset, on disk.
+pub struct LatentCache {
+    dir: PathBuf,
+    manifest: CacheManifest,
+    file: std::fs::File,
+    labels: Arc<Vec<usize>>,
+}
+
+impl LatentCache {
+    /// Opens the cache in `dir`, building (or finishing) it first: encodes every item of
+    /// `dataset` (both orientations when `flip`) with the tokenizer's encoder.
+    pub fn build(dir: &Path, dataset: Arc<dyn Dataset>, tokenizer: &RecTok, tokenizer_label: &str, flip: bool, batch_size: usize, workers: usize, device: &Device) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let size = tokenizer.config.img_size;
+        let want = CacheManifest {
+            items: dataset.len(),
+            complete: 0,
+            tokens: tokenizer.grid_size().pow(2),
+            channels: tokenizer.token_channels(),
+            orientations: if flip { 2 } else { 1 },
+            dataset: dataset.describe(),
+            tokenizer: tokenizer_label.to_string(),
+            image_size: size,
+        };
+        let manifest_path = dir.join("manifest.json");
+        let mut manifest = match std::fs::read_to_string(&manifest_path) {
+            Ok(text) => {
+                let found: CacheManifest = serde_json::from_str(&text).with_context(|| format!("{}: corrupt cache manifest", manifest_path.display()))?;
+                if (CacheManifest { complete: 0, ..found.clone() }) != want {
+                    bail!(
+                        "{}: this latent cache was built for other data or another tokenizer ({} items of {} from {}); remove it or choose another cache folder",
+                        dir.display(),
+                        found.items,
+                        found.dataset,
+                        found.tokenizer
+                    );
+                }
+                found
+            }
+            Err(_) => want,
+        };
+        let data_path = dir.join("moments.f32");
+        let row_bytes = (manifest.row_floats() * 4) as u64;
+        let mut file = std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&data_path).with_context(|| format!("opening {}", data_path.display()))?;
+        let labels_path = dir.join("labels.json");
+        let mut labels: Vec<usize> = if manifest.complete > 0 {
+            serde_json::from_str(&std::fs::read_to_string(&labels_path).with_context(|| format!("reading {}", labels_path.display()))?)
+                .with_context(|| format!("{}: corrupt", labels_path.display()))?
+        } else {
+            Vec::new()
+        };
+        labels.truncate(manifest.complete);
+        if manifest.complete < manifest.items {
+            // Drop any partial tail from an interrupted write, then continue.
+            file.set_len(manifest.complete as u64 * row_bytes)?;
+            let loader = Loader::sequential(dataset.clone(), batch_size, size, workers)?;
+            let bar = super::monitor::progress_bar(manifest.items, manifest.complete);
+            bar.set_message("caching latent moments");
+            tracing::info!("latent cache {}: {} of {} items to encode", dir.display(), manifest.items - manifest.complete, manifest.items);
+            let mut stream = loader.stream(0, manifest.complete / batch_size);
+            let mut skip = manifest.complete % batch_size;
+            let mut writer = std::io::BufWriter::new(file.try_clone()?);
+            use std::io::Seek;
+            writer.seek(std::io::SeekFrom::Start(manifest.complete as u64 * row_bytes))?;
+            while manifest.complete < manifest.items {
+                let batch = stream.next_batch()?;
+                let x = batch.tensor(device).narrow(0, skip, batch.len() - skip);
+                let n = batch.len() - skip;
+                let mut views = vec![tokenizer.encoder.forward(x.clone(), None)];
+                if flip {
+                    views.push(tokenizer.encoder.forward(x.flip([3]), None));
+                }
+                let per = manifest.tokens * 2 * manifest.channels;
+                let host: Vec<Vec<f32>> = views.into_iter().map(|m| m.into_data().try_to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))).collect::<Result<_>>()?;
+                for i in 0..n {
+                    for view in &host {
+                        for v in &view[i * per..(i + 1) * per] {
+                            writer.write_all(&v.to_le_bytes())?;
+                        }
+                    }
+                }
+                labels.extend_from_slice(&batch.labels[skip..]);
+                skip = 0;
+                manifest.complete += n;
+                writer.flush()?;
+                writer.get_ref().sync_data()?;
+                write_atomic(&labels_path, serde_json::to_string(&labels)?.as_bytes())?;
+                write_atomic(&manifest_path, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+                bar.set_position(manifest.complete as u64);
+            }
+            bar.finish_and_clear();
+            file = writer.into_inner().map_err(|e| anyhow!("{e}"))?;
+        }
+        if file.metadata()?.len() < manifest.items as u64 * row_bytes {
+            bail!("{}: the cache data is shorter than its manifest says; remove the folder to rebuild it", data_path.display());
+        }
+        Ok(Self { dir: dir.to_path_buf(), manifest, file, labels: Arc::new(labels) })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &CacheManifest {
+        &self.manifest
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Label of item `i`.
+    pub fn label(&self, i: usize) -> usize {
+        self.labels[i]
+    }
+
+    /// Moments `(B, L, 2C)` of items `indices`, flipped where `flips` says (and the cache has
+    /// flipped rows).
+    pub fn moments(&self, indices: &[usize], flips: &[bool], device: &Device) -> Result<Tensor<3>> {
+        let m = &self.manifest;
+        let per = m.tokens * 2 * m.channels;
+        let mut out = vec![0f32; indices.len() * per];
+        let mut bytes = vec![0u8; per * 4];
+        for (k, (&i, &f)) in indices.iter().zip(flips).enumerate() {
+            let view = if f && m.orientations == 2 { 1 } else { 0 };
+            let offset = ((i * m.orientations + view) * per * 4) as u64;
+            self.file.read_exact_at(&mut bytes, offset).with_context(|| format!("{}: reading item {i}", self.dir.display()))?;
+            for (o, c) in out[k * per..(k + 1) * per].iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        Ok(Tensor::from_data(TensorData::new(out, [indices.len(), m.tokens, 2 * m.channels]), device))
+    }
+}
