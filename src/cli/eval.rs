@@ -113,20 +113,12 @@ pub struct GeneratorEvalArgs {
     device: DeviceArgs,
 }
 
-/// Up to `n` labelled 8-bit images of a data source (held-out part for the procedural set).
+/// Up to `n` labelled 8-bit images of a data source (held-out part for the procedural set) and
+/// its number of classes.
 fn labelled_images(data: &str, n: usize, size: usize, device: &burn::prelude::Device) -> Result<(Vec<image::RgbImage>, Vec<usize>, usize)> {
     let loader = data_loader(data, Split::Val, 64, size)?;
-    let classes = loader.dataset().num_classes();
-    let n = n.min(loader.dataset().len());
-    let (mut images, mut labels) = (Vec::new(), Vec::new());
-    let mut stream = loader.stream(0, 0);
-    while images.len() < n {
-        let batch = stream.next_batch()?;
-        let take = batch.len().min(n - images.len());
-        images.extend(to_u8_rounded(batch.tensor(device).narrow(0, 0, take) * 0.5 + 0.5));
-        labels.extend_from_slice(&batch.labels[..take]);
-    }
-    Ok((images, labels, classes))
+    let (images, labels) = crate::metrics::protocol::labelled_images(&loader, n, device)?;
+    Ok((images, labels, loader.dataset().num_classes()))
 }
 
 fn load_extractor(spec: &str, device: &burn::prelude::Device) -> Result<Option<Extractor>> {

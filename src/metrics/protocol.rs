@@ -264,6 +264,20 @@ pub fn evaluate_tokenizer(model: &RecTok, loader: &Loader, options: &TokenizerEv
     Ok(result)
 }
 
+/// The first `n` images (8-bit, as decoded) and labels of a sequential loader.
+pub fn labelled_images(loader: &Loader, n: usize, device: &Device) -> Result<(Vec<RgbImage>, Vec<usize>)> {
+    let n = n.min(loader.dataset().len());
+    let (mut images, mut labels) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut stream = loader.stream(0, 0);
+    while images.len() < n {
+        let batch = stream.next_batch()?;
+        let take = batch.len().min(n - images.len());
+        images.extend(to_u8_rounded(batch.tensor(device).narrow(0, 0, take) * 0.5 + 0.5));
+        labels.extend_from_slice(&batch.labels[..take]);
+    }
+    Ok((images, labels))
+}
+
 /// Images in [0, 1] that are exact multiples of 1/255 (decoded 8-bit inputs) back to 8 bits.
 pub fn to_u8_rounded(x: Tensor<4>) -> Vec<RgbImage> {
     tensor_to_images(x + 0.5 / 255.0)

@@ -101,21 +101,38 @@ pub fn verdict(results: &[PipelineResult]) -> Vec<String> {
     out
 }
 
+/// Column titles of the results table.
+const COLUMNS: [&str; 8] = ["variant", "C", "rPSNR (dB)", "rSSIM", "rFD-effnet", "probe top-1", "gen FD-effnet", "samples in class"];
+
+/// One row of the results table, as text cells.
+fn row_cells(r: &PipelineResult) -> [String; 8] {
+    [
+        r.variant.description.clone(),
+        r.channels.to_string(),
+        format!("{:.2}", r.trained.psnr),
+        format!("{:.3}", r.trained.ssim),
+        r.trained.distance.as_ref().map(|d| format!("{:.1}", d.value)).unwrap_or("–".into()),
+        format!("{:.1} %", 100.0 * r.probe),
+        r.generation_fd.1.map(|v| format!("{v:.1}")).unwrap_or("–".into()),
+        r.class_accuracy.1.map(|v| format!("{:.1} %", 100.0 * v)).unwrap_or("–".into()),
+    ]
+}
+
 fn table_markdown(results: &[PipelineResult]) -> String {
-    let mut s = String::from("| variant | C | rPSNR (dB) | rSSIM | rFD-effnet | probe top-1 | gen FD-effnet | samples in class |\n|---|---|---|---|---|---|---|---|\n");
+    let mut s = format!("| {} |\n|{}\n", COLUMNS.join(" | "), "---|".repeat(COLUMNS.len()));
     for r in results {
-        s.push_str(&format!(
-            "| {} | {} | {:.2} | {:.3} | {} | {:.1} % | {} | {} |\n",
-            r.variant.description,
-            r.channels,
-            r.trained.psnr,
-            r.trained.ssim,
-            r.trained.distance.as_ref().map(|d| format!("{:.1}", d.value)).unwrap_or("–".into()),
-            100.0 * r.probe,
-            r.generation_fd.1.map(|v| format!("{v:.1}")).unwrap_or("–".into()),
-            r.class_accuracy.1.map(|v| format!("{:.1} %", 100.0 * v)).unwrap_or("–".into()),
-        ));
+        s.push_str(&format!("| {} |\n", row_cells(r).join(" | ")));
     }
+    s
+}
+
+fn table_html(results: &[PipelineResult]) -> String {
+    let cells = |tag: &str, v: &[String]| v.iter().map(|c| format!("<{tag}>{}</{tag}>", html_escape(c))).collect::<String>();
+    let mut s = format!("<table><tr>{}</tr>", cells("th", &COLUMNS.map(String::from)));
+    for r in results {
+        s.push_str(&format!("<tr>{}</tr>", cells("td", &row_cells(r))));
+    }
+    s.push_str("</table>");
     s
 }
 
@@ -204,21 +221,8 @@ pub fn run_ablation(out: &Path, only: &[String], quick: bool) -> Result<Vec<Pipe
     crate::weights::write_atomic(&out.join("ablation.md"), md.as_bytes())?;
     write_json(&out.join("ablation.json"), &serde_json::json!({ "budget": budget, "results": results, "verdict": verdict }))?;
     plot(&results, &out.join("ablation.png"))?;
-    let mut body = String::from("<table><tr><th>variant</th><th>C</th><th>rPSNR (dB)</th><th>rSSIM</th><th>rFD-effnet</th><th>probe top-1</th><th>gen FD-effnet</th><th>samples in class</th></tr>");
-    for r in &results {
-        body.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.3}</td><td>{}</td><td>{:.1} %</td><td>{}</td><td>{}</td></tr>",
-            html_escape(&r.variant.description),
-            r.channels,
-            r.trained.psnr,
-            r.trained.ssim,
-            r.trained.distance.as_ref().map(|d| format!("{:.1}", d.value)).unwrap_or("–".into()),
-            100.0 * r.probe,
-            r.generation_fd.1.map(|v| format!("{v:.1}")).unwrap_or("–".into()),
-            r.class_accuracy.1.map(|v| format!("{:.1} %", 100.0 * v)).unwrap_or("–".into()),
-        ));
-    }
-    body.push_str("</table><ul>");
+    let mut body = table_html(&results);
+    body.push_str("<ul>");
     for s in &verdict {
         body.push_str(&format!("<li>{}</li>", html_escape(s)));
     }

@@ -26,7 +26,7 @@ use crate::generator::transport::{TrainingDraws, ode_grid, training_losses};
 use crate::generator::{DitDh, DitDhConfig, Guidance, Integrator};
 use crate::metrics::extractor::Extractor;
 use crate::metrics::fid::{FeatureStats, StatsAccumulator, read_npz, write_npz};
-use crate::metrics::protocol::{GeneratorEvalOptions, TeacherClassifier, evaluate_generator, to_u8_rounded};
+use crate::metrics::protocol::{GeneratorEvalOptions, TeacherClassifier, evaluate_generator, labelled_images};
 use crate::nn::init::initialize;
 use crate::rng::Rng;
 use crate::tokenizer::RecTok;
@@ -641,17 +641,8 @@ fn online_references(
 ) -> Result<(FeatureStats, Option<TeacherClassifier>)> {
     let size = tokenizer.config.img_size;
     let data = held_out(spec, config.run.seed)?;
-    let n = data.len().min(config.run.fd_images.max(CLASSIFIER_IMAGES));
-    let loader = Loader::sequential(data.clone(), 64, size, config.data.workers)?;
-    let mut images = Vec::with_capacity(n);
-    let mut labels = Vec::with_capacity(n);
-    let mut stream = loader.stream(0, 0);
-    while images.len() < n {
-        let batch = stream.next_batch()?;
-        let take = batch.len().min(n - images.len());
-        images.extend(to_u8_rounded(batch.tensor(device).narrow(0, 0, take) * 0.5 + 0.5));
-        labels.extend_from_slice(&batch.labels[..take]);
-    }
+    let loader = Loader::sequential(data, 64, size, config.data.workers)?;
+    let (images, labels) = labelled_images(&loader, config.run.fd_images.max(CLASSIFIER_IMAGES), device)?;
     let cached = run_dir.join("fd_reference.npz");
     let reference = match read_npz(&cached) {
         Ok(s) if s.dim() == extractor.dim() => s,
