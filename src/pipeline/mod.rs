@@ -36,7 +36,7 @@ pub struct Budget {
     pub stage2_steps: usize,
     /// Procedural images of the generator's training set.
     pub generator_images: usize,
-    /// Generator epochs (batch 64).
+    /// Generator epochs (at the `ditdh-tiny` recipe's batch size).
     pub generator_epochs: usize,
     /// Held-out images of the tokenizer evaluation.
     pub eval_images: usize,
@@ -210,7 +210,7 @@ pub fn run_variant(dir: &Path, variant: &Variant, budget: &Budget, seed: u64) ->
     // The generator on its latents.
     let t3 = Instant::now();
     let epochs = budget.generator_epochs;
-    let gen_steps = epochs * budget.generator_images / 64;
+    let gen_steps = epochs * budget.generator_images / GeneratorTrainConfig::load("ditdh-tiny", &[])?.optim.batch_size;
     let gen_overrides = vec![
         format!("optim.ema_decay={}", ema_decay_for(gen_steps, 0.995)),
         format!("run.seed={seed}"),
