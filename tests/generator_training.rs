@@ -168,4 +168,17 @@ fn generator_training_learns_resumes_exactly_and_exports_a_usable_model() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read_dir(&samples).unwrap().count(), 4);
+
+    // `model.preset` also takes a JSON file of sizes; the run is built and exported at them.
+    let sizes = d.join("wide.json");
+    std::fs::write(&sizes, r#"{"preset": "tiny", "enc_hidden": 96, "enc_heads": 3, "dec_depth": 1}"#).unwrap();
+    let custom = d.join("custom");
+    train(&tok, &custom, &["--set", &format!("model.preset=\"{}\"", sizes.display()), "--max-steps", "1"]);
+    let exported = rectok::weights::StateDict::open(&custom.join("generator.safetensors"), rectok::weights::CheckpointEntry::Auto).unwrap();
+    assert_eq!(exported.shape("s_embedder.proj.weight").unwrap()[0], 96, "encoder width from the JSON file");
+    assert_eq!(exported.shape("x_embedder.proj.weight").unwrap()[0], 128, "head width from the `tiny` preset");
+    assert!(exported.contains("blocks.4.attn.qkv.weight") && !exported.keys_with_prefix("blocks.5.").any(|_| true), "4 + 1 blocks");
+    let o = rectok().args(["train", "generator", "--config", "ditdh-tiny", "--tokenizer"]).arg(&tok).arg("--out").arg(d.join("bad")).args(SMALL).args(["--set", "model.preset=\"huge\""]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("huge: not a preset (xl, l, b, s, tiny)"), "{err}");
 }

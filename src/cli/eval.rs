@@ -99,7 +99,7 @@ pub struct GeneratorEvalArgs {
     #[arg(long, value_name = "DIR")]
     save_dir: Option<PathBuf>,
     /// Class check: fit the built-in teacher's linear probe on the tokenizer's reconstructions of
-    /// these labelled images (up to 700; classes must match the generator's) and report the
+    /// these labelled images (up to 2000, 5/7 to fit and 2/7 to score it; classes must match the generator's) and report the
     /// fraction of samples it puts in their class.
     #[arg(long, value_name = "DIR|LIST|procedural[:N]")]
     class_check: Option<String>,

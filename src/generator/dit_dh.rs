@@ -113,7 +113,7 @@ impl DitDhConfig {
         if let Some(c) = Self::preset(spec, token_channels, input_size) {
             return Ok(c);
         }
-        let text = std::fs::read_to_string(spec).map_err(|e| format!("{spec}: not a preset (xl, l, b, s) nor a readable JSON file ({e})"))?;
+        let text = std::fs::read_to_string(spec).map_err(|e| format!("{spec}: not a preset (xl, l, b, s, tiny) nor a readable JSON file ({e})"))?;
         let obj = object(&text, "generator").map_err(|e| format!("{spec}: {e}"))?;
         let channels = obj.get("token_channels").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(token_channels);
         let size = obj.get("input_size").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(input_size);

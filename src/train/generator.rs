@@ -204,8 +204,8 @@ impl GeneratorTrainer {
         if num_classes < dataset.num_classes() {
             bail!("model.num_classes = {num_classes}, but the training data has {} classes", dataset.num_classes());
         }
-        let mut model_config = DitDhConfig::preset(&config.model.preset, tokenizer.token_channels(), tokenizer.grid_size())
-            .ok_or_else(|| anyhow!("model.preset `{}`: expected xl, l, b, s or tiny", config.model.preset))?;
+        let mut model_config = DitDhConfig::parse(&config.model.preset, tokenizer.token_channels(), tokenizer.grid_size())
+            .map_err(|e| anyhow!("model.preset: {e}"))?;
         model_config.num_classes = num_classes;
         model_config.label_dropout_prob = config.model.label_dropout_prob;
         model_config.validate().map_err(|e| anyhow!("[model]: {e}"))?;
@@ -296,8 +296,13 @@ impl GeneratorTrainer {
         };
         let n_train: usize = params::values(&trainer.model).iter().filter(|(k, _)| trainer.trainable.contains(*k)).map(|(_, (s, _))| s.iter().product::<usize>()).sum();
         tracing::info!(
-            "DiT^DH-{}: {:.2}M trainable parameters on {}×{}×{} latents (time shift {:.3}); {} images, {} steps/epoch of {}×{}, lr {:.1e}; latents from {}",
+            "DiT^DH {} ({} × {} encoder, {} × {} head, patch {}): {:.2}M trainable parameters on {}×{}×{} latents (time shift {:.3}); {} images, {} steps/epoch of {}×{}, lr {:.1e}; latents from {}",
             trainer.config.model.preset,
+            trainer.model.config.enc_depth,
+            trainer.model.config.enc_hidden,
+            trainer.model.config.dec_depth,
+            trainer.model.config.dec_hidden,
+            trainer.model.config.patch_size,
             n_train as f64 / 1e6,
             trainer.model.config.token_channels,
             trainer.model.config.input_size,

@@ -69,7 +69,8 @@ impl Default for GenRunOptions {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GenModelOptions {
-    /// `xl`, `l`, `b`, `s` or `tiny`.
+    /// `xl`, `l`, `b`, `s` or `tiny` (sized for the tokenizer's latents), or a JSON file with the
+    /// generator's sizes (`enc_hidden`, `enc_depth`, `enc_heads`, or `"preset"` plus overrides).
     pub preset: String,
     /// Classes (default: the training data's).
     pub num_classes: Option<usize>,
