@@ -178,6 +178,19 @@ fn generator_training_learns_resumes_exactly_and_exports_a_usable_model() {
     assert_eq!(exported.shape("s_embedder.proj.weight").unwrap()[0], 96, "encoder width from the JSON file");
     assert_eq!(exported.shape("x_embedder.proj.weight").unwrap()[0], 128, "head width from the `tiny` preset");
     assert!(exported.contains("blocks.4.attn.qkv.weight") && !exported.keys_with_prefix("blocks.5.").any(|_| true), "4 + 1 blocks");
+    // Its sizes travel in the export's metadata: `generate` needs no --generator-config (3 heads
+    // of 96 are not an official width).
+    let o = rectok()
+        .args(["generate", "--tokenizer"])
+        .arg(custom.join("tokenizer.safetensors"))
+        .arg("--generator")
+        .arg(custom.join("generator.safetensors"))
+        .args(["--classes", "1", "--num-per-class", "1", "--steps", "3", "-o"])
+        .arg(d.join("custom-samples"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_dir(d.join("custom-samples")).unwrap().count(), 1);
     let o = rectok().args(["train", "generator", "--config", "ditdh-tiny", "--tokenizer"]).arg(&tok).arg("--out").arg(d.join("bad")).args(SMALL).args(["--set", "model.preset=\"huge\""]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("huge: not a preset (xl, l, b, s, tiny)"), "{err}");
