@@ -69,6 +69,20 @@ fn train(tok: &Path, out: &Path, extra: &[&str]) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// `rectok generate` from a finished run's exports (a few Euler steps), which must succeed.
+fn generate(run: &Path, classes: &str, per_class: usize, out: &Path) {
+    let o = rectok()
+        .args(["generate", "--tokenizer"])
+        .arg(run.join("tokenizer.safetensors"))
+        .arg("--generator")
+        .arg(run.join("generator.safetensors"))
+        .args(["--classes", classes, "--num-per-class", &per_class.to_string(), "--steps", "4", "-o"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 #[test]
 fn generator_training_learns_resumes_exactly_and_exports_a_usable_model() {
     let dir = tempfile::tempdir().unwrap();
@@ -157,16 +171,7 @@ fn generator_training_learns_resumes_exactly_and_exports_a_usable_model() {
 
     // The exports sample without any --latent-stats (the statistics travel with the tokenizer).
     let samples = d.join("samples");
-    let o = rectok()
-        .args(["generate", "--tokenizer"])
-        .arg(full.join("tokenizer.safetensors"))
-        .arg("--generator")
-        .arg(full.join("generator.safetensors"))
-        .args(["--classes", "0,3", "--num-per-class", "2", "--steps", "5", "-o"])
-        .arg(&samples)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    generate(&full, "0,3", 2, &samples);
     assert_eq!(std::fs::read_dir(&samples).unwrap().count(), 4);
 
     // `model.preset` also takes a JSON file of sizes; the run is built and exported at them.
@@ -180,16 +185,7 @@ fn generator_training_learns_resumes_exactly_and_exports_a_usable_model() {
     assert!(exported.contains("blocks.4.attn.qkv.weight") && !exported.keys_with_prefix("blocks.5.").any(|_| true), "4 + 1 blocks");
     // Its sizes travel in the export's metadata: `generate` needs no --generator-config (3 heads
     // of 96 are not an official width).
-    let o = rectok()
-        .args(["generate", "--tokenizer"])
-        .arg(custom.join("tokenizer.safetensors"))
-        .arg("--generator")
-        .arg(custom.join("generator.safetensors"))
-        .args(["--classes", "1", "--num-per-class", "1", "--steps", "3", "-o"])
-        .arg(d.join("custom-samples"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    generate(&custom, "1", 1, &d.join("custom-samples"));
     assert_eq!(std::fs::read_dir(d.join("custom-samples")).unwrap().count(), 1);
     let o = rectok().args(["train", "generator", "--config", "ditdh-tiny", "--tokenizer"]).arg(&tok).arg("--out").arg(d.join("bad")).args(SMALL).args(["--set", "model.preset=\"huge\""]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
