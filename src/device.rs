@@ -93,3 +93,8 @@ pub fn set_cpu_threads(threads: Option<usize>) {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     }
 }
+
+/// Whether `device` is the CPU (flex), with or without autodiff.
+pub fn is_cpu(device: &Device) -> bool {
+    device.clone().without_autodiff() == Device::flex()
+}

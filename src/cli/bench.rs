@@ -25,9 +25,9 @@ pub enum Which {
 /// Options of `rectok bench train`.
 #[derive(clap::Args, Debug)]
 pub struct TrainBench {
-    /// Recipes to time: `tiny` (the full tiny step: teacher, semantic decoder, pixel losses),
+    /// Recipes to time: `tiny` (the full tiny step, batch 16: teacher, semantic decoder, pixel losses),
     /// `rectok_b` (the reference's measured step: masking, flow noise, MSE + KL, backward and
-    /// AdamW, no teacher), `ditdh-tiny` (the tiny generator step, batch 64) and `ditdh_s` (the
+    /// AdamW, no teacher), `ditdh-tiny` (the tiny generator step, batch 32) and `ditdh_s` (the
     /// reference's measured step: transport loss, backward, AdamW, EMA on cached latents).
     #[arg(long, value_delimiter = ',', default_value = "tiny,rectok_b,ditdh-tiny,ditdh_s")]
     recipes: Vec<String>,
@@ -48,6 +48,10 @@ pub struct TrainBench {
     /// CPU threads.
     #[arg(long)]
     threads: Option<usize>,
+    /// Data-parallel replicas of the training step (`run.data_parallel`; 0: one per thread, at
+    /// most 4; 1: off).
+    #[arg(long, default_value_t = 0)]
+    data_parallel: usize,
 }
 
 fn run_train(args: TrainBench) -> Result<()> {
@@ -56,27 +60,29 @@ fn run_train(args: TrainBench) -> Result<()> {
     crate::device::set_cpu_threads(args.threads);
     let reference = read_reference(&args.reference)?;
     let iters = args.iters.max(1);
-    println!("training step (tokenizer: tiny, rectok_b; generator: ditdh-tiny, ditdh_s), {} CPU threads", rayon::current_num_threads());
+    let replicas = crate::train::params::replicas(args.data_parallel, &Device::flex());
+    println!("training step (tokenizer: tiny, rectok_b; generator: ditdh-tiny, ditdh_s), {} CPU threads, {replicas} data-parallel replica(s)", rayon::current_num_threads());
+    let dp = format!("run.data_parallel={}", args.data_parallel);
     println!("{:<10} {:>6} {:>10} {:>10} {:>12} {:>8}", "recipe", "batch", "s/step", "images/s", "reference s", "ratio");
-    let mut record = serde_json::json!({"threads": rayon::current_num_threads()});
+    let mut record = serde_json::json!({"threads": rayon::current_num_threads(), "data_parallel": replicas});
     for recipe in &args.recipes {
         let (key, name, batches): (&str, &str, Vec<usize>) = match recipe.as_str() {
             "tiny" => ("tiny", "tiny", vec![0]),
             "rectok_b" | "rectok-b" => ("rectok_b", "rectok-b-stage1", args.batch_sizes.clone()),
             "ditdh-tiny" | "ditdh_tiny" => {
-                bench_generator_step("ditdh-tiny", "ditdh-tiny", 0, iters, &reference, &mut record)?;
+                bench_generator_step("ditdh-tiny", "ditdh-tiny", 0, iters, &dp, &reference, &mut record)?;
                 continue;
             }
             "ditdh_s" | "ditdh-s" => {
                 for &b in &args.batch_sizes {
-                    bench_generator_step("ditdh_s", "ditdh-s", b, iters, &reference, &mut record)?;
+                    bench_generator_step("ditdh_s", "ditdh-s", b, iters, &dp, &reference, &mut record)?;
                 }
                 continue;
             }
             other => anyhow::bail!("unknown recipe `{other}` (tiny, rectok_b, ditdh-tiny, ditdh_s)"),
         };
         for b in batches {
-            let mut overrides = vec!["run.checkpoint_every=1000000".to_string(), "data.grid_images=1".into(), "data.flip=false".into()];
+            let mut overrides = vec!["run.checkpoint_every=1000000".to_string(), "data.grid_images=1".into(), "data.flip=false".into(), dp.clone()];
             if name != "tiny" {
                 overrides.extend([
                     format!("optim.batch_size={b}"),
@@ -111,8 +117,9 @@ fn run_train(args: TrainBench) -> Result<()> {
 }
 
 /// Times one generator training step (latents from a cache of a random-weight tokenizer: tiny
-/// for `ditdh-tiny`, rectok_b geometry for the others); `batch` 0 keeps the recipe's.
-fn bench_generator_step(key: &str, recipe: &str, batch: usize, iters: usize, reference: &Option<serde_json::Value>, record: &mut serde_json::Value) -> Result<()> {
+/// for `ditdh-tiny`, rectok_b geometry for the others); `batch` 0 keeps the recipe's;
+/// `data_parallel` is the `run.data_parallel` override.
+fn bench_generator_step(key: &str, recipe: &str, batch: usize, iters: usize, data_parallel: &str, reference: &Option<serde_json::Value>, record: &mut serde_json::Value) -> Result<()> {
     use crate::train::generator::GeneratorTrainer;
     use crate::train::generator_config::GeneratorTrainConfig;
     let dir = tempfile::tempdir().context("temporary run folder")?;
@@ -127,6 +134,7 @@ fn bench_generator_step(key: &str, recipe: &str, batch: usize, iters: usize, ref
         "run.fd_images=0".into(),
         "data.flip=false".into(),
         "optim.accum_steps=1".into(),
+        data_parallel.to_string(),
     ];
     if batch > 0 {
         overrides.push(format!("optim.batch_size={batch}"));

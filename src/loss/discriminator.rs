@@ -119,6 +119,25 @@ impl DiscriminatorConfig {
 }
 
 impl NLayerDiscriminator {
+    /// A copy whose BatchNorm running statistics are its own (a clone shares them), for a
+    /// data-parallel replica whose updates must not reach this discriminator's.
+    pub fn independent_copy(&self) -> Self {
+        let main = self
+            .main
+            .iter()
+            .map(|layer| match layer {
+                DiscLayer::Norm(n) => DiscLayer::Norm(BatchNorm2d {
+                    weight: n.weight.clone(),
+                    bias: n.bias.clone(),
+                    running_mean: RunningState::new(n.running_mean.value_sync()),
+                    running_var: RunningState::new(n.running_var.value_sync()),
+                }),
+                other => other.clone(),
+            })
+            .collect();
+        Self { main }
+    }
+
     /// Logits; `train` selects batch statistics in the BatchNorms (the reference's mode).
     pub fn forward(&self, x: Tensor<4>, train: bool) -> Tensor<4> {
         self.main.iter().fold(x, |h, layer| match layer {

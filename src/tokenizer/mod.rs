@@ -90,6 +90,19 @@ pub struct TrainDraws {
     pub flow_noise: Option<Tensor<3>>,
 }
 
+impl TrainDraws {
+    /// The draws of samples `start .. start + len` (data-parallel shards of one batch).
+    pub fn narrow(&self, start: usize, len: usize) -> Self {
+        Self {
+            mask_noise: self.mask_noise.clone().map(|t| t.narrow(0, start, len)),
+            mask_ratio: self.mask_ratio,
+            posterior_eps: self.posterior_eps.clone().map(|t| t.narrow(0, start, len)),
+            flow_draw: self.flow_draw.clone().map(|t| t.narrow(0, start, len)),
+            flow_noise: self.flow_noise.clone().map(|t| t.narrow(0, start, len)),
+        }
+    }
+}
+
 /// Result of [`RecTok::encode_train`].
 #[derive(Clone, Debug)]
 pub struct Encoded {

@@ -145,6 +145,10 @@ pub struct RunOptions {
     pub log_every: usize,
     /// CPU threads for tensor work (default: all cores).
     pub threads: Option<usize>,
+    /// Data-parallel replicas on CPU threads, each computing a slice of every micro-batch
+    /// (0: one per thread, at most 4; 1: off). The result differs from 1 only in rounding and,
+    /// with the GAN on, in the discriminator's per-slice batch statistics (as the reference's DDP).
+    pub data_parallel: usize,
     /// Compute device: `cpu`, `vulkan`, `cuda`.
     pub device: String,
 }
@@ -162,6 +166,7 @@ impl Default for RunOptions {
             sample_every: 1000,
             log_every: 10,
             threads: None,
+            data_parallel: 0,
             device: "cpu".into(),
         }
     }

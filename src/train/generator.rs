@@ -399,6 +399,11 @@ impl GeneratorTrainer {
         }
     }
 
+    /// Slices per micro-batch: the data-parallel replicas, at most one per sample.
+    fn shards(&self) -> usize {
+        params::replicas(self.config.run.data_parallel, &self.device).min(self.config.optim.batch_size)
+    }
+
     /// One optimizer step.
     pub fn train_step(&mut self, stream: &mut Option<crate::data::BatchStream>) -> Result<GenStepValues> {
         let rng_before = self.rng.clone();
@@ -407,6 +412,7 @@ impl GeneratorTrainer {
         let epoch = self.epoch_at(self.step);
         let mut values = GenStepValues::default();
         let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
+        let shards = self.shards();
         for a in 0..accum {
             let (x1, labels) = self.micro_batch(self.step * accum + a, stream)?;
             let [b, c, h, w] = x1.dims();
@@ -417,14 +423,22 @@ impl GeneratorTrainer {
                 label_drop_u: Some(self.rng.uniform_tensor([b], &self.device)),
             };
             let y = Tensor::<1, Int>::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]), &self.device);
-            let out = training_losses(&self.model, x1.autodiff(), y, &draws);
-            let loss = out.loss.clone().into_scalar::<f32>() as f64;
+            let x1 = x1.autodiff();
+            // Equal slices of the batch: the mean of their mean losses is the batch's.
+            let parts = params::shard_bounds(b, shards)
+                .into_iter()
+                .map(|(s, n)| {
+                    let draws = TrainingDraws { x0: draws.x0.clone().narrow(0, s, n), t_u: draws.t_u.clone().narrow(0, s, n), label_drop_u: draws.label_drop_u.clone().map(|u| u.narrow(0, s, n)) };
+                    ((x1.clone().narrow(0, s, n), y.clone().narrow(0, s, n), draws), n as f64 / (b * accum) as f64)
+                })
+                .collect();
+            let (losses, g) = params::data_parallel_grads(&self.model, &self.device, parts, |net, (x1, y, draws)| Ok((training_losses(net, x1, y, &draws).loss, ())))?;
+            let loss = params::shard_bounds(b, shards).iter().zip(&losses).map(|(&(_, n), (l, ()))| l * n as f64).sum::<f64>() / b as f64;
             if !loss.is_finite() {
                 return Err(self.non_finite("velocity", loss, epoch, rng_before));
             }
             values.loss += loss / accum as f64;
-            let g = (out.loss / accum as f64).backward();
-            params::accumulate(&mut grads, params::gradients(&self.model, &g));
+            params::accumulate(&mut grads, g);
         }
         grads.retain(|k, _| self.trainable.contains(k));
         let clip = self.config.optim.clip_grad;

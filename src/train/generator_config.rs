@@ -42,6 +42,9 @@ pub struct GenRunOptions {
     pub fd_extractor: String,
     /// CPU threads (default: all cores).
     pub threads: Option<usize>,
+    /// Data-parallel replicas on CPU threads, each computing a slice of every micro-batch
+    /// (0: one per thread, at most 4; 1: off). The result differs from 1 only in rounding.
+    pub data_parallel: usize,
     /// Compute device.
     pub device: String,
 }
@@ -60,6 +63,7 @@ impl Default for GenRunOptions {
             fd_images: 0,
             fd_extractor: "effnet".into(),
             threads: None,
+            data_parallel: 0,
             device: "cpu".into(),
         }
     }

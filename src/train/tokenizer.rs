@@ -424,6 +424,11 @@ impl TokenizerTrainer {
         self.loader.stream(micro / spe_micro, micro % spe_micro)
     }
 
+    /// Slices per micro-batch: the data-parallel replicas, at most one per sample.
+    fn shards(&self) -> usize {
+        params::replicas(self.config.run.data_parallel, &self.device).min(self.config.optim.batch_size)
+    }
+
     /// One optimizer step; returns its loss values.
     pub fn train_step(&mut self, stream: &mut crate::data::BatchStream) -> Result<StepValues> {
         self.rng_at_step_start = self.rng.clone();
@@ -434,60 +439,81 @@ impl TokenizerTrainer {
         let mut totals = StepValues::default();
         let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
         let mut disc_grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
+        let scalar = |t: &Tensor<1>| t.clone().into_scalar::<f32>() as f64;
         for _ in 0..accum {
             let batch = stream.next_batch()?;
             let b = batch.len();
             let x_host = batch.tensor(&self.inner);
             let draws = self.model.draw_train(b, true, &mut self.rng, &self.device);
-            let targets = match &self.teacher {
-                Some(t) if self.model.sem_decoder.is_some() => {
-                    // DINOv3 runs in training mode: RoPE coordinates rescaled by exp(U(−ln 2, ln 2)).
-                    let rescale = t.has_rope_rescale().then(|| self.rng.uniform_range(-std::f64::consts::LN_2, std::f64::consts::LN_2).exp() as f32);
-                    Some(teacher_targets(t, &self.model, x_host.clone(), rescale, self.config.teacher.resolution).autodiff())
-                }
+            // DINOv3 runs in training mode: RoPE coordinates rescaled by exp(U(−ln 2, ln 2)).
+            let rescale = match &self.teacher {
+                Some(t) if self.model.sem_decoder.is_some() && t.has_rope_rescale() => Some(self.rng.uniform_range(-std::f64::consts::LN_2, std::f64::consts::LN_2).exp() as f32),
                 _ => None,
             };
-            let x = x_host.autodiff();
-            let out = training_forward(&self.model, targets, x.clone(), &draws);
-            let y = x * 0.5 + 0.5;
-            let y_hat = out.decoded.clone() * 0.5 + 0.5;
-            let sem = match (out.sem_feature, out.pred_sem_feature) {
-                (Some(f), Some(p)) => {
-                    let ids = out.encoded.mask.as_ref().map(|m| &m.ids_masked);
-                    Some(targeted_sem_loss(self.loss.sem_loss, self.model.config.sem_target, f, p, ids))
-                }
-                _ => None,
-            };
-            let perceptual = self.perceptual.forward(y.clone(), y_hat.clone());
-            let frozen_disc = gan_on.then(|| self.disc.clone().no_grad());
-            let terms = generator_loss(
-                &self.loss,
-                GeneratorInputs {
-                    targets: y.clone(),
-                    reconstructions: y_hat.clone(),
-                    posterior: (self.loss.kl_weight > 0.0).then_some(&out.encoded.posterior),
-                    sem,
-                    perceptual,
-                    discriminator: frozen_disc.as_ref(),
-                },
-            );
-            let scalar = |t: &Tensor<1>| t.clone().into_scalar::<f32>() as f64;
-            let mut v = StepValues {
-                loss: scalar(&terms.total),
-                rec: scalar(&terms.reconstruction),
-                perceptual: scalar(&terms.perceptual),
-                kl: scalar(&terms.kl),
-                sem: scalar(&terms.sem),
-                gan: scalar(&terms.gan),
-                ..Default::default()
-            };
+            // Data-parallel slices of the batch, each with its own replica (and, for the GAN term,
+            // its own discriminator copy: per-slice batch statistics, as the reference's DDP).
+            let bounds = params::shard_bounds(b, self.shards());
+            let parts = bounds
+                .iter()
+                .enumerate()
+                .map(|(i, &(s, n))| {
+                    let disc = gan_on.then(|| if i == 0 { self.disc.clone() } else { self.disc.independent_copy() }.no_grad());
+                    ((x_host.clone().narrow(0, s, n), draws.narrow(s, n), disc), n as f64 / (b * accum) as f64)
+                })
+                .collect();
+            let (teacher, cfg, loss_cfg, perceptual) = (&self.teacher, &self.config, &self.loss, &self.perceptual);
+            let (outs, g) = params::data_parallel_grads(&self.model, &self.device, parts, |model, (x_host, draws, disc)| {
+                let targets = match teacher {
+                    Some(t) if model.sem_decoder.is_some() => Some(teacher_targets(t, model, x_host.clone(), rescale, cfg.teacher.resolution).autodiff()),
+                    _ => None,
+                };
+                let x = x_host.autodiff();
+                let out = training_forward(model, targets, x.clone(), &draws);
+                let y_hat = out.decoded.clone() * 0.5 + 0.5;
+                let sem = match (out.sem_feature, out.pred_sem_feature) {
+                    (Some(f), Some(p)) => {
+                        let ids = out.encoded.mask.as_ref().map(|m| &m.ids_masked);
+                        Some(targeted_sem_loss(loss_cfg.sem_loss, model.config.sem_target, f, p, ids))
+                    }
+                    _ => None,
+                };
+                let y = x * 0.5 + 0.5;
+                let perceptual = perceptual.forward(y.clone(), y_hat.clone());
+                let terms = generator_loss(
+                    loss_cfg,
+                    GeneratorInputs {
+                        targets: y,
+                        reconstructions: y_hat.clone(),
+                        posterior: (loss_cfg.kl_weight > 0.0).then_some(&out.encoded.posterior),
+                        sem,
+                        perceptual,
+                        discriminator: disc.as_ref(),
+                    },
+                );
+                let v = StepValues {
+                    rec: scalar(&terms.reconstruction),
+                    perceptual: scalar(&terms.perceptual),
+                    kl: scalar(&terms.kl),
+                    sem: scalar(&terms.sem),
+                    gan: scalar(&terms.gan),
+                    ..Default::default()
+                };
+                Ok((terms.total, (v, y_hat.detach())))
+            })?;
+            let mut v = StepValues::default();
+            let mut y_hats = Vec::new();
+            for (&(_, n), (loss, (part, y_hat))) in bounds.iter().zip(outs) {
+                let w = n as f64 / b as f64;
+                v.add(&StepValues { loss, ..part }, w);
+                y_hats.push(y_hat);
+            }
             for (term, value) in [("reconstruction", v.rec), ("perceptual", v.perceptual), ("KL", v.kl), ("semantic", v.sem), ("generator GAN", v.gan), ("total", v.loss)] {
                 self.check_finite(term, value, epoch)?;
             }
-            let g = (terms.total / accum as f64).backward();
-            params::accumulate(&mut grads, params::gradients(&self.model, &g));
+            params::accumulate(&mut grads, g);
+            let (y, y_hat) = (x_host * 0.5 + 0.5, Tensor::cat(y_hats, 0));
             if gan_on {
-                let d = discriminator_loss(&self.disc, y, y_hat);
+                let d = discriminator_loss(&self.disc, y.autodiff(), y_hat);
                 v.d_loss = scalar(&d.loss);
                 v.logits_real = scalar(&d.logits_real_mean);
                 v.logits_fake = scalar(&d.logits_fake_mean);
