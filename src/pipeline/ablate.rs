@@ -16,7 +16,7 @@ use super::{Budget, PipelineResult, Variant, run_variant};
 use anyhow::Result;
 use std::path::Path;
 
-/// The ablation budget (each variant ≈ 7 minutes on 2 cores); `quick`: the demo's quick budget
+/// The ablation budget (each variant ≈ 6 minutes on 2 cores); `quick`: the demo's quick budget
 /// (a smoke test, too small for conclusions).
 pub fn budget(quick: bool) -> Budget {
     if quick {
@@ -24,8 +24,8 @@ pub fn budget(quick: bool) -> Budget {
     }
     Budget {
         tokenizer_images: 3200,
-        tokenizer_epochs: 2,
-        tokenizer_batch: 32,
+        tokenizer_epochs: 3,
+        tokenizer_batch: 16,
         stage2_steps: 0,
         generator_images: 3200,
         generator_epochs: 12,

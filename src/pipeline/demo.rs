@@ -23,10 +23,10 @@ pub fn budget(quick: bool) -> Budget {
     } else {
         Budget {
             tokenizer_images: 3200,
-            tokenizer_epochs: 2,
-            tokenizer_batch: 32,
+            tokenizer_epochs: 4,
+            tokenizer_batch: 16,
             stage2_steps: 16,
-            generator_images: 3200,
+            generator_images: 4096,
             generator_epochs: 16,
             eval_images: 200,
             fd_images: 200,
