@@ -425,15 +425,16 @@ impl GeneratorTrainer {
             let y = Tensor::<1, Int>::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]), &self.device);
             let x1 = x1.autodiff();
             // Equal slices of the batch: the mean of their mean losses is the batch's.
-            let parts = params::shard_bounds(b, shards)
-                .into_iter()
-                .map(|(s, n)| {
+            let bounds = params::shard_bounds(b, shards);
+            let parts = bounds
+                .iter()
+                .map(|&(s, n)| {
                     let draws = TrainingDraws { x0: draws.x0.clone().narrow(0, s, n), t_u: draws.t_u.clone().narrow(0, s, n), label_drop_u: draws.label_drop_u.clone().map(|u| u.narrow(0, s, n)) };
                     ((x1.clone().narrow(0, s, n), y.clone().narrow(0, s, n), draws), n as f64 / (b * accum) as f64)
                 })
                 .collect();
             let (losses, g) = params::data_parallel_grads(&self.model, &self.device, parts, |net, (x1, y, draws)| Ok((training_losses(net, x1, y, &draws).loss, ())))?;
-            let loss = params::shard_bounds(b, shards).iter().zip(&losses).map(|(&(_, n), (l, ()))| l * n as f64).sum::<f64>() / b as f64;
+            let loss = bounds.iter().zip(&losses).map(|(&(_, n), (l, ()))| l * n as f64).sum::<f64>() / b as f64;
             if !loss.is_finite() {
                 return Err(self.non_finite("velocity", loss, epoch, rng_before));
             }
