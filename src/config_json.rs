@@ -20,17 +20,26 @@ pub fn required_usize(obj: &Map<String, Value>, key: &str) -> Result<usize, Stri
 }
 
 /// `base` with the fields of `user` written over it, except those in `skip` (already used to
-/// build `base`).
+/// build `base`). Objects merge field by field at any depth (`{"encoder": {"heads": 2}}` changes
+/// the heads and keeps the width); unknown fields are errors at any depth.
 pub fn merge<T: Serialize + DeserializeOwned>(base: &T, user: &Map<String, Value>, skip: &[&str]) -> Result<T, String> {
     let mut merged = serde_json::to_value(base).map_err(|e| e.to_string())?;
     let target = merged.as_object_mut().ok_or("configuration is not an object")?;
+    let user: Map<String, Value> = user.iter().filter(|(k, _)| !skip.contains(&k.as_str()) || !target.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    merge_into(target, &user, "")?;
+    serde_json::from_value(merged).map_err(|e| e.to_string())
+}
+
+/// Writes `user` over `target`, recursing where both sides are objects.
+pub fn merge_into(target: &mut Map<String, Value>, user: &Map<String, Value>, path: &str) -> Result<(), String> {
     for (k, v) in user {
-        if !target.contains_key(k) {
-            return Err(format!("unknown field `{k}` (known: {})", target.keys().cloned().collect::<Vec<_>>().join(", ")));
-        }
-        if !skip.contains(&k.as_str()) {
-            target.insert(k.clone(), v.clone());
+        let Some(slot) = target.get_mut(k) else {
+            return Err(format!("unknown field `{path}{k}` (known: {})", target.keys().cloned().collect::<Vec<_>>().join(", ")));
+        };
+        match (slot, v) {
+            (Value::Object(t), Value::Object(u)) => merge_into(t, u, &format!("{path}{k}."))?,
+            (slot, v) => *slot = v.clone(),
         }
     }
-    serde_json::from_value(merged).map_err(|e| e.to_string())
+    Ok(())
 }

@@ -85,6 +85,21 @@ pub fn select_device(choice: DeviceChoice) -> Result<Device, String> {
     }
 }
 
+/// The most CPU worker threads accepted: 4 per core, at least 1024 (more only slows the work down,
+/// and tens of thousands exhaust the process's thread limit).
+pub fn max_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).saturating_mul(4).max(1024)
+}
+
+/// Checks a thread count (`--threads`, `run.threads`): `1..=max_threads()`.
+pub fn check_threads(threads: usize, option: &str) -> Result<(), String> {
+    let max = max_threads();
+    if !(1..=max).contains(&threads) {
+        return Err(format!("{option} must be between 1 and {max}, got {threads}"));
+    }
+    Ok(())
+}
+
 /// Sets the number of CPU worker threads (rayon's global pool, which the flex backend and the
 /// data pipeline share). Must run before any tensor work; later calls are ignored.
 pub fn set_cpu_threads(threads: Option<usize>) {

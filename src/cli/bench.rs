@@ -54,9 +54,27 @@ pub struct TrainBench {
     data_parallel: usize,
 }
 
+/// Ranges of the options every bench shares.
+fn check_bench(iters: usize, batch_sizes: &[usize], threads: Option<usize>) -> Result<()> {
+    if !(1..=1000).contains(&iters) {
+        anyhow::bail!("--iters must be between 1 and 1000, got {iters}");
+    }
+    if let Some(&b) = batch_sizes.iter().find(|&&b| !(1..=1024).contains(&b)) {
+        anyhow::bail!("--batch-sizes must each be between 1 and 1024, got {b}");
+    }
+    if let Some(t) = threads {
+        crate::device::check_threads(t, "--threads").map_err(|e| anyhow!(e))?;
+    }
+    Ok(())
+}
+
 fn run_train(args: TrainBench) -> Result<()> {
     use crate::train::config::TokenizerTrainConfig;
     use crate::train::tokenizer::TokenizerTrainer;
+    check_bench(args.iters, &args.batch_sizes, args.threads)?;
+    if args.data_parallel > 64 {
+        anyhow::bail!("--data-parallel must be between 0 (automatic) and 64, got {}", args.data_parallel);
+    }
     crate::device::set_cpu_threads(args.threads);
     let reference = read_reference(&args.reference)?;
     let iters = args.iters.max(1);
@@ -111,7 +129,7 @@ fn run_train(args: TrainBench) -> Result<()> {
     }
     println!("ratio = reference time / our time (> 1: faster than the reference)");
     if let Some(path) = &args.json {
-        crate::weights::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
+        crate::files::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
     }
     Ok(())
 }
@@ -186,6 +204,7 @@ pub struct DitBench {
 
 fn run_dit(args: DitBench) -> Result<()> {
     use crate::generator::DitDhConfig;
+    check_bench(args.iters, &args.batch_sizes, args.threads)?;
     crate::device::set_cpu_threads(args.threads);
     let device = crate::device::select_device(args.device).map_err(|e| anyhow!(e))?;
     let reference = read_reference(&args.reference)?;
@@ -221,7 +240,7 @@ fn run_dit(args: DitBench) -> Result<()> {
     }
     println!("ratio = reference time / our time (> 1: faster than the reference)");
     if let Some(path) = &args.json {
-        crate::weights::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
+        crate::files::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
     }
     Ok(())
 }
@@ -295,6 +314,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn run_tokenizer(args: TokenizerBench) -> Result<()> {
+    check_bench(args.iters, &args.batch_sizes, args.threads)?;
     crate::device::set_cpu_threads(args.threads);
     let device = crate::device::select_device(args.device).map_err(|e| anyhow!(e))?;
     let reference = read_reference(&args.reference)?;
@@ -338,7 +358,7 @@ fn run_tokenizer(args: TokenizerBench) -> Result<()> {
     }
     println!("ratio = reference time / our time (> 1: faster than the reference)");
     if let Some(path) = &args.json {
-        crate::weights::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
+        crate::files::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
     }
     Ok(())
 }

@@ -6,7 +6,8 @@ use crate::device::{DeviceChoice, select_device, set_cpu_threads};
 use crate::tokenizer::{RecTok, RecTokConfig};
 use crate::weights::CheckpointEntry;
 use crate::weights::tokenizer::{TokenizerLoadOptions, load_latent_stats, load_tokenizer};
-use anyhow::{Context, Result, anyhow};
+use crate::files::Inputs;
+use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -25,11 +26,60 @@ pub struct DeviceArgs {
 }
 
 impl DeviceArgs {
+    /// Checks `--threads` and that the device is compiled in, without starting anything.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(n) = self.threads {
+            crate::device::check_threads(n, "--threads").map_err(|e| anyhow!(e))?;
+        }
+        if !crate::device::compiled_devices().contains(&self.device) {
+            select_device(self.device).map_err(|e| anyhow!(e))?;
+        }
+        Ok(())
+    }
+
     /// Configures threads and returns the device.
     pub fn device(&self) -> Result<Device> {
+        self.validate()?;
         set_cpu_threads(self.threads);
         select_device(self.device).map_err(|e| anyhow!(e))
     }
+}
+
+/// `--batch-size` must be at least 1.
+pub fn require_batch_size(batch_size: usize) -> Result<()> {
+    require_positive(batch_size, "--batch-size")
+}
+
+/// A count option that must be at least 1.
+pub fn require_positive(value: usize, option: &str) -> Result<()> {
+    if value == 0 {
+        bail!("{option} must be at least 1, got 0");
+    }
+    Ok(())
+}
+
+/// `--steps`: time-grid points, 2 to 10,000.
+pub fn check_steps(steps: usize) -> Result<()> {
+    if !(2..=10_000).contains(&steps) {
+        bail!("--steps must be between 2 and 10000 (N time-grid points give N − 1 integration steps), got {steps}");
+    }
+    Ok(())
+}
+
+/// An output folder option: it may not exist yet, but must not be a file.
+pub fn check_output_folder(path: &Path, option: &str) -> Result<()> {
+    if path.exists() && !path.is_dir() {
+        bail!("{option} {}: exists and is not a folder", path.display());
+    }
+    Ok(())
+}
+
+/// An output file option: it may not exist yet, but must not be a folder.
+pub fn check_output_file(path: &Path, option: &str) -> Result<()> {
+    if path.is_dir() {
+        bail!("{option} {}: is a folder; name a file", path.display());
+    }
+    Ok(())
 }
 
 /// `--tokenizer` and how to read it.
@@ -38,7 +88,8 @@ pub struct TokenizerArgs {
     /// Tokenizer checkpoint: official RecTok.pth / RecTok_decft.pth, or safetensors.
     #[arg(long, value_name = "CKPT")]
     pub tokenizer: PathBuf,
-    /// Checkpoint entry: auto (model_ema, else model, else bare state dict), ema or model.
+    /// Checkpoint entry: auto (EMA weights `model_ema`/`ema`, else raw `model`/`state_dict`, else
+    /// the only wrapper entry, else a bare state dict), ema, model, or any top-level entry name.
     #[arg(long, default_value = "auto")]
     pub entry: CheckpointEntry,
     /// Latent statistics (safetensors with `mean` and `std`), overriding those in the checkpoint.
@@ -61,19 +112,28 @@ pub fn parse_config(spec: &str) -> Result<RecTokConfig> {
 }
 
 impl TokenizerArgs {
+    /// Registers the files these options read.
+    pub fn add_inputs(&self, inputs: &mut Inputs) {
+        inputs.add(&self.tokenizer, "--tokenizer").add_opt(self.latent_stats.as_deref(), "--latent-stats");
+        if let Some(c) = &self.config {
+            inputs.add(Path::new(c), "--config");
+        }
+    }
+
     /// Loads the tokenizer (encoder + decoder only) and its statistics.
     pub fn load(&self, device: &Device) -> Result<RecTok> {
         let options = TokenizerLoadOptions {
-            entry: self.entry,
+            entry: self.entry.clone(),
             config: self.config.as_deref().map(parse_config).transpose()?,
             without_semantic: true,
         };
         let t = std::time::Instant::now();
         let (mut model, report) = load_tokenizer(&self.tokenizer, &options, device)?;
         tracing::info!(
-            "loaded tokenizer {} ({} tensors{}, {:.1}M parameters) in {:.1}s",
+            "loaded tokenizer {} ({} tensors from {}{}, {:.1}M parameters) in {:.1}s",
             self.tokenizer.display(),
             report.applied,
+            if report.entry.is_empty() { "a bare state dict".to_string() } else { format!("the `{}` entry", report.entry) },
             if report.ignored > 0 { format!(", {} training-only tensors ignored", report.ignored) } else { String::new() },
             model.num_inference_params() as f64 / 1e6,
             t.elapsed().as_secs_f64()
@@ -183,12 +243,23 @@ pub struct GeneratorArgs {
     /// Generator checkpoint: official ditdhxl_epoch_0599.pth (its `model_ema` is used), or safetensors.
     #[arg(long, value_name = "CKPT")]
     pub generator: PathBuf,
-    /// Checkpoint entry of the generator (and guide): auto (model_ema, else model), ema or model.
+    /// Checkpoint entry of the generator (and guide): auto (EMA weights first), ema, model, or any
+    /// top-level entry name.
     #[arg(long, default_value = "auto")]
     pub generator_entry: CheckpointEntry,
     /// Generator configuration when it cannot be inferred: a preset (xl, l, b, s) or a JSON file.
     #[arg(long, value_name = "PRESET|JSON")]
     pub generator_config: Option<String>,
+}
+
+impl GeneratorArgs {
+    /// Registers the files these options read.
+    pub fn add_inputs(&self, inputs: &mut Inputs) {
+        inputs.add(&self.generator, "--generator");
+        if let Some(c) = &self.generator_config {
+            inputs.add(Path::new(c), "--generator-config");
+        }
+    }
 }
 
 /// Loads a DiT^DH checkpoint, checking it fits the tokenizer's latents.
@@ -246,10 +317,18 @@ pub struct GuidanceArgs {
 }
 
 impl GuidanceArgs {
+    /// Registers the files these options read.
+    pub fn add_inputs(&self, inputs: &mut Inputs) {
+        inputs.add_opt(self.guide.as_deref(), "--guide");
+        if let Some(c) = &self.guide_config {
+            inputs.add(Path::new(c), "--guide-config");
+        }
+    }
+
     /// Checks the options without loading anything.
     pub fn validate(&self) -> Result<(f64, f64)> {
-        if !(self.cfg.is_finite() && self.cfg >= 0.0) {
-            return Err(anyhow!("--cfg must be a non-negative number"));
+        if !(self.cfg.is_finite() && (0.0..=100.0).contains(&self.cfg)) {
+            return Err(anyhow!("--cfg must be a number between 0 and 100, got {}", self.cfg));
         }
         let interval = (self.cfg_interval[0], self.cfg_interval[1]);
         if !(0.0..=1.0).contains(&interval.0) || !(0.0..=1.0).contains(&interval.1) || interval.0 >= interval.1 {

@@ -18,7 +18,8 @@ pub struct Args {
     input: PathBuf,
     /// Output safetensors file.
     output: PathBuf,
-    /// Checkpoint entry: auto (model_ema, else model, else bare state dict), ema or model.
+    /// Checkpoint entry: auto (EMA weights `model_ema`/`ema`, else raw `model`/`state_dict`, else
+    /// the only wrapper entry, else a bare state dict), ema, model, or any top-level entry name.
     #[arg(long, default_value = "auto")]
     entry: CheckpointEntry,
     /// Latent statistics to store with the weights (safetensors with `mean` and `std`).
@@ -38,7 +39,7 @@ fn convert_generator(args: &Args, device: &Device) -> Result<()> {
         anyhow::bail!("--latent-stats belongs with the tokenizer (`rectok convert TOKENIZER.pth ... --latent-stats`)");
     }
     let config = args.config.as_deref().map(|s| DitDhConfig::parse(s, 128, 16).map_err(|e| anyhow!(e))).transpose()?;
-    let (model, report) = load_generator(&args.input, args.entry, config, device)?;
+    let (model, report) = load_generator(&args.input, args.entry.clone(), config, device)?;
     save_generator(&model, &args.output)?;
     println!(
         "wrote {}: DiT^DH with {:.1}M parameters ({}+{} blocks, {} classes), {} tensors from {}",
@@ -54,8 +55,15 @@ fn convert_generator(args: &Args, device: &Device) -> Result<()> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    super::common::check_output_file(&args.output, "OUTPUT")?;
+    let mut inputs = crate::files::Inputs::new();
+    inputs.add(&args.input, "INPUT").add_opt(args.latent_stats.as_deref(), "--latent-stats");
+    if let Some(c) = &args.config {
+        inputs.add(std::path::Path::new(c), "--config");
+    }
+    inputs.check_output_file(&args.output, "OUTPUT")?;
     let device = Device::flex();
-    let probe = StateDict::open(&args.input, args.entry)?;
+    let probe = StateDict::open(&args.input, args.entry.clone())?;
     if probe.contains("s_embedder.proj.weight") || probe.metadata.get("rectok.kind").is_some_and(|k| k == "generator") {
         return convert_generator(&args, &device);
     }

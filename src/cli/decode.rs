@@ -1,9 +1,10 @@
 //! `rectok decode`: latents → PNG images.
 
-use super::common::{DeviceArgs, TokenizerArgs, progress};
+use super::common::{DeviceArgs, TokenizerArgs, check_output_folder, progress, require_batch_size};
 use crate::data::save_png;
 use crate::data::transforms::tensor_to_images;
-use crate::weights::{CheckpointEntry, StateDict};
+use crate::files::{Inputs, check_distinct, output_file};
+use crate::weights::StateDict;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ pub struct Args {
     /// Latents: a safetensors file of [C, H, W] tensors (as written by `rectok encode`).
     #[arg(long, short)]
     input: PathBuf,
-    /// Output folder for one PNG per tensor.
+    /// Output folder for one PNG per tensor, named by the tensor (`a/b` → `a/b.png`).
     #[arg(long, short)]
     output: PathBuf,
     /// Treat the latents as raw (not normalised) whatever the file says.
@@ -29,16 +30,29 @@ pub struct Args {
     device: DeviceArgs,
 }
 
-/// Saves an RGB image as PNG through a temporary file and a rename.
 pub fn run(args: Args) -> Result<()> {
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    let device = args.device.device()?;
-    let latents = StateDict::open(&args.input, CheckpointEntry::Auto)?;
+    require_batch_size(args.batch_size)?;
+    args.device.validate()?;
+    // Names are kept exactly as written (no checkpoint prefix rules), and each must name a file
+    // inside the output folder.
+    let latents = StateDict::open_verbatim(&args.input)?;
     if latents.tensors.is_empty() {
         bail!("{}: holds no latents", args.input.display());
     }
+    let names: Vec<&String> = latents.tensors.keys().collect();
+    let files: Vec<PathBuf> = names
+        .iter()
+        .map(|n| output_file(n, "latent tensor", "png"))
+        .collect::<Result<_>>()
+        .with_context(|| args.input.display().to_string())?;
+    check_distinct(files.iter().map(|p| p.as_path()), "latents")?;
+    check_output_folder(&args.output, "--output")?;
+    let mut inputs = Inputs::new();
+    inputs.add(&args.input, "--input");
+    args.tokenizer.add_inputs(&mut inputs);
+    inputs.check_output_dir(&args.output, "--output", files.iter().map(|p| p.as_path()))?;
+
+    let device = args.device.device()?;
     let model = args.tokenizer.load(&device)?;
     let normalized = !args.raw && latents.metadata.get("rectok.normalized").is_some_and(|v| v == "true");
     if normalized && model.stats.is_none() {
@@ -58,10 +72,12 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
-    std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
-    let names: Vec<&String> = latents.tensors.keys().collect();
+    // Every value is checked before the first image is written.
+    for name in &names {
+        latents.read_f32_finite(name)?;
+    }
     let pb = progress(names.len(), "decode");
-    for chunk in names.chunks(args.batch_size) {
+    for (chunk, chunk_files) in names.chunks(args.batch_size).zip(files.chunks(args.batch_size)) {
         let mut values = Vec::with_capacity(chunk.len() * c * g * g);
         for name in chunk {
             values.extend(latents.read_f32(name)?);
@@ -73,8 +89,10 @@ pub fn run(args: Args) -> Result<()> {
             let tokens = model.grid_to_tokens(z);
             (model.decoder.forward(tokens, None) * 0.5 + 0.5).clamp(0.0, 1.0)
         };
-        for (name, img) in chunk.iter().zip(tensor_to_images(images)) {
-            save_png(&img, &args.output.join(format!("{name}.png")))?;
+        let images = tensor_to_images(images)
+            .with_context(|| format!("decoding {}", chunk.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")))?;
+        for (file, img) in chunk_files.iter().zip(images) {
+            save_png(&img, &args.output.join(file))?;
         }
         pb.inc(chunk.len() as u64);
     }

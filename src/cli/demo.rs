@@ -38,7 +38,15 @@ pub struct AblateArgs {
     threads: Option<usize>,
 }
 
+fn check_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(t) = threads {
+        crate::device::check_threads(t, "--threads").map_err(|e| anyhow::anyhow!(e))?;
+    }
+    Ok(())
+}
+
 pub fn run_demo_command(a: DemoArgs) -> Result<()> {
+    check_threads(a.threads)?;
     crate::device::set_cpu_threads(a.threads);
     let started = std::time::Instant::now();
     let r = run_demo(&a.out, a.quick)?;
@@ -54,6 +62,7 @@ pub fn run_demo_command(a: DemoArgs) -> Result<()> {
 }
 
 pub fn run_ablate_command(a: AblateArgs) -> Result<()> {
+    check_threads(a.threads)?;
     crate::device::set_cpu_threads(a.threads);
     let started = std::time::Instant::now();
     run_ablation(&a.out, &a.only, a.quick)?;

@@ -1,6 +1,7 @@
 //! `rectok encode`: images → latents.
 
-use super::common::{DeviceArgs, TokenizerArgs, input_images, load_batch, progress, report_skipped};
+use super::common::{DeviceArgs, TokenizerArgs, check_output_file, input_images, load_batch, progress, report_skipped, require_batch_size};
+use crate::files::Inputs;
 use crate::rng::Rng;
 use crate::weights::write_safetensors;
 use anyhow::{Result, bail};
@@ -36,11 +37,15 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    let device = args.device.device()?;
+    require_batch_size(args.batch_size)?;
+    args.device.validate()?;
     let inputs = input_images(&args.input)?;
+    check_output_file(&args.output, "--output")?;
+    let mut guard = Inputs::new();
+    guard.add(&args.input, "--input").add_files(inputs.sources.iter().map(|s| s.path.as_path()));
+    args.tokenizer.add_inputs(&mut guard);
+    guard.check_output_file(&args.output, "--output")?;
+    let device = args.device.device()?;
     let model = args.tokenizer.load(&device)?;
     let normalize = model.stats.is_some() && !args.raw;
     if model.stats.is_none() && !args.raw {
@@ -69,6 +74,9 @@ pub fn run(args: Args) -> Result<()> {
         let grid = model.tokens_to_grid(z);
         let [_, c, h, w] = grid.dims();
         let values: Vec<f32> = grid.into_data().try_into_vec_as::<f32>().expect("f32 latents");
+        if let Some(i) = (0..batch.names.len()).find(|&i| values[i * c * h * w..(i + 1) * c * h * w].iter().any(|v| !v.is_finite())) {
+            bail!("the latents of `{}` hold NaN or infinite values (the tokenizer's weights or input diverged); nothing was written", batch.names[i]);
+        }
         for (i, name) in batch.names.into_iter().enumerate() {
             let one = values[i * c * h * w..(i + 1) * c * h * w].to_vec();
             out.push((name, TensorData::new(one, [c, h, w])));

@@ -1,7 +1,11 @@
 //! `rectok eval`: the evaluation protocols (tokenizer, generator, linear probe) and the
 //! distribution-distance tools they are built on.
 
-use super::common::{DeviceArgs, GeneratorArgs, GuidanceArgs, TokenizerArgs, input_images, load_generator_for, progress, report_skipped, require_latent_stats};
+use super::common::{
+    DeviceArgs, GeneratorArgs, GuidanceArgs, TokenizerArgs, check_output_file, check_output_folder, check_steps, input_images, load_generator_for,
+    progress, report_skipped, require_batch_size, require_latent_stats,
+};
+use crate::files::Inputs;
 use crate::data::{DataSpec, Loader, Split, load_rgb8, open_dataset};
 use crate::generator::Integrator;
 use crate::metrics::extractor::Extractor;
@@ -152,7 +156,7 @@ fn print_table(title: &str, rows: &[(String, String)]) {
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    crate::weights::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+    crate::files::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
 }
 
 fn data_loader(data: &str, split: Split, batch_size: usize, size: usize) -> Result<Loader> {
@@ -161,10 +165,38 @@ fn data_loader(data: &str, split: Split, batch_size: usize, size: usize) -> Resu
     Loader::sequential(dataset, batch_size, size, rayon::current_num_threads())
 }
 
-fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
-    if a.batch_size == 0 || a.limit == Some(0) {
-        bail!("--batch-size and --limit must be at least 1");
+/// Registers a `--data`-style source (a folder or a list; `procedural` reads nothing).
+fn add_data_input(inputs: &mut Inputs, data: &str, option: &str) {
+    if !data.starts_with("procedural") && !data.starts_with("builtin") {
+        inputs.add(Path::new(data), option);
     }
+}
+
+/// Checks the optional `--save-dir` and `--json` outputs against the inputs.
+fn check_outputs(inputs: &Inputs, save_dir: Option<&Path>, json: Option<&Path>) -> Result<()> {
+    if let Some(dir) = save_dir {
+        check_output_folder(dir, "--save-dir")?;
+        inputs.check_output_dir(dir, "--save-dir", [])?;
+    }
+    if let Some(path) = json {
+        check_output_file(path, "--json")?;
+        inputs.check_output_file(path, "--json")?;
+    }
+    Ok(())
+}
+
+fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
+    require_batch_size(a.batch_size)?;
+    if a.limit == Some(0) {
+        bail!("--limit must be at least 1, got 0");
+    }
+    a.device.validate()?;
+    a.data.parse::<DataSpec>().map_err(|e| anyhow!("--data: {e}"))?;
+    let mut inputs = Inputs::new();
+    a.tokenizer.add_inputs(&mut inputs);
+    add_data_input(&mut inputs, &a.data, "--data");
+    inputs.add_opt(a.ref_stats.as_deref(), "--ref-stats");
+    check_outputs(&inputs, a.save_dir.as_deref(), a.json.as_deref())?;
     let device = a.device.device()?;
     let extractor = load_extractor(&a.extractor, &device)?;
     let reference = match (&a.ref_stats, &extractor) {
@@ -214,13 +246,29 @@ fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
 }
 
 fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
-    if a.steps < 2 {
-        bail!("--steps must be at least 2 (N time-grid points give N − 1 integration steps)");
-    }
-    if a.batch_size == 0 || a.num_samples == 0 {
-        bail!("--batch-size and --num-samples must be at least 1");
+    check_steps(a.steps)?;
+    require_batch_size(a.batch_size)?;
+    if !(2..=10_000_000).contains(&a.num_samples) {
+        bail!("--num-samples must be between 2 and 10000000, got {}", a.num_samples);
     }
     a.guidance.validate()?;
+    a.device.validate()?;
+    for (d, option) in [(&a.ref_data, "--ref-data"), (&a.class_check, "--class-check")] {
+        if let Some(d) = d {
+            d.parse::<DataSpec>().map_err(|e| anyhow!("{option}: {e}"))?;
+        }
+    }
+    let mut inputs = Inputs::new();
+    a.tokenizer.add_inputs(&mut inputs);
+    a.generator.add_inputs(&mut inputs);
+    a.guidance.add_inputs(&mut inputs);
+    inputs.add_opt(a.ref_stats.as_deref(), "--ref-stats");
+    for (d, option) in [(&a.ref_data, "--ref-data"), (&a.class_check, "--class-check")] {
+        if let Some(d) = d {
+            add_data_input(&mut inputs, d, option);
+        }
+    }
+    check_outputs(&inputs, a.save_dir.as_deref(), a.json.as_deref())?;
     let device = a.device.device()?;
     let Some(extractor) = load_extractor(&a.extractor, &device)? else {
         bail!("the generator protocol needs a feature extractor (inception:PATH or effnet)");
@@ -236,8 +284,8 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
         }
     };
     let g = &a.generator;
-    let net = load_generator_for(&g.generator, g.generator_entry, g.generator_config.as_deref(), &tokenizer, &device)?;
-    let guide = a.guidance.load_guide(g.generator_entry, &tokenizer, &net, &device)?;
+    let net = load_generator_for(&g.generator, g.generator_entry.clone(), g.generator_config.as_deref(), &tokenizer, &device)?;
+    let guide = a.guidance.load_guide(g.generator_entry.clone(), &tokenizer, &net, &device)?;
     let options = GeneratorEvalOptions {
         num_samples: a.num_samples,
         steps: a.steps,
@@ -308,7 +356,7 @@ fn reference_stats_from(data: &str, extractor: &Extractor, batch_size: usize, si
     let mut stream = loader.stream(0, 0);
     for _ in 0..loader.steps_per_epoch() {
         let batch = stream.next_batch()?;
-        let images = to_u8_rounded(batch.tensor(device) * 0.5 + 0.5);
+        let images = to_u8_rounded(batch.tensor(device) * 0.5 + 0.5)?;
         acc.add(&extractor.features(&images, device)?)?;
         bar.inc(batch.len() as u64);
     }
@@ -356,12 +404,15 @@ pub fn run(which: Which) -> Result<()> {
             Ok(())
         }
         Which::Stats(a) => {
-            if a.batch_size == 0 {
-                bail!("--batch-size must be at least 1");
-            }
+            require_batch_size(a.batch_size)?;
+            a.device.validate()?;
+            let inputs = input_images(&a.input)?;
+            check_output_file(&a.output, "--output")?;
+            let mut guard = Inputs::new();
+            guard.add(&a.input, "INPUT").add_files(inputs.sources.iter().map(|s| s.path.as_path()));
+            guard.check_output_file(&a.output, "--output")?;
             let device = a.device.device()?;
             let extractor = Extractor::load(&a.extractor, &device)?;
-            let inputs = input_images(&a.input)?;
             let mut acc = StatsAccumulator::new(extractor.dim());
             let bar = progress(inputs.sources.len(), "features");
             let mut unreadable = Vec::new();

@@ -1,7 +1,11 @@
 //! `rectok generate`: class-conditional sampling with DiT^DH (Euler or Heun on the shifted grid,
 //! classifier-free guidance or AutoGuidance), decoded by the tokenizer.
 
-use super::common::{DeviceArgs, GeneratorArgs, GuidanceArgs, TokenizerArgs, load_generator_for, progress, require_latent_stats};
+use super::common::{
+    DeviceArgs, GeneratorArgs, GuidanceArgs, TokenizerArgs, check_output_file, check_output_folder, check_steps, load_generator_for, progress,
+    require_batch_size, require_latent_stats,
+};
+use crate::files::Inputs;
 use crate::data::save_png;
 use crate::data::transforms::tensor_to_images;
 use crate::generator::transport::ode_grid;
@@ -34,7 +38,8 @@ pub struct Args {
     /// Seed: sample i always gets the same initial noise for a seed, at any batch size.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output folder: one PNG per sample named `<class>_<index>.png`.
+    /// Output folder: one PNG per sample named `<class>_<index>.png` (a class listed twice
+    /// continues its numbering).
     #[arg(long, short)]
     output: PathBuf,
     /// Also write a grid of all samples (one row per class).
@@ -48,30 +53,52 @@ pub struct Args {
 }
 
 
+/// `(class, index within the class)` of every sample, in order: a class listed more than once
+/// continues its numbering, so no two samples share a file name.
+fn sample_jobs(classes: &[usize], per_class: usize) -> Vec<(usize, usize)> {
+    let mut next = std::collections::HashMap::new();
+    let mut jobs = Vec::with_capacity(classes.len() * per_class);
+    for &c in classes {
+        let first = next.entry(c).or_insert(0usize);
+        jobs.extend((*first..*first + per_class).map(|k| (c, k)));
+        *first += per_class;
+    }
+    jobs
+}
+
 pub fn run(args: Args) -> Result<()> {
     // Everything that can be checked without the networks is checked first.
-    if args.steps < 2 {
-        bail!("--steps must be at least 2 (N time-grid points give N − 1 integration steps)");
-    }
-    if args.batch_size == 0 || args.num_per_class == 0 {
-        bail!("--batch-size and --num-per-class must be at least 1");
+    check_steps(args.steps)?;
+    require_batch_size(args.batch_size)?;
+    if !(1..=100_000).contains(&args.num_per_class) {
+        bail!("--num-per-class must be between 1 and 100000, got {}", args.num_per_class);
     }
     args.guidance.validate()?;
+    args.device.validate()?;
+    check_output_folder(&args.output, "--output")?;
+    let mut inputs = Inputs::new();
+    args.tokenizer.add_inputs(&mut inputs);
+    args.generator.add_inputs(&mut inputs);
+    args.guidance.add_inputs(&mut inputs);
+    inputs.check_output_dir(&args.output, "--output", [])?;
+    if let Some(grid) = &args.grid {
+        check_output_file(grid, "--grid")?;
+        inputs.check_output_file(grid, "--grid")?;
+    }
     let device = args.device.device()?;
     let tokenizer = args.tokenizer.load(&device)?;
     require_latent_stats(&tokenizer, &args.tokenizer)?;
     let gen_args = &args.generator;
-    let net = load_generator_for(&gen_args.generator, gen_args.generator_entry, gen_args.generator_config.as_deref(), &tokenizer, &device)?;
+    let net = load_generator_for(&gen_args.generator, gen_args.generator_entry.clone(), gen_args.generator_config.as_deref(), &tokenizer, &device)?;
     let num_classes = net.config.num_classes;
     let classes: Vec<usize> = if args.classes.is_empty() { (0..num_classes).collect() } else { args.classes.clone() };
     if let Some(&bad) = classes.iter().find(|&&c| c >= num_classes) {
-        bail!("class id {bad} is out of range: the generator has {num_classes} classes (0..{})", num_classes - 1);
+        bail!("--classes: class id {bad} is out of range: the generator has {num_classes} classes (0..{})", num_classes - 1);
     }
-    let guide = args.guidance.load_guide(gen_args.generator_entry, &tokenizer, &net, &device)?;
+    let guide = args.guidance.load_guide(gen_args.generator_entry.clone(), &tokenizer, &net, &device)?;
     let guidance = args.guidance.guidance(guide.as_ref());
-    std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
 
-    let jobs: Vec<(usize, usize)> = classes.iter().flat_map(|&c| (0..args.num_per_class).map(move |k| (c, k))).collect();
+    let jobs = sample_jobs(&classes, args.num_per_class);
     let grid_t = ode_grid(args.steps, net.config.time_shift());
     let batches = jobs.len().div_ceil(args.batch_size);
     let evals = args.sampler.evaluations(args.steps);
@@ -93,7 +120,7 @@ pub fn run(args: Args) -> Result<()> {
         let labels: Vec<usize> = batch.iter().map(|&(class, _)| class).collect();
         let first = (bi * args.batch_size) as u64;
         let latents = sample_class_latents(&net, &guidance, &labels, args.seed, first, &grid_t, args.sampler, |_| pb.inc(1));
-        let images = tensor_to_images(tokenizer.detokenize(latents));
+        let images = tensor_to_images(tokenizer.detokenize(latents)).context("sampling")?;
         for (&(class, k), img) in batch.iter().zip(images) {
             save_png(&img, &args.output.join(format!("{class:04}_{k:03}.png")))?;
             all.push(img);
@@ -106,4 +133,14 @@ pub fn run(args: Args) -> Result<()> {
     }
     tracing::info!("wrote {} samples to {}", all.len(), args.output.display());
     Ok(())
+}
+
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn repeated_classes_get_distinct_names() {
+        assert_eq!(super::sample_jobs(&[1, 1], 2), vec![(1, 0), (1, 1), (1, 2), (1, 3)]);
+        assert_eq!(super::sample_jobs(&[3, 1, 3], 1), vec![(3, 0), (1, 0), (3, 1)]);
+    }
 }

@@ -26,6 +26,11 @@ pub struct Cli {
     /// Only errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Largest image accepted, in pixels (width × height), checked from the file's header before
+    /// decoding (Pillow's decompression-bomb limit by default).
+    #[arg(long, global = true, value_name = "PIXELS", default_value_t = crate::data::images::DEFAULT_MAX_IMAGE_PIXELS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_image_pixels: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,6 +100,7 @@ pub fn run() -> i32 {
         }
     };
     init_logging(cli.verbose, cli.quiet);
+    crate::data::images::set_max_image_pixels(cli.max_image_pixels);
     let result = match cli.command {
         Command::Encode(a) => encode::run(a),
         Command::Decode(a) => decode::run(a),
@@ -113,6 +119,10 @@ pub fn run() -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
+            if let Some(stop) = e.downcast_ref::<crate::train::session::Interrupted>() {
+                eprintln!("{stop}");
+                return stop.exit_code();
+            }
             let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
             eprintln!("error: {msg}");
             1

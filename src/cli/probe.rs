@@ -44,8 +44,31 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.batch_size == 0 || args.epochs == 0 {
-        bail!("--batch-size and --epochs must be positive");
+    super::common::require_batch_size(args.batch_size)?;
+    if !(1..=100_000).contains(&args.epochs) {
+        bail!("--epochs must be between 1 and 100000, got {}", args.epochs);
+    }
+    if !(args.lr.is_finite() && args.lr > 0.0) {
+        bail!("--lr must be a finite number > 0, got {}", args.lr);
+    }
+    if !(args.val_fraction > 0.0 && args.val_fraction < 1.0) {
+        bail!("--val-fraction must be between 0 and 1 (exclusive), got {}", args.val_fraction);
+    }
+    args.device.validate()?;
+    args.data.parse::<DataSpec>().map_err(|e| anyhow!("--data: {e}"))?;
+    if let Some(v) = &args.val_data {
+        v.parse::<DataSpec>().map_err(|e| anyhow!("--val-data: {e}"))?;
+    }
+    if let Some(json) = &args.json {
+        super::common::check_output_file(json, "--json")?;
+        let mut inputs = crate::files::Inputs::new();
+        args.tokenizer.add_inputs(&mut inputs);
+        for d in std::iter::once(&args.data).chain(args.val_data.as_ref()) {
+            if !d.starts_with("procedural") && !d.starts_with("builtin") {
+                inputs.add(std::path::Path::new(d), "--data");
+            }
+        }
+        inputs.check_output_file(json, "--json")?;
     }
     let device = args.device.device()?;
     let model = args.tokenizer.load(&device)?;
@@ -90,7 +113,7 @@ pub fn run(args: Args) -> Result<()> {
             "train_images": report.sizes.0,
             "held_out_images": report.sizes.1,
         });
-        crate::weights::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+        crate::files::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `rectok reconstruct`: images → latents → images, with PSNR and SSIM.
 
-use super::common::{DeviceArgs, TokenizerArgs, input_images, load_batch, progress, report_skipped};
+use super::common::{DeviceArgs, TokenizerArgs, check_output_file, check_output_folder, input_images, load_batch, progress, report_skipped, require_batch_size};
+use crate::files::{Inputs, output_file};
 use crate::data::save_png;
 use crate::data::transforms::{tensor_to_images, tensor_to_planes};
 use crate::metrics::{psnr, ssim};
@@ -29,13 +30,21 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
+    require_batch_size(args.batch_size)?;
+    args.device.validate()?;
+    let inputs = input_images(&args.input)?;
+    let files = inputs.sources.iter().map(|s| output_file(&s.name, "image name", "png")).collect::<Result<Vec<_>>>()?;
+    check_output_folder(&args.output, "--output")?;
+    let mut guard = Inputs::new();
+    guard.add(&args.input, "--input").add_files(inputs.sources.iter().map(|s| s.path.as_path()));
+    args.tokenizer.add_inputs(&mut guard);
+    guard.check_output_dir(&args.output, "--output", files.iter().map(|p| p.as_path()))?;
+    if let Some(json) = &args.metrics_json {
+        check_output_file(json, "--metrics-json")?;
+        guard.check_output_file(json, "--metrics-json")?;
     }
     let device = args.device.device()?;
-    let inputs = input_images(&args.input)?;
     let model = args.tokenizer.load(&device)?;
-    std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
     let size = model.config.img_size;
     let folder = args.input.is_dir();
     let mut unreadable = Vec::new();
@@ -49,8 +58,8 @@ pub fn run(args: Args) -> Result<()> {
         let original = (batch.tensor.clone() * 0.5 + 0.5).clamp(0.0, 1.0);
         let recon = model.reconstruct(batch.tensor);
         let (orig_planes, recon_planes) = (tensor_to_planes(original), tensor_to_planes(recon.clone()));
-        for ((name, img), (o, r)) in batch.names.iter().zip(tensor_to_images(recon)).zip(orig_planes.iter().zip(&recon_planes)) {
-            save_png(&img, &args.output.join(format!("{name}.png")))?;
+        for ((name, img), (o, r)) in batch.names.iter().zip(tensor_to_images(recon).context("reconstructing")?).zip(orig_planes.iter().zip(&recon_planes)) {
+            save_png(&img, &args.output.join(output_file(name, "image name", "png")?))?;
             let (p, s) = (psnr(r, o), ssim(r, o, 3, size, size));
             pb.suspend(|| println!("{name}\tPSNR {p:.3} dB\tSSIM {s:.4}"));
             rows.push((name.clone(), p, s));
@@ -74,7 +83,7 @@ pub fn run(args: Args) -> Result<()> {
             "psnr_definition": "10*log10(1/MSE) on [0,1] float reconstructions vs the center-cropped input",
             "ssim_definition": "Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data range 1, valid region, channel mean",
         });
-        crate::weights::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+        crate::files::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
     }
     Ok(())
 }

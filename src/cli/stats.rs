@@ -1,7 +1,8 @@
 //! `rectok stats`: per-channel latent statistics of a tokenizer over a folder of images, as the
 //! reference computes them before generator training and evaluation (spec TRAINING.md §4).
 
-use super::common::{DeviceArgs, TokenizerArgs, input_images, load_batch, progress, report_skipped};
+use super::common::{DeviceArgs, TokenizerArgs, check_output_file, input_images, load_batch, progress, report_skipped, require_batch_size};
+use crate::files::Inputs;
 use crate::train::latents::ChannelMoments;
 use crate::weights::tokenizer::save_latent_stats;
 use anyhow::{Result, bail};
@@ -29,14 +30,21 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
+    require_batch_size(args.batch_size)?;
+    if args.limit == Some(0) {
+        bail!("--limit must be at least 1, got 0");
     }
-    let device = args.device.device()?;
+    args.device.validate()?;
     let mut inputs = input_images(&args.data)?;
+    check_output_file(&args.output, "--output")?;
+    let mut guard = Inputs::new();
+    guard.add(&args.data, "--data").add_files(inputs.sources.iter().map(|s| s.path.as_path()));
+    args.tokenizer.add_inputs(&mut guard);
+    guard.check_output_file(&args.output, "--output")?;
     if let Some(n) = args.limit {
         inputs.sources.truncate(n);
     }
+    let device = args.device.device()?;
     let model = args.tokenizer.load(&device)?;
     let size = model.config.img_size;
     let mut moments = ChannelMoments::new(model.token_channels());
@@ -56,6 +64,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("{}: none of the images could be read", args.data.display());
     }
     let stats = moments.finish();
+    stats.validate(model.token_channels()).map_err(|e| anyhow::anyhow!("the statistics over {images} images are unusable: {e}"))?;
     save_latent_stats(&stats, &args.output)?;
     report_skipped(&inputs.skipped_non_images, &unreadable);
     let c = stats.mean.len() as f32;

@@ -4,8 +4,9 @@ use crate::train::config::{TokenizerTrainConfig, apply_override};
 use crate::train::generator::GeneratorTrainer;
 use crate::train::generator_config::GeneratorTrainConfig;
 use crate::train::tokenizer::TokenizerTrainer;
+use crate::files::Inputs;
 use anyhow::{Result, anyhow, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// What to train.
 #[derive(clap::Subcommand, Debug)]
@@ -137,7 +138,35 @@ fn adjust_run(config: &mut TokenizerTrainConfig, overrides: &[String]) -> Result
     Ok(())
 }
 
+/// `--max-steps` (when given) is at least 1, and `--out` is a folder that is none of the inputs.
+fn check_run_options(out: &Path, max_steps: Option<usize>, inputs: &[(Option<&Path>, &str)]) -> Result<()> {
+    if max_steps == Some(0) {
+        bail!("--max-steps must be at least 1, got 0");
+    }
+    super::common::check_output_folder(out, "--out")?;
+    let mut guard = Inputs::new();
+    for (path, option) in inputs {
+        guard.add_opt(*path, option);
+    }
+    guard.check_output_dir(out, "--out", [])
+}
+
+/// A `--data` value that names files (not the built-in set).
+fn data_path(data: &Option<String>) -> Option<&Path> {
+    data.as_deref().filter(|d| !d.starts_with("procedural") && !d.starts_with("builtin")).map(Path::new)
+}
+
 fn run_generator(args: GeneratorArgs) -> Result<()> {
+    check_run_options(
+        &args.out,
+        args.max_steps,
+        &[
+            (args.tokenizer.as_deref(), "--tokenizer"),
+            (args.latent_stats.as_deref(), "--latent-stats"),
+            (data_path(&args.data), "--data"),
+            (Some(Path::new(&args.config)), "--config"),
+        ],
+    )?;
     let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
     let mut overrides = args.overrides.clone();
     if let Some(m) = args.max_steps {
@@ -213,6 +242,16 @@ pub fn run(which: Which) -> Result<()> {
         Which::Tokenizer(args) => args,
         Which::Generator(args) => return run_generator(args),
     };
+    check_run_options(
+        &args.out,
+        args.max_steps,
+        &[
+            (data_path(&args.data), "--data"),
+            (data_path(&args.val_data), "--val-data"),
+            (args.init_from.as_deref(), "--init-from"),
+            (Some(Path::new(&args.config)), "--config"),
+        ],
+    )?;
     let overrides = run_overrides(&args);
     let mut trainer = if args.resume {
         if args.data.is_some() || args.teacher.is_some() || args.init_from.is_some() || args.val_data.is_some() {

@@ -8,7 +8,7 @@
 //! `center_crop_arr`, as the reference) with their labels; [`open_dataset`] picks one from a
 //! `--data` argument.
 
-use super::images::{IMAGE_EXTENSIONS, load_rgb8};
+use super::images::{IMAGE_EXTENSIONS, has_image_extension, load_rgb8, walk_files};
 use super::procedural::Procedural;
 use super::transforms::center_crop_arr;
 use anyhow::{Context, Result, bail};
@@ -150,8 +150,14 @@ impl ImageFolder {
             for dir in &subdirs {
                 let label = classes.len();
                 let files = scan_images(dir)?;
+                // Labels are the sorted class folders: dropping an empty one would shift every
+                // later label (torchvision's `ImageFolder` refuses too).
                 if files.is_empty() {
-                    continue;
+                    bail!(
+                        "{}: class folder without images (extensions {}, any case); labels follow the sorted class                          folders, so remove it or add its images",
+                        dir.display(),
+                        IMAGE_EXTENSIONS.join(", ")
+                    );
                 }
                 classes.push(dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
                 items.extend(files.into_iter().map(|p| (p, label)));
@@ -164,21 +170,14 @@ impl ImageFolder {
     }
 }
 
+/// The image files under `dir` (any depth, sorted); entries that are not regular files are
+/// reported and skipped.
 fn scan_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).with_context(|| format!("{}: cannot list folder", d.display()))? {
-            let p = e?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_string_lossy().as_ref())) {
-                out.push(p);
-            }
-        }
+    let walk = walk_files(dir)?;
+    for p in &walk.special {
+        tracing::warn!("{}: not a regular file, skipped", p.display());
     }
-    out.sort();
-    Ok(out)
+    Ok(walk.files.into_iter().filter(|p| has_image_extension(p)).collect())
 }
 
 impl Dataset for ImageFolder {

@@ -60,14 +60,15 @@ impl ResampleFilter {
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// Per output pixel: first input index, count, and fixed-point weights (Pillow's
-/// `precompute_coeffs` + `normalize_coeffs_8bpc`).
-fn coefficients(in_size: usize, out_size: usize, filter: ResampleFilter) -> Vec<(usize, Vec<i32>)> {
+/// Per output pixel `xx` of `range`: first input index and fixed-point weights (Pillow's
+/// `precompute_coeffs` + `normalize_coeffs_8bpc`). Each pixel's weights depend on `xx` alone, so
+/// a window of the output costs no more than its own size.
+fn coefficients(in_size: usize, out_size: usize, filter: ResampleFilter, range: std::ops::Range<usize>) -> Vec<(usize, Vec<i32>)> {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
     let ss = 1.0 / filterscale;
-    (0..out_size)
+    range
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
@@ -100,74 +101,125 @@ fn clip8(v: i32) -> u8 {
     }
 }
 
-/// Resizes an RGB image exactly as Pillow's `Image.resize((w, h), filter)` does for mode `RGB`.
-pub fn resize_rgb8(img: &RgbImage, width: usize, height: usize, filter: ResampleFilter) -> RgbImage {
-    let (iw, ih) = (img.width() as usize, img.height() as usize);
-    if (iw, ih) == (width, height) {
-        return img.clone();
+/// One output row (or column) of 8-bit RGB pixels: `k` taps starting at `first`, read by `pixel`.
+fn convolve(coeffs: &[(usize, Vec<i32>)], out: &mut [u8], pixel: impl Fn(usize) -> [u8; 3]) {
+    for (x, (first, k)) in coeffs.iter().enumerate() {
+        let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+        for (i, &w) in k.iter().enumerate() {
+            let p = pixel(first + i);
+            for c in 0..3 {
+                acc[c] += p[c] as i32 * w;
+            }
+        }
+        for c in 0..3 {
+            out[x * 3 + c] = clip8(acc[c]);
+        }
     }
-    let src = img.as_raw();
-    // Horizontal pass (skipped when the width is unchanged).
-    let (tmp, tw) = if width != iw {
-        let coeffs = coefficients(iw, width, filter);
-        let mut out = vec![0u8; width * ih * 3];
-        for y in 0..ih {
-            let row = &src[y * iw * 3..(y + 1) * iw * 3];
-            for (x, (xmin, k)) in coeffs.iter().enumerate() {
-                let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-                for (i, &w) in k.iter().enumerate() {
-                    let p = &row[(xmin + i) * 3..(xmin + i) * 3 + 3];
-                    for c in 0..3 {
-                        acc[c] += p[c] as i32 * w;
-                    }
-                }
-                for c in 0..3 {
-                    out[(y * width + x) * 3 + c] = clip8(acc[c]);
-                }
-            }
-        }
-        (out, width)
-    } else {
-        (src.to_vec(), iw)
-    };
-    // Vertical pass.
-    let out = if height != ih {
-        let coeffs = coefficients(ih, height, filter);
-        let mut out = vec![0u8; tw * height * 3];
-        for (y, (ymin, k)) in coeffs.iter().enumerate() {
-            for x in 0..tw {
-                let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-                for (i, &w) in k.iter().enumerate() {
-                    let p = &tmp[((ymin + i) * tw + x) * 3..((ymin + i) * tw + x) * 3 + 3];
-                    for c in 0..3 {
-                        acc[c] += p[c] as i32 * w;
-                    }
-                }
-                for c in 0..3 {
-                    out[(y * tw + x) * 3 + c] = clip8(acc[c]);
-                }
-            }
-        }
-        out
-    } else {
-        tmp
-    };
-    RgbImage::from_raw(width as u32, height as u32, out).expect("buffer size matches")
 }
 
-/// ADM's `center_crop_arr`: the evaluation/training crop of the reference.
-pub fn center_crop_arr(img: &RgbImage, size: usize) -> RgbImage {
-    let mut img = img.clone();
-    while (img.width().min(img.height()) as usize) >= 2 * size {
-        let (w, h) = (img.width() as usize / 2, img.height() as usize / 2);
-        img = resize_rgb8(&img, w, h, ResampleFilter::Box);
+/// A rectangle of an image: columns `x..x + width`, rows `y..y + height`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// First column.
+    pub x: usize,
+    /// First row.
+    pub y: usize,
+    /// Columns.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+}
+
+/// Resizes an RGB image exactly as Pillow's `Image.resize((w, h), filter)` does for mode `RGB`.
+pub fn resize_rgb8(img: &RgbImage, width: usize, height: usize, filter: ResampleFilter) -> RgbImage {
+    resize_window_rgb8(img, width, height, filter, Window { x: 0, y: 0, width, height })
+}
+
+/// The `window` of `resize_rgb8(img, width, height, filter)`, pixel for pixel, computing only
+/// what the window needs: memory is bounded by the window and the filter's reach, not by the
+/// full resized image (a 1 × 1,000,000 strip resized to a 256-wide crop would otherwise be a
+/// 256 × 256,000,000 image).
+///
+/// Pillow's order (`libImaging/Resample.c`): the horizontal pass, clipped to 8 bits, then the
+/// vertical pass; a pass whose size does not change is skipped. Horizontal rows are computed
+/// once each, as the vertical taps slide down the input.
+pub fn resize_window_rgb8(img: &RgbImage, width: usize, height: usize, filter: ResampleFilter, window: Window) -> RgbImage {
+    let (iw, ih) = (img.width() as usize, img.height() as usize);
+    assert!(window.x + window.width <= width && window.y + window.height <= height, "window inside the output");
+    let src = img.as_raw();
+    let ww = window.width;
+    let hcoeffs = (width != iw).then(|| coefficients(iw, width, filter, window.x..window.x + ww));
+    // Row `y` of the horizontal pass, restricted to the window's columns.
+    let row = |y: usize| -> Vec<u8> {
+        let line = &src[y * iw * 3..(y + 1) * iw * 3];
+        match &hcoeffs {
+            Some(coeffs) => {
+                let mut out = vec![0u8; ww * 3];
+                convolve(coeffs, &mut out, |x| [line[x * 3], line[x * 3 + 1], line[x * 3 + 2]]);
+                out
+            }
+            None => line[window.x * 3..(window.x + ww) * 3].to_vec(),
+        }
+    };
+    let mut out = Vec::with_capacity(ww * window.height * 3);
+    if height == ih {
+        for y in window.y..window.y + window.height {
+            out.extend(row(y));
+        }
+    } else {
+        let vcoeffs = coefficients(ih, height, filter, window.y..window.y + window.height);
+        // Horizontal rows `first_row..` currently kept; taps only move down.
+        let mut rows: std::collections::VecDeque<Vec<u8>> = Default::default();
+        let mut first_row = 0;
+        let mut line = vec![0u8; ww * 3];
+        for (ymin, k) in &vcoeffs {
+            while first_row < *ymin && !rows.is_empty() {
+                rows.pop_front();
+                first_row += 1;
+            }
+            if rows.is_empty() {
+                first_row = *ymin;
+            }
+            while first_row + rows.len() < ymin + k.len() {
+                rows.push_back(row(first_row + rows.len()));
+            }
+            let skip = ymin - first_row;
+            for x in 0..ww {
+                let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+                for (i, &w) in k.iter().enumerate() {
+                    let p = &rows[skip + i][x * 3..x * 3 + 3];
+                    for c in 0..3 {
+                        acc[c] += p[c] as i32 * w;
+                    }
+                }
+                for c in 0..3 {
+                    line[x * 3 + c] = clip8(acc[c]);
+                }
+            }
+            out.extend_from_slice(&line);
+        }
     }
+    RgbImage::from_raw(ww as u32, window.height as u32, out).expect("buffer size matches")
+}
+
+/// ADM's `center_crop_arr`: the evaluation/training crop of the reference. Only the crop window
+/// of the final bicubic resize is computed (same pixels, memory bounded by the crop).
+pub fn center_crop_arr(img: &RgbImage, size: usize) -> RgbImage {
+    let mut halved: Option<RgbImage> = None;
+    loop {
+        let cur = halved.as_ref().unwrap_or(img);
+        if (cur.width().min(cur.height()) as usize) < 2 * size {
+            break;
+        }
+        let (w, h) = (cur.width() as usize / 2, cur.height() as usize / 2);
+        halved = Some(resize_rgb8(cur, w, h, ResampleFilter::Box));
+    }
+    let img = halved.as_ref().unwrap_or(img);
     let scale = size as f64 / img.width().min(img.height()) as f64;
     let w = (img.width() as f64 * scale).round_ties_even() as usize;
     let h = (img.height() as f64 * scale).round_ties_even() as usize;
-    let img = resize_rgb8(&img, w, h, ResampleFilter::Bicubic);
-    let (cy, cx) = ((h - size) / 2, (w - size) / 2);
-    image::imageops::crop_imm(&img, cx as u32, cy as u32, size as u32, size as u32).to_image()
+    let window = Window { x: (w - size) / 2, y: (h - size) / 2, width: size, height: size };
+    resize_window_rgb8(img, w, h, ResampleFilter::Bicubic, window)
 }
 
 /// Stacks RGB images of equal size into `(B, 3, H, W)` in [-1, 1]: `(u8/255 − 0.5)/0.5` in f32,
@@ -187,13 +239,26 @@ pub fn images_to_tensor(images: &[RgbImage], device: &Device) -> Tensor<4> {
 
 /// Converts `(B, 3, H, W)` images in [0, 1] to 8-bit RGB with the reference's truncation
 /// (`uint8(x·255)`, values clamped to [0, 1] first).
-pub fn tensor_to_images(x: Tensor<4>) -> Vec<RgbImage> {
+///
+/// # Errors
+/// When a value is NaN or infinite (a diverged model or non-finite input): such an image would
+/// otherwise come out silently black. The message says which images of the batch.
+pub fn tensor_to_images(x: Tensor<4>) -> anyhow::Result<Vec<RgbImage>> {
     let [b, c, h, w] = x.dims();
     assert_eq!(c, 3, "expected RGB images");
     let v: Vec<f32> = x.into_data().try_into_vec_as::<f32>().expect("f32 images");
-    (0..b)
+    let plane = 3 * h * w;
+    let bad: Vec<usize> = (0..b).filter(|&i| v[i * plane..(i + 1) * plane].iter().any(|p| !p.is_finite())).collect();
+    if !bad.is_empty() {
+        anyhow::bail!(
+            "{} of {b} output image(s) hold NaN or infinite values (batch positions {:?}); nothing was written for them",
+            bad.len(),
+            bad
+        );
+    }
+    Ok((0..b)
         .map(|i| {
-            let plane = &v[i * 3 * h * w..(i + 1) * 3 * h * w];
+            let plane = &v[i * plane..(i + 1) * plane];
             let mut raw = vec![0u8; h * w * 3];
             for p in 0..h * w {
                 for ch in 0..3 {
@@ -202,7 +267,7 @@ pub fn tensor_to_images(x: Tensor<4>) -> Vec<RgbImage> {
             }
             RgbImage::from_raw(w as u32, h as u32, raw).expect("size")
         })
-        .collect()
+        .collect())
 }
 
 /// `(B, 3, H, W)` tensor values as per-image host vectors (for metrics).
@@ -222,6 +287,27 @@ mod tests {
         for f in [ResampleFilter::Box, ResampleFilter::Bilinear, ResampleFilter::Bicubic] {
             let r = resize_rgb8(&img, 19, 50, f);
             assert!(r.pixels().all(|p| p.0 == [10, 200, 77]), "{f:?} must preserve a constant image");
+        }
+    }
+
+    /// Pillow's order without windows: the whole horizontal pass, then the whole vertical one.
+    fn full_resize(img: &RgbImage, width: usize, height: usize, filter: ResampleFilter) -> RgbImage {
+        let tmp = resize_window_rgb8(img, width, img.height() as usize, filter, Window { x: 0, y: 0, width, height: img.height() as usize });
+        resize_window_rgb8(&tmp, width, height, filter, Window { x: 0, y: 0, width, height })
+    }
+
+    #[test]
+    fn a_window_of_a_resize_is_the_same_pixels_as_the_full_resize() {
+        let mut rng = crate::rng::Rng::seed_from(3);
+        for (iw, ih, w, h) in [(37, 23, 19, 50), (3, 700, 64, 14933), (700, 2, 22400, 64), (64, 64, 64, 31), (50, 9, 13, 9)] {
+            let img = RgbImage::from_fn(iw, ih, |_, _| image::Rgb([0, 1, 2].map(|_| (rng.uniform() * 256.0) as u8)));
+            for f in [ResampleFilter::Box, ResampleFilter::Bilinear, ResampleFilter::Bicubic] {
+                let full = full_resize(&img, w as usize, h as usize, f);
+                let win = Window { x: (w as usize).saturating_sub(16) / 2, y: (h as usize).saturating_sub(16) / 2, width: 16.min(w as usize), height: 16.min(h as usize) };
+                let part = resize_window_rgb8(&img, w as usize, h as usize, f, win);
+                let want = image::imageops::crop_imm(&full, win.x as u32, win.y as u32, win.width as u32, win.height as u32).to_image();
+                assert_eq!(part, want, "{iw}×{ih} → {w}×{h}, {f:?}");
+            }
         }
     }
 

@@ -99,32 +99,78 @@ fn matrix(d: usize, values: &[f64]) -> DMatrix<f64> {
     DMatrix::from_row_slice(d, d, values)
 }
 
-/// `Σᵢ sqrt(λᵢ)` over the eigenvalues of `A·B` for symmetric positive semi-definite `A`, `B`,
-/// computed as the eigenvalues of the symmetric `√A·B·√A` (same spectrum), so that singular or
-/// nearly singular covariances give a finite, real answer. Eigenvalues below zero (round-off)
-/// count as zero.
-///
-/// The decompositions are SVDs: for a symmetric positive semi-definite matrix the singular
-/// values are the eigenvalues and `U` holds the eigenvectors, and nalgebra's SVD stays accurate
-/// on rank-deficient covariances where its `SymmetricEigen` was seen to return non-finite values
-/// (a 1280-d covariance of 64 near-identical images).
-pub fn trace_sqrt_product(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
-    // Eigenvalues within round-off of zero (relative to the largest) are zero: their square roots
-    // would otherwise add up to visible noise on rank-deficient covariances.
-    let cutoff = |v: &DVector<f64>| v.amax() * v.len() as f64 * f64::EPSILON;
-    let svd = a.clone().svd(true, false);
-    let u = svd.u.expect("U requested");
-    let tol = cutoff(&svd.singular_values);
-    let sqrt_vals = svd.singular_values.map(|l| if l > tol { l.sqrt() } else { 0.0 });
-    let sqrt_a = &u * DMatrix::from_diagonal(&sqrt_vals) * u.transpose();
-    let m = &sqrt_a * b * &sqrt_a;
-    let m = (&m + m.transpose()) * 0.5;
-    let vals = m.singular_values();
-    let tol = cutoff(&vals);
-    vals.iter().map(|&l| if l > tol { l.sqrt() } else { 0.0 }).sum()
+impl FeatureStats {
+    /// Checks that the statistics describe a Gaussian: finite values, a `d × d` covariance that
+    /// is symmetric (to 1e-6 of its largest entry) and positive semi-definite within round-off
+    /// (a Cholesky factorisation of `Σ + 1e-6·max(diag Σ)·I` exists).
+    pub fn validate(&self) -> Result<(), String> {
+        let d = self.dim();
+        if d == 0 || self.sigma.len() != d * d {
+            return Err(format!("`mu` has {d} values but `sigma` {} (expected {d} × {d})", self.sigma.len()));
+        }
+        if let Some(i) = self.mu.iter().position(|v| !v.is_finite()) {
+            return Err(format!("`mu` holds a non-finite value ({} at {i})", self.mu[i]));
+        }
+        if let Some(i) = self.sigma.iter().position(|v| !v.is_finite()) {
+            return Err(format!("`sigma` holds a non-finite value ({} at ({}, {}))", self.sigma[i], i / d, i % d));
+        }
+        let scale = self.sigma.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for r in 0..d {
+            for c in r + 1..d {
+                let (a, b) = (self.sigma[r * d + c], self.sigma[c * d + r]);
+                if (a - b).abs() > 1e-6 * scale {
+                    return Err(format!("`sigma` is not symmetric: ({r}, {c}) = {a} but ({c}, {r}) = {b}"));
+                }
+            }
+        }
+        let max_diag = (0..d).map(|i| self.sigma[i * d + i]).fold(0.0f64, f64::max);
+        let mut shifted = matrix(d, &self.sigma);
+        for i in 0..d {
+            shifted[(i, i)] += 1e-6 * max_diag.max(f64::MIN_POSITIVE);
+        }
+        if shifted.cholesky().is_none() {
+            return Err("`sigma` is not a covariance matrix: it is not positive semi-definite".into());
+        }
+        Ok(())
+    }
 }
 
-/// Fréchet distance `‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2·tr √(Σ₁Σ₂)` between two Gaussians.
+/// A factor `F` (`d × r`) with `F·Fᵀ = Σ` for a symmetric positive semi-definite `Σ`:
+/// `U_r·diag(√λ_r)` over the eigenpairs above round-off (`λ > λ_max·d·ε`). The eigenpairs come
+/// from an SVD (for such a matrix its singular vectors are eigenvectors), which nalgebra computes
+/// accurately on rank-deficient covariances where its `SymmetricEigen` was seen to return
+/// non-finite values.
+fn psd_factor(sigma: &DMatrix<f64>) -> DMatrix<f64> {
+    let d = sigma.nrows();
+    let svd = sigma.clone().svd(true, false);
+    let u = svd.u.expect("U requested");
+    let values = &svd.singular_values;
+    let cutoff = values.amax() * d as f64 * f64::EPSILON;
+    let keep: Vec<usize> = (0..values.len()).filter(|&i| values[i] > cutoff).collect();
+    let mut f = DMatrix::zeros(d, keep.len());
+    for (j, &i) in keep.iter().enumerate() {
+        f.set_column(j, &(u.column(i) * values[i].sqrt()));
+    }
+    f
+}
+
+/// `tr √(A·B)` for symmetric positive semi-definite `A`, `B`, exactly on rank-deficient ones.
+///
+/// With factors `A = F·Fᵀ` and `B = G·Gᵀ` (see [`psd_factor`]), the non-zero eigenvalues of `A·B`
+/// are those of `Fᵀ·G·Gᵀ·F = (GᵀF)ᵀ(GᵀF)`, so `tr √(A·B)` is the sum of the singular values of
+/// the small `r_B × r_A` matrix `GᵀF` (the Gram form). No square root of a round-off eigenvalue
+/// enters the sum: statistics of a few images against themselves give exactly their trace, where
+/// `√(√A·B·√A)` over the full `d × d` space gives round-off noise of ~1e-2 on 1280-d features.
+pub fn trace_sqrt_product(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
+    let (f, g) = (psd_factor(a), psd_factor(b));
+    if f.ncols() == 0 || g.ncols() == 0 {
+        return 0.0;
+    }
+    (g.transpose() * f).singular_values().sum()
+}
+
+/// Fréchet distance `‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2·tr √(Σ₁Σ₂)` between two Gaussians, exact on
+/// rank-deficient covariances (see [`trace_sqrt_product`]).
 pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
     let d = a.dim();
     if b.dim() != d {
@@ -136,7 +182,8 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
     if !fd.is_finite() {
         bail!("the Fréchet distance is not finite ({fd}): the statistics contain NaN or infinite values");
     }
-    Ok(fd)
+    // A distance is ≥ 0; what lies below is round-off (~1e-15 of the traces).
+    Ok(fd.max(0.0))
 }
 
 /// The seed of torch-fidelity's Inception-Score permutation
@@ -278,6 +325,7 @@ pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
 /// Reads `mu` and `sigma` from an `.npz` statistics file (ADM's `adm_in256_stats.npz`,
 /// torch-fidelity / pytorch-fid caches, or one written by [`write_npz`]).
 pub fn read_npz(path: &Path) -> Result<FeatureStats> {
+    crate::data::images::require_regular_file(path, "a statistics file")?;
     let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| anyhow!("{}: not an .npz file ({e})", path.display()))?;
     let mut read = |name: &str| -> Result<(Vec<usize>, Vec<f64>)> {
@@ -294,10 +342,9 @@ pub fn read_npz(path: &Path) -> Result<FeatureStats> {
     if mu_shape.len() != 1 || sigma_shape != [d, d] {
         bail!("{}: `mu` has shape {mu_shape:?} and `sigma` {sigma_shape:?}; expected (d,) and (d, d)", path.display());
     }
-    if mu.iter().chain(&sigma).any(|v| !v.is_finite()) {
-        bail!("{}: the statistics contain NaN or infinite values", path.display());
-    }
-    Ok(FeatureStats { mu, sigma, count: 0 })
+    let stats = FeatureStats { mu, sigma, count: 0 };
+    stats.validate().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok(stats)
 }
 
 /// Writes `mu` and `sigma` (float64) as an uncompressed `.npz`, atomically.
@@ -313,7 +360,7 @@ pub fn write_npz(stats: &FeatureStats, path: &Path) -> Result<()> {
         }
         zip.finish().context("writing .npz")?;
     }
-    crate::weights::write_atomic(path, &buffer.into_inner())
+    crate::files::write_atomic(path, &buffer.into_inner())
 }
 
 #[cfg(test)]

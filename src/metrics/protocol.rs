@@ -18,7 +18,7 @@ use crate::generator::sampler::sample_class_latents;
 use crate::generator::transport::ode_grid;
 use crate::generator::{DitDh, Guidance, Integrator};
 use crate::tokenizer::RecTok;
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
@@ -222,7 +222,7 @@ pub fn evaluate_tokenizer(model: &RecTok, loader: &Loader, options: &TokenizerEv
             psnr_sum += psnr(r, o);
             ssim_sum += ssim(r, o, 3, size, size);
         }
-        let recon_images = tensor_to_images(recon);
+        let recon_images = tensor_to_images(recon).context("reconstructions")?;
         if let Some(dir) = &options.save_dir {
             for (k, img) in recon_images.iter().enumerate() {
                 save_png(img, &dir.join(format!("{:06}.png", batch.indices[k])))?;
@@ -232,7 +232,7 @@ pub fn evaluate_tokenizer(model: &RecTok, loader: &Loader, options: &TokenizerEv
             c.add(&recon_images)?;
         }
         if let Some(c) = &mut orig_features {
-            c.add(&to_u8_rounded(original))?;
+            c.add(&to_u8_rounded(original)?)?;
         }
         done += take;
         on_batch(take);
@@ -272,14 +272,14 @@ pub fn labelled_images(loader: &Loader, n: usize, device: &Device) -> Result<(Ve
     while images.len() < n {
         let batch = stream.next_batch()?;
         let take = batch.len().min(n - images.len());
-        images.extend(to_u8_rounded(batch.tensor(device).narrow(0, 0, take) * 0.5 + 0.5));
+        images.extend(to_u8_rounded(batch.tensor(device).narrow(0, 0, take) * 0.5 + 0.5)?);
         labels.extend_from_slice(&batch.labels[..take]);
     }
     Ok((images, labels))
 }
 
 /// Images in [0, 1] that are exact multiples of 1/255 (decoded 8-bit inputs) back to 8 bits.
-pub fn to_u8_rounded(x: Tensor<4>) -> Vec<RgbImage> {
+pub fn to_u8_rounded(x: Tensor<4>) -> Result<Vec<RgbImage>> {
     tensor_to_images(x + 0.5 / 255.0)
 }
 
@@ -343,7 +343,7 @@ pub fn evaluate_generator(
         let b = options.batch_size.min(options.num_samples - start);
         let labels: Vec<usize> = (start..start + b).map(|i| i % classes).collect();
         let latents = sample_class_latents(net, &options.guidance, &labels, options.seed, start as u64, &grid, options.integrator, |_| {});
-        let images = tensor_to_images(tokenizer.detokenize(latents));
+        let images = tensor_to_images(tokenizer.detokenize(latents)).with_context(|| format!("samples {start}..{}", start + b))?;
         if let Some(dir) = &options.save_dir {
             for (k, img) in images.iter().enumerate() {
                 save_png(img, &dir.join(format!("{:06}_{:04}.png", start + k, labels[k])))?;
@@ -405,7 +405,7 @@ impl TeacherClassifier {
         let mut recon = Vec::with_capacity(images.len());
         for chunk in images.chunks(64) {
             let x = crate::data::transforms::images_to_tensor(chunk, device);
-            recon.extend(tensor_to_images(tokenizer.reconstruct(x)));
+            recon.extend(tensor_to_images(tokenizer.reconstruct(x)).context("reconstructions of the class-check images")?);
         }
         Self::fit((&recon[..split], &labels[..split]), (&recon[split..], &labels[split..]), classes, device)
     }

@@ -181,12 +181,33 @@ impl RecTokConfig {
         if self.patch_size == 0 || self.img_size % self.patch_size != 0 {
             return Err(format!("img_size {} is not a multiple of patch_size {}", self.img_size, self.patch_size));
         }
-        if self.token_channels == 0 {
-            return Err("token_channels must be positive".into());
+        if !(1..=8192).contains(&self.img_size) {
+            return Err(format!("img_size must be between 1 and 8192, got {}", self.img_size));
+        }
+        if !(1..=8192).contains(&self.token_channels) {
+            return Err(format!("token_channels must be between 1 and 8192, got {}", self.token_channels));
+        }
+        if !(self.mask_ratio >= 0.0 && self.mask_ratio < 1.0) {
+            return Err(format!("mask_ratio must be in [0, 1), got {}", self.mask_ratio));
+        }
+        if !(self.mask_ratio_min >= -1.0 && self.mask_ratio_min <= self.mask_ratio) {
+            return Err(format!("mask_ratio_min must be in [-1, mask_ratio = {}], got {}", self.mask_ratio, self.mask_ratio_min));
+        }
+        if !(self.gamma.is_finite() && self.gamma >= 0.0) {
+            return Err(format!("gamma must be a finite number ≥ 0, got {}", self.gamma));
+        }
+        if !(self.scale_factor.is_finite() && self.scale_factor > 0.0) {
+            return Err(format!("scale_factor must be a finite number > 0, got {}", self.scale_factor));
+        }
+        if self.teacher_dim == Some(0) {
+            return Err("teacher_dim must be at least 1".into());
         }
         for (name, size) in [("encoder", self.encoder), ("decoder", self.decoder), ("semantic", self.semantic)] {
-            if size.heads == 0 || size.width % size.heads != 0 {
-                return Err(format!("{name} width {} is not a multiple of its {} heads", size.width, size.heads));
+            if size.heads == 0 || size.width == 0 || size.width % size.heads != 0 {
+                return Err(format!("{name} width {} is not a positive multiple of its {} heads", size.width, size.heads));
+            }
+            if !(1..=256).contains(&size.layers) {
+                return Err(format!("{name} layers must be between 1 and 256, got {}", size.layers));
             }
             if size.head_dim() % 4 != 0 {
                 return Err(format!("{name} head dim {} is not a multiple of 4 (2D RoPE)", size.head_dim()));

@@ -6,7 +6,8 @@
 //! previous checkpoint or the new one, never a partial folder that `--resume` would read.
 
 use super::optim::{AdamW, AdamWConfig};
-use crate::weights::{CheckpointEntry, StateDict, write_atomic, write_safetensors};
+use crate::files::write_atomic;
+use crate::weights::{CheckpointEntry, StateDict, write_safetensors};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -76,8 +77,14 @@ impl CheckpointStore {
         let all = self.list()?;
         let excess = all.len().saturating_sub(self.keep);
         for (_, path) in all.into_iter().take(excess) {
-            if path.file_name().is_some_and(|n| n != newest) {
-                std::fs::remove_dir_all(&path).with_context(|| format!("removing old checkpoint {}", path.display()))?;
+            if let Some(name) = path.file_name().map(|n| n.to_string_lossy().to_string())
+                && name != newest
+            {
+                // Renamed out of the way first: a kill during the removal leaves a hidden folder
+                // (removed at the next start), never a half-deleted `step_*` that looks complete.
+                let doomed = self.dir.join(format!(".{name}.deleting"));
+                std::fs::rename(&path, &doomed).with_context(|| format!("removing old checkpoint {}", path.display()))?;
+                std::fs::remove_dir_all(&doomed).with_context(|| format!("removing old checkpoint {}", path.display()))?;
             }
         }
         Ok(())
@@ -120,7 +127,7 @@ pub fn load_tensors(path: &Path) -> Result<(BTreeMap<String, Vec<f32>>, BTreeMap
     let keys: Vec<String> = sd.keys_with_prefix("").cloned().collect();
     let mut out = BTreeMap::new();
     for k in keys {
-        out.insert(k.clone(), sd.read_f32(&k)?);
+        out.insert(k.clone(), sd.read_f32_finite(&k)?);
     }
     Ok((out, sd.metadata.clone()))
 }

@@ -19,11 +19,17 @@ pub const BUILTIN_CONFIGS: &[(&str, &str)] = &[
 /// Reads a tokenizer configuration: a built-in recipe name or a TOML file, then `overrides`
 /// (`dotted.key=value`, the value in TOML syntax or a bare string).
 pub fn read_toml(spec: &str, overrides: &[String]) -> Result<(toml::Table, String)> {
-    read_toml_among(spec, overrides, BUILTIN_CONFIGS)
+    read_toml_among(spec, overrides, BUILTIN_CONFIGS, expand_model_sizes)
 }
 
-/// [`read_toml`] with another list of built-in recipes.
-pub fn read_toml_among(spec: &str, overrides: &[String], recipes: &[(&str, &str)]) -> Result<(toml::Table, String)> {
+/// [`read_toml`] with another list of built-in recipes; `prepare` normalises the recipe's table
+/// before the overrides merge into it.
+pub fn read_toml_among(
+    spec: &str,
+    overrides: &[String],
+    recipes: &[(&str, &str)],
+    prepare: fn(&mut toml::Table) -> Result<()>,
+) -> Result<(toml::Table, String)> {
     let (text, origin) = match recipes.iter().find(|(name, _)| *name == spec) {
         Some((name, text)) => (text.to_string(), format!("built-in recipe `{name}`")),
         None => {
@@ -32,36 +38,115 @@ pub fn read_toml_among(spec: &str, overrides: &[String], recipes: &[(&str, &str)
                 let names: Vec<&str> = recipes.iter().map(|(n, _)| *n).collect();
                 bail!("{spec}: no such configuration file (built-in recipes: {})", names.join(", "));
             }
+            crate::data::images::require_regular_file(path, "a configuration")?;
             (std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?, path.display().to_string())
         }
     };
-    let mut table: toml::Table = toml::from_str(&text).map_err(|e| anyhow!("{origin}: invalid TOML: {e}"))?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| anyhow!("{origin}: invalid TOML: {}", e.to_string().trim().replace('\n', " ")))?;
+    prepare(&mut table).map_err(|e| anyhow!("{origin}: {e}"))?;
     for o in overrides {
         apply_override(&mut table, o)?;
+        prepare(&mut table).map_err(|e| anyhow!("--set `{o}`: {e}"))?;
     }
     Ok((table, origin))
 }
 
-/// Applies one `dotted.key=value` override.
+/// `[model]` sizes given by name (`encoder = "small"`) become `{ width, layers, heads }` tables,
+/// so that `--set model.encoder.heads=2` changes the heads of the recipe's encoder and keeps the
+/// rest.
+pub fn expand_model_sizes(table: &mut toml::Table) -> Result<()> {
+    let Some(toml::Value::Table(model)) = table.get_mut("model") else { return Ok(()) };
+    for key in ["encoder", "decoder", "semantic"] {
+        if let Some(toml::Value::String(name)) = model.get(key) {
+            let size = crate::nn::VitSize::named(name).ok_or_else(|| anyhow!("model.{key}: unknown model size `{name}`"))?;
+            model.insert(key.into(), toml::Value::try_from(size)?);
+        }
+    }
+    Ok(())
+}
+
+/// Applies one `dotted.key=value` override. A table value merges into an existing table (its
+/// other keys stay); any other value replaces what was there.
 pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
-    let (key, value) = assignment.split_once('=').ok_or_else(|| anyhow!("override `{assignment}`: expected section.key=value"))?;
+    let (key, value) = assignment.split_once('=').ok_or_else(|| anyhow!("--set `{assignment}`: expected section.key=value"))?;
     let key = key.trim();
     let value = value.trim();
     let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
         Ok(mut t) => t.remove("v").expect("parsed key"),
         Err(_) => toml::Value::String(value.to_string()),
     };
-    let parts: Vec<&str> = key.split('.').collect();
+    let parts: Vec<&str> = key.split('.').map(str::trim).collect();
     if parts.iter().any(|p| p.is_empty()) {
-        bail!("override `{assignment}`: empty key segment");
+        bail!("--set `{assignment}`: empty key segment");
     }
     let mut cursor = table;
-    for part in &parts[..parts.len() - 1] {
+    for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
         let entry = cursor.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cursor = entry.as_table_mut().ok_or_else(|| anyhow!("override `{assignment}`: `{part}` is not a section"))?;
+        cursor = entry.as_table_mut().ok_or_else(|| {
+            anyhow!("--set `{assignment}`: `{}` is a value, not a section", parts[..=i].join("."))
+        })?;
     }
-    cursor.insert(parts[parts.len() - 1].to_string(), parsed);
+    let last = parts[parts.len() - 1].to_string();
+    match (cursor.get_mut(&last), parsed) {
+        (Some(toml::Value::Table(existing)), toml::Value::Table(new)) => merge_tables(existing, new),
+        (_, v) => {
+            cursor.insert(last, v);
+        }
+    }
     Ok(())
+}
+
+fn merge_tables(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge_tables(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+/// `name` must be finite and ≥ 0.
+pub fn non_negative(name: &str, v: f64) -> Result<(), String> {
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("{name} must be a finite number ≥ 0, got {v}"));
+    }
+    Ok(())
+}
+
+/// `name` must be finite and > 0.
+pub fn positive(name: &str, v: f64) -> Result<(), String> {
+    if !(v.is_finite() && v > 0.0) {
+        return Err(format!("{name} must be a finite number > 0, got {v}"));
+    }
+    Ok(())
+}
+
+/// `name` must lie in `[lo, hi)`.
+pub fn in_unit_range(name: &str, v: f64, lo: f64, hi: f64) -> Result<(), String> {
+    if !(v >= lo && v < hi) {
+        return Err(format!("{name} must be in [{lo}, {hi}), got {v}"));
+    }
+    Ok(())
+}
+
+/// `name` must be at least `min`.
+pub fn count_at_least(name: &str, v: usize, min: usize) -> Result<(), String> {
+    if v < min {
+        return Err(format!("{name} must be at least {min}, got {v}"));
+    }
+    Ok(())
+}
+
+/// The checks shared by the AdamW options of both recipes.
+pub fn check_adamw(section: &str, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, clip_grad: f64, ema_decay: f64) -> Result<(), String> {
+    in_unit_range(&format!("{section}.beta1"), beta1, 0.0, 1.0)?;
+    in_unit_range(&format!("{section}.beta2"), beta2, 0.0, 1.0)?;
+    positive(&format!("{section}.eps"), eps)?;
+    non_negative(&format!("{section}.weight_decay"), weight_decay)?;
+    non_negative(&format!("{section}.clip_grad"), clip_grad)?;
+    in_unit_range(&format!("{section}.ema_decay"), ema_decay, 0.0, 1.0)
 }
 
 fn toml_to_json(v: toml::Value) -> serde_json::Value {
@@ -153,6 +238,29 @@ pub struct RunOptions {
     pub device: String,
 }
 
+impl RunOptions {
+    /// Range checks (`section` names the table in messages).
+    pub fn check(&self, section: &str) -> Result<(), String> {
+        count_at_least(&format!("{section}.epochs"), self.epochs, 1)?;
+        count_at_least(&format!("{section}.checkpoint_every"), self.checkpoint_every, 1)?;
+        count_at_least(&format!("{section}.keep_checkpoints"), self.keep_checkpoints, 1)?;
+        count_at_least(&format!("{section}.log_every"), self.log_every, 1)?;
+        check_run_resources(section, self.threads, self.data_parallel, &self.device)
+    }
+}
+
+/// Checks of `threads`, `data_parallel` and `device`, shared by both recipes.
+pub fn check_run_resources(section: &str, threads: Option<usize>, data_parallel: usize, device: &str) -> Result<(), String> {
+    if let Some(t) = threads {
+        crate::device::check_threads(t, &format!("{section}.threads"))?;
+    }
+    if data_parallel > 64 {
+        return Err(format!("{section}.data_parallel must be between 0 (automatic) and 64, got {data_parallel}"));
+    }
+    device.parse::<crate::device::DeviceChoice>().map_err(|e| format!("{section}.device: {e}"))?;
+    Ok(())
+}
+
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
@@ -189,6 +297,26 @@ pub struct DataOptions {
     pub flip: bool,
     /// Images in the reconstruction grids.
     pub grid_images: usize,
+}
+
+impl DataOptions {
+    /// Range checks.
+    pub fn check(&self, section: &str) -> Result<(), String> {
+        self.source.parse::<crate::data::DataSpec>().map_err(|e| format!("{section}.source: {e}"))?;
+        if let Some(v) = &self.val_source {
+            v.parse::<crate::data::DataSpec>().map_err(|e| format!("{section}.val_source: {e}"))?;
+        }
+        if !(1..=256).contains(&self.workers) {
+            return Err(format!("{section}.workers must be between 1 and 256, got {}", self.workers));
+        }
+        if !(1..=64).contains(&self.prefetch) {
+            return Err(format!("{section}.prefetch must be between 1 and 64, got {}", self.prefetch));
+        }
+        if !(1..=256).contains(&self.grid_images) {
+            return Err(format!("{section}.grid_images must be between 1 and 256, got {}", self.grid_images));
+        }
+        Ok(())
+    }
 }
 
 impl Default for DataOptions {
@@ -359,6 +487,24 @@ impl Default for OptimOptions {
 }
 
 impl OptimOptions {
+    /// Range checks.
+    pub fn check(&self, section: &str) -> Result<(), String> {
+        count_at_least(&format!("{section}.batch_size"), self.batch_size, 1)?;
+        count_at_least(&format!("{section}.accum_steps"), self.accum_steps, 1)?;
+        positive(&format!("{section}.blr"), self.blr)?;
+        if let Some(lr) = self.lr {
+            positive(&format!("{section}.lr"), lr)?;
+        }
+        non_negative(&format!("{section}.min_lr"), self.min_lr)?;
+        if self.min_lr > self.peak_lr() {
+            return Err(format!("{section}.min_lr ({}) must not exceed the peak learning rate ({})", self.min_lr, self.peak_lr()));
+        }
+        if !(0.0..=1.0).contains(&self.warmup_rate) {
+            return Err(format!("{section}.warmup_rate must be in [0, 1], got {}", self.warmup_rate));
+        }
+        check_adamw(section, self.beta1, self.beta2, self.eps, self.weight_decay, self.clip_grad, self.ema_decay)
+    }
+
     /// The peak learning rate: `lr`, or `blr · effective batch / 256`.
     pub fn peak_lr(&self) -> f64 {
         self.lr.unwrap_or(self.blr * (self.batch_size * self.accum_steps) as f64 / 256.0)
@@ -428,33 +574,37 @@ impl TokenizerTrainConfig {
         Self::from_table(table, &origin)
     }
 
-    /// Consistency checks, naming the option at fault.
+    /// Range and consistency checks of every field, naming the option, its value and the range.
     pub fn validate(&self) -> Result<(), String> {
-        let (r, o) = (&self.run, &self.optim);
+        let (r, o, l, d) = (&self.run, &self.optim, &self.loss, &self.data);
         if !(1..=2).contains(&r.stage) {
             return Err(format!("run.stage must be 1 or 2, got {}", r.stage));
         }
-        if r.epochs == 0 {
-            return Err("run.epochs must be positive".into());
-        }
-        if o.batch_size == 0 || o.accum_steps == 0 {
-            return Err("optim.batch_size and optim.accum_steps must be positive".into());
-        }
-        if !(0.0..1.0).contains(&o.ema_decay) {
-            return Err(format!("optim.ema_decay must be in [0, 1), got {}", o.ema_decay));
-        }
-        if !(0.0..=1.0).contains(&o.warmup_rate) {
-            return Err(format!("optim.warmup_rate must be in [0, 1], got {}", o.warmup_rate));
-        }
-        if r.checkpoint_every == 0 || r.log_every == 0 {
-            return Err("run.checkpoint_every and run.log_every must be positive".into());
-        }
+        r.check("run")?;
+        d.check("data")?;
+        o.check("optim")?;
         if r.stage == 2 && r.init_from.is_none() {
             return Err("stage 2 fine-tunes a stage-1 tokenizer: set run.init_from (a run folder, checkpoint or tokenizer file)".into());
         }
-        if self.data.workers == 0 {
-            return Err("data.workers must be positive".into());
+        for (name, v) in [
+            ("loss.reconstruction_weight", l.reconstruction_weight),
+            ("loss.perceptual_weight", l.perceptual_weight),
+            ("loss.kl_weight", l.kl_weight),
+            ("loss.sem_weight", l.sem_weight),
+            ("loss.gan_weight", l.gan_weight),
+        ] {
+            non_negative(name, v)?;
         }
+        count_at_least("loss.disc_ndf", l.disc_ndf, 1)?;
+        count_at_least("loss.disc_layers", l.disc_layers, 1)?;
+        if l.disc_layers > 8 {
+            return Err(format!("loss.disc_layers must be between 1 and 8, got {}", l.disc_layers));
+        }
+        count_at_least("teacher.resolution", self.teacher.resolution, 16)?;
+        if self.teacher.resolution % 16 != 0 {
+            return Err(format!("teacher.resolution must be a multiple of 16 (the teachers' patch), got {}", self.teacher.resolution));
+        }
+        self.model.validate().map_err(|e| format!("[model]: {e}"))?;
         self.loss.loss_config().map_err(|e| e.to_string())?;
         crate::loss::perceptual::check_exists(&self.loss.lpips, "loss.lpips")?;
         crate::loss::perceptual::check_exists(&self.loss.vgg, "loss.vgg")?;

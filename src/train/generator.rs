@@ -18,6 +18,7 @@ use super::latents::{LatentCache, collect_latent_stats};
 use super::monitor::{MetricsLog, plot_metrics, progress_bar};
 use super::optim::{AdamW, AdamWConfig, clip_grad_norm, ditdh_schedule, global_norm};
 use super::params;
+use super::session;
 use crate::data::transforms::tensor_to_images;
 use crate::data::{DataSpec, Dataset, Loader, LoaderConfig, Split, open_dataset, save_png};
 use crate::generator::dit_dh::DitInit;
@@ -32,7 +33,8 @@ use crate::rng::Rng;
 use crate::tokenizer::RecTok;
 use crate::weights::generator::{load_generator, save_generator};
 use crate::weights::tokenizer::{TokenizerLoadOptions, load_latent_stats, load_tokenizer, save_latent_stats, save_tokenizer};
-use crate::weights::{CheckpointEntry, write_atomic};
+use crate::files::write_atomic;
+use crate::weights::CheckpointEntry;
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use image::RgbImage;
@@ -130,35 +132,40 @@ pub struct GeneratorTrainer {
     fd_reference: Option<FeatureStats>,
     classifier: Option<TeacherClassifier>,
     initial_eval: Option<OnlineEval>,
+    /// The random stream before the current step's draws (what a stopped step's checkpoint keeps).
+    rng_at_step_start: Rng,
+    _lock: session::RunLock,
 }
 
 impl GeneratorTrainer {
-    /// Starts a new run in `run_dir`.
+    /// Starts a new run in `run_dir` (which must not hold a run with a checkpoint already).
     pub fn start(config: GeneratorTrainConfig, run_dir: &Path) -> Result<Self> {
-        let store = CheckpointStore::new(run_dir, config.run.keep_checkpoints);
-        if store.latest()?.is_some() || run_dir.join("metrics.jsonl").exists() {
-            bail!("{} already holds a training run; pass --resume to continue it, or choose another --out", run_dir.display());
-        }
         if config.tokenizer.path.as_os_str().is_empty() {
             bail!("no tokenizer: pass --tokenizer (a run's tokenizer.safetensors or RecTok_decft.pth), or set tokenizer.path");
         }
-        std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        let (lock, _) = session::open_run(run_dir, false, "generator")?;
         write_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
-        Self::build(config, run_dir, None)
+        Self::build(config, run_dir, None, lock)
     }
 
-    /// Continues the run in `run_dir` from its newest checkpoint.
+    /// Continues the run in `run_dir` from its newest checkpoint (or starts it over when it
+    /// stopped before its first one).
     pub fn resume(run_dir: &Path, adjust: impl FnOnce(&mut GeneratorTrainConfig)) -> Result<Self> {
-        let probe = CheckpointStore::new(run_dir, 1);
-        let ckpt = probe.latest()?.ok_or_else(|| anyhow!("{}: no checkpoint to resume from (checkpoints/ is empty or missing)", run_dir.display()))?;
-        let state = read_state(&ckpt)?;
-        let mut config = state.config.clone();
+        let (lock, start) = session::open_run(run_dir, true, "generator")?;
+        let (mut config, resume) = match start {
+            session::Start::Resume(ckpt) => {
+                let state = read_state(&ckpt)?;
+                (state.config.clone(), Some((ckpt, state)))
+            }
+            session::Start::Restart(file) => (GeneratorTrainConfig::load(&file.display().to_string(), &[])?, None),
+            session::Start::Fresh => unreachable!("open_run resumes or restarts"),
+        };
         adjust(&mut config);
-        config.validate().map_err(|e| anyhow!(e))?;
-        Self::build(config, run_dir, Some((ckpt, state)))
+        config.validate().map_err(|e| anyhow!("{}: {e}", run_dir.display()))?;
+        Self::build(config, run_dir, resume, lock)
     }
 
-    fn build(config: GeneratorTrainConfig, run_dir: &Path, resume: Option<(PathBuf, GenTrainState)>) -> Result<Self> {
+    fn build(config: GeneratorTrainConfig, run_dir: &Path, resume: Option<(PathBuf, GenTrainState)>, lock: session::RunLock) -> Result<Self> {
         let choice: crate::device::DeviceChoice = config.run.device.parse().map_err(|e: String| anyhow!("run.device: {e}"))?;
         crate::device::set_cpu_threads(config.run.threads);
         let inner = crate::device::select_device(choice).map_err(|e| anyhow!(e))?;
@@ -293,6 +300,8 @@ impl GeneratorTrainer {
             fd_reference,
             classifier,
             initial_eval: None,
+            rng_at_step_start: Rng::seed_from(0),
+            _lock: lock,
         };
         let n_train: usize = params::values(&trainer.model).iter().filter(|(k, _)| trainer.trainable.contains(*k)).map(|(_, (s, _))| s.iter().product::<usize>()).sum();
         tracing::info!(
@@ -407,6 +416,7 @@ impl GeneratorTrainer {
     /// One optimizer step.
     pub fn train_step(&mut self, stream: &mut Option<crate::data::BatchStream>) -> Result<GenStepValues> {
         let rng_before = self.rng.clone();
+        self.rng_at_step_start = rng_before.clone();
         let accum = self.config.optim.accum_steps;
         let lr = self.lr_at(self.step);
         let epoch = self.epoch_at(self.step);
@@ -468,6 +478,27 @@ impl GeneratorTrainer {
         super::tokenizer::TrainError::NonFinite { term: term.to_string(), value, step: self.step + 1, epoch, checkpoint }.into()
     }
 
+    /// A step failed (unreadable data, a device error): the state before it is intact, so it is
+    /// saved (unless the run's checkpoint of this step exists) and the error says where.
+    fn save_after_failure(&mut self, e: anyhow::Error) -> anyhow::Error {
+        if e.downcast_ref::<super::tokenizer::TrainError>().is_some() {
+            return e;
+        }
+        let saved = match self.store.get(self.step) {
+            Some(existing) => Ok(existing),
+            None => self.save_checkpoint_with(self.rng_at_step_start.clone()),
+        };
+        match saved {
+            Ok(p) => e.context(format!(
+                "step {} failed; the state before it is saved in {} (continue with `rectok train generator --out {} --resume` once the cause is fixed)",
+                self.step + 1,
+                p.display(),
+                self.run_dir.display()
+            )),
+            Err(save) => e.context(format!("step {} failed, and saving the state before it failed too ({save:#})", self.step + 1)),
+        }
+    }
+
     fn update_ema(&mut self) {
         self.ema = params::ema_update(self.ema.clone(), &self.model, &self.trainable, self.config.optim.ema_decay);
     }
@@ -492,10 +523,10 @@ impl GeneratorTrainer {
     }
 
     /// Decoded EMA samples of `labels` from the fixed stream `tag`, 8-bit.
-    pub fn sample_images(&self, labels: &[usize], tag: u64, first: u64) -> Vec<RgbImage> {
+    pub fn sample_images(&self, labels: &[usize], tag: u64, first: u64) -> Result<Vec<RgbImage>> {
         let grid = ode_grid(self.config.sample.steps, self.ema.config.time_shift());
         let z = sample_class_latents(&self.ema, &self.guidance(), labels, self.config.run.seed ^ tag, first, &grid, Integrator::Euler, |_| {});
-        tensor_to_images(self.tokenizer.detokenize(z))
+        tensor_to_images(self.tokenizer.detokenize(z)).context("EMA samples")
     }
 
     /// Writes the class grid (one row per class) of the EMA model.
@@ -505,7 +536,7 @@ impl GeneratorTrainer {
         let labels: Vec<usize> = (0..classes).flat_map(|c| std::iter::repeat_n(c, s.grid_per_class.max(1))).collect();
         let mut images = Vec::with_capacity(labels.len());
         for (k, chunk) in labels.chunks(64).enumerate() {
-            images.extend(self.sample_images(chunk, GRID_SEED_TAG, (k * 64) as u64));
+            images.extend(self.sample_images(chunk, GRID_SEED_TAG, (k * 64) as u64)?);
         }
         let grid = crate::data::images::image_grid(&images, s.grid_per_class.max(1));
         let path = self.run_dir.join("samples").join(format!("step_{:08}.png", self.step));
@@ -559,9 +590,22 @@ impl GeneratorTrainer {
             insert_eval(&mut rec, e);
             self.metrics.append(&rec)?;
         }
+        let signals = session::TrainingSignals::install();
         while self.step < last {
+            if let Some(signal) = signals.requested() {
+                bar.finish_and_clear();
+                let checkpoint = match self.store.get(self.step) {
+                    Some(existing) => existing,
+                    None => self.save_checkpoint()?,
+                };
+                let resume = format!("rectok train generator --out {} --resume", self.run_dir.display());
+                return Err(signals.interrupted(signal, self.step, &checkpoint, resume).into());
+            }
             let t0 = Instant::now();
-            let v = self.train_step(&mut stream)?;
+            let v = match self.train_step(&mut stream) {
+                Ok(v) => v,
+                Err(e) => return Err(self.save_after_failure(e)),
+            };
             self.elapsed_s += t0.elapsed().as_secs_f64();
             let step = self.step;
             let lr = self.lr_at(step - 1);
@@ -595,6 +639,8 @@ impl GeneratorTrainer {
                 self.save_checkpoint()?;
             }
         }
+        // From here on a signal ends the process at once: the final checkpoint comes first.
+        drop(signals);
         bar.finish_and_clear();
         let checkpoint = self.save_checkpoint()?;
         let grid = self.save_grid()?;

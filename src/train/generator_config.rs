@@ -3,7 +3,7 @@
 //! then linear to 2e-5 at epoch 800 ("ditdh_sched"), gradient clipping 1.0, EMA 0.9995 from the
 //! first step, label dropout 0.1, posterior samples of flipped images.
 
-use super::config::{DataOptions, read_toml_among};
+use super::config::{DataOptions, check_adamw, check_run_resources, count_at_least, non_negative, positive, read_toml_among};
 use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -207,38 +207,62 @@ pub struct GeneratorTrainConfig {
 impl GeneratorTrainConfig {
     /// Reads a built-in recipe or TOML file with overrides.
     pub fn load(spec: &str, overrides: &[String]) -> Result<Self> {
-        let (table, origin) = read_toml_among(spec, overrides, GENERATOR_CONFIGS)?;
+        let (table, origin) = read_toml_among(spec, overrides, GENERATOR_CONFIGS, |_| Ok(()))?;
         let config: Self = toml::Value::Table(table).try_into().map_err(|e| anyhow!("{origin}: {}", e.to_string().trim().replace('\n', " ")))?;
         config.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
         Ok(config)
     }
 
-    /// Consistency checks, naming the option at fault.
+    /// Range and consistency checks of every field, naming the option, its value and the range.
     pub fn validate(&self) -> Result<(), String> {
-        let (r, o) = (&self.run, &self.optim);
-        if r.epochs == 0 || r.checkpoint_every == 0 || r.log_every == 0 {
-            return Err("run.epochs, run.checkpoint_every and run.log_every must be positive".into());
+        let (r, o, m, s) = (&self.run, &self.optim, &self.model, &self.sample);
+        count_at_least("run.epochs", r.epochs, 1)?;
+        count_at_least("run.checkpoint_every", r.checkpoint_every, 1)?;
+        count_at_least("run.keep_checkpoints", r.keep_checkpoints, 1)?;
+        count_at_least("run.log_every", r.log_every, 1)?;
+        if r.fd_images > 1_000_000 {
+            return Err(format!("run.fd_images must be between 0 (off) and 1000000, got {}", r.fd_images));
         }
-        if o.batch_size == 0 || o.accum_steps == 0 {
-            return Err("optim.batch_size and optim.accum_steps must be positive".into());
+        if r.fd_images == 1 {
+            return Err("run.fd_images must be 0 (off) or at least 2 (a covariance needs two samples)".into());
         }
-        if !(0.0..1.0).contains(&o.ema_decay) {
-            return Err(format!("optim.ema_decay must be in [0, 1), got {}", o.ema_decay));
+        if !(r.fd_extractor == "effnet" || r.fd_extractor.starts_with("inception:")) {
+            return Err(format!("run.fd_extractor must be effnet or inception:PATH, got `{}`", r.fd_extractor));
         }
+        check_run_resources("run", r.threads, r.data_parallel, &r.device)?;
+        count_at_least("optim.batch_size", o.batch_size, 1)?;
+        count_at_least("optim.accum_steps", o.accum_steps, 1)?;
+        positive("optim.lr", o.lr)?;
+        non_negative("optim.min_lr", o.min_lr)?;
+        if o.min_lr > o.lr {
+            return Err(format!("optim.min_lr ({}) must not exceed optim.lr ({})", o.min_lr, o.lr));
+        }
+        non_negative("optim.decay_start_epoch", o.decay_start_epoch)?;
+        non_negative("optim.decay_end_epoch", o.decay_end_epoch)?;
         if o.decay_end_epoch < o.decay_start_epoch {
             return Err("optim.decay_end_epoch must not come before optim.decay_start_epoch".into());
         }
-        if !(0.0..1.0).contains(&self.model.label_dropout_prob) {
-            return Err("model.label_dropout_prob must be in [0, 1)".into());
+        check_adamw("optim", o.beta1, o.beta2, o.eps, o.weight_decay, o.clip_grad, o.ema_decay)?;
+        if !(0.0..1.0).contains(&m.label_dropout_prob) {
+            return Err(format!("model.label_dropout_prob must be in [0, 1), got {}", m.label_dropout_prob));
         }
-        if self.sample.steps < 2 {
-            return Err("sample.steps must be at least 2".into());
+        if let Some(n) = m.num_classes
+            && !(1..=1_000_000).contains(&n)
+        {
+            return Err(format!("model.num_classes must be between 1 and 1000000, got {n}"));
         }
-        if self.data.workers == 0 {
-            return Err("data.workers must be positive".into());
+        if !(2..=10_000).contains(&s.steps) {
+            return Err(format!("sample.steps must be between 2 and 10000, got {}", s.steps));
         }
-        if !matches!(self.tokenizer.entry.as_str(), "" | "auto" | "ema" | "model") {
-            return Err(format!("tokenizer.entry must be auto, ema or model, got `{}`", self.tokenizer.entry));
+        non_negative("sample.cfg", s.cfg)?;
+        count_at_least("sample.grid_classes", s.grid_classes, 1)?;
+        count_at_least("sample.grid_per_class", s.grid_per_class, 1)?;
+        if s.grid_classes * s.grid_per_class > 4096 {
+            return Err(format!("sample.grid_classes × sample.grid_per_class must be at most 4096, got {}", s.grid_classes * s.grid_per_class));
+        }
+        self.data.check("data")?;
+        if !matches!(self.tokenizer.entry.as_str(), "" | "auto") {
+            self.tokenizer.entry.parse::<crate::weights::CheckpointEntry>().map_err(|e| format!("tokenizer.entry: {e}"))?;
         }
         Ok(())
     }

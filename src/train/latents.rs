@@ -10,7 +10,7 @@
 
 use crate::data::{Dataset, Loader};
 use crate::tokenizer::{LatentStats, RecTok};
-use crate::weights::write_atomic;
+use crate::files::write_atomic;
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -9,5 +9,6 @@ pub mod latents;
 pub mod monitor;
 pub mod optim;
 pub mod params;
+pub mod session;
 pub mod tokenizer;
 pub mod tokenizer_step;

@@ -41,19 +41,21 @@ impl MetricsLog {
                 .filter(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= last))
                 .map(|l| format!("{l}\n"))
                 .collect();
-            crate::weights::write_atomic(&path, kept.as_bytes())?;
+            crate::files::write_atomic(&path, kept.as_bytes())?;
         }
         Ok(Self { path })
     }
 
-    /// Appends one record.
+    /// Appends one record as one whole line in a single write (`O_APPEND`), so a killed process
+    /// leaves at most one partial last line, which the next session drops.
     pub fn append(&self, record: &Map<String, Value>) -> Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)
             .with_context(|| format!("opening {}", self.path.display()))?;
-        writeln!(f, "{}", Value::Object(record.clone())).with_context(|| format!("writing {}", self.path.display()))
+        let line = format!("{}\n", Value::Object(record.clone()));
+        f.write_all(line.as_bytes()).with_context(|| format!("writing {}", self.path.display()))
     }
 
     /// Every record so far.

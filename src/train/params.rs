@@ -257,7 +257,7 @@ mod tests {
             assert_eq!(g1.keys().collect::<Vec<_>>(), g2.keys().collect::<Vec<_>>());
             assert!(g1.len() > 10, "only {} gradients", g1.len());
             for (k, a) in &g1 {
-                let (a, c) = (a.clone().into_data().to_vec::<f32>().unwrap(), g2[k].clone().into_data().to_vec::<f32>().unwrap());
+                let (a, c) = (a.clone().into_data().try_to_vec::<f32>().unwrap(), g2[k].clone().into_data().try_to_vec::<f32>().unwrap());
                 let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
                 let worst = a.iter().zip(&c).fold(0f32, |m, (x, z)| m.max((x - z).abs()));
                 assert!(worst <= 1e-4 * scale, "{k}: max |Δ| {worst} (scale {scale})");

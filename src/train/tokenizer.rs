@@ -16,6 +16,7 @@ use super::config::TokenizerTrainConfig;
 use super::monitor::{MetricsLog, plot_metrics, progress_bar, reconstruction_grid};
 use super::optim::{AdamW, AdamWConfig, clip_grad_norm, global_norm, reference_decays, warmup_cosine};
 use super::params;
+use super::session;
 use super::tokenizer_step::{teacher_targets, training_forward};
 use crate::data::transforms::tensor_to_images;
 use crate::data::{DataSpec, Loader, LoaderConfig, Split, open_dataset, save_png};
@@ -28,7 +29,8 @@ use crate::rng::Rng;
 use crate::teacher::Teacher;
 use crate::tokenizer::RecTok;
 use crate::weights::tokenizer::{TokenizerLoadOptions, key_map, load_tokenizer, save_tokenizer};
-use crate::weights::{CheckpointEntry, KeyMap, load_into, write_atomic, write_safetensors_from_module};
+use crate::files::write_atomic;
+use crate::weights::{CheckpointEntry, KeyMap, load_into, write_safetensors_from_module};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -136,6 +138,7 @@ pub struct TokenizerTrainer {
     store: CheckpointStore,
     metrics: MetricsLog,
     initial_val_psnr: Option<f64>,
+    _lock: session::RunLock,
 }
 
 fn adamw_config(c: &TokenizerTrainConfig) -> AdamWConfig {
@@ -162,30 +165,32 @@ pub enum TrainError {
 }
 
 impl TokenizerTrainer {
-    /// Starts a new run in `run_dir` (which must not hold a run already).
+    /// Starts a new run in `run_dir` (which must not hold a run with a checkpoint already).
     pub fn start(config: TokenizerTrainConfig, run_dir: &Path) -> Result<Self> {
-        let store = CheckpointStore::new(run_dir, config.run.keep_checkpoints);
-        if store.latest()?.is_some() || run_dir.join("metrics.jsonl").exists() {
-            bail!("{} already holds a training run; pass --resume to continue it, or choose another --out", run_dir.display());
-        }
-        std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        let (lock, _) = session::open_run(run_dir, false, "tokenizer")?;
         write_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
-        Self::build(config, run_dir, None)
+        Self::build(config, run_dir, None, lock)
     }
 
-    /// Continues the run in `run_dir` from its newest checkpoint. `adjust` may change options
-    /// that do not alter the trajectory (where to stop, logging, checkpointing, threads).
+    /// Continues the run in `run_dir` from its newest checkpoint (or starts it over when it
+    /// stopped before its first one). `adjust` may change options that do not alter the
+    /// trajectory (where to stop, logging, checkpointing, threads).
     pub fn resume(run_dir: &Path, adjust: impl FnOnce(&mut TokenizerTrainConfig)) -> Result<Self> {
-        let probe = CheckpointStore::new(run_dir, 1);
-        let ckpt = probe.latest()?.ok_or_else(|| anyhow!("{}: no checkpoint to resume from (checkpoints/ is empty or missing)", run_dir.display()))?;
-        let state = read_state(&ckpt)?;
-        let mut config = state.config.clone();
+        let (lock, start) = session::open_run(run_dir, true, "tokenizer")?;
+        let (mut config, resume) = match start {
+            session::Start::Resume(ckpt) => {
+                let state = read_state(&ckpt)?;
+                (state.config.clone(), Some((ckpt, state)))
+            }
+            session::Start::Restart(file) => (TokenizerTrainConfig::load(&file.display().to_string(), &[])?, None),
+            session::Start::Fresh => unreachable!("open_run resumes or restarts"),
+        };
         adjust(&mut config);
-        config.validate().map_err(|e| anyhow!(e))?;
-        Self::build(config, run_dir, Some((ckpt, state)))
+        config.validate().map_err(|e| anyhow!("{}: {e}", run_dir.display()))?;
+        Self::build(config, run_dir, resume, lock)
     }
 
-    fn build(config: TokenizerTrainConfig, run_dir: &Path, resume: Option<(PathBuf, TrainState)>) -> Result<Self> {
+    fn build(config: TokenizerTrainConfig, run_dir: &Path, resume: Option<(PathBuf, TrainState)>, lock: session::RunLock) -> Result<Self> {
         let choice: crate::device::DeviceChoice = config.run.device.parse().map_err(|e: String| anyhow!("run.device: {e}"))?;
         crate::device::set_cpu_threads(config.run.threads);
         let inner = crate::device::select_device(choice).map_err(|e| anyhow!(e))?;
@@ -344,6 +349,7 @@ impl TokenizerTrainer {
             store,
             metrics,
             initial_val_psnr: None,
+            _lock: lock,
         };
         let (n_train, n_all) = (trainer.num_trainable(), trainer.model.num_params());
         tracing::info!(
@@ -527,13 +533,16 @@ impl TokenizerTrainer {
         let clip = self.config.optim.clip_grad;
         totals.grad_norm = if clip > 0.0 { clip_grad_norm(&mut grads, clip) } else { global_norm(&grads) };
         self.check_finite("gradient norm of the", totals.grad_norm, epoch)?;
+        // Every check comes before the first update, so a stopped step leaves the state intact.
+        if gan_on {
+            let norm = if clip > 0.0 { clip_grad_norm(&mut disc_grads, clip) } else { global_norm(&disc_grads) };
+            self.check_finite("discriminator gradient norm of the", norm, epoch)?;
+        }
         let names = &self.reference_names;
         let decays = |path: &str, shape: &[usize]| reference_decays(&names.to_reference(path), shape);
         self.model = self.opt.step(self.model.clone(), &grads, lr, &decays);
         self.update_ema();
         if gan_on {
-            let norm = if clip > 0.0 { clip_grad_norm(&mut disc_grads, clip) } else { global_norm(&disc_grads) };
-            self.check_finite("discriminator gradient norm of the", norm, epoch)?;
             self.disc = self.opt_disc.step(self.disc.clone(), &disc_grads, lr, &reference_decays);
         }
         self.step += 1;
@@ -555,6 +564,27 @@ impl TokenizerTrainer {
             },
         };
         Err(TrainError::NonFinite { term: term.to_string(), value, step: self.step + 1, epoch, checkpoint }.into())
+    }
+
+    /// A step failed (unreadable data, a device error): the state before it is intact, so it is
+    /// saved (unless the run's checkpoint of this step exists) and the error says where.
+    fn save_after_failure(&mut self, e: anyhow::Error) -> anyhow::Error {
+        if e.downcast_ref::<TrainError>().is_some() {
+            return e;
+        }
+        let saved = match self.store.get(self.step) {
+            Some(existing) => Ok(existing),
+            None => self.save_checkpoint_with(self.rng_at_step_start.clone()),
+        };
+        match saved {
+            Ok(p) => e.context(format!(
+                "step {} failed; the state before it is saved in {} (continue with `rectok train tokenizer --out {} --resume` once the cause is fixed)",
+                self.step + 1,
+                p.display(),
+                self.run_dir.display()
+            )),
+            Err(save) => e.context(format!("step {} failed, and saving the state before it failed too ({save:#})", self.step + 1)),
+        }
     }
 
     /// `ema ← d·ema + (1−d)·θ` for trained parameters; frozen ones are copied (the reference's
@@ -589,7 +619,7 @@ impl TokenizerTrainer {
     fn save_grid(&self) -> Result<PathBuf> {
         let x = self.val_images.clone();
         let recon = self.ema.reconstruct(x.clone());
-        let grid = reconstruction_grid(&tensor_to_images(x * 0.5 + 0.5), &tensor_to_images(recon), self.val_images.dims()[0].div_ceil(2).max(1));
+        let grid = reconstruction_grid(&tensor_to_images(x * 0.5 + 0.5)?, &tensor_to_images(recon).context("EMA reconstructions for the grid")?, self.val_images.dims()[0].div_ceil(2).max(1));
         let path = self.run_dir.join("samples").join(format!("step_{:08}.png", self.step));
         save_png(&grid, &path)?;
         Ok(path)
@@ -606,9 +636,22 @@ impl TokenizerTrainer {
         let images_per_step = (self.config.optim.batch_size * self.config.optim.accum_steps) as f64;
         let quiet_every = (last / 20).max(run.log_every);
         let mut window = (Instant::now(), self.step);
+        let signals = session::TrainingSignals::install();
         while self.step < last {
+            if let Some(signal) = signals.requested() {
+                bar.finish_and_clear();
+                let checkpoint = match self.store.get(self.step) {
+                    Some(existing) => existing,
+                    None => self.save_checkpoint()?,
+                };
+                let resume = format!("rectok train tokenizer --out {} --resume", self.run_dir.display());
+                return Err(signals.interrupted(signal, self.step, &checkpoint, resume).into());
+            }
             let t0 = Instant::now();
-            let v = self.train_step(&mut stream)?;
+            let v = match self.train_step(&mut stream) {
+                Ok(v) => v,
+                Err(e) => return Err(self.save_after_failure(e)),
+            };
             self.elapsed_s += t0.elapsed().as_secs_f64();
             let step = self.step;
             let lr = self.lr_at(step - 1);
@@ -645,6 +688,8 @@ impl TokenizerTrainer {
                 self.save_checkpoint()?;
             }
         }
+        // From here on a signal ends the process at once: the final checkpoint comes first.
+        drop(signals);
         bar.finish_and_clear();
         let checkpoint = self.save_checkpoint()?;
         let grid = self.save_grid()?;
@@ -734,7 +779,7 @@ fn init_from(from: &Path, config: &crate::tokenizer::RecTokConfig, device: &Devi
         Ok(m)
     };
     let model = load(&model_file, model_entry)?;
-    let ema = match load(&ema_file, ema_entry) {
+    let ema = match load(&ema_file, ema_entry.clone()) {
         Ok(e) => e,
         Err(e) if ema_entry == CheckpointEntry::Ema => {
             tracing::warn!("{e:#}; the EMA starts from the `model` weights");

@@ -116,6 +116,7 @@ pub fn load_into<M: ModuleSnapshot>(
     let mut report = LoadReport { entry: sd.entry.clone(), ..Default::default() };
     let mut tensors: Vec<PackTensor> = Vec::new();
     let mut provided = BTreeSet::new();
+    let non_finite: NonFiniteLog = Default::default();
     for (key, tensor) in &sd.tensors {
         if ignore.iter().any(|p| key.starts_with(p)) {
             report.ignored += 1;
@@ -131,9 +132,7 @@ pub fn load_into<M: ModuleSnapshot>(
                         expected: shape.clone(),
                     });
                 }
-                let mut t = tensor.clone();
-                t.name = map.to_module(key);
-                tensors.push(t);
+                tensors.push(finite_checked(tensor.clone(), map.to_module(key), key.clone(), &non_finite));
                 provided.insert(key.clone());
             }
             None => report.unused.push(key.clone()),
@@ -163,6 +162,32 @@ pub fn load_into<M: ModuleSnapshot>(
     if let Some(err) = result.errors.first() {
         return Err(WeightsError::Invalid { path: sd.path.clone(), message: err.to_string() });
     }
+    let bad = std::mem::take(&mut *non_finite.lock().expect("log"));
+    if let Some((key, count)) = bad.iter().min() {
+        let more = if bad.len() > 1 { format!(" (and {} more tensors)", bad.len() - 1) } else { String::new() };
+        return Err(WeightsError::NonFinite { path: sd.path.clone(), key: key.clone(), count: *count, more });
+    }
     report.applied = result.applied.len();
     Ok(report)
+}
+
+/// Tensors found to hold non-finite values, with their counts.
+type NonFiniteLog = std::sync::Arc<std::sync::Mutex<Vec<(String, usize)>>>;
+
+/// `tensor` renamed to `name`, counting its NaN and infinite values into `log` when its bytes are
+/// read: the check rides on the one read the load makes anyway.
+fn finite_checked(tensor: PackTensor, name: String, key: String, log: &NonFiniteLog) -> PackTensor {
+    let (dtype, shape) = (tensor.dtype, tensor.shape.clone());
+    let log = log.clone();
+    burn::store::bridge::deferred(name, dtype, shape, tensor.param_id, move || {
+        let data = burn::store::bridge::to_data(&tensor)?;
+        let count = match data.as_slice::<f32>() {
+            Ok(v) => v.iter().filter(|x| !x.is_finite()).count(),
+            Err(_) => 0,
+        };
+        if count > 0 {
+            log.lock().expect("log").push((key.clone(), count));
+        }
+        Ok(data)
+    })
 }

@@ -1,10 +1,10 @@
-//! Writing safetensors files atomically (temp file in the same folder, then rename).
+//! Writing safetensors files atomically (temp file in the same folder, then rename), with the
+//! header in a stable order so that the same tensors and metadata give the same bytes.
 
 use super::KeyMap;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, bridge};
 use burn::tensor::TensorData;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 /// Writes `tensors` (name, data) with `metadata` to `path`, via a temporary file renamed into
@@ -33,22 +33,24 @@ pub fn write_safetensors(
         })
         .collect::<anyhow::Result<_>>()?;
     let bytes = safetensors::tensor::serialize(views, Some(metadata)).context("serialising safetensors")?;
-    write_atomic(path, &bytes)
+    crate::files::write_atomic(path, &stable_header(bytes)?)
 }
 
-/// Writes `bytes` to `path` through a temporary sibling file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".rectok-tmp-")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
-    tmp.as_file().sync_all().ok();
-    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+/// The same safetensors file with its JSON header's keys sorted (the `safetensors` crate writes
+/// the metadata from a `HashMap`, in a different order at every run). Data offsets are relative
+/// to the end of the header, so only the header and its length change; the header stays padded
+/// to 8 bytes as the format asks.
+fn stable_header(bytes: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8-byte length")) as usize;
+    // serde_json's map is sorted by key (no `preserve_order` feature).
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| anyhow::anyhow!("safetensors header: {e}"))?;
+    let mut text = serde_json::to_vec(&header)?;
+    text.resize(text.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// Writes a module's tensors under their reference names (PyTorch layout) to a safetensors file.

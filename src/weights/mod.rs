@@ -15,7 +15,7 @@ pub mod generator;
 pub mod tokenizer;
 
 pub use apply::{KeyMap, LoadReport, load_into};
-pub use export::{write_atomic, write_safetensors, write_safetensors_from_module};
+pub use export::{write_safetensors, write_safetensors_from_module};
 pub use state_dict::{CheckpointEntry, StateDict};
 
 use std::path::PathBuf;
@@ -76,6 +76,18 @@ pub enum WeightsError {
         found: Vec<usize>,
         /// Shape the model needs.
         expected: Vec<usize>,
+    },
+    /// A tensor holds NaN or infinite values.
+    #[error("{path}: `{key}` holds {count} NaN or infinite value(s){more}")]
+    NonFinite {
+        /// File.
+        path: PathBuf,
+        /// First tensor at fault (reference name).
+        key: String,
+        /// Non-finite values in it.
+        count: usize,
+        /// How many other tensors are affected, when any.
+        more: String,
     },
     /// Anything else, with a message naming the problem.
     #[error("{path}: {message}")]

@@ -9,27 +9,79 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Which top-level entry of a training checkpoint to read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which top-level entry of a training checkpoint to read (`--entry`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum CheckpointEntry {
-    /// `model_ema` if present, else `model`, else the file is a bare state dict (the reference's
-    /// evaluation default).
+    /// The EMA weights if the file has them (`model_ema`, `ema`, …), else the raw ones (`model`,
+    /// `state_dict`, …), else the only wrapper entry of a PyTorch file, else the file is a bare
+    /// state dict. EMA first is the reference's evaluation default.
     #[default]
     Auto,
-    /// `model_ema` (required).
+    /// The EMA weights: `model_ema`, else `ema` (required).
     Ema,
-    /// `model` (required).
+    /// The raw weights: `model`, else `state_dict` (required).
     Model,
+    /// This top-level entry (required).
+    Named(String),
 }
+
+/// Entries holding EMA weights, in order of preference.
+const EMA_ENTRIES: &[&str] = &["model_ema", "ema", "ema_model", "model_ema_state_dict", "ema_state_dict"];
+/// Entries holding raw weights, in order of preference.
+const RAW_ENTRIES: &[&str] = &["model", "state_dict", "model_state_dict", "net", "network", "params"];
+/// Entries of a training checkpoint that never hold the model's weights.
+const BOOKKEEPING: &[&str] = &["optimizer", "optim", "opt", "scaler", "loss_scaler", "lr_scheduler", "scheduler", "args", "epoch", "step"];
+/// Wrapper prefixes that are stripped from keys rather than chosen as entries.
+const WRAPPER_PREFIXES: &[&str] = &["module", "_orig_mod"];
 
 impl std::str::FromStr for CheckpointEntry {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
+        match s.trim() {
             "auto" => Ok(Self::Auto),
-            "ema" | "model_ema" => Ok(Self::Ema),
+            "ema" => Ok(Self::Ema),
             "model" | "raw" => Ok(Self::Model),
-            other => Err(format!("unknown checkpoint entry '{other}' (expected auto, ema or model)")),
+            "" => Err("empty checkpoint entry (expected auto, ema, model or an entry name)".into()),
+            name if name.contains(char::is_whitespace) || name.contains('.') => {
+                Err(format!("`{name}` is not a top-level entry name (expected auto, ema, model or a name such as state_dict)"))
+            }
+            name => Ok(Self::Named(name.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for CheckpointEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Ema => f.write_str("ema"),
+            Self::Model => f.write_str("model"),
+            Self::Named(n) => f.write_str(n),
+        }
+    }
+}
+
+impl CheckpointEntry {
+    /// The entry to read among the file's top-level entries that hold tensors (`tops`): `Ok("")`
+    /// for a bare state dict. `wrappers` allows [`Auto`](Self::Auto) to take the only
+    /// non-bookkeeping entry of a PyTorch checkpoint.
+    fn resolve(&self, tops: &BTreeSet<String>, wrappers: bool) -> Result<String, String> {
+        let first = |names: &[&str]| names.iter().find(|n| tops.contains(**n)).map(|n| n.to_string());
+        let required = |names: &[&str]| first(names).ok_or_else(|| names.join("` or `"));
+        match self {
+            Self::Ema => required(&EMA_ENTRIES[..2]),
+            Self::Model => required(&RAW_ENTRIES[..2]),
+            Self::Named(n) => tops.contains(n).then(|| n.clone()).ok_or_else(|| n.clone()),
+            Self::Auto => {
+                if let Some(e) = first(EMA_ENTRIES).or_else(|| first(RAW_ENTRIES)) {
+                    return Ok(e);
+                }
+                let candidates: Vec<&String> = tops.iter().filter(|t| !BOOKKEEPING.contains(&t.as_str())).collect();
+                match candidates.as_slice() {
+                    [only] if wrappers && !WRAPPER_PREFIXES.contains(&only.as_str()) && tops.len() > 1 => Ok(only.to_string()),
+                    _ => Ok(String::new()),
+                }
+            }
         }
     }
 }
@@ -62,6 +114,16 @@ fn strip_wrapper_prefixes(key: &str) -> &str {
     }
 }
 
+/// Refuses FIFOs, devices and folders before opening (reading them would block or fail oddly).
+fn check_regular(path: &Path) -> Result<(), WeightsError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) if m.is_dir() => Err(WeightsError::Io { path: path.into(), message: "is a folder, not a file".into() }),
+        Ok(_) => Err(WeightsError::Io { path: path.into(), message: "not a regular file (FIFOs and devices are not read)".into() }),
+        Err(e) => Err(io_err(path, e)),
+    }
+}
+
 fn io_err(path: &Path, e: impl std::fmt::Display) -> WeightsError {
     WeightsError::Io { path: path.to_path_buf(), message: e.to_string() }
 }
@@ -81,6 +143,7 @@ fn as_f32(tensor: PackTensor) -> PackTensor {
 impl StateDict {
     /// Opens a `.pth`/`.pt` (zip or legacy pickle) or `.safetensors` file, selecting the entry.
     pub fn open(path: &Path, entry: CheckpointEntry) -> Result<Self, WeightsError> {
+        check_regular(path)?;
         let mut magic = [0u8; 16];
         let n = std::fs::File::open(path)
             .and_then(|mut f| f.read(&mut magic))
@@ -94,7 +157,7 @@ impl StateDict {
         let is_zip = magic.starts_with(b"PK\x03\x04");
         let is_pickle = magic[0] == 0x80;
         if is_safetensors {
-            Self::open_safetensors(path, entry)
+            Self::open_safetensors(path, Some(entry))
         } else if is_zip || is_pickle {
             Self::open_pytorch(path, entry)
         } else {
@@ -109,21 +172,14 @@ impl StateDict {
         let reader = pytorch_reader::PytorchReader::new(path)
             .map_err(|e| WeightsError::Format { path: path.into(), reason: e.to_string() })?;
         let all = reader.into_tensors();
-        let tops: BTreeSet<String> = all.keys().map(|k| k.split('.').next().unwrap_or("").to_string()).collect();
-        let chosen = match entry {
-            CheckpointEntry::Ema => "model_ema",
-            CheckpointEntry::Model => "model",
-            CheckpointEntry::Auto if tops.contains("model_ema") => "model_ema",
-            CheckpointEntry::Auto if tops.contains("model") => "model",
-            CheckpointEntry::Auto => "",
-        };
-        if !chosen.is_empty() && !tops.contains(chosen) {
-            return Err(WeightsError::MissingEntry {
-                path: path.into(),
-                entry: chosen.into(),
-                available: tops.iter().cloned().collect::<Vec<_>>().join(", "),
-            });
-        }
+        // Entries with nested tensors (`entry.key`); a top-level tensor has no entry.
+        let tops: BTreeSet<String> = all.keys().filter_map(|k| k.split_once('.').map(|(t, _)| t.to_string())).collect();
+        let chosen = entry.resolve(&tops, true).map_err(|wanted| WeightsError::MissingEntry {
+            path: path.into(),
+            entry: wanted,
+            available: tops.iter().cloned().collect::<Vec<_>>().join(", "),
+        })?;
+        let chosen = chosen.as_str();
         let mut tensors = BTreeMap::new();
         for (key, tensor) in all {
             let rest = if chosen.is_empty() {
@@ -145,20 +201,34 @@ impl StateDict {
         Ok(Self { path: path.into(), entry: chosen.into(), tensors, metadata: BTreeMap::new() })
     }
 
-    fn open_safetensors(path: &Path, entry: CheckpointEntry) -> Result<Self, WeightsError> {
+    fn open_safetensors(path: &Path, entry: Option<CheckpointEntry>) -> Result<Self, WeightsError> {
         let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
         // SAFETY: the map is read-only and the file is not modified while we hold it.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_err(path, e))?;
         Self::from_safetensors_buffer(path, Arc::new(mmap), entry)
     }
 
+    /// Opens a safetensors file of data tensors (latents), keeping every name exactly as written:
+    /// no entry is selected and no `module.` / `_orig_mod.` prefix is stripped, so that distinct
+    /// names stay distinct.
+    pub fn open_verbatim(path: &Path) -> Result<Self, WeightsError> {
+        check_regular(path)?;
+        let mut magic = [0u8; 9];
+        let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut magic)).map_err(|e| io_err(path, e))?;
+        if n < 9 || magic[8] != b'{' {
+            return Err(WeightsError::Format { path: path.into(), reason: "not a safetensors file".into() });
+        }
+        Self::open_safetensors(path, None)
+    }
+
     /// Reads safetensors bytes held in memory (e.g. weights embedded in the binary); `label` names
     /// them in messages.
     pub fn from_safetensors_bytes(label: &Path, bytes: &'static [u8]) -> Result<Self, WeightsError> {
-        Self::from_safetensors_buffer(label, Arc::new(bytes), CheckpointEntry::Auto)
+        Self::from_safetensors_buffer(label, Arc::new(bytes), Some(CheckpointEntry::Auto))
     }
 
-    fn from_safetensors_buffer<B>(path: &Path, mmap: Arc<B>, entry: CheckpointEntry) -> Result<Self, WeightsError>
+    /// `entry: None` keeps the names verbatim (see [`open_verbatim`](Self::open_verbatim)).
+    fn from_safetensors_buffer<B>(path: &Path, mmap: Arc<B>, entry: Option<CheckpointEntry>) -> Result<Self, WeightsError>
     where
         B: std::ops::Deref<Target = [u8]> + Send + Sync + 'static,
     {
@@ -169,17 +239,29 @@ impl StateDict {
         let parsed = safetensors::SafeTensors::deserialize(&mmap[..])
             .map_err(|e| WeightsError::Format { path: path.into(), reason: e.to_string() })?;
         let names: Vec<String> = parsed.names().into_iter().map(|s| s.to_string()).collect();
-        // safetensors dumps of training checkpoints may keep the entry prefixes: select an entry
-        // only when every tensor sits under `model.` or `model_ema.`.
-        let is_dump = names.iter().all(|n| n.starts_with("model.") || n.starts_with("model_ema."));
-        let has = |p: &str| is_dump && names.iter().any(|n| n.starts_with(&format!("{p}.")));
-        let chosen = match entry {
-            CheckpointEntry::Ema if has("model_ema") => "model_ema",
-            CheckpointEntry::Model if has("model") => "model",
-            CheckpointEntry::Auto if has("model_ema") => "model_ema",
-            CheckpointEntry::Auto if has("model") => "model",
-            _ => "",
-        };
+        // safetensors dumps of training checkpoints may keep the entry prefixes: an entry is read
+        // only when every tensor sits under one.
+        let tops: BTreeSet<String> = names.iter().filter_map(|n| n.split_once('.').map(|(t, _)| t.to_string())).collect();
+        let verbatim = entry.is_none();
+        let entry = entry.unwrap_or_default();
+        // Only the reference's two entries (or the one named) make a dump: safetensors data files
+        // (e.g. `ema.*` and `model.*` outputs side by side) are read as they are.
+        let known = |t: &str| matches!(t, "model" | "model_ema") || matches!(&entry, CheckpointEntry::Named(n) if n == t);
+        let is_dump = !names.is_empty() && names.iter().all(|n| n.split_once('.').is_some_and(|(t, _)| known(t)));
+        let chosen = match (&entry, is_dump) {
+            _ if verbatim => Ok(String::new()),
+            (_, true) => entry.resolve(&tops, false),
+            (CheckpointEntry::Auto, false) => Ok(String::new()),
+            // Files written by rectok hold one bare state dict: `ema`/`model` name it.
+            (CheckpointEntry::Ema | CheckpointEntry::Model, false) => Ok(String::new()),
+            (CheckpointEntry::Named(n), false) => Err(n.clone()),
+        }
+        .map_err(|wanted| WeightsError::MissingEntry {
+            path: path.into(),
+            entry: wanted,
+            available: if tops.is_empty() { "none: a bare state dict".into() } else { tops.iter().cloned().collect::<Vec<_>>().join(", ") },
+        })?;
+        let chosen = chosen.as_str();
         let mut tensors = BTreeMap::new();
         for name in names {
             let view = parsed.tensor(&name).map_err(|e| WeightsError::Format { path: path.into(), reason: e.to_string() })?;
@@ -205,7 +287,7 @@ impl StateDict {
                     None => continue,
                 }
             };
-            let key = strip_wrapper_prefixes(rest).to_string();
+            let key = if verbatim { rest.to_string() } else { strip_wrapper_prefixes(rest).to_string() };
             let shape = Shape::from(view.shape().to_vec());
             // Offsets of the view inside the mapped file, so the bytes are read only when drawn.
             let start = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
@@ -260,6 +342,17 @@ impl StateDict {
         let data = bridge::to_data(t).map_err(|e| WeightsError::Format { path: self.path.clone(), reason: format!("{key}: {e}") })?;
         data.try_into_vec_as::<f32>()
             .map_err(|e| WeightsError::Format { path: self.path.clone(), reason: format!("{key}: {e:?}") })
+    }
+
+    /// Reads one tensor as f32 values, refusing NaN and infinite values (latents, statistics,
+    /// optimizer moments).
+    pub fn read_f32_finite(&self, key: &str) -> Result<Vec<f32>, WeightsError> {
+        let v = self.read_f32(key)?;
+        let count = v.iter().filter(|x| !x.is_finite()).count();
+        if count > 0 {
+            return Err(WeightsError::NonFinite { path: self.path.clone(), key: key.to_string(), count, more: String::new() });
+        }
+        Ok(v)
     }
 
     /// Number of distinct `i` in keys `prefix.{i}.…`.

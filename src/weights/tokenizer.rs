@@ -160,7 +160,7 @@ fn from_metadata(sd: &StateDict) -> Result<(Option<RecTokConfig>, Option<LatentS
 
 /// Loads a tokenizer from an official `.pth` or a safetensors file.
 pub fn load_tokenizer(path: &Path, options: &TokenizerLoadOptions, device: &Device) -> Result<(RecTok, LoadReport), WeightsError> {
-    let sd = StateDict::open(path, options.entry)?;
+    let sd = StateDict::open(path, options.entry.clone())?;
     let (meta_config, stats) = from_metadata(&sd)?;
     let mut config = match (&options.config, meta_config) {
         (Some(c), _) => c.clone(),
@@ -229,9 +229,19 @@ pub fn load_latent_stats(path: &Path) -> Result<LatentStats, WeightsError> {
                 hint: " — latent statistics files hold `mean` and `std`".into(),
             });
         }
-        sd.read_f32(k)
+        sd.read_f32_finite(k)
     };
-    Ok(LatentStats { mean: get("mean")?, std: get("std")? })
+    let stats = LatentStats { mean: get("mean")?, std: get("std")? };
+    if let Some(i) = stats.std.iter().position(|&s| s <= 0.0) {
+        return Err(WeightsError::Invalid { path: path.into(), message: format!("`std` must be positive, but value {i} is {}", stats.std[i]) });
+    }
+    if stats.mean.len() != stats.std.len() || stats.mean.is_empty() {
+        return Err(WeightsError::Invalid {
+            path: path.into(),
+            message: format!("`mean` has {} values and `std` {}; they must match (one per latent channel)", stats.mean.len(), stats.std.len()),
+        });
+    }
+    Ok(stats)
 }
 
 /// Writes latent statistics as a safetensors file with `mean` and `std`.

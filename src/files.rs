@@ -1,0 +1,254 @@
+//! Where outputs go, for every command: atomic writes, output names taken from data, and the rule
+//! that no command writes over one of its own inputs.
+//!
+//! * [`write_atomic`]: a temporary sibling file, renamed into place when complete (an interrupted
+//!   write leaves no partial file), created with the permissions the umask allows (as any other
+//!   program's outputs), never readable by its owner only.
+//! * [`output_name`]: a name that comes from a file (a latent tensor's name, an image's relative
+//!   path, a class name) becomes a relative path that stays inside the output folder, or an error
+//!   naming it.
+//! * [`Inputs`]: the files and folders a command reads, by canonical path, so that an output that
+//!   would replace one of them is refused before any work.
+
+use anyhow::{Context, Result, bail};
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+/// Prefix of the temporary files of [`write_atomic`] (cleaned up by training runs at start).
+pub const TEMP_PREFIX: &str = ".rectok-tmp-";
+
+/// Writes `bytes` to `path` through a temporary sibling file and a rename, creating the folder.
+/// The file gets mode `0666` less the umask, as `open(2)` would give a new file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(TEMP_PREFIX);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The kernel applies the umask to the mode of a newly created file.
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut tmp = builder.tempfile_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
+    // A full or failing disk may only report at fsync; filesystems without fsync say EINVAL.
+    if let Err(e) = tmp.as_file().sync_all()
+        && e.kind() != std::io::ErrorKind::Unsupported
+        && e.raw_os_error() != Some(22)
+    {
+        return Err(e).with_context(|| format!("writing {}", path.display()));
+    }
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+/// The relative path an output named `name` gets inside its output folder: `/`-separated
+/// components, none of them empty, `.` or `..`, and not absolute. `what` says where the name
+/// came from (e.g. "latent tensor").
+///
+/// # Errors
+/// A name that would leave the output folder, or that is empty, is an error quoting it.
+pub fn output_name(name: &str, what: &str) -> Result<PathBuf> {
+    let bad = |why: &str| anyhow::anyhow!("{what} `{}` cannot name an output file: {why}", name.escape_debug());
+    if name.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if name.contains('\0') {
+        return Err(bad("it contains a NUL character"));
+    }
+    if name.starts_with('/') || name.starts_with('\\') || Path::new(name).is_absolute() {
+        return Err(bad("it is an absolute path (outputs stay inside the output folder)"));
+    }
+    let mut out = PathBuf::new();
+    for part in name.split(['/', '\\']) {
+        match part {
+            "" => return Err(bad("it has an empty path component")),
+            "." | ".." => return Err(bad("it has a `.` or `..` component (outputs stay inside the output folder)")),
+            _ => out.push(part),
+        }
+    }
+    if !out.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(bad("it is not a plain relative path"));
+    }
+    Ok(out)
+}
+
+/// [`output_name`] with `.ext` appended (`a/b` → `a/b.png`).
+pub fn output_file(name: &str, what: &str, ext: &str) -> Result<PathBuf> {
+    let mut path = output_name(name, what)?.into_os_string();
+    path.push(".");
+    path.push(ext);
+    Ok(PathBuf::from(path))
+}
+
+/// The canonical form of a path that may not exist yet: its existing ancestor canonicalised, the
+/// rest appended. `None` when no ancestor can be resolved.
+fn canonical_lenient(path: &Path) -> Option<PathBuf> {
+    if let Ok(c) = std::fs::canonicalize(path) {
+        return Some(c);
+    }
+    let absolute = std::path::absolute(path).ok()?;
+    let mut rest = Vec::new();
+    let mut cur = absolute.as_path();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(cur) {
+            let mut out = c;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return Some(out);
+        }
+        rest.push(cur.file_name()?.to_owned());
+        cur = cur.parent()?;
+    }
+}
+
+/// The files and folders a command reads, by canonical path, with the option that named each.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    files: HashSet<PathBuf>,
+    dirs: Vec<(PathBuf, String)>,
+    named: Vec<(PathBuf, String)>,
+}
+
+impl Inputs {
+    /// No inputs yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an input (a file, or a folder and every file under it) named by `option`. Paths that
+    /// do not exist are ignored (reading them fails later with its own message).
+    pub fn add(&mut self, path: &Path, option: &str) -> &mut Self {
+        if let Ok(c) = std::fs::canonicalize(path) {
+            if c.is_dir() {
+                self.dirs.push((c, option.to_string()));
+            } else {
+                self.files.insert(c.clone());
+                self.named.push((c, option.to_string()));
+            }
+        }
+        self
+    }
+
+    /// Adds an optional input.
+    pub fn add_opt(&mut self, path: Option<&Path>, option: &str) -> &mut Self {
+        if let Some(p) = path {
+            self.add(p, option);
+        }
+        self
+    }
+
+    /// Adds files listed from an input folder (e.g. the images found under `--input`).
+    pub fn add_files<'a>(&mut self, paths: impl IntoIterator<Item = &'a Path>) -> &mut Self {
+        for p in paths {
+            if let Ok(c) = std::fs::canonicalize(p) {
+                self.files.insert(c);
+            }
+        }
+        self
+    }
+
+    /// Whether `path` (existing or not) is one of the inputs, or lies inside an input folder and
+    /// exists (it would be replaced).
+    fn clash(&self, path: &Path) -> Option<String> {
+        let c = canonical_lenient(path)?;
+        if let Some((_, option)) = self.named.iter().find(|(p, _)| *p == c) {
+            return Some(format!("it is the input {option}"));
+        }
+        if self.files.contains(&c) {
+            return Some("it is one of the input images".into());
+        }
+        if let Some((_, option)) = self.dirs.iter().find(|(d, _)| *d == c) {
+            return Some(format!("it is the input folder {option}"));
+        }
+        None
+    }
+
+    /// Refuses an output file that is one of the inputs (compared by canonical path).
+    pub fn check_output_file(&self, path: &Path, option: &str) -> Result<()> {
+        if let Some(why) = self.clash(path) {
+            bail!("{option} {}: {why}; refusing to overwrite an input (choose another output)", path.display());
+        }
+        Ok(())
+    }
+
+    /// Refuses an output folder that is an input folder or file, and any of the `names` inside it
+    /// (relative output paths) that would replace an input.
+    pub fn check_output_dir<'a>(&self, dir: &Path, option: &str, names: impl IntoIterator<Item = &'a Path>) -> Result<()> {
+        if let Some(why) = self.clash(dir) {
+            bail!("{option} {}: {why}; write the outputs to another folder", dir.display());
+        }
+        for name in names {
+            let path = dir.join(name);
+            if let Some(why) = self.clash(&path) {
+                bail!("{option} {}: the output {} would replace an input ({why}); write the outputs to another folder", dir.display(), path.display());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses names that would give two outputs the same file (after [`output_name`]).
+pub fn check_distinct<'a>(names: impl IntoIterator<Item = &'a Path>, what: &str) -> Result<()> {
+    let mut seen = HashSet::new();
+    for n in names {
+        if !seen.insert(n.to_path_buf()) {
+            bail!("two {what} would both be written to `{}`", n.display());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_stay_inside_the_folder() {
+        assert_eq!(output_name("a/b/c", "t").unwrap(), PathBuf::from("a/b/c"));
+        assert_eq!(output_name("module.scan", "t").unwrap(), PathBuf::from("module.scan"));
+        for bad in ["", "../x", "a/../../x", "/tmp/x", "a//b", "./a", "a/.", "..", "a\\..\\..\\b", "x\0y"] {
+            let e = output_name(bad, "latent tensor").unwrap_err().to_string();
+            assert!(e.contains("latent tensor"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn inputs_are_never_outputs() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("x.png");
+        std::fs::write(&img, b"x").unwrap();
+        let mut inputs = Inputs::new();
+        inputs.add(&img, "--input");
+        assert!(inputs.check_output_file(&img, "--output").unwrap_err().to_string().contains("--input"));
+        // Through another spelling of the same path.
+        let other = d.path().join(".").join("x.png");
+        assert!(inputs.check_output_file(&other, "--output").is_err());
+        assert!(inputs.check_output_file(&d.path().join("y.png"), "--output").is_ok());
+        assert!(inputs.check_output_file(&d.path().join("new/dir/y.png"), "--output").is_ok());
+        let mut folder = Inputs::new();
+        folder.add(d.path(), "--input").add_files([img.as_path()]);
+        assert!(folder.check_output_dir(d.path(), "--output", []).is_err());
+        assert!(folder.check_output_file(&img, "--output").unwrap_err().to_string().contains("input images"));
+        let sub = d.path().join("out");
+        assert!(folder.check_output_dir(&sub, "--output", [Path::new("x.png")]).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn atomic_writes_follow_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.bin");
+        write_atomic(&p, b"abc").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // The same mode as a file created the ordinary way (0666 less the umask), not 0600.
+        let plain = d.path().join("plain.bin");
+        std::fs::write(&plain, b"abc").unwrap();
+        assert_eq!(mode(&p), mode(&plain), "{:o} vs {:o}", mode(&p), mode(&plain));
+        assert_eq!(std::fs::read(&p).unwrap(), b"abc");
+    }
+}

@@ -1,0 +1,263 @@
+//! A training session's hold on its run folder: one process at a time (a lock naming its pid),
+//! leftovers of a killed process cleaned up at start, and Ctrl-C / SIGTERM turned into "save a
+//! checkpoint, then stop".
+//!
+//! Signals: while a training loop runs ([`TrainingSignals`] is alive), the first SIGINT or
+//! SIGTERM only raises a flag that the loop reads after each optimizer step — it then saves a
+//! checkpoint and returns [`Interrupted`]; a second signal exits at once (status 128 + signal).
+//! Outside training loops both signals end the process at once, as by default.
+
+use crate::files::TEMP_PREFIX;
+use anyhow::{Context, Result, bail};
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+/// The signal that asked the current training loop to stop (0: none).
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Whether a training loop is running (signals are then deferred to the next step boundary).
+static IN_TRAINING: AtomicBool = AtomicBool::new(false);
+
+/// A training loop stopped by a signal after saving its state.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by {name} after step {step}: the run is saved in {checkpoint}; continue it with `{resume}`")]
+pub struct Interrupted {
+    /// The signal number (SIGINT 2, SIGTERM 15).
+    pub signal: i32,
+    /// Its name.
+    pub name: &'static str,
+    /// Steps taken.
+    pub step: usize,
+    /// The checkpoint written.
+    pub checkpoint: String,
+    /// The command that continues the run.
+    pub resume: String,
+}
+
+impl Interrupted {
+    /// The conventional exit status: 128 + the signal number.
+    pub fn exit_code(&self) -> i32 {
+        128 + self.signal
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        signal_hook::consts::SIGINT => "SIGINT (Ctrl-C)",
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
+fn install_handlers() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            // SAFETY: the handler only touches atomics and calls `_exit`, both async-signal-safe.
+            let registered = unsafe {
+                signal_hook::low_level::register(signal, move || {
+                    if !IN_TRAINING.load(Ordering::SeqCst) || STOP_SIGNAL.swap(signal, Ordering::SeqCst) != 0 {
+                        signal_hook::low_level::exit(128 + signal);
+                    }
+                })
+            };
+            if let Err(e) = registered {
+                tracing::warn!("cannot handle {}: {e}; it will end training without a checkpoint", signal_name(signal));
+            }
+        }
+    });
+}
+
+/// Defers SIGINT and SIGTERM to step boundaries while alive (see the module documentation).
+pub struct TrainingSignals(());
+
+impl TrainingSignals {
+    /// Starts deferring signals. A signal that arrived earlier in this process still counts.
+    pub fn install() -> Self {
+        install_handlers();
+        IN_TRAINING.store(true, Ordering::SeqCst);
+        Self(())
+    }
+
+    /// The signal that asked to stop, if any.
+    pub fn requested(&self) -> Option<i32> {
+        match STOP_SIGNAL.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    /// The error a loop returns after saving `checkpoint` at `step`.
+    pub fn interrupted(&self, signal: i32, step: usize, checkpoint: &Path, resume: String) -> Interrupted {
+        Interrupted { signal, name: signal_name(signal), step, checkpoint: checkpoint.display().to_string(), resume }
+    }
+}
+
+impl Drop for TrainingSignals {
+    fn drop(&mut self) {
+        IN_TRAINING.store(false, Ordering::SeqCst);
+    }
+}
+
+/// An exclusive lock on a run folder (`RUN/.lock`, holding the owner's pid), released when the
+/// process ends, however it ends.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    /// Locks `run_dir` (creating it), or fails naming the process that holds it.
+    pub fn acquire(run_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        let path = run_dir.join(".lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                bail!(
+                    "{}: another rectok process{} is training in this run folder; wait for it to finish or stop it first",
+                    run_dir.display(),
+                    if holder.is_empty() { String::new() } else { format!(" (pid {holder})") }
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        file.flush()?;
+        Ok(Self { _file: file })
+    }
+}
+
+/// Where a session starts, once its run folder is open.
+#[derive(Debug)]
+pub enum Start {
+    /// A new run (the folder holds none, or one that stopped before its first checkpoint).
+    Fresh,
+    /// `--resume` of a run that stopped before its first checkpoint: start it over from its
+    /// `config.toml`.
+    Restart(PathBuf),
+    /// `--resume` from this checkpoint.
+    Resume(PathBuf),
+}
+
+/// Opens `run_dir` for a training session: locks it, removes leftovers of a killed process, and
+/// decides where training starts. A run that stopped before its first checkpoint is started
+/// over (its metrics and grids are removed), with or without `--resume`, and the log says so.
+/// `command` is the subcommand (`tokenizer`, `generator`) for messages.
+pub fn open_run(run_dir: &Path, resume: bool, command: &str) -> Result<(RunLock, Start)> {
+    let lock = RunLock::acquire(run_dir)?;
+    clean_leftovers(run_dir)?;
+    let checkpoint = super::checkpoint::CheckpointStore::new(run_dir, 1).latest()?;
+    let config = run_dir.join("config.toml");
+    let started = config.exists() || run_dir.join("metrics.jsonl").exists();
+    let start = match (resume, checkpoint) {
+        (true, Some(ckpt)) => Start::Resume(ckpt),
+        (false, Some(ckpt)) => bail!(
+            "{} already holds a training run (newest checkpoint {}); continue it with `rectok train {command} --out {} --resume`, or choose another --out",
+            run_dir.display(),
+            ckpt.display(),
+            run_dir.display()
+        ),
+        (true, None) if config.exists() => {
+            tracing::warn!("{}: the run stopped before its first checkpoint; starting it over from step 0 with its config.toml", run_dir.display());
+            Start::Restart(config)
+        }
+        (true, None) => bail!(
+            "{}: no training run to resume (no checkpoint and no config.toml); start one without --resume",
+            run_dir.display()
+        ),
+        (false, None) => {
+            if started {
+                tracing::warn!("{}: the run there stopped before its first checkpoint; starting a new run from step 0 in its place", run_dir.display());
+            }
+            Start::Fresh
+        }
+    };
+    if !matches!(start, Start::Resume(_)) {
+        forget_progress(run_dir)?;
+    }
+    Ok((lock, start))
+}
+
+/// Removes the metrics and grids of a run that is started over.
+fn forget_progress(run_dir: &Path) -> Result<()> {
+    let metrics = run_dir.join("metrics.jsonl");
+    if metrics.exists() {
+        std::fs::remove_file(&metrics).with_context(|| format!("removing {}", metrics.display()))?;
+    }
+    if let Ok(entries) = std::fs::read_dir(run_dir.join("samples")) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step_")) {
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes what a killed process may have left in a run folder: temporary files of atomic
+/// writes (`.rectok-tmp-*`, anywhere in the folder) and half-written or half-deleted checkpoint
+/// folders (`checkpoints/.step_*`). Returns what was removed.
+pub fn clean_leftovers(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let mut stack = vec![run_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() && dir.file_name().is_some_and(|n| n == "checkpoints") && name.starts_with(".step_") {
+                std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+                removed.push(path);
+            } else if kind.is_dir() && !kind.is_symlink() {
+                stack.push(path);
+            } else if kind.is_file() && name.starts_with(TEMP_PREFIX) {
+                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+                removed.push(path);
+            }
+        }
+    }
+    if !removed.is_empty() {
+        tracing::info!("{}: removed {} leftover(s) of an interrupted process", run_dir.display(), removed.len());
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_locked_run_folder_names_its_holder_and_leftovers_go() {
+        let d = tempfile::tempdir().unwrap();
+        let lock = RunLock::acquire(d.path()).unwrap();
+        let err = RunLock::acquire(d.path()).unwrap_err().to_string();
+        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        drop(lock);
+        let _again = RunLock::acquire(d.path()).unwrap();
+
+        std::fs::create_dir_all(d.path().join("checkpoints/.step_00000040.tmp")).unwrap();
+        std::fs::create_dir_all(d.path().join("checkpoints/step_00000020")).unwrap();
+        std::fs::write(d.path().join("samples.rectok"), b"kept").unwrap();
+        std::fs::create_dir_all(d.path().join("samples")).unwrap();
+        std::fs::write(d.path().join("samples").join(format!("{TEMP_PREFIX}x")), b"partial").unwrap();
+        let removed = clean_leftovers(d.path()).unwrap();
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(d.path().join("checkpoints/step_00000020").exists() && d.path().join("samples.rectok").exists());
+    }
+}
