@@ -66,6 +66,62 @@ fn official_training_checkpoint_defaults_to_model_ema() {
     check_against_reference(&mut model, "ema");
 }
 
+/// `tiny_rectok.pth` with its top-level entries renamed (`from → to` in the pickle; a pickled
+/// string carries its own length, so the rest of the file stays valid).
+fn renamed_entries(dir: &Path, name: &str, renames: &[(&str, &str)]) -> PathBuf {
+    use std::io::{Read, Write};
+    let mut src = zip::ZipArchive::new(std::fs::File::open(fixture("tiny_rectok.pth")).unwrap()).unwrap();
+    let out = dir.join(name);
+    let mut dst = zip::ZipWriter::new(std::fs::File::create(&out).unwrap());
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..src.len() {
+        let mut entry = src.by_index(i).unwrap();
+        let name = entry.name().unwrap().to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        if name.ends_with("data.pkl") {
+            for (from, to) in renames {
+                let key = |s: &str| [&[b'X'][..], &(s.len() as u32).to_le_bytes(), s.as_bytes()].concat();
+                let (old, new) = (key(from), key(to));
+                let at = bytes.windows(old.len()).position(|w| w == old.as_slice()).unwrap_or_else(|| panic!("no entry {from}"));
+                bytes.splice(at..at + old.len(), new);
+            }
+        }
+        dst.start_file(name, stored).unwrap();
+        dst.write_all(&bytes).unwrap();
+    }
+    dst.finish().unwrap();
+    out
+}
+
+#[test]
+fn other_entry_names_load_with_the_ema_preferred() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let with_report = |path: &Path, entry: CheckpointEntry| {
+        let options = TokenizerLoadOptions { entry, config: Some(tiny_config()), without_semantic: false };
+        load_tokenizer(path, &options, &device).unwrap()
+    };
+    // `state_dict` and `ema`: EMA first, as the reference's evaluation; either on request.
+    let sd = renamed_entries(dir.path(), "sd.pth", &[("model_ema", "ema"), ("model", "state_dict")]);
+    let (mut m, r) = with_report(&sd, CheckpointEntry::Auto);
+    assert_eq!(r.entry, "ema");
+    check_against_reference(&mut m, "ema");
+    for entry in [CheckpointEntry::Model, "state_dict".parse().unwrap()] {
+        let (mut m, r) = with_report(&sd, entry);
+        assert_eq!(r.entry, "state_dict");
+        check_against_reference(&mut m, "model");
+    }
+    // A single wrapper entry beside bookkeeping ones (optimizer, epoch, scaler) loads as it is.
+    let wrapped = renamed_entries(dir.path(), "wrapped.pth", &[("model_ema", "scaler"), ("model", "weights")]);
+    let (mut m, r) = with_report(&wrapped, CheckpointEntry::Auto);
+    assert_eq!(r.entry, "weights");
+    check_against_reference(&mut m, "model");
+    // An entry that is not there names what is.
+    let err = load(&wrapped, "net".parse().unwrap(), Some(tiny_config())).unwrap_err().to_string();
+    assert!(err.contains("no `net` entry") && err.contains("weights"), "{err}");
+}
+
 #[test]
 fn model_entry_on_request() {
     let mut model = load(&fixture("tiny_rectok.pth"), CheckpointEntry::Model, Some(tiny_config())).unwrap();

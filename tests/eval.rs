@@ -357,3 +357,32 @@ fn frechet_distance_is_finite_for_wide_rank_deficient_low_variance_statistics() 
     assert!(aa.abs() < 1e-9, "{aa}");
     assert!(ab.is_finite() && ab > 0.0, "{ab}");
 }
+
+#[test]
+fn frechet_distance_is_exact_on_statistics_of_a_few_images() {
+    // Float32 features of 4, 5 and 6 "images" in 1280 dimensions (covariances of rank 3 to 5)
+    // and the exact distances between their Gaussians in 50-digit arithmetic (Gram form).
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fid_low_rank");
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let stats = |name: &str| {
+        let (shape, values) = read_npy(&dir.join(format!("{name}.npy"))).unwrap();
+        let mut acc = StatsAccumulator::new(shape[1]);
+        acc.add(&values.iter().map(|&v| v as f32).collect::<Vec<_>>()).unwrap();
+        acc.finish().unwrap()
+    };
+    let names = ["four", "six", "near_identical"];
+    for (i, a) in names.iter().enumerate() {
+        for b in &names[i..] {
+            let got = frechet_distance(&stats(a), &stats(b)).unwrap();
+            let want = expected[format!("{a}|{b}")].as_f64().unwrap();
+            if a == b {
+                let trace = expected[format!("trace|{a}")].as_f64().unwrap();
+                eprintln!("{a} against itself: {got:e} (trace {trace})");
+                assert!(got.abs() <= 1e-9 * trace, "{a} against itself: {got:e}, trace {trace}");
+            } else {
+                eprintln!("{a} | {b}: {got} vs {want} (relative {:.1e})", rel(got, want));
+                assert!(rel(got, want) < 1e-9, "{a} | {b}: {got} vs exact {want}");
+            }
+        }
+    }
+}

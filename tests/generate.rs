@@ -137,7 +137,7 @@ fn generate_rejects_bad_input_before_any_work() {
         a.extend(extra.iter().map(|s| s.to_string()));
         rectok(&a.iter().map(String::as_str).collect::<Vec<_>>())
     };
-    assert!(error_line(&run(&generator, &["--steps", "1"])).contains("--steps must be at least 2"));
+    assert!(error_line(&run(&generator, &["--steps", "1"])).contains("--steps must be between 2 and 10000"));
     assert!(error_line(&run(&generator, &["--classes", "7"])).contains("class id 7 is out of range: the generator has 5 classes"));
     assert!(error_line(&run(&wide, &["--classes", "1"])).contains("works on 16×4×4 latents but the tokenizer produces 8×4×4"));
     assert!(error_line(&run(&generator, &["--classes", "1", "--cfg-interval", "0.8,0.2"])).contains("--cfg-interval"));

@@ -206,9 +206,13 @@ fn bad_runs_stop_with_clear_messages() {
     let as_str = |v: &Vec<String>| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\u{0}");
     let run = |v: Vec<String>| err(&as_str(&v).split('\u{0}').collect::<Vec<_>>());
 
-    // A non-finite loss names the term and the step, after saving a checkpoint.
+    // A non-finite weight is refused up front; a loss that overflows names the term and the
+    // step, after saving a checkpoint.
+    let e = run(with(&dir.path().join("inf"), &["--set", "loss.kl_weight=inf"]));
+    assert!(e.contains("loss.kl_weight must be a finite number"), "{e}");
+    assert!(!dir.path().join("inf").exists());
     let nan = dir.path().join("nan");
-    let e = run(with(&nan, &["--set", "loss.kl_weight=inf"]));
+    let e = run(with(&nan, &["--set", "loss.kl_weight=1e38"]));
     assert!(e.contains("KL loss is inf at step 1"), "{e}");
     assert!(nan.join("checkpoints/step_00000000/state.json").exists());
 

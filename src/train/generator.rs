@@ -143,9 +143,14 @@ impl GeneratorTrainer {
         if config.tokenizer.path.as_os_str().is_empty() {
             bail!("no tokenizer: pass --tokenizer (a run's tokenizer.safetensors or RecTok_decft.pth), or set tokenizer.path");
         }
+        let created = !run_dir.exists();
         let (lock, _) = session::open_run(run_dir, false, "generator")?;
         write_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
-        Self::build(config, run_dir, None, lock)
+        Self::build(config, run_dir, None, lock).inspect_err(|_| {
+            if created {
+                session::discard_unstarted(run_dir);
+            }
+        })
     }
 
     /// Continues the run in `run_dir` from its newest checkpoint (or starts it over when it

@@ -192,6 +192,16 @@ pub fn open_run(run_dir: &Path, resume: bool, command: &str) -> Result<(RunLock,
     Ok((lock, start))
 }
 
+/// Undoes what [`open_run`] and the start of a new run wrote (`.lock`, `config.toml`, and the
+/// folder itself when nothing else is in it), after the run failed to get going: a refused run
+/// leaves no trace. Caches built on the way (latent statistics, latent cache) stay.
+pub fn discard_unstarted(run_dir: &Path) {
+    for f in ["config.toml", ".lock"] {
+        let _ = std::fs::remove_file(run_dir.join(f));
+    }
+    let _ = std::fs::remove_dir(run_dir);
+}
+
 /// Removes the metrics and grids of a run that is started over.
 fn forget_progress(run_dir: &Path) -> Result<()> {
     let metrics = run_dir.join("metrics.jsonl");

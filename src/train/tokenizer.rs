@@ -167,9 +167,14 @@ pub enum TrainError {
 impl TokenizerTrainer {
     /// Starts a new run in `run_dir` (which must not hold a run with a checkpoint already).
     pub fn start(config: TokenizerTrainConfig, run_dir: &Path) -> Result<Self> {
+        let created = !run_dir.exists();
         let (lock, _) = session::open_run(run_dir, false, "tokenizer")?;
         write_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
-        Self::build(config, run_dir, None, lock)
+        Self::build(config, run_dir, None, lock).inspect_err(|_| {
+            if created {
+                session::discard_unstarted(run_dir);
+            }
+        })
     }
 
     /// Continues the run in `run_dir` from its newest checkpoint (or starts it over when it
