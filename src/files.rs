@@ -151,8 +151,8 @@ impl Inputs {
         self
     }
 
-    /// Whether `path` (existing or not) is one of the inputs, or lies inside an input folder and
-    /// exists (it would be replaced).
+    /// Why `path` (existing or not) would replace an input: it is an input file, a file listed
+    /// from an input folder, or an input folder itself.
     fn clash(&self, path: &Path) -> Option<String> {
         let c = canonical_lenient(path)?;
         if let Some((_, option)) = self.named.iter().find(|(p, _)| *p == c) {

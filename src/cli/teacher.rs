@@ -39,7 +39,7 @@ pub fn top_k(p: &[f32], k: usize) -> Vec<(usize, f32)> {
 
 pub fn run(which: Which) -> Result<()> {
     let Which::Check(args) = which;
-    if !(16..=4096).contains(&args.size) || args.size % 16 != 0 {
+    if !(16..=4096).contains(&args.size) || !args.size.is_multiple_of(16) {
         anyhow::bail!("--size must be a multiple of 16 between 16 and 4096, got {}", args.size);
     }
     let device = Device::flex();

@@ -601,7 +601,7 @@ impl TokenizerTrainConfig {
             return Err(format!("loss.disc_layers must be between 1 and 8, got {}", l.disc_layers));
         }
         count_at_least("teacher.resolution", self.teacher.resolution, 16)?;
-        if self.teacher.resolution % 16 != 0 {
+        if !self.teacher.resolution.is_multiple_of(16) {
             return Err(format!("teacher.resolution must be a multiple of 16 (the teachers' patch), got {}", self.teacher.resolution));
         }
         self.model.validate().map_err(|e| format!("[model]: {e}"))?;
@@ -649,6 +649,26 @@ mod tests {
         assert!(err.contains("mask_ration"), "{err}");
         let err = TokenizerTrainConfig::load("no-such-recipe", &[]).unwrap_err().to_string();
         assert!(err.contains("built-in recipes"), "{err}");
+    }
+
+    #[test]
+    fn nested_overrides_merge_into_the_recipe() {
+        // `tiny` takes its encoder from the preset; `rectok-b-stage1` names sizes.
+        let cfg = TokenizerTrainConfig::load("tiny", &["model.encoder.heads=2".into()]).unwrap();
+        assert_eq!((cfg.model.encoder.width, cfg.model.encoder.layers, cfg.model.encoder.heads), (128, 4, 2));
+        let cfg = TokenizerTrainConfig::load("rectok-b-stage1", &["model.decoder.layers=3".into(), "model.decoder={ heads = 8 }".into()]).unwrap();
+        assert_eq!((cfg.model.decoder.width, cfg.model.decoder.layers, cfg.model.decoder.heads), (768, 3, 8));
+        assert_eq!(cfg.model.encoder, crate::nn::VitSize::named("base").unwrap());
+        // A size given by name in the recipe merges too.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("r.toml");
+        std::fs::write(&file, "[model]\npreset = \"tiny\"\nencoder = \"small\"\n").unwrap();
+        let cfg = TokenizerTrainConfig::load(file.to_str().unwrap(), &["model.encoder.layers=2".into()]).unwrap();
+        assert_eq!((cfg.model.encoder.width, cfg.model.encoder.layers, cfg.model.encoder.heads), (512, 2, 8));
+        let err = TokenizerTrainConfig::load("tiny", &["model.encoder.head=2".into()]).unwrap_err().to_string();
+        assert!(err.contains("encoder.head"), "{err}");
+        let err = TokenizerTrainConfig::load("tiny", &["optim.lr=0".into()]).unwrap_err().to_string();
+        assert!(err.contains("optim.lr must be a finite number > 0, got 0"), "{err}");
     }
 
     #[test]
