@@ -129,7 +129,7 @@ fn run_train(args: TrainBench) -> Result<()> {
     }
     println!("ratio = reference time / our time (> 1: faster than the reference)");
     if let Some(path) = &args.json {
-        crate::files::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
+        crate::io::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
     }
     Ok(())
 }
@@ -240,7 +240,7 @@ fn run_dit(args: DitBench) -> Result<()> {
     }
     println!("ratio = reference time / our time (> 1: faster than the reference)");
     if let Some(path) = &args.json {
-        crate::files::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
+        crate::io::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
     }
     Ok(())
 }
@@ -358,7 +358,7 @@ fn run_tokenizer(args: TokenizerBench) -> Result<()> {
     }
     println!("ratio = reference time / our time (> 1: faster than the reference)");
     if let Some(path) = &args.json {
-        crate::files::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
+        crate::io::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
     }
     Ok(())
 }

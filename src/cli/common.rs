@@ -6,11 +6,10 @@ use crate::device::{DeviceChoice, select_device, set_cpu_threads};
 use crate::tokenizer::{RecTok, RecTokConfig};
 use crate::weights::CheckpointEntry;
 use crate::weights::tokenizer::{TokenizerLoadOptions, load_latent_stats, load_tokenizer};
-use crate::files::Inputs;
+use crate::io::Inputs;
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use image::RgbImage;
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -214,17 +213,7 @@ pub fn load_batch(sources: &[ImageSource], size: usize, skip_bad: bool, skipped:
     Ok(Some(Batch { names, tensor: images_to_tensor(&images, device) }))
 }
 
-/// A progress bar over `n` items (drawn only on a terminal).
-pub fn progress(n: usize, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(n as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
-    pb
-}
+pub use crate::io::progress;
 
 /// The summary line about skipped files.
 pub fn report_skipped(non_images: &[PathBuf], unreadable: &[PathBuf]) {

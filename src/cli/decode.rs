@@ -3,7 +3,7 @@
 use super::common::{DeviceArgs, TokenizerArgs, check_output_folder, progress, require_batch_size};
 use crate::data::save_png;
 use crate::data::transforms::tensor_to_images;
-use crate::files::{Inputs, check_distinct, output_file};
+use crate::io::{Inputs, check_distinct, output_file};
 use crate::weights::StateDict;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;

@@ -1,7 +1,7 @@
 //! `rectok encode`: images → latents.
 
 use super::common::{DeviceArgs, TokenizerArgs, check_output_file, input_images, load_batch, progress, report_skipped, require_batch_size};
-use crate::files::Inputs;
+use crate::io::Inputs;
 use crate::rng::Rng;
 use crate::weights::write_safetensors;
 use anyhow::{Result, bail};

@@ -5,7 +5,7 @@ use super::common::{
     DeviceArgs, GeneratorArgs, GuidanceArgs, TokenizerArgs, check_output_file, check_output_folder, check_steps, input_images, load_generator_for,
     progress, report_skipped, require_batch_size, require_latent_stats,
 };
-use crate::files::Inputs;
+use crate::io::Inputs;
 use crate::data::{DataSpec, Loader, Split, load_rgb8, open_dataset};
 use crate::generator::Integrator;
 use crate::metrics::extractor::Extractor;
@@ -156,7 +156,7 @@ fn print_table(title: &str, rows: &[(String, String)]) {
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    crate::files::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+    crate::io::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
 }
 
 fn data_loader(data: &str, split: Split, batch_size: usize, size: usize) -> Result<Loader> {

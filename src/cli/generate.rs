@@ -5,10 +5,10 @@ use super::common::{
     DeviceArgs, GeneratorArgs, GuidanceArgs, TokenizerArgs, check_output_file, check_output_folder, check_steps, load_generator_for, progress,
     require_batch_size, require_latent_stats,
 };
-use crate::files::Inputs;
+use crate::io::Inputs;
 use crate::data::save_png;
 use crate::data::transforms::tensor_to_images;
-use crate::generator::transport::ode_grid;
+use crate::rectified_flow::ode_grid;
 use crate::generator::sampler::sample_class_latents;
 use crate::generator::{Guidance, Integrator};
 use anyhow::{Context, Result, bail};

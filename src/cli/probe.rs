@@ -61,7 +61,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(json) = &args.json {
         super::common::check_output_file(json, "--json")?;
-        let mut inputs = crate::files::Inputs::new();
+        let mut inputs = crate::io::Inputs::new();
         args.tokenizer.add_inputs(&mut inputs);
         for d in std::iter::once(&args.data).chain(args.val_data.as_ref()) {
             if !d.starts_with("procedural") && !d.starts_with("builtin") {
@@ -113,7 +113,7 @@ pub fn run(args: Args) -> Result<()> {
             "train_images": report.sizes.0,
             "held_out_images": report.sizes.1,
         });
-        crate::files::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+        crate::io::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `rectok reconstruct`: images → latents → images, with PSNR and SSIM.
 
 use super::common::{DeviceArgs, TokenizerArgs, check_output_file, check_output_folder, input_images, load_batch, progress, report_skipped, require_batch_size};
-use crate::files::{Inputs, output_file};
+use crate::io::{Inputs, output_file};
 use crate::data::save_png;
 use crate::data::transforms::{tensor_to_images, tensor_to_planes};
 use crate::metrics::{psnr, ssim};
@@ -83,7 +83,7 @@ pub fn run(args: Args) -> Result<()> {
             "psnr_definition": "10*log10(1/MSE) on [0,1] float reconstructions vs the center-cropped input",
             "ssim_definition": "Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data range 1, valid region, channel mean",
         });
-        crate::files::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+        crate::io::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
     }
     Ok(())
 }

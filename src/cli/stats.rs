@@ -2,7 +2,7 @@
 //! reference computes them before generator training and evaluation (spec TRAINING.md §4).
 
 use super::common::{DeviceArgs, TokenizerArgs, check_output_file, input_images, load_batch, progress, report_skipped, require_batch_size};
-use crate::files::Inputs;
+use crate::io::Inputs;
 use crate::train::latents::ChannelMoments;
 use crate::weights::tokenizer::save_latent_stats;
 use anyhow::{Result, bail};

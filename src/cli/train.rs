@@ -4,7 +4,7 @@ use crate::train::config::{TokenizerTrainConfig, apply_override};
 use crate::train::generator::GeneratorTrainer;
 use crate::train::generator_config::GeneratorTrainConfig;
 use crate::train::tokenizer::TokenizerTrainer;
-use crate::files::Inputs;
+use crate::io::Inputs;
 use anyhow::{Result, anyhow, bail};
 use std::path::{Path, PathBuf};
 

@@ -5,11 +5,10 @@
 //! * [`Procedural`](super::procedural::Procedural): the built-in labelled shapes and textures.
 //!
 //! Every dataset yields 8-bit RGB images already at the training resolution (files through ADM's
-//! `center_crop_arr`, as the reference) with their labels; [`open_dataset`] picks one from a
-//! `--data` argument.
+//! `center_crop_arr`, as the reference) with their labels; [`open_dataset`](super::open_dataset)
+//! picks one from a `--data` argument.
 
 use super::images::{IMAGE_EXTENSIONS, has_image_extension, load_rgb8, walk_files};
-use super::procedural::Procedural;
 use super::transforms::center_crop_arr;
 use anyhow::{Context, Result, bail};
 use image::RgbImage;
@@ -37,80 +36,6 @@ pub trait Dataset: Send + Sync {
 
     /// One line saying what the dataset is.
     fn describe(&self) -> String;
-}
-
-/// Which images a run reads (`--data`): the built-in procedural set, a class-folder tree, or a
-/// file list.
-#[derive(Clone, Debug, PartialEq)]
-pub enum DataSpec {
-    /// `builtin` / `procedural` (optionally `procedural:N` items).
-    Procedural {
-        /// Number of training items.
-        len: usize,
-    },
-    /// A folder (class subfolders, or images directly for one unlabelled class).
-    Folder(PathBuf),
-    /// A `.txt` list of `relpath label` lines (paths relative to `root`, default the list's folder).
-    List {
-        /// The list file.
-        list: PathBuf,
-        /// Folder the relative paths start from.
-        root: Option<PathBuf>,
-    },
-}
-
-impl std::str::FromStr for DataSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err("empty data source".into());
-        }
-        if let Some(rest) = s.strip_prefix("procedural").or_else(|| s.strip_prefix("builtin")) {
-            return match rest.strip_prefix(':') {
-                None if rest.is_empty() => Ok(Self::Procedural { len: Procedural::DEFAULT_LEN }),
-                Some(n) => n.parse().map(|len| Self::Procedural { len }).map_err(|_| format!("`{s}`: expected procedural:NUMBER_OF_IMAGES")),
-                None => Ok(Self::Folder(PathBuf::from(s))),
-            };
-        }
-        let path = PathBuf::from(s);
-        if path.extension().is_some_and(|e| e == "txt") {
-            Ok(Self::List { list: path, root: None })
-        } else {
-            Ok(Self::Folder(path))
-        }
-    }
-}
-
-impl std::fmt::Display for DataSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Procedural { len } => write!(f, "procedural:{len}"),
-            Self::Folder(p) => write!(f, "{}", p.display()),
-            Self::List { list, .. } => write!(f, "{}", list.display()),
-        }
-    }
-}
-
-/// Which part of the data: the training items, or held-out ones.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Split {
-    /// Training items.
-    Train,
-    /// Held-out items (the procedural set draws other seeds; files need their own `--val-data`).
-    Val,
-}
-
-/// Opens a dataset. `seed` only matters for the procedural set (whose images it determines).
-pub fn open_dataset(spec: &DataSpec, split: Split, seed: u64) -> Result<Arc<dyn Dataset>> {
-    Ok(match spec {
-        DataSpec::Procedural { len } => Arc::new(match split {
-            Split::Train => Procedural::new(seed, *len),
-            Split::Val => Procedural::held_out(seed, (*len / 10).clamp(64, 2000)),
-        }),
-        DataSpec::Folder(p) => Arc::new(ImageFolder::open(p)?),
-        DataSpec::List { list, root } => Arc::new(FileList::open(list, root.as_deref())?),
-    })
 }
 
 fn read_image(path: &Path, size: usize) -> Result<RgbImage> {
@@ -262,47 +187,6 @@ impl Dataset for FileList {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn specs_parse() {
-        assert_eq!("procedural".parse::<DataSpec>().unwrap(), DataSpec::Procedural { len: Procedural::DEFAULT_LEN });
-        assert_eq!("procedural:500".parse::<DataSpec>().unwrap(), DataSpec::Procedural { len: 500 });
-        assert!("procedural:x".parse::<DataSpec>().is_err());
-        assert_eq!("data/train.txt".parse::<DataSpec>().unwrap(), DataSpec::List { list: "data/train.txt".into(), root: None });
-        assert_eq!("imagenet/train".parse::<DataSpec>().unwrap(), DataSpec::Folder("imagenet/train".into()));
-    }
-
-    #[test]
-    fn folder_and_list_layouts() {
-        let dir = tempfile::tempdir().unwrap();
-        for (class, n) in [("b_dog", 2), ("a_cat", 3)] {
-            std::fs::create_dir_all(dir.path().join(class)).unwrap();
-            for i in 0..n {
-                RgbImage::from_pixel(40, 30, image::Rgb([i as u8 * 50, 0, 0])).save(dir.path().join(class).join(format!("{i}.png"))).unwrap();
-            }
-        }
-        let ds = ImageFolder::open(dir.path()).unwrap();
-        assert_eq!((ds.len(), ds.num_classes()), (5, 2));
-        assert_eq!(ds.class_names(), vec!["a_cat", "b_dog"]);
-        let (img, label) = ds.get(3, 16).unwrap();
-        assert_eq!((img.width(), img.height(), label), (16, 16, 1));
-
-        let list = dir.path().join("train.txt");
-        std::fs::write(&list, "# comment\na_cat/0.png 0\n\nb_dog/1.png 4\n").unwrap();
-        let fl = FileList::open(&list, None).unwrap();
-        assert_eq!((fl.len(), fl.num_classes()), (2, 5));
-        assert_eq!(fl.get(1, 8).unwrap().1, 4);
-
-        std::fs::write(dir.path().join("a_cat/bad.png"), b"not a png").unwrap();
-        let ds = ImageFolder::open(dir.path()).unwrap();
-        let err = (0..ds.len()).find_map(|i| ds.get(i, 8).err()).expect("a corrupt file errors");
-        assert!(format!("{err:#}").contains("bad.png"), "{err:#}");
-    }
-}
-
 /// Some items of another dataset (a deterministic train / held-out split of one labelled folder).
 pub struct Subset {
     inner: Arc<dyn Dataset>,
@@ -358,5 +242,37 @@ impl Dataset for Subset {
 
     fn describe(&self) -> String {
         self.label.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folder_and_list_layouts() {
+        let dir = tempfile::tempdir().unwrap();
+        for (class, n) in [("b_dog", 2), ("a_cat", 3)] {
+            std::fs::create_dir_all(dir.path().join(class)).unwrap();
+            for i in 0..n {
+                RgbImage::from_pixel(40, 30, image::Rgb([i as u8 * 50, 0, 0])).save(dir.path().join(class).join(format!("{i}.png"))).unwrap();
+            }
+        }
+        let ds = ImageFolder::open(dir.path()).unwrap();
+        assert_eq!((ds.len(), ds.num_classes()), (5, 2));
+        assert_eq!(ds.class_names(), vec!["a_cat", "b_dog"]);
+        let (img, label) = ds.get(3, 16).unwrap();
+        assert_eq!((img.width(), img.height(), label), (16, 16, 1));
+
+        let list = dir.path().join("train.txt");
+        std::fs::write(&list, "# comment\na_cat/0.png 0\n\nb_dog/1.png 4\n").unwrap();
+        let fl = FileList::open(&list, None).unwrap();
+        assert_eq!((fl.len(), fl.num_classes()), (2, 5));
+        assert_eq!(fl.get(1, 8).unwrap().1, 4);
+
+        std::fs::write(dir.path().join("a_cat/bad.png"), b"not a png").unwrap();
+        let ds = ImageFolder::open(dir.path()).unwrap();
+        let err = (0..ds.len()).find_map(|i| ds.get(i, 8).err()).expect("a corrupt file errors");
+        assert!(format!("{err:#}").contains("bad.png"), "{err:#}");
     }
 }

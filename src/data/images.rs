@@ -266,7 +266,7 @@ pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
     let mut bytes = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
         .with_context(|| format!("encoding {}", path.display()))?;
-    crate::files::write_atomic(path, &bytes)
+    crate::io::write_atomic(path, &bytes)
 }
 
 /// Tiles `images` (equal sizes) into rows of `cols`.

@@ -6,9 +6,11 @@ pub mod dataset;
 pub mod images;
 pub mod loader;
 pub mod procedural;
+pub mod spec;
 pub mod transforms;
 
-pub use dataset::{DataSpec, Dataset, FileList, ImageFolder, Split, Subset, open_dataset};
+pub use dataset::{Dataset, FileList, ImageFolder, Subset};
+pub use spec::{DataSpec, Split, open_dataset};
 pub use images::{ImageSource, list_images, load_rgb8, save_png};
 pub use loader::{Batch, BatchStream, Loader, LoaderConfig};
 pub use procedural::Procedural;

@@ -141,7 +141,7 @@ impl DitDhConfig {
 
     /// The dimension-dependent time shift `s = sqrt(h·w·C / 4096)` of training and sampling.
     pub fn time_shift(&self) -> f64 {
-        ((self.input_size * self.input_size * self.token_channels) as f64 / 4096.0).sqrt()
+        crate::rectified_flow::dimension_shift(self.input_size, self.input_size, self.token_channels)
     }
 
     /// Checks the sizes, naming the first problem.

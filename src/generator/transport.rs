@@ -1,43 +1,14 @@
 //! Rectified-flow transport of the DiT (the reference's `transport/`, linear path, velocity
 //! prediction; spec TRAINING.md §5, SAMPLING_EVAL.md §1).
 //!
-//! **Time convention: t = 1 is data, t = 0 is noise** (the tokenizer's noise level τ is 1 − t):
-//! `x_t = t·x1 + (1 − t)·x0`, target velocity `x1 − x0`. With the dimension-dependent shift
-//! `s = sqrt(h·w·C/4096)`, training draws `t = 1 − S(u)` (only when s > 1) and the ODE grid is
-//! `flip(S(1) − S(u))` (s > 1) or `S(u)` (0 < s ≤ 1), `S(u) = s·u / (1 + (s − 1)·u)`, all in float32.
+//! **Time convention: t = 1 is data, t = 0 is noise**: `x_t = t·x1 + (1 − t)·x0`, target velocity
+//! `x1 − x0`. The time shift and the sampling grid are in [`crate::rectified_flow`], beside the
+//! tokenizer's opposite convention.
 
 use super::dit_dh::DitDh;
 use burn::prelude::*;
 
-/// `S(u)` in float32 as the reference evaluates it (`(s − 1)` is a Python float).
-fn shift_f32(u: f32, s: f64) -> f32 {
-    (s as f32) * u / (1.0 + ((s - 1.0) as f32) * u)
-}
-
-/// Training-time t from uniform draws `u`: `1 − S(u)` if `s > 1`, else `u`.
-pub fn train_time(u: Tensor<1>, shift: f64) -> Tensor<1> {
-    if shift > 1.0 {
-        let s = u.clone() * shift / (u * (shift - 1.0) + 1.0);
-        s.neg() + 1.0
-    } else {
-        u
-    }
-}
-
-/// The ODE time grid of `n` points from 0 (noise) to 1 (data).
-pub fn ode_grid(n: usize, shift: f64) -> Vec<f32> {
-    let u = crate::nn::rope::linspace_f32(0.0, 1.0, n);
-    if shift <= 0.0 {
-        return u;
-    }
-    let v: Vec<f32> = u.iter().map(|&x| shift_f32(x, shift)).collect();
-    if shift > 1.0 {
-        let last = *v.last().unwrap_or(&1.0);
-        v.iter().rev().map(|&x| last - x).collect()
-    } else {
-        v
-    }
-}
+use crate::rectified_flow::train_time;
 
 /// `t` of shape `(B,)` broadcast against `(B, C, h, w)`.
 fn expand_t(t: &Tensor<1>) -> Tensor<4> {

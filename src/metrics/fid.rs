@@ -360,7 +360,7 @@ pub fn write_npz(stats: &FeatureStats, path: &Path) -> Result<()> {
         }
         zip.finish().context("writing .npz")?;
     }
-    crate::files::write_atomic(path, &buffer.into_inner())
+    crate::io::write_atomic(path, &buffer.into_inner())
 }
 
 #[cfg(test)]

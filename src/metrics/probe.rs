@@ -56,7 +56,7 @@ pub struct FeatureSet {
 pub fn extract_features(tokenizer: &RecTok, loader: &Loader, features: ProbeFeatures, device: &Device) -> Result<FeatureSet> {
     let mut out = FeatureSet { features: Vec::new(), labels: Vec::new() };
     let steps = loader.steps_per_epoch();
-    let bar = crate::train::monitor::progress_bar(steps, 0);
+    let bar = crate::io::step_progress(steps, 0);
     for step in 0..steps {
         let batch = loader.batch(0, step)?;
         let z = tokenizer.posterior(batch.tensor(device)).mode(); // (B, L, C)

@@ -15,7 +15,7 @@ use super::{psnr, ssim};
 use crate::data::transforms::{tensor_to_images, tensor_to_planes};
 use crate::data::{Loader, save_png};
 use crate::generator::sampler::sample_class_latents;
-use crate::generator::transport::ode_grid;
+use crate::rectified_flow::ode_grid;
 use crate::generator::{DitDh, Guidance, Integrator};
 use crate::tokenizer::RecTok;
 use anyhow::{Context, Result, anyhow, bail};

@@ -218,7 +218,7 @@ pub fn run_ablation(out: &Path, only: &[String], quick: bool) -> Result<Vec<Pipe
         table_markdown(&results),
         verdict.iter().map(|s| format!("* {s}\n")).collect::<String>()
     );
-    crate::files::write_atomic(&out.join("ablation.md"), md.as_bytes())?;
+    crate::io::write_atomic(&out.join("ablation.md"), md.as_bytes())?;
     write_json(&out.join("ablation.json"), &serde_json::json!({ "budget": budget, "results": results, "verdict": verdict }))?;
     plot(&results, &out.join("ablation.png"))?;
     let mut body = table_html(&results);

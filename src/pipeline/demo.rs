@@ -131,5 +131,5 @@ fn demo_body(r: &PipelineResult, b: &Budget) -> String {
 
 /// Writes pretty JSON atomically.
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    crate::files::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+    crate::io::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
 }

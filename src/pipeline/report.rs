@@ -20,5 +20,5 @@ pre{{background:#f4f4f4;padding:8px}}</style></head><body><h1>{t}</h1>\n{body}\n
         t = html_escape(title),
         v = env!("CARGO_PKG_VERSION"),
     );
-    crate::files::write_atomic(path, page.as_bytes())
+    crate::io::write_atomic(path, page.as_bytes())
 }

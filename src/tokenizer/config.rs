@@ -173,7 +173,7 @@ impl RecTokConfig {
 
     /// The dimension-dependent time shift `s = sqrt(h·w·C / 4096)` (spec TRAINING.md §0).
     pub fn timestep_shift(&self) -> f64 {
-        crate::tokenizer::flow::dimension_shift(self.grid_size(), self.grid_size(), self.token_channels)
+        crate::rectified_flow::dimension_shift(self.grid_size(), self.grid_size(), self.token_channels)
     }
 
     /// Checks the sizes for consistency, naming the first problem.

@@ -1,23 +1,14 @@
 //! Forward-flow noising of the latents (flow semantic distillation, paper §3; spec TRAINING.md
-//! §2.4) and the dimension-dependent time shift.
+//! §2.4).
 //!
-//! The tokenizer's noise level τ has **τ = 1 = pure noise**: `z_τ = (1 − τ)·z + τ·γ·ε`. (The DiT
-//! transport uses the opposite convention, t = 1 = data.)
+//! The tokenizer's noise level τ has **τ = 1 = pure noise**: `z_τ = (1 − τ)·z + τ·γ·ε`; the shift
+//! `S(u)` with the dimension-dependent `s` is applied even when `s < 1` (see
+//! [`crate::rectified_flow`] for both time conventions side by side).
 
 use super::config::NoiseSchedule;
+use crate::rectified_flow::shift_map;
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
-
-/// `s = sqrt(h·w·C / 4096)`: 2√2 for the official 16×16×128 latents. It is < 1 for small
-/// geometries, and the tokenizer applies it anyway (unlike the DiT, which only shifts for s > 1).
-pub fn dimension_shift(seq_h: usize, seq_w: usize, channels: usize) -> f64 {
-    ((seq_h * seq_w * channels) as f64 / 4096.0).sqrt()
-}
-
-/// The shift map `S(u) = s·u / (1 + (s − 1)·u)`, pushing u towards 1 for s > 1.
-pub fn shift_map<const D: usize>(u: Tensor<D>, s: f64) -> Tensor<D> {
-    u.clone() * s / (u * (s - 1.0) + 1.0)
-}
 
 /// Noise level τ from the schedule's raw draw: `u ~ U(0,1)` for `Shift` and `Uniform`,
 /// `n ~ N(0,1)` for `Lognorm`. Shape `(B, 1, 1)`.

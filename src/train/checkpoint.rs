@@ -6,7 +6,7 @@
 //! previous checkpoint or the new one, never a partial folder that `--resume` would read.
 
 use super::optim::{AdamW, AdamWConfig};
-use crate::files::write_atomic;
+use crate::io::write_atomic;
 use crate::weights::{CheckpointEntry, StateDict, write_safetensors};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;

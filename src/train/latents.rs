@@ -10,7 +10,7 @@
 
 use crate::data::{Dataset, Loader};
 use crate::tokenizer::{LatentStats, RecTok};
-use crate::files::write_atomic;
+use crate::io::write_atomic;
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -159,7 +159,7 @@ impl LatentCache {
             // Drop any partial tail from an interrupted write, then continue.
             file.set_len(manifest.complete as u64 * row_bytes)?;
             let loader = Loader::sequential(dataset.clone(), batch_size, size, workers)?;
-            let bar = super::monitor::progress_bar(manifest.items, manifest.complete);
+            let bar = crate::io::step_progress(manifest.items, manifest.complete);
             bar.set_message("caching latent moments");
             tracing::info!("latent cache {}: {} of {} items to encode", dir.display(), manifest.items - manifest.complete, manifest.items);
             let mut stream = loader.stream(0, manifest.complete / batch_size);

@@ -8,6 +8,7 @@ pub mod generator_config;
 pub mod latents;
 pub mod monitor;
 pub mod optim;
+pub mod optim_kernels;
 pub mod params;
 pub mod session;
 pub mod tokenizer;

@@ -1,5 +1,5 @@
 //! Watching a run: metrics appended to `metrics.jsonl`, reconstruction grids, the loss-curve plot
-//! and the progress line.
+//! (the progress bar is [`crate::io::step_progress`]).
 
 use crate::data::save_png;
 use anyhow::{Context, Result};
@@ -7,19 +7,6 @@ use image::RgbImage;
 use serde_json::{Map, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// The training progress bar (drawn only on a terminal; see [`indicatif::ProgressBar::is_hidden`]).
-pub fn progress_bar(len: usize, position: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("[{elapsed_precise}] {pos}/{len} [{bar:25}] eta {eta} {msg}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    bar.set_position(position as u64);
-    bar.reset_eta();
-    bar
-}
 
 /// `RUN/metrics.jsonl`: one JSON object per logged step.
 pub struct MetricsLog {
@@ -41,7 +28,7 @@ impl MetricsLog {
                 .filter(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= last))
                 .map(|l| format!("{l}\n"))
                 .collect();
-            crate::files::write_atomic(&path, kept.as_bytes())?;
+            crate::io::write_atomic(&path, kept.as_bytes())?;
         }
         Ok(Self { path })
     }

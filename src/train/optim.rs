@@ -6,7 +6,8 @@
 //! that checkpoints store and `--resume` restores exactly.
 
 use super::params;
-use crate::nn::kernels::{AdamWScalars, adamw_fused, is_fast};
+use super::optim_kernels::{AdamWScalars, adamw_fused};
+use crate::nn::kernels::is_fast;
 use burn::module::Module;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -117,7 +117,8 @@ pub fn update<M: Module, F: FnMut(&str, &[usize], Tensor<1>) -> Tensor<1>>(modul
 /// The reference's `SimpleEMAModel` step: `ema ← d·ema + (1−d)·θ` for the `trainable`
 /// parameters (fused in place on the CPU), a copy of `model`'s value for the frozen ones.
 pub fn ema_update<M: Module>(ema: M, model: &M, trainable: &std::collections::BTreeSet<String>, decay: f64) -> M {
-    use crate::nn::kernels::{ema_fused, is_fast};
+    use super::optim_kernels::ema_fused;
+    use crate::nn::kernels::is_fast;
     let current = values(model);
     update(ema, |path, _, e| {
         let Some((_, p)) = current.get(path) else { return e };

@@ -7,7 +7,7 @@
 //! checkpoint and returns [`Interrupted`]; a second signal exits at once (status 128 + signal).
 //! Outside training loops both signals end the process at once, as by default.
 
-use crate::files::TEMP_PREFIX;
+use crate::io::TEMP_PREFIX;
 use anyhow::{Context, Result, bail};
 use std::fs::File;
 use std::io::{Read, Seek, Write};

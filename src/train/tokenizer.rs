@@ -13,7 +13,8 @@
 
 use super::checkpoint::CheckpointStore;
 use super::config::TokenizerTrainConfig;
-use super::monitor::{MetricsLog, plot_metrics, progress_bar, reconstruction_grid};
+use super::monitor::{MetricsLog, plot_metrics, reconstruction_grid};
+use crate::io::step_progress;
 use super::optim::{AdamW, AdamWConfig, clip_grad_norm, global_norm, reference_decays, warmup_cosine};
 use super::params;
 use super::session;
@@ -29,7 +30,7 @@ use crate::rng::Rng;
 use crate::teacher::Teacher;
 use crate::tokenizer::RecTok;
 use crate::weights::tokenizer::{TokenizerLoadOptions, key_map, load_tokenizer, save_tokenizer};
-use crate::files::write_atomic;
+use crate::io::write_atomic;
 use crate::weights::{CheckpointEntry, KeyMap, load_into, write_safetensors_from_module};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
@@ -637,7 +638,7 @@ impl TokenizerTrainer {
         let run = self.config.run.clone();
         let started = Instant::now();
         let mut stream = self.batches();
-        let bar = progress_bar(last, self.step);
+        let bar = step_progress(last, self.step);
         let images_per_step = (self.config.optim.batch_size * self.config.optim.accum_steps) as f64;
         let quiet_every = (last / 20).max(run.log_every);
         let mut window = (Instant::now(), self.step);

@@ -33,7 +33,7 @@ pub fn write_safetensors(
         })
         .collect::<anyhow::Result<_>>()?;
     let bytes = safetensors::tensor::serialize(views, Some(metadata)).context("serialising safetensors")?;
-    crate::files::write_atomic(path, &stable_header(bytes)?)
+    crate::io::write_atomic(path, &stable_header(bytes)?)
 }
 
 /// The same safetensors file with its JSON header's keys sorted (the `safetensors` crate writes

@@ -3,10 +3,12 @@
 use super::{Case, CaseResult};
 use burn::prelude::*;
 use rectok::generator::guidance::forward_with_cfg;
-use rectok::generator::transport::{TrainingDraws, ode_grid, plan, train_time, training_losses};
+use rectok::generator::transport::{TrainingDraws, plan, training_losses};
+use rectok::rectified_flow::{ode_grid, train_time};
 use rectok::generator::{DitDh, DitDhConfig, Integrator, sample_ode};
 use rectok::tokenizer::NoiseSchedule;
-use rectok::tokenizer::flow::{dimension_shift, noise_level};
+use rectok::rectified_flow::dimension_shift;
+use rectok::tokenizer::flow::noise_level;
 use rectok::trace::Trace;
 use rectok::weights::{generator as wg, load_into};
 use serde_json::Value;

@@ -1,5 +1,6 @@
-//! Where outputs go, for every command: atomic writes, output names taken from data, and the rule
-//! that no command writes over one of its own inputs.
+//! The ground floor every module may use: where outputs go (atomic writes, output names taken
+//! from data, the rule that no command writes over one of its own inputs) and how long work shows
+//! its progress.
 //!
 //! * [`write_atomic`]: a temporary sibling file, renamed into place when complete (an interrupted
 //!   write leaves no partial file), created with the permissions the umask allows (as any other
@@ -14,6 +15,33 @@ use anyhow::{Context, Result, bail};
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
+
+/// A progress bar over `n` items, labelled `what` (drawn only on a terminal).
+pub fn progress(n: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(n as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// The training progress bar: `len` steps, starting at `position` (a resumed run), with a
+/// message slot for the loss terms (drawn only on a terminal; see
+/// [`indicatif::ProgressBar::is_hidden`]).
+pub fn step_progress(len: usize, position: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("[{elapsed_precise}] {pos}/{len} [{bar:25}] eta {eta} {msg}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(position as u64);
+    bar.reset_eta();
+    bar
+}
 
 /// Prefix of the temporary files of [`write_atomic`] (cleaned up by training runs at start).
 pub const TEMP_PREFIX: &str = ".rectok-tmp-";
