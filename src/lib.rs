@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config_json;
 pub mod data;
 pub mod device;
+pub mod eval;
 pub mod io;
 pub mod generator;
 pub mod loss;

@@ -7,7 +7,7 @@ use rectok::metrics::extractor::Extractor;
 use rectok::metrics::fid::{IS_PERMUTATION_SEED, StatsAccumulator, frechet_distance, inception_score, read_npy, read_npz};
 use rectok::metrics::inception::resize_tf1_bilinear;
 use rectok::metrics::numpy_rng::legacy_permutation;
-use rectok::metrics::protocol::kernel_inception_distance;
+use rectok::metrics::fid::kernel_inception_distance;
 use rectok::weights::write_safetensors;
 use std::path::{Path, PathBuf};
 use std::process::Command;

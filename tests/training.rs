@@ -7,7 +7,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use rectok::data::{DataSpec, Loader, Split, open_dataset};
-use rectok::metrics::probe::{ProbeConfig, ProbeFeatures, linear_probe};
+use rectok::eval::{ProbeConfig, ProbeFeatures, linear_probe};
 use rectok::nn::init::{TokenizerInit, initialize};
 use rectok::rng::Rng;
 use rectok::train::config::TokenizerTrainConfig;

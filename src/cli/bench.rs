@@ -115,8 +115,8 @@ fn run_train(args: TrainBench) -> Result<()> {
             config.data.source = format!("procedural:{}", batch * (iters + 2));
             let dir = tempfile::tempdir().context("temporary run folder")?;
             let mut trainer = TokenizerTrainer::start(config, &dir.path().join("run"))?;
-            let mut stream = trainer.batches();
-            let t = median_step_seconds(iters, || trainer.train_step(&mut stream).map(|_| ()))?;
+            trainer.begin()?;
+            let t = median_step_seconds(iters, || trainer.train_step().map(|_| ()))?;
             let r = reference_seconds(&reference, TRAIN_REFERENCE, key, batch);
             record[key][batch.to_string()] = serde_json::json!(t);
             println!(
@@ -162,8 +162,8 @@ fn bench_generator_step(key: &str, recipe: &str, batch: usize, iters: usize, dat
     config.data.source = format!("procedural:{}", b * (iters + 2));
     config.latents.cache = Some("cache".into());
     let mut trainer = GeneratorTrainer::start(config, &dir.path().join("run"))?;
-    let mut stream = trainer.batches();
-    let t = median_step_seconds(iters, || trainer.train_step(&mut stream).map(|_| ()))?;
+    trainer.begin()?;
+    let t = median_step_seconds(iters, || trainer.train_step().map(|_| ()))?;
     let r = reference_seconds(reference, TRAIN_REFERENCE, key, b);
     record[key][b.to_string()] = serde_json::json!(t);
     println!(

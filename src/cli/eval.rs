@@ -10,7 +10,7 @@ use crate::data::{DataSpec, Loader, Split, load_rgb8, open_dataset};
 use crate::generator::Integrator;
 use crate::metrics::extractor::Extractor;
 use crate::metrics::fid::{FeatureStats, StatsAccumulator, frechet_distance, read_npz, write_npz};
-use crate::metrics::protocol::{GeneratorEvalOptions, Reference, TokenizerEvalOptions, evaluate_generator, evaluate_tokenizer, to_u8_rounded};
+use crate::eval::{GeneratorEvalOptions, Reference, TokenizerEvalOptions, evaluate_generator, evaluate_tokenizer};
 use anyhow::{Result, anyhow, bail};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -121,7 +121,7 @@ pub struct GeneratorEvalArgs {
 /// its number of classes.
 fn labelled_images(data: &str, n: usize, size: usize, device: &burn::prelude::Device) -> Result<(Vec<image::RgbImage>, Vec<usize>, usize)> {
     let loader = data_loader(data, Split::Val, 64, size)?;
-    let (images, labels) = crate::metrics::protocol::labelled_images(&loader, n, device)?;
+    let (images, labels) = crate::eval::labelled_images(&loader, n, device)?;
     Ok((images, labels, loader.dataset().num_classes()))
 }
 
@@ -303,7 +303,7 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
             if classes != net.config.num_classes {
                 bail!("--class-check {data}: {classes} classes, but the generator has {}", net.config.num_classes);
             }
-            Some(crate::metrics::protocol::TeacherClassifier::fit_on_reconstructions(&tokenizer, &images, &labels, classes, &device)?)
+            Some(crate::eval::TeacherClassifier::fit_on_reconstructions(&tokenizer, &images, &labels, classes, &device)?)
         }
         None => None,
     };
@@ -351,17 +351,10 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
 /// Feature statistics of a data source (center-cropped 8-bit images, as the reference batch).
 fn reference_stats_from(data: &str, extractor: &Extractor, batch_size: usize, size: usize, device: &burn::prelude::Device) -> Result<(FeatureStats, String)> {
     let loader = data_loader(data, Split::Val, batch_size, size)?;
-    let mut acc = StatsAccumulator::new(extractor.dim());
     let bar = progress(loader.dataset().len(), "reference statistics");
-    let mut stream = loader.stream(0, 0);
-    for _ in 0..loader.steps_per_epoch() {
-        let batch = stream.next_batch()?;
-        let images = to_u8_rounded(batch.tensor(device) * 0.5 + 0.5)?;
-        acc.add(&extractor.features(&images, device)?)?;
-        bar.inc(batch.len() as u64);
-    }
+    let stats = crate::eval::reference_statistics(&loader, extractor, None, device, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
-    Ok((acc.finish()?, loader.dataset().describe()))
+    Ok((stats, loader.dataset().describe()))
 }
 
 /// `rectok eval fd`.

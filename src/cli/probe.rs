@@ -3,7 +3,7 @@
 use super::common::{DeviceArgs, TokenizerArgs};
 use crate::data::{DataSpec, Loader, Split, Subset, open_dataset};
 use std::path::PathBuf;
-use crate::metrics::probe::{ProbeConfig, ProbeFeatures, linear_probe};
+use crate::eval::{ProbeConfig, ProbeFeatures, linear_probe};
 use anyhow::{Result, anyhow, bail};
 
 /// Linear probe on posterior-mean latents.

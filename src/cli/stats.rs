@@ -1,5 +1,5 @@
 //! `rectok stats`: per-channel latent statistics of a tokenizer over a folder of images, as the
-//! reference computes them before generator training and evaluation (spec TRAINING.md §4).
+//! reference computes them before generator training and evaluation (docs/TRAINING.md §4).
 
 use super::common::{DeviceArgs, TokenizerArgs, check_output_file, input_images, load_batch, progress, report_skipped, require_batch_size};
 use crate::io::Inputs;

@@ -1,11 +1,10 @@
 //! `rectok train tokenizer | generator`: training from TOML recipes.
 
-use crate::train::config::{TokenizerTrainConfig, apply_override};
-use crate::train::generator::GeneratorTrainer;
-use crate::train::generator_config::GeneratorTrainConfig;
-use crate::train::tokenizer::TokenizerTrainer;
 use crate::io::Inputs;
-use anyhow::{Result, anyhow, bail};
+use crate::train::generator::GeneratorTraining;
+use crate::train::run::{Recipe, Run, Trainer};
+use crate::train::tokenizer::TokenizerTraining;
+use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};
 
 /// What to train.
@@ -113,29 +112,19 @@ fn run_overrides(args: &TokenizerArgs) -> Vec<String> {
     o
 }
 
-/// Options that may change when resuming: they do not alter the trajectory.
-const RESUMABLE: &[&str] = &["run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.sample_every", "run.log_every", "run.threads", "run.device", "run.fd_every"];
-
-/// Refuses overrides that would change a resumed run's trajectory.
-fn check_resume_overrides(overrides: &[String]) -> Result<()> {
-    for o in overrides {
-        let key = o.split('=').next().unwrap_or_default().trim();
-        if !RESUMABLE.contains(&key) {
-            bail!("`{o}`: only {} can change when resuming; the others would change the run", RESUMABLE.join(", "));
-        }
+/// Opens the run: `--resume` continues the one in `out` (only options that leave its trajectory
+/// as it is may change), else a new run of the recipe `spec` with `overrides` starts, or with
+/// `--print-config` the resolved recipe is printed and nothing runs.
+fn open_run<T: Trainer>(out: &Path, resume: bool, spec: &str, overrides: &[String], print_config: bool) -> Result<Option<Run<T>>> {
+    if resume {
+        return Run::<T>::resume(out, overrides).map(Some);
     }
-    Ok(())
-}
-
-/// Applies the (checked) overrides to a resumed run's options.
-fn adjust_run(config: &mut TokenizerTrainConfig, overrides: &[String]) -> Result<()> {
-    let mut table = toml::Table::new();
-    table.insert("run".into(), toml::Value::try_from(&config.run)?);
-    for o in overrides {
-        apply_override(&mut table, o)?;
+    let config = T::Config::load(spec, overrides)?;
+    if print_config {
+        print!("{}", toml::to_string_pretty(&config)?);
+        return Ok(None);
     }
-    config.run = table.remove("run").expect("run").try_into().map_err(|e| anyhow!("{e}"))?;
-    Ok(())
+    Run::<T>::start(config, out).map(Some)
 }
 
 /// `--max-steps` (when given) is at least 1, and `--out` is a folder that is none of the inputs.
@@ -172,49 +161,23 @@ fn run_generator(args: GeneratorArgs) -> Result<()> {
     if let Some(m) = args.max_steps {
         overrides.push(format!("run.max_steps={m}"));
     }
-    let mut trainer = if args.resume {
-        if args.tokenizer.is_some() || args.data.is_some() || args.latent_stats.is_some() || args.cache.is_some() {
-            bail!("--resume continues the run as it was configured; --tokenizer, --latent-stats, --data and --cache cannot change");
-        }
-        check_resume_overrides(&overrides)?;
-        let mut table = toml::Table::new();
-        let mut adjust_err = None;
-        let t = GeneratorTrainer::resume(&args.out, |c| {
-            let result = (|| -> Result<()> {
-                table.insert("run".into(), toml::Value::try_from(&c.run)?);
-                for o in &overrides {
-                    apply_override(&mut table, o)?;
-                }
-                c.run = table.remove("run").expect("run").try_into().map_err(|e| anyhow!("{e}"))?;
-                Ok(())
-            })();
-            if let Err(e) = result {
-                adjust_err = Some(e);
-            }
-        });
-        if let Some(e) = adjust_err {
-            return Err(e);
-        }
-        t?
-    } else {
-        if let Some(p) = &args.tokenizer {
-            overrides.push(format!("tokenizer.path={}", quoted(&p.display().to_string())));
-        }
-        if let Some(p) = &args.latent_stats {
-            overrides.push(format!("tokenizer.latent_stats={}", quoted(&p.display().to_string())));
-        }
-        if let Some(d) = &args.data {
-            overrides.push(format!("data.source={}", quoted(d)));
-        }
-        if let Some(p) = &args.cache {
-            overrides.push(format!("latents.cache={}", quoted(&p.display().to_string())));
-        }
-        let config = GeneratorTrainConfig::load(&args.config, &overrides)?;
-        if args.print_config {
-            print!("{}", toml::to_string_pretty(&config)?);
-            return Ok(());
-        }
-        GeneratorTrainer::start(config, &args.out)?
+    if args.resume && (args.tokenizer.is_some() || args.data.is_some() || args.latent_stats.is_some() || args.cache.is_some()) {
+        bail!("--resume continues the run as it was configured; --tokenizer, --latent-stats, --data and --cache cannot change");
+    }
+    if let Some(p) = &args.tokenizer {
+        overrides.push(format!("tokenizer.path={}", quoted(&p.display().to_string())));
+    }
+    if let Some(p) = &args.latent_stats {
+        overrides.push(format!("tokenizer.latent_stats={}", quoted(&p.display().to_string())));
+    }
+    if let Some(d) = &args.data {
+        overrides.push(format!("data.source={}", quoted(d)));
+    }
+    if let Some(p) = &args.cache {
+        overrides.push(format!("latents.cache={}", quoted(&p.display().to_string())));
+    }
+    let Some(mut trainer) = open_run::<GeneratorTraining>(&args.out, args.resume, &args.config, &overrides, args.print_config)? else {
+        return Ok(());
     };
     let s = trainer.run()?;
     let eval = |e: &Option<crate::train::generator::OnlineEval>| match e {
@@ -252,29 +215,11 @@ pub fn run(which: Which) -> Result<()> {
             (Some(Path::new(&args.config)), "--config"),
         ],
     )?;
-    let overrides = run_overrides(&args);
-    let mut trainer = if args.resume {
-        if args.data.is_some() || args.teacher.is_some() || args.init_from.is_some() || args.val_data.is_some() {
-            bail!("--resume continues the run as it was configured; --data, --val-data, --teacher and --init-from cannot change");
-        }
-        check_resume_overrides(&overrides)?;
-        let mut adjust_err = None;
-        let t = TokenizerTrainer::resume(&args.out, |c| {
-            if let Err(e) = adjust_run(c, &overrides) {
-                adjust_err = Some(e);
-            }
-        });
-        if let Some(e) = adjust_err {
-            return Err(e);
-        }
-        t?
-    } else {
-        let config = TokenizerTrainConfig::load(&args.config, &overrides)?;
-        if args.print_config {
-            print!("{}", toml::to_string_pretty(&config)?);
-            return Ok(());
-        }
-        TokenizerTrainer::start(config, &args.out)?
+    if args.resume && (args.data.is_some() || args.teacher.is_some() || args.init_from.is_some() || args.val_data.is_some()) {
+        bail!("--resume continues the run as it was configured; --data, --val-data, --teacher and --init-from cannot change");
+    }
+    let Some(mut trainer) = open_run::<TokenizerTraining>(&args.out, args.resume, &args.config, &run_overrides(&args), args.print_config)? else {
+        return Ok(());
     };
     let summary = trainer.run()?;
     println!(

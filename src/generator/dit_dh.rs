@@ -217,7 +217,7 @@ impl DitDhConfig {
     }
 }
 
-/// The reference's `initialize_weights` (spec ARCHITECTURE.md §3.5): PyTorch default Linear
+/// The reference's `initialize_weights` (docs/MODELS.md §3.5): PyTorch default Linear
 /// init, except Xavier-uniform embedder convs with zero bias, `N(0, 0.02)` label table and time-MLP
 /// weights, zero adaLN and output layers, `t_embedder.W ~ N(0, 1)`; `pos_embed` keeps its fixed
 /// sin-cos values.

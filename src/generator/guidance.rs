@@ -1,5 +1,5 @@
 //! Guided velocities, exactly as the reference combines them (`forward_with_cfg` and
-//! `forward_with_autoguidance` of `models/DDT.py`; spec SAMPLING_EVAL.md §1.3).
+//! `forward_with_autoguidance` of `models/DDT.py`; docs/SAMPLING_EVAL.md §1.3).
 
 use super::dit_dh::DitDh;
 use burn::prelude::*;

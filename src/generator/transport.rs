@@ -1,5 +1,5 @@
 //! Rectified-flow transport of the DiT (the reference's `transport/`, linear path, velocity
-//! prediction; spec TRAINING.md §5, SAMPLING_EVAL.md §1).
+//! prediction; docs/TRAINING.md §5, docs/SAMPLING_EVAL.md §1).
 //!
 //! **Time convention: t = 1 is data, t = 0 is noise**: `x_t = t·x1 + (1 − t)·x0`, target velocity
 //! `x1 − x0`. The time shift and the sampling grid are in [`crate::rectified_flow`], beside the

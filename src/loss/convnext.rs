@@ -1,5 +1,5 @@
 //! torchvision's ConvNeXt (Liu et al., 2022), whose ImageNet logits the reference's perceptual
-//! loss compares (`convnext_small`, IMAGENET1K_V1; spec ARCHITECTURE.md §4.2).
+//! loss compares (`convnext_small`, IMAGENET1K_V1; docs/MODELS.md §4.2).
 //!
 //! Parameter paths follow torchvision's `features.{i}…` / `classifier.{i}…` through
 //! [`ConvNext::key_map`], so `convnext_small-0c510722.pth` loads as is. Stem conv 4×4/4 +

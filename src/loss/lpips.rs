@@ -1,5 +1,5 @@
 //! LPIPS (Zhang et al., 2018) with the VGG16 trunk, version 0.1 linear heads, as the reference's
-//! perceptual loss uses it (spec ARCHITECTURE.md §4.2).
+//! perceptual loss uses it (docs/MODELS.md §4.2).
 //!
 //! Inputs in [0, 1] are mapped to [-1, 1], shifted and scaled by the `scaling_layer` constants,
 //! passed through torchvision's VGG16 `features` up to `relu5_3`; at each of the five taps the

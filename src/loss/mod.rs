@@ -1,5 +1,5 @@
 //! The tokenizer's training losses (`ReconstructionLoss` of the reference's `utils/losses.py`;
-//! spec TRAINING.md §2.2): pixel reconstruction, perceptual, KL, semantic, and the PatchGAN
+//! docs/TRAINING.md §2.2): pixel reconstruction, perceptual, KL, semantic, and the PatchGAN
 //! generator term, plus the discriminator's hinge loss.
 //!
 //! ```text

@@ -1,6 +1,6 @@
 //! The perceptual loss term of the tokenizer's objective.
 //!
-//! Official (`PerceptualLoss("lpips-convnext_s-1.0-0.1")`, spec ARCHITECTURE.md §4.2):
+//! Official (`PerceptualLoss("lpips-convnext_s-1.0-0.1")`, docs/MODELS.md §4.2):
 //!
 //! ```text
 //! P = (1.0 · mean_b LPIPS-VGG(y, ŷ) + 0.1 · MSE(ConvNeXt-S logits(y), logits(ŷ))) / 1.1

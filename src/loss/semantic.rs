@@ -1,5 +1,5 @@
 //! The semantic loss between the teacher's features and the semantic decoder's prediction
-//! (`SemLoss` of the reference; spec TRAINING.md §2.5).
+//! (`SemLoss` of the reference; docs/TRAINING.md §2.5).
 
 use crate::tokenizer::SemTarget;
 use crate::tokenizer::masking::gather_tokens;

@@ -1,7 +1,8 @@
 //! Feature statistics and the distances computed on them: Fréchet distance (FID when the features
 //! are Inception pool3), Inception Score, and the ADM / torch-fidelity `.npz` statistics format
-//! (spec SAMPLING_EVAL.md §3).
+//! (docs/SAMPLING_EVAL.md §3).
 
+use super::numpy_rng::LegacyRandomState;
 use anyhow::{Context, Result, anyhow, bail};
 use nalgebra::{DMatrix, DVector};
 use std::io::{Read, Write};
@@ -236,6 +237,49 @@ pub fn inception_score(logits: &[f32], classes: usize, splits: usize, order: Opt
     let mean = scores.iter().sum::<f64>() / splits as f64;
     let std = (scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / splits as f64).sqrt();
     Ok((mean, std))
+}
+
+/// Kernel Inception Distance (Bińkowski et al., 2018) as torch-fidelity computes it: `subsets`
+/// random subsets of `subset_size` rows of each set (numpy `RandomState(2020).choice(n, size,
+/// replace=False)`), cubic polynomial kernel `(x·y/d + 1)³`, unbiased MMD² per subset; returns
+/// (mean, population std). The subset size is reduced to the smaller set when needed.
+pub fn kernel_inception_distance(a: &[f32], b: &[f32], dim: usize, subsets: usize, subset_size: usize) -> Result<(f64, f64, usize)> {
+    if dim == 0 || a.len() % dim != 0 || b.len() % dim != 0 {
+        bail!("KID: feature arrays are not rows of {dim}");
+    }
+    let (na, nb) = (a.len() / dim, b.len() / dim);
+    let m = subset_size.min(na).min(nb);
+    if m < 2 {
+        bail!("KID needs at least 2 images in each set ({na} and {nb})");
+    }
+    let mut rng = LegacyRandomState::new(IS_PERMUTATION_SEED);
+    let gamma = 1.0 / dim as f64;
+    let kernel_sum = |x: &[usize], xs: &[f32], y: &[usize], ys: &[f32], skip_diagonal: bool| -> f64 {
+        let mut total = 0.0;
+        for (i, &xi) in x.iter().enumerate() {
+            let xr = &xs[xi * dim..(xi + 1) * dim];
+            for (j, &yj) in y.iter().enumerate() {
+                if skip_diagonal && i == j {
+                    continue;
+                }
+                let yr = &ys[yj * dim..(yj + 1) * dim];
+                let dot: f64 = xr.iter().zip(yr).map(|(&p, &q)| p as f64 * q as f64).sum();
+                total += (dot * gamma + 1.0).powi(3);
+            }
+        }
+        total
+    };
+    let mut mmds = Vec::with_capacity(subsets);
+    for _ in 0..subsets {
+        let ia: Vec<usize> = rng.permutation(na)[..m].to_vec();
+        let ib: Vec<usize> = rng.permutation(nb)[..m].to_vec();
+        let (kxx, kyy, kxy) = (kernel_sum(&ia, a, &ia, a, true), kernel_sum(&ib, b, &ib, b, true), kernel_sum(&ia, a, &ib, b, false));
+        let m = m as f64;
+        mmds.push((kxx + kyy) / (m * (m - 1.0)) - 2.0 * kxy / (m * m));
+    }
+    let mean = mmds.iter().sum::<f64>() / mmds.len() as f64;
+    let std = (mmds.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / mmds.len() as f64).sqrt();
+    Ok((mean, std, m))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! The TF-compatible InceptionV3 of FID and the Inception Score (Szegedy et al., "Rethinking the
 //! Inception Architecture", 2016; TensorFlow's 2015-12-05 graph as converted by torch-fidelity and
 //! pytorch-fid), the feature extractor the RecTok reference evaluates with (vendored
-//! torch-fidelity 0.4.0-beta, `../shared/spec/SAMPLING_EVAL.md` §3).
+//! torch-fidelity 0.4.0-beta, docs/SAMPLING_EVAL.md §3).
 //!
 //! Field names mirror torch-fidelity's `FeatureExtractorInceptionV3` state dict
 //! (`Mixed_6b.branch7x7_2.conv.weight`, `Mixed_6b.branch7x7_2.bn.running_var`, `fc.weight`, …),

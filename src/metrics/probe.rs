@@ -1,47 +1,9 @@
-//! Linear probing of a tokenizer's latents: how linearly separable the classes are in the
-//! posterior-mean latents of a frozen tokenizer (spec SAMPLING_EVAL.md §2.3).
-//!
-//! The pre-release reference script put a linear head on every token and averaged the logits over
-//! the token grid, which (being linear) equals a linear classifier on the token-averaged latents:
-//! [`ProbeFeatures::Mean`]. [`ProbeFeatures::Flat`] keeps the spatial layout (all tokens
-//! concatenated), a stronger probe for small latents. The head is softmax regression trained with
-//! Adam and cross-entropy on standardised features, at a constant learning rate, no weight decay.
+//! A softmax-regression head on standardised features, trained with Adam and cross-entropy at a
+//! constant learning rate, no weight decay: the classifier of the linear probe
+//! ([`crate::eval::probe`]) and of the teacher's class check.
 
-use crate::data::Loader;
 use crate::rng::Rng;
-use crate::tokenizer::RecTok;
 use anyhow::{Result, bail};
-use burn::prelude::*;
-
-/// Which features the probe reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProbeFeatures {
-    /// Posterior-mean latents averaged over the token grid (`C` features; the reference's probe).
-    Mean,
-    /// All posterior-mean latents concatenated (`h·w·C` features).
-    Flat,
-}
-
-/// Optimisation of the probe.
-#[derive(Clone, Debug)]
-pub struct ProbeConfig {
-    /// Features.
-    pub features: ProbeFeatures,
-    /// Passes over the training features.
-    pub epochs: usize,
-    /// Adam learning rate.
-    pub lr: f64,
-    /// Mini-batch size.
-    pub batch_size: usize,
-    /// Seed of the mini-batch order.
-    pub seed: u64,
-}
-
-impl Default for ProbeConfig {
-    fn default() -> Self {
-        Self { features: ProbeFeatures::Mean, epochs: 100, lr: 1e-2, batch_size: 256, seed: 0 }
-    }
-}
 
 /// Features and labels of a dataset.
 #[derive(Clone, Debug)]
@@ -52,33 +14,30 @@ pub struct FeatureSet {
     pub labels: Vec<usize>,
 }
 
-/// Encodes every image of `loader` (use [`Loader::sequential`]) with the posterior mean.
-pub fn extract_features(tokenizer: &RecTok, loader: &Loader, features: ProbeFeatures, device: &Device) -> Result<FeatureSet> {
-    let mut out = FeatureSet { features: Vec::new(), labels: Vec::new() };
-    let steps = loader.steps_per_epoch();
-    let bar = crate::io::step_progress(steps, 0);
-    for step in 0..steps {
-        let batch = loader.batch(0, step)?;
-        let z = tokenizer.posterior(batch.tensor(device)).mode(); // (B, L, C)
-        let [b, l, c] = z.dims();
-        let z = match features {
-            ProbeFeatures::Mean => z.mean_dim(1).reshape([b, c]),
-            ProbeFeatures::Flat => z.reshape([b, l * c]),
-        };
-        let dim = z.dims()[1];
-        let v: Vec<f32> = z.into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        out.features.extend(v.chunks(dim).map(|r| r.to_vec()));
-        out.labels.extend(batch.labels);
-        bar.inc(1);
+/// How the head is trained.
+#[derive(Clone, Debug)]
+pub struct FitOptions {
+    /// Passes over the training features.
+    pub epochs: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Seed of the mini-batch order.
+    pub seed: u64,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        Self { epochs: 100, lr: 1e-2, batch_size: 256, seed: 0 }
     }
-    bar.finish_and_clear();
-    Ok(out)
 }
 
 /// A trained softmax-regression head on standardised features.
 #[derive(Clone, Debug)]
 pub struct LinearProbe {
-    dim: usize,
+    /// Feature width.
+    pub dim: usize,
     classes: usize,
     mean: Vec<f32>,
     inv_std: Vec<f32>,
@@ -102,7 +61,7 @@ impl LinearProbe {
     }
 
     /// Trains the head.
-    pub fn fit(train: &FeatureSet, classes: usize, config: &ProbeConfig) -> Result<Self> {
+    pub fn fit(train: &FeatureSet, classes: usize, config: &FitOptions) -> Result<Self> {
         let n = train.features.len();
         if n == 0 {
             bail!("no training features");
@@ -199,33 +158,6 @@ impl LinearProbe {
     }
 }
 
-/// Result of [`linear_probe`].
-#[derive(Clone, Debug)]
-pub struct ProbeReport {
-    /// Top-1 accuracy on the training features.
-    pub train_accuracy: f64,
-    /// Top-1 accuracy on the held-out features.
-    pub val_accuracy: f64,
-    /// Feature width.
-    pub dim: usize,
-    /// Training and held-out images.
-    pub sizes: (usize, usize),
-}
-
-/// Extracts features of `train` and `val` with `tokenizer`, fits the probe on `train` and scores
-/// both.
-pub fn linear_probe(tokenizer: &RecTok, train: &Loader, val: &Loader, classes: usize, config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
-    let tr = extract_features(tokenizer, train, config.features, device)?;
-    let va = extract_features(tokenizer, val, config.features, device)?;
-    let probe = LinearProbe::fit(&tr, classes, config)?;
-    Ok(ProbeReport {
-        train_accuracy: probe.accuracy(&tr),
-        val_accuracy: probe.accuracy(&va),
-        dim: probe.dim,
-        sizes: (tr.features.len(), va.features.len()),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,7 +176,7 @@ mod tests {
             }
             set
         };
-        let config = ProbeConfig { epochs: 30, ..Default::default() };
+        let config = FitOptions { epochs: 30, ..Default::default() };
         let (train, val) = (make(&mut rng, 300, 1.0), make(&mut rng, 150, 1.0));
         let probe = LinearProbe::fit(&train, 3, &config).unwrap();
         assert!(probe.accuracy(&val) > 0.9, "{}", probe.accuracy(&val));

@@ -1,7 +1,7 @@
 //! PSNR and SSIM of images with values in [0, 1] (data range 1).
 //!
 //! * PSNR: `10·log10(1 / MSE)` over all `3·H·W` values, per image — the reference's tokenizer
-//!   evaluation (spec SAMPLING_EVAL.md §2.2), on the float reconstruction before 8-bit export.
+//!   evaluation (docs/SAMPLING_EVAL.md §2.2), on the float reconstruction before 8-bit export.
 //! * SSIM: Wang et al. (2004) with an 11-tap Gaussian window of σ = 1.5, `K1 = 0.01`, `K2 = 0.03`,
 //!   over the valid region (no padding), averaged over pixels and channels — the definition of
 //!   `pytorch_msssim.ssim` and of `torchmetrics` / `skimage` with Gaussian weights.

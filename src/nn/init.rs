@@ -1,7 +1,7 @@
 //! Parameter initialisation by rule, applied to a whole module after construction.
 //!
-//! The reference initialises its tokenizer in one `apply(_init_weights)` pass (spec
-//! ARCHITECTURE.md §1.10): every Linear/Conv weight `trunc_normal(0, 0.02)` with biases 0,
+//! The reference initialises its tokenizer in one `apply(_init_weights)` pass (docs/MODELS.md
+//! §1.10): every Linear/Conv weight `trunc_normal(0, 0.02)` with biases 0,
 //! positional embeddings and mask tokens `width^-0.5·N(0, 1)`, norms 1. [`InitRules`] describes
 //! such a scheme and [`initialize`] walks a module and draws every parameter from a seeded [`Rng`],
 //! so initialisation is reproducible and independent of burn's own random source.

@@ -1,4 +1,4 @@
-//! The teacher input pipeline of the reference's tokenizer training (spec ARCHITECTURE.md §2.2):
+//! The teacher input pipeline of the reference's tokenizer training (docs/MODELS.md §2.2):
 //!
 //! `x ∈ [-1, 1]` → `uint8(trunc((x + 1)/2 · 255))` → `· 1/255` → resize to the teacher resolution
 //! (224) with **antialiased** bilinear (Pillow's triangle filter widened by the scale factor, as

@@ -113,7 +113,7 @@ impl RecTokConfig {
     /// The official tokenizer `rectok_BB`: 256 px, patch 16, 128 channels, ViT-B encoder and
     /// decoder, tiny transformer semantic decoder.
     ///
-    /// Training-only fields follow the run behind the released checkpoints (spec TRAINING.md §2.1,
+    /// Training-only fields follow the run behind the released checkpoints (docs/TRAINING.md §2.1,
     /// "history"): teacher DINOv3 ViT-B/16 (`D = 768`) and mask ratio `max(0, U(−0.1, 0.6))`. The
     /// HEAD training script instead uses ViT-L/16 (`D = 1024`) and 0.4; see
     /// [`RecTokConfig::rectok_b_head_script`].
@@ -171,7 +171,7 @@ impl RecTokConfig {
         self.grid_size() * self.grid_size()
     }
 
-    /// The dimension-dependent time shift `s = sqrt(h·w·C / 4096)` (spec TRAINING.md §0).
+    /// The dimension-dependent time shift `s = sqrt(h·w·C / 4096)` (docs/TRAINING.md §0).
     pub fn timestep_shift(&self) -> f64 {
         crate::rectified_flow::dimension_shift(self.grid_size(), self.grid_size(), self.token_channels)
     }

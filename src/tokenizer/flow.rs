@@ -1,4 +1,4 @@
-//! Forward-flow noising of the latents (flow semantic distillation, paper §3; spec TRAINING.md
+//! Forward-flow noising of the latents (flow semantic distillation, paper §3; docs/TRAINING.md
 //! §2.4).
 //!
 //! The tokenizer's noise level τ has **τ = 1 = pure noise**: `z_τ = (1 − τ)·z + τ·γ·ε`; the shift

@@ -1,4 +1,4 @@
-//! MAE random masking (`mae_random_masking` of the reference; spec TRAINING.md §2.3).
+//! MAE random masking (`mae_random_masking` of the reference; docs/TRAINING.md §2.3).
 //!
 //! Per sample, `ids_shuffle = argsort(noise)`, `ids_restore = argsort(ids_shuffle)`,
 //! `ids_keep = ids_shuffle[:len_keep]`, `ids_masked = ids_shuffle[len_keep:]` with

@@ -341,7 +341,7 @@ impl Default for TeacherOptions {
     }
 }
 
-/// Loss terms and weights (spec TRAINING.md §2.1–2.2).
+/// Loss terms and weights (docs/TRAINING.md §2.1–2.2).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LossOptions {
@@ -437,7 +437,7 @@ impl LossOptions {
     }
 }
 
-/// Optimizer, schedule and EMA (spec TRAINING.md §2.1, §2.8).
+/// Optimizer, schedule and EMA (docs/TRAINING.md §2.1, §2.8).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimOptions {
@@ -620,6 +620,8 @@ impl TokenizerTrainConfig {
         self.teacher.spec.parse().map(Some).map_err(|e: String| anyhow!("teacher.spec: {e}"))
     }
 }
+
+super::run::recipe!(TokenizerTrainConfig, "tokenizer", ["run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.sample_every", "run.log_every", "run.threads", "run.device"]);
 
 #[cfg(test)]
 mod tests {

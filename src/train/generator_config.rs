@@ -1,5 +1,5 @@
 //! Generator-training recipes (TOML): DiT^DH on a frozen tokenizer's latents with the reference's
-//! defaults (spec TRAINING.md §5): AdamW β (0.9, 0.95), no weight decay, lr 2e-4 held to epoch 40
+//! defaults (docs/TRAINING.md §5): AdamW β (0.9, 0.95), no weight decay, lr 2e-4 held to epoch 40
 //! then linear to 2e-5 at epoch 800 ("ditdh_sched"), gradient clipping 1.0, EMA 0.9995 from the
 //! first step, label dropout 0.1, posterior samples of flipped images.
 
@@ -267,6 +267,8 @@ impl GeneratorTrainConfig {
         Ok(())
     }
 }
+
+super::run::recipe!(GeneratorTrainConfig, "generator", ["run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.sample_every", "run.log_every", "run.threads", "run.device", "run.fd_every"]);
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,4 @@
-//! Latents for generator training (spec TRAINING.md §4–5): per-channel statistics of the frozen
+//! Latents for generator training (docs/TRAINING.md §4–5): per-channel statistics of the frozen
 //! tokenizer's posterior means, and an optional on-disk cache of posterior **moments** so that
 //! a fresh posterior sample can be drawn every epoch without re-running the encoder.
 //!

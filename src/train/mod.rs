@@ -10,6 +10,7 @@ pub mod monitor;
 pub mod optim;
 pub mod optim_kernels;
 pub mod params;
+pub mod run;
 pub mod session;
 pub mod tokenizer;
 pub mod tokenizer_step;

@@ -1,5 +1,5 @@
 //! AdamW with PyTorch's semantics, parameter groups by name, global-norm gradient clipping and the
-//! reference's learning-rate schedules (spec TRAINING.md §2.1, §2.8, §5.3).
+//! reference's learning-rate schedules (docs/TRAINING.md §2.1, §2.8, §5.3).
 //!
 //! Written here rather than taken from burn-optim so that weight decay can be chosen per parameter
 //! (the reference's "no-decay" group), and so that the whole state is a flat `path → tensor` map
@@ -174,7 +174,7 @@ mod tests {
         assert!((warmup_cosine(25.0, 4e-4, 0.0, 50.0, 200.0) - 2e-4).abs() < 1e-12);
         assert!((warmup_cosine(50.0, 4e-4, 0.0, 50.0, 200.0) - 4e-4).abs() < 1e-12);
         assert!(warmup_cosine(200.0, 4e-4, 0.0, 50.0, 200.0).abs() < 1e-12);
-        // DiT: 1.91e-4 at epoch 80 and 6.74e-5 at epoch 600 (spec TRAINING.md §5.3).
+        // DiT: 1.91e-4 at epoch 80 and 6.74e-5 at epoch 600 (docs/TRAINING.md §5.3).
         assert!((ditdh_schedule(80.0, 2e-4, 2e-5, 40.0, 800.0, false) - 1.9053e-4).abs() < 1e-7);
         assert!((ditdh_schedule(600.0, 2e-4, 2e-5, 40.0, 800.0, false) - 6.737e-5).abs() < 1e-7);
         assert!(reference_decays("encoder.transformer.0.attn.qkv.weight", &[2304, 768]));

@@ -1,6 +1,6 @@
 //! Tokenizer training: stage 1 (flow semantic distillation + reconstruction–alignment
 //! distillation with the pixel losses) and stage 2 (decoder fine-tuning), after the reference's
-//! `main_reconstruction.py` (spec TRAINING.md §2–3).
+//! `main_reconstruction.py` (docs/TRAINING.md §2–3).
 //!
 //! One optimizer step = `accum_steps` micro-batches of: masked encode → posterior sample →
 //! forward-flow noise → pixel and semantic decoders → [`generator_loss`]; then global-norm
@@ -8,19 +8,18 @@
 //! `gan_start_epoch` — a discriminator step on the same targets and (detached) reconstructions.
 //! The learning rate follows [`warmup_cosine`] of the fractional epoch, for both optimizers.
 //!
-//! Every random draw comes from one [`Rng`] stored in the checkpoints, the data order is a
-//! function of (seed, epoch), so `--resume` continues bit for bit.
+//! The run folder, checkpoints, resume, the loop and its schedule are [`super::run`]'s; this file
+//! holds the tokenizer's parts and its step.
 
 use super::checkpoint::CheckpointStore;
 use super::config::TokenizerTrainConfig;
-use super::monitor::{MetricsLog, plot_metrics, reconstruction_grid};
-use crate::io::step_progress;
+use super::monitor::{MetricsLog, reconstruction_grid};
 use super::optim::{AdamW, AdamWConfig, clip_grad_norm, global_norm, reference_decays, warmup_cosine};
 use super::params;
-use super::session;
+use super::run::{Run, RunEnd, Trainer, TrainingBatches, check_finite};
 use super::tokenizer_step::{teacher_targets, training_forward};
 use crate::data::transforms::tensor_to_images;
-use crate::data::{DataSpec, Loader, LoaderConfig, Split, open_dataset, save_png};
+use crate::data::{BatchStream, DataSpec, Loader, Split, open_dataset, save_png};
 use crate::loss::{
     DiscriminatorConfig, GeneratorInputs, LossConfig, NLayerDiscriminator, PerceptualKind, PerceptualLoss, discriminator_loss,
     generator_loss, targeted_sem_loss,
@@ -30,30 +29,13 @@ use crate::rng::Rng;
 use crate::teacher::Teacher;
 use crate::tokenizer::RecTok;
 use crate::weights::tokenizer::{TokenizerLoadOptions, key_map, load_tokenizer, save_tokenizer};
-use crate::io::write_atomic;
 use crate::weights::{CheckpointEntry, KeyMap, load_into, write_safetensors_from_module};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use burn::prelude::*;
-use serde::{Deserialize, Serialize};
+use indicatif::ProgressBar;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
-
-/// What a checkpoint's `state.json` holds besides the tensors.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TrainState {
-    /// Optimizer steps taken.
-    pub step: usize,
-    /// The random stream after the last step.
-    pub rng: Rng,
-    /// The run's configuration.
-    pub config: TokenizerTrainConfig,
-    /// Training seconds so far (all sessions).
-    pub elapsed_s: f64,
-    /// `rectok` version that wrote it.
-    pub version: String,
-}
 
 /// The loss values of one optimizer step (means over its micro-batches).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -99,6 +81,35 @@ impl StepValues {
     }
 }
 
+impl super::run::StepValues for StepValues {
+    fn record(&self) -> Map<String, Value> {
+        [
+            ("loss", self.loss),
+            ("rec", self.rec),
+            ("psnr", self.psnr()),
+            ("perceptual", self.perceptual),
+            ("kl", self.kl),
+            ("sem", self.sem),
+            ("gan", self.gan),
+            ("d_loss", self.d_loss),
+            ("logits_real", self.logits_real),
+            ("logits_fake", self.logits_fake),
+            ("grad_norm", self.grad_norm),
+        ]
+        .into_iter()
+        .map(|(k, x)| (k.to_string(), x.into()))
+        .collect()
+    }
+
+    fn progress(&self) -> String {
+        format!("loss {:.4} rec {:.4} ({:.1} dB) sem {:.4} kl {:.2e} gan {:.3}", self.loss, self.rec, self.psnr(), self.sem, self.kl, self.gan)
+    }
+
+    fn summary(&self) -> String {
+        format!("{}, d {:.3}", self.progress(), self.d_loss)
+    }
+}
+
 /// The end of a run.
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
@@ -112,11 +123,12 @@ pub struct TrainSummary {
     pub seconds: f64,
 }
 
-/// A tokenizer training run.
-pub struct TokenizerTrainer {
-    /// The run's configuration.
-    pub config: TokenizerTrainConfig,
-    run_dir: PathBuf,
+/// A tokenizer training run (see [`Run`]).
+pub type TokenizerTrainer = Run<TokenizerTraining>;
+
+/// The parts of a tokenizer run: models, EMA, discriminator, optimizers, teacher, losses, data.
+pub struct TokenizerTraining {
+    config: TokenizerTrainConfig,
     device: Device,
     inner: Device,
     model: RecTok,
@@ -127,80 +139,28 @@ pub struct TokenizerTrainer {
     teacher: Option<Teacher>,
     perceptual: PerceptualLoss,
     loss: LossConfig,
-    loader: Loader,
+    batches: TrainingBatches,
     val_images: Tensor<4>,
-    rng: Rng,
-    /// The random stream before the current step's draws (what a NaN-stop checkpoint stores).
-    rng_at_step_start: Rng,
-    step: usize,
-    elapsed_s: f64,
     trainable: BTreeSet<String>,
     reference_names: KeyMap,
-    store: CheckpointStore,
-    metrics: MetricsLog,
     initial_val_psnr: Option<f64>,
-    _lock: session::RunLock,
 }
 
 fn adamw_config(c: &TokenizerTrainConfig) -> AdamWConfig {
     AdamWConfig { beta1: c.optim.beta1, beta2: c.optim.beta2, eps: c.optim.eps, weight_decay: c.optim.weight_decay }
 }
 
-/// Errors that stop a run on purpose.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    /// A loss term became NaN or infinite.
-    #[error("the {term} loss is {value} at step {step} (epoch {epoch:.3}); the state before this step is saved in {checkpoint}")]
-    NonFinite {
-        /// The term.
-        term: String,
-        /// Its value.
-        value: f64,
-        /// The optimizer step being computed (1-based).
-        step: usize,
-        /// Fractional epoch.
-        epoch: f64,
-        /// The checkpoint written before stopping.
-        checkpoint: String,
-    },
-}
+impl Trainer for TokenizerTraining {
+    type Config = TokenizerTrainConfig;
+    type Values = StepValues;
+    type Summary = TrainSummary;
+    const PLOTTED: &'static [&'static str] = &["loss", "rec", "sem", "kl", "gan", "d_loss", "val_psnr", "lr"];
+    const TITLE: &'static str = "RecTok tokenizer training";
 
-impl TokenizerTrainer {
-    /// Starts a new run in `run_dir` (which must not hold a run with a checkpoint already).
-    pub fn start(config: TokenizerTrainConfig, run_dir: &Path) -> Result<Self> {
-        let created = !run_dir.exists();
-        let (lock, _) = session::open_run(run_dir, false, "tokenizer")?;
-        write_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
-        Self::build(config, run_dir, None, lock).inspect_err(|_| {
-            if created {
-                session::discard_unstarted(run_dir);
-            }
-        })
-    }
-
-    /// Continues the run in `run_dir` from its newest checkpoint (or starts it over when it
-    /// stopped before its first one). `adjust` may change options that do not alter the
-    /// trajectory (where to stop, logging, checkpointing, threads).
-    pub fn resume(run_dir: &Path, adjust: impl FnOnce(&mut TokenizerTrainConfig)) -> Result<Self> {
-        let (lock, start) = session::open_run(run_dir, true, "tokenizer")?;
-        let (mut config, resume) = match start {
-            session::Start::Resume(ckpt) => {
-                let state = read_state(&ckpt)?;
-                (state.config.clone(), Some((ckpt, state)))
-            }
-            session::Start::Restart(file) => (TokenizerTrainConfig::load(&file.display().to_string(), &[])?, None),
-            session::Start::Fresh => unreachable!("open_run resumes or restarts"),
-        };
-        adjust(&mut config);
-        config.validate().map_err(|e| anyhow!("{}: {e}", run_dir.display()))?;
-        Self::build(config, run_dir, resume, lock)
-    }
-
-    fn build(config: TokenizerTrainConfig, run_dir: &Path, resume: Option<(PathBuf, TrainState)>, lock: session::RunLock) -> Result<Self> {
-        let choice: crate::device::DeviceChoice = config.run.device.parse().map_err(|e: String| anyhow!("run.device: {e}"))?;
-        crate::device::set_cpu_threads(config.run.threads);
-        let inner = crate::device::select_device(choice).map_err(|e| anyhow!(e))?;
-        let device = inner.clone().autodiff();
+    fn build(config: &TokenizerTrainConfig, _run_dir: &Path, checkpoint: Option<&Path>, rng: &mut Rng, device: &Device) -> Result<Self> {
+        let config = config.clone();
+        let device = device.clone();
+        let inner = device.clone().without_autodiff();
         let stage = config.run.stage;
 
         // Teacher and semantic decoder (stage 1 only).
@@ -250,28 +210,7 @@ impl TokenizerTrainer {
         let spec: DataSpec = config.data.source.parse().map_err(|e: String| anyhow!("data.source: {e}"))?;
         let dataset = open_dataset(&spec, Split::Train, config.run.seed).with_context(|| format!("opening training data {spec}"))?;
         let image_size = model_config.img_size;
-        let loader = Loader::new(
-            dataset.clone(),
-            LoaderConfig {
-                batch_size: config.optim.batch_size,
-                image_size,
-                seed: config.run.seed,
-                shuffle: true,
-                flip: config.data.flip,
-                drop_last: true,
-                workers: config.data.workers,
-                prefetch: config.data.prefetch,
-            },
-        )?
-        .with_step_multiple(config.optim.accum_steps);
-        if loader.steps_per_epoch() < config.optim.accum_steps {
-            bail!(
-                "{spec}: {} images make fewer than one optimizer step of {}×{} images",
-                dataset.len(),
-                config.optim.batch_size,
-                config.optim.accum_steps
-            );
-        }
+        let batches = TrainingBatches::new(&dataset, &spec, &config.data, (config.optim.batch_size, config.optim.accum_steps), image_size, config.run.seed)?;
         let val_images = {
             let val_spec: DataSpec = match &config.data.val_source {
                 Some(s) => s.parse().map_err(|e: String| anyhow!("data.val_source: {e}"))?,
@@ -280,46 +219,40 @@ impl TokenizerTrainer {
             let split = if config.data.val_source.is_some() || matches!(spec, DataSpec::Procedural { .. }) { Split::Val } else { Split::Train };
             let val = open_dataset(&val_spec, split, config.run.seed)?;
             if val.is_empty() {
-                bail!("{val_spec}: no held-out images for the reconstruction grids");
+                anyhow::bail!("{val_spec}: no held-out images for the reconstruction grids");
             }
             let n = config.data.grid_images.clamp(1, val.len());
             Loader::sequential(val, n, image_size, config.data.workers)?.batch(0, 0)?.tensor(&inner)
         };
 
-        let store = CheckpointStore::new(run_dir, config.run.keep_checkpoints);
         let opt_config = adamw_config(&config);
         let disc_config = DiscriminatorConfig::new().with_ndf(config.loss.disc_ndf).with_n_layers(config.loss.disc_layers);
-        let (model, ema, disc, opt, opt_disc, rng, step, elapsed_s) = match &resume {
-            Some((ckpt, state)) => {
+        let (model, ema, disc, opt, opt_disc) = match checkpoint {
+            Some(ckpt) => {
                 let load = |file: &str| -> Result<RecTok> {
                     let options = TokenizerLoadOptions { entry: CheckpointEntry::Auto, config: Some(model_config.clone()), without_semantic: false };
                     Ok(load_tokenizer(&ckpt.join(file), &options, &inner)?.0)
                 };
                 let mut disc = disc_config.init(&inner);
                 load_into(&mut disc, &crate::weights::StateDict::open(&ckpt.join("discriminator.safetensors"), CheckpointEntry::Auto)?, &KeyMap::new(), &[], &[], "")?;
-                tracing::info!("resuming {} from {} (step {})", run_dir.display(), ckpt.display(), state.step);
                 (
                     load("model.safetensors")?,
                     load("ema.safetensors")?,
                     disc,
                     AdamW::load(&ckpt.join("optimizer.safetensors"), opt_config.clone(), &inner)?,
                     AdamW::load(&ckpt.join("disc_optimizer.safetensors"), opt_config.clone(), &inner)?,
-                    state.rng.clone(),
-                    state.step,
-                    state.elapsed_s,
                 )
             }
             None => {
-                let mut rng = Rng::seed_from(config.run.seed);
                 let (model, ema) = match (stage, &config.run.init_from) {
                     (2, Some(from)) => init_from(from, &model_config, &inner)?,
                     _ => {
-                        let m = initialize(model_config.init(&inner), &TokenizerInit, &mut rng);
+                        let m = initialize(model_config.init(&inner), &TokenizerInit, rng);
                         (m.clone(), m)
                     }
                 };
-                let disc = initialize(disc_config.init(&inner), &TorchDefaultInit, &mut rng);
-                (model, ema, disc, AdamW::new(opt_config.clone()), AdamW::new(opt_config.clone()), rng, 0, 0.0)
+                let disc = initialize(disc_config.init(&inner), &TorchDefaultInit, rng);
+                (model, ema, disc, AdamW::new(opt_config.clone()), AdamW::new(opt_config.clone()))
             }
         };
         // Stage 2 trains the decoder only; the frozen encoder gets no gradient at all.
@@ -330,10 +263,8 @@ impl TokenizerTrainer {
         let trainable: BTreeSet<String> =
             params::values(&model).into_keys().filter(|p| stage == 1 || p.starts_with("decoder.")).collect();
         let reference_names = key_map(&model_config.teacher_key, "sem_decoders");
-        let metrics = MetricsLog::open(run_dir, resume.as_ref().map(|(_, s)| s.step))?;
-        let mut trainer = Self {
+        let trainer = Self {
             config,
-            run_dir: run_dir.to_path_buf(),
             device,
             inner,
             model,
@@ -344,18 +275,11 @@ impl TokenizerTrainer {
             teacher,
             perceptual,
             loss,
-            loader,
+            batches,
             val_images,
-            rng_at_step_start: rng.clone(),
-            rng,
-            step,
-            elapsed_s,
             trainable,
             reference_names,
-            store,
-            metrics,
             initial_val_psnr: None,
-            _lock: lock,
         };
         let (n_train, n_all) = (trainer.num_trainable(), trainer.model.num_params());
         tracing::info!(
@@ -368,54 +292,90 @@ impl TokenizerTrainer {
             trainer.config.optim.accum_steps,
             trainer.config.optim.peak_lr()
         );
-        if resume.is_none() {
-            trainer.initial_val_psnr = Some(trainer.val_psnr());
-        }
         Ok(trainer)
     }
 
-    fn num_trainable(&self) -> usize {
-        params::values(&self.model).iter().filter(|(k, _)| self.trainable.contains(*k)).map(|(_, (s, _))| s.iter().product::<usize>()).sum()
+    fn batches(&self) -> &TrainingBatches {
+        &self.batches
     }
 
-    /// Optimizer steps per epoch.
-    pub fn steps_per_epoch(&self) -> usize {
-        self.loader.steps_per_epoch() / self.config.optim.accum_steps
-    }
-
-    /// Optimizer steps of the whole schedule.
-    pub fn total_steps(&self) -> usize {
-        self.steps_per_epoch() * self.config.run.epochs
-    }
-
-    /// Where this run stops: `max_steps` when set, else the end of the schedule.
-    pub fn last_step(&self) -> usize {
-        match self.config.run.max_steps {
-            0 => self.total_steps(),
-            m => m.min(self.total_steps()),
-        }
-    }
-
-    /// Steps taken.
-    pub fn step(&self) -> usize {
-        self.step
-    }
-
-    /// The fractional epoch at the start of step `step` (0-based).
-    fn epoch_at(&self, step: usize) -> f64 {
-        step as f64 / self.steps_per_epoch() as f64
-    }
-
-    /// The learning rate of step `step` (0-based).
-    pub fn lr_at(&self, step: usize) -> f64 {
+    /// The learning rate of step `step` (0-based): warm-up then half-cycle cosine of the
+    /// fractional epoch.
+    fn lr_at(&self, step: usize) -> f64 {
         let o = &self.config.optim;
         let epochs = self.config.run.epochs;
         warmup_cosine(self.epoch_at(step), o.peak_lr(), o.min_lr, o.warmup_epochs(epochs), epochs as f64)
     }
 
+    fn begin(&mut self, step: usize, fresh: bool, _metrics: &MetricsLog) -> Result<()> {
+        if fresh && self.initial_val_psnr.is_none() {
+            self.initial_val_psnr = Some(self.val_psnr());
+        }
+        self.batches.start_stream(step);
+        Ok(())
+    }
+
+    fn step(&mut self, step: usize, rng: &mut Rng) -> Result<StepValues> {
+        self.train_step(step, rng)
+    }
+
+    fn extra_record(&mut self, step: usize, last: usize, record: &mut Map<String, Value>, _bar: &ProgressBar) -> Result<()> {
+        let sample_every = self.config.run.sample_every;
+        let logged = step % self.config.run.log_every == 0 || step == last;
+        if logged && ((sample_every > 0 && step % sample_every == 0) || step == last) {
+            record.insert("val_psnr".into(), self.val_psnr().into());
+        }
+        Ok(())
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        save_tokenizer(&self.model.valid(), &dir.join("model.safetensors"))?;
+        save_tokenizer(&self.ema, &dir.join("ema.safetensors"))?;
+        self.opt.save(&dir.join("optimizer.safetensors"))?;
+        write_safetensors_from_module(&self.disc.valid(), &KeyMap::new(), &dir.join("discriminator.safetensors"), Default::default())?;
+        self.opt_disc.save(&dir.join("disc_optimizer.safetensors"))
+    }
+
+    fn save_grid(&self, path: &Path) -> Result<()> {
+        let x = self.val_images.clone();
+        let recon = self.ema.reconstruct(x.clone());
+        let grid = reconstruction_grid(&tensor_to_images(x * 0.5 + 0.5)?, &tensor_to_images(recon).context("EMA reconstructions for the grid")?, self.val_images.dims()[0].div_ceil(2).max(1));
+        save_png(&grid, path)
+    }
+
+    /// Exports the EMA tokenizer as `RUN/tokenizer.safetensors`.
+    fn finish(&mut self, end: RunEnd<'_>) -> Result<TrainSummary> {
+        let tokenizer = end.run_dir.join("tokenizer.safetensors");
+        save_tokenizer(&self.ema, &tokenizer)?;
+        let final_psnr = self.val_psnr();
+        tracing::info!(
+            "done: {} steps; checkpoint {}; reconstructions {}; EMA tokenizer {} (held-out PSNR {}{final_psnr:.2} dB); curves {}",
+            end.steps,
+            end.checkpoint.display(),
+            end.grid.display(),
+            tokenizer.display(),
+            self.initial_val_psnr.map(|p| format!("{p:.2} dB untrained → ")).unwrap_or_default(),
+            end.run_dir.join("loss.png").display()
+        );
+        Ok(TrainSummary { steps: end.steps, tokenizer, val_psnr: (self.initial_val_psnr, final_psnr), seconds: end.seconds })
+    }
+}
+
+impl Run<TokenizerTraining> {
     /// The current EMA tokenizer (inference weights).
     pub fn ema(&self) -> &RecTok {
-        &self.ema
+        &self.trainer.ema
+    }
+}
+
+impl TokenizerTraining {
+    fn num_trainable(&self) -> usize {
+        params::values(&self.model).iter().filter(|(k, _)| self.trainable.contains(*k)).map(|(_, (s, _))| s.iter().product::<usize>()).sum()
+    }
+
+    /// The fractional epoch at the start of step `step` (0-based).
+    fn epoch_at(&self, step: usize) -> f64 {
+        step as f64 / self.steps_per_epoch() as f64
     }
 
     /// PSNR of the EMA tokenizer's reconstructions (posterior mean) of the held-out grid images.
@@ -429,24 +389,24 @@ impl TokenizerTrainer {
         psnrs.iter().sum::<f64>() / psnrs.len() as f64
     }
 
-    /// The training batches from the current step on (decoded ahead on worker threads).
-    pub fn batches(&self) -> crate::data::BatchStream {
-        let spe_micro = self.loader.steps_per_epoch();
-        let micro = self.step * self.config.optim.accum_steps;
-        self.loader.stream(micro / spe_micro, micro % spe_micro)
-    }
-
     /// Slices per micro-batch: the data-parallel replicas, at most one per sample.
     fn shards(&self) -> usize {
         params::replicas(self.config.run.data_parallel, &self.device).min(self.config.optim.batch_size)
     }
 
-    /// One optimizer step; returns its loss values.
-    pub fn train_step(&mut self, stream: &mut crate::data::BatchStream) -> Result<StepValues> {
-        self.rng_at_step_start = self.rng.clone();
+    /// One optimizer step (0-based `step`); returns its loss values. Every check comes before
+    /// the first update, so a stopped step leaves the state as it was.
+    fn train_step(&mut self, step: usize, rng: &mut Rng) -> Result<StepValues> {
+        let mut stream = self.batches.take_stream().context("the batch stream was not started")?;
+        let values = self.train_step_from(&mut stream, step, rng);
+        self.batches.restore_stream(Some(stream));
+        values
+    }
+
+    fn train_step_from(&mut self, stream: &mut BatchStream, step: usize, rng: &mut Rng) -> Result<StepValues> {
         let accum = self.config.optim.accum_steps;
-        let lr = self.lr_at(self.step);
-        let epoch = self.epoch_at(self.step);
+        let lr = self.lr_at(step);
+        let epoch = self.epoch_at(step);
         let gan_on = self.loss.gan_weight > 0.0 && epoch.floor() as usize >= self.loss.gan_start_epoch;
         let mut totals = StepValues::default();
         let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
@@ -456,10 +416,10 @@ impl TokenizerTrainer {
             let batch = stream.next_batch()?;
             let b = batch.len();
             let x_host = batch.tensor(&self.inner);
-            let draws = self.model.draw_train(b, true, &mut self.rng, &self.device);
+            let draws = self.model.draw_train(b, true, rng, &self.device);
             // DINOv3 runs in training mode: RoPE coordinates rescaled by exp(U(−ln 2, ln 2)).
             let rescale = match &self.teacher {
-                Some(t) if self.model.sem_decoder.is_some() && t.has_rope_rescale() => Some(self.rng.uniform_range(-std::f64::consts::LN_2, std::f64::consts::LN_2).exp() as f32),
+                Some(t) if self.model.sem_decoder.is_some() && t.has_rope_rescale() => Some(rng.uniform_range(-std::f64::consts::LN_2, std::f64::consts::LN_2).exp() as f32),
                 _ => None,
             };
             // Data-parallel slices of the batch, each with its own replica (and, for the GAN term,
@@ -520,7 +480,7 @@ impl TokenizerTrainer {
                 y_hats.push(y_hat);
             }
             for (term, value) in [("reconstruction", v.rec), ("perceptual", v.perceptual), ("KL", v.kl), ("semantic", v.sem), ("generator GAN", v.gan), ("total", v.loss)] {
-                self.check_finite(term, value, epoch)?;
+                check_finite(&format!("{term} loss"), value)?;
             }
             params::accumulate(&mut grads, g);
             let (y, y_hat) = (x_host * 0.5 + 0.5, Tensor::cat(y_hats, 0));
@@ -529,7 +489,7 @@ impl TokenizerTrainer {
                 v.d_loss = scalar(&d.loss);
                 v.logits_real = scalar(&d.logits_real_mean);
                 v.logits_fake = scalar(&d.logits_fake_mean);
-                self.check_finite("discriminator", v.d_loss, epoch)?;
+                check_finite("discriminator loss", v.d_loss)?;
                 let g = (d.loss / accum as f64).backward();
                 params::accumulate(&mut disc_grads, params::gradients(&self.disc, &g));
             }
@@ -538,11 +498,11 @@ impl TokenizerTrainer {
         grads.retain(|k, _| self.trainable.contains(k));
         let clip = self.config.optim.clip_grad;
         totals.grad_norm = if clip > 0.0 { clip_grad_norm(&mut grads, clip) } else { global_norm(&grads) };
-        self.check_finite("gradient norm of the", totals.grad_norm, epoch)?;
+        check_finite("gradient norm", totals.grad_norm)?;
         // Every check comes before the first update, so a stopped step leaves the state intact.
         if gan_on {
             let norm = if clip > 0.0 { clip_grad_norm(&mut disc_grads, clip) } else { global_norm(&disc_grads) };
-            self.check_finite("discriminator gradient norm of the", norm, epoch)?;
+            check_finite("discriminator gradient norm", norm)?;
         }
         let names = &self.reference_names;
         let decays = |path: &str, shape: &[usize]| reference_decays(&names.to_reference(path), shape);
@@ -551,46 +511,7 @@ impl TokenizerTrainer {
         if gan_on {
             self.disc = self.opt_disc.step(self.disc.clone(), &disc_grads, lr, &reference_decays);
         }
-        self.step += 1;
         Ok(totals)
-    }
-
-    fn check_finite(&mut self, term: &str, value: f64, epoch: f64) -> Result<()> {
-        if value.is_finite() {
-            return Ok(());
-        }
-        // The state before this step is intact: save it (with the random stream as it was before
-        // the step) so the run can be inspected or resumed with other settings — unless the
-        // regular checkpoint of this step exists already.
-        let checkpoint = match self.store.get(self.step) {
-            Some(existing) => existing.display().to_string(),
-            None => match self.save_checkpoint_with(self.rng_at_step_start.clone()) {
-                Ok(p) => p.display().to_string(),
-                Err(e) => format!("(none: {e})"),
-            },
-        };
-        Err(TrainError::NonFinite { term: term.to_string(), value, step: self.step + 1, epoch, checkpoint }.into())
-    }
-
-    /// A step failed (unreadable data, a device error): the state before it is intact, so it is
-    /// saved (unless the run's checkpoint of this step exists) and the error says where.
-    fn save_after_failure(&mut self, e: anyhow::Error) -> anyhow::Error {
-        if e.downcast_ref::<TrainError>().is_some() {
-            return e;
-        }
-        let saved = match self.store.get(self.step) {
-            Some(existing) => Ok(existing),
-            None => self.save_checkpoint_with(self.rng_at_step_start.clone()),
-        };
-        match saved {
-            Ok(p) => e.context(format!(
-                "step {} failed; the state before it is saved in {} (continue with `rectok train tokenizer --out {} --resume` once the cause is fixed)",
-                self.step + 1,
-                p.display(),
-                self.run_dir.display()
-            )),
-            Err(save) => e.context(format!("step {} failed, and saving the state before it failed too ({save:#})", self.step + 1)),
-        }
     }
 
     /// `ema ← d·ema + (1−d)·θ` for trained parameters; frozen ones are copied (the reference's
@@ -598,165 +519,10 @@ impl TokenizerTrainer {
     fn update_ema(&mut self) {
         self.ema = params::ema_update(self.ema.clone(), &self.model, &self.trainable, self.config.optim.ema_decay);
     }
-
-    /// Writes a checkpoint of the current state; returns its folder.
-    pub fn save_checkpoint(&self) -> Result<PathBuf> {
-        self.save_checkpoint_with(self.rng.clone())
-    }
-
-    fn save_checkpoint_with(&self, rng: Rng) -> Result<PathBuf> {
-        let state = TrainState {
-            step: self.step,
-            rng,
-            config: self.config.clone(),
-            elapsed_s: self.elapsed_s,
-            version: env!("CARGO_PKG_VERSION").into(),
-        };
-        self.store.save(self.step, |dir| {
-            save_tokenizer(&self.model.valid(), &dir.join("model.safetensors"))?;
-            save_tokenizer(&self.ema, &dir.join("ema.safetensors"))?;
-            self.opt.save(&dir.join("optimizer.safetensors"))?;
-            write_safetensors_from_module(&self.disc.valid(), &KeyMap::new(), &dir.join("discriminator.safetensors"), Default::default())?;
-            self.opt_disc.save(&dir.join("disc_optimizer.safetensors"))?;
-            write_atomic(&dir.join("state.json"), serde_json::to_string_pretty(&state)?.as_bytes())
-        })
-    }
-
-    fn save_grid(&self) -> Result<PathBuf> {
-        let x = self.val_images.clone();
-        let recon = self.ema.reconstruct(x.clone());
-        let grid = reconstruction_grid(&tensor_to_images(x * 0.5 + 0.5)?, &tensor_to_images(recon).context("EMA reconstructions for the grid")?, self.val_images.dims()[0].div_ceil(2).max(1));
-        let path = self.run_dir.join("samples").join(format!("step_{:08}.png", self.step));
-        save_png(&grid, &path)?;
-        Ok(path)
-    }
-
-    /// Trains to the end (or `max_steps`), checkpointing, logging and exporting the EMA tokenizer
-    /// as `RUN/tokenizer.safetensors`.
-    pub fn run(&mut self) -> Result<TrainSummary> {
-        let last = self.last_step();
-        let run = self.config.run.clone();
-        let started = Instant::now();
-        let mut stream = self.batches();
-        let bar = step_progress(last, self.step);
-        let images_per_step = (self.config.optim.batch_size * self.config.optim.accum_steps) as f64;
-        let quiet_every = (last / 20).max(run.log_every);
-        let mut window = (Instant::now(), self.step);
-        let signals = session::TrainingSignals::install();
-        while self.step < last {
-            if let Some(signal) = signals.requested() {
-                bar.finish_and_clear();
-                let checkpoint = match self.store.get(self.step) {
-                    Some(existing) => existing,
-                    None => self.save_checkpoint()?,
-                };
-                let resume = format!("rectok train tokenizer --out {} --resume", self.run_dir.display());
-                return Err(signals.interrupted(signal, self.step, &checkpoint, resume).into());
-            }
-            let t0 = Instant::now();
-            let v = match self.train_step(&mut stream) {
-                Ok(v) => v,
-                Err(e) => return Err(self.save_after_failure(e)),
-            };
-            self.elapsed_s += t0.elapsed().as_secs_f64();
-            let step = self.step;
-            let lr = self.lr_at(step - 1);
-            let img_s = images_per_step * (step - window.1) as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
-            bar.set_position(step as u64);
-            bar.set_message(format!("loss {:.4} rec {:.4} ({:.1} dB) sem {:.4} kl {:.2e} gan {:.3} | {img_s:.1} img/s", v.loss, v.rec, v.psnr(), v.sem, v.kl, v.gan));
-            if step % run.log_every == 0 || step == last {
-                let mut rec = record(step, self.epoch_at(step), lr, &v);
-                rec.insert("images_per_s".into(), img_s.into());
-                rec.insert("elapsed_s".into(), self.elapsed_s.into());
-                if (run.sample_every > 0 && step % run.sample_every == 0) || step == last {
-                    rec.insert("val_psnr".into(), self.val_psnr().into());
-                }
-                self.metrics.append(&rec)?;
-                window = (Instant::now(), step);
-            }
-            if bar.is_hidden() && (step % quiet_every == 0 || step == last) {
-                tracing::info!(
-                    "step {step}/{last} epoch {:.2} lr {lr:.2e}: loss {:.4} rec {:.4} ({:.1} dB) sem {:.4} kl {:.2e} gan {:.3} d {:.3}, {img_s:.1} img/s",
-                    self.epoch_at(step),
-                    v.loss,
-                    v.rec,
-                    v.psnr(),
-                    v.sem,
-                    v.kl,
-                    v.gan,
-                    v.d_loss
-                );
-            }
-            if run.sample_every > 0 && step % run.sample_every == 0 {
-                self.save_grid()?;
-            }
-            if step % run.checkpoint_every == 0 && step != last {
-                self.save_checkpoint()?;
-            }
-        }
-        // From here on a signal ends the process at once: the final checkpoint comes first.
-        drop(signals);
-        bar.finish_and_clear();
-        let checkpoint = self.save_checkpoint()?;
-        let grid = self.save_grid()?;
-        let tokenizer = self.run_dir.join("tokenizer.safetensors");
-        save_tokenizer(&self.ema, &tokenizer)?;
-        let records = self.metrics.read()?;
-        let plot = self.run_dir.join("loss.png");
-        if let Err(e) = plot_metrics(&records, &["loss", "rec", "sem", "kl", "gan", "d_loss", "val_psnr", "lr"], "RecTok tokenizer training", &plot) {
-            tracing::warn!("no loss plot: {e}");
-        }
-        let final_psnr = self.val_psnr();
-        tracing::info!(
-            "done: {} steps; checkpoint {}; reconstructions {}; EMA tokenizer {} (held-out PSNR {}{final_psnr:.2} dB); curves {}",
-            self.step,
-            checkpoint.display(),
-            grid.display(),
-            tokenizer.display(),
-            self.initial_val_psnr.map(|p| format!("{p:.2} dB untrained → ")).unwrap_or_default(),
-            plot.display()
-        );
-        Ok(TrainSummary { steps: self.step, tokenizer, val_psnr: (self.initial_val_psnr, final_psnr), seconds: started.elapsed().as_secs_f64() })
-    }
-}
-
-fn record(step: usize, epoch: f64, lr: f64, v: &StepValues) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("step".into(), step.into());
-    m.insert("epoch".into(), epoch.into());
-    m.insert("lr".into(), lr.into());
-    for (k, x) in [
-        ("loss", v.loss),
-        ("rec", v.rec),
-        ("psnr", v.psnr()),
-        ("perceptual", v.perceptual),
-        ("kl", v.kl),
-        ("sem", v.sem),
-        ("gan", v.gan),
-        ("d_loss", v.d_loss),
-        ("logits_real", v.logits_real),
-        ("logits_fake", v.logits_fake),
-        ("grad_norm", v.grad_norm),
-    ] {
-        m.insert(k.into(), x.into());
-    }
-    m
-}
-
-/// Reads a checkpoint's `state.json`.
-pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
-    read_state_json(checkpoint)
-}
-
-/// Reads a checkpoint's `state.json` as `T`.
-pub fn read_state_json<T: serde::de::DeserializeOwned>(checkpoint: &Path) -> Result<T> {
-    let path = checkpoint.join("state.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: corrupt training state", path.display()))
 }
 
 /// Stage 2's starting point: the module from the stage-1 `model` weights and the EMA from its
-/// `model_ema` (spec TRAINING.md §3). `from` is a run folder, a checkpoint folder, a tokenizer
+/// `model_ema` (docs/TRAINING.md §3). `from` is a run folder, a checkpoint folder, a tokenizer
 /// file (both from it) or an official `.pth` with both entries.
 fn init_from(from: &Path, config: &crate::tokenizer::RecTokConfig, device: &Device) -> Result<(RecTok, RecTok)> {
     let (model_file, ema_file, model_entry, ema_entry) = if from.is_dir() {

@@ -1,5 +1,5 @@
 //! Loading and saving DiT^DH generators: the official `ditdhxl_epoch_0599.pth` /
-//! `ditdhs_epoch_0029.pth` layouts (spec ARCHITECTURE.md §3.4, §5) and safetensors with the same
+//! `ditdhs_epoch_0029.pth` layouts (docs/MODELS.md §3.4, §5) and safetensors with the same
 //! key names.
 
 use super::tokenizer::{META_CONFIG, META_KIND};

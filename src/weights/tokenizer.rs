@@ -1,5 +1,5 @@
 //! Loading and saving RecTok tokenizers: the official `RecTok.pth` / `RecTok_decft.pth` layouts
-//! (spec ARCHITECTURE.md §1.9, §5) and safetensors files written by `rectok convert`.
+//! (docs/MODELS.md §1.9, §5) and safetensors files written by `rectok convert`.
 
 use super::{CheckpointEntry, KeyMap, LoadReport, StateDict, WeightsError, load_into};
 use crate::nn::VitSize;

@@ -1,0 +1,148 @@
+//! The generator protocol: class-balanced samples, gFID / IS (docs/SAMPLING_EVAL.md §2.1), and
+//! the teacher's class check of the samples.
+
+use super::features::{Distance, FeatureCollector, Score};
+use crate::data::save_png;
+use crate::data::transforms::tensor_to_images;
+use crate::generator::sampler::sample_class_latents;
+use crate::generator::{DitDh, Guidance, Integrator};
+use crate::metrics::extractor::Extractor;
+use crate::metrics::fid::{FeatureStats, frechet_distance};
+use crate::rectified_flow::ode_grid;
+use crate::tokenizer::RecTok;
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Options of [`evaluate_generator`].
+pub struct GeneratorEvalOptions<'a> {
+    /// Number of samples (sample `i` gets class `i mod classes`).
+    pub num_samples: usize,
+    /// Time-grid points (N points = N − 1 steps).
+    pub steps: usize,
+    /// Integrator.
+    pub integrator: Integrator,
+    /// Guidance.
+    pub guidance: Guidance<'a>,
+    /// Noise seed.
+    pub seed: u64,
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Feature extractor.
+    pub extractor: &'a Extractor,
+    /// Reference statistics (`None`: IS only).
+    pub reference: Option<(&'a FeatureStats, String)>,
+    /// Write the samples here as `{index:06}_{class:04}.png`.
+    pub save_dir: Option<PathBuf>,
+}
+
+/// Results of [`evaluate_generator`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GeneratorEval {
+    /// Samples drawn.
+    pub samples: usize,
+    /// gFID (or FD-effnet).
+    pub distance: Option<Distance>,
+    /// IS.
+    pub score: Score,
+}
+
+/// Samples class-balanced images and measures them; `on_batch(images)` reports progress, and
+/// `on_images` sees every decoded batch with its labels (e.g. for a classifier check).
+pub fn evaluate_generator(
+    net: &DitDh,
+    tokenizer: &RecTok,
+    options: &GeneratorEvalOptions<'_>,
+    device: &Device,
+    mut on_batch: impl FnMut(usize),
+    mut on_images: impl FnMut(&[RgbImage], &[usize]) -> Result<()>,
+) -> Result<GeneratorEval> {
+    if options.num_samples == 0 || options.batch_size == 0 {
+        bail!("the number of samples and the batch size must be positive");
+    }
+    if tokenizer.stats.is_none() {
+        bail!("the tokenizer carries no latent statistics; the generator samples normalised latents");
+    }
+    let grid = ode_grid(options.steps, net.config.time_shift());
+    let classes = net.config.num_classes;
+    let mut collector = FeatureCollector::new(options.extractor, device, false);
+    let mut start = 0;
+    while start < options.num_samples {
+        let b = options.batch_size.min(options.num_samples - start);
+        let labels: Vec<usize> = (start..start + b).map(|i| i % classes).collect();
+        let latents = sample_class_latents(net, &options.guidance, &labels, options.seed, start as u64, &grid, options.integrator, |_| {});
+        let images = tensor_to_images(tokenizer.detokenize(latents)).with_context(|| format!("samples {start}..{}", start + b))?;
+        if let Some(dir) = &options.save_dir {
+            for (k, img) in images.iter().enumerate() {
+                save_png(img, &dir.join(format!("{:06}_{:04}.png", start + k, labels[k])))?;
+            }
+        }
+        collector.add(&images)?;
+        on_images(&images, &labels)?;
+        start += b;
+        on_batch(b);
+    }
+    let collected = collector.finish()?;
+    let (mean, std) = collected.inception_score()?;
+    let distance = match &options.reference {
+        Some((stats, label)) => Some(Distance { metric: options.extractor.metric_name().into(), value: frechet_distance(&collected.stats, stats)?, reference: label.clone() }),
+        None => None,
+    };
+    Ok(GeneratorEval { samples: options.num_samples, distance, score: Score { metric: options.extractor.score_name().into(), mean, std } })
+}
+
+/// "Does the sample look like its class?": a linear probe on the built-in teacher's pooled
+/// features, fitted on real labelled images, then applied to generated ones. Its accuracy on
+/// held-out real images is the ceiling a perfect generator would reach.
+pub struct TeacherClassifier {
+    extractor: Extractor,
+    probe: crate::metrics::probe::LinearProbe,
+    /// Top-1 on held-out real images.
+    pub real_accuracy: f64,
+    device: Device,
+}
+
+impl TeacherClassifier {
+    /// Fits on `train` and scores `held_out` (8-bit images with labels).
+    pub fn fit(train: (&[RgbImage], &[usize]), held_out: (&[RgbImage], &[usize]), classes: usize, device: &Device) -> Result<Self> {
+        let extractor = Extractor::load("effnet", device)?;
+        let features = |images: &[RgbImage], labels: &[usize]| -> Result<crate::metrics::probe::FeatureSet> {
+            let mut rows = Vec::new();
+            for chunk in images.chunks(32) {
+                let f = extractor.features(chunk, device)?;
+                rows.extend(f.chunks(extractor.dim()).map(|r| r.to_vec()));
+            }
+            Ok(crate::metrics::probe::FeatureSet { features: rows, labels: labels.to_vec() })
+        };
+        let train_set = features(train.0, train.1)?;
+        let val_set = features(held_out.0, held_out.1)?;
+        let options = crate::metrics::probe::FitOptions { epochs: 60, ..Default::default() };
+        let probe = crate::metrics::probe::LinearProbe::fit(&train_set, classes, &options)?;
+        let real_accuracy = probe.accuracy(&val_set);
+        Ok(Self { extractor, probe, real_accuracy, device: device.clone() })
+    }
+
+    /// Fits on the tokenizer's reconstructions of labelled real images (the first 5/7 of them;
+    /// the rest score it): generated samples can be no sharper than reconstructions, so this
+    /// judges the content of a sample rather than the tokenizer's blur.
+    pub fn fit_on_reconstructions(tokenizer: &RecTok, images: &[RgbImage], labels: &[usize], classes: usize, device: &Device) -> Result<Self> {
+        if images.len() < 20 {
+            bail!("the class check needs at least 20 labelled images, got {}", images.len());
+        }
+        let split = (images.len() * 5 / 7).clamp(10, images.len() - 10);
+        let mut recon = Vec::with_capacity(images.len());
+        for chunk in images.chunks(64) {
+            let x = crate::data::transforms::images_to_tensor(chunk, device);
+            recon.extend(tensor_to_images(tokenizer.reconstruct(x)).context("reconstructions of the class-check images")?);
+        }
+        Self::fit((&recon[..split], &labels[..split]), (&recon[split..], &labels[split..]), classes, device)
+    }
+
+    /// Number of `images` classified as their `labels`.
+    pub fn hits(&self, images: &[RgbImage], labels: &[usize]) -> Result<usize> {
+        let f = self.extractor.features(images, &self.device)?;
+        Ok(f.chunks(self.extractor.dim()).zip(labels).filter(|(row, l)| self.probe.predict(row) == **l).count())
+    }
+}

@@ -1,0 +1,122 @@
+//! The tokenizer protocol: reconstructions of center-cropped images, PSNR / SSIM of the float
+//! reconstructions, rFID / IS / KID of the 8-bit ones (docs/SAMPLING_EVAL.md §2.2).
+
+use super::features::{Distance, FeatureCollector, Score, to_u8_rounded};
+use crate::data::transforms::{tensor_to_images, tensor_to_planes};
+use crate::data::{Loader, save_png};
+use crate::metrics::extractor::Extractor;
+use crate::metrics::fid::{FeatureStats, frechet_distance, kernel_inception_distance};
+use crate::metrics::{psnr, ssim};
+use crate::tokenizer::RecTok;
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Where the reference statistics come from.
+pub enum Reference {
+    /// A statistics file (`.npz` with `mu`, `sigma`), with its label.
+    Stats(FeatureStats, String),
+    /// The statistics of the evaluated originals (tokenizer) — with their features for KID.
+    Originals,
+    /// No distance.
+    None,
+}
+
+/// Options of [`evaluate_tokenizer`].
+pub struct TokenizerEvalOptions<'a> {
+    /// Feature extractor for rFID / IS (none: PSNR and SSIM only).
+    pub extractor: Option<&'a Extractor>,
+    /// Reference statistics.
+    pub reference: Reference,
+    /// Evaluate at most this many images.
+    pub limit: Option<usize>,
+    /// Write the 8-bit reconstructions here.
+    pub save_dir: Option<PathBuf>,
+    /// Also compute KID against the originals (needs `Reference::Originals`).
+    pub kid: bool,
+}
+
+/// Results of [`evaluate_tokenizer`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenizerEval {
+    /// Images evaluated.
+    pub images: usize,
+    /// Mean PSNR (dB) of the float reconstructions in [0, 1].
+    pub psnr: f64,
+    /// Mean SSIM (Gaussian 11, σ 1.5, data range 1).
+    pub ssim: f64,
+    /// rFID (or FD-effnet) of the 8-bit reconstructions.
+    pub distance: Option<Distance>,
+    /// IS of the 8-bit reconstructions.
+    pub score: Option<Score>,
+    /// KID (mean, std) against the originals.
+    pub kid: Option<(f64, f64)>,
+}
+
+/// Reconstructs every image the loader yields (posterior mean, no noise, no mask) and measures.
+pub fn evaluate_tokenizer(model: &RecTok, loader: &Loader, options: &TokenizerEvalOptions<'_>, device: &Device, mut on_batch: impl FnMut(usize)) -> Result<TokenizerEval> {
+    let size = loader.config().image_size;
+    let total = options.limit.unwrap_or(usize::MAX).min(loader.dataset().len());
+    let with_originals = matches!(options.reference, Reference::Originals);
+    let keep = options.kid && with_originals;
+    let mut recon_features = options.extractor.map(|e| FeatureCollector::new(e, device, keep));
+    let mut orig_features = options.extractor.filter(|_| with_originals).map(|e| FeatureCollector::new(e, device, keep));
+    let (mut psnr_sum, mut ssim_sum, mut done) = (0.0, 0.0, 0usize);
+    let mut stream = loader.stream(0, 0);
+    while done < total {
+        let batch = stream.next_batch()?;
+        let take = batch.len().min(total - done);
+        if take == 0 {
+            break;
+        }
+        let x = batch.tensor(device).narrow(0, 0, take);
+        let original = (x.clone() * 0.5 + 0.5).clamp(0.0, 1.0);
+        let recon = model.reconstruct(x);
+        let (orig_planes, recon_planes) = (tensor_to_planes(original.clone()), tensor_to_planes(recon.clone()));
+        for (o, r) in orig_planes.iter().zip(&recon_planes) {
+            psnr_sum += psnr(r, o);
+            ssim_sum += ssim(r, o, 3, size, size);
+        }
+        let recon_images = tensor_to_images(recon).context("reconstructions")?;
+        if let Some(dir) = &options.save_dir {
+            for (k, img) in recon_images.iter().enumerate() {
+                save_png(img, &dir.join(format!("{:06}.png", batch.indices[k])))?;
+            }
+        }
+        if let Some(c) = &mut recon_features {
+            c.add(&recon_images)?;
+        }
+        if let Some(c) = &mut orig_features {
+            c.add(&to_u8_rounded(original)?)?;
+        }
+        done += take;
+        on_batch(take);
+    }
+    if done == 0 {
+        bail!("{}: no images to evaluate", loader.dataset().describe());
+    }
+    let mut result = TokenizerEval { images: done, psnr: psnr_sum / done as f64, ssim: ssim_sum / done as f64, distance: None, score: None, kid: None };
+    if let (Some(extractor), Some(recon)) = (options.extractor, recon_features) {
+        let recon = recon.finish()?;
+        let (mean, std) = recon.inception_score()?;
+        result.score = Some(Score { metric: extractor.score_name().into(), mean, std });
+        match (&options.reference, orig_features) {
+            (Reference::Stats(stats, label), _) => {
+                result.distance = Some(Distance { metric: extractor.metric_name().into(), value: frechet_distance(&recon.stats, stats)?, reference: label.clone() });
+            }
+            (Reference::Originals, Some(orig)) => {
+                let orig = orig.finish()?;
+                let value = frechet_distance(&recon.stats, &orig.stats)?;
+                result.distance = Some(Distance { metric: extractor.metric_name().into(), value, reference: "the evaluated originals".into() });
+                if let (Some(a), Some(b)) = (&recon.features, &orig.features) {
+                    let (mean, std, _) = kernel_inception_distance(a, b, extractor.dim(), 100, 1000)?;
+                    result.kid = Some((mean, std));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(result)
+}
+

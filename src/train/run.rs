@@ -1,0 +1,584 @@
+//! The run scaffolding both trainers share: the run folder and its lock, the state a checkpoint
+//! holds (step, random stream, configuration, time), checkpoint / resume / pruning, the training
+//! loop with its schedule of logging, grids and checkpoints, progress, stopping on a non-finite
+//! loss or a signal, and the final checkpoint, grid, exports and curves.
+//!
+//! A trainer ([`Trainer`]) brings only its own parts — models, optimizers, data and one optimizer
+//! step — and its recipe ([`Recipe`]) says how runs of it are named, scheduled and resumed.
+//!
+//! Every random draw of a step comes from the one [`Rng`] the run keeps and stores in each
+//! checkpoint, and the data order is a function of (seed, epoch), so `--resume` continues bit
+//! for bit.
+
+use super::checkpoint::CheckpointStore;
+use super::monitor::{MetricsLog, plot_metrics};
+use super::session::{self, RunLock, Start, TrainingSignals};
+use crate::io::{step_progress, write_atomic};
+use crate::rng::Rng;
+use anyhow::{Context, Result, anyhow};
+use burn::prelude::*;
+use indicatif::ProgressBar;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The schedule options every recipe has (its `[run]` table).
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// Seed of initialisation, random draws and data order.
+    pub seed: u64,
+    /// Epochs of the learning-rate schedule.
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (0: all `epochs`).
+    pub max_steps: usize,
+    /// Checkpoint every N steps (and at the end).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept.
+    pub keep_checkpoints: usize,
+    /// Grid every N steps (0: only at the end).
+    pub sample_every: usize,
+    /// Metrics line every N steps.
+    pub log_every: usize,
+    /// CPU threads.
+    pub threads: Option<usize>,
+    /// Compute device (`cpu`, `vulkan`, `cuda`).
+    pub device: String,
+}
+
+/// The training batches of a run and its stream of them: shuffled by (seed, epoch), flipped when
+/// `data.flip`, the last incomplete batch dropped and each epoch a whole number of optimizer
+/// steps of `accum` micro-batches (the reference drops the incomplete global batch).
+pub struct TrainingBatches {
+    /// The batches.
+    pub loader: crate::data::Loader,
+    /// Micro-batches per optimizer step.
+    pub accum: usize,
+    stream: Option<crate::data::BatchStream>,
+}
+
+impl TrainingBatches {
+    /// Batches of `batch_size` images of `dataset` (opened from `spec`) at `image_size` px.
+    pub fn new(
+        dataset: &std::sync::Arc<dyn crate::data::Dataset>,
+        spec: &crate::data::DataSpec,
+        data: &super::config::DataOptions,
+        (batch_size, accum): (usize, usize),
+        image_size: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let config = crate::data::LoaderConfig {
+            batch_size,
+            image_size,
+            seed,
+            shuffle: true,
+            flip: data.flip,
+            drop_last: true,
+            workers: data.workers,
+            prefetch: data.prefetch,
+        };
+        let loader = crate::data::Loader::new(dataset.clone(), config)?.with_step_multiple(accum);
+        if loader.steps_per_epoch() < accum {
+            anyhow::bail!("{spec}: {} images make fewer than one optimizer step of {batch_size}×{accum} images", dataset.len());
+        }
+        Ok(Self { loader, accum, stream: None })
+    }
+
+    /// Optimizer steps per epoch.
+    pub fn steps_per_epoch(&self) -> usize {
+        self.loader.steps_per_epoch() / self.accum
+    }
+
+    /// Images of one optimizer step.
+    pub fn images_per_step(&self) -> usize {
+        self.loader.config().batch_size * self.accum
+    }
+
+    /// `(epoch, batch in the epoch)` of micro-batch `micro`, counted from the start of training.
+    pub fn position(&self, micro: usize) -> (usize, usize) {
+        let spe = self.loader.steps_per_epoch();
+        (micro / spe, micro % spe)
+    }
+
+    /// Starts decoding ahead from the first micro-batch of optimizer step `step`.
+    pub fn start_stream(&mut self, step: usize) {
+        let (epoch, k) = self.position(step * self.accum);
+        self.stream = Some(self.loader.stream(epoch, k));
+    }
+
+    /// The stream, taken for one step (give it back with [`restore_stream`](Self::restore_stream)).
+    pub fn take_stream(&mut self) -> Option<crate::data::BatchStream> {
+        self.stream.take()
+    }
+
+    /// Gives the stream back after a step.
+    pub fn restore_stream(&mut self, stream: Option<crate::data::BatchStream>) {
+        self.stream = stream;
+    }
+}
+
+/// Implements [`Recipe`] for a configuration with `load` and `validate` methods and a `run` field
+/// holding the [`Schedule`] options by the same names.
+macro_rules! recipe {
+    ($config:ty, $command:literal, [$($resumable:literal),* $(,)?]) => {
+        impl $crate::train::run::Recipe for $config {
+            const COMMAND: &'static str = $command;
+            const RESUMABLE: &'static [&'static str] = &[$($resumable),*];
+
+            fn load(spec: &str, overrides: &[String]) -> anyhow::Result<Self> {
+                <$config>::load(spec, overrides)
+            }
+
+            fn validate(&self) -> Result<(), String> {
+                <$config>::validate(self)
+            }
+
+            fn schedule(&self) -> $crate::train::run::Schedule {
+                let r = &self.run;
+                $crate::train::run::Schedule {
+                    seed: r.seed,
+                    epochs: r.epochs,
+                    max_steps: r.max_steps,
+                    checkpoint_every: r.checkpoint_every,
+                    keep_checkpoints: r.keep_checkpoints,
+                    sample_every: r.sample_every,
+                    log_every: r.log_every,
+                    threads: r.threads,
+                    device: r.device.clone(),
+                }
+            }
+
+            fn run_table(&self) -> anyhow::Result<toml::Value> {
+                Ok(toml::Value::try_from(&self.run)?)
+            }
+
+            fn set_run_table(&mut self, table: toml::Value) -> anyhow::Result<()> {
+                self.run = table.try_into().map_err(|e| anyhow::anyhow!("[run]: {e}"))?;
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use recipe;
+
+/// A recipe: the configuration of one kind of training run.
+pub trait Recipe: Clone + Serialize + DeserializeOwned {
+    /// The `rectok train` subcommand of such runs (`tokenizer`, `generator`).
+    const COMMAND: &'static str;
+    /// Options that may change when resuming (`section.key`): they leave the trajectory as it is.
+    const RESUMABLE: &'static [&'static str];
+
+    /// Reads a built-in recipe or a TOML file, with `--set` overrides.
+    fn load(spec: &str, overrides: &[String]) -> Result<Self>;
+    /// Range and consistency checks, naming the option at fault.
+    fn validate(&self) -> Result<(), String>;
+    /// The schedule options.
+    fn schedule(&self) -> Schedule;
+    /// The `[run]` table, for the resume overrides.
+    fn run_table(&self) -> Result<toml::Value>;
+    /// Replaces the `[run]` table after the resume overrides.
+    fn set_run_table(&mut self, table: toml::Value) -> Result<()>;
+
+    /// Refuses `--set` overrides of options that would change a resumed run's trajectory.
+    fn check_resumable(overrides: &[String]) -> Result<()> {
+        for o in overrides {
+            let key = o.split('=').next().unwrap_or_default().trim();
+            if !Self::RESUMABLE.contains(&key) {
+                anyhow::bail!("`{o}`: only {} can change when resuming; the others would change the run", Self::RESUMABLE.join(", "));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `--set` overrides of options that may change on resume; any other is refused.
+    fn adjust_for_resume(&mut self, overrides: &[String]) -> Result<()> {
+        Self::check_resumable(overrides)?;
+        let mut table = toml::Table::new();
+        table.insert("run".into(), self.run_table()?);
+        for o in overrides {
+            super::config::apply_override(&mut table, o)?;
+        }
+        self.set_run_table(table.remove("run").expect("run"))
+    }
+}
+
+/// One step's values, as the run logs them.
+pub trait StepValues {
+    /// The metrics record's loss fields (step, epoch, lr and timing are added by the run).
+    fn record(&self) -> Map<String, Value>;
+    /// The progress bar's message.
+    fn progress(&self) -> String;
+    /// The log line when no progress bar is drawn.
+    fn summary(&self) -> String;
+}
+
+/// What stopped a step on purpose: a loss term or gradient norm that is NaN or infinite. The run
+/// saves the state before the step and reports it as [`TrainError::NonFinite`].
+#[derive(Debug, thiserror::Error)]
+#[error("the {term} is {value}")]
+pub struct NonFiniteValue {
+    /// The term (e.g. `KL loss`).
+    pub term: String,
+    /// Its value.
+    pub value: f64,
+}
+
+/// Fails with [`NonFiniteValue`] unless `value` is finite.
+pub fn check_finite(term: &str, value: f64) -> Result<()> {
+    if value.is_finite() {
+        return Ok(());
+    }
+    Err(NonFiniteValue { term: term.to_string(), value }.into())
+}
+
+/// Errors that stop a run on purpose.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A loss term became NaN or infinite.
+    #[error("the {term} is {value} at step {step} (epoch {epoch:.3}); the state before this step is saved in {checkpoint}")]
+    NonFinite {
+        /// The term.
+        term: String,
+        /// Its value.
+        value: f64,
+        /// The optimizer step being computed (1-based).
+        step: usize,
+        /// Fractional epoch.
+        epoch: f64,
+        /// The checkpoint written before stopping.
+        checkpoint: String,
+    },
+}
+
+/// How a run ended, for the trainer's summary.
+pub struct RunEnd<'a> {
+    /// The run folder.
+    pub run_dir: &'a Path,
+    /// Steps taken in total.
+    pub steps: usize,
+    /// Seconds of this session.
+    pub seconds: f64,
+    /// The final checkpoint.
+    pub checkpoint: &'a Path,
+    /// The final grid.
+    pub grid: &'a Path,
+    /// The metrics log.
+    pub metrics: &'a MetricsLog,
+}
+
+/// One kind of training: its models, optimizers, data and step.
+pub trait Trainer: Sized {
+    /// Its recipe.
+    type Config: Recipe;
+    /// One step's values.
+    type Values: StepValues;
+    /// What a finished run reports.
+    type Summary;
+    /// Metrics plotted into `loss.png`.
+    const PLOTTED: &'static [&'static str];
+    /// Title of `loss.png`.
+    const TITLE: &'static str;
+
+    /// Builds the parts of a run on `device` (with autodiff): from `checkpoint` when resuming,
+    /// else fresh, drawing initial parameters from `rng` (the run's stream, which training then
+    /// continues).
+    fn build(config: &Self::Config, run_dir: &Path, checkpoint: Option<&Path>, rng: &mut Rng, device: &Device) -> Result<Self>;
+    /// The training batches.
+    fn batches(&self) -> &TrainingBatches;
+    /// Optimizer steps per epoch.
+    fn steps_per_epoch(&self) -> usize {
+        self.batches().steps_per_epoch()
+    }
+    /// The learning rate of step `step` (0-based).
+    fn lr_at(&self, step: usize) -> f64;
+    /// Starts feeding batches from step `step` (and, for a fresh run, measures the untrained
+    /// model, appending to `metrics` what should be logged).
+    fn begin(&mut self, step: usize, fresh: bool, metrics: &MetricsLog) -> Result<()>;
+    /// One optimizer step (0-based `step`), drawing from `rng`. A non-finite value is a
+    /// [`NonFiniteValue`] error; no error may leave the parameters half-updated.
+    fn step(&mut self, step: usize, rng: &mut Rng) -> Result<Self::Values>;
+    /// Fields added to the metrics record of `step` (`last`: the run's last step); `bar` to
+    /// suspend for long work.
+    fn extra_record(&mut self, step: usize, last: usize, record: &mut Map<String, Value>, bar: &ProgressBar) -> Result<()>;
+    /// Writes the checkpoint files (the run writes `state.json`).
+    fn save(&self, dir: &Path) -> Result<()>;
+    /// Writes the sample grid to `path`.
+    fn save_grid(&self, path: &Path) -> Result<()>;
+    /// After the final checkpoint and grid: exports and the summary.
+    fn finish(&mut self, end: RunEnd<'_>) -> Result<Self::Summary>;
+}
+
+/// What a checkpoint's `state.json` holds besides the tensors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunState<C> {
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// The random stream after the last step.
+    pub rng: Rng,
+    /// The run's configuration.
+    pub config: C,
+    /// Training seconds so far (all sessions).
+    pub elapsed_s: f64,
+    /// `rectok` version that wrote it.
+    pub version: String,
+}
+
+/// Reads a checkpoint's `state.json`.
+pub fn read_state<C: DeserializeOwned>(checkpoint: &Path) -> Result<RunState<C>> {
+    let path = checkpoint.join("state.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: corrupt training state", path.display()))
+}
+
+/// A training run of `T` in its run folder.
+pub struct Run<T: Trainer> {
+    /// The run's configuration.
+    pub config: T::Config,
+    /// The trainer's parts.
+    pub trainer: T,
+    run_dir: PathBuf,
+    rng: Rng,
+    /// The random stream before the current step's draws (what a stopped step's checkpoint keeps).
+    rng_at_step_start: Rng,
+    step: usize,
+    elapsed_s: f64,
+    fresh: bool,
+    store: CheckpointStore,
+    metrics: MetricsLog,
+    _lock: RunLock,
+}
+
+impl<T: Trainer> Run<T> {
+    /// Starts a new run in `run_dir` (which must not hold a run with a checkpoint already). When
+    /// it fails to get going, what it wrote is removed again.
+    pub fn start(config: T::Config, run_dir: &Path) -> Result<Self> {
+        let created = !run_dir.exists();
+        let (lock, _) = session::open_run(run_dir, false, T::Config::COMMAND)?;
+        write_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
+        Self::open(config, run_dir, None, lock).inspect_err(|_| {
+            if created {
+                session::discard_unstarted(run_dir);
+            }
+        })
+    }
+
+    /// Continues the run in `run_dir` from its newest checkpoint (or starts it over when it
+    /// stopped before its first one), with `overrides` of the options that may change.
+    pub fn resume(run_dir: &Path, overrides: &[String]) -> Result<Self> {
+        T::Config::check_resumable(overrides)?;
+        let (lock, start) = session::open_run(run_dir, true, T::Config::COMMAND)?;
+        let (mut config, state) = match start {
+            Start::Resume(ckpt) => {
+                let state: RunState<T::Config> = read_state(&ckpt)?;
+                (state.config.clone(), Some((ckpt, state)))
+            }
+            Start::Restart(file) => (T::Config::load(&file.display().to_string(), &[])?, None),
+            Start::Fresh => unreachable!("open_run resumes or restarts"),
+        };
+        config.adjust_for_resume(overrides)?;
+        config.validate().map_err(|e| anyhow!("{}: {e}", run_dir.display()))?;
+        Self::open(config, run_dir, state, lock)
+    }
+
+    fn open(config: T::Config, run_dir: &Path, state: Option<(PathBuf, RunState<T::Config>)>, lock: RunLock) -> Result<Self> {
+        let schedule = config.schedule();
+        let choice: crate::device::DeviceChoice = schedule.device.parse().map_err(|e: String| anyhow!("run.device: {e}"))?;
+        crate::device::set_cpu_threads(schedule.threads);
+        let device = crate::device::select_device(choice).map_err(|e| anyhow!(e))?.autodiff();
+        let (checkpoint, mut rng, step, elapsed_s) = match &state {
+            Some((ckpt, s)) => {
+                tracing::info!("resuming {} from {} (step {})", run_dir.display(), ckpt.display(), s.step);
+                (Some(ckpt.as_path()), s.rng.clone(), s.step, s.elapsed_s)
+            }
+            None => (None, Rng::seed_from(schedule.seed), 0, 0.0),
+        };
+        let trainer = T::build(&config, run_dir, checkpoint, &mut rng, &device)?;
+        let metrics = MetricsLog::open(run_dir, state.as_ref().map(|(_, s)| s.step))?;
+        Ok(Self {
+            store: CheckpointStore::new(run_dir, schedule.keep_checkpoints),
+            config,
+            trainer,
+            run_dir: run_dir.to_path_buf(),
+            rng_at_step_start: rng.clone(),
+            rng,
+            step,
+            elapsed_s,
+            fresh: state.is_none(),
+            metrics,
+            _lock: lock,
+        })
+    }
+
+    /// The run folder.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// Steps taken.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// Optimizer steps of the whole schedule.
+    pub fn total_steps(&self) -> usize {
+        self.trainer.steps_per_epoch() * self.config.schedule().epochs
+    }
+
+    /// Where this run stops: `max_steps` when set, else the end of the schedule.
+    pub fn last_step(&self) -> usize {
+        match self.config.schedule().max_steps {
+            0 => self.total_steps(),
+            m => m.min(self.total_steps()),
+        }
+    }
+
+    /// The fractional epoch at the start of step `step` (0-based).
+    pub fn epoch_at(&self, step: usize) -> f64 {
+        step as f64 / self.trainer.steps_per_epoch() as f64
+    }
+
+    /// The learning rate of step `step` (0-based).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        self.trainer.lr_at(step)
+    }
+
+    /// One optimizer step from the current state (starting the batch stream at the first call
+    /// made outside [`run`](Self::run)); on failure the state before the step is saved.
+    pub fn train_step(&mut self) -> Result<T::Values> {
+        self.rng_at_step_start = self.rng.clone();
+        match self.trainer.step(self.step, &mut self.rng) {
+            Ok(v) => {
+                self.step += 1;
+                Ok(v)
+            }
+            Err(e) => Err(self.save_after_failure(e)),
+        }
+    }
+
+    /// Prepares [`train_step`](Self::train_step) outside [`run`](Self::run) (benchmarks).
+    pub fn begin(&mut self) -> Result<()> {
+        self.trainer.begin(self.step, false, &self.metrics)
+    }
+
+    /// Writes a checkpoint of the current state; returns its folder.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        self.save_checkpoint_with(self.rng.clone())
+    }
+
+    fn save_checkpoint_with(&self, rng: Rng) -> Result<PathBuf> {
+        let state = RunState { step: self.step, rng, config: self.config.clone(), elapsed_s: self.elapsed_s, version: env!("CARGO_PKG_VERSION").into() };
+        self.store.save(self.step, |dir| {
+            self.trainer.save(dir)?;
+            write_atomic(&dir.join("state.json"), serde_json::to_string_pretty(&state)?.as_bytes())
+        })
+    }
+
+    /// A step failed: the state before it is intact (a step updates nothing before its last
+    /// check), so it is saved — unless the run's checkpoint of this step exists — and the error
+    /// says where and how to continue.
+    fn save_after_failure(&mut self, e: anyhow::Error) -> anyhow::Error {
+        let saved = match self.store.get(self.step) {
+            Some(existing) => Ok(existing),
+            None => self.save_checkpoint_with(self.rng_at_step_start.clone()),
+        };
+        if let Some(nf) = e.downcast_ref::<NonFiniteValue>() {
+            let checkpoint = match &saved {
+                Ok(p) => p.display().to_string(),
+                Err(err) => format!("(none: {err})"),
+            };
+            return TrainError::NonFinite { term: nf.term.clone(), value: nf.value, step: self.step + 1, epoch: self.epoch_at(self.step), checkpoint }.into();
+        }
+        match saved {
+            Ok(p) => e.context(format!(
+                "step {} failed; the state before it is saved in {} (continue with `rectok train {} --out {} --resume` once the cause is fixed)",
+                self.step + 1,
+                p.display(),
+                T::Config::COMMAND,
+                self.run_dir.display()
+            )),
+            Err(save) => e.context(format!("step {} failed, and saving the state before it failed too ({save:#})", self.step + 1)),
+        }
+    }
+
+    fn save_grid(&self) -> Result<PathBuf> {
+        let path = self.run_dir.join("samples").join(format!("step_{:08}.png", self.step));
+        self.trainer.save_grid(&path)?;
+        Ok(path)
+    }
+
+    /// Trains to the end (or `max_steps`): logs, grids and checkpoints on schedule, then the
+    /// final checkpoint, grid, exports and `loss.png`. Ctrl-C / SIGTERM stop after the current
+    /// step with a checkpoint ([`session::Interrupted`]).
+    pub fn run(&mut self) -> Result<T::Summary> {
+        let last = self.last_step();
+        let schedule = self.config.schedule();
+        let started = Instant::now();
+        self.trainer.begin(self.step, self.fresh, &self.metrics)?;
+        let bar = step_progress(last, self.step);
+        let images_per_step = self.trainer.batches().images_per_step() as f64;
+        let quiet_every = (last / 20).max(schedule.log_every);
+        let mut window = (Instant::now(), self.step);
+        let signals = TrainingSignals::install();
+        while self.step < last {
+            if let Some(signal) = signals.requested() {
+                bar.finish_and_clear();
+                let checkpoint = match self.store.get(self.step) {
+                    Some(existing) => existing,
+                    None => self.save_checkpoint()?,
+                };
+                let resume = format!("rectok train {} --out {} --resume", T::Config::COMMAND, self.run_dir.display());
+                return Err(signals.interrupted(signal, self.step, &checkpoint, resume).into());
+            }
+            let t0 = Instant::now();
+            let v = self.train_step()?;
+            self.elapsed_s += t0.elapsed().as_secs_f64();
+            let step = self.step;
+            let lr = self.lr_at(step - 1);
+            let img_s = images_per_step * (step - window.1) as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+            bar.set_position(step as u64);
+            bar.set_message(format!("{} | {img_s:.1} img/s", v.progress()));
+            let mut extra = Map::new();
+            self.trainer.extra_record(step, last, &mut extra, &bar)?;
+            if step % schedule.log_every == 0 || step == last || !extra.is_empty() {
+                let mut record = Map::new();
+                record.insert("step".into(), step.into());
+                record.insert("epoch".into(), self.epoch_at(step).into());
+                record.insert("lr".into(), lr.into());
+                record.extend(v.record());
+                record.insert("images_per_s".into(), img_s.into());
+                record.insert("elapsed_s".into(), self.elapsed_s.into());
+                record.extend(extra);
+                self.metrics.append(&record)?;
+                window = (Instant::now(), step);
+            }
+            if bar.is_hidden() && (step % quiet_every == 0 || step == last) {
+                tracing::info!("step {step}/{last} epoch {:.2} lr {lr:.2e}: {}, {img_s:.1} img/s", self.epoch_at(step), v.summary());
+            }
+            if schedule.sample_every > 0 && step % schedule.sample_every == 0 {
+                self.save_grid()?;
+            }
+            if step % schedule.checkpoint_every == 0 && step != last {
+                self.save_checkpoint()?;
+            }
+        }
+        // From here on a signal ends the process at once: the final checkpoint comes first.
+        drop(signals);
+        bar.finish_and_clear();
+        let checkpoint = self.save_checkpoint()?;
+        let grid = self.save_grid()?;
+        let summary = self.trainer.finish(RunEnd {
+            run_dir: &self.run_dir,
+            steps: self.step,
+            seconds: started.elapsed().as_secs_f64(),
+            checkpoint: &checkpoint,
+            grid: &grid,
+            metrics: &self.metrics,
+        })?;
+        let plot = self.run_dir.join("loss.png");
+        if let Err(e) = plot_metrics(&self.metrics.read()?, T::PLOTTED, T::TITLE, &plot) {
+            tracing::warn!("no loss plot: {e}");
+        }
+        Ok(summary)
+    }
+}
