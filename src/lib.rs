@@ -17,7 +17,7 @@
 //! by several networks live in [`nn`]. The command-line front end is in [`cli`].
 
 pub mod cli;
-pub mod config_json;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;

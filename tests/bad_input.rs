@@ -4,32 +4,15 @@
 //! training: Ctrl-C / SIGTERM save and resume exactly, a locked run folder, a run that died
 //! before its first checkpoint, and the leftovers of kills during pruning and metrics writes.
 
+mod common;
+
 use burn::tensor::TensorData;
+use common::{converted_tokenizer, fixture, losses, rectok, run, stderr, wait_for};
 use rectok::metrics::fid::{FeatureStats, write_npz};
-use rectok::train::monitor::read_metrics;
 use rectok::weights::{StateDict, write_safetensors};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-fn rectok() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rectok"));
-    c.env("RUST_LOG", "warn").stdin(Stdio::null());
-    c
-}
-
-fn run(args: &[String]) -> Output {
-    rectok().args(args).output().expect("run rectok")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
+use std::process::{Command, Stdio};
 
 /// Every file under `dir` with its bytes (the corpus checks that nothing changes).
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -67,17 +50,7 @@ impl Workspace {
         let ws = Self { dir };
         let p = |n: &str| ws.dir.path().join(n);
         // A self-describing tiny tokenizer (config and statistics in its metadata).
-        let o = run(&[
-            "convert".into(),
-            fixture("tiny_rectok.pth").to_str().unwrap().into(),
-            ws.path("tok.safetensors"),
-            "--config".into(),
-            fixture("tiny_config.json").to_str().unwrap().into(),
-            "--latent-stats".into(),
-            fixture("tiny_stats.safetensors").to_str().unwrap().into(),
-            "--inference-only".into(),
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        converted_tokenizer(ws.dir.path(), "tok.safetensors", &["--latent-stats", fixture("tiny_stats.safetensors").to_str().unwrap(), "--inference-only"]);
         // The same tokenizer with one NaN weight.
         let sd = StateDict::open(&p("tok.safetensors"), Default::default()).unwrap();
         let mut tensors = Vec::new();
@@ -218,8 +191,8 @@ fn every_command_refuses_its_bad_inputs_cleanly() {
             c(&["generate"], &with(&with(&tok, &gen_args), &s(&["-o", &w("a_file")])), "not a folder"),
             c(&["generate"], &with(&tok, &s(&["--generator", &w("tok.safetensors"), "-o", &out])), "tok.safetensors"),
             // stats
-            c(&["stats"], &enc(&s(&["--data", &w("imgs"), "-o", &w("out/s.safetensors"), "--limit", "0"])), "--limit"),
-            c(&["stats"], &enc(&s(&["--data", &w("imgs"), "-o", &w("tok.safetensors")])), "tok.safetensors"),
+            c(&["latent-stats"], &enc(&s(&["--data", &w("imgs"), "-o", &w("out/s.safetensors"), "--limit", "0"])), "--limit"),
+            c(&["latent-stats"], &enc(&s(&["--data", &w("imgs"), "-o", &w("tok.safetensors")])), "tok.safetensors"),
             // convert
             c(&["convert"], &s(&[&w("tok.safetensors"), &w("tok.safetensors")]), "tok.safetensors"),
             c(&["convert"], &s(&[&w("nan_weights.safetensors"), &w("out/c.safetensors")]), "NaN"),
@@ -364,24 +337,6 @@ fn generator_run(tok: &str, out: &Path, extra: &[&str]) -> Command {
         .args(["--set", "sample.grid_per_class=1", "--set", "sample.grid_classes=2"])
         .args(extra);
     c
-}
-
-/// The logged losses of a run, without the timing fields.
-fn losses(run: &Path) -> Vec<Vec<(String, String)>> {
-    read_metrics(&run.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .map(|r| r.into_iter().filter(|(k, _)| k != "images_per_s" && k != "elapsed_s").map(|(k, v)| (k, v.to_string())).collect())
-        .collect()
-}
-
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool, child: &mut std::process::Child) {
-    let t0 = Instant::now();
-    while !ready() {
-        assert!(t0.elapsed() < Duration::from_secs(300), "{what} never happened");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn signal(child: &std::process::Child, name: &str) {

@@ -12,9 +12,8 @@ use rectok::weights::tokenizer::{TokenizerLoadOptions, load_latent_stats, load_t
 use rectok::weights::{CheckpointEntry, StateDict, WeightsError};
 use std::path::{Path, PathBuf};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
+mod common;
+use common::fixture;
 
 fn tiny_config() -> RecTokConfig {
     RecTokConfig::from_json(&std::fs::read_to_string(fixture("tiny_config.json")).unwrap()).unwrap()

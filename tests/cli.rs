@@ -4,23 +4,10 @@
 
 use rectok::weights::{CheckpointEntry, StateDict};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-fn rectok(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rectok")).args(args).env("RUST_LOG", "warn").output().expect("run rectok")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
+mod common;
+use common::{fixture, run as rectok, stderr, stdout};
 
 /// A failed run: non-zero exit, one `error:` line naming `needle`, no panic.
 fn assert_clean_error(o: &Output, needle: &str) {

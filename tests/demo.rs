@@ -1,13 +1,8 @@
 //! The embedded default end to end: `rectok demo --quick` trains, samples, evaluates and writes
 //! its report; `rectok ablate --quick` runs two variants side by side and writes the table.
 
-use std::process::Command;
-
-fn rectok() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rectok"));
-    c.env("RUST_LOG", "warn");
-    c
-}
+mod common;
+use common::rectok;
 
 #[test]
 fn quick_demo_writes_a_report_with_real_numbers() {

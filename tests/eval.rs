@@ -10,7 +10,9 @@ use rectok::metrics::numpy_rng::legacy_permutation;
 use rectok::metrics::fid::kernel_inception_distance;
 use rectok::weights::write_safetensors;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+mod common;
+use common::rectok;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fid").join(name)
@@ -193,12 +195,6 @@ fn inception_features_match_torch_fidelity_on_fixed_random_weights() {
     write_safetensors(&partial, tensors, Default::default()).unwrap();
     let err = format!("{:#}", Extractor::load(&format!("inception:{}", partial.display()), &device).err().unwrap());
     assert!(err.contains("Mixed_6c.branch7x7_2.bn.running_var") && err.contains("partial.safetensors"), "{err}");
-}
-
-fn rectok() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rectok"));
-    c.env("RUST_LOG", "warn");
-    c
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! `rectok stats` and `rectok generate` end to end on the tiny tokenizer, with small random
+//! `rectok latent-stats` (called by its alias `stats`) and `rectok generate` end to end on the tiny tokenizer, with small random
 //! DiT^DH generators (CFG, AutoGuidance, Heun), and their bad inputs.
 
 use burn::prelude::*;
@@ -8,15 +8,10 @@ use rectok::rng::Rng;
 use rectok::weights::generator::save_generator;
 use rectok::weights::{CheckpointEntry, StateDict};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-fn rectok(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rectok")).args(args).env("RUST_LOG", "warn").output().expect("run rectok")
-}
+mod common;
+use common::{fixture, run as rectok};
 
 fn ok(o: Output) -> Output {
     assert!(o.status.success(), "rectok failed: {}", String::from_utf8_lossy(&o.stderr));
@@ -39,7 +34,7 @@ fn tiny_generator(dir: &Path, name: &str, seed: u64, channels: usize) -> PathBuf
     path
 }
 
-/// The tiny tokenizer with statistics computed by `rectok stats` over the fixture photos.
+/// The tiny tokenizer with statistics computed by `rectok latent-stats` over the fixture photos.
 fn tokenizer_with_stats(dir: &Path) -> PathBuf {
     let stats = dir.join("stats.safetensors");
     let o = ok(rectok(&[
@@ -146,6 +141,6 @@ fn generate_rejects_bad_input_before_any_work() {
     a[2] = fixture("tiny_rectok.pth").to_str().unwrap().into();
     a.extend(["--config".into(), fixture("tiny_config.json").to_str().unwrap().into()]);
     let o = rectok(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(error_line(&o).contains("rectok stats"));
+    assert!(error_line(&o).contains("rectok latent-stats"));
     assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none(), "nothing written");
 }

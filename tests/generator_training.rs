@@ -3,32 +3,14 @@
 //! interrupted latent cache is completed to the same bytes, and the exported generator and
 //! tokenizer (with its statistics) sample with `rectok generate` and `rectok eval generator`.
 
-use rectok::train::monitor::read_metrics;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-fn rectok() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rectok"));
-    c.env("RUST_LOG", "warn");
-    c
-}
+use common::{converted_tokenizer, kill_after_first_checkpoint, losses, rectok};
+use std::path::{Path, PathBuf};
 
 /// The fixture tokenizer as a self-describing file (its config is not inferable from the .pth).
 fn tokenizer(dir: &Path) -> PathBuf {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let out = dir.join("tokenizer.safetensors");
-    let o = rectok()
-        .arg("convert")
-        .arg(fixtures.join("tiny_rectok.pth"))
-        .arg(&out)
-        .arg("--config")
-        .arg(fixtures.join("tiny_config.json"))
-        .args(["--inference-only", "-q"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
+    converted_tokenizer(dir, "tokenizer.safetensors", &["--inference-only", "-q"])
 }
 
 const SMALL: &[&str] = &[
@@ -55,14 +37,6 @@ const SMALL: &[&str] = &[
     "--set",
     "sample.grid_per_class=2",
 ];
-
-fn losses(run: &Path) -> Vec<Vec<(String, String)>> {
-    read_metrics(&run.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .map(|r| r.into_iter().filter(|(k, _)| k != "images_per_s" && k != "elapsed_s").map(|(k, v)| (k, v.to_string())).collect())
-        .collect()
-}
 
 fn train(tok: &Path, out: &Path, extra: &[&str]) {
     let o = rectok().args(["train", "generator", "--config", "ditdh-tiny", "--tokenizer"]).arg(tok).arg("--out").arg(out).args(SMALL).args(extra).output().unwrap();
@@ -110,24 +84,9 @@ fn generator_training_learns_resumes_exactly_and_exports_a_usable_model() {
 
     // Kill -9 after the first checkpoint, then resume: the same losses, step for step.
     let killed = d.join("killed");
-    let mut child = rectok()
-        .args(["train", "generator", "--config", "ditdh-tiny", "--tokenizer"])
-        .arg(&tok)
-        .arg("--out")
-        .arg(&killed)
-        .args(SMALL)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !killed.join("checkpoints/latest").exists() {
-        assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let mut command = rectok();
+    command.args(["train", "generator", "--config", "ditdh-tiny", "--tokenizer"]).arg(&tok).arg("--out").arg(&killed).args(SMALL);
+    kill_after_first_checkpoint(command, &killed);
     assert!(!killed.join("generator.safetensors").exists());
     let o = rectok().args(["train", "generator", "--resume", "--out"]).arg(&killed).args(["--set", "optim.lr=1"]).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("can change when resuming"));

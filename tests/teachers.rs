@@ -7,11 +7,9 @@ use rectok::data::load_rgb8;
 use rectok::teacher::efficientnet::classifier_input;
 use rectok::teacher::{Dinov3Config, Teacher, TeacherSpec};
 use rectok::weights::{CheckpointEntry, StateDict};
-use std::path::{Path, PathBuf};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
+mod common;
+use common::fixture;
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec_as::<f32>().unwrap()

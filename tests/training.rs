@@ -17,18 +17,13 @@ use rectok::weights::tokenizer::{TokenizerLoadOptions, load_tokenizer};
 use rectok::weights::{CheckpointEntry, StateDict};
 use burn::prelude::*;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+mod common;
+use common::{kill_after_first_checkpoint, losses, rectok};
 
 fn config(recipe: &str, overrides: &[&str]) -> TokenizerTrainConfig {
     let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
     TokenizerTrainConfig::load(recipe, &o).expect("config")
-}
-
-fn rectok() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rectok"));
-    c.env("RUST_LOG", "warn");
-    c
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -91,14 +86,6 @@ const SMALL: &[&str] = &[
     "--set", "loss.gan_start_epoch=0",
 ];
 
-fn losses(run: &Path) -> Vec<Vec<(String, String)>> {
-    read_metrics(&run.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .map(|r| r.into_iter().filter(|(k, _)| k != "images_per_s" && k != "elapsed_s").map(|(k, v)| (k, v.to_string())).collect())
-        .collect()
-}
-
 #[test]
 fn a_killed_run_resumes_exactly_and_stage_two_trains_only_the_decoder() {
     let dir = tempfile::tempdir().unwrap();
@@ -112,22 +99,9 @@ fn a_killed_run_resumes_exactly_and_stage_two_trains_only_the_decoder() {
     assert_eq!(reference.len(), 24, "2 epochs of 12 optimizer steps");
 
     // Kill -9 as soon as the first checkpoint exists, then resume.
-    let mut child = rectok()
-        .args(["train", "tokenizer", "--config", "tiny", "--out"])
-        .arg(&killed)
-        .args(SMALL)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !killed.join("checkpoints/latest").exists() {
-        assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let mut command = rectok();
+    command.args(["train", "tokenizer", "--config", "tiny", "--out"]).arg(&killed).args(SMALL);
+    kill_after_first_checkpoint(command, &killed);
     assert!(!killed.join("tokenizer.safetensors").exists(), "the killed run must not have finished");
     let partial = losses(&killed).len();
     assert!(partial < 24, "killed after {partial} steps");

@@ -26,12 +26,12 @@ pub enum Which {
 #[derive(clap::Args, Debug)]
 pub struct TrainBench {
     /// Recipes to time: `tiny` (the full tiny step, batch 16: teacher, semantic decoder, pixel losses),
-    /// `rectok_b` (the reference's measured step: masking, flow noise, MSE + KL, backward and
-    /// AdamW, no teacher), `ditdh-tiny` (the tiny generator step, batch 32) and `ditdh_s` (the
+    /// `rectok-b` (the reference's measured step: masking, flow noise, MSE + KL, backward and
+    /// AdamW, no teacher), `ditdh-tiny` (the tiny generator step, batch 32) and `ditdh-s` (the
     /// reference's measured step: transport loss, backward, AdamW, EMA on cached latents).
-    #[arg(long, value_delimiter = ',', default_value = "tiny,rectok_b,ditdh-tiny,ditdh_s")]
+    #[arg(long, value_delimiter = ',', default_value = "tiny,rectok-b,ditdh-tiny,ditdh-s")]
     recipes: Vec<String>,
-    /// Batch sizes for rectok_b and ditdh_s (the tiny recipes use their own).
+    /// Batch sizes for rectok-b and ditdh-s (the tiny recipes use their own).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     batch_sizes: Vec<usize>,
     /// Timed steps per measurement (the median is reported), after one warm-up step.
@@ -84,14 +84,14 @@ fn run_train(args: TrainBench) -> Result<()> {
     println!("{:<10} {:>6} {:>10} {:>10} {:>12} {:>8}", "recipe", "batch", "s/step", "images/s", "reference s", "ratio");
     let mut record = serde_json::json!({"threads": rayon::current_num_threads(), "data_parallel": replicas});
     for recipe in &args.recipes {
-        let (key, name, batches): (&str, &str, Vec<usize>) = match recipe.as_str() {
+        let (key, name, batches): (&str, &str, Vec<usize>) = match crate::config::canonical_name(recipe).as_str() {
             "tiny" => ("tiny", "tiny", vec![0]),
-            "rectok_b" | "rectok-b" => ("rectok_b", "rectok-b-stage1", args.batch_sizes.clone()),
-            "ditdh-tiny" | "ditdh_tiny" => {
+            "rectok-b" => ("rectok_b", "rectok-b-stage1", args.batch_sizes.clone()),
+            "ditdh-tiny" => {
                 bench_generator_step("ditdh-tiny", "ditdh-tiny", 0, iters, &dp, &reference, &mut record)?;
                 continue;
             }
-            "ditdh_s" | "ditdh-s" => {
+            "ditdh-s" => {
                 for &b in &args.batch_sizes {
                     bench_generator_step("ditdh_s", "ditdh-s", b, iters, &dp, &reference, &mut record)?;
                 }

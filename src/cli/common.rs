@@ -1,13 +1,13 @@
 //! Options and helpers shared by several subcommands.
 
-use crate::data::transforms::{center_crop_arr, images_to_tensor};
+use crate::data::transforms::center_crop_arr;
 use crate::data::{ImageSource, list_images, load_rgb8};
 use crate::device::{DeviceChoice, select_device, set_cpu_threads};
 use crate::tokenizer::{RecTok, RecTokConfig};
 use crate::weights::CheckpointEntry;
 use crate::weights::tokenizer::{TokenizerLoadOptions, load_latent_stats, load_tokenizer};
 use crate::io::Inputs;
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use burn::prelude::*;
 use image::RgbImage;
 use rayon::prelude::*;
@@ -94,20 +94,15 @@ pub struct TokenizerArgs {
     /// Latent statistics (safetensors with `mean` and `std`), overriding those in the checkpoint.
     #[arg(long, value_name = "FILE")]
     pub latent_stats: Option<PathBuf>,
-    /// Model configuration: a preset name (rectok_b) or a JSON file; default: from the file.
+    /// Model configuration: a preset (rectok-b, rectok-b-head, tiny) or a JSON / TOML file;
+    /// default: from the checkpoint.
     #[arg(long, value_name = "PRESET|JSON")]
     pub config: Option<String>,
 }
 
-/// Resolves `--config`.
+/// Resolves `--config`: a tokenizer preset or a configuration file (see [`crate::config`]).
 pub fn parse_config(spec: &str) -> Result<RecTokConfig> {
-    match spec {
-        "rectok_b" | "rectok-b" => Ok(RecTokConfig::rectok_b()),
-        path => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("{path}: not a preset name (rectok_b) nor a readable JSON file"))?;
-            RecTokConfig::from_json(&text).map_err(|e| anyhow!("{path}: invalid tokenizer configuration: {e}"))
-        }
-    }
+    RecTokConfig::parse(spec).map_err(|e| anyhow!("--config {e}"))
 }
 
 impl TokenizerArgs {
@@ -162,6 +157,8 @@ pub struct InputImages {
     pub sources: Vec<ImageSource>,
     /// Non-image files found in folders (skipped).
     pub skipped_non_images: Vec<PathBuf>,
+    /// Whether they come from a folder (an unreadable one is then skipped, not an error).
+    pub from_folder: bool,
 }
 
 /// Lists `input`, warning about non-image files.
@@ -171,60 +168,53 @@ pub fn input_images(input: &Path) -> Result<InputImages> {
         tracing::warn!("{}: not an image file, skipped", p.display());
     }
     if sources.is_empty() {
-        return Err(anyhow!("{}: no images found (looked for .png, .jpg, .jpeg, .webp)", input.display()));
+        return Err(anyhow!("{}: no images found (looked for .png, .jpg, .jpeg, .webp, in any case)", input.display()));
     }
-    Ok(InputImages { sources, skipped_non_images: others })
+    Ok(InputImages { sources, skipped_non_images: others, from_folder: input.is_dir() })
 }
 
-/// A decoded, preprocessed batch: names, the [-1, 1] tensor and the 8-bit crops.
-pub struct Batch {
-    /// Output names.
-    pub names: Vec<String>,
-    /// `(B, 3, S, S)` in [-1, 1].
-    pub tensor: Tensor<4>,
-}
-
-/// Loads and center-crops a batch on the worker threads. Unreadable images are skipped with a
-/// warning when `skip_bad` (folder input), else they are errors.
-pub fn load_batch(sources: &[ImageSource], size: usize, skip_bad: bool, skipped: &mut Vec<PathBuf>, device: &Device) -> Result<Option<Batch>> {
-    let loaded: Vec<(usize, Result<RgbImage>)> = sources
-        .par_iter()
-        .enumerate()
-        .map(|(i, s)| (i, load_rgb8(&s.path).map(|img| center_crop_arr(&img, size))))
-        .collect();
-    let mut names = Vec::new();
-    let mut images = Vec::new();
-    for (i, r) in loaded {
-        match r {
-            Ok(img) => {
-                names.push(sources[i].name.clone());
-                images.push(img);
+impl InputImages {
+    /// The images in batches of `batch_size`, decoded on worker threads and center-cropped to
+    /// `crop` px (the reference's `center_crop_arr`) when given, with a progress bar labelled
+    /// `what`: `f(names, images)` per batch. In a folder an unreadable image is skipped with a
+    /// warning and counted in the summary at the end; given directly it is an error. Returns
+    /// the number of images processed.
+    pub fn for_each_batch(&self, batch_size: usize, crop: Option<usize>, what: &str, mut f: impl FnMut(Vec<String>, Vec<RgbImage>) -> Result<()>) -> Result<usize> {
+        let bar = progress(self.sources.len(), what);
+        let mut unreadable = Vec::new();
+        let mut done = 0;
+        for chunk in self.sources.chunks(batch_size) {
+            let loaded: Vec<Result<RgbImage>> =
+                chunk.par_iter().map(|s| load_rgb8(&s.path).map(|img| if let Some(size) = crop { center_crop_arr(&img, size) } else { img })).collect();
+            let (mut names, mut images) = (Vec::new(), Vec::new());
+            for (source, r) in chunk.iter().zip(loaded) {
+                match r {
+                    Ok(img) => {
+                        names.push(source.name.clone());
+                        images.push(img);
+                    }
+                    Err(e) if self.from_folder => {
+                        bar.suspend(|| tracing::warn!("{e:#}; skipped"));
+                        unreadable.push(source.path.clone());
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            Err(e) if skip_bad => {
-                tracing::warn!("{e:#}; skipped");
-                skipped.push(sources[i].path.clone());
+            if !images.is_empty() {
+                done += images.len();
+                bar.suspend(|| f(names, images))?;
             }
-            Err(e) => return Err(e),
+            bar.inc(chunk.len() as u64);
         }
+        bar.finish_and_clear();
+        if !self.skipped_non_images.is_empty() || !unreadable.is_empty() {
+            tracing::warn!("skipped {} non-image file(s) and {} unreadable image(s)", self.skipped_non_images.len(), unreadable.len());
+        }
+        Ok(done)
     }
-    if images.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(Batch { names, tensor: images_to_tensor(&images, device) }))
 }
 
 pub use crate::io::progress;
-
-/// The summary line about skipped files.
-pub fn report_skipped(non_images: &[PathBuf], unreadable: &[PathBuf]) {
-    if !non_images.is_empty() || !unreadable.is_empty() {
-        tracing::warn!(
-            "skipped {} non-image file(s) and {} unreadable image(s)",
-            non_images.len(),
-            unreadable.len()
-        );
-    }
-}
 
 /// `--generator` and how to read it.
 #[derive(clap::Args, Debug, Clone)]
@@ -285,6 +275,27 @@ pub fn load_generator_for(
         t.elapsed().as_secs_f64()
     );
     Ok(model)
+}
+
+/// `--steps`, `--sampler`, `--seed`: how latents are sampled.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Time-grid points (N points = N − 1 Euler steps; the official evaluation uses 150).
+    #[arg(long, default_value_t = 150)]
+    pub steps: usize,
+    /// ODE integrator.
+    #[arg(long, default_value = "euler")]
+    pub sampler: crate::generator::Integrator,
+    /// Seed of the initial noise: sample i always gets the same noise for a seed, at any batch size.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    /// `--steps` is 2 to 10,000.
+    pub fn validate(&self) -> Result<()> {
+        check_steps(self.steps)
+    }
 }
 
 /// `--guide`, `--cfg`, `--cfg-interval`: how sampling is guided.
@@ -359,7 +370,7 @@ pub fn require_latent_stats(tokenizer: &RecTok, args: &TokenizerArgs) -> Result<
     let t = args.tokenizer.display();
     Err(anyhow!(
         "{t}: the tokenizer carries no latent statistics, and the DiT samples normalised latents. The \
-         reference recomputes them over its training set; compute them once with `rectok stats \
+         reference recomputes them over its training set; compute them once with `rectok latent-stats \
          --tokenizer {t} --data IMAGES --output stats.safetensors` and pass --latent-stats \
          stats.safetensors (or store them with `rectok convert --latent-stats`)"
     ))

@@ -86,7 +86,7 @@ pub fn run(args: Args) -> Result<()> {
         args.output.display(),
         report.applied,
         if report.ignored > 0 { format!(", {} training-only tensors dropped", report.ignored) } else { String::new() },
-        if model.stats.is_some() { "stored" } else { "none (compute them with `rectok stats`)" }
+        if model.stats.is_some() { "stored" } else { "none (compute them with `rectok latent-stats`)" }
     );
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `rectok encode`: images → latents.
 
-use super::common::{DeviceArgs, TokenizerArgs, check_output_file, input_images, load_batch, progress, report_skipped, require_batch_size};
+use super::common::{DeviceArgs, TokenizerArgs, check_output_file, input_images, require_batch_size};
+use crate::data::transforms::images_to_tensor;
 use crate::io::Inputs;
 use crate::rng::Rng;
 use crate::weights::write_safetensors;
@@ -52,18 +53,11 @@ pub fn run(args: Args) -> Result<()> {
         tracing::info!("the tokenizer carries no latent statistics: writing raw (un-normalised) latents");
     }
     let size = model.config.img_size;
-    let folder = args.input.is_dir();
     let mut rng = Rng::seed_from(args.seed);
-    let mut unreadable = Vec::new();
     let mut out: Vec<(String, TensorData)> = Vec::new();
-    let pb = progress(inputs.sources.len(), "encode");
-    for chunk in inputs.sources.chunks(args.batch_size) {
-        let Some(batch) = load_batch(chunk, size, folder, &mut unreadable, &device)? else {
-            pb.inc(chunk.len() as u64);
-            continue;
-        };
-        let b = batch.names.len();
-        let posterior = model.posterior(batch.tensor);
+    inputs.for_each_batch(args.batch_size, Some(size), "encode", |names, images| {
+        let b = names.len();
+        let posterior = model.posterior(images_to_tensor(&images, &device));
         let z = if args.sample {
             let eps = rng.normal_tensor([b, model.config.seq_len(), model.token_channels()], &device);
             posterior.sample(eps)
@@ -74,16 +68,14 @@ pub fn run(args: Args) -> Result<()> {
         let grid = model.tokens_to_grid(z);
         let [_, c, h, w] = grid.dims();
         let values: Vec<f32> = grid.into_data().try_into_vec_as::<f32>().expect("f32 latents");
-        if let Some(i) = (0..batch.names.len()).find(|&i| values[i * c * h * w..(i + 1) * c * h * w].iter().any(|v| !v.is_finite())) {
-            bail!("the latents of `{}` hold NaN or infinite values (the tokenizer's weights or input diverged); nothing was written", batch.names[i]);
+        if let Some(i) = (0..b).find(|&i| values[i * c * h * w..(i + 1) * c * h * w].iter().any(|v| !v.is_finite())) {
+            bail!("the latents of `{}` hold NaN or infinite values (the tokenizer's weights or input diverged); nothing was written", names[i]);
         }
-        for (i, name) in batch.names.into_iter().enumerate() {
-            let one = values[i * c * h * w..(i + 1) * c * h * w].to_vec();
-            out.push((name, TensorData::new(one, [c, h, w])));
+        for (i, name) in names.into_iter().enumerate() {
+            out.push((name, TensorData::new(values[i * c * h * w..(i + 1) * c * h * w].to_vec(), [c, h, w])));
         }
-        pb.inc(chunk.len() as u64);
-    }
-    pb.finish_and_clear();
+        Ok(())
+    })?;
     if out.is_empty() {
         bail!("{}: none of the images could be read", args.input.display());
     }
@@ -94,7 +86,6 @@ pub fn run(args: Args) -> Result<()> {
     meta.insert("rectok.tokenizer".to_string(), args.tokenizer.tokenizer.display().to_string());
     let n = out.len();
     write_safetensors(&args.output, out, meta)?;
-    report_skipped(&inputs.skipped_non_images, &unreadable);
     tracing::info!("wrote {n} latents to {}", args.output.display());
     Ok(())
 }

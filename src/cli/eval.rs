@@ -2,17 +2,15 @@
 //! distribution-distance tools they are built on.
 
 use super::common::{
-    DeviceArgs, GeneratorArgs, GuidanceArgs, TokenizerArgs, check_output_file, check_output_folder, check_steps, input_images, load_generator_for,
-    progress, report_skipped, require_batch_size, require_latent_stats,
+    DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, check_output_file, check_output_folder, input_images, load_generator_for,
+    progress, require_batch_size, require_latent_stats,
 };
 use crate::io::Inputs;
-use crate::data::{DataSpec, Loader, Split, load_rgb8, open_dataset};
-use crate::generator::Integrator;
+use crate::data::{DataSpec, Loader, Split, open_dataset};
 use crate::metrics::extractor::Extractor;
 use crate::metrics::fid::{FeatureStats, StatsAccumulator, frechet_distance, read_npz, write_npz};
 use crate::eval::{GeneratorEvalOptions, Reference, TokenizerEvalOptions, evaluate_generator, evaluate_tokenizer};
 use anyhow::{Result, anyhow, bail};
-use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 /// Evaluation commands.
@@ -82,15 +80,8 @@ pub struct GeneratorEvalArgs {
     /// Number of samples; sample i gets class i mod classes (official: 50,000 = 50 per class).
     #[arg(long, default_value_t = 50_000)]
     num_samples: usize,
-    /// Time-grid points (N points = N − 1 Euler steps; official: 150).
-    #[arg(long, default_value_t = 150)]
-    steps: usize,
-    /// ODE integrator.
-    #[arg(long, default_value = "euler")]
-    sampler: Integrator,
-    /// Seed of the initial noise.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     #[arg(long, default_value = "effnet", help = EXTRACTOR_HELP)]
     extractor: String,
     /// Reference statistics (`.npz` with `mu`, `sigma`; official: ADM's adm_in256_stats.npz).
@@ -246,7 +237,7 @@ fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
 }
 
 fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
-    check_steps(a.steps)?;
+    a.sampling.validate()?;
     require_batch_size(a.batch_size)?;
     if !(2..=10_000_000).contains(&a.num_samples) {
         bail!("--num-samples must be between 2 and 10000000, got {}", a.num_samples);
@@ -288,10 +279,10 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
     let guide = a.guidance.load_guide(g.generator_entry.clone(), &tokenizer, &net, &device)?;
     let options = GeneratorEvalOptions {
         num_samples: a.num_samples,
-        steps: a.steps,
-        integrator: a.sampler,
+        steps: a.sampling.steps,
+        integrator: a.sampling.sampler,
         guidance: a.guidance.guidance(guide.as_ref()),
-        seed: a.seed,
+        seed: a.sampling.seed,
         batch_size: a.batch_size,
         extractor: &extractor,
         reference: reference.as_ref().map(|(s, l)| (s, l.clone())),
@@ -326,7 +317,7 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
     }
     rows.push((r.score.metric.clone(), format!("{:.3} ± {:.3}", r.score.mean, r.score.std)));
     print_table(
-        &format!("generator {} ({} grid points, {:?}, cfg {})", g.generator.display(), a.steps, a.sampler, a.guidance.cfg),
+        &format!("generator {} ({} grid points, {:?}, cfg {})", g.generator.display(), a.sampling.steps, a.sampling.sampler, a.guidance.cfg),
         &rows,
     );
     if let Some(path) = &a.json {
@@ -335,9 +326,9 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
             "generator": g.generator,
             "guide": a.guidance.guide,
             "cfg": a.guidance.cfg,
-            "steps": a.steps,
-            "sampler": format!("{:?}", a.sampler),
-            "seed": a.seed,
+            "steps": a.sampling.steps,
+            "sampler": format!("{:?}", a.sampling.sampler),
+            "seed": a.sampling.seed,
             "extractor": a.extractor,
             "results": r,
             "class_accuracy": class_accuracy.map(|c| c.0),
@@ -407,27 +398,7 @@ pub fn run(which: Which) -> Result<()> {
             let device = a.device.device()?;
             let extractor = Extractor::load(&a.extractor, &device)?;
             let mut acc = StatsAccumulator::new(extractor.dim());
-            let bar = progress(inputs.sources.len(), "features");
-            let mut unreadable = Vec::new();
-            for chunk in inputs.sources.chunks(a.batch_size) {
-                let decoded: Vec<_> = chunk.par_iter().map(|s| (s.path.clone(), load_rgb8(&s.path))).collect();
-                let mut images = Vec::with_capacity(decoded.len());
-                for (path, img) in decoded {
-                    match img {
-                        Ok(i) => images.push(i),
-                        Err(e) => {
-                            tracing::warn!("{e:#}");
-                            unreadable.push(path);
-                        }
-                    }
-                }
-                if !images.is_empty() {
-                    acc.add(&extractor.features(&images, &device)?)?;
-                }
-                bar.inc(chunk.len() as u64);
-            }
-            bar.finish_and_clear();
-            report_skipped(&inputs.skipped_non_images, &unreadable);
+            inputs.for_each_batch(a.batch_size, None, "features", |_, images| acc.add(&extractor.features(&images, &device)?))?;
             let stats = acc.finish()?;
             write_npz(&stats, &a.output)?;
             println!("{} statistics of {} images ({}-d) written to {}", extractor.metric_name(), stats.count, stats.dim(), a.output.display());

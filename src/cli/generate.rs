@@ -2,7 +2,7 @@
 //! classifier-free guidance or AutoGuidance), decoded by the tokenizer.
 
 use super::common::{
-    DeviceArgs, GeneratorArgs, GuidanceArgs, TokenizerArgs, check_output_file, check_output_folder, check_steps, load_generator_for, progress,
+    DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, check_output_file, check_output_folder, load_generator_for, progress,
     require_batch_size, require_latent_stats,
 };
 use crate::io::Inputs;
@@ -10,7 +10,7 @@ use crate::data::save_png;
 use crate::data::transforms::tensor_to_images;
 use crate::rectified_flow::ode_grid;
 use crate::generator::sampler::sample_class_latents;
-use crate::generator::{Guidance, Integrator};
+use crate::generator::Guidance;
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 
@@ -29,15 +29,8 @@ pub struct Args {
     /// Samples per class.
     #[arg(long, default_value_t = 1)]
     num_per_class: usize,
-    /// Time-grid points (N points = N − 1 Euler steps; the official evaluation uses 150).
-    #[arg(long, default_value_t = 150)]
-    steps: usize,
-    /// ODE integrator.
-    #[arg(long, default_value = "euler")]
-    sampler: Integrator,
-    /// Seed: sample i always gets the same initial noise for a seed, at any batch size.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Output folder: one PNG per sample named `<class>_<index>.png` (a class listed twice
     /// continues its numbering).
     #[arg(long, short)]
@@ -51,7 +44,6 @@ pub struct Args {
     #[command(flatten)]
     device: DeviceArgs,
 }
-
 
 /// `(class, index within the class)` of every sample, in order: a class listed more than once
 /// continues its numbering, so no two samples share a file name.
@@ -68,7 +60,7 @@ fn sample_jobs(classes: &[usize], per_class: usize) -> Vec<(usize, usize)> {
 
 pub fn run(args: Args) -> Result<()> {
     // Everything that can be checked without the networks is checked first.
-    check_steps(args.steps)?;
+    args.sampling.validate()?;
     require_batch_size(args.batch_size)?;
     if !(1..=100_000).contains(&args.num_per_class) {
         bail!("--num-per-class must be between 1 and 100000, got {}", args.num_per_class);
@@ -99,27 +91,27 @@ pub fn run(args: Args) -> Result<()> {
     let guidance = args.guidance.guidance(guide.as_ref());
 
     let jobs = sample_jobs(&classes, args.num_per_class);
-    let grid_t = ode_grid(args.steps, net.config.time_shift());
+    let grid_t = ode_grid(args.sampling.steps, net.config.time_shift());
     let batches = jobs.len().div_ceil(args.batch_size);
-    let evals = args.sampler.evaluations(args.steps);
+    let evals = args.sampling.sampler.evaluations(args.sampling.steps);
     tracing::info!(
         "sampling {} images: {} steps ({} evaluations each), {}, {:?}",
         jobs.len(),
-        args.steps - 1,
+        args.sampling.steps - 1,
         evals,
         match guidance {
             Guidance::None => "no guidance".to_string(),
             Guidance::Cfg { scale, .. } => format!("classifier-free guidance {scale}"),
             Guidance::Auto { scale, .. } => format!("AutoGuidance {scale}"),
         },
-        args.sampler
+        args.sampling.sampler
     );
-    let pb = progress(batches * (args.steps - 1), "sampling steps");
+    let pb = progress(batches * (args.sampling.steps - 1), "sampling steps");
     let mut all = Vec::new();
     for (bi, batch) in jobs.chunks(args.batch_size).enumerate() {
         let labels: Vec<usize> = batch.iter().map(|&(class, _)| class).collect();
         let first = (bi * args.batch_size) as u64;
-        let latents = sample_class_latents(&net, &guidance, &labels, args.seed, first, &grid_t, args.sampler, |_| pb.inc(1));
+        let latents = sample_class_latents(&net, &guidance, &labels, args.sampling.seed, first, &grid_t, args.sampling.sampler, |_| pb.inc(1));
         let images = tensor_to_images(tokenizer.detokenize(latents)).context("sampling")?;
         for (&(class, k), img) in batch.iter().zip(images) {
             save_png(&img, &args.output.join(format!("{class:04}_{k:03}.png")))?;

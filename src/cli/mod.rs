@@ -9,8 +9,8 @@ mod encode;
 mod eval;
 mod generate;
 mod probe;
+mod latent_stats;
 mod reconstruct;
-mod stats;
 mod teacher;
 mod train;
 
@@ -46,7 +46,8 @@ enum Command {
     /// Sample class-conditional images with DiT^DH and decode them with the tokenizer.
     Generate(generate::Args),
     /// Compute per-channel latent statistics of a tokenizer over a folder of images.
-    Stats(stats::Args),
+    #[command(name = "latent-stats", alias = "stats")]
+    LatentStats(latent_stats::Args),
     /// Convert an official PyTorch checkpoint into a self-describing safetensors file.
     Convert(convert::Args),
     /// Teachers of flow semantic distillation.
@@ -55,7 +56,8 @@ enum Command {
     /// Evaluation protocols (tokenizer, generator, probe) and feature statistics / distances.
     #[command(subcommand)]
     Eval(eval::Which),
-    /// Linear probe of a tokenizer's latents on labelled images (top-1 accuracy).
+    /// Linear probe of a tokenizer's latents (the same as `rectok eval probe`).
+    #[command(hide = true)]
     Probe(probe::Args),
     /// Train a tokenizer (stage 1 or 2) or a generator from a TOML recipe.
     #[command(subcommand)]
@@ -106,7 +108,7 @@ pub fn run() -> i32 {
         Command::Decode(a) => decode::run(a),
         Command::Reconstruct(a) => reconstruct::run(a),
         Command::Generate(a) => generate::run(a),
-        Command::Stats(a) => stats::run(a),
+        Command::LatentStats(a) => latent_stats::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Teacher(w) => teacher::run(w),
         Command::Eval(w) => eval::run(w),

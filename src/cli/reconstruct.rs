@@ -1,9 +1,9 @@
 //! `rectok reconstruct`: images → latents → images, with PSNR and SSIM.
 
-use super::common::{DeviceArgs, TokenizerArgs, check_output_file, check_output_folder, input_images, load_batch, progress, report_skipped, require_batch_size};
+use super::common::{DeviceArgs, TokenizerArgs, check_output_file, check_output_folder, input_images, require_batch_size};
 use crate::io::{Inputs, output_file};
 use crate::data::save_png;
-use crate::data::transforms::{tensor_to_images, tensor_to_planes};
+use crate::data::transforms::{images_to_tensor, tensor_to_images, tensor_to_planes};
 use crate::metrics::{psnr, ssim};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -46,27 +46,20 @@ pub fn run(args: Args) -> Result<()> {
     let device = args.device.device()?;
     let model = args.tokenizer.load(&device)?;
     let size = model.config.img_size;
-    let folder = args.input.is_dir();
-    let mut unreadable = Vec::new();
     let mut rows: Vec<(String, f64, f64)> = Vec::new();
-    let pb = progress(inputs.sources.len(), "reconstruct");
-    for chunk in inputs.sources.chunks(args.batch_size) {
-        let Some(batch) = load_batch(chunk, size, folder, &mut unreadable, &device)? else {
-            pb.inc(chunk.len() as u64);
-            continue;
-        };
-        let original = (batch.tensor.clone() * 0.5 + 0.5).clamp(0.0, 1.0);
-        let recon = model.reconstruct(batch.tensor);
+    inputs.for_each_batch(args.batch_size, Some(size), "reconstruct", |names, images| {
+        let x = images_to_tensor(&images, &device);
+        let original = (x.clone() * 0.5 + 0.5).clamp(0.0, 1.0);
+        let recon = model.reconstruct(x);
         let (orig_planes, recon_planes) = (tensor_to_planes(original), tensor_to_planes(recon.clone()));
-        for ((name, img), (o, r)) in batch.names.iter().zip(tensor_to_images(recon).context("reconstructing")?).zip(orig_planes.iter().zip(&recon_planes)) {
+        for ((name, img), (o, r)) in names.iter().zip(tensor_to_images(recon).context("reconstructing")?).zip(orig_planes.iter().zip(&recon_planes)) {
             save_png(&img, &args.output.join(output_file(name, "image name", "png")?))?;
             let (p, s) = (psnr(r, o), ssim(r, o, 3, size, size));
-            pb.suspend(|| println!("{name}\tPSNR {p:.3} dB\tSSIM {s:.4}"));
+            println!("{name}\tPSNR {p:.3} dB\tSSIM {s:.4}");
             rows.push((name.clone(), p, s));
         }
-        pb.inc(chunk.len() as u64);
-    }
-    pb.finish_and_clear();
+        Ok(())
+    })?;
     if rows.is_empty() {
         bail!("{}: none of the images could be read", args.input.display());
     }
@@ -74,7 +67,6 @@ pub fn run(args: Args) -> Result<()> {
     let mean_psnr = rows.iter().map(|r| r.1).sum::<f64>() / n;
     let mean_ssim = rows.iter().map(|r| r.2).sum::<f64>() / n;
     println!("mean ({} images)\tPSNR {mean_psnr:.3} dB\tSSIM {mean_ssim:.4}", rows.len());
-    report_skipped(&inputs.skipped_non_images, &unreadable);
     if let Some(path) = &args.metrics_json {
         let json = serde_json::json!({
             "images": rows.iter().map(|(name, p, s)| serde_json::json!({"name": name, "psnr": p, "ssim": s})).collect::<Vec<_>>(),

@@ -95,26 +95,26 @@ impl DitDhConfig {
 
     /// A preset by name (`xl`, `l`, `b`, `s`, `tiny`, with or without a `ditdh_` prefix).
     pub fn preset(name: &str, token_channels: usize, input_size: usize) -> Option<Self> {
-        match name.trim_start_matches("ditdh_").trim_start_matches("ditdh-").to_ascii_lowercase().as_str() {
-            "xl" => Some(Self::ditdh_xl(token_channels, input_size)),
-            "l" => Some(Self::ditdh_l(token_channels, input_size)),
-            "b" => Some(Self::ditdh_b(token_channels, input_size)),
-            "s" => Some(Self::ditdh_s(token_channels, input_size)),
-            "tiny" => Some(Self::ditdh_tiny(token_channels, input_size)),
-            _ => None,
-        }
+        let name = crate::config::canonical_name(name);
+        let presets: [(&str, fn(usize, usize) -> Self); 5] =
+            [("xl", Self::ditdh_xl), ("l", Self::ditdh_l), ("b", Self::ditdh_b), ("s", Self::ditdh_s), ("tiny", Self::ditdh_tiny)];
+        presets.iter().find(|(n, _)| name == *n || name.strip_prefix("ditdh-") == Some(n)).map(|(_, f)| f(token_channels, input_size))
     }
 
-    /// Parses a configuration: a preset name (`xl`, `l`, `b`, `s`) for the given latent
-    /// geometry, or JSON with `input_size`, `token_channels`, `enc_hidden`, `enc_depth`,
-    /// `enc_heads` (or `"preset": "xl"` plus the geometry) and optional other fields.
+    /// Parses a configuration: a preset name (`xl`, `l`, `b`, `s`, `tiny`; `ditdh-s` and
+    /// `ditdh_s` too) for the given latent geometry, or a JSON / TOML file with `input_size`,
+    /// `token_channels`, `enc_hidden`, `enc_depth`, `enc_heads` (or `"preset": "xl"` plus the
+    /// geometry) and optional other fields (see [`crate::config`]).
     pub fn parse(spec: &str, token_channels: usize, input_size: usize) -> Result<Self, String> {
-        use crate::config_json::{merge, object, required_usize};
+        use crate::config::{merge, read_object, required_usize};
         if let Some(c) = Self::preset(spec, token_channels, input_size) {
             return Ok(c);
         }
-        let text = std::fs::read_to_string(spec).map_err(|e| format!("{spec}: not a preset (xl, l, b, s, tiny) nor a readable JSON file ({e})"))?;
-        let obj = object(&text, "generator").map_err(|e| format!("{spec}: {e}"))?;
+        let path = std::path::Path::new(spec);
+        if !path.is_file() {
+            return Err(format!("{spec}: neither a generator preset (xl, l, b, s, tiny) nor a configuration file"));
+        }
+        let obj = read_object(path, "generator")?;
         let channels = obj.get("token_channels").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(token_channels);
         let size = obj.get("input_size").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(input_size);
         let base = match obj.get("preset").and_then(|v| v.as_str()) {

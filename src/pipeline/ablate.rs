@@ -12,7 +12,7 @@
 
 use super::demo::write_json;
 use super::report::{html_escape, write_report};
-use super::{Budget, PipelineResult, Variant, run_variant};
+use super::{Budget, PipelineResult, SemanticLoss, Variant, run_variant};
 use anyhow::Result;
 use std::path::Path;
 
@@ -35,19 +35,19 @@ pub fn budget(quick: bool) -> Budget {
     }
 }
 
-fn v(name: &str, description: &str, overrides: &[&str]) -> Variant {
-    Variant { name: name.into(), description: description.into(), tokenizer_overrides: overrides.iter().map(|s| s.to_string()).collect() }
-}
-
 /// The variants, in table order.
 pub fn variants() -> Vec<Variant> {
+    let no_mask = |mut v: Variant| {
+        v.masking = false;
+        v
+    };
     vec![
-        v("a-no-semantic", "(a) no semantic loss", &["teacher.spec=\"none\"", "model.mask_ratio=0.0", "model.mask_ratio_type=\"fix\""]),
-        v("b-clean", "(b) semantic loss on clean latents (prior approach)", &["model.sem_input=\"clean\"", "model.mask_ratio=0.0", "model.mask_ratio_type=\"fix\""]),
-        v("c-fsd", "(c) FSD: semantic loss on flow-noised latents", &["model.mask_ratio=0.0", "model.mask_ratio_type=\"fix\""]),
-        v("d-fsd-rad", "(d) FSD + RAD (RecTok), 16 channels", &[]),
-        v("d-c8", "(d) with 8 channels", &["model.token_channels=8"]),
-        v("d-c32", "(d) with 32 channels", &["model.token_channels=32"]),
+        no_mask(Variant { semantic: SemanticLoss::None, ..Variant::recipe("a-no-semantic", "(a) no semantic loss") }),
+        no_mask(Variant { semantic: SemanticLoss::Clean, ..Variant::recipe("b-clean", "(b) semantic loss on clean latents (prior approach)") }),
+        no_mask(Variant::recipe("c-fsd", "(c) FSD: semantic loss on flow-noised latents")),
+        Variant::recipe("d-fsd-rad", "(d) FSD + RAD (RecTok), 16 channels"),
+        Variant { channels: Some(8), ..Variant::recipe("d-c8", "(d) with 8 channels") },
+        Variant { channels: Some(32), ..Variant::recipe("d-c32", "(d) with 32 channels") },
     ]
 }
 

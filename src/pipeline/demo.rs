@@ -42,11 +42,7 @@ pub fn run_demo(out: &Path, quick: bool) -> Result<PipelineResult> {
     }
     std::fs::create_dir_all(out)?;
     let budget = budget(quick);
-    let variant = Variant {
-        name: "run".into(),
-        description: "tiny RecTok (FSD + RAD, EfficientNet-Lite0 teacher) → tiny DiT^DH".into(),
-        tokenizer_overrides: Vec::new(),
-    };
+    let variant = Variant::recipe("run", "tiny RecTok (FSD + RAD, EfficientNet-Lite0 teacher) → tiny DiT^DH");
     let r = run_variant(out, &variant, &budget, 0)?;
     write_json(&out.join("report.json"), &serde_json::json!({ "budget": budget, "result": r }))?;
     write_report(&out.join("report.html"), "rectok demo", &demo_body(&r, &budget))?;

@@ -45,15 +45,53 @@ pub struct Budget {
     pub probe_images: usize,
 }
 
-/// One configuration of the pipeline.
+/// What the semantic decoder distils from (the paper's ablation, Table 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SemanticLoss {
+    /// No teacher, no semantic loss.
+    None,
+    /// The clean posterior sample (the prior approach).
+    Clean,
+    /// The flow-noised latents (flow semantic distillation, the recipe's default).
+    Flow,
+}
+
+/// One configuration of the pipeline: how its tokenizer differs from the `tiny` recipe.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Variant {
     /// Short name (a folder name).
     pub name: String,
     /// What it is.
     pub description: String,
-    /// `--set` overrides of the tokenizer recipe (`tiny`).
-    pub tokenizer_overrides: Vec<String>,
+    /// Where the semantic loss is taken.
+    pub semantic: SemanticLoss,
+    /// MAE masking of the encoder input (reconstruction–alignment distillation).
+    pub masking: bool,
+    /// Latent channels (`None`: the recipe's).
+    pub channels: Option<usize>,
+}
+
+impl Variant {
+    /// The recipe's method: flow semantic distillation with masking, the recipe's channels.
+    pub fn recipe(name: &str, description: &str) -> Self {
+        Self { name: name.into(), description: description.into(), semantic: SemanticLoss::Flow, masking: true, channels: None }
+    }
+
+    /// Writes the variant into a tokenizer recipe.
+    pub fn apply(&self, config: &mut TokenizerTrainConfig) {
+        match self.semantic {
+            SemanticLoss::None => config.teacher.spec = "none".into(),
+            SemanticLoss::Clean => config.model.sem_input = crate::tokenizer::SemInput::Clean,
+            SemanticLoss::Flow => config.model.sem_input = crate::tokenizer::SemInput::Noisy,
+        }
+        if !self.masking {
+            config.model.mask_ratio = 0.0;
+            config.model.mask_ratio_type = crate::tokenizer::MaskRatioType::Fix;
+        }
+        if let Some(c) = self.channels {
+            config.model.token_channels = c;
+        }
+    }
 }
 
 /// Everything measured for one variant.
@@ -155,18 +193,17 @@ pub fn run_variant(dir: &Path, variant: &Variant, budget: &Budget, seed: u64) ->
 
     // Stage 1.
     let t0 = Instant::now();
-    let mut overrides = variant.tokenizer_overrides.clone();
-    overrides.extend([
-        format!("run.seed={seed}"),
-        format!("data.source=\"procedural:{}\"", budget.tokenizer_images),
-        format!("run.epochs={}", budget.tokenizer_epochs),
-        "run.checkpoint_every=1000000".into(),
-        "run.sample_every=0".into(),
-    ]);
+    let mut config = TokenizerTrainConfig::load("tiny", &[])?;
+    variant.apply(&mut config);
+    config.run.seed = seed;
+    config.data.source = DataSpec::Procedural { len: budget.tokenizer_images }.to_string();
+    config.run.epochs = budget.tokenizer_epochs;
+    config.run.checkpoint_every = 1_000_000;
+    config.run.sample_every = 0;
     let steps = budget.tokenizer_epochs * budget.tokenizer_images / budget.tokenizer_batch;
-    overrides.push(format!("optim.ema_decay={}", ema_decay_for(steps, 0.995)));
-    overrides.push(format!("optim.batch_size={}", budget.tokenizer_batch));
-    let config = TokenizerTrainConfig::load("tiny", &overrides)?;
+    config.optim.ema_decay = ema_decay_for(steps, 0.995);
+    config.optim.batch_size = budget.tokenizer_batch;
+    config.validate().map_err(|e| anyhow::anyhow!("variant {}: {e}", variant.name))?;
     let channels = config.model.token_channels;
     let stage1 = root.join("tokenizer");
     let mut trainer = TokenizerTrainer::start(config, &stage1)?;
@@ -181,16 +218,16 @@ pub fn run_variant(dir: &Path, variant: &Variant, budget: &Budget, seed: u64) ->
     let t1 = Instant::now();
     let stage2 = root.join("tokenizer-stage2");
     if budget.stage2_steps > 0 {
-        let mut o: Vec<String> = variant.tokenizer_overrides.iter().filter(|s| s.starts_with("model.token_channels")).cloned().collect();
-        o.extend([
-            format!("run.seed={seed}"),
-            format!("run.init_from=\"{}\"", stage1.display()),
-            format!("data.source=\"procedural:{}\"", budget.stage2_steps * 32),
-            "run.epochs=1".into(),
-            "run.checkpoint_every=1000000".into(),
-            "run.sample_every=0".into(),
-        ]);
-        let mut t = TokenizerTrainer::start(TokenizerTrainConfig::load("tiny-stage2", &o)?, &stage2)?;
+        let init_from = toml::Value::String(stage1.display().to_string());
+        let mut c = TokenizerTrainConfig::load("tiny-stage2", &[format!("run.init_from={init_from}")])?;
+        c.model.token_channels = channels;
+        c.run.seed = seed;
+        c.data.source = DataSpec::Procedural { len: budget.stage2_steps * 32 }.to_string();
+        c.run.epochs = 1;
+        c.run.checkpoint_every = 1_000_000;
+        c.run.sample_every = 0;
+        c.validate().map_err(|e| anyhow::anyhow!("variant {} stage 2: {e}", variant.name))?;
+        let mut t = TokenizerTrainer::start(c, &stage2)?;
         tokenizer_file = t.run()?.tokenizer;
     }
     let t_s2 = t1.elapsed().as_secs_f64();
@@ -209,22 +246,21 @@ pub fn run_variant(dir: &Path, variant: &Variant, budget: &Budget, seed: u64) ->
     // The generator on its latents.
     let t3 = Instant::now();
     let epochs = budget.generator_epochs;
-    let gen_steps = epochs * budget.generator_images / GeneratorTrainConfig::load("ditdh-tiny", &[])?.optim.batch_size;
-    let gen_overrides = vec![
-        format!("optim.ema_decay={}", ema_decay_for(gen_steps, 0.995)),
-        format!("run.seed={seed}"),
-        format!("tokenizer.path=\"{}\"", tokenizer_file.display()),
-        format!("data.source=\"procedural:{}\"", budget.generator_images),
-        format!("run.epochs={epochs}"),
-        format!("optim.decay_start_epoch={}", (epochs * 3 / 8).max(1)),
-        format!("optim.decay_end_epoch={epochs}"),
-        format!("run.fd_images={}", budget.fd_images),
-        "run.fd_every=0".into(),
-        "run.sample_every=0".into(),
-        "run.checkpoint_every=1000000".into(),
-    ];
+    let mut gen_config = GeneratorTrainConfig::load("ditdh-tiny", &[])?;
+    let gen_steps = epochs * budget.generator_images / gen_config.optim.batch_size;
+    gen_config.optim.ema_decay = ema_decay_for(gen_steps, 0.995);
+    gen_config.run.seed = seed;
+    gen_config.tokenizer.path = tokenizer_file.clone();
+    gen_config.data.source = DataSpec::Procedural { len: budget.generator_images }.to_string();
+    gen_config.run.epochs = epochs;
+    gen_config.optim.decay_start_epoch = (epochs * 3 / 8).max(1) as f64;
+    gen_config.optim.decay_end_epoch = epochs as f64;
+    gen_config.run.fd_images = budget.fd_images;
+    gen_config.run.fd_every = 0;
+    gen_config.run.sample_every = 0;
+    gen_config.run.checkpoint_every = 1_000_000;
+    gen_config.validate().map_err(|e| anyhow::anyhow!("variant {} generator: {e}", variant.name))?;
     let generator_dir = root.join("generator");
-    let gen_config = GeneratorTrainConfig::load("ditdh-tiny", &gen_overrides)?;
     let sample_cfg = gen_config.sample.cfg;
     let mut g = GeneratorTrainer::start(gen_config, &generator_dir)?;
     let gs = g.run()?;

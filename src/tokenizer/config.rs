@@ -142,21 +142,68 @@ impl RecTokConfig {
         Self::new(16, vit(128, 4, 4), vit(128, 4, 4), vit(64, 1, 2)).with_img_size(32).with_patch_size(4)
     }
 
-    /// Parses a JSON configuration in which every field with a default may be omitted; unknown
-    /// fields are errors (they are usually typos).
+    /// The named presets: `rectok-b` (the official tokenizer), `rectok-b-head` (as the HEAD
+    /// training script configures it) and `tiny` (the built-in CPU recipes').
+    pub const PRESETS: &'static [(&'static str, fn() -> Self)] = &[("rectok-b", Self::rectok_b), ("rectok-b-head", Self::rectok_b_head_script), ("tiny", Self::tiny)];
+
+    /// The preset `name` (any accepted spelling, e.g. `rectok_b`).
+    pub fn preset(name: &str) -> Option<Self> {
+        crate::config::find(name, Self::PRESETS).map(|f| f())
+    }
+
+    /// A configuration from a preset name or a file (JSON or TOML; see [`from_object`](Self::from_object)).
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        if let Some(c) = Self::preset(spec) {
+            return Ok(c);
+        }
+        let path = std::path::Path::new(spec);
+        if !path.is_file() {
+            return Err(format!("{spec}: neither a tokenizer preset ({}) nor a configuration file", crate::config::names(Self::PRESETS)));
+        }
+        let obj = crate::config::read_object(path, "tokenizer")?;
+        Self::from_object(obj).map_err(|e| format!("{spec}: {e}"))
+    }
+
+    /// Parses a JSON configuration (see [`from_object`](Self::from_object)).
     pub fn from_json(text: &str) -> Result<Self, String> {
-        use crate::config_json::{merge, object, required_usize};
-        let obj = object(text, "tokenizer")?;
-        let size = |key: &str| -> Result<VitSize, String> {
-            let v = obj.get(key).ok_or(format!("missing field `{key}`"))?;
-            match v.as_str() {
-                Some(name) => VitSize::named(name).ok_or(format!("unknown model size `{name}` for `{key}`")),
-                None => serde_json::from_value(v.clone()).map_err(|e| format!("field `{key}`: {e}")),
+        Self::from_object(crate::config::object(text, "tokenizer")?)
+    }
+
+    /// A configuration from its fields: `preset` names the base (a preset name), else
+    /// `token_channels`, `encoder` and `decoder` are required, as in the reference's constructor;
+    /// every other field with a default may be omitted, fields merge at any depth
+    /// (`{"encoder": {"heads": 8}}`), unknown fields are errors (usually typos). Sizes are
+    /// `SIZE_DICT` names or `{ width, layers, heads }`; enumerations take the reference's
+    /// spellings too (`"noisy"`, `"rec+align"`, `"shift"`, `"random"`, `"transformer"`).
+    pub fn from_object(mut obj: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        use serde_json::Value;
+        for (k, v) in obj.iter_mut() {
+            if let Value::String(s) = v.clone() {
+                if let Some(canonical) = canonical_enum(k, &s) {
+                    *v = Value::String(canonical.into());
+                }
+                if ["encoder", "decoder", "semantic"].contains(&k.as_str()) {
+                    let size = VitSize::named(&s).ok_or(format!("unknown model size `{s}` for `{k}`"))?;
+                    *v = serde_json::to_value(size).expect("size");
+                }
+            }
+        }
+        let base = match obj.remove("preset") {
+            Some(Value::String(p)) => {
+                Self::preset(&p).ok_or(format!("unknown tokenizer preset `{p}` ({})", crate::config::names(Self::PRESETS)))?
+            }
+            Some(other) => return Err(format!("`preset` must be a preset name, got {other}")),
+            None => {
+                let size = |key: &str| -> Result<VitSize, String> {
+                    let v = obj.get(key).ok_or(format!("missing field `{key}` (or name a `preset`)"))?;
+                    serde_json::from_value(v.clone()).map_err(|e| format!("field `{key}`: {e}"))
+                };
+                let semantic = if obj.contains_key("semantic") { size("semantic")? } else { VitSize::named("tiny").expect("tiny") };
+                let channels = crate::config::required_usize(&obj, "token_channels")?;
+                Self::new(channels, size("encoder")?, size("decoder")?, semantic)
             }
         };
-        let semantic = if obj.contains_key("semantic") { size("semantic")? } else { VitSize::named("tiny").expect("tiny") };
-        let base = Self::new(required_usize(&obj, "token_channels")?, size("encoder")?, size("decoder")?, semantic);
-        let config = merge(&base, &obj, &["encoder", "decoder", "semantic"])?;
+        let config = crate::config::merge(&base, &obj, &[])?;
         config.validate()?;
         Ok(config)
     }
@@ -215,6 +262,24 @@ impl RecTokConfig {
         }
         Ok(())
     }
+}
+
+/// The reference's spellings of the enumerations (`sem_input_type="noisy"`, …) as this crate's.
+fn canonical_enum(key: &str, value: &str) -> Option<&'static str> {
+    Some(match (key, value) {
+        ("sem_input", "noisy") => "Noisy",
+        ("sem_input", "clean") => "Clean",
+        ("sem_target", "rec+align" | "align" | "rec_align") => "RecAlign",
+        ("sem_target", "reconstruction") => "Reconstruction",
+        ("noise_schedule", "shift") => "Shift",
+        ("noise_schedule", "lognorm") => "Lognorm",
+        ("noise_schedule", "uniform") => "Uniform",
+        ("mask_ratio_type", "random") => "Random",
+        ("mask_ratio_type", "fix" | "fixed") => "Fix",
+        ("sem_decoder", "transformer") => "Transformer",
+        ("sem_decoder", "mlp") => "Mlp",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 /// Latent normalisation statistics: per channel (`C` values) or global (one value).
 ///
 /// The reference recomputes them over the training set before generator training and evaluation
-/// (docs/TRAINING.md §4); they are not part of the official checkpoints, so `rectok stats` computes
+/// (docs/TRAINING.md §4); they are not part of the official checkpoints, so `rectok latent-stats` computes
 /// them and `rectok convert` can store them with the weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatentStats {

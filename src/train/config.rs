@@ -30,7 +30,7 @@ pub fn read_toml_among(
     recipes: &[(&str, &str)],
     prepare: fn(&mut toml::Table) -> Result<()>,
 ) -> Result<(toml::Table, String)> {
-    let (text, origin) = match recipes.iter().find(|(name, _)| *name == spec) {
+    let (text, origin) = match recipes.iter().find(|(name, _)| *name == crate::config::canonical_name(spec)) {
         Some((name, text)) => (text.to_string(), format!("built-in recipe `{name}`")),
         None => {
             let path = Path::new(spec);
@@ -149,60 +149,14 @@ pub fn check_adamw(section: &str, beta1: f64, beta2: f64, eps: f64, weight_decay
     in_unit_range(&format!("{section}.ema_decay"), ema_decay, 0.0, 1.0)
 }
 
-fn toml_to_json(v: toml::Value) -> serde_json::Value {
-    serde_json::to_value(v).expect("TOML values are JSON-representable")
-}
-
-/// Builds a tokenizer configuration from a `[model]` table: `preset` (`rectok_b`,
-/// `rectok_b_head`, `tiny`; default `rectok_b`) with any field overridden. Sizes are `SIZE_DICT`
-/// names or `{ width, layers, heads }`; enumerations accept the reference's spellings
-/// (`"noisy"`, `"rec+align"`, `"shift"`, `"random"`, `"transformer"`).
-pub fn model_from_table(mut table: toml::Table) -> Result<RecTokConfig, String> {
-    let preset = match table.remove("preset") {
-        Some(toml::Value::String(s)) => s,
-        Some(other) => return Err(format!("model.preset must be a string, got {other}")),
-        None => "rectok_b".into(),
+/// The tokenizer of a recipe from its `[model]` table: [`RecTokConfig::from_object`] with
+/// `preset` defaulting to `rectok-b`.
+pub fn model_from_table(table: toml::Table) -> Result<RecTokConfig, String> {
+    let serde_json::Value::Object(mut obj) = serde_json::to_value(table).expect("TOML values are JSON-representable") else {
+        unreachable!("a table is an object")
     };
-    let base = match preset.as_str() {
-        "rectok_b" => RecTokConfig::rectok_b(),
-        "rectok_b_head" => RecTokConfig::rectok_b_head_script(),
-        "tiny" => RecTokConfig::tiny(),
-        other => return Err(format!("unknown model preset `{other}` (rectok_b, rectok_b_head, tiny)")),
-    };
-    let mut obj = serde_json::Map::new();
-    for (k, v) in table {
-        let mut v = toml_to_json(v);
-        if let serde_json::Value::String(s) = v.clone() {
-            if let Some(canonical) = canonical_enum(&k, &s) {
-                v = serde_json::Value::String(canonical.into());
-            }
-            if ["encoder", "decoder", "semantic"].contains(&k.as_str()) {
-                let size = crate::nn::VitSize::named(&s).ok_or(format!("unknown model size `{s}` for `{k}`"))?;
-                v = serde_json::to_value(size).expect("size");
-            }
-        }
-        obj.insert(k, v);
-    }
-    let config = crate::config_json::merge(&base, &obj, &[]).map_err(|e| format!("[model]: {e}"))?;
-    config.validate()?;
-    Ok(config)
-}
-
-fn canonical_enum(key: &str, value: &str) -> Option<&'static str> {
-    Some(match (key, value) {
-        ("sem_input", "noisy") => "Noisy",
-        ("sem_input", "clean") => "Clean",
-        ("sem_target", "rec+align" | "align" | "rec_align") => "RecAlign",
-        ("sem_target", "reconstruction") => "Reconstruction",
-        ("noise_schedule", "shift") => "Shift",
-        ("noise_schedule", "lognorm") => "Lognorm",
-        ("noise_schedule", "uniform") => "Uniform",
-        ("mask_ratio_type", "random") => "Random",
-        ("mask_ratio_type", "fix" | "fixed") => "Fix",
-        ("sem_decoder", "transformer") => "Transformer",
-        ("sem_decoder", "mlp") => "Mlp",
-        _ => return None,
-    })
+    obj.entry("preset").or_insert_with(|| "rectok-b".into());
+    RecTokConfig::from_object(obj).map_err(|e| format!("[model]: {e}"))
 }
 
 /// Length, seeds, checkpointing and monitoring of a run.

@@ -217,7 +217,7 @@ pub fn save_tokenizer(model: &RecTok, path: &Path) -> anyhow::Result<()> {
 }
 
 /// Reads latent statistics: a safetensors file with `mean` and `std` tensors (`C` values each, or
-/// one value for global statistics), as written by `rectok stats`.
+/// one value for global statistics), as written by `rectok latent-stats`.
 pub fn load_latent_stats(path: &Path) -> Result<LatentStats, WeightsError> {
     let sd = StateDict::open(path, CheckpointEntry::Auto)?;
     let get = |k: &str| -> Result<Vec<f32>, WeightsError> {

@@ -1,9 +1,45 @@
-//! Reading configurations written by hand: every field with a default may be omitted, unknown
-//! fields are errors (usually typos). burn's `Config` serialisation alone requires every field.
+//! How configurations are named and resolved — one rule for tokenizer presets, generator sizes
+//! and training recipes, on every command: a spec is a **preset name or a file** (JSON, or TOML
+//! for `.toml`); a file may name the preset it starts from (`preset = "tiny"`); then
+//! `key=value` overrides merge into it, **nested tables included** (`encoder.heads = 8` keeps the
+//! encoder's width). Every field with a default may be omitted, unknown fields are errors (usually
+//! typos), at any depth. Names have one spelling, lower case with `-` (`rectok-b`, `ditdh-s`,
+//! `tiny-stage2`); spellings with `_` are accepted as aliases.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+use std::path::Path;
+
+/// The one spelling of a preset or recipe name: lower case, words joined by `-`.
+pub fn canonical_name(name: &str) -> String {
+    name.trim().to_ascii_lowercase().replace('_', "-")
+}
+
+/// The entry of `presets` named `name` (in any accepted spelling).
+pub fn find<'a, T>(name: &str, presets: &'a [(&'static str, T)]) -> Option<&'a T> {
+    let name = canonical_name(name);
+    presets.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
+}
+
+/// The names of `presets`, for messages.
+pub fn names<T>(presets: &[(&'static str, T)]) -> String {
+    presets.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+}
+
+/// Reads a configuration file as an object: TOML for `.toml`, else JSON.
+pub fn read_object(path: &Path, what: &str) -> Result<Map<String, Value>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read ({e})", path.display()))?;
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml")) {
+        let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: invalid TOML: {}", path.display(), e.to_string().trim().replace('\n', " ")))?;
+        match serde_json::to_value(table) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(format!("{}: a {what} configuration is a table", path.display())),
+        }
+    } else {
+        object(&text, what).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
 
 /// Parses `text` as a JSON object.
 pub fn object(text: &str, what: &str) -> Result<Map<String, Value>, String> {

@@ -1,7 +1,8 @@
-//! `rectok stats`: per-channel latent statistics of a tokenizer over a folder of images, as the
+//! `rectok latent-stats` (alias `stats`): per-channel latent statistics of a tokenizer over a folder of images, as the
 //! reference computes them before generator training and evaluation (docs/TRAINING.md §4).
 
-use super::common::{DeviceArgs, TokenizerArgs, check_output_file, input_images, load_batch, progress, report_skipped, require_batch_size};
+use super::common::{DeviceArgs, TokenizerArgs, check_output_file, input_images, require_batch_size};
+use crate::data::transforms::images_to_tensor;
 use crate::io::Inputs;
 use crate::train::latents::ChannelMoments;
 use crate::weights::tokenizer::save_latent_stats;
@@ -48,25 +49,17 @@ pub fn run(args: Args) -> Result<()> {
     let model = args.tokenizer.load(&device)?;
     let size = model.config.img_size;
     let mut moments = ChannelMoments::new(model.token_channels());
-    let mut unreadable = Vec::new();
-    let mut images = 0usize;
-    let pb = progress(inputs.sources.len(), "latent statistics");
-    for chunk in inputs.sources.chunks(args.batch_size) {
-        if let Some(batch) = load_batch(chunk, size, true, &mut unreadable, &device)? {
-            images += batch.names.len();
-            let mean = model.posterior(batch.tensor).mean;
-            moments.add(&mean.into_data().try_into_vec_as::<f32>().expect("f32"));
-        }
-        pb.inc(chunk.len() as u64);
-    }
-    pb.finish_and_clear();
+    let images = inputs.for_each_batch(args.batch_size, Some(size), "latent statistics", |_, images| {
+        let mean = model.posterior(images_to_tensor(&images, &device)).mean;
+        moments.add(&mean.into_data().try_into_vec_as::<f32>().expect("f32"));
+        Ok(())
+    })?;
     if images == 0 {
         bail!("{}: none of the images could be read", args.data.display());
     }
     let stats = moments.finish();
     stats.validate(model.token_channels()).map_err(|e| anyhow::anyhow!("the statistics over {images} images are unusable: {e}"))?;
     save_latent_stats(&stats, &args.output)?;
-    report_skipped(&inputs.skipped_non_images, &unreadable);
     let c = stats.mean.len() as f32;
     println!(
         "wrote {}: {} channels over {images} images ({} tokens); mean of means {:.4}, mean std {:.4}",
