@@ -31,7 +31,8 @@ pub fn names<T>(presets: &[(&'static str, T)]) -> String {
 pub fn read_object(path: &Path, what: &str) -> Result<Map<String, Value>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read ({e})", path.display()))?;
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml")) {
-        let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: invalid TOML: {}", path.display(), e.to_string().trim().replace('\n', " ")))?;
+        let table: toml::Table = toml::from_str(&text)
+            .map_err(|e| format!("{}: invalid TOML: {}", path.display(), e.to_string().trim().replace('\n', " ")))?;
         match serde_json::to_value(table) {
             Ok(Value::Object(m)) => Ok(m),
             _ => Err(format!("{}: a {what} configuration is a table", path.display())),
@@ -61,7 +62,11 @@ pub fn required_usize(obj: &Map<String, Value>, key: &str) -> Result<usize, Stri
 pub fn merge<T: Serialize + DeserializeOwned>(base: &T, user: &Map<String, Value>, skip: &[&str]) -> Result<T, String> {
     let mut merged = serde_json::to_value(base).map_err(|e| e.to_string())?;
     let target = merged.as_object_mut().ok_or("configuration is not an object")?;
-    let user: Map<String, Value> = user.iter().filter(|(k, _)| !skip.contains(&k.as_str()) || !target.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let user: Map<String, Value> = user
+        .iter()
+        .filter(|(k, _)| !skip.contains(&k.as_str()) || !target.contains_key(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     merge_into(target, &user, "")?;
     serde_json::from_value(merged).map_err(|e| e.to_string())
 }
@@ -70,7 +75,10 @@ pub fn merge<T: Serialize + DeserializeOwned>(base: &T, user: &Map<String, Value
 pub fn merge_into(target: &mut Map<String, Value>, user: &Map<String, Value>, path: &str) -> Result<(), String> {
     for (k, v) in user {
         let Some(slot) = target.get_mut(k) else {
-            return Err(format!("unknown field `{path}{k}` (known: {})", target.keys().cloned().collect::<Vec<_>>().join(", ")));
+            return Err(format!(
+                "unknown field `{path}{k}` (known: {})",
+                target.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
         };
         match (slot, v) {
             (Value::Object(t), Value::Object(u)) => merge_into(t, u, &format!("{path}{k}."))?,

@@ -59,7 +59,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         // The kernel applies the umask to the mode of a newly created file.
         builder.permissions(std::fs::Permissions::from_mode(0o666));
     }
-    let mut tmp = builder.tempfile_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let mut tmp =
+        builder.tempfile_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     tmp.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
     // A full or failing disk may only report at fsync; filesystems without fsync say EINVAL.
     if let Err(e) = tmp.as_file().sync_all()
@@ -205,14 +206,23 @@ impl Inputs {
 
     /// Refuses an output folder that is an input folder or file, and any of the `names` inside it
     /// (relative output paths) that would replace an input.
-    pub fn check_output_dir<'a>(&self, dir: &Path, option: &str, names: impl IntoIterator<Item = &'a Path>) -> Result<()> {
+    pub fn check_output_dir<'a>(
+        &self,
+        dir: &Path,
+        option: &str,
+        names: impl IntoIterator<Item = &'a Path>,
+    ) -> Result<()> {
         if let Some(why) = self.clash(dir) {
             bail!("{option} {}: {why}; write the outputs to another folder", dir.display());
         }
         for name in names {
             let path = dir.join(name);
             if let Some(why) = self.clash(&path) {
-                bail!("{option} {}: the output {} would replace an input ({why}); write the outputs to another folder", dir.display(), path.display());
+                bail!(
+                    "{option} {}: the output {} would replace an input ({why}); write the outputs to another folder",
+                    dir.display(),
+                    path.display()
+                );
             }
         }
         Ok(())

@@ -50,7 +50,11 @@ impl Workspace {
         let ws = Self { dir };
         let p = |n: &str| ws.dir.path().join(n);
         // A self-describing tiny tokenizer (config and statistics in its metadata).
-        converted_tokenizer(ws.dir.path(), "tok.safetensors", &["--latent-stats", fixture("tiny_stats.safetensors").to_str().unwrap(), "--inference-only"]);
+        converted_tokenizer(
+            ws.dir.path(),
+            "tok.safetensors",
+            &["--latent-stats", fixture("tiny_stats.safetensors").to_str().unwrap(), "--inference-only"],
+        );
         // The same tokenizer with one NaN weight.
         let sd = StateDict::open(&p("tok.safetensors"), Default::default()).unwrap();
         let mut tensors = Vec::new();
@@ -77,17 +81,44 @@ impl Workspace {
         let latent = |v: f32| TensorData::new(vec![v; 8 * 4 * 4], [8, 4, 4]);
         let mut nan = vec![0.1f32; 8 * 4 * 4];
         nan[5] = f32::INFINITY;
-        write_safetensors(&p("nan_latents.safetensors"), vec![("ok".into(), latent(0.0)), ("bad".into(), TensorData::new(nan, [8, 4, 4]))], HashMap::new()).unwrap();
+        write_safetensors(
+            &p("nan_latents.safetensors"),
+            vec![("ok".into(), latent(0.0)), ("bad".into(), TensorData::new(nan, [8, 4, 4]))],
+            HashMap::new(),
+        )
+        .unwrap();
         write_safetensors(&p("escape.safetensors"), vec![("a/../../x".into(), latent(0.0))], HashMap::new()).unwrap();
-        write_safetensors(&p("absolute.safetensors"), vec![("/tmp/rectok-absolute".into(), latent(0.0))], HashMap::new()).unwrap();
+        write_safetensors(
+            &p("absolute.safetensors"),
+            vec![("/tmp/rectok-absolute".into(), latent(0.0))],
+            HashMap::new(),
+        )
+        .unwrap();
         write_safetensors(&p("empty_name.safetensors"), vec![("a//b".into(), latent(0.0))], HashMap::new()).unwrap();
         // Latent statistics: NaN, a zero std, mismatched lengths.
-        let stats = |mean: Vec<f32>, std: Vec<f32>| vec![("mean".to_string(), TensorData::new(mean.clone(), [mean.len()])), ("std".to_string(), TensorData::new(std.clone(), [std.len()]))];
-        write_safetensors(&p("stats_nan.safetensors"), stats(vec![0.0, f32::NAN, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], vec![1.0; 8]), HashMap::new()).unwrap();
-        write_safetensors(&p("stats_zero_std.safetensors"), stats(vec![0.0; 8], vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]), HashMap::new()).unwrap();
+        let stats = |mean: Vec<f32>, std: Vec<f32>| {
+            vec![
+                ("mean".to_string(), TensorData::new(mean.clone(), [mean.len()])),
+                ("std".to_string(), TensorData::new(std.clone(), [std.len()])),
+            ]
+        };
+        write_safetensors(
+            &p("stats_nan.safetensors"),
+            stats(vec![0.0, f32::NAN, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], vec![1.0; 8]),
+            HashMap::new(),
+        )
+        .unwrap();
+        write_safetensors(
+            &p("stats_zero_std.safetensors"),
+            stats(vec![0.0; 8], vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+            HashMap::new(),
+        )
+        .unwrap();
         write_safetensors(&p("stats_lengths.safetensors"), stats(vec![0.0; 8], vec![1.0; 7]), HashMap::new()).unwrap();
         // Feature statistics: non-finite, asymmetric, not positive semi-definite, and a good one.
-        let npz = |name: &str, sigma: Vec<f64>| write_npz(&FeatureStats { mu: vec![0.0, 1.0], sigma, count: 0 }, &p(name)).unwrap();
+        let npz = |name: &str, sigma: Vec<f64>| {
+            write_npz(&FeatureStats { mu: vec![0.0, 1.0], sigma, count: 0 }, &p(name)).unwrap()
+        };
         npz("good.npz", vec![1.0, 0.2, 0.2, 1.0]);
         npz("npz_nan.npz", vec![1.0, f64::NAN, f64::NAN, 1.0]);
         npz("npz_asym.npz", vec![1.0, 0.5, -0.5, 1.0]);
@@ -150,9 +181,17 @@ fn every_command_refuses_its_bad_inputs_cleanly() {
         let enc = |extra: &[String]| with(&tok, extra);
         vec![
             // encode
-            c(&["encode"], &enc(&s(&["-i", &w("imgs"), "-o", &w("out/l.safetensors"), "--batch-size", "0"])), "--batch-size"),
+            c(
+                &["encode"],
+                &enc(&s(&["-i", &w("imgs"), "-o", &w("out/l.safetensors"), "--batch-size", "0"])),
+                "--batch-size",
+            ),
             c(&["encode"], &enc(&s(&["-i", &w("imgs"), "-o", &w("out/l.safetensors"), "--threads", "0"])), "--threads"),
-            c(&["encode"], &enc(&s(&["-i", &w("imgs"), "-o", &w("out/l.safetensors"), "--threads", "100000"])), "--threads"),
+            c(
+                &["encode"],
+                &enc(&s(&["-i", &w("imgs"), "-o", &w("out/l.safetensors"), "--threads", "100000"])),
+                "--threads",
+            ),
             c(&["encode"], &enc(&s(&["-i", &w("imgs/cat.png"), "-o", &w("imgs/cat.png")])), "imgs/cat.png"),
             c(&["encode"], &enc(&s(&["-i", &w("imgs"), "-o", &w("imgs/rocket.JPG")])), "rocket.JPG"),
             c(&["encode"], &enc(&s(&["-i", &w("imgs"), "-o", &w("tok.safetensors")])), "tok.safetensors"),
@@ -161,12 +200,57 @@ fn every_command_refuses_its_bad_inputs_cleanly() {
             c(&["encode"], &enc(&s(&["-i", &w("empty.png"), "-o", &w("out/l.safetensors")])), "empty.png"),
             c(&["encode"], &enc(&s(&["-i", &w("bomb.png"), "-o", &w("out/l.safetensors")])), "--max-image-pixels"),
             c(&["encode"], &enc(&s(&["-i", &w("imgs"), "-o", &w("imgs")])), "is a folder"),
-            c(&["encode"], &enc(&s(&["-i", &w("imgs"), "-o", &w("out/l.safetensors"), "--entry", "no_such_entry"])), "no_such_entry"),
-            c(&["encode"], &enc(&s(&["-i", &w("imgs"), "-o", &w("out/l.safetensors"), "--latent-stats", &w("stats_nan.safetensors")])), "stats_nan.safetensors"),
-            c(&["encode"], &enc(&s(&["-i", &w("imgs"), "-o", &w("out/l.safetensors"), "--latent-stats", &w("stats_zero_std.safetensors")])), "`std` must be positive"),
-            c(&["encode"], &enc(&s(&["-i", &w("imgs"), "-o", &w("out/l.safetensors"), "--latent-stats", &w("stats_lengths.safetensors")])), "stats_lengths.safetensors"),
-            c(&["encode"], &s(&["--tokenizer", &w("nan_weights.safetensors"), "-i", &w("imgs"), "-o", &w("out/l.safetensors")]), "decoder.decoder_embed.weight"),
-            c(&["encode"], &s(&["--tokenizer", &w("imgs"), "-i", &w("imgs"), "-o", &w("out/l.safetensors")]), "is a folder"),
+            c(
+                &["encode"],
+                &enc(&s(&["-i", &w("imgs"), "-o", &w("out/l.safetensors"), "--entry", "no_such_entry"])),
+                "no_such_entry",
+            ),
+            c(
+                &["encode"],
+                &enc(&s(&[
+                    "-i",
+                    &w("imgs"),
+                    "-o",
+                    &w("out/l.safetensors"),
+                    "--latent-stats",
+                    &w("stats_nan.safetensors"),
+                ])),
+                "stats_nan.safetensors",
+            ),
+            c(
+                &["encode"],
+                &enc(&s(&[
+                    "-i",
+                    &w("imgs"),
+                    "-o",
+                    &w("out/l.safetensors"),
+                    "--latent-stats",
+                    &w("stats_zero_std.safetensors"),
+                ])),
+                "`std` must be positive",
+            ),
+            c(
+                &["encode"],
+                &enc(&s(&[
+                    "-i",
+                    &w("imgs"),
+                    "-o",
+                    &w("out/l.safetensors"),
+                    "--latent-stats",
+                    &w("stats_lengths.safetensors"),
+                ])),
+                "stats_lengths.safetensors",
+            ),
+            c(
+                &["encode"],
+                &s(&["--tokenizer", &w("nan_weights.safetensors"), "-i", &w("imgs"), "-o", &w("out/l.safetensors")]),
+                "decoder.decoder_embed.weight",
+            ),
+            c(
+                &["encode"],
+                &s(&["--tokenizer", &w("imgs"), "-i", &w("imgs"), "-o", &w("out/l.safetensors")]),
+                "is a folder",
+            ),
             // decode
             c(&["decode"], &enc(&s(&["-i", &w("escape.safetensors"), "-o", &out])), "a/../../x"),
             c(&["decode"], &enc(&s(&["-i", &w("absolute.safetensors"), "-o", &out])), "absolute"),
@@ -174,24 +258,44 @@ fn every_command_refuses_its_bad_inputs_cleanly() {
             c(&["decode"], &enc(&s(&["-i", &w("nan_latents.safetensors"), "-o", &out])), "`bad`"),
             c(&["decode"], &enc(&s(&["-i", &w("nan_latents.safetensors"), "-o", &w("a_file")])), "not a folder"),
             c(&["decode"], &enc(&s(&["-i", &w("imgs/cat.png"), "-o", &out])), "cat.png"),
-            c(&["decode"], &enc(&s(&["-i", &w("nan_latents.safetensors"), "-o", &out, "--batch-size", "0"])), "--batch-size"),
+            c(
+                &["decode"],
+                &enc(&s(&["-i", &w("nan_latents.safetensors"), "-o", &out, "--batch-size", "0"])),
+                "--batch-size",
+            ),
             // reconstruct
             c(&["reconstruct"], &enc(&s(&["-i", &w("imgs"), "-o", &w("imgs")])), "input folder"),
-            c(&["reconstruct"], &enc(&s(&["-i", &w("imgs"), "-o", &out, "--metrics-json", &w("imgs/cat.png")])), "--metrics-json"),
+            c(
+                &["reconstruct"],
+                &enc(&s(&["-i", &w("imgs"), "-o", &out, "--metrics-json", &w("imgs/cat.png")])),
+                "--metrics-json",
+            ),
             c(&["reconstruct"], &enc(&s(&["-i", &w("fifo.png"), "-o", &out])), "fifo.png"),
             // generate
             c(&["generate"], &with(&with(&tok, &gen_args), &s(&["-o", &out, "--steps", "1"])), "--steps"),
             c(&["generate"], &with(&with(&tok, &gen_args), &s(&["-o", &out, "--steps", "100000"])), "--steps"),
             c(&["generate"], &with(&with(&tok, &gen_args), &s(&["-o", &out, "--cfg", "nan"])), "--cfg"),
             c(&["generate"], &with(&with(&tok, &gen_args), &s(&["-o", &out, "--cfg=-1"])), "--cfg"),
-            c(&["generate"], &with(&with(&tok, &gen_args), &s(&["-o", &out, "--cfg-interval", "0.8,0.2"])), "--cfg-interval"),
+            c(
+                &["generate"],
+                &with(&with(&tok, &gen_args), &s(&["-o", &out, "--cfg-interval", "0.8,0.2"])),
+                "--cfg-interval",
+            ),
             c(&["generate"], &with(&with(&tok, &gen_args), &s(&["-o", &out, "--classes", "99"])), "class id 99"),
-            c(&["generate"], &with(&with(&tok, &gen_args), &s(&["-o", &out, "--num-per-class", "0"])), "--num-per-class"),
+            c(
+                &["generate"],
+                &with(&with(&tok, &gen_args), &s(&["-o", &out, "--num-per-class", "0"])),
+                "--num-per-class",
+            ),
             c(&["generate"], &with(&with(&tok, &gen_args), &s(&["-o", &out, "--grid", &w("gen.pth")])), "--grid"),
             c(&["generate"], &with(&with(&tok, &gen_args), &s(&["-o", &w("a_file")])), "not a folder"),
             c(&["generate"], &with(&tok, &s(&["--generator", &w("tok.safetensors"), "-o", &out])), "tok.safetensors"),
             // stats
-            c(&["latent-stats"], &enc(&s(&["--data", &w("imgs"), "-o", &w("out/s.safetensors"), "--limit", "0"])), "--limit"),
+            c(
+                &["latent-stats"],
+                &enc(&s(&["--data", &w("imgs"), "-o", &w("out/s.safetensors"), "--limit", "0"])),
+                "--limit",
+            ),
             c(&["latent-stats"], &enc(&s(&["--data", &w("imgs"), "-o", &w("tok.safetensors")])), "tok.safetensors"),
             // convert
             c(&["convert"], &s(&[&w("tok.safetensors"), &w("tok.safetensors")]), "tok.safetensors"),
@@ -208,7 +312,11 @@ fn every_command_refuses_its_bad_inputs_cleanly() {
             c(&["eval", "tokenizer"], &enc(&s(&["--data", &w("imgs"), "--limit", "0"])), "--limit"),
             c(&["eval", "tokenizer"], &enc(&s(&["--data", "procedural:x"])), "--data"),
             c(&["eval", "tokenizer"], &enc(&s(&["--data", &w("imgs"), "--json", &w("tok.safetensors")])), "--json"),
-            c(&["eval", "tokenizer"], &enc(&s(&["--data", &w("imgs"), "--ref-stats", &w("npz_not_psd.npz")])), "npz_not_psd.npz"),
+            c(
+                &["eval", "tokenizer"],
+                &enc(&s(&["--data", &w("imgs"), "--ref-stats", &w("npz_not_psd.npz")])),
+                "npz_not_psd.npz",
+            ),
             c(&["eval", "generator"], &with(&with(&tok, &gen_args), &s(&["--num-samples", "0"])), "--num-samples"),
             c(&["eval", "generator"], &with(&with(&tok, &gen_args), &s(&["--steps", "0"])), "--steps"),
             c(&["probe"], &enc(&s(&["--lr", "0"])), "--lr"),
@@ -243,12 +351,36 @@ fn every_command_refuses_its_bad_inputs_cleanly() {
             c(&["train", "tokenizer"], &s(&["--out", &out, "--config", &w("not.toml")]), "not.toml"),
             c(&["train", "tokenizer"], &s(&["--out", &out, "--config", &w("no_such.toml")]), "no_such.toml"),
             // train generator
-            c(&["train", "generator"], &s(&["--out", &out, "--tokenizer", &w("tok.safetensors"), "--set", "optim.lr=0"]), "optim.lr"),
-            c(&["train", "generator"], &s(&["--out", &out, "--tokenizer", &w("tok.safetensors"), "--set", "sample.steps=1"]), "sample.steps"),
-            c(&["train", "generator"], &s(&["--out", &out, "--tokenizer", &w("tok.safetensors"), "--set", "model.label_dropout_prob=1"]), "label_dropout_prob"),
-            c(&["train", "generator"], &s(&["--out", &out, "--tokenizer", &w("tok.safetensors"), "--set", "run.fd_images=1"]), "run.fd_images"),
-            c(&["train", "generator"], &s(&["--out", &out, "--tokenizer", &w("tok.safetensors"), "--set", "tokenizer.entry=\"a b\""]), "tokenizer.entry"),
-            c(&["train", "generator"], &s(&["--out", &w("tok.safetensors"), "--tokenizer", &w("tok.safetensors")]), "not a folder"),
+            c(
+                &["train", "generator"],
+                &s(&["--out", &out, "--tokenizer", &w("tok.safetensors"), "--set", "optim.lr=0"]),
+                "optim.lr",
+            ),
+            c(
+                &["train", "generator"],
+                &s(&["--out", &out, "--tokenizer", &w("tok.safetensors"), "--set", "sample.steps=1"]),
+                "sample.steps",
+            ),
+            c(
+                &["train", "generator"],
+                &s(&["--out", &out, "--tokenizer", &w("tok.safetensors"), "--set", "model.label_dropout_prob=1"]),
+                "label_dropout_prob",
+            ),
+            c(
+                &["train", "generator"],
+                &s(&["--out", &out, "--tokenizer", &w("tok.safetensors"), "--set", "run.fd_images=1"]),
+                "run.fd_images",
+            ),
+            c(
+                &["train", "generator"],
+                &s(&["--out", &out, "--tokenizer", &w("tok.safetensors"), "--set", "tokenizer.entry=\"a b\""]),
+                "tokenizer.entry",
+            ),
+            c(
+                &["train", "generator"],
+                &s(&["--out", &w("tok.safetensors"), "--tokenizer", &w("tok.safetensors")]),
+                "not a folder",
+            ),
             c(&["train", "generator"], &s(&["--out", &out]), "--tokenizer"),
         ]
     };
@@ -275,8 +407,15 @@ fn latent_names_are_kept_and_odd_images_are_read() {
     let w = |n: &str| ws.path(n);
     let latent = TensorData::new(vec![0.25f32; 8 * 4 * 4], [8, 4, 4]);
     let names = ["module.scan", "scan", "_orig_mod.view", "sub/dir/x"];
-    write_safetensors(&ws.dir.path().join("names.safetensors"), names.iter().map(|n| (n.to_string(), latent.clone())).collect(), HashMap::new()).unwrap();
-    let o = run(&["decode", "--tokenizer", &w("tok.safetensors"), "--raw", "-i", &w("names.safetensors"), "-o", &w("dec")].map(String::from));
+    write_safetensors(
+        &ws.dir.path().join("names.safetensors"),
+        names.iter().map(|n| (n.to_string(), latent.clone())).collect(),
+        HashMap::new(),
+    )
+    .unwrap();
+    let o =
+        run(&["decode", "--tokenizer", &w("tok.safetensors"), "--raw", "-i", &w("names.safetensors"), "-o", &w("dec")]
+            .map(String::from));
     assert!(o.status.success(), "{}", stderr(&o));
     for n in names {
         assert!(ws.dir.path().join("dec").join(format!("{n}.png")).exists(), "{n}.png");
@@ -289,25 +428,65 @@ fn latent_names_are_kept_and_odd_images_are_read() {
     std::fs::copy(ws.dir.path().join("bomb.png"), ws.dir.path().join("odd/bomb.png")).unwrap();
     std::fs::copy(ws.dir.path().join("corrupt.png"), ws.dir.path().join("odd/corrupt.PNG")).unwrap();
     std::fs::copy(fixture("photos/coffee.webp"), ws.dir.path().join("odd/coffee.WebP")).unwrap();
-    let o = rectok().args(["encode", "--tokenizer", &w("tok.safetensors"), "-i", &w("odd"), "-o", &w("odd.safetensors")]).env("RUST_LOG", "info").output().unwrap();
+    let o = rectok()
+        .args(["encode", "--tokenizer", &w("tok.safetensors"), "-i", &w("odd"), "-o", &w("odd.safetensors")])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("bomb.png") && err.contains("corrupt.PNG") && err.contains("2 unreadable image(s)"), "{err}");
     let sd = StateDict::open_verbatim(&ws.dir.path().join("odd.safetensors")).unwrap();
     assert_eq!(sd.tensors.keys().collect::<Vec<_>>(), ["coffee", "strip"]);
     // `generate --classes 1,1` writes four distinct files.
-    let o = run(&["generate", "--tokenizer", &w("tok.safetensors"), "--generator", &w("gen.pth"), "--generator-config", &w("gen.json"), "--classes", "1,1", "--num-per-class", "2", "--steps", "3", "-o", &w("gen_out")].map(String::from));
+    let o = run(&[
+        "generate",
+        "--tokenizer",
+        &w("tok.safetensors"),
+        "--generator",
+        &w("gen.pth"),
+        "--generator-config",
+        &w("gen.json"),
+        "--classes",
+        "1,1",
+        "--num-per-class",
+        "2",
+        "--steps",
+        "3",
+        "-o",
+        &w("gen_out"),
+    ]
+    .map(String::from));
     assert!(o.status.success(), "{}", stderr(&o));
-    let mut files: Vec<String> = std::fs::read_dir(ws.dir.path().join("gen_out")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut files: Vec<String> = std::fs::read_dir(ws.dir.path().join("gen_out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     files.sort();
     assert_eq!(files, ["0001_000.png", "0001_001.png", "0001_002.png", "0001_003.png"]);
     // Outputs are readable by others as the umask allows, and byte-identical across runs.
-    let again = run(&["decode", "--tokenizer", &w("tok.safetensors"), "--raw", "-i", &w("names.safetensors"), "-o", &w("dec2")].map(String::from));
+    let again = run(&[
+        "decode",
+        "--tokenizer",
+        &w("tok.safetensors"),
+        "--raw",
+        "-i",
+        &w("names.safetensors"),
+        "-o",
+        &w("dec2"),
+    ]
+    .map(String::from));
     assert!(again.status.success());
-    let o1 = run(&["encode", "--tokenizer", &w("tok.safetensors"), "-i", &w("imgs"), "-o", &w("e1.safetensors")].map(String::from));
-    let o2 = run(&["encode", "--tokenizer", &w("tok.safetensors"), "-i", &w("imgs"), "-o", &w("e2.safetensors")].map(String::from));
+    let o1 = run(&["encode", "--tokenizer", &w("tok.safetensors"), "-i", &w("imgs"), "-o", &w("e1.safetensors")]
+        .map(String::from));
+    let o2 = run(&["encode", "--tokenizer", &w("tok.safetensors"), "-i", &w("imgs"), "-o", &w("e2.safetensors")]
+        .map(String::from));
     assert!(o1.status.success() && o2.status.success());
-    assert_eq!(std::fs::read(w("e1.safetensors")).unwrap(), std::fs::read(w("e2.safetensors")).unwrap(), "stable safetensors bytes");
+    assert_eq!(
+        std::fs::read(w("e1.safetensors")).unwrap(),
+        std::fs::read(w("e2.safetensors")).unwrap(),
+        "stable safetensors bytes"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -332,8 +511,26 @@ fn generator_run(tok: &str, out: &Path, extra: &[&str]) -> Command {
     let mut c = rectok();
     c.args(["train", "generator", "--tokenizer", tok, "--data", "procedural:480", "--out"])
         .arg(out)
-        .args(["--set", "optim.batch_size=8", "--set", "run.epochs=2", "--set", "run.log_every=1", "--set", "run.checkpoint_every=4"])
-        .args(["--set", "run.keep_checkpoints=2", "--set", "run.sample_every=0", "--set", "run.fd_images=0", "--set", "sample.steps=3"])
+        .args([
+            "--set",
+            "optim.batch_size=8",
+            "--set",
+            "run.epochs=2",
+            "--set",
+            "run.log_every=1",
+            "--set",
+            "run.checkpoint_every=4",
+        ])
+        .args([
+            "--set",
+            "run.keep_checkpoints=2",
+            "--set",
+            "run.sample_every=0",
+            "--set",
+            "run.fd_images=0",
+            "--set",
+            "sample.steps=3",
+        ])
         .args(["--set", "sample.grid_per_class=1", "--set", "sample.grid_classes=2"])
         .args(extra);
     c
@@ -379,7 +576,10 @@ fn signals_save_and_resume_exactly_and_leftovers_never_block_a_run() {
         assert_eq!(o.status.code(), Some(code), "{err}");
         assert!(err.contains("--resume") && err.contains("stopped by"), "{err}");
         let steps = losses(&run).len();
-        assert!(steps < GENERATOR_STEPS && run.join(format!("checkpoints/step_{steps:08}/state.json")).exists(), "saved at step {steps}: {err}");
+        assert!(
+            steps < GENERATOR_STEPS && run.join(format!("checkpoints/step_{steps:08}/state.json")).exists(),
+            "saved at step {steps}: {err}"
+        );
         let o = resume(&run).output().unwrap();
         assert!(o.status.success(), "{}", stderr(&o));
         assert_eq!(losses(&run), want, "SIG{sig}: the resumed run differs from the uninterrupted one");
@@ -403,7 +603,11 @@ fn signals_save_and_resume_exactly_and_leftovers_never_block_a_run() {
     let o = resume(&run).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(losses(&run), want, "resumed after leftovers");
-    assert!(!ck.join(".step_00000099.tmp").exists() && !ck.join(".step_00000001.deleting").exists() && !run.join(".rectok-tmp-abc").exists());
+    assert!(
+        !ck.join(".step_00000099.tmp").exists()
+            && !ck.join(".step_00000001.deleting").exists()
+            && !run.join(".rectok-tmp-abc").exists()
+    );
 
     // A run that died before its first checkpoint: `--resume` starts it over from its
     // config.toml, and a plain start takes its place; neither needs anything deleted by hand.

@@ -5,8 +5,8 @@
 //! produced once by the reference implementation with Pillow preprocessing).
 
 use burn::prelude::*;
-use rectok::data::transforms::{center_crop_arr, images_to_tensor};
 use rectok::data::load_rgb8;
+use rectok::data::transforms::{center_crop_arr, images_to_tensor};
 use rectok::tokenizer::{RecTok, RecTokConfig};
 use rectok::weights::tokenizer::{TokenizerLoadOptions, load_latent_stats, load_tokenizer, save_tokenizer};
 use rectok::weights::{CheckpointEntry, StateDict, WeightsError};
@@ -43,13 +43,33 @@ fn check_against_reference(model: &mut RecTok, tag: &str) {
     let stats = load_latent_stats(&fixture("tiny_stats.safetensors")).unwrap();
     for (name, file) in PHOTOS {
         let x = input(file, &device);
-        assert_close(&values(x.clone() * 0.5 + 0.5), &expected.read_f32(&format!("{tag}.input.{name}")).unwrap(), 1e-6, &format!("{name} input pixels"));
+        assert_close(
+            &values(x.clone() * 0.5 + 0.5),
+            &expected.read_f32(&format!("{tag}.input.{name}")).unwrap(),
+            1e-6,
+            &format!("{name} input pixels"),
+        );
         model.stats = None;
         let raw = model.tokens_to_grid(model.posterior(x.clone()).mode());
-        assert_close(&values(raw), &expected.read_f32(&format!("{tag}.raw.{name}")).unwrap(), 1e-4, &format!("{name} raw latents"));
-        assert_close(&values(model.reconstruct(x.clone())), &expected.read_f32(&format!("{tag}.recon.{name}")).unwrap(), 1e-4, &format!("{name} reconstruction"));
+        assert_close(
+            &values(raw),
+            &expected.read_f32(&format!("{tag}.raw.{name}")).unwrap(),
+            1e-4,
+            &format!("{name} raw latents"),
+        );
+        assert_close(
+            &values(model.reconstruct(x.clone())),
+            &expected.read_f32(&format!("{tag}.recon.{name}")).unwrap(),
+            1e-4,
+            &format!("{name} reconstruction"),
+        );
         model.stats = Some(stats.clone());
-        assert_close(&values(model.tokenize(x, None)), &expected.read_f32(&format!("{tag}.norm.{name}")).unwrap(), 1e-4, &format!("{name} normalised latents"));
+        assert_close(
+            &values(model.tokenize(x, None)),
+            &expected.read_f32(&format!("{tag}.norm.{name}")).unwrap(),
+            1e-4,
+            &format!("{name} normalised latents"),
+        );
     }
 }
 
@@ -82,7 +102,10 @@ fn renamed_entries(dir: &Path, name: &str, renames: &[(&str, &str)]) -> PathBuf 
             for (from, to) in renames {
                 let key = |s: &str| [&[b'X'][..], &(s.len() as u32).to_le_bytes(), s.as_bytes()].concat();
                 let (old, new) = (key(from), key(to));
-                let at = bytes.windows(old.len()).position(|w| w == old.as_slice()).unwrap_or_else(|| panic!("no entry {from}"));
+                let at = bytes
+                    .windows(old.len())
+                    .position(|w| w == old.as_slice())
+                    .unwrap_or_else(|| panic!("no entry {from}"));
                 bytes.splice(at..at + old.len(), new);
             }
         }
@@ -205,26 +228,39 @@ fn official_dit_checkpoint_gives_the_reference_velocity() {
     use rectok::weights::generator::{load_generator, save_generator};
     let expected = StateDict::open(&fixture("tiny_ditdh_expected.safetensors"), CheckpointEntry::Auto).unwrap();
     let want = expected.read_f32("velocity").unwrap();
-    let (model, report) = load_generator(&fixture("tiny_ditdh.pth"), CheckpointEntry::Auto, Some(tiny_dit_config()), &Device::flex()).unwrap();
+    let (model, report) =
+        load_generator(&fixture("tiny_ditdh.pth"), CheckpointEntry::Auto, Some(tiny_dit_config()), &Device::flex())
+            .unwrap();
     assert_eq!(report.entry, "model_ema", "evaluation uses the EMA weights");
     let got = velocity_of(&model);
     let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0f32, f32::max);
     assert!(max < 1e-4, "velocity differs from the reference by {max:e}");
     // The raw `model` entry (which also holds the RoPE buffers) loads and differs.
-    let (raw, _) = load_generator(&fixture("tiny_ditdh.pth"), CheckpointEntry::Model, Some(tiny_dit_config()), &Device::flex()).unwrap();
+    let (raw, _) =
+        load_generator(&fixture("tiny_ditdh.pth"), CheckpointEntry::Model, Some(tiny_dit_config()), &Device::flex())
+            .unwrap();
     assert_ne!(velocity_of(&raw), got);
     // Converted safetensors load without flags and give the same velocity.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("dit.safetensors");
     save_generator(&model, &out).unwrap();
     let sd = StateDict::open(&out, CheckpointEntry::Auto).unwrap();
-    assert!(sd.contains("blocks.0.adaLN_modulation.1.weight") && sd.contains("t_embedder.W") && sd.contains("t_embedder.mlp.2.bias"));
+    assert!(
+        sd.contains("blocks.0.adaLN_modulation.1.weight")
+            && sd.contains("t_embedder.W")
+            && sd.contains("t_embedder.mlp.2.bias")
+    );
     let (back, _) = load_generator(&out, CheckpointEntry::Auto, None, &Device::flex()).unwrap();
     assert_eq!(velocity_of(&back), got);
     // Without sizes, non-official widths are refused with a hint.
-    let err = load_generator(&fixture("tiny_ditdh.pth"), CheckpointEntry::Auto, None, &Device::flex()).unwrap_err().to_string();
+    let err = load_generator(&fixture("tiny_ditdh.pth"), CheckpointEntry::Auto, None, &Device::flex())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("heads") && err.contains("--generator-config"), "{err}");
     // A tokenizer is not a generator.
-    let err = load_generator(&fixture("tiny_rectok.pth"), CheckpointEntry::Auto, Some(tiny_dit_config()), &Device::flex()).unwrap_err().to_string();
+    let err =
+        load_generator(&fixture("tiny_rectok.pth"), CheckpointEntry::Auto, Some(tiny_dit_config()), &Device::flex())
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("missing key `pos_embed`") || err.contains("missing key `x_embedder"), "{err}");
 }

@@ -42,7 +42,17 @@ fn encode_decode_reconstruct_roundtrip() {
     let ckpt = converted(dir.path());
     let photos = fixture("photos");
     let latents = dir.path().join("latents.safetensors");
-    let o = rectok(&["encode", "--tokenizer", ckpt.to_str().unwrap(), "--input", photos.to_str().unwrap(), "--output", latents.to_str().unwrap(), "--batch-size", "2"]);
+    let o = rectok(&[
+        "encode",
+        "--tokenizer",
+        ckpt.to_str().unwrap(),
+        "--input",
+        photos.to_str().unwrap(),
+        "--output",
+        latents.to_str().unwrap(),
+        "--batch-size",
+        "2",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let sd = StateDict::open(&latents, CheckpointEntry::Auto).unwrap();
     assert_eq!(sd.tensors.keys().cloned().collect::<Vec<_>>(), ["cat", "coffee", "rocket"]);
@@ -57,10 +67,28 @@ fn encode_decode_reconstruct_roundtrip() {
     }
 
     let decoded = dir.path().join("decoded");
-    let o = rectok(&["decode", "--tokenizer", ckpt.to_str().unwrap(), "--input", latents.to_str().unwrap(), "--output", decoded.to_str().unwrap()]);
+    let o = rectok(&[
+        "decode",
+        "--tokenizer",
+        ckpt.to_str().unwrap(),
+        "--input",
+        latents.to_str().unwrap(),
+        "--output",
+        decoded.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let recon_dir = dir.path().join("recon");
-    let o = rectok(&["reconstruct", "--tokenizer", ckpt.to_str().unwrap(), "--input", photos.to_str().unwrap(), "--output", recon_dir.to_str().unwrap(), "--metrics-json", dir.path().join("m.json").to_str().unwrap()]);
+    let o = rectok(&[
+        "reconstruct",
+        "--tokenizer",
+        ckpt.to_str().unwrap(),
+        "--input",
+        photos.to_str().unwrap(),
+        "--output",
+        recon_dir.to_str().unwrap(),
+        "--metrics-json",
+        dir.path().join("m.json").to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     for name in ["cat", "coffee", "rocket"] {
         let a = image::open(decoded.join(format!("{name}.png"))).unwrap().to_rgb8();
@@ -80,7 +108,8 @@ fn encode_decode_reconstruct_roundtrip() {
             / 3072.0;
         assert!(mean_abs < 0.05, "{name}: mean abs diff {mean_abs} levels");
     }
-    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("m.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("m.json")).unwrap()).unwrap();
     assert_eq!(metrics["images"].as_array().unwrap().len(), 3);
     let out = stdout(&o);
     assert!(out.lines().last().unwrap().starts_with("mean (3 images)"), "{out}");
@@ -100,7 +129,16 @@ fn raw_and_sampled_latents() {
     let ckpt = converted(dir.path());
     let cat = fixture("photos/cat.png");
     let raw = dir.path().join("raw.safetensors");
-    let o = rectok(&["encode", "--tokenizer", ckpt.to_str().unwrap(), "--input", cat.to_str().unwrap(), "--output", raw.to_str().unwrap(), "--raw"]);
+    let o = rectok(&[
+        "encode",
+        "--tokenizer",
+        ckpt.to_str().unwrap(),
+        "--input",
+        cat.to_str().unwrap(),
+        "--output",
+        raw.to_str().unwrap(),
+        "--raw",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let sd = StateDict::open(&raw, CheckpointEntry::Auto).unwrap();
     assert_eq!(sd.metadata.get("rectok.normalized").map(String::as_str), Some("false"));
@@ -110,7 +148,19 @@ fn raw_and_sampled_latents() {
     let s1 = dir.path().join("s1.safetensors");
     let s2 = dir.path().join("s2.safetensors");
     for (path, seed) in [(&s1, "1"), (&s2, "2")] {
-        let o = rectok(&["encode", "--tokenizer", ckpt.to_str().unwrap(), "--input", cat.to_str().unwrap(), "--output", path.to_str().unwrap(), "--raw", "--sample", "--seed", seed]);
+        let o = rectok(&[
+            "encode",
+            "--tokenizer",
+            ckpt.to_str().unwrap(),
+            "--input",
+            cat.to_str().unwrap(),
+            "--output",
+            path.to_str().unwrap(),
+            "--raw",
+            "--sample",
+            "--seed",
+            seed,
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
     }
     let a = StateDict::open(&s1, CheckpointEntry::Auto).unwrap().read_f32("cat").unwrap();
@@ -131,7 +181,15 @@ fn folder_with_non_images_and_corrupt_images_skips_and_counts() {
     let bytes = std::fs::read(fixture("photos/rocket.jpg")).unwrap();
     std::fs::write(input.join("truncated.jpg"), &bytes[..bytes.len() / 2]).unwrap();
     let out = dir.path().join("lat.safetensors");
-    let o = rectok(&["encode", "--tokenizer", ckpt.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let o = rectok(&[
+        "encode",
+        "--tokenizer",
+        ckpt.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("notes.txt") && err.contains("broken.jpg") && err.contains("truncated.jpg"), "{err}");
@@ -157,30 +215,58 @@ fn bad_inputs_give_one_line_errors_and_no_partial_files() {
     assert_clean_error(&o, "bad.png");
     // A missing checkpoint, a checkpoint that is not a checkpoint, a checkpoint of another model.
     let cat = fixture("photos/cat.png");
-    let o = rectok(&["encode", "--tokenizer", "/nonexistent/ckpt.pth", "--input", cat.to_str().unwrap(), "--output", o_str]);
+    let o = rectok(&[
+        "encode",
+        "--tokenizer",
+        "/nonexistent/ckpt.pth",
+        "--input",
+        cat.to_str().unwrap(),
+        "--output",
+        o_str,
+    ]);
     assert_clean_error(&o, "/nonexistent/ckpt.pth");
-    let o = rectok(&["encode", "--tokenizer", cat.to_str().unwrap(), "--input", cat.to_str().unwrap(), "--output", o_str]);
+    let o =
+        rectok(&["encode", "--tokenizer", cat.to_str().unwrap(), "--input", cat.to_str().unwrap(), "--output", o_str]);
     assert_clean_error(&o, "not a readable PyTorch checkpoint or safetensors file");
-    let o = rectok(&["encode", "--tokenizer", fixture("tiny_stats.safetensors").to_str().unwrap(), "--input", cat.to_str().unwrap(), "--output", o_str]);
+    let o = rectok(&[
+        "encode",
+        "--tokenizer",
+        fixture("tiny_stats.safetensors").to_str().unwrap(),
+        "--input",
+        cat.to_str().unwrap(),
+        "--output",
+        o_str,
+    ]);
     assert_clean_error(&o, "missing key `encoder.positional_embedding`");
     assert!(!out.exists(), "no output after failures");
 
     // Latents of the wrong shape.
     let wrong = dir.path().join("wrong.safetensors");
-    rectok::weights::write_safetensors(&wrong, vec![("x".into(), burn::tensor::TensorData::new(vec![0f32; 4 * 4 * 4], [4, 4, 4]))], Default::default()).unwrap();
+    rectok::weights::write_safetensors(
+        &wrong,
+        vec![("x".into(), burn::tensor::TensorData::new(vec![0f32; 4 * 4 * 4], [4, 4, 4]))],
+        Default::default(),
+    )
+    .unwrap();
     let dec = dir.path().join("dec");
-    let o = rectok(&["decode", "--tokenizer", ck, "--input", wrong.to_str().unwrap(), "--output", dec.to_str().unwrap()]);
+    let o =
+        rectok(&["decode", "--tokenizer", ck, "--input", wrong.to_str().unwrap(), "--output", dec.to_str().unwrap()]);
     assert_clean_error(&o, "latent `x` has shape [4, 4, 4], but this tokenizer decodes [8, 4, 4]");
     assert!(!dec.exists() || std::fs::read_dir(&dec).unwrap().next().is_none(), "no images written");
 
     // Usage errors exit with 2.
     let o = rectok(&["encode", "--tokenizer", ck]);
     assert_eq!(o.status.code(), Some(2));
-    let o = rectok(&["encode", "--tokenizer", ck, "--input", cat.to_str().unwrap(), "--output", o_str, "--device", "tpu"]);
+    let o =
+        rectok(&["encode", "--tokenizer", ck, "--input", cat.to_str().unwrap(), "--output", o_str, "--device", "tpu"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("unknown device 'tpu'"));
     // Only temporary-file-free outputs remain in the folder.
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with(".rectok-tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".rectok-tmp"))
+        .collect();
     assert!(leftovers.is_empty());
 }
 
@@ -189,12 +275,42 @@ fn decode_of_normalised_latents_needs_statistics() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = converted(dir.path());
     let lat = dir.path().join("l.safetensors");
-    let o = rectok(&["encode", "--tokenizer", ckpt.to_str().unwrap(), "--input", fixture("photos/cat.png").to_str().unwrap(), "--output", lat.to_str().unwrap()]);
+    let o = rectok(&[
+        "encode",
+        "--tokenizer",
+        ckpt.to_str().unwrap(),
+        "--input",
+        fixture("photos/cat.png").to_str().unwrap(),
+        "--output",
+        lat.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     // The .pth has no statistics: decoding normalised latents with it must fail clearly.
-    let o = rectok(&["decode", "--tokenizer", fixture("tiny_rectok.pth").to_str().unwrap(), "--config", fixture("tiny_config.json").to_str().unwrap(), "--input", lat.to_str().unwrap(), "--output", dir.path().join("d").to_str().unwrap()]);
+    let o = rectok(&[
+        "decode",
+        "--tokenizer",
+        fixture("tiny_rectok.pth").to_str().unwrap(),
+        "--config",
+        fixture("tiny_config.json").to_str().unwrap(),
+        "--input",
+        lat.to_str().unwrap(),
+        "--output",
+        dir.path().join("d").to_str().unwrap(),
+    ]);
     assert_clean_error(&o, "--latent-stats");
-    let o = rectok(&["decode", "--tokenizer", fixture("tiny_rectok.pth").to_str().unwrap(), "--config", fixture("tiny_config.json").to_str().unwrap(), "--latent-stats", fixture("tiny_stats.safetensors").to_str().unwrap(), "--input", lat.to_str().unwrap(), "--output", dir.path().join("d").to_str().unwrap()]);
+    let o = rectok(&[
+        "decode",
+        "--tokenizer",
+        fixture("tiny_rectok.pth").to_str().unwrap(),
+        "--config",
+        fixture("tiny_config.json").to_str().unwrap(),
+        "--latent-stats",
+        fixture("tiny_stats.safetensors").to_str().unwrap(),
+        "--input",
+        lat.to_str().unwrap(),
+        "--output",
+        dir.path().join("d").to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(dir.path().join("d/cat.png").exists());
 }

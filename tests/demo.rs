@@ -14,7 +14,8 @@ fn quick_demo_writes_a_report_with_real_numbers() {
     assert!(stdout.contains("reconstruction PSNR") && stdout.contains("generation FD-effnet"), "{stdout}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("<table>") && html.contains("samples/step_"), "report without metrics or samples");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let r = &json["result"];
     let (before, after) = (r["untrained"]["psnr"].as_f64().unwrap(), r["trained"]["psnr"].as_f64().unwrap());
     eprintln!("quick demo: PSNR {before:.2} → {after:.2} dB; {r}");
@@ -38,7 +39,8 @@ fn quick_ablation_writes_the_table_and_reuses_finished_variants() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let md = std::fs::read_to_string(out.join("ablation.md")).unwrap();
     assert!(md.contains("(a) no semantic loss") && md.contains("(d) FSD + RAD"), "{md}");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("ablation.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("ablation.json")).unwrap()).unwrap();
     assert_eq!(json["results"].as_array().unwrap().len(), 2);
     assert!(out.join("ablation.png").exists() && out.join("report.html").exists());
     // Run again: both variants are reused, nothing is retrained.

@@ -4,10 +4,12 @@
 
 use burn::tensor::TensorData;
 use rectok::metrics::extractor::Extractor;
-use rectok::metrics::fid::{IS_PERMUTATION_SEED, StatsAccumulator, frechet_distance, inception_score, read_npy, read_npz};
+use rectok::metrics::fid::kernel_inception_distance;
+use rectok::metrics::fid::{
+    IS_PERMUTATION_SEED, StatsAccumulator, frechet_distance, inception_score, read_npy, read_npz,
+};
 use rectok::metrics::inception::resize_tf1_bilinear;
 use rectok::metrics::numpy_rng::legacy_permutation;
-use rectok::metrics::fid::kernel_inception_distance;
 use rectok::weights::write_safetensors;
 use std::path::{Path, PathBuf};
 
@@ -19,7 +21,8 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn expected(key: &str) -> f64 {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
     v[key].as_f64().unwrap()
 }
 
@@ -29,10 +32,18 @@ fn rel(a: f64, b: f64) -> f64 {
 
 #[test]
 fn frechet_distance_matches_scipy_including_a_singular_covariance() {
-    let (a, b, c) = (read_npz(&fixture("a.npz")).unwrap(), read_npz(&fixture("b.npz")).unwrap(), read_npz(&fixture("c.npz")).unwrap());
+    let (a, b, c) = (
+        read_npz(&fixture("a.npz")).unwrap(),
+        read_npz(&fixture("b.npz")).unwrap(),
+        read_npz(&fixture("c.npz")).unwrap(),
+    );
     for (name, x, y) in [("fd_ab", &a, &b), ("fd_ac", &a, &c)] {
         let got = frechet_distance(x, y).unwrap();
-        eprintln!("{name}: rectok {got}, scipy {}, relative difference {:.2e}", expected(name), rel(got, expected(name)));
+        eprintln!(
+            "{name}: rectok {got}, scipy {}, relative difference {:.2e}",
+            expected(name),
+            rel(got, expected(name))
+        );
         assert!(rel(got, expected(name)) < 1e-6, "{name}: {got} vs scipy {}", expected(name));
     }
     // Singular against itself: exactly 0 up to round-off (scipy: -4.5e-7).
@@ -75,7 +86,8 @@ fn inception_score_matches_the_reference_formula() {
 
 #[test]
 fn numpy_legacy_permutation_matches_numpy() {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
     for n in [10usize, 1000, 50000] {
         let want: Vec<usize> = serde_json::from_value(v[format!("permutation_2020_{n}_head")].clone()).unwrap();
         let got = legacy_permutation(n, 2020);
@@ -142,7 +154,9 @@ fn max_rel_diff(got: &[f32], want: &[f64]) -> f64 {
 
 #[test]
 fn tf1_bilinear_resize_matches_torch_fidelity() {
-    for (image, file, (h, w)) in [("image0.png", "resize0_101x77.npy", (101, 77)), ("image1.png", "resize1_53x61.npy", (53, 61))] {
+    for (image, file, (h, w)) in
+        [("image0.png", "resize0_101x77.npy", (101, 77)), ("image1.png", "resize1_53x61.npy", (53, 61))]
+    {
         let img = image::open(inception_fixture(image)).unwrap().to_rgb8();
         let got = resize_tf1_bilinear(&img, h, w);
         let (shape, want) = read_npy(&inception_fixture(file)).unwrap();
@@ -156,7 +170,8 @@ fn tf1_bilinear_resize_matches_torch_fidelity() {
 fn inception_features_match_torch_fidelity_on_fixed_random_weights() {
     // Weights under torch-fidelity's key names, written as a safetensors file and loaded through
     // the user-facing `inception:PATH` extractor.
-    let keys: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(inception_fixture("keys.json")).unwrap()).unwrap();
+    let keys: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(inception_fixture("keys.json")).unwrap()).unwrap();
     assert_eq!(keys.len(), 5 * 94 + 2, "94 BasicConv2d (conv weight + 4 BatchNorm tensors) and fc");
     let tensors: Vec<(String, TensorData)> = keys
         .iter()
@@ -206,11 +221,19 @@ fn eval_commands_end_to_end() {
 
     let dir = tempfile::tempdir().unwrap();
     for i in 0..4u8 {
-        image::RgbImage::from_fn(48, 48, |x, y| image::Rgb([x as u8 * 5, y as u8 * (i + 1), 40 * i])).save(dir.path().join(format!("{i}.png"))).unwrap();
+        image::RgbImage::from_fn(48, 48, |x, y| image::Rgb([x as u8 * 5, y as u8 * (i + 1), 40 * i]))
+            .save(dir.path().join(format!("{i}.png")))
+            .unwrap();
     }
     std::fs::write(dir.path().join("notes.txt"), "not an image").unwrap();
     let out = dir.path().join("stats.npz");
-    let o = rectok().args(["eval", "stats", "--extractor", "effnet", "--batch-size", "3"]).arg(dir.path()).arg("-o").arg(&out).output().unwrap();
+    let o = rectok()
+        .args(["eval", "stats", "--extractor", "effnet", "--batch-size", "3"])
+        .arg(dir.path())
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s = read_npz(&out).unwrap();
     assert_eq!((s.dim(), s.sigma.len()), (1280, 1280 * 1280));
@@ -219,10 +242,22 @@ fn eval_commands_end_to_end() {
     let o = rectok().args(["eval", "fd"]).arg(fixture("a.npz")).arg(fixture("expected.json")).output().unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("expected.json") && e.contains("not an .npz"), "{e}");
-    let o = rectok().args(["eval", "stats", "--extractor", "inception"]).arg(dir.path()).arg("-o").arg(&out).output().unwrap();
+    let o = rectok()
+        .args(["eval", "stats", "--extractor", "inception"])
+        .arg(dir.path())
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("inception:PATH") && e.contains("nothing is downloaded"), "{e}");
-    let o = rectok().args(["eval", "stats", "--extractor", "inception:/no/such/pt_inception.pth"]).arg(dir.path()).arg("-o").arg(&out).output().unwrap();
+    let o = rectok()
+        .args(["eval", "stats", "--extractor", "inception:/no/such/pt_inception.pth"])
+        .arg(dir.path())
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("/no/such/pt_inception.pth"), "{e}");
 }
@@ -240,7 +275,8 @@ fn psnr_and_ssim_match_scikit_image() {
         (v, h, w)
     };
     let ((a, h, w), (b, _, _)) = (planes("a.png"), planes("b.png"));
-    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let (ssim, psnr) = (rectok::metrics::ssim(&a, &b, 3, h, w), rectok::metrics::psnr(&a, &b));
     let (ws, wp) = (want["ssim"].as_f64().unwrap(), want["psnr"].as_f64().unwrap());
     eprintln!("SSIM {ssim} (scikit-image {ws}), PSNR {psnr} (scikit-image {wp})");
@@ -265,7 +301,16 @@ fn tokenizer_generator_and_probe_protocols_end_to_end() {
     // Tokenizer: 12 held-out procedural images; rFD-effnet against the originals, then against
     // statistics of the saved 8-bit reconstructions themselves (must be ~0: the PNGs are exactly
     // what was measured).
-    let o = rectok().args(["eval", "tokenizer"]).args(tok).args(["--limit", "12", "--batch-size", "5"]).arg("--save-dir").arg(d.join("recon")).arg("--json").arg(d.join("tok.json")).output().unwrap();
+    let o = rectok()
+        .args(["eval", "tokenizer"])
+        .args(tok)
+        .args(["--limit", "12", "--batch-size", "5"])
+        .arg("--save-dir")
+        .arg(d.join("recon"))
+        .arg("--json")
+        .arg(d.join("tok.json"))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("PSNR (dB)") && stdout.contains("rFD-effnet") && stdout.contains("IS-effnet"), "{stdout}");
@@ -277,14 +322,24 @@ fn tokenizer_generator_and_probe_protocols_end_to_end() {
     assert_eq!(std::fs::read_dir(d.join("recon")).unwrap().count(), 12);
     let o = rectok().args(["eval", "stats"]).arg(d.join("recon")).arg("-o").arg(d.join("recon.npz")).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = rectok().args(["eval", "tokenizer"]).args(tok).args(["--limit", "12"]).arg("--ref-stats").arg(d.join("recon.npz")).arg("--json").arg(d.join("tok2.json")).output().unwrap();
+    let o = rectok()
+        .args(["eval", "tokenizer"])
+        .args(tok)
+        .args(["--limit", "12"])
+        .arg("--ref-stats")
+        .arg(d.join("recon.npz"))
+        .arg("--json")
+        .arg(d.join("tok2.json"))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r2 = &json_file(&d.join("tok2.json"))["results"];
     assert!(r2["distance"]["value"].as_f64().unwrap().abs() < 1e-3, "{r2}");
     assert_eq!(r2["psnr"], r["psnr"]);
 
     // Generator: 10 class-balanced samples of the tiny DiT (5 classes), saved and measured.
-    let (stats, ditdh, ditdh_config) = (tiny("tiny_stats.safetensors"), tiny("tiny_ditdh.pth"), tiny("tiny_ditdh_config.json"));
+    let (stats, ditdh, ditdh_config) =
+        (tiny("tiny_stats.safetensors"), tiny("tiny_ditdh.pth"), tiny("tiny_ditdh_config.json"));
     let gen_args = ["--latent-stats", &stats, "--generator", &ditdh, "--generator-config", &ditdh_config];
     let o = rectok()
         .args(["eval", "generator"])
@@ -301,13 +356,15 @@ fn tokenizer_generator_and_probe_protocols_end_to_end() {
     let g = &json_file(&d.join("gen.json"))["results"];
     assert_eq!(g["samples"], 10);
     assert!(g["distance"]["value"].as_f64().unwrap() > 1.0, "{g}");
-    let mut names: Vec<String> = std::fs::read_dir(d.join("samples")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(d.join("samples")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     assert_eq!(names.len(), 10);
     assert_eq!((names[3].as_str(), names[7].as_str()), ("000003_0003.png", "000007_0002.png"), "class i mod 5");
     // The same samples against their own statistics: gFD ≈ 0 (same seed, same noise per index,
     // whatever the batch size).
-    let o = rectok().args(["eval", "stats"]).arg(d.join("samples")).arg("-o").arg(d.join("samples.npz")).output().unwrap();
+    let o =
+        rectok().args(["eval", "stats"]).arg(d.join("samples")).arg("-o").arg(d.join("samples.npz")).output().unwrap();
     assert!(o.status.success());
     let o = rectok()
         .args(["eval", "generator"])
@@ -324,12 +381,27 @@ fn tokenizer_generator_and_probe_protocols_end_to_end() {
     let g2 = &json_file(&d.join("gen2.json"))["results"];
     assert!(g2["distance"]["value"].as_f64().unwrap().abs() < 1e-3, "{g2}");
     // Statistics from another extractor are refused with the reason.
-    let o = rectok().args(["eval", "generator"]).args(tok).args(gen_args).args(["--num-samples", "2"]).arg("--ref-stats").arg(fixture("a.npz")).output().unwrap();
+    let o = rectok()
+        .args(["eval", "generator"])
+        .args(tok)
+        .args(gen_args)
+        .args(["--num-samples", "2"])
+        .arg("--ref-stats")
+        .arg(fixture("a.npz"))
+        .output()
+        .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("a.npz") && e.contains("same extractor"), "{e}");
 
     // Linear probe with a JSON report.
-    let o = rectok().args(["eval", "probe"]).args(tok).args(["--data", "procedural:200", "--epochs", "20"]).arg("--json").arg(d.join("probe.json")).output().unwrap();
+    let o = rectok()
+        .args(["eval", "probe"])
+        .args(tok)
+        .args(["--data", "procedural:200", "--epochs", "20"])
+        .arg("--json")
+        .arg(d.join("probe.json"))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let p = json_file(&d.join("probe.json"));
     let top1 = p["top1_held_out"].as_f64().unwrap();
@@ -343,7 +415,11 @@ fn frechet_distance_is_finite_for_wide_rank_deficient_low_variance_statistics() 
     let mut rng = rectok::rng::Rng::seed_from(5);
     let d = 1280;
     let base: Vec<f32> = rng.normal_vec(d).iter().map(|v| v.abs()).collect();
-    let rows = |rng: &mut rectok::rng::Rng, scale: f32| -> Vec<f32> { (0..64).flat_map(|_| base.iter().zip(rng.normal_vec(d)).map(move |(b, n)| b + scale * n).collect::<Vec<_>>()).collect() };
+    let rows = |rng: &mut rectok::rng::Rng, scale: f32| -> Vec<f32> {
+        (0..64)
+            .flat_map(|_| base.iter().zip(rng.normal_vec(d)).map(move |(b, n)| b + scale * n).collect::<Vec<_>>())
+            .collect()
+    };
     let (mut a, mut b) = (StatsAccumulator::new(d), StatsAccumulator::new(d));
     a.add(&rows(&mut rng, 1e-3)).unwrap();
     b.add(&rows(&mut rng, 1e-1)).unwrap();
@@ -359,7 +435,8 @@ fn frechet_distance_is_exact_on_statistics_of_a_few_images() {
     // Float32 features of 4, 5 and 6 "images" in 1280 dimensions (covariances of rank 3 to 5)
     // and the exact distances between their Gaussians in 50-digit arithmetic (Gram form).
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fid_low_rank");
-    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let stats = |name: &str| {
         let (shape, values) = read_npy(&dir.join(format!("{name}.npy"))).unwrap();
         let mut acc = StatsAccumulator::new(shape[1]);

@@ -27,7 +27,11 @@ fn error_line(o: &Output) -> String {
 
 /// A tiny DiT^DH on the tiny tokenizer's 8×4×4 latents, random weights.
 fn tiny_generator(dir: &Path, name: &str, seed: u64, channels: usize) -> PathBuf {
-    let config = DitDhConfig::new(4, channels, 32, 2, 2).with_dec_hidden(48).with_dec_depth(1).with_dec_heads(2).with_num_classes(5);
+    let config = DitDhConfig::new(4, channels, 32, 2, 2)
+        .with_dec_hidden(48)
+        .with_dec_depth(1)
+        .with_dec_heads(2)
+        .with_num_classes(5);
     let model = initialize(config.init(&Device::flex()), &NormalInit(0.2), &mut Rng::seed_from(seed));
     let path = dir.join(name);
     save_generator(&model, &path).unwrap();
@@ -81,7 +85,12 @@ fn stats_are_the_moments_of_the_posterior_means() {
         let n = values[c].len() as f64;
         let m = values[c].iter().map(|&v| v as f64).sum::<f64>() / n;
         let s = (values[c].iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / n).sqrt();
-        assert!((mean[c] as f64 - m).abs() < 1e-4 && (std[c] as f64 - s).abs() < 1e-4, "channel {c}: {} {} vs {m} {s}", mean[c], std[c]);
+        assert!(
+            (mean[c] as f64 - m).abs() < 1e-4 && (std[c] as f64 - s).abs() < 1e-4,
+            "channel {c}: {} {} vs {m} {s}",
+            mean[c],
+            std[c]
+        );
     }
 }
 
@@ -93,7 +102,23 @@ fn generate_writes_samples_and_a_grid_independent_of_batching() {
     let guide = tiny_generator(dir.path(), "guide.safetensors", 2, 8);
     let run = |out: &str, extra: &[&str]| {
         let out = dir.path().join(out);
-        let mut args = vec!["generate", "--tokenizer", tok.to_str().unwrap(), "--generator", generator.to_str().unwrap(), "--classes", "1,3", "--num-per-class", "2", "--steps", "4", "--seed", "5", "--output", out.to_str().unwrap()];
+        let mut args = vec![
+            "generate",
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--generator",
+            generator.to_str().unwrap(),
+            "--classes",
+            "1,3",
+            "--num-per-class",
+            "2",
+            "--steps",
+            "4",
+            "--seed",
+            "5",
+            "--output",
+            out.to_str().unwrap(),
+        ];
         args.extend_from_slice(extra);
         ok(rectok(&args));
         out
@@ -126,15 +151,31 @@ fn generate_rejects_bad_input_before_any_work() {
     let generator = tiny_generator(dir.path(), "gen.safetensors", 1, 8);
     let wide = tiny_generator(dir.path(), "wide.safetensors", 1, 16);
     let out = dir.path().join("out");
-    let base = |g: &Path| vec!["generate".to_string(), "--tokenizer".into(), tok.to_str().unwrap().into(), "--generator".into(), g.to_str().unwrap().into(), "--output".into(), out.to_str().unwrap().into()];
+    let base = |g: &Path| {
+        vec![
+            "generate".to_string(),
+            "--tokenizer".into(),
+            tok.to_str().unwrap().into(),
+            "--generator".into(),
+            g.to_str().unwrap().into(),
+            "--output".into(),
+            out.to_str().unwrap().into(),
+        ]
+    };
     let run = |g: &Path, extra: &[&str]| {
         let mut a = base(g);
         a.extend(extra.iter().map(|s| s.to_string()));
         rectok(&a.iter().map(String::as_str).collect::<Vec<_>>())
     };
     assert!(error_line(&run(&generator, &["--steps", "1"])).contains("--steps must be between 2 and 10000"));
-    assert!(error_line(&run(&generator, &["--classes", "7"])).contains("class id 7 is out of range: the generator has 5 classes"));
-    assert!(error_line(&run(&wide, &["--classes", "1"])).contains("works on 16×4×4 latents but the tokenizer produces 8×4×4"));
+    assert!(
+        error_line(&run(&generator, &["--classes", "7"]))
+            .contains("class id 7 is out of range: the generator has 5 classes")
+    );
+    assert!(
+        error_line(&run(&wide, &["--classes", "1"]))
+            .contains("works on 16×4×4 latents but the tokenizer produces 8×4×4")
+    );
     assert!(error_line(&run(&generator, &["--classes", "1", "--cfg-interval", "0.8,0.2"])).contains("--cfg-interval"));
     // Without latent statistics the error says how to get them.
     let mut a = base(&generator);

@@ -34,7 +34,10 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
 }
 
 fn narrow() -> (LpipsConfig, ConvNextConfig) {
-    (LpipsConfig::new().with_widths([4, 8, 8, 16, 16]), ConvNextConfig::new([8, 16, 16, 32], [1, 1, 2, 1]).with_num_classes(10))
+    (
+        LpipsConfig::new().with_widths([4, 8, 8, 16, 16]),
+        ConvNextConfig::new([8, 16, 16, 32], [1, 1, 2, 1]).with_num_classes(10),
+    )
 }
 
 fn load(weights: &PerceptualWeights, device: &Device) -> PerceptualLoss {
@@ -49,8 +52,16 @@ fn lpips_and_convnext_match_torchvision_in_both_weight_layouts() {
     let y_hat = expected("y_hat", &device);
     let want_lpips = values(expected("lpips", &device));
     let want_p = values(expected("perceptual", &device));
-    let whole = PerceptualWeights { lpips: Some(fixture("lpips_full.safetensors")), vgg: None, convnext: Some(fixture("convnext.safetensors")) };
-    let split = PerceptualWeights { lpips: Some(fixture("lpips_lin.safetensors")), vgg: Some(fixture("vgg_trunk.safetensors")), convnext: whole.convnext.clone() };
+    let whole = PerceptualWeights {
+        lpips: Some(fixture("lpips_full.safetensors")),
+        vgg: None,
+        convnext: Some(fixture("convnext.safetensors")),
+    };
+    let split = PerceptualWeights {
+        lpips: Some(fixture("lpips_lin.safetensors")),
+        vgg: Some(fixture("vgg_trunk.safetensors")),
+        convnext: whole.convnext.clone(),
+    };
     for weights in [whole, split] {
         let loss = load(&weights, &device);
         let PerceptualLoss::Official { lpips, convnext } = &loss else { panic!("official term expected") };
@@ -65,7 +76,11 @@ fn lpips_and_convnext_match_torchvision_in_both_weight_layouts() {
 #[test]
 fn gradients_reach_the_reconstruction_but_not_the_frozen_networks() {
     let device = Device::flex().autodiff();
-    let weights = PerceptualWeights { lpips: Some(fixture("lpips_full.safetensors")), vgg: None, convnext: Some(fixture("convnext.safetensors")) };
+    let weights = PerceptualWeights {
+        lpips: Some(fixture("lpips_full.safetensors")),
+        vgg: None,
+        convnext: Some(fixture("convnext.safetensors")),
+    };
     let loss = load(&weights, &device);
     let y = expected("y", &device);
     let y_hat = expected("y_hat", &device).require_grad();
@@ -82,15 +97,30 @@ fn gradients_reach_the_reconstruction_but_not_the_frozen_networks() {
 fn missing_or_wrong_weight_files_are_named() {
     let device = Device::flex();
     let (l, c) = narrow();
-    let only_lin = PerceptualWeights { lpips: Some(fixture("lpips_lin.safetensors")), vgg: None, convnext: Some(fixture("convnext.safetensors")) };
-    let err = PerceptualLoss::load_sized(PerceptualKind::LpipsConvnext, &only_lin, &l, &c, &device).unwrap_err().to_string();
+    let only_lin = PerceptualWeights {
+        lpips: Some(fixture("lpips_lin.safetensors")),
+        vgg: None,
+        convnext: Some(fixture("convnext.safetensors")),
+    };
+    let err =
+        PerceptualLoss::load_sized(PerceptualKind::LpipsConvnext, &only_lin, &l, &c, &device).unwrap_err().to_string();
     assert!(err.contains("lpips_lin.safetensors") && err.contains("VGG16"), "{err}");
     let no_convnext = PerceptualWeights { lpips: Some(fixture("lpips_full.safetensors")), vgg: None, convnext: None };
-    let err = PerceptualLoss::load_sized(PerceptualKind::LpipsConvnext, &no_convnext, &l, &c, &device).unwrap_err().to_string();
+    let err = PerceptualLoss::load_sized(PerceptualKind::LpipsConvnext, &no_convnext, &l, &c, &device)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("convnext"), "{err}");
     // The ConvNeXt file given as the LPIPS weights: a clear mismatch.
-    let swapped = PerceptualWeights { lpips: Some(fixture("convnext.safetensors")), vgg: Some(fixture("convnext.safetensors")), convnext: None };
-    let err = PerceptualLoss::load_sized(PerceptualKind::LpipsConvnext, &swapped, &l, &c, &device).unwrap_err().to_string();
+    let swapped = PerceptualWeights {
+        lpips: Some(fixture("convnext.safetensors")),
+        vgg: Some(fixture("convnext.safetensors")),
+        convnext: None,
+    };
+    let err =
+        PerceptualLoss::load_sized(PerceptualKind::LpipsConvnext, &swapped, &l, &c, &device).unwrap_err().to_string();
     assert!(err.contains("convnext.safetensors"), "{err}");
-    assert!(matches!(PerceptualLoss::load(PerceptualKind::None, &PerceptualWeights::default(), &device).unwrap(), PerceptualLoss::None));
+    assert!(matches!(
+        PerceptualLoss::load(PerceptualKind::None, &PerceptualWeights::default(), &device).unwrap(),
+        PerceptualLoss::None
+    ));
 }

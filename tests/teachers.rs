@@ -55,7 +55,12 @@ fn built_in_efficientnet_classifies_real_photos() {
     let m = effnet();
     let expected = StateDict::open(&fixture("effnet_expected.safetensors"), CheckpointEntry::Auto).unwrap();
     // ImageNet: 281-285 cats, 967 espresso, 665 moped, 540/657/744 rocket-like.
-    let sensible: [(&str, &[usize]); 4] = [("cat", &[281, 282, 283, 284, 285]), ("coffee", &[967, 968]), ("motorcycle", &[665, 670]), ("rocket", &[540, 657, 744, 812])];
+    let sensible: [(&str, &[usize]); 4] = [
+        ("cat", &[281, 282, 283, 284, 285]),
+        ("coffee", &[967, 968]),
+        ("motorcycle", &[665, 670]),
+        ("rocket", &[540, 657, 744, 812]),
+    ];
     for (name, classes) in sensible {
         let x = classifier_input(&load_rgb8(&fixture(&format!("classify/{name}.jpg"))).unwrap(), &Device::flex());
         let p = values(burn::tensor::activation::softmax(m.logits(x), 1));
@@ -94,10 +99,17 @@ fn wrong_teacher_files_are_named() {
     // A (tiny) DINOv3 in the Hugging Face layout, loaded as ViT-B/16: the first shape mismatch is named.
     let small = dir.path().join("small.safetensors");
     let model = Dinov3Config::new(64, 1, 4, 128).init(&device);
-    rectok::weights::write_safetensors_from_module(&model, &rectok::weights::KeyMap::new(), &small, Default::default()).unwrap();
+    rectok::weights::write_safetensors_from_module(&model, &rectok::weights::KeyMap::new(), &small, Default::default())
+        .unwrap();
     let spec: TeacherSpec = format!("dinov3-b16:{}", small.display()).parse().unwrap();
     let err = Teacher::load(&spec, &device).unwrap_err().to_string();
-    assert!(err.contains("small.safetensors") && err.contains("embeddings.cls_token") && err.contains("[1, 1, 64]") && err.contains("[1, 1, 768]"), "{err}");
+    assert!(
+        err.contains("small.safetensors")
+            && err.contains("embeddings.cls_token")
+            && err.contains("[1, 1, 64]")
+            && err.contains("[1, 1, 768]"),
+        "{err}"
+    );
     // A generator checkpoint is not a teacher.
     let spec: TeacherSpec = format!("dinov3-b16:{}", fixture("tiny_ditdh.pth").display()).parse().unwrap();
     let err = Teacher::load(&spec, &device).unwrap_err().to_string();
@@ -116,9 +128,18 @@ fn teacher_check_prints_top5() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("top-5 ImageNet classes: 285 ("), "{out}");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_rectok"))
-        .args(["teacher", "check", "--teacher", "dinov3-b16:/nonexistent/model.safetensors", fixture("classify/cat.jpg").to_str().unwrap()])
+        .args([
+            "teacher",
+            "check",
+            "--teacher",
+            "dinov3-b16:/nonexistent/model.safetensors",
+            fixture("classify/cat.jpg").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("/nonexistent/model.safetensors") && !err.contains("panicked"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("/nonexistent/model.safetensors") && !err.contains("panicked"),
+        "{err}"
+    );
 }

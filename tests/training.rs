@@ -6,6 +6,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use burn::prelude::*;
 use rectok::data::{DataSpec, Loader, Split, open_dataset};
 use rectok::eval::{ProbeConfig, ProbeFeatures, linear_probe};
 use rectok::nn::init::{TokenizerInit, initialize};
@@ -15,7 +16,6 @@ use rectok::train::monitor::read_metrics;
 use rectok::train::tokenizer::TokenizerTrainer;
 use rectok::weights::tokenizer::{TokenizerLoadOptions, load_tokenizer};
 use rectok::weights::{CheckpointEntry, StateDict};
-use burn::prelude::*;
 use std::path::Path;
 
 mod common;
@@ -36,7 +36,8 @@ fn tiny_recipe_learns_reconstruction_semantics_and_separable_latents() {
     let run = dir.path().join("run");
     // The tiny recipe (batch 16) on half its images for 4 of its 6 epochs: 512 steps (about
     // 3 minutes on 2 cores).
-    let cfg = config("tiny", &["data.source=procedural:2048", "run.epochs=4", "run.log_every=8", "run.sample_every=128"]);
+    let cfg =
+        config("tiny", &["data.source=procedural:2048", "run.epochs=4", "run.log_every=8", "run.sample_every=128"]);
     let seed = cfg.run.seed;
     let model_cfg = cfg.model.clone();
     let mut trainer = TokenizerTrainer::start(cfg, &run).unwrap();
@@ -59,31 +60,55 @@ fn tiny_recipe_learns_reconstruction_semantics_and_separable_latents() {
 
     // A linear probe on the trained latents beats the same probe on the untrained tokenizer.
     let device = Device::flex();
-    let (trained, _) = load_tokenizer(&summary.tokenizer, &TokenizerLoadOptions { without_semantic: true, ..Default::default() }, &device).unwrap();
-    let untrained = initialize(model_cfg.with_teacher_dim(None).init(&device), &TokenizerInit, &mut Rng::seed_from(seed));
+    let (trained, _) = load_tokenizer(
+        &summary.tokenizer,
+        &TokenizerLoadOptions { without_semantic: true, ..Default::default() },
+        &device,
+    )
+    .unwrap();
+    let untrained =
+        initialize(model_cfg.with_teacher_dim(None).init(&device), &TokenizerInit, &mut Rng::seed_from(seed));
     let spec: DataSpec = "procedural:5000".parse().unwrap();
     let train = Loader::sequential(open_dataset(&spec, Split::Train, 7).unwrap(), 100, 32, 2).unwrap();
     let val = Loader::sequential(open_dataset(&spec, Split::Val, 7).unwrap(), 100, 32, 2).unwrap();
     let probe_cfg = ProbeConfig { features: ProbeFeatures::Mean, epochs: 40, ..Default::default() };
     let a = linear_probe(&untrained, &train, &val, 10, &probe_cfg, &device).unwrap();
     let b = linear_probe(&trained, &train, &val, 10, &probe_cfg, &device).unwrap();
-    eprintln!("probe top-1: untrained {:.3}, trained {:.3}; PSNR {before:.2} → {after:.2} dB; sem {first:.3} → {last:.3}", a.val_accuracy, b.val_accuracy);
-    assert!(b.val_accuracy > a.val_accuracy + 0.05, "probe: untrained {:.3}, trained {:.3}", a.val_accuracy, b.val_accuracy);
+    eprintln!(
+        "probe top-1: untrained {:.3}, trained {:.3}; PSNR {before:.2} → {after:.2} dB; sem {first:.3} → {last:.3}",
+        a.val_accuracy, b.val_accuracy
+    );
+    assert!(
+        b.val_accuracy > a.val_accuracy + 0.05,
+        "probe: untrained {:.3}, trained {:.3}",
+        a.val_accuracy,
+        b.val_accuracy
+    );
 }
 
 /// Small, fast runs that still exercise every state: teacher + semantic decoder, the
 /// discriminator from the first step, gradient accumulation.
 const SMALL: &[&str] = &[
-    "--set", "data.source=\"procedural:192\"",
-    "--set", "optim.batch_size=8",
-    "--set", "optim.accum_steps=2",
-    "--set", "run.epochs=2",
-    "--set", "run.checkpoint_every=3",
-    "--set", "run.keep_checkpoints=10",
-    "--set", "run.log_every=1",
-    "--set", "run.sample_every=0",
-    "--set", "teacher.resolution=32",
-    "--set", "loss.gan_start_epoch=0",
+    "--set",
+    "data.source=\"procedural:192\"",
+    "--set",
+    "optim.batch_size=8",
+    "--set",
+    "optim.accum_steps=2",
+    "--set",
+    "run.epochs=2",
+    "--set",
+    "run.checkpoint_every=3",
+    "--set",
+    "run.keep_checkpoints=10",
+    "--set",
+    "run.log_every=1",
+    "--set",
+    "run.sample_every=0",
+    "--set",
+    "teacher.resolution=32",
+    "--set",
+    "loss.gan_start_epoch=0",
 ];
 
 #[test]
@@ -91,7 +116,13 @@ fn a_killed_run_resumes_exactly_and_stage_two_trains_only_the_decoder() {
     let dir = tempfile::tempdir().unwrap();
     let (full, killed) = (dir.path().join("full"), dir.path().join("killed"));
     let train = |out: &Path, extra: &[&str]| {
-        let o = rectok().args(["train", "tokenizer", "--config", "tiny", "--out"]).arg(out).args(SMALL).args(extra).output().unwrap();
+        let o = rectok()
+            .args(["train", "tokenizer", "--config", "tiny", "--out"])
+            .arg(out)
+            .args(SMALL)
+            .args(extra)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     };
     train(&full, &[]);
@@ -106,7 +137,12 @@ fn a_killed_run_resumes_exactly_and_stage_two_trains_only_the_decoder() {
     let partial = losses(&killed).len();
     assert!(partial < 24, "killed after {partial} steps");
     // Changing the trajectory on resume is refused; run options may change.
-    let o = rectok().args(["train", "tokenizer", "--resume", "--out"]).arg(&killed).args(["--set", "optim.lr=1"]).output().unwrap();
+    let o = rectok()
+        .args(["train", "tokenizer", "--resume", "--out"])
+        .arg(&killed)
+        .args(["--set", "optim.lr=1"])
+        .output()
+        .unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("can change when resuming"));
     let o = rectok().args(["train", "tokenizer", "--resume", "--out"]).arg(&killed).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -143,12 +179,22 @@ fn a_killed_run_resumes_exactly_and_stage_two_trains_only_the_decoder() {
         .arg(&full)
         .arg("--out")
         .arg(&stage2)
-        .args(["--set", "data.source=\"procedural:64\"", "--set", "optim.batch_size=8", "--set", "run.max_steps=3", "--set", "run.sample_every=0"])
+        .args([
+            "--set",
+            "data.source=\"procedural:64\"",
+            "--set",
+            "optim.batch_size=8",
+            "--set",
+            "run.max_steps=3",
+            "--set",
+            "run.sample_every=0",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s1 = StateDict::open(&full.join("checkpoints/step_00000024/model.safetensors"), CheckpointEntry::Auto).unwrap();
-    let s2 = StateDict::open(&stage2.join("checkpoints/step_00000003/model.safetensors"), CheckpointEntry::Auto).unwrap();
+    let s2 =
+        StateDict::open(&stage2.join("checkpoints/step_00000003/model.safetensors"), CheckpointEntry::Auto).unwrap();
     let e2 = StateDict::open(&stage2.join("checkpoints/step_00000003/ema.safetensors"), CheckpointEntry::Auto).unwrap();
     for key in ["encoder.transformer.0.attn.qkv.weight", "encoder.latent_head.weight"] {
         assert_eq!(s1.read_f32(key).unwrap(), s2.read_f32(key).unwrap(), "{key} changed in stage 2");
@@ -171,12 +217,25 @@ fn bad_runs_stop_with_clear_messages() {
         e
     };
     let base = |out: &Path| -> Vec<String> {
-        ["train", "tokenizer", "--config", "tiny", "--out", out.to_str().unwrap(), "--set", "data.source=\"procedural:64\"", "--set", "optim.batch_size=8"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "train",
+            "tokenizer",
+            "--config",
+            "tiny",
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "data.source=\"procedural:64\"",
+            "--set",
+            "optim.batch_size=8",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
-    let with = |out: &Path, extra: &[&str]| -> Vec<String> { base(out).into_iter().chain(extra.iter().map(|s| s.to_string())).collect() };
+    let with = |out: &Path, extra: &[&str]| -> Vec<String> {
+        base(out).into_iter().chain(extra.iter().map(|s| s.to_string())).collect()
+    };
     let as_str = |v: &Vec<String>| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\u{0}");
     let run = |v: Vec<String>| err(&as_str(&v).split('\u{0}').collect::<Vec<_>>());
 
@@ -199,7 +258,9 @@ fn bad_runs_stop_with_clear_messages() {
     for class in ["a", "b"] {
         std::fs::create_dir_all(data.join(class)).unwrap();
         for i in 0..4 {
-            image::RgbImage::from_pixel(40, 40, image::Rgb([i * 40, 0, 0])).save(data.join(class).join(format!("{i}.png"))).unwrap();
+            image::RgbImage::from_pixel(40, 40, image::Rgb([i * 40, 0, 0]))
+                .save(data.join(class).join(format!("{i}.png")))
+                .unwrap();
         }
     }
     std::fs::write(data.join("b/broken.png"), b"not a png").unwrap();

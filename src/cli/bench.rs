@@ -79,9 +79,16 @@ fn run_train(args: TrainBench) -> Result<()> {
     let reference = read_reference(&args.reference)?;
     let iters = args.iters.max(1);
     let replicas = crate::train::params::replicas(args.data_parallel, &Device::flex());
-    println!("training step (tokenizer: tiny, rectok_b; generator: ditdh-tiny, ditdh_s), {} CPU threads, {replicas} data-parallel replica(s)", rayon::current_num_threads());
+    println!(
+        "training step (tokenizer: tiny, rectok_b; generator: ditdh-tiny, ditdh_s), {} CPU threads, {replicas} \
+            data-parallel replica(s)",
+        rayon::current_num_threads()
+    );
     let dp = format!("run.data_parallel={}", args.data_parallel);
-    println!("{:<10} {:>6} {:>10} {:>10} {:>12} {:>8}", "recipe", "batch", "s/step", "images/s", "reference s", "ratio");
+    println!(
+        "{:<10} {:>6} {:>10} {:>10} {:>12} {:>8}",
+        "recipe", "batch", "s/step", "images/s", "reference s", "ratio"
+    );
     let mut record = serde_json::json!({"threads": rayon::current_num_threads(), "data_parallel": replicas});
     for recipe in &args.recipes {
         let (key, name, batches): (&str, &str, Vec<usize>) = match crate::config::canonical_name(recipe).as_str() {
@@ -100,7 +107,12 @@ fn run_train(args: TrainBench) -> Result<()> {
             other => anyhow::bail!("unknown recipe `{other}` (tiny, rectok_b, ditdh-tiny, ditdh_s)"),
         };
         for b in batches {
-            let mut overrides = vec!["run.checkpoint_every=1000000".to_string(), "data.grid_images=1".into(), "data.flip=false".into(), dp.clone()];
+            let mut overrides = vec![
+                "run.checkpoint_every=1000000".to_string(),
+                "data.grid_images=1".into(),
+                "data.flip=false".into(),
+                dp.clone(),
+            ];
             if name != "tiny" {
                 overrides.extend([
                     format!("optim.batch_size={b}"),
@@ -137,12 +149,21 @@ fn run_train(args: TrainBench) -> Result<()> {
 /// Times one generator training step (latents from a cache of a random-weight tokenizer: tiny
 /// for `ditdh-tiny`, rectok_b geometry for the others); `batch` 0 keeps the recipe's;
 /// `data_parallel` is the `run.data_parallel` override.
-fn bench_generator_step(key: &str, recipe: &str, batch: usize, iters: usize, data_parallel: &str, reference: &Option<serde_json::Value>, record: &mut serde_json::Value) -> Result<()> {
+fn bench_generator_step(
+    key: &str,
+    recipe: &str,
+    batch: usize,
+    iters: usize,
+    data_parallel: &str,
+    reference: &Option<serde_json::Value>,
+    record: &mut serde_json::Value,
+) -> Result<()> {
     use crate::train::generator::GeneratorTrainer;
     use crate::train::generator_config::GeneratorTrainConfig;
     let dir = tempfile::tempdir().context("temporary run folder")?;
     let device = crate::device::select_device(DeviceChoice::Cpu).map_err(|e| anyhow!(e))?;
-    let tok_config = if recipe == "ditdh-tiny" { RecTokConfig::tiny() } else { RecTokConfig::rectok_b() }.with_teacher_dim(None);
+    let tok_config =
+        if recipe == "ditdh-tiny" { RecTokConfig::tiny() } else { RecTokConfig::rectok_b() }.with_teacher_dim(None);
     let tokenizer = initialize(tok_config.init(&device), &TokenizerInit, &mut Rng::seed_from(0));
     let tok_path = dir.path().join("tokenizer.safetensors");
     crate::weights::tokenizer::save_tokenizer(&tokenizer, &tok_path)?;
@@ -209,10 +230,14 @@ fn run_dit(args: DitBench) -> Result<()> {
     let device = crate::device::select_device(args.device).map_err(|e| anyhow!(e))?;
     let reference = read_reference(&args.reference)?;
     println!("DiT^DH on 128×16×16 latents, device {}, {} CPU threads", args.device, rayon::current_num_threads());
-    println!("{:<6} {:>6} {:>12} {:>14} {:>16} {:>8}", "model", "batch", "s/forward", "50-step im/s", "reference s/fwd", "ratio");
+    println!(
+        "{:<6} {:>6} {:>12} {:>14} {:>16} {:>8}",
+        "model", "batch", "s/forward", "50-step im/s", "reference s/fwd", "ratio"
+    );
     let mut record = serde_json::json!({"threads": rayon::current_num_threads()});
     for name in &args.models {
-        let config = DitDhConfig::preset(name, 128, 16).ok_or_else(|| anyhow!("unknown DiT^DH preset `{name}` (s, b, l, xl)"))?;
+        let config = DitDhConfig::preset(name, 128, 16)
+            .ok_or_else(|| anyhow!("unknown DiT^DH preset `{name}` (s, b, l, xl)"))?;
         let mut rng = Rng::seed_from(0);
         let model = initialize(config.init(&device), &crate::nn::init::NormalInit(0.02), &mut rng);
         record[name.as_str()] = serde_json::json!({});
@@ -225,7 +250,15 @@ fn run_dit(args: DitBench) -> Result<()> {
                 let _ = v.into_data();
             };
             run();
-            let secs = median((0..args.iters.max(1)).map(|_| { let s = Instant::now(); run(); s.elapsed().as_secs_f64() }).collect());
+            let secs = median(
+                (0..args.iters.max(1))
+                    .map(|_| {
+                        let s = Instant::now();
+                        run();
+                        s.elapsed().as_secs_f64()
+                    })
+                    .collect(),
+            );
             record[name.as_str()][b.to_string()] = serde_json::json!(secs);
             let r = reference_seconds(&reference, DIT_REFERENCE, name, b);
             // A 50-step sample: 50 grid points = 49 Euler evaluations.
@@ -274,12 +307,19 @@ pub struct TokenizerBench {
 /// `--reference` file is given: `(key, batch, seconds)`. DiT: per forward; tokenizer: per image;
 /// training: per step.
 const DIT_REFERENCE: &[(&str, usize, f64)] = &[("s", 1, 0.73), ("s", 8, 5.7), ("xl", 1, 2.5), ("xl", 8, 17.9)];
-const TOKENIZER_REFERENCE: &[(&str, usize, f64)] = &[("encode", 1, 0.31), ("decode", 1, 0.31), ("encode", 8, 0.35), ("decode", 8, 0.43)];
-const TRAIN_REFERENCE: &[(&str, usize, f64)] = &[("rectok_b", 1, 2.6), ("rectok_b", 4, 7.4), ("ditdh_s", 1, 3.4), ("ditdh_s", 4, 10.0)];
+const TOKENIZER_REFERENCE: &[(&str, usize, f64)] =
+    &[("encode", 1, 0.31), ("decode", 1, 0.31), ("encode", 8, 0.35), ("decode", 8, 0.43)];
+const TRAIN_REFERENCE: &[(&str, usize, f64)] =
+    &[("rectok_b", 1, 2.6), ("rectok_b", 4, 7.4), ("ditdh_s", 1, 3.4), ("ditdh_s", 4, 10.0)];
 
 /// Reference seconds for `(key, batch)`: from a `--reference` file (`{key: {batch: seconds}}`)
 /// or the stated figures.
-fn reference_seconds(reference: &Option<serde_json::Value>, stated: &[(&str, usize, f64)], key: &str, batch: usize) -> Option<f64> {
+fn reference_seconds(
+    reference: &Option<serde_json::Value>,
+    stated: &[(&str, usize, f64)],
+    key: &str,
+    batch: usize,
+) -> Option<f64> {
     match reference {
         Some(r) => r[key][batch.to_string()].as_f64(),
         None => stated.iter().find(|(k, b, _)| *k == key && *b == batch).map(|s| s.2),
@@ -327,7 +367,10 @@ fn run_tokenizer(args: TokenizerBench) -> Result<()> {
         args.device,
         rayon::current_num_threads()
     );
-    println!("{:<8} {:>6} {:>12} {:>10} {:>14} {:>10}", "op", "batch", "s/image", "images/s", "reference s/im", "ratio");
+    println!(
+        "{:<8} {:>6} {:>12} {:>10} {:>14} {:>10}",
+        "op", "batch", "s/image", "images/s", "reference s/im", "ratio"
+    );
     let (s, c, g) = (config.img_size, config.token_channels, config.grid_size());
     let mut record = serde_json::json!({"encode": {}, "decode": {}, "threads": rayon::current_num_threads()});
     for &b in &args.batch_sizes {
@@ -335,7 +378,15 @@ fn run_tokenizer(args: TokenizerBench) -> Result<()> {
         let z = rng.normal_tensor([b, g * g, c], &device);
         let time = |f: &dyn Fn()| -> f64 {
             f(); // warm-up
-            median((0..args.iters.max(1)).map(|_| { let t = Instant::now(); f(); t.elapsed().as_secs_f64() }).collect())
+            median(
+                (0..args.iters.max(1))
+                    .map(|_| {
+                        let t = Instant::now();
+                        f();
+                        t.elapsed().as_secs_f64()
+                    })
+                    .collect(),
+            )
         };
         let enc = time(&|| {
             let m = model.posterior(x.clone()).mean;

@@ -3,10 +3,10 @@
 use crate::data::transforms::center_crop_arr;
 use crate::data::{ImageSource, list_images, load_rgb8};
 use crate::device::{DeviceChoice, select_device, set_cpu_threads};
+use crate::io::Inputs;
 use crate::tokenizer::{RecTok, RecTokConfig};
 use crate::weights::CheckpointEntry;
 use crate::weights::tokenizer::{TokenizerLoadOptions, load_latent_stats, load_tokenizer};
-use crate::io::Inputs;
 use anyhow::{Result, anyhow, bail};
 use burn::prelude::*;
 use image::RgbImage;
@@ -127,8 +127,16 @@ impl TokenizerArgs {
             "loaded tokenizer {} ({} tensors from {}{}, {:.1}M parameters) in {:.1}s",
             self.tokenizer.display(),
             report.applied,
-            if report.entry.is_empty() { "a bare state dict".to_string() } else { format!("the `{}` entry", report.entry) },
-            if report.ignored > 0 { format!(", {} training-only tensors ignored", report.ignored) } else { String::new() },
+            if report.entry.is_empty() {
+                "a bare state dict".to_string()
+            } else {
+                format!("the `{}` entry", report.entry)
+            },
+            if report.ignored > 0 {
+                format!(", {} training-only tensors ignored", report.ignored)
+            } else {
+                String::new()
+            },
             model.num_inference_params() as f64 / 1e6,
             t.elapsed().as_secs_f64()
         );
@@ -142,9 +150,7 @@ impl TokenizerArgs {
         }
         if let Some(path) = &self.latent_stats {
             let stats = load_latent_stats(path)?;
-            stats
-                .validate(model.token_channels())
-                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            stats.validate(model.token_channels()).map_err(|e| anyhow!("{}: {e}", path.display()))?;
             model.stats = Some(stats);
         }
         Ok(model)
@@ -179,13 +185,23 @@ impl InputImages {
     /// `what`: `f(names, images)` per batch. In a folder an unreadable image is skipped with a
     /// warning and counted in the summary at the end; given directly it is an error. Returns
     /// the number of images processed.
-    pub fn for_each_batch(&self, batch_size: usize, crop: Option<usize>, what: &str, mut f: impl FnMut(Vec<String>, Vec<RgbImage>) -> Result<()>) -> Result<usize> {
+    pub fn for_each_batch(
+        &self,
+        batch_size: usize,
+        crop: Option<usize>,
+        what: &str,
+        mut f: impl FnMut(Vec<String>, Vec<RgbImage>) -> Result<()>,
+    ) -> Result<usize> {
         let bar = progress(self.sources.len(), what);
         let mut unreadable = Vec::new();
         let mut done = 0;
         for chunk in self.sources.chunks(batch_size) {
-            let loaded: Vec<Result<RgbImage>> =
-                chunk.par_iter().map(|s| load_rgb8(&s.path).map(|img| if let Some(size) = crop { center_crop_arr(&img, size) } else { img })).collect();
+            let loaded: Vec<Result<RgbImage>> = chunk
+                .par_iter()
+                .map(|s| {
+                    load_rgb8(&s.path).map(|img| if let Some(size) = crop { center_crop_arr(&img, size) } else { img })
+                })
+                .collect();
             let (mut names, mut images) = (Vec::new(), Vec::new());
             for (source, r) in chunk.iter().zip(loaded) {
                 match r {
@@ -208,7 +224,11 @@ impl InputImages {
         }
         bar.finish_and_clear();
         if !self.skipped_non_images.is_empty() || !unreadable.is_empty() {
-            tracing::warn!("skipped {} non-image file(s) and {} unreadable image(s)", self.skipped_non_images.len(), unreadable.len());
+            tracing::warn!(
+                "skipped {} non-image file(s) and {} unreadable image(s)",
+                self.skipped_non_images.len(),
+                unreadable.len()
+            );
         }
         Ok(done)
     }
@@ -341,11 +361,22 @@ impl GuidanceArgs {
     }
 
     /// Loads the guide model, if any, checking it matches the generator.
-    pub fn load_guide(&self, entry: CheckpointEntry, tokenizer: &RecTok, net: &crate::generator::DitDh, device: &Device) -> Result<Option<crate::generator::DitDh>> {
+    pub fn load_guide(
+        &self,
+        entry: CheckpointEntry,
+        tokenizer: &RecTok,
+        net: &crate::generator::DitDh,
+        device: &Device,
+    ) -> Result<Option<crate::generator::DitDh>> {
         let Some(path) = &self.guide else { return Ok(None) };
         let g = load_generator_for(path, entry, self.guide_config.as_deref(), tokenizer, device)?;
         if g.config.num_classes != net.config.num_classes {
-            return Err(anyhow!("{}: the guide has {} classes, the generator {}", path.display(), g.config.num_classes, net.config.num_classes));
+            return Err(anyhow!(
+                "{}: the guide has {} classes, the generator {}",
+                path.display(),
+                g.config.num_classes,
+                net.config.num_classes
+            ));
         }
         Ok(Some(g))
     }

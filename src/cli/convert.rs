@@ -3,9 +3,9 @@
 //! `RecTok_decft.pth`) and generators (`ditdh*_epoch_*.pth`) are told apart by their keys.
 
 use super::common::parse_config;
-use crate::weights::tokenizer::{TokenizerLoadOptions, load_latent_stats, load_tokenizer, save_tokenizer};
 use crate::generator::DitDhConfig;
 use crate::weights::generator::{load_generator, save_generator};
+use crate::weights::tokenizer::{TokenizerLoadOptions, load_latent_stats, load_tokenizer, save_tokenizer};
 use crate::weights::{CheckpointEntry, StateDict};
 use anyhow::{Result, anyhow};
 use burn::prelude::*;

@@ -89,8 +89,9 @@ pub fn run(args: Args) -> Result<()> {
             let tokens = model.grid_to_tokens(z);
             (model.decoder.forward(tokens, None) * 0.5 + 0.5).clamp(0.0, 1.0)
         };
-        let images = tensor_to_images(images)
-            .with_context(|| format!("decoding {}", chunk.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")))?;
+        let images = tensor_to_images(images).with_context(|| {
+            format!("decoding {}", chunk.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))
+        })?;
         for (file, img) in chunk_files.iter().zip(images) {
             save_png(&img, &args.output.join(file))?;
         }

@@ -52,7 +52,11 @@ pub fn run_demo_command(a: DemoArgs) -> Result<()> {
     let r = run_demo(&a.out, a.quick)?;
     let rows = summary_rows(&r);
     let w = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
-    println!("\nrectok demo{} — finished in {:.0} s", if a.quick { " --quick" } else { "" }, started.elapsed().as_secs_f64());
+    println!(
+        "\nrectok demo{} — finished in {:.0} s",
+        if a.quick { " --quick" } else { "" },
+        started.elapsed().as_secs_f64()
+    );
     println!("  {:<w$}  {:>10}  {:>10}", "metric", "untrained", "trained");
     for (m, u, t) in rows {
         println!("  {m:<w$}  {u:>10}  {t:>10}");

@@ -69,7 +69,11 @@ pub fn run(args: Args) -> Result<()> {
         let [_, c, h, w] = grid.dims();
         let values: Vec<f32> = grid.into_data().try_into_vec_as::<f32>().expect("f32 latents");
         if let Some(i) = (0..b).find(|&i| values[i * c * h * w..(i + 1) * c * h * w].iter().any(|v| !v.is_finite())) {
-            bail!("the latents of `{}` hold NaN or infinite values (the tokenizer's weights or input diverged); nothing was written", names[i]);
+            bail!(
+                "the latents of `{}` hold NaN or infinite values (the tokenizer's weights or input diverged); \
+                nothing was written",
+                names[i]
+            );
         }
         for (i, name) in names.into_iter().enumerate() {
             out.push((name, TensorData::new(values[i * c * h * w..(i + 1) * c * h * w].to_vec(), [c, h, w])));

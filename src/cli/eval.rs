@@ -2,14 +2,14 @@
 //! distribution-distance tools they are built on.
 
 use super::common::{
-    DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, check_output_file, check_output_folder, input_images, load_generator_for,
-    progress, require_batch_size, require_latent_stats,
+    DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, check_output_file, check_output_folder,
+    input_images, load_generator_for, progress, require_batch_size, require_latent_stats,
 };
-use crate::io::Inputs;
 use crate::data::{DataSpec, Loader, Split, open_dataset};
+use crate::eval::{GeneratorEvalOptions, Reference, TokenizerEvalOptions, evaluate_generator, evaluate_tokenizer};
+use crate::io::Inputs;
 use crate::metrics::extractor::Extractor;
 use crate::metrics::fid::{FeatureStats, StatsAccumulator, frechet_distance, read_npz, write_npz};
-use crate::eval::{GeneratorEvalOptions, Reference, TokenizerEvalOptions, evaluate_generator, evaluate_tokenizer};
 use anyhow::{Result, anyhow, bail};
 use std::path::{Path, PathBuf};
 
@@ -110,7 +110,12 @@ pub struct GeneratorEvalArgs {
 
 /// Up to `n` labelled 8-bit images of a data source (held-out part for the procedural set) and
 /// its number of classes.
-fn labelled_images(data: &str, n: usize, size: usize, device: &burn::prelude::Device) -> Result<(Vec<image::RgbImage>, Vec<usize>, usize)> {
+fn labelled_images(
+    data: &str,
+    n: usize,
+    size: usize,
+    device: &burn::prelude::Device,
+) -> Result<(Vec<image::RgbImage>, Vec<usize>, usize)> {
     let loader = data_loader(data, Split::Val, 64, size)?;
     let (images, labels) = crate::eval::labelled_images(&loader, n, device)?;
     Ok((images, labels, loader.dataset().num_classes()))
@@ -127,7 +132,8 @@ fn load_ref_stats(path: &Path, extractor: &Extractor) -> Result<FeatureStats> {
     let stats = read_npz(path)?;
     if stats.dim() != extractor.dim() {
         bail!(
-            "{}: {}-d statistics, but the {} extractor gives {}-d features (statistics must come from the same extractor)",
+            "{}: {}-d statistics, but the {} extractor gives {}-d features (statistics must come from the same \
+                extractor)",
             path.display(),
             stats.dim(),
             extractor.metric_name(),
@@ -202,7 +208,13 @@ fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
     let model = a.tokenizer.load(&device)?;
     let loader = data_loader(&a.data, Split::Val, a.batch_size, model.config.img_size)?;
     let total = a.limit.unwrap_or(usize::MAX).min(loader.dataset().len());
-    let options = TokenizerEvalOptions { extractor: extractor.as_ref(), reference, limit: a.limit, save_dir: a.save_dir.clone(), kid: a.kid };
+    let options = TokenizerEvalOptions {
+        extractor: extractor.as_ref(),
+        reference,
+        limit: a.limit,
+        save_dir: a.save_dir.clone(),
+        kid: a.kid,
+    };
     let bar = progress(total, "reconstruct + measure");
     let r = evaluate_tokenizer(&model, &loader, &options, &device, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
@@ -221,7 +233,10 @@ fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
         rows.push(("KID".to_string(), format!("{m:.6} ± {s:.6}")));
     }
     print_table(&format!("tokenizer {} on {}", a.tokenizer.tokenizer.display(), loader.dataset().describe()), &rows);
-    println!("PSNR: 10·log10(1/MSE) of float reconstructions in [0,1]; SSIM: Gaussian 11, σ 1.5, data range 1; distances on 8-bit (truncated) reconstructions");
+    println!(
+        "PSNR: 10·log10(1/MSE) of float reconstructions in [0,1]; SSIM: Gaussian 11, σ 1.5, data range 1; distances \
+            on 8-bit (truncated) reconstructions"
+    );
     if let Some(path) = &a.json {
         let json = serde_json::json!({
             "protocol": "tokenizer",
@@ -275,7 +290,13 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
         }
     };
     let g = &a.generator;
-    let net = load_generator_for(&g.generator, g.generator_entry.clone(), g.generator_config.as_deref(), &tokenizer, &device)?;
+    let net = load_generator_for(
+        &g.generator,
+        g.generator_entry.clone(),
+        g.generator_config.as_deref(),
+        &tokenizer,
+        &device,
+    )?;
     let guide = a.guidance.load_guide(g.generator_entry.clone(), &tokenizer, &net, &device)?;
     let options = GeneratorEvalOptions {
         num_samples: a.num_samples,
@@ -294,30 +315,49 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
             if classes != net.config.num_classes {
                 bail!("--class-check {data}: {classes} classes, but the generator has {}", net.config.num_classes);
             }
-            Some(crate::eval::TeacherClassifier::fit_on_reconstructions(&tokenizer, &images, &labels, classes, &device)?)
+            Some(crate::eval::TeacherClassifier::fit_on_reconstructions(
+                &tokenizer, &images, &labels, classes, &device,
+            )?)
         }
         None => None,
     };
     let bar = progress(a.num_samples, "sample + measure");
     let mut hits = 0;
-    let r = evaluate_generator(&net, &tokenizer, &options, &device, |n| bar.inc(n as u64), |images, labels| {
-        if let Some(c) = &classifier {
-            hits += c.hits(images, labels)?;
-        }
-        Ok(())
-    })?;
+    let r = evaluate_generator(
+        &net,
+        &tokenizer,
+        &options,
+        &device,
+        |n| bar.inc(n as u64),
+        |images, labels| {
+            if let Some(c) = &classifier {
+                hits += c.hits(images, labels)?;
+            }
+            Ok(())
+        },
+    )?;
     bar.finish_and_clear();
     let class_accuracy = classifier.as_ref().map(|c| (hits as f64 / r.samples as f64, c.real_accuracy));
-    let mut rows = vec![("samples".to_string(), format!("{} (class-balanced, {} classes)", r.samples, net.config.num_classes))];
+    let mut rows =
+        vec![("samples".to_string(), format!("{} (class-balanced, {} classes)", r.samples, net.config.num_classes))];
     if let Some((acc, ceiling)) = class_accuracy {
-        rows.push(("in their class (teacher)".to_string(), format!("{:.1} %  (reconstructions of real images: {:.1} %)", 100.0 * acc, 100.0 * ceiling)));
+        rows.push((
+            "in their class (teacher)".to_string(),
+            format!("{:.1} %  (reconstructions of real images: {:.1} %)", 100.0 * acc, 100.0 * ceiling),
+        ));
     }
     if let Some(d) = &r.distance {
         rows.push((format!("g{}", d.metric), format!("{:.4}  (against {})", d.value, d.reference)));
     }
     rows.push((r.score.metric.clone(), format!("{:.3} ± {:.3}", r.score.mean, r.score.std)));
     print_table(
-        &format!("generator {} ({} grid points, {:?}, cfg {})", g.generator.display(), a.sampling.steps, a.sampling.sampler, a.guidance.cfg),
+        &format!(
+            "generator {} ({} grid points, {:?}, cfg {})",
+            g.generator.display(),
+            a.sampling.steps,
+            a.sampling.sampler,
+            a.guidance.cfg
+        ),
         &rows,
     );
     if let Some(path) = &a.json {
@@ -340,7 +380,13 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
 }
 
 /// Feature statistics of a data source (center-cropped 8-bit images, as the reference batch).
-fn reference_stats_from(data: &str, extractor: &Extractor, batch_size: usize, size: usize, device: &burn::prelude::Device) -> Result<(FeatureStats, String)> {
+fn reference_stats_from(
+    data: &str,
+    extractor: &Extractor,
+    batch_size: usize,
+    size: usize,
+    device: &burn::prelude::Device,
+) -> Result<(FeatureStats, String)> {
     let loader = data_loader(data, Split::Val, batch_size, size)?;
     let bar = progress(loader.dataset().len(), "reference statistics");
     let stats = crate::eval::reference_statistics(&loader, extractor, None, device, |n| bar.inc(n as u64))?;
@@ -398,10 +444,18 @@ pub fn run(which: Which) -> Result<()> {
             let device = a.device.device()?;
             let extractor = Extractor::load(&a.extractor, &device)?;
             let mut acc = StatsAccumulator::new(extractor.dim());
-            inputs.for_each_batch(a.batch_size, None, "features", |_, images| acc.add(&extractor.features(&images, &device)?))?;
+            inputs.for_each_batch(a.batch_size, None, "features", |_, images| {
+                acc.add(&extractor.features(&images, &device)?)
+            })?;
             let stats = acc.finish()?;
             write_npz(&stats, &a.output)?;
-            println!("{} statistics of {} images ({}-d) written to {}", extractor.metric_name(), stats.count, stats.dim(), a.output.display());
+            println!(
+                "{} statistics of {} images ({}-d) written to {}",
+                extractor.metric_name(),
+                stats.count,
+                stats.dim(),
+                a.output.display()
+            );
             Ok(())
         }
     }

@@ -2,15 +2,15 @@
 //! classifier-free guidance or AutoGuidance), decoded by the tokenizer.
 
 use super::common::{
-    DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, check_output_file, check_output_folder, load_generator_for, progress,
-    require_batch_size, require_latent_stats,
+    DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, check_output_file, check_output_folder,
+    load_generator_for, progress, require_batch_size, require_latent_stats,
 };
-use crate::io::Inputs;
 use crate::data::save_png;
 use crate::data::transforms::tensor_to_images;
-use crate::rectified_flow::ode_grid;
-use crate::generator::sampler::sample_class_latents;
 use crate::generator::Guidance;
+use crate::generator::sampler::sample_class_latents;
+use crate::io::Inputs;
+use crate::rectified_flow::ode_grid;
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 
@@ -81,11 +81,20 @@ pub fn run(args: Args) -> Result<()> {
     let tokenizer = args.tokenizer.load(&device)?;
     require_latent_stats(&tokenizer, &args.tokenizer)?;
     let gen_args = &args.generator;
-    let net = load_generator_for(&gen_args.generator, gen_args.generator_entry.clone(), gen_args.generator_config.as_deref(), &tokenizer, &device)?;
+    let net = load_generator_for(
+        &gen_args.generator,
+        gen_args.generator_entry.clone(),
+        gen_args.generator_config.as_deref(),
+        &tokenizer,
+        &device,
+    )?;
     let num_classes = net.config.num_classes;
     let classes: Vec<usize> = if args.classes.is_empty() { (0..num_classes).collect() } else { args.classes.clone() };
     if let Some(&bad) = classes.iter().find(|&&c| c >= num_classes) {
-        bail!("--classes: class id {bad} is out of range: the generator has {num_classes} classes (0..{})", num_classes - 1);
+        bail!(
+            "--classes: class id {bad} is out of range: the generator has {num_classes} classes (0..{})",
+            num_classes - 1
+        );
     }
     let guide = args.guidance.load_guide(gen_args.generator_entry.clone(), &tokenizer, &net, &device)?;
     let guidance = args.guidance.guidance(guide.as_ref());
@@ -111,7 +120,16 @@ pub fn run(args: Args) -> Result<()> {
     for (bi, batch) in jobs.chunks(args.batch_size).enumerate() {
         let labels: Vec<usize> = batch.iter().map(|&(class, _)| class).collect();
         let first = (bi * args.batch_size) as u64;
-        let latents = sample_class_latents(&net, &guidance, &labels, args.sampling.seed, first, &grid_t, args.sampling.sampler, |_| pb.inc(1));
+        let latents = sample_class_latents(
+            &net,
+            &guidance,
+            &labels,
+            args.sampling.seed,
+            first,
+            &grid_t,
+            args.sampling.sampler,
+            |_| pb.inc(1),
+        );
         let images = tensor_to_images(tokenizer.detokenize(latents)).context("sampling")?;
         for (&(class, k), img) in batch.iter().zip(images) {
             save_png(&img, &args.output.join(format!("{class:04}_{k:03}.png")))?;
@@ -126,7 +144,6 @@ pub fn run(args: Args) -> Result<()> {
     tracing::info!("wrote {} samples to {}", all.len(), args.output.display());
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -58,7 +58,9 @@ pub fn run(args: Args) -> Result<()> {
         bail!("{}: none of the images could be read", args.data.display());
     }
     let stats = moments.finish();
-    stats.validate(model.token_channels()).map_err(|e| anyhow::anyhow!("the statistics over {images} images are unusable: {e}"))?;
+    stats
+        .validate(model.token_channels())
+        .map_err(|e| anyhow::anyhow!("the statistics over {images} images are unusable: {e}"))?;
     save_latent_stats(&stats, &args.output)?;
     let c = stats.mean.len() as f32;
     println!(

@@ -2,9 +2,9 @@
 
 use super::common::{DeviceArgs, TokenizerArgs};
 use crate::data::{DataSpec, Loader, Split, Subset, open_dataset};
-use std::path::PathBuf;
 use crate::eval::{ProbeConfig, ProbeFeatures, linear_probe};
 use anyhow::{Result, anyhow, bail};
+use std::path::PathBuf;
 
 /// Linear probe on posterior-mean latents.
 #[derive(clap::Args, Debug)]
@@ -74,8 +74,13 @@ pub fn run(args: Args) -> Result<()> {
     let model = args.tokenizer.load(&device)?;
     let spec: DataSpec = args.data.parse().map_err(|e: String| anyhow!("--data: {e}"))?;
     let (train, val) = match (&args.val_data, &spec) {
-        (Some(v), _) => (open_dataset(&spec, Split::Train, args.seed)?, open_dataset(&v.parse().map_err(|e: String| anyhow!("--val-data: {e}"))?, Split::Val, args.seed)?),
-        (None, DataSpec::Procedural { .. }) => (open_dataset(&spec, Split::Train, args.seed)?, open_dataset(&spec, Split::Val, args.seed)?),
+        (Some(v), _) => (
+            open_dataset(&spec, Split::Train, args.seed)?,
+            open_dataset(&v.parse().map_err(|e: String| anyhow!("--val-data: {e}"))?, Split::Val, args.seed)?,
+        ),
+        (None, DataSpec::Procedural { .. }) => {
+            (open_dataset(&spec, Split::Train, args.seed)?, open_dataset(&spec, Split::Val, args.seed)?)
+        }
         (None, _) => Subset::split(open_dataset(&spec, Split::Train, args.seed)?, args.val_fraction, args.seed)?,
     };
     if val.num_classes() != train.num_classes() {
@@ -85,10 +90,12 @@ pub fn run(args: Args) -> Result<()> {
     let workers = rayon::current_num_threads();
     let train_loader = Loader::sequential(train.clone(), args.batch_size, size, workers)?;
     let val_loader = Loader::sequential(val.clone(), args.batch_size, size, workers)?;
-    let config = ProbeConfig { features: args.features, epochs: args.epochs, lr: args.lr, batch_size: 256, seed: args.seed };
+    let config =
+        ProbeConfig { features: args.features, epochs: args.epochs, lr: args.lr, batch_size: 256, seed: args.seed };
     let report = linear_probe(&model, &train_loader, &val_loader, train.num_classes(), &config, &device)?;
     println!(
-        "linear probe ({:?} features, {} dims, {} classes): top-1 {:.2}% held-out ({} images), {:.2}% train ({} images)",
+        "linear probe ({:?} features, {} dims, {} classes): top-1 {:.2}% held-out ({} images), {:.2}% train ({} \
+            images)",
         args.features,
         report.dim,
         train.num_classes(),

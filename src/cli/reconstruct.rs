@@ -1,9 +1,11 @@
 //! `rectok reconstruct`: images → latents → images, with PSNR and SSIM.
 
-use super::common::{DeviceArgs, TokenizerArgs, check_output_file, check_output_folder, input_images, require_batch_size};
-use crate::io::{Inputs, output_file};
+use super::common::{
+    DeviceArgs, TokenizerArgs, check_output_file, check_output_folder, input_images, require_batch_size,
+};
 use crate::data::save_png;
 use crate::data::transforms::{images_to_tensor, tensor_to_images, tensor_to_planes};
+use crate::io::{Inputs, output_file};
 use crate::metrics::{psnr, ssim};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -52,7 +54,11 @@ pub fn run(args: Args) -> Result<()> {
         let original = (x.clone() * 0.5 + 0.5).clamp(0.0, 1.0);
         let recon = model.reconstruct(x);
         let (orig_planes, recon_planes) = (tensor_to_planes(original), tensor_to_planes(recon.clone()));
-        for ((name, img), (o, r)) in names.iter().zip(tensor_to_images(recon).context("reconstructing")?).zip(orig_planes.iter().zip(&recon_planes)) {
+        for ((name, img), (o, r)) in names
+            .iter()
+            .zip(tensor_to_images(recon).context("reconstructing")?)
+            .zip(orig_planes.iter().zip(&recon_planes))
+        {
             save_png(&img, &args.output.join(output_file(name, "image name", "png")?))?;
             let (p, s) = (psnr(r, o), ssim(r, o, 3, size, size));
             println!("{name}\tPSNR {p:.3} dB\tSSIM {s:.4}");
@@ -73,7 +79,8 @@ pub fn run(args: Args) -> Result<()> {
             "mean_psnr": mean_psnr,
             "mean_ssim": mean_ssim,
             "psnr_definition": "10*log10(1/MSE) on [0,1] float reconstructions vs the center-cropped input",
-            "ssim_definition": "Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data range 1, valid region, channel mean",
+            "ssim_definition": "Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data range 1, valid region, channel \
+                mean",
         });
         crate::io::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
     }

@@ -63,10 +63,12 @@ pub fn run(which: Which) -> Result<()> {
                 let n = v.len() as f64;
                 let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
                 let std = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
-                let norms: Vec<f64> = v.chunks(d).map(|t| t.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()).collect();
+                let norms: Vec<f64> =
+                    v.chunks(d).map(|t| t.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()).collect();
                 let finite = v.iter().all(|x| x.is_finite());
                 println!(
-                    "{name}\t{} tokens × {d}: mean {mean:.4}, std {std:.4}, token L2 norm mean {:.3} (min {:.3}, max {:.3}){}",
+                    "{name}\t{} tokens × {d}: mean {mean:.4}, std {std:.4}, token L2 norm mean {:.3} (min {:.3}, max \
+                        {:.3}){}",
                     norms.len(),
                     norms.iter().sum::<f64>() / norms.len() as f64,
                     norms.iter().cloned().fold(f64::INFINITY, f64::min),

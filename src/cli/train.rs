@@ -115,7 +115,13 @@ fn run_overrides(args: &TokenizerArgs) -> Vec<String> {
 /// Opens the run: `--resume` continues the one in `out` (only options that leave its trajectory
 /// as it is may change), else a new run of the recipe `spec` with `overrides` starts, or with
 /// `--print-config` the resolved recipe is printed and nothing runs.
-fn open_run<T: Trainer>(out: &Path, resume: bool, spec: &str, overrides: &[String], print_config: bool) -> Result<Option<Run<T>>> {
+fn open_run<T: Trainer>(
+    out: &Path,
+    resume: bool,
+    spec: &str,
+    overrides: &[String],
+    print_config: bool,
+) -> Result<Option<Run<T>>> {
     if resume {
         return Run::<T>::resume(out, overrides).map(Some);
     }
@@ -161,8 +167,13 @@ fn run_generator(args: GeneratorArgs) -> Result<()> {
     if let Some(m) = args.max_steps {
         overrides.push(format!("run.max_steps={m}"));
     }
-    if args.resume && (args.tokenizer.is_some() || args.data.is_some() || args.latent_stats.is_some() || args.cache.is_some()) {
-        bail!("--resume continues the run as it was configured; --tokenizer, --latent-stats, --data and --cache cannot change");
+    if args.resume
+        && (args.tokenizer.is_some() || args.data.is_some() || args.latent_stats.is_some() || args.cache.is_some())
+    {
+        bail!(
+            "--resume continues the run as it was configured; --tokenizer, --latent-stats, --data and --cache cannot \
+                change"
+        );
     }
     if let Some(p) = &args.tokenizer {
         overrides.push(format!("tokenizer.path={}", quoted(&p.display().to_string())));
@@ -176,7 +187,9 @@ fn run_generator(args: GeneratorArgs) -> Result<()> {
     if let Some(p) = &args.cache {
         overrides.push(format!("latents.cache={}", quoted(&p.display().to_string())));
     }
-    let Some(mut trainer) = open_run::<GeneratorTraining>(&args.out, args.resume, &args.config, &overrides, args.print_config)? else {
+    let Some(mut trainer) =
+        open_run::<GeneratorTraining>(&args.out, args.resume, &args.config, &overrides, args.print_config)?
+    else {
         return Ok(());
     };
     let s = trainer.run()?;
@@ -184,11 +197,19 @@ fn run_generator(args: GeneratorArgs) -> Result<()> {
         Some(e) => format!(
             "{}{}",
             e.fd.map(|v| format!("FD {v:.2}")).unwrap_or_default(),
-            e.class_accuracy.map(|a| format!(", samples in their class (teacher) {:.1}%", 100.0 * a)).unwrap_or_default()
+            e.class_accuracy
+                .map(|a| format!(", samples in their class (teacher) {:.1}%", 100.0 * a))
+                .unwrap_or_default()
         ),
         None => "-".into(),
     };
-    println!("trained {} steps in {:.0} s; generator: {}; tokenizer with latent statistics: {}", s.steps, s.seconds, s.generator.display(), s.tokenizer.display());
+    println!(
+        "trained {} steps in {:.0} s; generator: {}; tokenizer with latent statistics: {}",
+        s.steps,
+        s.seconds,
+        s.generator.display(),
+        s.tokenizer.display()
+    );
     if s.eval.1.is_some() {
         println!(
             "EMA samples: {} → {}{}",
@@ -215,10 +236,17 @@ pub fn run(which: Which) -> Result<()> {
             (Some(Path::new(&args.config)), "--config"),
         ],
     )?;
-    if args.resume && (args.data.is_some() || args.teacher.is_some() || args.init_from.is_some() || args.val_data.is_some()) {
-        bail!("--resume continues the run as it was configured; --data, --val-data, --teacher and --init-from cannot change");
+    if args.resume
+        && (args.data.is_some() || args.teacher.is_some() || args.init_from.is_some() || args.val_data.is_some())
+    {
+        bail!(
+            "--resume continues the run as it was configured; --data, --val-data, --teacher and --init-from cannot \
+                change"
+        );
     }
-    let Some(mut trainer) = open_run::<TokenizerTraining>(&args.out, args.resume, &args.config, &run_overrides(&args), args.print_config)? else {
+    let Some(mut trainer) =
+        open_run::<TokenizerTraining>(&args.out, args.resume, &args.config, &run_overrides(&args), args.print_config)?
+    else {
         return Ok(());
     };
     let summary = trainer.run()?;

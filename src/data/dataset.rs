@@ -79,7 +79,8 @@ impl ImageFolder {
                 // later label (torchvision's `ImageFolder` refuses too).
                 if files.is_empty() {
                     bail!(
-                        "{}: class folder without images (extensions {}, any case); labels follow the sorted class                          folders, so remove it or add its images",
+                        "{}: class folder without images (extensions {}, any case); labels follow the sorted class    \
+                            folders, so remove it or add its images",
                         dir.display(),
                         IMAGE_EXTENSIONS.join(", ")
                     );
@@ -139,8 +140,10 @@ pub struct FileList {
 impl FileList {
     /// Reads `list`; relative paths start at `root` (default: the list's folder).
     pub fn open(list: &Path, root: Option<&Path>) -> Result<Self> {
-        let text = std::fs::read_to_string(list).with_context(|| format!("{}: cannot read file list", list.display()))?;
-        let base = root.map(Path::to_path_buf).unwrap_or_else(|| list.parent().map(Path::to_path_buf).unwrap_or_default());
+        let text =
+            std::fs::read_to_string(list).with_context(|| format!("{}: cannot read file list", list.display()))?;
+        let base =
+            root.map(Path::to_path_buf).unwrap_or_else(|| list.parent().map(Path::to_path_buf).unwrap_or_default());
         let mut items = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -217,7 +220,11 @@ impl Subset {
         val.sort_unstable();
         let describe = inner.describe();
         let make = |indices: Vec<usize>, part: &str| -> Arc<dyn Dataset> {
-            Arc::new(Subset { inner: inner.clone(), label: format!("{describe} ({part}: {} images)", indices.len()), indices })
+            Arc::new(Subset {
+                inner: inner.clone(),
+                label: format!("{describe} ({part}: {} images)", indices.len()),
+                indices,
+            })
         };
         Ok((make(train, "training part"), make(val, "held-out part")))
     }
@@ -255,7 +262,9 @@ mod tests {
         for (class, n) in [("b_dog", 2), ("a_cat", 3)] {
             std::fs::create_dir_all(dir.path().join(class)).unwrap();
             for i in 0..n {
-                RgbImage::from_pixel(40, 30, image::Rgb([i as u8 * 50, 0, 0])).save(dir.path().join(class).join(format!("{i}.png"))).unwrap();
+                RgbImage::from_pixel(40, 30, image::Rgb([i as u8 * 50, 0, 0]))
+                    .save(dir.path().join(class).join(format!("{i}.png")))
+                    .unwrap();
             }
         }
         let ds = ImageFolder::open(dir.path()).unwrap();

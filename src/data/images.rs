@@ -70,7 +70,8 @@ pub fn walk_files(root: &Path) -> Result<Walk> {
     let mut visited = HashSet::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let canonical = std::fs::canonicalize(&dir).with_context(|| format!("{}: cannot open folder", dir.display()))?;
+        let canonical =
+            std::fs::canonicalize(&dir).with_context(|| format!("{}: cannot open folder", dir.display()))?;
         if !visited.insert(canonical) {
             continue;
         }
@@ -100,7 +101,9 @@ pub fn require_regular_file(path: &Path, what: &str) -> Result<()> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
         Ok(m) if m.is_dir() => bail!("{}: is a folder, but {what} must be a file", path.display()),
-        Ok(_) => bail!("{}: not a regular file ({what} must be a file; FIFOs and devices are not read)", path.display()),
+        Ok(_) => {
+            bail!("{}: not a regular file ({what} must be a file; FIFOs and devices are not read)", path.display())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("{}: no such file ({what})", path.display()),
         Err(e) => bail!("{}: cannot read ({what}): {e}", path.display()),
     }
@@ -124,7 +127,8 @@ pub fn list_images(input: &Path) -> Result<(Vec<ImageSource>, Vec<PathBuf>)> {
     for p in walk.files {
         if has_image_extension(&p) {
             let rel = p.strip_prefix(input).unwrap_or(&p).with_extension("");
-            let name = rel.components().map(|c| c.as_os_str().to_string_lossy().to_string()).collect::<Vec<_>>().join("/");
+            let name =
+                rel.components().map(|c| c.as_os_str().to_string_lossy().to_string()).collect::<Vec<_>>().join("/");
             images.push(ImageSource { path: p, name });
         } else {
             others.push(p);
@@ -204,9 +208,16 @@ fn to_rgb8_like_pillow(img: DynamicImage) -> RgbImage {
     let from = |raw: Vec<u8>| RgbImage::from_raw(w, h, raw).expect("w·h·3 bytes");
     match img {
         DynamicImage::ImageLuma16(g) => from(g.as_raw().iter().flat_map(|&v| [v.min(255) as u8; 3]).collect()),
-        DynamicImage::ImageLumaA16(g) => from(g.as_raw().chunks_exact(2).flat_map(|p| [(p[0] >> 8) as u8; 3]).collect()),
+        DynamicImage::ImageLumaA16(g) => {
+            from(g.as_raw().chunks_exact(2).flat_map(|p| [(p[0] >> 8) as u8; 3]).collect())
+        }
         DynamicImage::ImageRgb16(g) => from(g.as_raw().iter().map(|&v| (v >> 8) as u8).collect()),
-        DynamicImage::ImageRgba16(g) => from(g.as_raw().chunks_exact(4).flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8]).collect()),
+        DynamicImage::ImageRgba16(g) => from(
+            g.as_raw()
+                .chunks_exact(4)
+                .flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
+                .collect(),
+        ),
         other => other.to_rgb8(),
     }
 }
@@ -296,7 +307,11 @@ mod tests {
             let stem = name.rsplit_once('.').unwrap().0;
             let want = image::open(fixture(&format!("{stem}.pillow.png"))).unwrap().to_rgb8();
             let differ = got.as_raw().iter().zip(want.as_raw()).filter(|(a, b)| a != b).count();
-            assert_eq!((got.dimensions(), differ), (want.dimensions(), 0), "{name}: {differ} samples differ from Pillow");
+            assert_eq!(
+                (got.dimensions(), differ),
+                (want.dimensions(), 0),
+                "{name}: {differ} samples differ from Pillow"
+            );
         }
     }
 
@@ -305,7 +320,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let img = RgbImage::from_pixel(4, 3, image::Rgb([9, 8, 7]));
         for name in ["a.JPG", "b.Png", "c.WebP", "d.jpeg"] {
-            let format = image::ImageFormat::from_extension(name.rsplit_once('.').unwrap().1.to_ascii_lowercase()).unwrap();
+            let format =
+                image::ImageFormat::from_extension(name.rsplit_once('.').unwrap().1.to_ascii_lowercase()).unwrap();
             img.write_to(&mut std::fs::File::create(d.path().join(name)).unwrap(), format).unwrap();
         }
         std::fs::write(d.path().join("notes.txt"), b"x").unwrap();
@@ -328,7 +344,9 @@ mod tests {
     #[test]
     fn the_pixel_limit_is_checked_from_the_header_for_every_format() {
         let img = RgbImage::from_pixel(40, 30, image::Rgb([1, 2, 3]));
-        for (name, format) in [("png", image::ImageFormat::Png), ("jpeg", image::ImageFormat::Jpeg), ("webp", image::ImageFormat::WebP)] {
+        for (name, format) in
+            [("png", image::ImageFormat::Png), ("jpeg", image::ImageFormat::Jpeg), ("webp", image::ImageFormat::WebP)]
+        {
             let mut bytes = Vec::new();
             img.write_to(&mut std::io::Cursor::new(&mut bytes), format).unwrap();
             let err = decode_rgb8_within(&bytes, 1199).unwrap_err().to_string();

@@ -75,7 +75,10 @@ impl Batch {
 
     /// The labels as an int tensor `(B,)`.
     pub fn label_tensor(&self, device: &Device) -> Tensor<1, Int> {
-        Tensor::from_data(TensorData::new(self.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [self.len()]), device)
+        Tensor::from_data(
+            TensorData::new(self.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [self.len()]),
+            device,
+        )
     }
 }
 
@@ -214,7 +217,19 @@ impl Loader {
 
     /// Every item once, in dataset order, without flips (statistics, evaluation).
     pub fn sequential(dataset: Arc<dyn Dataset>, batch_size: usize, image_size: usize, workers: usize) -> Result<Self> {
-        Self::new(dataset, LoaderConfig { batch_size, image_size, seed: 0, shuffle: false, flip: false, drop_last: false, workers, prefetch: 2 })
+        Self::new(
+            dataset,
+            LoaderConfig {
+                batch_size,
+                image_size,
+                seed: 0,
+                shuffle: false,
+                flip: false,
+                drop_last: false,
+                workers,
+                prefetch: 2,
+            },
+        )
     }
 }
 
@@ -253,7 +268,16 @@ mod tests {
     use crate::data::procedural::Procedural;
 
     fn loader(workers: usize) -> Loader {
-        let cfg = LoaderConfig { batch_size: 4, image_size: 8, seed: 5, shuffle: true, flip: true, drop_last: true, workers, prefetch: 2 };
+        let cfg = LoaderConfig {
+            batch_size: 4,
+            image_size: 8,
+            seed: 5,
+            shuffle: true,
+            flip: true,
+            drop_last: true,
+            workers,
+            prefetch: 2,
+        };
         Loader::new(Arc::new(Procedural::new(1, 10)), cfg).unwrap()
     }
 

@@ -10,8 +10,8 @@ pub mod spec;
 pub mod transforms;
 
 pub use dataset::{Dataset, FileList, ImageFolder, Subset};
-pub use spec::{DataSpec, Split, open_dataset};
 pub use images::{ImageSource, list_images, load_rgb8, save_png};
 pub use loader::{Batch, BatchStream, Loader, LoaderConfig};
 pub use procedural::Procedural;
+pub use spec::{DataSpec, Split, open_dataset};
 pub use transforms::{ResampleFilter, center_crop_arr, resize_rgb8};

@@ -14,7 +14,8 @@ use image::RgbImage;
 use std::f64::consts::PI;
 
 /// Class names, indexed by label.
-pub const CLASS_NAMES: [&str; 10] = ["disc", "square", "triangle", "ring", "cross", "star", "stripes", "checkerboard", "dots", "waves"];
+pub const CLASS_NAMES: [&str; 10] =
+    ["disc", "square", "triangle", "ring", "cross", "star", "stripes", "checkerboard", "dots", "waves"];
 
 /// Offset between the training and the held-out item streams.
 const HELD_OUT_OFFSET: u64 = 1 << 40;
@@ -69,7 +70,12 @@ impl Dataset for Procedural {
 
     fn describe(&self) -> String {
         let part = if self.first == 0 { "training" } else { "held-out" };
-        format!("built-in procedural shapes and textures: {} {part} images in {} classes (seed {})", self.len, CLASS_NAMES.len(), self.seed)
+        format!(
+            "built-in procedural shapes and textures: {} {part} images in {} classes (seed {})",
+            self.len,
+            CLASS_NAMES.len(),
+            self.seed
+        )
     }
 }
 
@@ -236,7 +242,9 @@ mod tests {
             let s = Scene::draw(label, &mut Rng::for_item(0, i as u64));
             // Foreground coverage: shapes cover a part, textures roughly a fraction of the image.
             let n = 64;
-            let cover = (0..n * n).filter(|k| s.inside((k % n) as f64 / n as f64, (k / n) as f64 / n as f64)).count() as f64 / (n * n) as f64;
+            let cover = (0..n * n).filter(|k| s.inside((k % n) as f64 / n as f64, (k / n) as f64 / n as f64)).count()
+                as f64
+                / (n * n) as f64;
             assert!(cover > 0.04 && cover < 0.9, "item {i} ({}) covers {cover}", CLASS_NAMES[label]);
             let px: Vec<u8> = img.as_raw().clone();
             let spread = px.iter().max().unwrap() - px.iter().min().unwrap();

@@ -36,7 +36,10 @@ impl std::str::FromStr for DataSpec {
         if let Some(rest) = s.strip_prefix("procedural").or_else(|| s.strip_prefix("builtin")) {
             return match rest.strip_prefix(':') {
                 None if rest.is_empty() => Ok(Self::Procedural { len: Procedural::DEFAULT_LEN }),
-                Some(n) => n.parse().map(|len| Self::Procedural { len }).map_err(|_| format!("`{s}`: expected procedural:NUMBER_OF_IMAGES")),
+                Some(n) => n
+                    .parse()
+                    .map(|len| Self::Procedural { len })
+                    .map_err(|_| format!("`{s}`: expected procedural:NUMBER_OF_IMAGES")),
                 None => Ok(Self::Folder(PathBuf::from(s))),
             };
         }
@@ -89,7 +92,10 @@ mod tests {
         assert_eq!("procedural".parse::<DataSpec>().unwrap(), DataSpec::Procedural { len: Procedural::DEFAULT_LEN });
         assert_eq!("procedural:500".parse::<DataSpec>().unwrap(), DataSpec::Procedural { len: 500 });
         assert!("procedural:x".parse::<DataSpec>().is_err());
-        assert_eq!("data/train.txt".parse::<DataSpec>().unwrap(), DataSpec::List { list: "data/train.txt".into(), root: None });
+        assert_eq!(
+            "data/train.txt".parse::<DataSpec>().unwrap(),
+            DataSpec::List { list: "data/train.txt".into(), root: None }
+        );
         assert_eq!("imagenet/train".parse::<DataSpec>().unwrap(), DataSpec::Folder("imagenet/train".into()));
     }
 }

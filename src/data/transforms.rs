@@ -63,7 +63,12 @@ const PRECISION_BITS: u32 = 32 - 8 - 2;
 /// Per output pixel `xx` of `range`: first input index and fixed-point weights (Pillow's
 /// `precompute_coeffs` + `normalize_coeffs_8bpc`). Each pixel's weights depend on `xx` alone, so
 /// a window of the output costs no more than its own size.
-fn coefficients(in_size: usize, out_size: usize, filter: ResampleFilter, range: std::ops::Range<usize>) -> Vec<(usize, Vec<i32>)> {
+fn coefficients(
+    in_size: usize,
+    out_size: usize,
+    filter: ResampleFilter,
+    range: std::ops::Range<usize>,
+) -> Vec<(usize, Vec<i32>)> {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
@@ -143,7 +148,13 @@ pub fn resize_rgb8(img: &RgbImage, width: usize, height: usize, filter: Resample
 /// Pillow's order (`libImaging/Resample.c`): the horizontal pass, clipped to 8 bits, then the
 /// vertical pass; a pass whose size does not change is skipped. Horizontal rows are computed
 /// once each, as the vertical taps slide down the input.
-pub fn resize_window_rgb8(img: &RgbImage, width: usize, height: usize, filter: ResampleFilter, window: Window) -> RgbImage {
+pub fn resize_window_rgb8(
+    img: &RgbImage,
+    width: usize,
+    height: usize,
+    filter: ResampleFilter,
+    window: Window,
+) -> RgbImage {
     let (iw, ih) = (img.width() as usize, img.height() as usize);
     assert!(window.x + window.width <= width && window.y + window.height <= height, "window inside the output");
     let src = img.as_raw();
@@ -251,7 +262,8 @@ pub fn tensor_to_images(x: Tensor<4>) -> anyhow::Result<Vec<RgbImage>> {
     let bad: Vec<usize> = (0..b).filter(|&i| v[i * plane..(i + 1) * plane].iter().any(|p| !p.is_finite())).collect();
     if !bad.is_empty() {
         anyhow::bail!(
-            "{} of {b} output image(s) hold NaN or infinite values (batch positions {:?}); nothing was written for them",
+            "{} of {b} output image(s) hold NaN or infinite values (batch positions {:?}); nothing was written for \
+                them",
             bad.len(),
             bad
         );
@@ -292,20 +304,35 @@ mod tests {
 
     /// Pillow's order without windows: the whole horizontal pass, then the whole vertical one.
     fn full_resize(img: &RgbImage, width: usize, height: usize, filter: ResampleFilter) -> RgbImage {
-        let tmp = resize_window_rgb8(img, width, img.height() as usize, filter, Window { x: 0, y: 0, width, height: img.height() as usize });
+        let tmp = resize_window_rgb8(
+            img,
+            width,
+            img.height() as usize,
+            filter,
+            Window { x: 0, y: 0, width, height: img.height() as usize },
+        );
         resize_window_rgb8(&tmp, width, height, filter, Window { x: 0, y: 0, width, height })
     }
 
     #[test]
     fn a_window_of_a_resize_is_the_same_pixels_as_the_full_resize() {
         let mut rng = crate::rng::Rng::seed_from(3);
-        for (iw, ih, w, h) in [(37, 23, 19, 50), (3, 700, 64, 14933), (700, 2, 22400, 64), (64, 64, 64, 31), (50, 9, 13, 9)] {
+        for (iw, ih, w, h) in
+            [(37, 23, 19, 50), (3, 700, 64, 14933), (700, 2, 22400, 64), (64, 64, 64, 31), (50, 9, 13, 9)]
+        {
             let img = RgbImage::from_fn(iw, ih, |_, _| image::Rgb([0, 1, 2].map(|_| (rng.uniform() * 256.0) as u8)));
             for f in [ResampleFilter::Box, ResampleFilter::Bilinear, ResampleFilter::Bicubic] {
                 let full = full_resize(&img, w as usize, h as usize, f);
-                let win = Window { x: (w as usize).saturating_sub(16) / 2, y: (h as usize).saturating_sub(16) / 2, width: 16.min(w as usize), height: 16.min(h as usize) };
+                let win = Window {
+                    x: (w as usize).saturating_sub(16) / 2,
+                    y: (h as usize).saturating_sub(16) / 2,
+                    width: 16.min(w as usize),
+                    height: 16.min(h as usize),
+                };
                 let part = resize_window_rgb8(&img, w as usize, h as usize, f, win);
-                let want = image::imageops::crop_imm(&full, win.x as u32, win.y as u32, win.width as u32, win.height as u32).to_image();
+                let want =
+                    image::imageops::crop_imm(&full, win.x as u32, win.y as u32, win.width as u32, win.height as u32)
+                        .to_image();
                 assert_eq!(part, want, "{iw}×{ih} → {w}×{h}, {f:?}");
             }
         }

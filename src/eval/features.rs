@@ -37,7 +37,13 @@ pub struct Collected {
 impl<'a> FeatureCollector<'a> {
     /// A collector; `keep_features` keeps the raw features (KID needs them).
     pub fn new(extractor: &'a Extractor, device: &Device, keep_features: bool) -> Self {
-        Self { extractor, device: device.clone(), stats: StatsAccumulator::new(extractor.dim()), logits: Vec::new(), features: keep_features.then(Vec::new) }
+        Self {
+            extractor,
+            device: device.clone(),
+            stats: StatsAccumulator::new(extractor.dim()),
+            logits: Vec::new(),
+            features: keep_features.then(Vec::new),
+        }
     }
 
     /// Adds a batch of images.
@@ -61,7 +67,12 @@ impl<'a> FeatureCollector<'a> {
 
     /// Finishes the statistics.
     pub fn finish(self) -> Result<Collected> {
-        Ok(Collected { stats: self.stats.finish()?, logits: self.logits, classes: self.extractor.classes(), features: self.features })
+        Ok(Collected {
+            stats: self.stats.finish()?,
+            logits: self.logits,
+            classes: self.extractor.classes(),
+            features: self.features,
+        })
     }
 }
 
@@ -118,7 +129,13 @@ pub fn to_u8_rounded(x: Tensor<4>) -> Result<Vec<RgbImage>> {
 
 /// Feature statistics of the first `limit` images of a sequential loader (center-cropped 8-bit
 /// images, as a reference batch), with `on_batch(images)` for progress.
-pub fn reference_statistics(loader: &Loader, extractor: &Extractor, limit: Option<usize>, device: &Device, mut on_batch: impl FnMut(usize)) -> Result<FeatureStats> {
+pub fn reference_statistics(
+    loader: &Loader,
+    extractor: &Extractor,
+    limit: Option<usize>,
+    device: &Device,
+    mut on_batch: impl FnMut(usize),
+) -> Result<FeatureStats> {
     let total = limit.unwrap_or(usize::MAX).min(loader.dataset().len());
     let mut acc = StatsAccumulator::new(extractor.dim());
     let mut stream = loader.stream(0, 0);

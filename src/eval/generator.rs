@@ -72,8 +72,18 @@ pub fn evaluate_generator(
     while start < options.num_samples {
         let b = options.batch_size.min(options.num_samples - start);
         let labels: Vec<usize> = (start..start + b).map(|i| i % classes).collect();
-        let latents = sample_class_latents(net, &options.guidance, &labels, options.seed, start as u64, &grid, options.integrator, |_| {});
-        let images = tensor_to_images(tokenizer.detokenize(latents)).with_context(|| format!("samples {start}..{}", start + b))?;
+        let latents = sample_class_latents(
+            net,
+            &options.guidance,
+            &labels,
+            options.seed,
+            start as u64,
+            &grid,
+            options.integrator,
+            |_| {},
+        );
+        let images = tensor_to_images(tokenizer.detokenize(latents))
+            .with_context(|| format!("samples {start}..{}", start + b))?;
         if let Some(dir) = &options.save_dir {
             for (k, img) in images.iter().enumerate() {
                 save_png(img, &dir.join(format!("{:06}_{:04}.png", start + k, labels[k])))?;
@@ -87,10 +97,18 @@ pub fn evaluate_generator(
     let collected = collector.finish()?;
     let (mean, std) = collected.inception_score()?;
     let distance = match &options.reference {
-        Some((stats, label)) => Some(Distance { metric: options.extractor.metric_name().into(), value: frechet_distance(&collected.stats, stats)?, reference: label.clone() }),
+        Some((stats, label)) => Some(Distance {
+            metric: options.extractor.metric_name().into(),
+            value: frechet_distance(&collected.stats, stats)?,
+            reference: label.clone(),
+        }),
         None => None,
     };
-    Ok(GeneratorEval { samples: options.num_samples, distance, score: Score { metric: options.extractor.score_name().into(), mean, std } })
+    Ok(GeneratorEval {
+        samples: options.num_samples,
+        distance,
+        score: Score { metric: options.extractor.score_name().into(), mean, std },
+    })
 }
 
 /// "Does the sample look like its class?": a linear probe on the built-in teacher's pooled
@@ -106,7 +124,12 @@ pub struct TeacherClassifier {
 
 impl TeacherClassifier {
     /// Fits on `train` and scores `held_out` (8-bit images with labels).
-    pub fn fit(train: (&[RgbImage], &[usize]), held_out: (&[RgbImage], &[usize]), classes: usize, device: &Device) -> Result<Self> {
+    pub fn fit(
+        train: (&[RgbImage], &[usize]),
+        held_out: (&[RgbImage], &[usize]),
+        classes: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let extractor = Extractor::load("effnet", device)?;
         let features = |images: &[RgbImage], labels: &[usize]| -> Result<crate::metrics::probe::FeatureSet> {
             let mut rows = Vec::new();
@@ -127,7 +150,13 @@ impl TeacherClassifier {
     /// Fits on the tokenizer's reconstructions of labelled real images (the first 5/7 of them;
     /// the rest score it): generated samples can be no sharper than reconstructions, so this
     /// judges the content of a sample rather than the tokenizer's blur.
-    pub fn fit_on_reconstructions(tokenizer: &RecTok, images: &[RgbImage], labels: &[usize], classes: usize, device: &Device) -> Result<Self> {
+    pub fn fit_on_reconstructions(
+        tokenizer: &RecTok,
+        images: &[RgbImage],
+        labels: &[usize],
+        classes: usize,
+        device: &Device,
+    ) -> Result<Self> {
         if images.len() < 20 {
             bail!("the class check needs at least 20 labelled images, got {}", images.len());
         }
@@ -135,7 +164,9 @@ impl TeacherClassifier {
         let mut recon = Vec::with_capacity(images.len());
         for chunk in images.chunks(64) {
             let x = crate::data::transforms::images_to_tensor(chunk, device);
-            recon.extend(tensor_to_images(tokenizer.reconstruct(x)).context("reconstructions of the class-check images")?);
+            recon.extend(
+                tensor_to_images(tokenizer.reconstruct(x)).context("reconstructions of the class-check images")?,
+            );
         }
         Self::fit((&recon[..split], &labels[..split]), (&recon[split..], &labels[split..]), classes, device)
     }

@@ -15,7 +15,9 @@ pub mod generator;
 pub mod probe;
 pub mod tokenizer;
 
-pub use features::{Collected, Distance, FeatureCollector, IS_SPLITS, Score, labelled_images, reference_statistics, to_u8_rounded};
+pub use features::{
+    Collected, Distance, FeatureCollector, IS_SPLITS, Score, labelled_images, reference_statistics, to_u8_rounded,
+};
 pub use generator::{GeneratorEval, GeneratorEvalOptions, TeacherClassifier, evaluate_generator};
 pub use probe::{ProbeConfig, ProbeFeatures, ProbeReport, linear_probe};
 pub use tokenizer::{Reference, TokenizerEval, TokenizerEvalOptions, evaluate_tokenizer};

@@ -40,7 +40,13 @@ pub struct ProbeConfig {
 impl Default for ProbeConfig {
     fn default() -> Self {
         let fit = FitOptions::default();
-        Self { features: ProbeFeatures::Mean, epochs: fit.epochs, lr: fit.lr, batch_size: fit.batch_size, seed: fit.seed }
+        Self {
+            features: ProbeFeatures::Mean,
+            epochs: fit.epochs,
+            lr: fit.lr,
+            batch_size: fit.batch_size,
+            seed: fit.seed,
+        }
     }
 }
 
@@ -52,7 +58,12 @@ impl ProbeConfig {
 }
 
 /// Encodes every image of `loader` (use [`Loader::sequential`]) with the posterior mean.
-pub fn extract_features(tokenizer: &RecTok, loader: &Loader, features: ProbeFeatures, device: &Device) -> Result<FeatureSet> {
+pub fn extract_features(
+    tokenizer: &RecTok,
+    loader: &Loader,
+    features: ProbeFeatures,
+    device: &Device,
+) -> Result<FeatureSet> {
     let mut out = FeatureSet { features: Vec::new(), labels: Vec::new() };
     let steps = loader.steps_per_epoch();
     let bar = crate::io::step_progress(steps, 0);
@@ -89,7 +100,14 @@ pub struct ProbeReport {
 
 /// Extracts features of `train` and `val` with `tokenizer`, fits the probe on `train` and scores
 /// both.
-pub fn linear_probe(tokenizer: &RecTok, train: &Loader, val: &Loader, classes: usize, config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
+pub fn linear_probe(
+    tokenizer: &RecTok,
+    train: &Loader,
+    val: &Loader,
+    classes: usize,
+    config: &ProbeConfig,
+    device: &Device,
+) -> Result<ProbeReport> {
     let tr = extract_features(tokenizer, train, config.features, device)?;
     let va = extract_features(tokenizer, val, config.features, device)?;
     let probe = LinearProbe::fit(&tr, classes, &config.fit_options())?;

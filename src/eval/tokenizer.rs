@@ -55,13 +55,20 @@ pub struct TokenizerEval {
 }
 
 /// Reconstructs every image the loader yields (posterior mean, no noise, no mask) and measures.
-pub fn evaluate_tokenizer(model: &RecTok, loader: &Loader, options: &TokenizerEvalOptions<'_>, device: &Device, mut on_batch: impl FnMut(usize)) -> Result<TokenizerEval> {
+pub fn evaluate_tokenizer(
+    model: &RecTok,
+    loader: &Loader,
+    options: &TokenizerEvalOptions<'_>,
+    device: &Device,
+    mut on_batch: impl FnMut(usize),
+) -> Result<TokenizerEval> {
     let size = loader.config().image_size;
     let total = options.limit.unwrap_or(usize::MAX).min(loader.dataset().len());
     let with_originals = matches!(options.reference, Reference::Originals);
     let keep = options.kid && with_originals;
     let mut recon_features = options.extractor.map(|e| FeatureCollector::new(e, device, keep));
-    let mut orig_features = options.extractor.filter(|_| with_originals).map(|e| FeatureCollector::new(e, device, keep));
+    let mut orig_features =
+        options.extractor.filter(|_| with_originals).map(|e| FeatureCollector::new(e, device, keep));
     let (mut psnr_sum, mut ssim_sum, mut done) = (0.0, 0.0, 0usize);
     let mut stream = loader.stream(0, 0);
     while done < total {
@@ -96,19 +103,34 @@ pub fn evaluate_tokenizer(model: &RecTok, loader: &Loader, options: &TokenizerEv
     if done == 0 {
         bail!("{}: no images to evaluate", loader.dataset().describe());
     }
-    let mut result = TokenizerEval { images: done, psnr: psnr_sum / done as f64, ssim: ssim_sum / done as f64, distance: None, score: None, kid: None };
+    let mut result = TokenizerEval {
+        images: done,
+        psnr: psnr_sum / done as f64,
+        ssim: ssim_sum / done as f64,
+        distance: None,
+        score: None,
+        kid: None,
+    };
     if let (Some(extractor), Some(recon)) = (options.extractor, recon_features) {
         let recon = recon.finish()?;
         let (mean, std) = recon.inception_score()?;
         result.score = Some(Score { metric: extractor.score_name().into(), mean, std });
         match (&options.reference, orig_features) {
             (Reference::Stats(stats, label), _) => {
-                result.distance = Some(Distance { metric: extractor.metric_name().into(), value: frechet_distance(&recon.stats, stats)?, reference: label.clone() });
+                result.distance = Some(Distance {
+                    metric: extractor.metric_name().into(),
+                    value: frechet_distance(&recon.stats, stats)?,
+                    reference: label.clone(),
+                });
             }
             (Reference::Originals, Some(orig)) => {
                 let orig = orig.finish()?;
                 let value = frechet_distance(&recon.stats, &orig.stats)?;
-                result.distance = Some(Distance { metric: extractor.metric_name().into(), value, reference: "the evaluated originals".into() });
+                result.distance = Some(Distance {
+                    metric: extractor.metric_name().into(),
+                    value,
+                    reference: "the evaluated originals".into(),
+                });
                 if let (Some(a), Some(b)) = (&recon.features, &orig.features) {
                     let (mean, std, _) = kernel_inception_distance(a, b, extractor.dim(), 100, 1000)?;
                     result.kid = Some((mean, std));
@@ -119,4 +141,3 @@ pub fn evaluate_tokenizer(model: &RecTok, loader: &Loader, options: &TokenizerEv
     }
     Ok(result)
 }
-

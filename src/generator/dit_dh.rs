@@ -96,9 +96,17 @@ impl DitDhConfig {
     /// A preset by name (`xl`, `l`, `b`, `s`, `tiny`, with or without a `ditdh_` prefix).
     pub fn preset(name: &str, token_channels: usize, input_size: usize) -> Option<Self> {
         let name = crate::config::canonical_name(name);
-        let presets: [(&str, fn(usize, usize) -> Self); 5] =
-            [("xl", Self::ditdh_xl), ("l", Self::ditdh_l), ("b", Self::ditdh_b), ("s", Self::ditdh_s), ("tiny", Self::ditdh_tiny)];
-        presets.iter().find(|(n, _)| name == *n || name.strip_prefix("ditdh-") == Some(n)).map(|(_, f)| f(token_channels, input_size))
+        let presets: [(&str, fn(usize, usize) -> Self); 5] = [
+            ("xl", Self::ditdh_xl),
+            ("l", Self::ditdh_l),
+            ("b", Self::ditdh_b),
+            ("s", Self::ditdh_s),
+            ("tiny", Self::ditdh_tiny),
+        ];
+        presets
+            .iter()
+            .find(|(n, _)| name == *n || name.strip_prefix("ditdh-") == Some(n))
+            .map(|(_, f)| f(token_channels, input_size))
     }
 
     /// Parses a configuration: a preset name (`xl`, `l`, `b`, `s`, `tiny`; `ditdh-s` and
@@ -146,7 +154,9 @@ impl DitDhConfig {
 
     /// Checks the sizes, naming the first problem.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, width, heads) in [("encoder", self.enc_hidden, self.enc_heads), ("head", self.dec_hidden, self.dec_heads)] {
+        for (name, width, heads) in
+            [("encoder", self.enc_hidden, self.enc_heads), ("head", self.dec_hidden, self.dec_heads)]
+        {
             if heads == 0 || width % heads != 0 {
                 return Err(format!("{name} width {width} is not a multiple of its {heads} heads"));
             }
@@ -158,7 +168,10 @@ impl DitDhConfig {
             return Err(format!("encoder width {} is not a multiple of 4 (2D sin-cos positions)", self.enc_hidden));
         }
         if self.patch_size == 0 || self.input_size % self.patch_size != 0 {
-            return Err(format!("latent size {} is not a multiple of the patch size {}", self.input_size, self.patch_size));
+            return Err(format!(
+                "latent size {} is not a multiple of the patch size {}",
+                self.input_size, self.patch_size
+            ));
         }
         Ok(())
     }
@@ -181,7 +194,11 @@ impl DitDhConfig {
         let pos = sincos_pos_embed_2d(self.enc_hidden, grid);
         let blocks = (0..self.enc_depth + self.dec_depth)
             .map(|i| {
-                let (width, heads) = if i < self.enc_depth { (self.enc_hidden, self.enc_heads) } else { (self.dec_hidden, self.dec_heads) };
+                let (width, heads) = if i < self.enc_depth {
+                    (self.enc_hidden, self.enc_heads)
+                } else {
+                    (self.dec_hidden, self.dec_heads)
+                };
                 LightningDdtBlock {
                     norm1: RmsNormConfig::new(width).with_epsilon(RMS_EPS).init(device),
                     norm2: RmsNormConfig::new(width).with_epsilon(RMS_EPS).init(device),
@@ -205,7 +222,10 @@ impl DitDhConfig {
                     .with_initializer(Initializer::Zeros)
                     .init(device),
             },
-            pos_embed: Param::from_tensor(Tensor::from_data(TensorData::new(pos, [1, grid * grid, self.enc_hidden]), device)),
+            pos_embed: Param::from_tensor(Tensor::from_data(
+                TensorData::new(pos, [1, grid * grid, self.enc_hidden]),
+                device,
+            )),
             blocks,
             final_layer: DdtFinalLayer {
                 norm_final: RmsNormConfig::new(self.dec_hidden).with_epsilon(RMS_EPS).init(device),

@@ -36,7 +36,14 @@ fn interval_mask(t: &Tensor<1>, interval: (f64, f64), shape: [usize; 4]) -> Tens
 
 /// The reference's `forward_with_cfg`: takes a doubled batch `[x; x]` with labels `[y; null]`,
 /// evaluates the first half twice, guides, and returns the guided velocity for both halves.
-pub fn forward_with_cfg(net: &DitDh, x: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>, scale: f64, interval: (f64, f64)) -> Tensor<4> {
+pub fn forward_with_cfg(
+    net: &DitDh,
+    x: Tensor<4>,
+    t: Tensor<1>,
+    y: Tensor<1, Int>,
+    scale: f64,
+    interval: (f64, f64),
+) -> Tensor<4> {
     assert!(interval.0 < interval.1, "cfg interval must be (min, max) with min < max");
     let n = x.dims()[0];
     let half = x.narrow(0, 0, n / 2);
@@ -50,7 +57,15 @@ pub fn forward_with_cfg(net: &DitDh, x: Tensor<4>, t: Tensor<1>, y: Tensor<1, In
 }
 
 /// The reference's `forward_with_autoguidance`.
-pub fn forward_with_autoguidance(net: &DitDh, guide: &DitDh, x: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>, scale: f64, interval: (f64, f64)) -> Tensor<4> {
+pub fn forward_with_autoguidance(
+    net: &DitDh,
+    guide: &DitDh,
+    x: Tensor<4>,
+    t: Tensor<1>,
+    y: Tensor<1, Int>,
+    scale: f64,
+    interval: (f64, f64),
+) -> Tensor<4> {
     assert!(interval.0 < interval.1, "guidance interval must be (min, max) with min < max");
     let v = net.forward(x.clone(), t.clone(), y.clone());
     let vg = guide.forward(x, t.clone(), y);
@@ -70,7 +85,9 @@ impl Guidance<'_> {
         match *self {
             Guidance::None => net.forward(x, t, y),
             Guidance::Cfg { scale, interval } => forward_with_cfg(net, x, t, y, scale, interval),
-            Guidance::Auto { guide, scale, interval } => forward_with_autoguidance(net, guide, x, t, y, scale, interval),
+            Guidance::Auto { guide, scale, interval } => {
+                forward_with_autoguidance(net, guide, x, t, y, scale, interval)
+            }
         }
     }
 

@@ -87,13 +87,26 @@ pub fn sample_class_latents(
         noise.extend(crate::rng::Rng::for_item(seed, first_index + j as u64).normal_vec(c * g * g));
     }
     let z = Tensor::<4>::from_data(TensorData::new(noise, [b, c, g, g]), &device);
-    let y = Tensor::<1, Int>::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]), &device);
+    let y = Tensor::<1, Int>::from_data(
+        TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]),
+        &device,
+    );
     let (x, y) = if guidance.doubles_batch() {
         let null = Tensor::<1, Int>::full([b], net.config.num_classes as i64, &device);
         (Tensor::cat(vec![z.clone(), z], 0), Tensor::cat(vec![y, null], 0))
     } else {
         (z, y)
     };
-    let out = sample_ode(x, grid, integrator, |x, t| guidance.velocity(net, x, t, y.clone()), |k, _| if k > 0 { on_step(k) });
+    let out = sample_ode(
+        x,
+        grid,
+        integrator,
+        |x, t| guidance.velocity(net, x, t, y.clone()),
+        |k, _| {
+            if k > 0 {
+                on_step(k)
+            }
+        },
+    );
     out.narrow(0, 0, b)
 }

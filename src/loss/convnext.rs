@@ -45,7 +45,10 @@ pub struct ChannelNorm {
 
 impl ChannelNorm {
     fn new(c: usize, device: &Device) -> Self {
-        Self { weight: Param::from_tensor(Tensor::ones([c], device)), bias: Param::from_tensor(Tensor::zeros([c], device)) }
+        Self {
+            weight: Param::from_tensor(Tensor::ones([c], device)),
+            bias: Param::from_tensor(Tensor::zeros([c], device)),
+        }
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
@@ -123,7 +126,10 @@ impl ConvNextConfig {
                 .init(device)
         };
         let d = self.dims;
-        let mut features = vec![ConvNextFeature::Layers(vec![ConvNextLayer::Conv(conv(3, d[0], 4, 4, 1, 0)), ConvNextLayer::Norm(ChannelNorm::new(d[0], device))])];
+        let mut features = vec![ConvNextFeature::Layers(vec![
+            ConvNextLayer::Conv(conv(3, d[0], 4, 4, 1, 0)),
+            ConvNextLayer::Norm(ChannelNorm::new(d[0], device)),
+        ])];
         for stage in 0..4 {
             let c = d[stage];
             let blocks = (0..self.depths[stage])
@@ -137,7 +143,10 @@ impl ConvNextConfig {
                 .collect();
             features.push(ConvNextFeature::Blocks(blocks));
             if stage < 3 {
-                features.push(ConvNextFeature::Layers(vec![ConvNextLayer::Norm(ChannelNorm::new(c, device)), ConvNextLayer::Conv(conv(c, d[stage + 1], 2, 2, 1, 0))]));
+                features.push(ConvNextFeature::Layers(vec![
+                    ConvNextLayer::Norm(ChannelNorm::new(c, device)),
+                    ConvNextLayer::Conv(conv(c, d[stage + 1], 2, 2, 1, 0)),
+                ]));
             }
         }
         ConvNext {

@@ -108,11 +108,19 @@ impl DiscriminatorConfig {
         for n in 1..self.n_layers {
             let prev = mult;
             mult = (1 << n).min(8);
-            main.extend([conv(ndf * prev, ndf * mult, 2, false), DiscLayer::Norm(BatchNorm2d::new(ndf * mult, device)), act()]);
+            main.extend([
+                conv(ndf * prev, ndf * mult, 2, false),
+                DiscLayer::Norm(BatchNorm2d::new(ndf * mult, device)),
+                act(),
+            ]);
         }
         let prev = mult;
         mult = (1 << self.n_layers).min(8);
-        main.extend([conv(ndf * prev, ndf * mult, 1, false), DiscLayer::Norm(BatchNorm2d::new(ndf * mult, device)), act()]);
+        main.extend([
+            conv(ndf * prev, ndf * mult, 1, false),
+            DiscLayer::Norm(BatchNorm2d::new(ndf * mult, device)),
+            act(),
+        ]);
         main.push(conv(ndf * mult, 1, 1, true));
         NLayerDiscriminator { main }
     }

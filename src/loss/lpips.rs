@@ -72,13 +72,20 @@ impl LpipsConfig {
             }
             for _ in 0..depth {
                 features.push(VggLayer::Conv(
-                    Conv2dConfig::new([cin, width], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).with_initializer(Initializer::Zeros).init(device),
+                    Conv2dConfig::new([cin, width], [3, 3])
+                        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                        .with_initializer(Initializer::Zeros)
+                        .init(device),
                 ));
                 features.push(VggLayer::Relu(Relu::new()));
                 cin = width;
             }
         }
-        let lins = self.widths.iter().map(|&c| LinHead { weight: Param::from_tensor(Tensor::zeros([1, c, 1, 1], device)) }).collect();
+        let lins = self
+            .widths
+            .iter()
+            .map(|&c| LinHead { weight: Param::from_tensor(Tensor::zeros([1, c, 1, 1], device)) })
+            .collect();
         Lpips { features, lins }
     }
 }

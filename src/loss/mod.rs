@@ -151,7 +151,11 @@ pub struct DiscriminatorTerms {
 }
 
 /// Hinge loss of the discriminator on `targets` (real) and `reconstructions` (fake), both detached.
-pub fn discriminator_loss(d: &NLayerDiscriminator, targets: Tensor<4>, reconstructions: Tensor<4>) -> DiscriminatorTerms {
+pub fn discriminator_loss(
+    d: &NLayerDiscriminator,
+    targets: Tensor<4>,
+    reconstructions: Tensor<4>,
+) -> DiscriminatorTerms {
     let real = d.forward(targets.detach(), true);
     let fake = d.forward(reconstructions.detach(), true);
     DiscriminatorTerms {

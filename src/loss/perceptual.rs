@@ -119,7 +119,13 @@ impl PerceptualLoss {
     }
 
     /// [`load`](Self::load) with explicit network sizes (tests use narrow networks).
-    pub fn load_sized(kind: PerceptualKind, weights: &PerceptualWeights, lpips: &LpipsConfig, convnext: &ConvNextConfig, device: &Device) -> Result<Self, WeightsError> {
+    pub fn load_sized(
+        kind: PerceptualKind,
+        weights: &PerceptualWeights,
+        lpips: &LpipsConfig,
+        convnext: &ConvNextConfig,
+        device: &Device,
+    ) -> Result<Self, WeightsError> {
         let inner = device.clone().inner();
         Ok(match kind {
             PerceptualKind::None => Self::None,
@@ -127,15 +133,25 @@ impl PerceptualLoss {
                 let lp = load_lpips(weights, lpips, &inner)?;
                 let cpath = weights.convnext.as_deref().ok_or_else(|| WeightsError::Invalid {
                     path: PathBuf::from("<config>"),
-                    message: "the lpips-convnext perceptual loss needs `convnext` (torchvision convnext_small) weights".into(),
+                    message: "the lpips-convnext perceptual loss needs `convnext` (torchvision convnext_small) weights"
+                        .into(),
                 })?;
                 let sd = StateDict::open(cpath, CheckpointEntry::Auto)?;
                 let mut cn = convnext.init(&inner);
-                load_into(&mut cn, &sd, &ConvNext::key_map(), &[], &[], " — expected torchvision's convnext_small weights")?;
+                load_into(
+                    &mut cn,
+                    &sd,
+                    &ConvNext::key_map(),
+                    &[],
+                    &[],
+                    " — expected torchvision's convnext_small weights",
+                )?;
                 Self::Official { lpips: Box::new(frozen(lp, device)), convnext: Box::new(frozen(cn, device)) }
             }
             PerceptualKind::Effnet => {
-                let crate::teacher::Teacher::EfficientNet(m) = crate::teacher::Teacher::load(&crate::teacher::TeacherSpec::EfficientNetLite0, &inner)? else {
+                let crate::teacher::Teacher::EfficientNet(m) =
+                    crate::teacher::Teacher::load(&crate::teacher::TeacherSpec::EfficientNetLite0, &inner)?
+                else {
                     unreachable!("the built-in teacher is EfficientNet")
                 };
                 Self::Effnet(Box::new(frozen(m, device)))
@@ -183,7 +199,13 @@ pub fn classifier_input(x: Tensor<4>) -> Tensor<4> {
     let x = if (h, w) == (CLASSIFIER_SIZE, CLASSIFIER_SIZE) {
         x
     } else {
-        resize_separable(x, &antialiased_bilinear_weights(h, CLASSIFIER_SIZE), &antialiased_bilinear_weights(w, CLASSIFIER_SIZE), CLASSIFIER_SIZE, CLASSIFIER_SIZE)
+        resize_separable(
+            x,
+            &antialiased_bilinear_weights(h, CLASSIFIER_SIZE),
+            &antialiased_bilinear_weights(w, CLASSIFIER_SIZE),
+            CLASSIFIER_SIZE,
+            CLASSIFIER_SIZE,
+        )
     };
     let m = Tensor::<1>::from_data(TensorData::new(IMAGENET_MEAN.to_vec(), [3]), &device).reshape([1, 3, 1, 1]);
     let s = Tensor::<1>::from_data(TensorData::new(IMAGENET_STD.to_vec(), [3]), &device).reshape([1, 3, 1, 1]);

@@ -34,7 +34,13 @@ pub fn sem_loss(kind: SemLossKind, feature: Tensor<3>, pred: Tensor<3>) -> Tenso
 /// The reference's target selection: `RecAlign` compares all tokens (reconstruction of the masked
 /// ones and alignment of the visible ones); `Reconstruction` only the masked ones, and gives a
 /// zero loss (no gradient) when nothing is masked.
-pub fn targeted_sem_loss(kind: SemLossKind, target: SemTarget, feature: Tensor<3>, pred: Tensor<3>, ids_masked: Option<&Tensor<2, Int>>) -> Tensor<1> {
+pub fn targeted_sem_loss(
+    kind: SemLossKind,
+    target: SemTarget,
+    feature: Tensor<3>,
+    pred: Tensor<3>,
+    ids_masked: Option<&Tensor<2, Int>>,
+) -> Tensor<1> {
     match (target, ids_masked) {
         (SemTarget::RecAlign, _) => sem_loss(kind, feature, pred),
         (SemTarget::Reconstruction, Some(ids)) if ids.dims()[1] > 0 => {

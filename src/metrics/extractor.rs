@@ -46,14 +46,17 @@ impl Extractor {
     pub fn load(spec: &str, device: &Device) -> Result<Self> {
         match spec {
             "effnet" | "efficientnet-lite0" => {
-                let crate::teacher::Teacher::EfficientNet(m) = crate::teacher::Teacher::load(&crate::teacher::TeacherSpec::EfficientNetLite0, device)? else {
+                let crate::teacher::Teacher::EfficientNet(m) =
+                    crate::teacher::Teacher::load(&crate::teacher::TeacherSpec::EfficientNetLite0, device)?
+                else {
                     unreachable!("the built-in teacher is EfficientNet")
                 };
                 Ok(Self::Effnet(Box::new(m)))
             }
             s if s.starts_with("inception:") => Self::load_inception(Path::new(&s["inception:".len()..]), device),
             "inception" => Err(anyhow!(
-                "`inception` needs its weight file: `inception:PATH` with torch-fidelity's weights-inception-2015-12-05-6726825d.pth (or a safetensors conversion); nothing is downloaded"
+                "`inception` needs its weight file: `inception:PATH` with torch-fidelity's \
+                    weights-inception-2015-12-05-6726825d.pth (or a safetensors conversion); nothing is downloaded"
             )),
             other => Err(anyhow!("unknown feature extractor `{other}` (inception:PATH or effnet)")),
         }
@@ -67,7 +70,12 @@ impl Extractor {
         let report = load_into(&mut model, &sd, &KeyMap::new(), &[], &[], hint)?;
         let unexpected: Vec<_> = report.unused.iter().filter(|k| !k.ends_with("num_batches_tracked")).collect();
         if !unexpected.is_empty() {
-            tracing::warn!("{}: {} tensors not used by InceptionV3 (first: {})", path.display(), unexpected.len(), unexpected[0]);
+            tracing::warn!(
+                "{}: {} tensors not used by InceptionV3 (first: {})",
+                path.display(),
+                unexpected.len(),
+                unexpected[0]
+            );
         }
         Ok(Self::Inception(Box::new(model)))
     }

@@ -229,7 +229,12 @@ pub fn inception_score(logits: &[f32], classes: usize, splits: usize, order: Opt
         }
         let kl: f64 = part
             .iter()
-            .map(|p| p.iter().zip(&marginal).map(|(&pi, &mi)| if pi > 0.0 { pi * (pi.ln() - mi.ln()) } else { 0.0 }).sum::<f64>())
+            .map(|p| {
+                p.iter()
+                    .zip(&marginal)
+                    .map(|(&pi, &mi)| if pi > 0.0 { pi * (pi.ln() - mi.ln()) } else { 0.0 })
+                    .sum::<f64>()
+            })
             .sum::<f64>()
             / part.len() as f64;
         scores.push(kl.exp());
@@ -243,7 +248,13 @@ pub fn inception_score(logits: &[f32], classes: usize, splits: usize, order: Opt
 /// random subsets of `subset_size` rows of each set (numpy `RandomState(2020).choice(n, size,
 /// replace=False)`), cubic polynomial kernel `(x·y/d + 1)³`, unbiased MMD² per subset; returns
 /// (mean, population std). The subset size is reduced to the smaller set when needed.
-pub fn kernel_inception_distance(a: &[f32], b: &[f32], dim: usize, subsets: usize, subset_size: usize) -> Result<(f64, f64, usize)> {
+pub fn kernel_inception_distance(
+    a: &[f32],
+    b: &[f32],
+    dim: usize,
+    subsets: usize,
+    subset_size: usize,
+) -> Result<(f64, f64, usize)> {
     if dim == 0 || a.len() % dim != 0 || b.len() % dim != 0 {
         bail!("KID: feature arrays are not rows of {dim}");
     }
@@ -273,7 +284,8 @@ pub fn kernel_inception_distance(a: &[f32], b: &[f32], dim: usize, subsets: usiz
     for _ in 0..subsets {
         let ia: Vec<usize> = rng.permutation(na)[..m].to_vec();
         let ib: Vec<usize> = rng.permutation(nb)[..m].to_vec();
-        let (kxx, kyy, kxy) = (kernel_sum(&ia, a, &ia, a, true), kernel_sum(&ib, b, &ib, b, true), kernel_sum(&ia, a, &ib, b, false));
+        let (kxx, kyy, kxy) =
+            (kernel_sum(&ia, a, &ia, a, true), kernel_sum(&ib, b, &ib, b, true), kernel_sum(&ia, a, &ib, b, false));
         let m = m as f64;
         mmds.push((kxx + kyy) / (m * (m - 1.0)) - 2.0 * kxy / (m * m));
     }
@@ -301,8 +313,10 @@ fn parse_npy(bytes: &[u8], what: &str) -> Result<(Vec<usize>, Vec<f64>)> {
         }
         v => bail!("{what}: unsupported .npy version {v}"),
     };
-    let header = std::str::from_utf8(bytes.get(start..start + header_len).ok_or_else(|| anyhow!("{what}: truncated .npy header"))?)
-        .map_err(|_| anyhow!("{what}: .npy header is not text"))?;
+    let header = std::str::from_utf8(
+        bytes.get(start..start + header_len).ok_or_else(|| anyhow!("{what}: truncated .npy header"))?,
+    )
+    .map_err(|_| anyhow!("{what}: .npy header is not text"))?;
     let field = |key: &str| -> Result<&str> {
         let at = header.find(&format!("'{key}'")).ok_or_else(|| anyhow!("{what}: .npy header has no `{key}`"))?;
         Ok(header[at + key.len() + 2..].trim_start().trim_start_matches(':').trim_start())
@@ -313,7 +327,8 @@ fn parse_npy(bytes: &[u8], what: &str) -> Result<(Vec<usize>, Vec<f64>)> {
         bail!("{what}: Fortran-ordered arrays are not supported");
     }
     let shape_text = field("shape")?;
-    let shape_text = &shape_text[shape_text.find('(').ok_or_else(|| anyhow!("{what}: bad shape"))? + 1..shape_text.find(')').ok_or_else(|| anyhow!("{what}: bad shape"))?];
+    let shape_text = &shape_text[shape_text.find('(').ok_or_else(|| anyhow!("{what}: bad shape"))? + 1
+        ..shape_text.find(')').ok_or_else(|| anyhow!("{what}: bad shape"))?];
     let shape: Vec<usize> = shape_text
         .split(',')
         .map(str::trim)
@@ -397,7 +412,9 @@ pub fn write_npz(stats: &FeatureStats, path: &Path) -> Result<()> {
     let mut buffer = std::io::Cursor::new(Vec::new());
     {
         let mut zip = zip::ZipWriter::new(&mut buffer);
-        let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored).large_file(true);
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .large_file(true);
         for (name, shape, values) in [("mu.npy", vec![d], &stats.mu), ("sigma.npy", vec![d, d], &stats.sigma)] {
             zip.start_file(name, options).context("writing .npz")?;
             zip.write_all(&npy_bytes(&shape, values)).context("writing .npz")?;
@@ -421,7 +438,8 @@ mod tests {
 
     #[test]
     fn identical_gaussians_are_at_distance_zero_and_a_mean_shift_adds_its_square() {
-        let rows: Vec<Vec<f32>> = (0..50).map(|i| vec![(i as f32).sin(), (i as f32 * 0.7).cos(), i as f32 * 0.01]).collect();
+        let rows: Vec<Vec<f32>> =
+            (0..50).map(|i| vec![(i as f32).sin(), (i as f32 * 0.7).cos(), i as f32 * 0.01]).collect();
         let a = stats(3, &rows);
         assert!(frechet_distance(&a, &a).unwrap().abs() < 1e-9);
         let mut b = a.clone();
@@ -446,7 +464,8 @@ mod tests {
     fn inception_score_of_confident_uniform_predictions_is_the_class_count() {
         // Every image certain of its class, classes balanced: IS = number of classes.
         let classes = 4;
-        let logits: Vec<f32> = (0..40).flat_map(|i| (0..classes).map(move |c| if c == i % classes { 50.0 } else { 0.0 })).collect();
+        let logits: Vec<f32> =
+            (0..40).flat_map(|i| (0..classes).map(move |c| if c == i % classes { 50.0 } else { 0.0 })).collect();
         let (mean, std) = inception_score(&logits, classes, 2, None).unwrap();
         assert!((mean - 4.0).abs() < 1e-6 && std < 1e-6, "{mean} {std}");
     }

@@ -15,8 +15,8 @@
 #![allow(non_snake_case)]
 
 use crate::teacher::efficientnet::FrozenBatchNorm;
-use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::module::Param;
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
@@ -85,9 +85,20 @@ pub struct BasicConv2d {
 }
 
 impl BasicConv2d {
-    fn new(cin: usize, cout: usize, kernel: (usize, usize), stride: usize, padding: (usize, usize), device: &Device) -> Self {
+    fn new(
+        cin: usize,
+        cout: usize,
+        kernel: (usize, usize),
+        stride: usize,
+        padding: (usize, usize),
+        device: &Device,
+    ) -> Self {
         Self {
-            conv: Conv { weight: Param::from_tensor(Tensor::zeros([cout, cin, kernel.0, kernel.1], device)), stride, padding },
+            conv: Conv {
+                weight: Param::from_tensor(Tensor::zeros([cout, cin, kernel.0, kernel.1], device)),
+                stride,
+                padding,
+            },
             bn: FrozenBatchNorm::new(cout, device),
         }
     }

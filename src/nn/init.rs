@@ -44,7 +44,9 @@ impl InitRules for TokenizerInit {
             ("Struct:Linear" | "Struct:Conv2d", "weight") => ParamInit::TruncNormal(0.02),
             ("Struct:Linear" | "Struct:Conv2d", "bias") => ParamInit::Zeros,
             ("Struct:RmsNorm", _) => ParamInit::Ones,
-            (_, "positional_embedding" | "mask_token") => ParamInit::Normal((*shape.last().unwrap_or(&1) as f64).powf(-0.5)),
+            (_, "positional_embedding" | "mask_token") => {
+                ParamInit::Normal((*shape.last().unwrap_or(&1) as f64).powf(-0.5))
+            }
             (_, "mask_embedding") => ParamInit::Zeros,
             _ => ParamInit::Keep,
         }
@@ -100,10 +102,12 @@ impl<R: InitRules> Initializer<'_, R> {
             ParamInit::Ones => vec![1.0; n],
             ParamInit::Normal(std) => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
             ParamInit::TruncNormal(std) => (0..n)
-                .map(|_| loop {
-                    let v = rng.normal() * std;
-                    if (-2.0..=2.0).contains(&v) {
-                        break v as f32;
+                .map(|_| {
+                    loop {
+                        let v = rng.normal() * std;
+                        if (-2.0..=2.0).contains(&v) {
+                            break v as f32;
+                        }
                     }
                 })
                 .collect(),

@@ -106,7 +106,8 @@ pub fn exp_f32(x: f32) -> f32 {
     let n = (x * LOG2E + magic) - magic;
     let r = x - n * C1 - n * C2;
     let r2 = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
+        * r
         + 5.000_000_1e-1;
     let e = p * r2 + r + 1.0;
     e * f32::from_bits(((n as i32 + 127) << 23) as u32)
@@ -163,7 +164,9 @@ fn softmax_in_place(x: &mut [f32]) {
 fn rotate(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], scale: f32, style: RopeStyle) {
     match style {
         RopeStyle::AdjacentPairs => {
-            for (((o, x), c), s) in out.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(cos.chunks_exact(2)).zip(sin.chunks_exact(2)) {
+            for (((o, x), c), s) in
+                out.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(cos.chunks_exact(2)).zip(sin.chunks_exact(2))
+            {
                 o[0] = (x[0] * c[0] + x[1] * s[0]) * scale;
                 o[1] = (x[1] * c[1] + x[0] * s[1]) * scale;
             }
@@ -187,11 +190,42 @@ fn rotate(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], scale: f32, styl
 /// # Safety
 /// The pointers must cover the stated matrices.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_acc(m: usize, n: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, dst: *mut f32, ldd: usize, parallel: bool) {
+unsafe fn gemm_acc(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    dst: *mut f32,
+    ldd: usize,
+    parallel: bool,
+) {
     let par = if parallel && m * n * k >= 96 * 96 * 96 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     // SAFETY: forwarded from the caller.
     unsafe {
-        gemm::gemm(m, n, k, dst, 1, ldd as isize, true, a, 1, lda as isize, b, 1, ldb as isize, 1.0f32, 1.0f32, false, false, false, par);
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            ldd as isize,
+            true,
+            a,
+            1,
+            lda as isize,
+            b,
+            1,
+            ldb as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        );
     }
 }
 
@@ -324,7 +358,14 @@ fn cond_row(m: &[f32], lc: usize, width: usize, b: usize, t: usize) -> &[f32] {
 
 /// `RMSNorm(x)·(1 + scale) + shift` with `shift`/`scale` chunks `shift_i`/`scale_i` of the `k`-way
 /// modulation tensor `m (B, 1 or L, k·D)` (the reference's `DDTModulate(norm(x), shift, scale)`).
-pub fn rms_norm_modulate(norm: &RmsNorm, x: Tensor<3>, m: &Tensor<3>, k: usize, shift_i: usize, scale_i: usize) -> Tensor<3> {
+pub fn rms_norm_modulate(
+    norm: &RmsNorm,
+    x: Tensor<3>,
+    m: &Tensor<3>,
+    k: usize,
+    shift_i: usize,
+    scale_i: usize,
+) -> Tensor<3> {
     if !is_fast(&x) || !is_fast(m) {
         let h = norm.forward(x);
         return h.clone() * chunk(m, scale_i, k) + h + chunk(m, shift_i, k);
@@ -458,7 +499,27 @@ pub fn attention(qkv: Tensor<3>, heads: usize, rope: Option<&RopeTable>) -> Tens
         // S = Q Kᵀ (K read transposed through its strides).
         // SAFETY: q (l×hd), k (l×hd), s (l×l) are owned buffers of exactly these sizes.
         unsafe {
-            gemm::gemm(l, l, hd, s.as_mut_ptr(), 1, l as isize, false, q.as_ptr(), 1, hd as isize, k.as_ptr(), hd as isize, 1, 0.0f32, 1.0f32, false, false, false, gemm::Parallelism::None);
+            gemm::gemm(
+                l,
+                l,
+                hd,
+                s.as_mut_ptr(),
+                1,
+                l as isize,
+                false,
+                q.as_ptr(),
+                1,
+                hd as isize,
+                k.as_ptr(),
+                hd as isize,
+                1,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
         }
         multiversion!(|| {
             for row in s.chunks_exact_mut(l) {
@@ -471,7 +532,27 @@ pub fn attention(qkv: Tensor<3>, heads: usize, rope: Option<&RopeTable>) -> Tens
         // SAFETY: V rows are d3 apart inside `src`; each task writes a disjoint (l × hd) block of
         // `out` with row stride d.
         unsafe {
-            gemm::gemm(l, hd, l, o_ptr, 1, d as isize, false, s.as_ptr(), 1, l as isize, v_ptr, 1, d3 as isize, 0.0f32, 1.0f32, false, false, false, gemm::Parallelism::None);
+            gemm::gemm(
+                l,
+                hd,
+                l,
+                o_ptr,
+                1,
+                d as isize,
+                false,
+                s.as_ptr(),
+                1,
+                l as isize,
+                v_ptr,
+                1,
+                d3 as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
         }
     });
     from_vec(out, [b, l, d])
@@ -511,7 +592,12 @@ impl ConvEpilogue<'_> {
 
 /// A 1×1, stride-1 convolution `(B, Cin, H, W) → (B, Cout, H, W)` (one GEMM per image) with the
 /// epilogue fused, for flex tensors outside autodiff ([`is_fast`]); `None` otherwise.
-pub fn conv1x1_fused(x: &Tensor<4>, weight: &Tensor<4>, epilogue: &ConvEpilogue<'_>, residual: Option<&Tensor<4>>) -> Option<Tensor<4>> {
+pub fn conv1x1_fused(
+    x: &Tensor<4>,
+    weight: &Tensor<4>,
+    epilogue: &ConvEpilogue<'_>,
+    residual: Option<&Tensor<4>>,
+) -> Option<Tensor<4>> {
     if !is_fast(x) || !is_fast(weight) || residual.is_some_and(|r| !is_fast(r)) {
         return None;
     }
@@ -529,7 +615,9 @@ pub fn conv1x1_fused(x: &Tensor<4>, weight: &Tensor<4>, epilogue: &ConvEpilogue<
     let mut out = vec![0f32; b * cout * hw];
     let per_image = |(bi, o): (usize, &mut [f32])| {
         // SAFETY: W is cout×cin, the image cin×hw, the output cout×hw, all row-major.
-        unsafe { gemm_acc(cout, hw, cin, ws.as_ptr(), cin, xs[bi * cin * hw..].as_ptr(), hw, o.as_mut_ptr(), hw, b == 1) };
+        unsafe {
+            gemm_acc(cout, hw, cin, ws.as_ptr(), cin, xs[bi * cin * hw..].as_ptr(), hw, o.as_mut_ptr(), hw, b == 1)
+        };
         for (c, plane) in o.chunks_exact_mut(hw).enumerate() {
             epilogue.apply(c, plane, rs.map(|r| &r[(bi * cout + c) * hw..(bi * cout + c + 1) * hw]));
         }
@@ -545,7 +633,13 @@ pub fn conv1x1_fused(x: &Tensor<4>, weight: &Tensor<4>, epilogue: &ConvEpilogue<
 /// A depthwise `k×k` convolution with stride `s` and explicit padding `(top/left, bottom/right)`
 /// (the same on both axes) with the epilogue fused, for flex tensors outside autodiff; `None`
 /// otherwise. One task per (image, channel) plane.
-pub fn depthwise_fused(x: &Tensor<4>, weight: &Tensor<4>, stride: usize, pad: (usize, usize), epilogue: &ConvEpilogue<'_>) -> Option<Tensor<4>> {
+pub fn depthwise_fused(
+    x: &Tensor<4>,
+    weight: &Tensor<4>,
+    stride: usize,
+    pad: (usize, usize),
+    epilogue: &ConvEpilogue<'_>,
+) -> Option<Tensor<4>> {
     if !is_fast(x) || !is_fast(weight) {
         return None;
     }
@@ -630,10 +724,12 @@ mod tests {
         let norm = RmsNormConfig::new(48).with_epsilon(1e-6).init(&device);
         assert!(max_diff(rms_norm(&norm, x.clone()), norm.forward(x.clone())) < 1e-5);
         let h = rng.normal_tensor([2, 16, 64], &device);
-        assert!(max_diff(silu_gate(h.clone()), {
-            let a = h.clone().narrow(2, 0, 32);
-            burn::tensor::activation::silu(a) * h.narrow(2, 32, 32)
-        }) < 1e-5);
+        assert!(
+            max_diff(silu_gate(h.clone()), {
+                let a = h.clone().narrow(2, 0, 32);
+                burn::tensor::activation::silu(a) * h.narrow(2, 32, 32)
+            }) < 1e-5
+        );
         // DiT modulation kernels, per-sample (Lc = 1) and per-token conditions.
         for lc in [1, 16] {
             let m = rng.normal_tensor([2, lc, 6 * 48], &device);
@@ -646,15 +742,24 @@ mod tests {
         assert!(max_diff(silu(x.clone()), burn::tensor::activation::silu(x.clone())) < 1e-6);
         let qkv = lin.forward(x);
         let table = tokenizer::table(12, 4, 4, &device);
-        assert!(max_diff(attention(qkv.clone(), 4, Some(&table)), attention_generic(qkv.clone(), 4, Some(&table))) < 1e-5);
+        assert!(
+            max_diff(attention(qkv.clone(), 4, Some(&table)), attention_generic(qkv.clone(), 4, Some(&table))) < 1e-5
+        );
         assert!(max_diff(attention(qkv.clone(), 4, None), attention_generic(qkv.clone(), 4, None)) < 1e-5);
         // Split-half rotation with two unrotated prefix tokens (DINOv3).
         let (c, sn) = (rng.uniform_vec(14 * 12), rng.uniform_vec(14 * 12));
         let split = RopeTable::with_style(c, sn, 14, 12, RopeStyle::SplitHalf, 2, &device);
-        assert!(max_diff(attention(qkv.clone(), 4, Some(&split)), attention_generic(qkv.clone(), 4, Some(&split))) < 1e-5);
+        assert!(
+            max_diff(attention(qkv.clone(), 4, Some(&split)), attention_generic(qkv.clone(), 4, Some(&split))) < 1e-5
+        );
         // Per-sample (gathered) tables, as under MAE masking.
-        let ids = Tensor::<2, Int>::from_data(TensorData::new((0..32i64).map(|i| (i * 5) % 16).collect::<Vec<_>>(), [2, 16]), &device);
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new((0..32i64).map(|i| (i * 5) % 16).collect::<Vec<_>>(), [2, 16]),
+            &device,
+        );
         let gathered = table.gather_rows(&ids);
-        assert!(max_diff(attention(qkv.clone(), 4, Some(&gathered)), attention_generic(qkv, 4, Some(&gathered))) < 1e-5);
+        assert!(
+            max_diff(attention(qkv.clone(), 4, Some(&gathered)), attention_generic(qkv, 4, Some(&gathered))) < 1e-5
+        );
     }
 }

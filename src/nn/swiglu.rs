@@ -1,9 +1,9 @@
 //! SwiGLU feed-forward layer (`SwiGLUFFN` of the reference): `w3(silu(a) ⊙ b)` with
 //! `[a | b] = w12(x)` split in halves (the first half is the gate input).
 
+use super::kernels;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
-use super::kernels;
 
 /// Configuration of a [`SwiGlu`] layer.
 #[derive(Config, Debug)]

@@ -43,7 +43,10 @@ pub fn variants() -> Vec<Variant> {
     };
     vec![
         no_mask(Variant { semantic: SemanticLoss::None, ..Variant::recipe("a-no-semantic", "(a) no semantic loss") }),
-        no_mask(Variant { semantic: SemanticLoss::Clean, ..Variant::recipe("b-clean", "(b) semantic loss on clean latents (prior approach)") }),
+        no_mask(Variant {
+            semantic: SemanticLoss::Clean,
+            ..Variant::recipe("b-clean", "(b) semantic loss on clean latents (prior approach)")
+        }),
         no_mask(Variant::recipe("c-fsd", "(c) FSD: semantic loss on flow-noised latents")),
         Variant::recipe("d-fsd-rad", "(d) FSD + RAD (RecTok), 16 channels"),
         Variant { channels: Some(8), ..Variant::recipe("d-c8", "(d) with 8 channels") },
@@ -56,10 +59,12 @@ pub fn verdict(results: &[PipelineResult]) -> Vec<String> {
     let get = |n: &str| results.iter().find(|r| r.variant.name == n);
     let mut out = Vec::new();
     let fd = |r: &PipelineResult| r.generation_fd.1.unwrap_or(f64::NAN);
-    if let (Some(a), Some(b), Some(c), Some(d)) = (get("a-no-semantic"), get("b-clean"), get("c-fsd"), get("d-fsd-rad")) {
+    if let (Some(a), Some(b), Some(c), Some(d)) = (get("a-no-semantic"), get("b-clean"), get("c-fsd"), get("d-fsd-rad"))
+    {
         let probe_order = d.probe >= c.probe.max(b.probe).max(a.probe) - 0.02;
         out.push(format!(
-            "Probe accuracy: (a) {:.1} %, (b) {:.1} %, (c) {:.1} %, (d) {:.1} % — the paper's direction (semantic training, and FSD + RAD most of all, gives the most linearly separable latents) {}.",
+            "Probe accuracy: (a) {:.1} %, (b) {:.1} %, (c) {:.1} %, (d) {:.1} % — the paper's direction (semantic \
+                training, and FSD + RAD most of all, gives the most linearly separable latents) {}.",
             100.0 * a.probe,
             100.0 * b.probe,
             100.0 * c.probe,
@@ -68,7 +73,8 @@ pub fn verdict(results: &[PipelineResult]) -> Vec<String> {
         ));
         let gen_order = fd(d) <= fd(a).min(fd(b));
         out.push(format!(
-            "Generation FD-effnet: (a) {:.1}, (b) {:.1}, (c) {:.1}, (d) {:.1} — the paper's direction (FSD + RAD latents are easier to generate than those without semantics or with clean-latent alignment) {}.",
+            "Generation FD-effnet: (a) {:.1}, (b) {:.1}, (c) {:.1}, (d) {:.1} — the paper's direction (FSD + RAD \
+                latents are easier to generate than those without semantics or with clean-latent alignment) {}.",
             fd(a),
             fd(b),
             fd(c),
@@ -76,7 +82,8 @@ pub fn verdict(results: &[PipelineResult]) -> Vec<String> {
             if gen_order { "held" } else { "did not hold at this scale" }
         ));
         out.push(format!(
-            "Reconstruction PSNR: (a) {:.2}, (b) {:.2}, (c) {:.2}, (d) {:.2} dB (the semantic terms cost little reconstruction in the paper).",
+            "Reconstruction PSNR: (a) {:.2}, (b) {:.2}, (c) {:.2}, (d) {:.2} dB (the semantic terms cost little \
+                reconstruction in the paper).",
             a.trained.psnr, b.trained.psnr, c.trained.psnr, d.trained.psnr
         ));
     }
@@ -84,7 +91,8 @@ pub fn verdict(results: &[PipelineResult]) -> Vec<String> {
         let psnr_up = c8.trained.psnr < c16.trained.psnr && c16.trained.psnr < c32.trained.psnr;
         let fd_down = fd(c8) >= fd(c16) && fd(c16) >= fd(c32);
         out.push(format!(
-            "Channels 8 / 16 / 32: PSNR {:.2} / {:.2} / {:.2} dB, probe {:.1} / {:.1} / {:.1} %, generation FD-effnet {:.1} / {:.1} / {:.1} — the paper's claim that wider latents improve reconstruction {} and generation {} here.",
+            "Channels 8 / 16 / 32: PSNR {:.2} / {:.2} / {:.2} dB, probe {:.1} / {:.1} / {:.1} %, generation FD-effnet \
+                {:.1} / {:.1} / {:.1} — the paper's claim that wider latents improve reconstruction {} and generation {} here.",
             c8.trained.psnr,
             c16.trained.psnr,
             c32.trained.psnr,
@@ -102,7 +110,8 @@ pub fn verdict(results: &[PipelineResult]) -> Vec<String> {
 }
 
 /// Column titles of the results table.
-const COLUMNS: [&str; 8] = ["variant", "C", "rPSNR (dB)", "rSSIM", "rFD-effnet", "probe top-1", "gen FD-effnet", "samples in class"];
+const COLUMNS: [&str; 8] =
+    ["variant", "C", "rPSNR (dB)", "rSSIM", "rFD-effnet", "probe top-1", "gen FD-effnet", "samples in class"];
 
 /// One row of the results table, as text cells.
 fn row_cells(r: &PipelineResult) -> [String; 8] {
@@ -127,7 +136,8 @@ fn table_markdown(results: &[PipelineResult]) -> String {
 }
 
 fn table_html(results: &[PipelineResult]) -> String {
-    let cells = |tag: &str, v: &[String]| v.iter().map(|c| format!("<{tag}>{}</{tag}>", html_escape(c))).collect::<String>();
+    let cells =
+        |tag: &str, v: &[String]| v.iter().map(|c| format!("<{tag}>{}</{tag}>", html_escape(c))).collect::<String>();
     let mut s = format!("<table><tr>{}</tr>", cells("th", &COLUMNS.map(String::from)));
     for r in results {
         s.push_str(&format!("<tr>{}</tr>", cells("td", &row_cells(r))));
@@ -149,7 +159,10 @@ fn plot(results: &[PipelineResult], path: &Path) -> Result<()> {
         let names: Vec<String> = results.iter().map(|r| r.variant.name.clone()).collect();
         let series: [(&str, Vec<f64>); 2] = [
             ("linear probe top-1 (%)", results.iter().map(|r| 100.0 * r.probe).collect()),
-            ("generation FD-effnet (lower is better)", results.iter().map(|r| r.generation_fd.1.unwrap_or(0.0)).collect()),
+            (
+                "generation FD-effnet (lower is better)",
+                results.iter().map(|r| r.generation_fd.1.unwrap_or(0.0)).collect(),
+            ),
         ];
         for ((title, values), area) in series.iter().zip(panels.iter()) {
             let top = values.iter().cloned().fold(0.0, f64::max) * 1.15 + 1e-9;
@@ -168,7 +181,10 @@ fn plot(results: &[PipelineResult], path: &Path) -> Result<()> {
                 .label_style(("sans-serif", 11))
                 .draw()?;
             chart.draw_series(values.iter().enumerate().map(|(i, &v)| {
-                let mut bar = Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), v)], BLUE.mix(0.6).filled());
+                let mut bar = Rectangle::new(
+                    [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), v)],
+                    BLUE.mix(0.6).filled(),
+                );
                 bar.set_margin(0, 0, 8, 8);
                 bar
             }))?;
@@ -185,14 +201,21 @@ pub fn run_ablation(out: &Path, only: &[String], quick: bool) -> Result<Vec<Pipe
     std::fs::create_dir_all(out)?;
     let budget = budget(quick);
     let mut results = Vec::new();
-    let chosen: Vec<Variant> = variants().into_iter().filter(|v| only.is_empty() || only.iter().any(|o| v.name.starts_with(o.as_str()))).collect();
+    let chosen: Vec<Variant> = variants()
+        .into_iter()
+        .filter(|v| only.is_empty() || only.iter().any(|o| v.name.starts_with(o.as_str())))
+        .collect();
     if chosen.is_empty() {
-        anyhow::bail!("--only matches no variant (names: {})", variants().iter().map(|v| v.name.clone()).collect::<Vec<_>>().join(", "));
+        anyhow::bail!(
+            "--only matches no variant (names: {})",
+            variants().iter().map(|v| v.name.clone()).collect::<Vec<_>>().join(", ")
+        );
     }
     for (i, variant) in chosen.iter().enumerate() {
         let done = out.join(&variant.name).join("result.json");
         let budget_json = serde_json::to_value(&budget)?;
-        let previous = std::fs::read_to_string(&done).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        let previous =
+            std::fs::read_to_string(&done).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
         let r: PipelineResult = match previous {
             Some(v) if v.get("budget") == Some(&budget_json) && v.get("result").is_some() => {
                 tracing::info!("{}: already done ({}), reusing its results", variant.description, done.display());
@@ -212,14 +235,19 @@ pub fn run_ablation(out: &Path, only: &[String], quick: bool) -> Result<Vec<Pipe
     }
     let verdict = verdict(&results);
     let md = format!(
-        "# RecTok ablations in miniature\n\nBuilt-in procedural data (10 classes, 32 px), built-in EfficientNet-Lite0 teacher, the tiny models; per variant {} tokenizer steps and {} generator epochs on the same images and seeds. FD-effnet is not FID.\n\n{}\n{}\n",
+        "# RecTok ablations in miniature\n\nBuilt-in procedural data (10 classes, 32 px), built-in EfficientNet-Lite0 \
+            teacher, the tiny models; per variant {} tokenizer steps and {} generator epochs on the same images and \
+            seeds. FD-effnet is not FID.\n\n{}\n{}\n",
         budget.tokenizer_epochs * budget.tokenizer_images / budget.tokenizer_batch,
         budget.generator_epochs,
         table_markdown(&results),
         verdict.iter().map(|s| format!("* {s}\n")).collect::<String>()
     );
     crate::io::write_atomic(&out.join("ablation.md"), md.as_bytes())?;
-    write_json(&out.join("ablation.json"), &serde_json::json!({ "budget": budget, "results": results, "verdict": verdict }))?;
+    write_json(
+        &out.join("ablation.json"),
+        &serde_json::json!({ "budget": budget, "results": results, "verdict": verdict }),
+    )?;
     plot(&results, &out.join("ablation.png"))?;
     let mut body = table_html(&results);
     body.push_str("<ul>");
@@ -229,7 +257,11 @@ pub fn run_ablation(out: &Path, only: &[String], quick: bool) -> Result<Vec<Pipe
     body.push_str("</ul><img src=\"ablation.png\"><h2>Samples</h2>");
     for r in &results {
         if let Some(p) = &r.files.samples {
-            body.push_str(&format!("<figure><img src=\"{}\"><figcaption>{}</figcaption></figure>", html_escape(&p.display().to_string()), html_escape(&r.variant.description)));
+            body.push_str(&format!(
+                "<figure><img src=\"{}\"><figcaption>{}</figcaption></figure>",
+                html_escape(&p.display().to_string()),
+                html_escape(&r.variant.description)
+            ));
         }
     }
     write_report(&out.join("report.html"), "RecTok ablations in miniature", &body)?;

@@ -79,12 +79,25 @@ pub fn summary_rows(r: &PipelineResult) -> Vec<(String, String, String)> {
 
 fn demo_body(r: &PipelineResult, b: &Budget) -> String {
     let mut h = String::new();
-    h.push_str("<p>The whole RecTok pipeline on the built-in procedural dataset (10 classes of shapes and textures, 32 px) with the built-in EfficientNet-Lite0 teacher, on a CPU, nothing downloaded. ");
+    h.push_str(
+        "<p>The whole RecTok pipeline on the built-in procedural dataset (10 classes of shapes and textures, \
+        32 px) with the built-in EfficientNet-Lite0 teacher, on a CPU, nothing downloaded. ",
+    );
     h.push_str(&format!(
-        "Tokenizer: {} steps of stage 1 (flow semantic distillation + reconstruction–alignment distillation) on {} images{}; generator: DiT^DH-tiny, {} epochs on {} images of its latents. FD-effnet is the Fréchet distance of EfficientNet-Lite0 features, <b>not FID</b>.</p>",
+        "Tokenizer: {} steps of stage 1 (flow semantic distillation + reconstruction–alignment distillation) on {} \
+            images{}; generator: DiT^DH-tiny, {} epochs on {} images of its latents. FD-effnet is the Fréchet distance \
+            of EfficientNet-Lite0 features, <b>not FID</b>.</p>",
         b.tokenizer_epochs * b.tokenizer_images / b.tokenizer_batch,
         b.tokenizer_images,
-        if b.stage2_steps > 0 { format!(", then {} steps of stage-2 decoder fine-tuning with the GAN", b.stage2_steps) } else { String::new() },
+        if b.stage2_steps > 0 {
+            format!(
+                ", then {} steps of stage-2 decoder fine-tuning with the \
+            GAN",
+                b.stage2_steps
+            )
+        } else {
+            String::new()
+        },
         b.generator_epochs,
         b.generator_images
     ));
@@ -94,31 +107,51 @@ fn demo_body(r: &PipelineResult, b: &Budget) -> String {
     }
     h.push_str("</table>");
     h.push_str(&format!(
-        "<p>Held-out images: {} for reconstruction, {} for the probe (trained on {}), {} class-balanced samples (50-point Euler, {}). The class check is a linear probe on the teacher's features fitted on the tokenizer's reconstructions of real images. Time: tokenizer {:.0} s, stage 2 {:.0} s, evaluation {:.0} s, generator {:.0} s.</p>",
+        "<p>Held-out images: {} for reconstruction, {} for the probe (trained on {}), {} class-balanced samples \
+            (50-point Euler, {}). The class check is a linear probe on the teacher's features fitted on the tokenizer's \
+            reconstructions of real images. Time: tokenizer {:.0} s, stage 2 {:.0} s, evaluation {:.0} s, generator \
+            {:.0} s.</p>",
         r.trained.images,
         (b.probe_images / 10).clamp(64, 2000),
         b.probe_images,
         b.fd_images,
-        if r.sample_cfg > 1.0 { format!("classifier-free guidance {}", r.sample_cfg) } else { "no guidance".to_string() },
+        if r.sample_cfg > 1.0 { format!("classifier-free guidance {}", r.sample_cfg) } else { "no \
+            guidance".to_string() },
         r.seconds.0,
         r.seconds.1,
         r.seconds.2,
         r.seconds.3
     ));
     let img = |title: &str, p: &Option<std::path::PathBuf>| -> String {
-        p.as_ref().map(|p| format!("<figure><img src=\"{}\"><figcaption>{}</figcaption></figure>", html_escape(&p.display().to_string()), html_escape(title))).unwrap_or_default()
+        p.as_ref()
+            .map(|p| {
+                format!(
+                    "<figure><img src=\"{}\"><figcaption>{}</figcaption></figure>",
+                    html_escape(&p.display().to_string()),
+                    html_escape(title)
+                )
+            })
+            .unwrap_or_default()
     };
     h.push_str("<h2>Samples</h2>");
-    h.push_str(&img("DiT^DH samples from the EMA model, one row per class (disc, square, triangle, ring, cross, star, stripes, checkerboard, dots, waves)", &r.files.samples));
+    h.push_str(&img(
+        "DiT^DH samples from the EMA model, one row per class (disc, square, triangle, ring, cross, star, \
+        stripes, checkerboard, dots, waves)",
+        &r.files.samples,
+    ));
     h.push_str("<h2>Reconstructions</h2>");
-    h.push_str(&img("stage 1: held-out originals (odd rows) and reconstructions (even rows)", &r.files.reconstructions));
+    h.push_str(&img(
+        "stage 1: held-out originals (odd rows) and reconstructions (even rows)",
+        &r.files.reconstructions,
+    ));
     h.push_str(&img("after stage 2", &r.files.reconstructions_stage2));
     h.push_str("<h2>Training curves</h2>");
     h.push_str(&img("tokenizer, stage 1", &r.files.tokenizer_curves));
     h.push_str(&img("tokenizer, stage 2", &r.files.stage2_curves));
     h.push_str(&img("generator", &r.files.generator_curves));
     h.push_str(&format!(
-        "<h2>Use the trained models</h2><pre>rectok generate --tokenizer {t} --generator {g} --steps 50 -o samples/ --grid grid.png\nrectok reconstruct --tokenizer {t} -i IMAGES -o recon/</pre>",
+        "<h2>Use the trained models</h2><pre>rectok generate --tokenizer {t} --generator {g} --steps 50 -o samples/ \
+            --grid grid.png\nrectok reconstruct --tokenizer {t} -i IMAGES -o recon/</pre>",
         t = html_escape(&r.files.tokenizer.display().to_string()),
         g = html_escape(&r.files.generator.display().to_string())
     ));

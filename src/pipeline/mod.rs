@@ -10,8 +10,10 @@ pub mod report;
 
 use crate::data::{DataSpec, Loader, Split, open_dataset};
 use crate::device::select_device;
+use crate::eval::{
+    ProbeConfig, ProbeFeatures, Reference, TokenizerEval, TokenizerEvalOptions, evaluate_tokenizer, linear_probe,
+};
 use crate::metrics::extractor::Extractor;
-use crate::eval::{ProbeConfig, ProbeFeatures, Reference, TokenizerEval, TokenizerEvalOptions, evaluate_tokenizer, linear_probe};
 use crate::tokenizer::RecTok;
 use crate::train::config::TokenizerTrainConfig;
 use crate::train::generator::GeneratorTrainer;
@@ -74,7 +76,13 @@ pub struct Variant {
 impl Variant {
     /// The recipe's method: flow semantic distillation with masking, the recipe's channels.
     pub fn recipe(name: &str, description: &str) -> Self {
-        Self { name: name.into(), description: description.into(), semantic: SemanticLoss::Flow, masking: true, channels: None }
+        Self {
+            name: name.into(),
+            description: description.into(),
+            semantic: SemanticLoss::Flow,
+            masking: true,
+            channels: None,
+        }
     }
 
     /// Writes the variant into a tokenizer recipe.
@@ -152,7 +160,11 @@ pub fn ema_decay_for(steps: usize, decay: f64) -> f64 {
 
 /// The newest PNG in `dir/samples/`.
 fn newest_sample(dir: &Path) -> Option<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("samples")).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("samples"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
     v.sort();
     v.pop()
 }
@@ -167,10 +179,21 @@ fn relative(p: &Path, base: &Path) -> PathBuf {
 
 /// Held-out tokenizer measurements: PSNR, SSIM, FD-effnet of 8-bit reconstructions against the
 /// originals.
-fn measure_tokenizer(model: &RecTok, images: usize, extractor: &Extractor, device: &burn::prelude::Device) -> Result<TokenizerEval> {
+fn measure_tokenizer(
+    model: &RecTok,
+    images: usize,
+    extractor: &Extractor,
+    device: &burn::prelude::Device,
+) -> Result<TokenizerEval> {
     let data = open_dataset(&DataSpec::Procedural { len: images * 10 }, Split::Val, 0)?;
     let loader = Loader::sequential(data, 50, model.config.img_size, 2)?;
-    let options = TokenizerEvalOptions { extractor: Some(extractor), reference: Reference::Originals, limit: Some(images), save_dir: None, kid: false };
+    let options = TokenizerEvalOptions {
+        extractor: Some(extractor),
+        reference: Reference::Originals,
+        limit: Some(images),
+        save_dir: None,
+        kid: false,
+    };
     evaluate_tokenizer(model, &loader, &options, device, |_| {})
 }
 
@@ -236,7 +259,11 @@ pub fn run_variant(dir: &Path, variant: &Variant, budget: &Budget, seed: u64) ->
     let t2 = Instant::now();
     let (model, _) = crate::weights::tokenizer::load_tokenizer(
         &tokenizer_file,
-        &crate::weights::tokenizer::TokenizerLoadOptions { entry: crate::weights::CheckpointEntry::Auto, config: None, without_semantic: true },
+        &crate::weights::tokenizer::TokenizerLoadOptions {
+            entry: crate::weights::CheckpointEntry::Auto,
+            config: None,
+            without_semantic: true,
+        },
         &device,
     )?;
     let trained = measure_tokenizer(&model, budget.eval_images, &extractor, &device)?;
@@ -268,9 +295,13 @@ pub fn run_variant(dir: &Path, variant: &Variant, budget: &Budget, seed: u64) ->
 
     let files = PipelineFiles {
         reconstructions: newest_sample(&stage1).map(|p| relative(&p, dir)),
-        reconstructions_stage2: (budget.stage2_steps > 0).then(|| newest_sample(&stage2).map(|p| relative(&p, dir))).flatten(),
+        reconstructions_stage2: (budget.stage2_steps > 0)
+            .then(|| newest_sample(&stage2).map(|p| relative(&p, dir)))
+            .flatten(),
         tokenizer_curves: existing(stage1.join("loss.png")).map(|p| relative(&p, dir)),
-        stage2_curves: (budget.stage2_steps > 0).then(|| existing(stage2.join("loss.png")).map(|p| relative(&p, dir))).flatten(),
+        stage2_curves: (budget.stage2_steps > 0)
+            .then(|| existing(stage2.join("loss.png")).map(|p| relative(&p, dir)))
+            .flatten(),
         samples: newest_sample(&generator_dir).map(|p| relative(&p, dir)),
         generator_curves: existing(generator_dir.join("loss.png")).map(|p| relative(&p, dir)),
         tokenizer: relative(&gs.tokenizer, dir),
@@ -284,7 +315,10 @@ pub fn run_variant(dir: &Path, variant: &Variant, budget: &Budget, seed: u64) ->
         probe_untrained,
         probe,
         generation_fd: (gs.eval.0.as_ref().and_then(|e| e.fd), gs.eval.1.as_ref().and_then(|e| e.fd)),
-        class_accuracy: (gs.eval.0.as_ref().and_then(|e| e.class_accuracy), gs.eval.1.as_ref().and_then(|e| e.class_accuracy)),
+        class_accuracy: (
+            gs.eval.0.as_ref().and_then(|e| e.class_accuracy),
+            gs.eval.1.as_ref().and_then(|e| e.class_accuracy),
+        ),
         real_class_accuracy: gs.real_class_accuracy,
         sample_cfg,
         files,

@@ -16,7 +16,8 @@ body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}\
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}\
 td:first-child,th:first-child{{text-align:left}}img{{image-rendering:pixelated;max-width:100%;border:1px solid #ddd}}\
 figure{{display:inline-block;margin:0 1em 1em 0;vertical-align:top}}figcaption{{font-size:90%;color:#555}}\
-pre{{background:#f4f4f4;padding:8px}}</style></head><body><h1>{t}</h1>\n{body}\n<p style=\"color:#888\">rectok {v}</p></body></html>\n",
+pre{{background:#f4f4f4;padding:8px}}</style></head><body><h1>{t}</h1>\n{body}\n<p style=\"color:#888\">rectok \
+    {v}</p></body></html>\n",
         t = html_escape(title),
         v = env!("CARGO_PKG_VERSION"),
     );

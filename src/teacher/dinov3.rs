@@ -62,7 +62,8 @@ impl Dinov3Config {
     /// Builds the model with zero weights (load the Hub file afterwards).
     pub fn init(&self, device: &Device) -> Dinov3Vit {
         let d = self.hidden_size;
-        let lin = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).with_initializer(Initializer::Zeros).init(device);
+        let lin =
+            |i, o, bias| LinearConfig::new(i, o).with_bias(bias).with_initializer(Initializer::Zeros).init(device);
         let ln = || LayerNormConfig::new(d).with_epsilon(self.layer_norm_eps).init(device);
         Dinov3Vit {
             embeddings: Dinov3Embeddings {
@@ -86,7 +87,10 @@ impl Dinov3Config {
                     },
                     layer_scale1: LayerScale { lambda1: Param::from_tensor(Tensor::ones([d], device)) },
                     norm2: ln(),
-                    mlp: Dinov3Mlp { up_proj: lin(d, self.intermediate_size, true), down_proj: lin(self.intermediate_size, d, true) },
+                    mlp: Dinov3Mlp {
+                        up_proj: lin(d, self.intermediate_size, true),
+                        down_proj: lin(self.intermediate_size, d, true),
+                    },
                     layer_scale2: LayerScale { lambda1: Param::from_tensor(Tensor::ones([d], device)) },
                 })
                 .collect(),
@@ -161,10 +165,20 @@ impl Dinov3Layer {
     fn forward(&self, x: Tensor<3>, rope: &crate::nn::RopeTable) -> Tensor<3> {
         let a = &self.attention;
         let h = self.norm1.forward(x.clone());
-        let qkv = Tensor::cat(vec![kernels::linear(&a.q_proj, h.clone()), kernels::linear(&a.k_proj, h.clone()), kernels::linear(&a.v_proj, h)], 2);
+        let qkv = Tensor::cat(
+            vec![
+                kernels::linear(&a.q_proj, h.clone()),
+                kernels::linear(&a.k_proj, h.clone()),
+                kernels::linear(&a.v_proj, h),
+            ],
+            2,
+        );
         let o = kernels::linear(&a.o_proj, kernels::attention(qkv, a.num_heads, Some(rope)));
         let x = x + o * self.layer_scale1.lambda1.val().unsqueeze_dims(&[0, 1]);
-        let m = kernels::linear(&self.mlp.down_proj, gelu(kernels::linear(&self.mlp.up_proj, self.norm2.forward(x.clone()))));
+        let m = kernels::linear(
+            &self.mlp.down_proj,
+            gelu(kernels::linear(&self.mlp.up_proj, self.norm2.forward(x.clone()))),
+        );
         x + m * self.layer_scale2.lambda1.val().unsqueeze_dims(&[0, 1])
     }
 }
@@ -212,7 +226,8 @@ impl Dinov3Vit {
         parts.push(patches);
         let mut x = Tensor::cat(parts, 1);
         trace.record("embeddings", &x);
-        let table = rope::table(d / cfg.num_attention_heads, gh, gw, 1 + cfg.num_register_tokens, rope_rescale, &device);
+        let table =
+            rope::table(d / cfg.num_attention_heads, gh, gw, 1 + cfg.num_register_tokens, rope_rescale, &device);
         for (i, layer) in self.layer.iter().enumerate() {
             x = layer.forward(x, &table);
             if trace.enabled() {

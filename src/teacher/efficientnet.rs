@@ -161,7 +161,9 @@ impl MbConv {
     fn forward_fused(&self, input: &Tensor<4>) -> Option<Tensor<4>> {
         let epilogue = |bn: &FrozenBatchNorm, relu6: bool| {
             let (scale, shift) = bn.folded();
-            move |f: &dyn Fn(&ConvEpilogue<'_>) -> Option<Tensor<4>>| f(&ConvEpilogue { scale: &scale, shift: &shift, relu6 })
+            move |f: &dyn Fn(&ConvEpilogue<'_>) -> Option<Tensor<4>>| {
+                f(&ConvEpilogue { scale: &scale, shift: &shift, relu6 })
+            }
         };
         let mut x = input.clone();
         if let (Some(conv), Some(bn)) = (&self._expand_conv, &self._bn0) {

@@ -82,14 +82,18 @@ pub enum Teacher {
 
 /// Prefixes under which teacher weights may be nested (HF base-model prefix, a RecTok stage-1
 /// checkpoint's frozen copy).
-const DINOV3_PREFIXES: &[&str] = &["dinov3_vit.", "sem_foundation_models.dinov3.", "aux_foundation_models.dinov3b.", "model."];
+const DINOV3_PREFIXES: &[&str] =
+    &["dinov3_vit.", "sem_foundation_models.dinov3.", "aux_foundation_models.dinov3b.", "model."];
 
 impl Teacher {
     /// Loads a teacher.
     pub fn load(spec: &TeacherSpec, device: &Device) -> Result<Self, WeightsError> {
         match spec {
             TeacherSpec::EfficientNetLite0 => {
-                let sd = StateDict::from_safetensors_bytes(Path::new("<built-in efficientnet-lite0>"), EFFICIENTNET_LITE0_WEIGHTS)?;
+                let sd = StateDict::from_safetensors_bytes(
+                    Path::new("<built-in efficientnet-lite0>"),
+                    EFFICIENTNET_LITE0_WEIGHTS,
+                )?;
                 let mut model = EfficientNetLite::lite0(device);
                 load_into(&mut model, &sd, &KeyMap::new(), &[], &[], "")?;
                 Ok(Self::EfficientNet(model))
@@ -106,7 +110,10 @@ impl Teacher {
                 {
                     sd = sd.subset(p);
                 }
-                let hint = format!(" — this does not look like a DINOv3 ViT-{}/16 model.safetensors", size[..1].to_uppercase());
+                let hint = format!(
+                    " — this does not look like a DINOv3 ViT-{}/16 model.safetensors",
+                    size[..1].to_uppercase()
+                );
                 let mut model = config.init(device);
                 load_into(&mut model, &sd, &KeyMap::new(), &["embeddings.mask_token"], &["rope_embeddings."], &hint)?;
                 Ok(Self::Dinov3(model))
@@ -133,7 +140,9 @@ impl Teacher {
     /// Human-readable name.
     pub fn name(&self) -> String {
         match self {
-            Self::Dinov3(m) => format!("DINOv3 ViT ({} wide, {} layers)", m.config.hidden_size, m.config.num_hidden_layers),
+            Self::Dinov3(m) => {
+                format!("DINOv3 ViT ({} wide, {} layers)", m.config.hidden_size, m.config.num_hidden_layers)
+            }
             Self::EfficientNet(_) => "EfficientNet-Lite0 (built in)".into(),
         }
     }

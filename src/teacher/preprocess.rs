@@ -74,7 +74,13 @@ pub fn resize_separable(x: Tensor<4>, rows: &[f32], cols: &[f32], out_h: usize, 
 
 /// The reference's teacher pixels, at `resolution` (224) and then at `working` (the tokenizer's
 /// image size). Returns `(processor_pixels at resolution, teacher_pixels at working)`.
-pub fn teacher_pixels(x: Tensor<4>, resolution: usize, working: usize, mean: [f32; 3], std: [f32; 3]) -> (Tensor<4>, Tensor<4>) {
+pub fn teacher_pixels(
+    x: Tensor<4>,
+    resolution: usize,
+    working: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> (Tensor<4>, Tensor<4>) {
     let [_, _, h, w] = x.dims();
     let device = x.device();
     // uint8 by truncation (the values are non-negative, so floor = trunc), then rescale by 1/255.

@@ -144,7 +144,8 @@ impl RecTokConfig {
 
     /// The named presets: `rectok-b` (the official tokenizer), `rectok-b-head` (as the HEAD
     /// training script configures it) and `tiny` (the built-in CPU recipes').
-    pub const PRESETS: &'static [(&'static str, fn() -> Self)] = &[("rectok-b", Self::rectok_b), ("rectok-b-head", Self::rectok_b_head_script), ("tiny", Self::tiny)];
+    pub const PRESETS: &'static [(&'static str, fn() -> Self)] =
+        &[("rectok-b", Self::rectok_b), ("rectok-b-head", Self::rectok_b_head_script), ("tiny", Self::tiny)];
 
     /// The preset `name` (any accepted spelling, e.g. `rectok_b`).
     pub fn preset(name: &str) -> Option<Self> {
@@ -158,7 +159,10 @@ impl RecTokConfig {
         }
         let path = std::path::Path::new(spec);
         if !path.is_file() {
-            return Err(format!("{spec}: neither a tokenizer preset ({}) nor a configuration file", crate::config::names(Self::PRESETS)));
+            return Err(format!(
+                "{spec}: neither a tokenizer preset ({}) nor a configuration file",
+                crate::config::names(Self::PRESETS)
+            ));
         }
         let obj = crate::config::read_object(path, "tokenizer")?;
         Self::from_object(obj).map_err(|e| format!("{spec}: {e}"))
@@ -189,16 +193,19 @@ impl RecTokConfig {
             }
         }
         let base = match obj.remove("preset") {
-            Some(Value::String(p)) => {
-                Self::preset(&p).ok_or(format!("unknown tokenizer preset `{p}` ({})", crate::config::names(Self::PRESETS)))?
-            }
+            Some(Value::String(p)) => Self::preset(&p)
+                .ok_or(format!("unknown tokenizer preset `{p}` ({})", crate::config::names(Self::PRESETS)))?,
             Some(other) => return Err(format!("`preset` must be a preset name, got {other}")),
             None => {
                 let size = |key: &str| -> Result<VitSize, String> {
                     let v = obj.get(key).ok_or(format!("missing field `{key}` (or name a `preset`)"))?;
                     serde_json::from_value(v.clone()).map_err(|e| format!("field `{key}`: {e}"))
                 };
-                let semantic = if obj.contains_key("semantic") { size("semantic")? } else { VitSize::named("tiny").expect("tiny") };
+                let semantic = if obj.contains_key("semantic") {
+                    size("semantic")?
+                } else {
+                    VitSize::named("tiny").expect("tiny")
+                };
                 let channels = crate::config::required_usize(&obj, "token_channels")?;
                 Self::new(channels, size("encoder")?, size("decoder")?, semantic)
             }
@@ -238,7 +245,10 @@ impl RecTokConfig {
             return Err(format!("mask_ratio must be in [0, 1), got {}", self.mask_ratio));
         }
         if !(self.mask_ratio_min >= -1.0 && self.mask_ratio_min <= self.mask_ratio) {
-            return Err(format!("mask_ratio_min must be in [-1, mask_ratio = {}], got {}", self.mask_ratio, self.mask_ratio_min));
+            return Err(format!(
+                "mask_ratio_min must be in [-1, mask_ratio = {}], got {}",
+                self.mask_ratio, self.mask_ratio_min
+            ));
         }
         if !(self.gamma.is_finite() && self.gamma >= 0.0) {
             return Err(format!("gamma must be a finite number ≥ 0, got {}", self.gamma));
@@ -251,7 +261,10 @@ impl RecTokConfig {
         }
         for (name, size) in [("encoder", self.encoder), ("decoder", self.decoder), ("semantic", self.semantic)] {
             if size.heads == 0 || size.width == 0 || size.width % size.heads != 0 {
-                return Err(format!("{name} width {} is not a positive multiple of its {} heads", size.width, size.heads));
+                return Err(format!(
+                    "{name} width {} is not a positive multiple of its {} heads",
+                    size.width, size.heads
+                ));
             }
             if !(1..=256).contains(&size.layers) {
                 return Err(format!("{name} layers must be between 1 and 256, got {}", size.layers));
@@ -302,8 +315,15 @@ mod tests {
         assert_eq!(c.encoder, VitSize::named("small").unwrap());
         assert_eq!(c.semantic, VitSize::named("tiny").unwrap());
         assert_eq!((c.img_size, c.patch_size, c.mask_ratio), (64, 16, 0.4));
-        let err = RecTokConfig::from_json(r#"{"token_channels": 16, "encoder": "small", "decoder": "small", "mask_ration": 0.5}"#).unwrap_err();
+        let err = RecTokConfig::from_json(
+            r#"{"token_channels": 16, "encoder": "small", "decoder": "small", "mask_ration": 0.5}"#,
+        )
+        .unwrap_err();
         assert!(err.contains("mask_ration"), "{err}");
-        assert!(RecTokConfig::from_json(r#"{"encoder": "small", "decoder": "small"}"#).unwrap_err().contains("token_channels"));
+        assert!(
+            RecTokConfig::from_json(r#"{"encoder": "small", "decoder": "small"}"#)
+                .unwrap_err()
+                .contains("token_channels")
+        );
     }
 }

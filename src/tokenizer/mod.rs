@@ -55,10 +55,7 @@ impl LatentStats {
             return Err(format!("latent mean has {} values but std has {}", self.mean.len(), self.std.len()));
         }
         if self.mean.len() != 1 && self.mean.len() != channels {
-            return Err(format!(
-                "latent statistics have {} channels, the tokenizer has {channels}",
-                self.mean.len()
-            ));
+            return Err(format!("latent statistics have {} channels, the tokenizer has {channels}", self.mean.len()));
         }
         if self.mean.iter().any(|v| !v.is_finite()) || self.std.iter().any(|v| !v.is_finite() || *v <= 0.0) {
             return Err("latent statistics contain non-finite values or a non-positive std".into());
@@ -146,7 +143,9 @@ impl RecTokConfig {
             SemDecoderKind::Transformer => SemanticDecoder::Transformer(
                 TransformerSemDecoderConfig::new(grid, self.semantic, self.token_channels, dim).init(device),
             ),
-            SemDecoderKind::Mlp => SemanticDecoder::Mlp(MlpSemDecoderConfig::new(self.token_channels, dim).init(device)),
+            SemDecoderKind::Mlp => {
+                SemanticDecoder::Mlp(MlpSemDecoderConfig::new(self.token_channels, dim).init(device))
+            }
         });
         RecTok {
             encoder: EncoderConfig::new(self.img_size, self.patch_size, self.encoder, self.token_channels).init(device),
@@ -199,10 +198,8 @@ impl RecTok {
     /// Training-mode `encode` with explicit draws: masking, posterior sample, forward-flow noise.
     pub fn encode_train(&self, x: Tensor<4>, draws: &TrainDraws) -> Encoded {
         let l = self.config.seq_len();
-        let mask = draws
-            .mask_noise
-            .as_ref()
-            .map(|noise| MaskIds::from_noise(noise, masking::len_keep(l, draws.mask_ratio)));
+        let mask =
+            draws.mask_noise.as_ref().map(|noise| MaskIds::from_noise(noise, masking::len_keep(l, draws.mask_ratio)));
         let moments = self.encoder.forward(x, mask.as_ref());
         let posterior = DiagonalGaussian::from_moments(moments);
         let mut z = match &draws.posterior_eps {

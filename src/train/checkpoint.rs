@@ -83,8 +83,10 @@ impl CheckpointStore {
                 // Renamed out of the way first: a kill during the removal leaves a hidden folder
                 // (removed at the next start), never a half-deleted `step_*` that looks complete.
                 let doomed = self.dir.join(format!(".{name}.deleting"));
-                std::fs::rename(&path, &doomed).with_context(|| format!("removing old checkpoint {}", path.display()))?;
-                std::fs::remove_dir_all(&doomed).with_context(|| format!("removing old checkpoint {}", path.display()))?;
+                std::fs::rename(&path, &doomed)
+                    .with_context(|| format!("removing old checkpoint {}", path.display()))?;
+                std::fs::remove_dir_all(&doomed)
+                    .with_context(|| format!("removing old checkpoint {}", path.display()))?;
             }
         }
         Ok(())
@@ -116,7 +118,11 @@ fn sync_dir(dir: &Path) {
 }
 
 /// Writes named flat tensors with JSON `metadata` entries.
-pub fn save_tensors(path: &Path, tensors: &BTreeMap<String, Tensor<1>>, metadata: HashMap<String, String>) -> Result<()> {
+pub fn save_tensors(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor<1>>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     let data = tensors.iter().map(|(k, t)| (k.clone(), t.clone().without_autodiff().into_data())).collect();
     write_safetensors(path, data, metadata)
 }
@@ -151,7 +157,8 @@ impl AdamW {
     /// Reads a state written by [`save`](Self::save), on `device`.
     pub fn load(path: &Path, config: AdamWConfig, device: &Device) -> Result<Self> {
         let (tensors, meta) = load_tensors(path)?;
-        let steps = meta.get("steps").ok_or_else(|| anyhow!("{}: not an optimizer state (no `steps`)", path.display()))?;
+        let steps =
+            meta.get("steps").ok_or_else(|| anyhow!("{}: not an optimizer state (no `steps`)", path.display()))?;
         let mut opt = Self::new(config);
         opt.steps = serde_json::from_str(steps).with_context(|| format!("{}: corrupt `steps`", path.display()))?;
         for (k, v) in tensors {

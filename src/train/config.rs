@@ -39,10 +39,14 @@ pub fn read_toml_among(
                 bail!("{spec}: no such configuration file (built-in recipes: {})", names.join(", "));
             }
             crate::data::images::require_regular_file(path, "a configuration")?;
-            (std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?, path.display().to_string())
+            (
+                std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?,
+                path.display().to_string(),
+            )
         }
     };
-    let mut table: toml::Table = toml::from_str(&text).map_err(|e| anyhow!("{origin}: invalid TOML: {}", e.to_string().trim().replace('\n', " ")))?;
+    let mut table: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow!("{origin}: invalid TOML: {}", e.to_string().trim().replace('\n', " ")))?;
     prepare(&mut table).map_err(|e| anyhow!("{origin}: {e}"))?;
     for o in overrides {
         apply_override(&mut table, o)?;
@@ -58,7 +62,8 @@ pub fn expand_model_sizes(table: &mut toml::Table) -> Result<()> {
     let Some(toml::Value::Table(model)) = table.get_mut("model") else { return Ok(()) };
     for key in ["encoder", "decoder", "semantic"] {
         if let Some(toml::Value::String(name)) = model.get(key) {
-            let size = crate::nn::VitSize::named(name).ok_or_else(|| anyhow!("model.{key}: unknown model size `{name}`"))?;
+            let size =
+                crate::nn::VitSize::named(name).ok_or_else(|| anyhow!("model.{key}: unknown model size `{name}`"))?;
             model.insert(key.into(), toml::Value::try_from(size)?);
         }
     }
@@ -68,7 +73,8 @@ pub fn expand_model_sizes(table: &mut toml::Table) -> Result<()> {
 /// Applies one `dotted.key=value` override. A table value merges into an existing table (its
 /// other keys stay); any other value replaces what was there.
 pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
-    let (key, value) = assignment.split_once('=').ok_or_else(|| anyhow!("--set `{assignment}`: expected section.key=value"))?;
+    let (key, value) =
+        assignment.split_once('=').ok_or_else(|| anyhow!("--set `{assignment}`: expected section.key=value"))?;
     let key = key.trim();
     let value = value.trim();
     let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
@@ -82,9 +88,9 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     let mut cursor = table;
     for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
         let entry = cursor.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cursor = entry.as_table_mut().ok_or_else(|| {
-            anyhow!("--set `{assignment}`: `{}` is a value, not a section", parts[..=i].join("."))
-        })?;
+        cursor = entry
+            .as_table_mut()
+            .ok_or_else(|| anyhow!("--set `{assignment}`: `{}` is a value, not a section", parts[..=i].join(".")))?;
     }
     let last = parts[parts.len() - 1].to_string();
     match (cursor.get_mut(&last), parsed) {
@@ -140,7 +146,15 @@ pub fn count_at_least(name: &str, v: usize, min: usize) -> Result<(), String> {
 }
 
 /// The checks shared by the AdamW options of both recipes.
-pub fn check_adamw(section: &str, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, clip_grad: f64, ema_decay: f64) -> Result<(), String> {
+pub fn check_adamw(
+    section: &str,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    clip_grad: f64,
+    ema_decay: f64,
+) -> Result<(), String> {
     in_unit_range(&format!("{section}.beta1"), beta1, 0.0, 1.0)?;
     in_unit_range(&format!("{section}.beta2"), beta2, 0.0, 1.0)?;
     positive(&format!("{section}.eps"), eps)?;
@@ -152,7 +166,8 @@ pub fn check_adamw(section: &str, beta1: f64, beta2: f64, eps: f64, weight_decay
 /// The tokenizer of a recipe from its `[model]` table: [`RecTokConfig::from_object`] with
 /// `preset` defaulting to `rectok-b`.
 pub fn model_from_table(table: toml::Table) -> Result<RecTokConfig, String> {
-    let serde_json::Value::Object(mut obj) = serde_json::to_value(table).expect("TOML values are JSON-representable") else {
+    let serde_json::Value::Object(mut obj) = serde_json::to_value(table).expect("TOML values are JSON-representable")
+    else {
         unreachable!("a table is an object")
     };
     obj.entry("preset").or_insert_with(|| "rectok-b".into());
@@ -204,7 +219,12 @@ impl RunOptions {
 }
 
 /// Checks of `threads`, `data_parallel` and `device`, shared by both recipes.
-pub fn check_run_resources(section: &str, threads: Option<usize>, data_parallel: usize, device: &str) -> Result<(), String> {
+pub fn check_run_resources(
+    section: &str,
+    threads: Option<usize>,
+    data_parallel: usize,
+    device: &str,
+) -> Result<(), String> {
     if let Some(t) = threads {
         crate::device::check_threads(t, &format!("{section}.threads"))?;
     }
@@ -451,7 +471,11 @@ impl OptimOptions {
         }
         non_negative(&format!("{section}.min_lr"), self.min_lr)?;
         if self.min_lr > self.peak_lr() {
-            return Err(format!("{section}.min_lr ({}) must not exceed the peak learning rate ({})", self.min_lr, self.peak_lr()));
+            return Err(format!(
+                "{section}.min_lr ({}) must not exceed the peak learning rate ({})",
+                self.min_lr,
+                self.peak_lr()
+            ));
         }
         if !(0.0..=1.0).contains(&self.warmup_rate) {
             return Err(format!("{section}.warmup_rate must be in [0, 1], got {}", self.warmup_rate));
@@ -514,10 +538,12 @@ impl TokenizerTrainConfig {
     /// Resolves a configuration table (see [`read_toml`]).
     pub fn from_table(table: toml::Table, origin: &str) -> Result<Self> {
         // TOML errors end with a line naming the section; keep the message on one line.
-        let raw: RawTokenizerConfig =
-            toml::Value::Table(table).try_into().map_err(|e| anyhow!("{origin}: {}", e.to_string().trim().replace('\n', " ")))?;
+        let raw: RawTokenizerConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| anyhow!("{origin}: {}", e.to_string().trim().replace('\n', " ")))?;
         let model = model_from_table(raw.model).map_err(|e| anyhow!("{origin}: {e}"))?;
-        let config = Self { run: raw.run, model, data: raw.data, teacher: raw.teacher, loss: raw.loss, optim: raw.optim };
+        let config =
+            Self { run: raw.run, model, data: raw.data, teacher: raw.teacher, loss: raw.loss, optim: raw.optim };
         config.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
         Ok(config)
     }
@@ -538,7 +564,9 @@ impl TokenizerTrainConfig {
         d.check("data")?;
         o.check("optim")?;
         if r.stage == 2 && r.init_from.is_none() {
-            return Err("stage 2 fine-tunes a stage-1 tokenizer: set run.init_from (a run folder, checkpoint or tokenizer file)".into());
+            return Err("stage 2 fine-tunes a stage-1 tokenizer: set run.init_from (a run folder, checkpoint or \
+                tokenizer file)"
+                .into());
         }
         for (name, v) in [
             ("loss.reconstruction_weight", l.reconstruction_weight),
@@ -556,7 +584,10 @@ impl TokenizerTrainConfig {
         }
         count_at_least("teacher.resolution", self.teacher.resolution, 16)?;
         if !self.teacher.resolution.is_multiple_of(16) {
-            return Err(format!("teacher.resolution must be a multiple of 16 (the teachers' patch), got {}", self.teacher.resolution));
+            return Err(format!(
+                "teacher.resolution must be a multiple of 16 (the teachers' patch), got {}",
+                self.teacher.resolution
+            ));
         }
         self.model.validate().map_err(|e| format!("[model]: {e}"))?;
         self.loss.loss_config().map_err(|e| e.to_string())?;
@@ -575,7 +606,19 @@ impl TokenizerTrainConfig {
     }
 }
 
-super::run::recipe!(TokenizerTrainConfig, "tokenizer", ["run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.sample_every", "run.log_every", "run.threads", "run.device"]);
+super::run::recipe!(
+    TokenizerTrainConfig,
+    "tokenizer",
+    [
+        "run.max_steps",
+        "run.checkpoint_every",
+        "run.keep_checkpoints",
+        "run.sample_every",
+        "run.log_every",
+        "run.threads",
+        "run.device"
+    ]
+);
 
 #[cfg(test)]
 mod tests {
@@ -585,7 +628,8 @@ mod tests {
     #[test]
     fn builtin_recipes_parse_and_overrides_apply() {
         for (name, _) in BUILTIN_CONFIGS {
-            let cfg = TokenizerTrainConfig::load(name, &["run.init_from=\"x\"".into()]).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let cfg = TokenizerTrainConfig::load(name, &["run.init_from=\"x\"".into()])
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
             assert!(cfg.optim.batch_size > 0, "{name}");
         }
         let s1 = TokenizerTrainConfig::load("rectok-b-stage1", &[]).unwrap();
@@ -593,12 +637,28 @@ mod tests {
         assert_eq!(s1.optim.warmup_epochs(s1.run.epochs), 50.0);
         let cfg = TokenizerTrainConfig::load(
             "tiny",
-            &["optim.batch_size=7".into(), "model.sem_target=reconstruction".into(), "data.source=procedural:100".into(), "loss.lpips=/no/such/vgg.pth".into()],
+            &[
+                "optim.batch_size=7".into(),
+                "model.sem_target=reconstruction".into(),
+                "data.source=procedural:100".into(),
+                "loss.lpips=/no/such/vgg.pth".into(),
+            ],
         );
         let err = cfg.unwrap_err().to_string();
         assert!(err.contains("/no/such/vgg.pth"), "{err}");
-        let cfg = TokenizerTrainConfig::load("tiny", &["optim.batch_size=7".into(), "model.sem_target=reconstruction".into(), "data.source=procedural:100".into()]).unwrap();
-        assert_eq!((cfg.optim.batch_size, cfg.model.sem_target, cfg.data.source.as_str()), (7, SemTarget::Reconstruction, "procedural:100"));
+        let cfg = TokenizerTrainConfig::load(
+            "tiny",
+            &[
+                "optim.batch_size=7".into(),
+                "model.sem_target=reconstruction".into(),
+                "data.source=procedural:100".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (cfg.optim.batch_size, cfg.model.sem_target, cfg.data.source.as_str()),
+            (7, SemTarget::Reconstruction, "procedural:100")
+        );
         let err = TokenizerTrainConfig::load("tiny", &["optim.batch_sise=7".into()]).unwrap_err().to_string();
         assert!(err.contains("batch_sise"), "{err}");
         let err = TokenizerTrainConfig::load("tiny", &["model.mask_ration=0.1".into()]).unwrap_err().to_string();
@@ -612,7 +672,11 @@ mod tests {
         // `tiny` takes its encoder from the preset; `rectok-b-stage1` names sizes.
         let cfg = TokenizerTrainConfig::load("tiny", &["model.encoder.heads=2".into()]).unwrap();
         assert_eq!((cfg.model.encoder.width, cfg.model.encoder.layers, cfg.model.encoder.heads), (128, 4, 2));
-        let cfg = TokenizerTrainConfig::load("rectok-b-stage1", &["model.decoder.layers=3".into(), "model.decoder={ heads = 8 }".into()]).unwrap();
+        let cfg = TokenizerTrainConfig::load(
+            "rectok-b-stage1",
+            &["model.decoder.layers=3".into(), "model.decoder={ heads = 8 }".into()],
+        )
+        .unwrap();
         assert_eq!((cfg.model.decoder.width, cfg.model.decoder.layers, cfg.model.decoder.heads), (768, 3, 8));
         assert_eq!(cfg.model.encoder, crate::nn::VitSize::named("base").unwrap());
         // A size given by name in the recipe merges too.

@@ -20,21 +20,23 @@ use super::params;
 use super::run::{Run, RunEnd, Trainer, TrainingBatches, check_finite};
 use crate::data::transforms::tensor_to_images;
 use crate::data::{BatchStream, DataSpec, Dataset, Loader, Split, open_dataset, save_png};
+use crate::eval::{GeneratorEvalOptions, TeacherClassifier, evaluate_generator, labelled_images};
 use crate::generator::dit_dh::DitInit;
 use crate::generator::sampler::sample_class_latents;
 use crate::generator::transport::{TrainingDraws, training_losses};
-use crate::rectified_flow::ode_grid;
 use crate::generator::{DitDh, DitDhConfig, Guidance, Integrator};
+use crate::io::step_progress;
 use crate::metrics::extractor::Extractor;
 use crate::metrics::fid::{FeatureStats, StatsAccumulator, read_npz, write_npz};
-use crate::eval::{GeneratorEvalOptions, TeacherClassifier, evaluate_generator, labelled_images};
 use crate::nn::init::initialize;
+use crate::rectified_flow::ode_grid;
 use crate::rng::Rng;
 use crate::tokenizer::RecTok;
-use crate::weights::generator::{load_generator, save_generator};
-use crate::weights::tokenizer::{TokenizerLoadOptions, load_latent_stats, load_tokenizer, save_latent_stats, save_tokenizer};
-use crate::io::step_progress;
 use crate::weights::CheckpointEntry;
+use crate::weights::generator::{load_generator, save_generator};
+use crate::weights::tokenizer::{
+    TokenizerLoadOptions, load_latent_stats, load_tokenizer, save_latent_stats, save_tokenizer,
+};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use image::RgbImage;
@@ -61,7 +63,10 @@ pub struct GenStepValues {
 
 impl super::run::StepValues for GenStepValues {
     fn record(&self) -> Map<String, Value> {
-        [("loss", self.loss), ("grad_norm", self.grad_norm)].into_iter().map(|(k, x)| (k.to_string(), x.into())).collect()
+        [("loss", self.loss), ("grad_norm", self.grad_norm)]
+            .into_iter()
+            .map(|(k, x)| (k.to_string(), x.into()))
+            .collect()
     }
 
     fn progress(&self) -> String {
@@ -136,9 +141,18 @@ impl Trainer for GeneratorTraining {
     const PLOTTED: &'static [&'static str] = &["loss", "grad_norm", "lr", "fd", "class_accuracy"];
     const TITLE: &'static str = "DiT^DH generator training";
 
-    fn build(config: &GeneratorTrainConfig, run_dir: &Path, checkpoint: Option<&Path>, rng: &mut Rng, device: &Device) -> Result<Self> {
+    fn build(
+        config: &GeneratorTrainConfig,
+        run_dir: &Path,
+        checkpoint: Option<&Path>,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Self> {
         if config.tokenizer.path.as_os_str().is_empty() {
-            bail!("no tokenizer: pass --tokenizer (a run's tokenizer.safetensors or RecTok_decft.pth), or set tokenizer.path");
+            bail!(
+                "no tokenizer: pass --tokenizer (a run's tokenizer.safetensors or RecTok_decft.pth), or set \
+                    tokenizer.path"
+            );
         }
         let config = config.clone();
         let device = device.clone();
@@ -146,7 +160,8 @@ impl Trainer for GeneratorTraining {
 
         // Data.
         let spec: DataSpec = config.data.source.parse().map_err(|e: String| anyhow!("data.source: {e}"))?;
-        let dataset = open_dataset(&spec, Split::Train, config.run.seed).with_context(|| format!("opening training data {spec}"))?;
+        let dataset = open_dataset(&spec, Split::Train, config.run.seed)
+            .with_context(|| format!("opening training data {spec}"))?;
 
         // The frozen tokenizer, with statistics: from a resumed run's export, a file, the
         // tokenizer itself, or computed over the training images.
@@ -154,8 +169,12 @@ impl Trainer for GeneratorTraining {
             "" | "auto" => CheckpointEntry::Auto,
             e => e.parse().map_err(|e: String| anyhow!("tokenizer.entry: {e}"))?,
         };
-        let (mut tokenizer, _) = load_tokenizer(&config.tokenizer.path, &TokenizerLoadOptions { entry, config: None, without_semantic: true }, &inner)
-            .with_context(|| format!("loading the tokenizer {}", config.tokenizer.path.display()))?;
+        let (mut tokenizer, _) = load_tokenizer(
+            &config.tokenizer.path,
+            &TokenizerLoadOptions { entry, config: None, without_semantic: true },
+            &inner,
+        )
+        .with_context(|| format!("loading the tokenizer {}", config.tokenizer.path.display()))?;
         let size = tokenizer.config.img_size;
         let run_stats = run_dir.join("latent_stats.safetensors");
         if run_stats.exists() {
@@ -184,13 +203,21 @@ impl Trainer for GeneratorTraining {
         if num_classes < dataset.num_classes() {
             bail!("model.num_classes = {num_classes}, but the training data has {} classes", dataset.num_classes());
         }
-        let mut model_config = DitDhConfig::parse(&config.model.preset, tokenizer.token_channels(), tokenizer.grid_size())
-            .map_err(|e| anyhow!("model.preset: {e}"))?;
+        let mut model_config =
+            DitDhConfig::parse(&config.model.preset, tokenizer.token_channels(), tokenizer.grid_size())
+                .map_err(|e| anyhow!("model.preset: {e}"))?;
         model_config.num_classes = num_classes;
         model_config.label_dropout_prob = config.model.label_dropout_prob;
         model_config.validate().map_err(|e| anyhow!("[model]: {e}"))?;
 
-        let batches = TrainingBatches::new(&dataset, &spec, &config.data, (config.optim.batch_size, config.optim.accum_steps), size, config.run.seed)?;
+        let batches = TrainingBatches::new(
+            &dataset,
+            &spec,
+            &config.data,
+            (config.optim.batch_size, config.optim.accum_steps),
+            size,
+            config.run.seed,
+        )?;
         let source = match &config.latents.cache {
             Some(dir) if !dir.as_os_str().is_empty() => LatentSource::Cache(LatentCache::build(
                 &run_dir.join(dir),
@@ -205,11 +232,22 @@ impl Trainer for GeneratorTraining {
             _ => LatentSource::Images,
         };
 
-        let opt_config = AdamWConfig { beta1: config.optim.beta1, beta2: config.optim.beta2, eps: config.optim.eps, weight_decay: config.optim.weight_decay };
+        let opt_config = AdamWConfig {
+            beta1: config.optim.beta1,
+            beta2: config.optim.beta2,
+            eps: config.optim.eps,
+            weight_decay: config.optim.weight_decay,
+        };
         let (model, ema, opt) = match checkpoint {
             Some(ckpt) => {
-                let load = |file: &str| -> Result<DitDh> { Ok(load_generator(&ckpt.join(file), CheckpointEntry::Auto, Some(model_config.clone()), &inner)?.0) };
-                (load("model.safetensors")?, load("ema.safetensors")?, AdamW::load(&ckpt.join("optimizer.safetensors"), opt_config, &inner)?)
+                let load = |file: &str| -> Result<DitDh> {
+                    Ok(load_generator(&ckpt.join(file), CheckpointEntry::Auto, Some(model_config.clone()), &inner)?.0)
+                };
+                (
+                    load("model.safetensors")?,
+                    load("ema.safetensors")?,
+                    AdamW::load(&ckpt.join("optimizer.safetensors"), opt_config, &inner)?,
+                )
             }
             None => {
                 let m = initialize(model_config.init(&inner), &DitInit, rng);
@@ -220,13 +258,15 @@ impl Trainer for GeneratorTraining {
         let mut model = model.train();
         model.pos_embed = model.pos_embed.no_grad();
         model.t_embedder.freqs = model.t_embedder.freqs.no_grad();
-        let trainable: BTreeSet<String> = params::values(&model).into_keys().filter(|p| p != "pos_embed" && p != "t_embedder.freqs").collect();
+        let trainable: BTreeSet<String> =
+            params::values(&model).into_keys().filter(|p| p != "pos_embed" && p != "t_embedder.freqs").collect();
 
         // Online evaluation: reference statistics of held-out real images and the teacher
         // classifier, computed once per run folder.
         let (extractor, fd_reference, classifier) = if config.run.fd_images > 0 {
             let extractor = Extractor::load(&config.run.fd_extractor, &inner)?;
-            let (reference, classifier) = online_references(&config, &spec, &extractor, &tokenizer, dataset.num_classes(), run_dir, &inner)?;
+            let (reference, classifier) =
+                online_references(&config, &spec, &extractor, &tokenizer, dataset.num_classes(), run_dir, &inner)?;
             (Some(extractor), Some(reference), classifier)
         } else {
             (None, None, None)
@@ -248,9 +288,14 @@ impl Trainer for GeneratorTraining {
             classifier,
             initial_eval: None,
         };
-        let n_train: usize = params::values(&trainer.model).iter().filter(|(k, _)| trainer.trainable.contains(*k)).map(|(_, (s, _))| s.iter().product::<usize>()).sum();
+        let n_train: usize = params::values(&trainer.model)
+            .iter()
+            .filter(|(k, _)| trainer.trainable.contains(*k))
+            .map(|(_, (s, _))| s.iter().product::<usize>())
+            .sum();
         tracing::info!(
-            "DiT^DH {} ({} × {} encoder, {} × {} head, patch {}): {:.2}M trainable parameters on {}×{}×{} latents (time shift {:.3}); {} images, {} steps/epoch of {}×{}, lr {:.1e}; latents from {}",
+            "DiT^DH {} ({} × {} encoder, {} × {} head, patch {}): {:.2}M trainable parameters on {}×{}×{} latents \
+                (time shift {:.3}); {} images, {} steps/epoch of {}×{}, lr {:.1e}; latents from {}",
             trainer.config.model.preset,
             trainer.model.config.enc_depth,
             trainer.model.config.enc_hidden,
@@ -310,7 +355,13 @@ impl Trainer for GeneratorTraining {
     }
 
     /// The online evaluation every `run.fd_every` steps.
-    fn extra_record(&mut self, step: usize, last: usize, record: &mut Map<String, Value>, bar: &ProgressBar) -> Result<()> {
+    fn extra_record(
+        &mut self,
+        step: usize,
+        last: usize,
+        record: &mut Map<String, Value>,
+        bar: &ProgressBar,
+    ) -> Result<()> {
         let fd_every = self.config.run.fd_every;
         if fd_every > 0 && step % fd_every == 0 && step != last {
             let e = bar.suspend(|| self.online_eval())?;
@@ -386,14 +437,18 @@ impl Run<GeneratorTraining> {
 }
 
 impl GeneratorTraining {
-
     fn epoch_at(&self, step: usize) -> f64 {
         step as f64 / self.steps_per_epoch() as f64
     }
 
     /// Clean normalised latents `(B, C, g, g)` (on the plain device) and labels of micro-batch
     /// `micro` (counted from the start of training).
-    fn micro_batch(&mut self, micro: usize, stream: &mut Option<BatchStream>, rng: &mut Rng) -> Result<(Tensor<4>, Vec<usize>)> {
+    fn micro_batch(
+        &mut self,
+        micro: usize,
+        stream: &mut Option<BatchStream>,
+        rng: &mut Rng,
+    ) -> Result<(Tensor<4>, Vec<usize>)> {
         let (l, c) = (self.tokenizer.grid_size().pow(2), self.tokenizer.token_channels());
         match &self.source {
             LatentSource::Images => {
@@ -435,18 +490,27 @@ impl GeneratorTraining {
                 t_u: rng.uniform_tensor([b], &self.device),
                 label_drop_u: Some(rng.uniform_tensor([b], &self.device)),
             };
-            let y = Tensor::<1, Int>::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]), &self.device);
+            let y = Tensor::<1, Int>::from_data(
+                TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]),
+                &self.device,
+            );
             let x1 = x1.autodiff();
             // Equal slices of the batch: the mean of their mean losses is the batch's.
             let bounds = params::shard_bounds(b, shards);
             let parts = bounds
                 .iter()
                 .map(|&(s, n)| {
-                    let draws = TrainingDraws { x0: draws.x0.clone().narrow(0, s, n), t_u: draws.t_u.clone().narrow(0, s, n), label_drop_u: draws.label_drop_u.clone().map(|u| u.narrow(0, s, n)) };
+                    let draws = TrainingDraws {
+                        x0: draws.x0.clone().narrow(0, s, n),
+                        t_u: draws.t_u.clone().narrow(0, s, n),
+                        label_drop_u: draws.label_drop_u.clone().map(|u| u.narrow(0, s, n)),
+                    };
                     ((x1.clone().narrow(0, s, n), y.clone().narrow(0, s, n), draws), n as f64 / (b * accum) as f64)
                 })
                 .collect();
-            let (losses, g) = params::data_parallel_grads(&self.model, &self.device, parts, |net, (x1, y, draws)| Ok((training_losses(net, x1, y, &draws).loss, ())))?;
+            let (losses, g) = params::data_parallel_grads(&self.model, &self.device, parts, |net, (x1, y, draws)| {
+                Ok((training_losses(net, x1, y, &draws).loss, ()))
+            })?;
             let loss = bounds.iter().zip(&losses).map(|(&(_, n), (l, ()))| l * n as f64).sum::<f64>() / b as f64;
             check_finite("velocity loss", loss)?;
             values.loss += loss / accum as f64;
@@ -470,13 +534,26 @@ impl GeneratorTraining {
     }
 
     fn guidance(&self) -> Guidance<'static> {
-        if self.config.sample.cfg > 1.0 { Guidance::Cfg { scale: self.config.sample.cfg, interval: (0.0, 1.0) } } else { Guidance::None }
+        if self.config.sample.cfg > 1.0 {
+            Guidance::Cfg { scale: self.config.sample.cfg, interval: (0.0, 1.0) }
+        } else {
+            Guidance::None
+        }
     }
 
     /// Decoded EMA samples of `labels` from the fixed stream `tag`, 8-bit.
     pub fn sample_images(&self, labels: &[usize], tag: u64, first: u64) -> Result<Vec<RgbImage>> {
         let grid = ode_grid(self.config.sample.steps, self.ema.config.time_shift());
-        let z = sample_class_latents(&self.ema, &self.guidance(), labels, self.config.run.seed ^ tag, first, &grid, Integrator::Euler, |_| {});
+        let z = sample_class_latents(
+            &self.ema,
+            &self.guidance(),
+            labels,
+            self.config.run.seed ^ tag,
+            first,
+            &grid,
+            Integrator::Euler,
+            |_| {},
+        );
         tensor_to_images(self.tokenizer.detokenize(z)).context("EMA samples")
     }
 
@@ -497,12 +574,19 @@ impl GeneratorTraining {
             save_dir: None,
         };
         let mut hits = 0;
-        let r = evaluate_generator(&self.ema, &self.tokenizer, &options, &self.inner, |_| {}, |images, labels| {
-            if let Some(c) = &self.classifier {
-                hits += c.hits(images, labels)?;
-            }
-            Ok(())
-        })?;
+        let r = evaluate_generator(
+            &self.ema,
+            &self.tokenizer,
+            &options,
+            &self.inner,
+            |_| {},
+            |images, labels| {
+                if let Some(c) = &self.classifier {
+                    hits += c.hits(images, labels)?;
+                }
+                Ok(())
+            },
+        )?;
         Ok(OnlineEval {
             fd: r.distance.map(|d| d.value),
             class_accuracy: self.classifier.as_ref().map(|_| hits as f64 / self.config.run.fd_images as f64),
@@ -560,7 +644,8 @@ fn online_references(
     let classifier = if classes > 1 && images.len() >= 20 {
         let c = TeacherClassifier::fit_on_reconstructions(tokenizer, &images, &labels, classes, device)?;
         tracing::info!(
-            "teacher classifier (EfficientNet-Lite0 features + linear probe, fitted on reconstructions of real images): {:.1}% on reconstructions of held-out images",
+            "teacher classifier (EfficientNet-Lite0 features + linear probe, fitted on reconstructions of real \
+                images): {:.1}% on reconstructions of held-out images",
             100.0 * c.real_accuracy
         );
         Some(c)
@@ -569,4 +654,3 @@ fn online_references(
     };
     Ok((reference, classifier))
 }
-

@@ -3,7 +3,9 @@
 //! then linear to 2e-5 at epoch 800 ("ditdh_sched"), gradient clipping 1.0, EMA 0.9995 from the
 //! first step, label dropout 0.1, posterior samples of flipped images.
 
-use super::config::{DataOptions, check_adamw, check_run_resources, count_at_least, non_negative, positive, read_toml_among};
+use super::config::{
+    DataOptions, check_adamw, check_run_resources, count_at_least, non_negative, positive, read_toml_among,
+};
 use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -208,7 +210,9 @@ impl GeneratorTrainConfig {
     /// Reads a built-in recipe or TOML file with overrides.
     pub fn load(spec: &str, overrides: &[String]) -> Result<Self> {
         let (table, origin) = read_toml_among(spec, overrides, GENERATOR_CONFIGS, |_| Ok(()))?;
-        let config: Self = toml::Value::Table(table).try_into().map_err(|e| anyhow!("{origin}: {}", e.to_string().trim().replace('\n', " ")))?;
+        let config: Self = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| anyhow!("{origin}: {}", e.to_string().trim().replace('\n', " ")))?;
         config.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
         Ok(config)
     }
@@ -258,17 +262,36 @@ impl GeneratorTrainConfig {
         count_at_least("sample.grid_classes", s.grid_classes, 1)?;
         count_at_least("sample.grid_per_class", s.grid_per_class, 1)?;
         if s.grid_classes * s.grid_per_class > 4096 {
-            return Err(format!("sample.grid_classes × sample.grid_per_class must be at most 4096, got {}", s.grid_classes * s.grid_per_class));
+            return Err(format!(
+                "sample.grid_classes × sample.grid_per_class must be at most 4096, got {}",
+                s.grid_classes * s.grid_per_class
+            ));
         }
         self.data.check("data")?;
         if !matches!(self.tokenizer.entry.as_str(), "" | "auto") {
-            self.tokenizer.entry.parse::<crate::weights::CheckpointEntry>().map_err(|e| format!("tokenizer.entry: {e}"))?;
+            self.tokenizer
+                .entry
+                .parse::<crate::weights::CheckpointEntry>()
+                .map_err(|e| format!("tokenizer.entry: {e}"))?;
         }
         Ok(())
     }
 }
 
-super::run::recipe!(GeneratorTrainConfig, "generator", ["run.max_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.sample_every", "run.log_every", "run.threads", "run.device", "run.fd_every"]);
+super::run::recipe!(
+    GeneratorTrainConfig,
+    "generator",
+    [
+        "run.max_steps",
+        "run.checkpoint_every",
+        "run.keep_checkpoints",
+        "run.sample_every",
+        "run.log_every",
+        "run.threads",
+        "run.device",
+        "run.fd_every"
+    ]
+);
 
 #[cfg(test)]
 mod tests {

@@ -9,8 +9,8 @@
 //! data) every chunk, so an interrupted build resumes where it stopped.
 
 use crate::data::{Dataset, Loader};
-use crate::tokenizer::{LatentStats, RecTok};
 use crate::io::write_atomic;
+use crate::tokenizer::{LatentStats, RecTok};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -57,7 +57,13 @@ impl ChannelMoments {
 
 /// The reference's latent statistics: posterior means of center-cropped, unflipped images
 /// (`loader` must be sequential), all tokens, population std. `limit` caps the images.
-pub fn collect_latent_stats(tokenizer: &RecTok, loader: &Loader, limit: Option<usize>, device: &Device, mut on_batch: impl FnMut(usize)) -> Result<LatentStats> {
+pub fn collect_latent_stats(
+    tokenizer: &RecTok,
+    loader: &Loader,
+    limit: Option<usize>,
+    device: &Device,
+    mut on_batch: impl FnMut(usize),
+) -> Result<LatentStats> {
     let total = limit.unwrap_or(usize::MAX).min(loader.dataset().len());
     let mut moments = ChannelMoments::new(tokenizer.token_channels());
     let mut stream = loader.stream(0, 0);
@@ -114,7 +120,16 @@ pub struct LatentCache {
 impl LatentCache {
     /// Opens the cache in `dir`, building (or finishing) it first: encodes every item of
     /// `dataset` (both orientations when `flip`) with the tokenizer's encoder.
-    pub fn build(dir: &Path, dataset: Arc<dyn Dataset>, tokenizer: &RecTok, tokenizer_label: &str, flip: bool, batch_size: usize, workers: usize, device: &Device) -> Result<Self> {
+    pub fn build(
+        dir: &Path,
+        dataset: Arc<dyn Dataset>,
+        tokenizer: &RecTok,
+        tokenizer_label: &str,
+        flip: bool,
+        batch_size: usize,
+        workers: usize,
+        device: &Device,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let size = tokenizer.config.img_size;
         let want = CacheManifest {
@@ -130,10 +145,12 @@ impl LatentCache {
         let manifest_path = dir.join("manifest.json");
         let mut manifest = match std::fs::read_to_string(&manifest_path) {
             Ok(text) => {
-                let found: CacheManifest = serde_json::from_str(&text).with_context(|| format!("{}: corrupt cache manifest", manifest_path.display()))?;
+                let found: CacheManifest = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: corrupt cache manifest", manifest_path.display()))?;
                 if (CacheManifest { complete: 0, ..found.clone() }) != want {
                     bail!(
-                        "{}: this latent cache was built for other data or another tokenizer ({} items of {} from {}); remove it or choose another cache folder",
+                        "{}: this latent cache was built for other data or another tokenizer ({} items of {} from \
+                            {}); remove it or choose another cache folder",
                         dir.display(),
                         found.items,
                         found.dataset,
@@ -146,11 +163,19 @@ impl LatentCache {
         };
         let data_path = dir.join("moments.f32");
         let row_bytes = (manifest.row_floats() * 4) as u64;
-        let mut file = std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&data_path).with_context(|| format!("opening {}", data_path.display()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&data_path)
+            .with_context(|| format!("opening {}", data_path.display()))?;
         let labels_path = dir.join("labels.json");
         let mut labels: Vec<usize> = if manifest.complete > 0 {
-            serde_json::from_str(&std::fs::read_to_string(&labels_path).with_context(|| format!("reading {}", labels_path.display()))?)
-                .with_context(|| format!("{}: corrupt", labels_path.display()))?
+            serde_json::from_str(
+                &std::fs::read_to_string(&labels_path).with_context(|| format!("reading {}", labels_path.display()))?,
+            )
+            .with_context(|| format!("{}: corrupt", labels_path.display()))?
         } else {
             Vec::new()
         };
@@ -161,7 +186,12 @@ impl LatentCache {
             let loader = Loader::sequential(dataset.clone(), batch_size, size, workers)?;
             let bar = crate::io::step_progress(manifest.items, manifest.complete);
             bar.set_message("caching latent moments");
-            tracing::info!("latent cache {}: {} of {} items to encode", dir.display(), manifest.items - manifest.complete, manifest.items);
+            tracing::info!(
+                "latent cache {}: {} of {} items to encode",
+                dir.display(),
+                manifest.items - manifest.complete,
+                manifest.items
+            );
             let mut stream = loader.stream(0, manifest.complete / batch_size);
             let mut skip = manifest.complete % batch_size;
             let mut writer = std::io::BufWriter::new(file.try_clone()?);
@@ -176,7 +206,10 @@ impl LatentCache {
                     views.push(tokenizer.encoder.forward(x.flip([3]), None));
                 }
                 let per = manifest.tokens * 2 * manifest.channels;
-                let host: Vec<Vec<f32>> = views.into_iter().map(|m| m.into_data().try_to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))).collect::<Result<_>>()?;
+                let host: Vec<Vec<f32>> = views
+                    .into_iter()
+                    .map(|m| m.into_data().try_to_vec::<f32>().map_err(|e| anyhow!("{e:?}")))
+                    .collect::<Result<_>>()?;
                 for i in 0..n {
                     for view in &host {
                         for v in &view[i * per..(i + 1) * per] {
@@ -197,7 +230,10 @@ impl LatentCache {
             file = writer.into_inner().map_err(|e| anyhow!("{e}"))?;
         }
         if file.metadata()?.len() < manifest.items as u64 * row_bytes {
-            bail!("{}: the cache data is shorter than its manifest says; remove the folder to rebuild it", data_path.display());
+            bail!(
+                "{}: the cache data is shorter than its manifest says; remove the folder to rebuild it",
+                data_path.display()
+            );
         }
         Ok(Self { dir: dir.to_path_buf(), manifest, file, labels: Arc::new(labels) })
     }
@@ -227,7 +263,9 @@ impl LatentCache {
         for (k, (&i, &f)) in indices.iter().zip(flips).enumerate() {
             let view = if f && m.orientations == 2 { 1 } else { 0 };
             let offset = ((i * m.orientations + view) * per * 4) as u64;
-            self.file.read_exact_at(&mut bytes, offset).with_context(|| format!("{}: reading item {i}", self.dir.display()))?;
+            self.file
+                .read_exact_at(&mut bytes, offset)
+                .with_context(|| format!("{}: reading item {i}", self.dir.display()))?;
             for (o, c) in out[k * per..(k + 1) * per].iter_mut().zip(bytes.chunks_exact(4)) {
                 *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }

@@ -25,7 +25,12 @@ impl MetricsLog {
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
             let kept: String = text
                 .lines()
-                .filter(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= last))
+                .filter(|l| {
+                    serde_json::from_str::<Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s as usize <= last)
+                })
                 .map(|l| format!("{l}\n"))
                 .collect();
             crate::io::write_atomic(&path, kept.as_bytes())?;

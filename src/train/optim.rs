@@ -5,8 +5,8 @@
 //! (the reference's "no-decay" group), and so that the whole state is a flat `path → tensor` map
 //! that checkpoints store and `--resume` restores exactly.
 
-use super::params;
 use super::optim_kernels::{AdamWScalars, adamw_fused};
+use super::params;
 use crate::nn::kernels::is_fast;
 use burn::module::Module;
 use burn::prelude::*;
@@ -49,7 +49,13 @@ impl AdamW {
     /// weight decay where `decay(path, shape)` says so. PyTorch's `AdamW`:
     /// `p ← p·(1 − lr·wd)`, `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
     /// `p ← p − lr/(1−β₁ᵗ) · m / (sqrt(v)/sqrt(1−β₂ᵗ) + ε)`.
-    pub fn step<M: Module>(&mut self, module: M, grads: &BTreeMap<String, Tensor<1>>, lr: f64, decay: &dyn Fn(&str, &[usize]) -> bool) -> M {
+    pub fn step<M: Module>(
+        &mut self,
+        module: M,
+        grads: &BTreeMap<String, Tensor<1>>,
+        lr: f64,
+        decay: &dyn Fn(&str, &[usize]) -> bool,
+    ) -> M {
         let cfg = self.config.clone();
         params::update(module, |path, shape, p| {
             let Some(g) = grads.get(path) else { return p };
@@ -58,25 +64,27 @@ impl AdamW {
             let step = *t as i32;
             let weight_decay = if decay(path, shape) { cfg.weight_decay } else { 0.0 };
             let (m, v) = (self.exp_avg.remove(path), self.exp_avg_sq.remove(path));
-            let (new, m, v) = if is_fast(&p) && is_fast(g) && m.as_ref().is_none_or(is_fast) && v.as_ref().is_none_or(is_fast) {
-                let scalars = AdamWScalars { lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay, step };
-                adamw_fused(p, g, m, v, scalars)
-            } else {
-                let g = g.clone();
-                let m = match m {
-                    Some(m) => m * cfg.beta1 + g.clone() * (1.0 - cfg.beta1),
-                    None => g.clone() * (1.0 - cfg.beta1),
+            let (new, m, v) =
+                if is_fast(&p) && is_fast(g) && m.as_ref().is_none_or(is_fast) && v.as_ref().is_none_or(is_fast) {
+                    let scalars =
+                        AdamWScalars { lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay, step };
+                    adamw_fused(p, g, m, v, scalars)
+                } else {
+                    let g = g.clone();
+                    let m = match m {
+                        Some(m) => m * cfg.beta1 + g.clone() * (1.0 - cfg.beta1),
+                        None => g.clone() * (1.0 - cfg.beta1),
+                    };
+                    let v = match v {
+                        Some(v) => v * cfg.beta2 + g.clone() * g.clone() * (1.0 - cfg.beta2),
+                        None => g.clone() * g * (1.0 - cfg.beta2),
+                    };
+                    let p = if weight_decay > 0.0 { p * (1.0 - lr * weight_decay) } else { p };
+                    let bc1 = 1.0 - cfg.beta1.powi(step);
+                    let bc2 = 1.0 - cfg.beta2.powi(step);
+                    let denom = v.clone().sqrt() / bc2.sqrt() + cfg.eps;
+                    (p - m.clone() / denom * (lr / bc1), m, v)
                 };
-                let v = match v {
-                    Some(v) => v * cfg.beta2 + g.clone() * g.clone() * (1.0 - cfg.beta2),
-                    None => g.clone() * g * (1.0 - cfg.beta2),
-                };
-                let p = if weight_decay > 0.0 { p * (1.0 - lr * weight_decay) } else { p };
-                let bc1 = 1.0 - cfg.beta1.powi(step);
-                let bc2 = 1.0 - cfg.beta2.powi(step);
-                let denom = v.clone().sqrt() / bc2.sqrt() + cfg.eps;
-                (p - m.clone() / denom * (lr / bc1), m, v)
-            };
             self.exp_avg.insert(path.to_string(), m);
             self.exp_avg_sq.insert(path.to_string(), v);
             new
@@ -122,7 +130,11 @@ pub fn ditdh_schedule(e: f64, base: f64, min: f64, start: f64, end: f64, cosine:
         base
     } else if e <= end {
         let f = (e - start) / (end - start);
-        if cosine { min + (base - min) * 0.5 * (1.0 + (std::f64::consts::PI * f).cos()) } else { base - (base - min) * f }
+        if cosine {
+            min + (base - min) * 0.5 * (1.0 + (std::f64::consts::PI * f).cos())
+        } else {
+            base - (base - min) * f
+        }
     } else {
         min
     }
@@ -151,7 +163,10 @@ mod tests {
         for step in 1..=3 {
             let g = [0.5 * step as f64, -0.25];
             let mut grads = BTreeMap::new();
-            grads.insert("weight".to_string(), Tensor::<1>::from_data(TensorData::new(g.iter().map(|&x| x as f32).collect::<Vec<_>>(), [2]), &device));
+            grads.insert(
+                "weight".to_string(),
+                Tensor::<1>::from_data(TensorData::new(g.iter().map(|&x| x as f32).collect::<Vec<_>>(), [2]), &device),
+            );
             module = opt.step(module, &grads, lr, &|_, s| s.len() >= 2);
             for i in 0..2 {
                 p[i] *= 1.0 - lr * cfg.weight_decay;

@@ -29,7 +29,13 @@ const UPDATE_CHUNK: usize = 1 << 14;
 
 /// One AdamW step on flat flex tensors (check [`is_fast`](crate::nn::kernels::is_fast) first), updating the moments in place
 /// when their buffers are not shared: returns `(p', m', v')`. Missing moments start at zero.
-pub fn adamw_fused(p: Tensor<1>, g: &Tensor<1>, m: Option<Tensor<1>>, v: Option<Tensor<1>>, h: AdamWScalars) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+pub fn adamw_fused(
+    p: Tensor<1>,
+    g: &Tensor<1>,
+    m: Option<Tensor<1>>,
+    v: Option<Tensor<1>>,
+    h: AdamWScalars,
+) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
     let n = p.dims()[0];
     let zeros = || host(from_vec(vec![0f32; n], [n]));
     let (mut pf, gf) = (host(p), host(g.clone()));

@@ -151,7 +151,12 @@ pub fn accumulate(into: &mut BTreeMap<String, Tensor<1>>, grads: BTreeMap<String
 /// backward passes through the *same* parameter leaves serialise (and consume each other's tape).
 /// `fork` gives each replica fresh leaves with the same paths, so the graphs stay apart and the
 /// small ops of small models, which flex runs on the calling thread, run on all cores.
-pub fn data_parallel_grads<M, S, E, F>(model: &M, device: &Device, shards: Vec<(S, f64)>, loss_of: F) -> anyhow::Result<(Vec<(f64, E)>, BTreeMap<String, Tensor<1>>)>
+pub fn data_parallel_grads<M, S, E, F>(
+    model: &M,
+    device: &Device,
+    shards: Vec<(S, f64)>,
+    loss_of: F,
+) -> anyhow::Result<(Vec<(f64, E)>, BTreeMap<String, Tensor<1>>)>
 where
     M: Module + Send + 'static,
     S: Send,
@@ -181,7 +186,10 @@ where
                     scope.spawn(move || run(replica, shard, weight))
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a data-parallel worker thread panicked")))).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a data-parallel worker thread panicked"))))
+                .collect()
         })
     };
     let mut outs = Vec::new();
@@ -232,23 +240,39 @@ mod tests {
     #[test]
     fn data_parallel_gradients_match_one_thread() {
         let device = Device::flex();
-        let config = DitDhConfig::new(4, 4, 32, 2, 2).with_dec_hidden(32).with_dec_depth(1).with_dec_heads(2).with_num_classes(3);
+        let config = DitDhConfig::new(4, 4, 32, 2, 2)
+            .with_dec_hidden(32)
+            .with_dec_depth(1)
+            .with_dec_heads(2)
+            .with_num_classes(3);
         let model = initialize(config.init(&device), &NormalInit(0.05), &mut Rng::seed_from(1)).train();
         let mut rng = Rng::seed_from(2);
         let b = 6;
         let x1 = rng.normal_tensor([b, 4, 4, 4], &device).autodiff();
-        let draws = TrainingDraws { x0: rng.normal_tensor([b, 4, 4, 4], &device), t_u: rng.uniform_tensor([b], &device), label_drop_u: Some(rng.uniform_tensor([b], &device)) };
+        let draws = TrainingDraws {
+            x0: rng.normal_tensor([b, 4, 4, 4], &device),
+            t_u: rng.uniform_tensor([b], &device),
+            label_drop_u: Some(rng.uniform_tensor([b], &device)),
+        };
         let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 0, 1, 2], [b]), &device);
         let run = |parts: usize| {
             let shards = shard_bounds(b, parts)
                 .into_iter()
                 .map(|(s, n)| {
-                    let d = TrainingDraws { x0: draws.x0.clone().narrow(0, s, n), t_u: draws.t_u.clone().narrow(0, s, n), label_drop_u: draws.label_drop_u.clone().map(|u| u.narrow(0, s, n)) };
+                    let d = TrainingDraws {
+                        x0: draws.x0.clone().narrow(0, s, n),
+                        t_u: draws.t_u.clone().narrow(0, s, n),
+                        label_drop_u: draws.label_drop_u.clone().map(|u| u.narrow(0, s, n)),
+                    };
                     ((x1.clone().narrow(0, s, n), y.clone().narrow(0, s, n), d), n as f64 / b as f64)
                 })
                 .collect();
-            let (outs, grads) = data_parallel_grads(&model, &device, shards, |net, (x1, y, d)| Ok((training_losses(net, x1, y, &d).loss, ()))).unwrap();
-            let loss = shard_bounds(b, parts).iter().zip(&outs).map(|(&(_, n), (l, ()))| l * n as f64 / b as f64).sum::<f64>();
+            let (outs, grads) = data_parallel_grads(&model, &device, shards, |net, (x1, y, d)| {
+                Ok((training_losses(net, x1, y, &d).loss, ()))
+            })
+            .unwrap();
+            let loss =
+                shard_bounds(b, parts).iter().zip(&outs).map(|(&(_, n), (l, ()))| l * n as f64 / b as f64).sum::<f64>();
             (loss, grads)
         };
         let (loss1, g1) = run(1);
@@ -258,7 +282,10 @@ mod tests {
             assert_eq!(g1.keys().collect::<Vec<_>>(), g2.keys().collect::<Vec<_>>());
             assert!(g1.len() > 10, "only {} gradients", g1.len());
             for (k, a) in &g1 {
-                let (a, c) = (a.clone().into_data().try_to_vec::<f32>().unwrap(), g2[k].clone().into_data().try_to_vec::<f32>().unwrap());
+                let (a, c) = (
+                    a.clone().into_data().try_to_vec::<f32>().unwrap(),
+                    g2[k].clone().into_data().try_to_vec::<f32>().unwrap(),
+                );
                 let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
                 let worst = a.iter().zip(&c).fold(0f32, |m, (x, z)| m.max((x - z).abs()));
                 assert!(worst <= 1e-4 * scale, "{k}: max |Δ| {worst} (scale {scale})");

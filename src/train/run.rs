@@ -80,7 +80,10 @@ impl TrainingBatches {
         };
         let loader = crate::data::Loader::new(dataset.clone(), config)?.with_step_multiple(accum);
         if loader.steps_per_epoch() < accum {
-            anyhow::bail!("{spec}: {} images make fewer than one optimizer step of {batch_size}×{accum} images", dataset.len());
+            anyhow::bail!(
+                "{spec}: {} images make fewer than one optimizer step of {batch_size}×{accum} images",
+                dataset.len()
+            );
         }
         Ok(Self { loader, accum, stream: None })
     }
@@ -185,7 +188,10 @@ pub trait Recipe: Clone + Serialize + DeserializeOwned {
         for o in overrides {
             let key = o.split('=').next().unwrap_or_default().trim();
             if !Self::RESUMABLE.contains(&key) {
-                anyhow::bail!("`{o}`: only {} can change when resuming; the others would change the run", Self::RESUMABLE.join(", "));
+                anyhow::bail!(
+                    "`{o}`: only {} can change when resuming; the others would change the run",
+                    Self::RESUMABLE.join(", ")
+                );
             }
         }
         Ok(())
@@ -236,7 +242,9 @@ pub fn check_finite(term: &str, value: f64) -> Result<()> {
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// A loss term became NaN or infinite.
-    #[error("the {term} is {value} at step {step} (epoch {epoch:.3}); the state before this step is saved in {checkpoint}")]
+    #[error(
+        "the {term} is {value} at step {step} (epoch {epoch:.3}); the state before this step is saved in {checkpoint}"
+    )]
     NonFinite {
         /// The term.
         term: String,
@@ -283,7 +291,13 @@ pub trait Trainer: Sized {
     /// Builds the parts of a run on `device` (with autodiff): from `checkpoint` when resuming,
     /// else fresh, drawing initial parameters from `rng` (the run's stream, which training then
     /// continues).
-    fn build(config: &Self::Config, run_dir: &Path, checkpoint: Option<&Path>, rng: &mut Rng, device: &Device) -> Result<Self>;
+    fn build(
+        config: &Self::Config,
+        run_dir: &Path,
+        checkpoint: Option<&Path>,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Self>;
     /// The training batches.
     fn batches(&self) -> &TrainingBatches;
     /// Optimizer steps per epoch.
@@ -300,7 +314,13 @@ pub trait Trainer: Sized {
     fn step(&mut self, step: usize, rng: &mut Rng) -> Result<Self::Values>;
     /// Fields added to the metrics record of `step` (`last`: the run's last step); `bar` to
     /// suspend for long work.
-    fn extra_record(&mut self, step: usize, last: usize, record: &mut Map<String, Value>, bar: &ProgressBar) -> Result<()>;
+    fn extra_record(
+        &mut self,
+        step: usize,
+        last: usize,
+        record: &mut Map<String, Value>,
+        bar: &ProgressBar,
+    ) -> Result<()>;
     /// Writes the checkpoint files (the run writes `state.json`).
     fn save(&self, dir: &Path) -> Result<()>;
     /// Writes the sample grid to `path`.
@@ -381,9 +401,15 @@ impl<T: Trainer> Run<T> {
         Self::open(config, run_dir, state, lock)
     }
 
-    fn open(config: T::Config, run_dir: &Path, state: Option<(PathBuf, RunState<T::Config>)>, lock: RunLock) -> Result<Self> {
+    fn open(
+        config: T::Config,
+        run_dir: &Path,
+        state: Option<(PathBuf, RunState<T::Config>)>,
+        lock: RunLock,
+    ) -> Result<Self> {
         let schedule = config.schedule();
-        let choice: crate::device::DeviceChoice = schedule.device.parse().map_err(|e: String| anyhow!("run.device: {e}"))?;
+        let choice: crate::device::DeviceChoice =
+            schedule.device.parse().map_err(|e: String| anyhow!("run.device: {e}"))?;
         crate::device::set_cpu_threads(schedule.threads);
         let device = crate::device::select_device(choice).map_err(|e| anyhow!(e))?.autodiff();
         let (checkpoint, mut rng, step, elapsed_s) = match &state {
@@ -467,7 +493,13 @@ impl<T: Trainer> Run<T> {
     }
 
     fn save_checkpoint_with(&self, rng: Rng) -> Result<PathBuf> {
-        let state = RunState { step: self.step, rng, config: self.config.clone(), elapsed_s: self.elapsed_s, version: env!("CARGO_PKG_VERSION").into() };
+        let state = RunState {
+            step: self.step,
+            rng,
+            config: self.config.clone(),
+            elapsed_s: self.elapsed_s,
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
         self.store.save(self.step, |dir| {
             self.trainer.save(dir)?;
             write_atomic(&dir.join("state.json"), serde_json::to_string_pretty(&state)?.as_bytes())
@@ -487,17 +519,29 @@ impl<T: Trainer> Run<T> {
                 Ok(p) => p.display().to_string(),
                 Err(err) => format!("(none: {err})"),
             };
-            return TrainError::NonFinite { term: nf.term.clone(), value: nf.value, step: self.step + 1, epoch: self.epoch_at(self.step), checkpoint }.into();
+            return TrainError::NonFinite {
+                term: nf.term.clone(),
+                value: nf.value,
+                step: self.step + 1,
+                epoch: self.epoch_at(self.step),
+                checkpoint,
+            }
+            .into();
         }
         match saved {
             Ok(p) => e.context(format!(
-                "step {} failed; the state before it is saved in {} (continue with `rectok train {} --out {} --resume` once the cause is fixed)",
+                "step {} failed; the state before it is saved in {} (continue with `rectok train {} --out {} \
+                    --resume` once the cause is fixed)",
                 self.step + 1,
                 p.display(),
                 T::Config::COMMAND,
                 self.run_dir.display()
             )),
-            Err(save) => e.context(format!("step {} failed, and saving the state before it failed too ({save:#})", self.step + 1)),
+            Err(save) => e.context(format!(
+                "step {} failed, and saving the state before it failed too \
+                ({save:#})",
+                self.step + 1
+            )),
         }
     }
 
@@ -553,7 +597,11 @@ impl<T: Trainer> Run<T> {
                 window = (Instant::now(), step);
             }
             if bar.is_hidden() && (step % quiet_every == 0 || step == last) {
-                tracing::info!("step {step}/{last} epoch {:.2} lr {lr:.2e}: {}, {img_s:.1} img/s", self.epoch_at(step), v.summary());
+                tracing::info!(
+                    "step {step}/{last} epoch {:.2} lr {lr:.2e}: {}, {img_s:.1} img/s",
+                    self.epoch_at(step),
+                    v.summary()
+                );
             }
             if schedule.sample_every > 0 && step % schedule.sample_every == 0 {
                 self.save_grid()?;

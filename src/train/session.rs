@@ -126,12 +126,15 @@ impl RunLock {
                 let _ = file.read_to_string(&mut holder);
                 let holder = holder.trim();
                 bail!(
-                    "{}: another rectok process{} is training in this run folder; wait for it to finish or stop it first",
+                    "{}: another rectok process{} is training in this run folder; wait for it to finish or stop it \
+                        first",
                     run_dir.display(),
                     if holder.is_empty() { String::new() } else { format!(" (pid {holder})") }
                 );
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
         }
         file.set_len(0)?;
         file.rewind()?;
@@ -166,13 +169,17 @@ pub fn open_run(run_dir: &Path, resume: bool, command: &str) -> Result<(RunLock,
     let start = match (resume, checkpoint) {
         (true, Some(ckpt)) => Start::Resume(ckpt),
         (false, Some(ckpt)) => bail!(
-            "{} already holds a training run (newest checkpoint {}); continue it with `rectok train {command} --out {} --resume`, or choose another --out",
+            "{} already holds a training run (newest checkpoint {}); continue it with `rectok train {command} --out \
+                {} --resume`, or choose another --out",
             run_dir.display(),
             ckpt.display(),
             run_dir.display()
         ),
         (true, None) if config.exists() => {
-            tracing::warn!("{}: the run stopped before its first checkpoint; starting it over from step 0 with its config.toml", run_dir.display());
+            tracing::warn!(
+                "{}: the run stopped before its first checkpoint; starting it over from step 0 with its config.toml",
+                run_dir.display()
+            );
             Start::Restart(config)
         }
         (true, None) => bail!(
@@ -181,7 +188,11 @@ pub fn open_run(run_dir: &Path, resume: bool, command: &str) -> Result<(RunLock,
         ),
         (false, None) => {
             if started {
-                tracing::warn!("{}: the run there stopped before its first checkpoint; starting a new run from step 0 in its place", run_dir.display());
+                tracing::warn!(
+                    "{}: the run there stopped before its first checkpoint; starting a new run from step 0 in its \
+                        place",
+                    run_dir.display()
+                );
             }
             Start::Fresh
         }

@@ -21,8 +21,8 @@ use super::tokenizer_step::{teacher_targets, training_forward};
 use crate::data::transforms::tensor_to_images;
 use crate::data::{BatchStream, DataSpec, Loader, Split, open_dataset, save_png};
 use crate::loss::{
-    DiscriminatorConfig, GeneratorInputs, LossConfig, NLayerDiscriminator, PerceptualKind, PerceptualLoss, discriminator_loss,
-    generator_loss, targeted_sem_loss,
+    DiscriminatorConfig, GeneratorInputs, LossConfig, NLayerDiscriminator, PerceptualKind, PerceptualLoss,
+    discriminator_loss, generator_loss, targeted_sem_loss,
 };
 use crate::nn::init::{TokenizerInit, TorchDefaultInit, initialize};
 use crate::rng::Rng;
@@ -102,7 +102,15 @@ impl super::run::StepValues for StepValues {
     }
 
     fn progress(&self) -> String {
-        format!("loss {:.4} rec {:.4} ({:.1} dB) sem {:.4} kl {:.2e} gan {:.3}", self.loss, self.rec, self.psnr(), self.sem, self.kl, self.gan)
+        format!(
+            "loss {:.4} rec {:.4} ({:.1} dB) sem {:.4} kl {:.2e} gan {:.3}",
+            self.loss,
+            self.rec,
+            self.psnr(),
+            self.sem,
+            self.kl,
+            self.gan
+        )
     }
 
     fn summary(&self) -> String {
@@ -157,7 +165,13 @@ impl Trainer for TokenizerTraining {
     const PLOTTED: &'static [&'static str] = &["loss", "rec", "sem", "kl", "gan", "d_loss", "val_psnr", "lr"];
     const TITLE: &'static str = "RecTok tokenizer training";
 
-    fn build(config: &TokenizerTrainConfig, _run_dir: &Path, checkpoint: Option<&Path>, rng: &mut Rng, device: &Device) -> Result<Self> {
+    fn build(
+        config: &TokenizerTrainConfig,
+        _run_dir: &Path,
+        checkpoint: Option<&Path>,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Self> {
         let config = config.clone();
         let device = device.clone();
         let inner = device.clone().without_autodiff();
@@ -180,7 +194,8 @@ impl Trainer for TokenizerTraining {
             model_config.teacher_dim = None;
             if config.loss.gan_start_epoch > 0 {
                 tracing::warn!(
-                    "stage 2 with loss.gan_start_epoch = {} (the reference's decoder fine-tuning trains the GAN from epoch 0)",
+                    "stage 2 with loss.gan_start_epoch = {} (the reference's decoder fine-tuning trains the GAN from \
+                        epoch 0)",
                     config.loss.gan_start_epoch
                 );
             }
@@ -197,7 +212,8 @@ impl Trainer for TokenizerTraining {
         if kind == PerceptualKind::LpipsConvnext && !config.loss.has_official_perceptual_weights() {
             tracing::warn!(
                 "perceptual loss: the official LPIPS-VGG + ConvNeXt-S term needs loss.lpips, loss.vgg and loss.convnext weight files; \
-                 running with `{}` instead (set loss.perceptual_fallback = \"effnet\" for an EfficientNet-Lite0 stand-in)",
+                 running with `{}` instead (set loss.perceptual_fallback = \"effnet\" for an EfficientNet-Lite0 \
+                     stand-in)",
                 config.loss.perceptual_fallback.name()
             );
             kind = config.loss.perceptual_fallback;
@@ -208,15 +224,27 @@ impl Trainer for TokenizerTraining {
 
         // Data.
         let spec: DataSpec = config.data.source.parse().map_err(|e: String| anyhow!("data.source: {e}"))?;
-        let dataset = open_dataset(&spec, Split::Train, config.run.seed).with_context(|| format!("opening training data {spec}"))?;
+        let dataset = open_dataset(&spec, Split::Train, config.run.seed)
+            .with_context(|| format!("opening training data {spec}"))?;
         let image_size = model_config.img_size;
-        let batches = TrainingBatches::new(&dataset, &spec, &config.data, (config.optim.batch_size, config.optim.accum_steps), image_size, config.run.seed)?;
+        let batches = TrainingBatches::new(
+            &dataset,
+            &spec,
+            &config.data,
+            (config.optim.batch_size, config.optim.accum_steps),
+            image_size,
+            config.run.seed,
+        )?;
         let val_images = {
             let val_spec: DataSpec = match &config.data.val_source {
                 Some(s) => s.parse().map_err(|e: String| anyhow!("data.val_source: {e}"))?,
                 None => spec.clone(),
             };
-            let split = if config.data.val_source.is_some() || matches!(spec, DataSpec::Procedural { .. }) { Split::Val } else { Split::Train };
+            let split = if config.data.val_source.is_some() || matches!(spec, DataSpec::Procedural { .. }) {
+                Split::Val
+            } else {
+                Split::Train
+            };
             let val = open_dataset(&val_spec, split, config.run.seed)?;
             if val.is_empty() {
                 anyhow::bail!("{val_spec}: no held-out images for the reconstruction grids");
@@ -226,15 +254,27 @@ impl Trainer for TokenizerTraining {
         };
 
         let opt_config = adamw_config(&config);
-        let disc_config = DiscriminatorConfig::new().with_ndf(config.loss.disc_ndf).with_n_layers(config.loss.disc_layers);
+        let disc_config =
+            DiscriminatorConfig::new().with_ndf(config.loss.disc_ndf).with_n_layers(config.loss.disc_layers);
         let (model, ema, disc, opt, opt_disc) = match checkpoint {
             Some(ckpt) => {
                 let load = |file: &str| -> Result<RecTok> {
-                    let options = TokenizerLoadOptions { entry: CheckpointEntry::Auto, config: Some(model_config.clone()), without_semantic: false };
+                    let options = TokenizerLoadOptions {
+                        entry: CheckpointEntry::Auto,
+                        config: Some(model_config.clone()),
+                        without_semantic: false,
+                    };
                     Ok(load_tokenizer(&ckpt.join(file), &options, &inner)?.0)
                 };
                 let mut disc = disc_config.init(&inner);
-                load_into(&mut disc, &crate::weights::StateDict::open(&ckpt.join("discriminator.safetensors"), CheckpointEntry::Auto)?, &KeyMap::new(), &[], &[], "")?;
+                load_into(
+                    &mut disc,
+                    &crate::weights::StateDict::open(&ckpt.join("discriminator.safetensors"), CheckpointEntry::Auto)?,
+                    &KeyMap::new(),
+                    &[],
+                    &[],
+                    "",
+                )?;
                 (
                     load("model.safetensors")?,
                     load("ema.safetensors")?,
@@ -283,7 +323,8 @@ impl Trainer for TokenizerTraining {
         };
         let (n_train, n_all) = (trainer.num_trainable(), trainer.model.num_params());
         tracing::info!(
-            "stage {stage}: {:.2}M trainable of {:.2}M parameters; {} images of {image_size} px, {} steps/epoch of {}×{}, peak lr {:.3e}",
+            "stage {stage}: {:.2}M trainable of {:.2}M parameters; {} images of {image_size} px, {} steps/epoch of \
+                {}×{}, peak lr {:.3e}",
             n_train as f64 / 1e6,
             n_all as f64 / 1e6,
             dataset.len(),
@@ -319,7 +360,13 @@ impl Trainer for TokenizerTraining {
         self.train_step(step, rng)
     }
 
-    fn extra_record(&mut self, step: usize, last: usize, record: &mut Map<String, Value>, _bar: &ProgressBar) -> Result<()> {
+    fn extra_record(
+        &mut self,
+        step: usize,
+        last: usize,
+        record: &mut Map<String, Value>,
+        _bar: &ProgressBar,
+    ) -> Result<()> {
         let sample_every = self.config.run.sample_every;
         let logged = step % self.config.run.log_every == 0 || step == last;
         if logged && ((sample_every > 0 && step % sample_every == 0) || step == last) {
@@ -332,14 +379,23 @@ impl Trainer for TokenizerTraining {
         save_tokenizer(&self.model.valid(), &dir.join("model.safetensors"))?;
         save_tokenizer(&self.ema, &dir.join("ema.safetensors"))?;
         self.opt.save(&dir.join("optimizer.safetensors"))?;
-        write_safetensors_from_module(&self.disc.valid(), &KeyMap::new(), &dir.join("discriminator.safetensors"), Default::default())?;
+        write_safetensors_from_module(
+            &self.disc.valid(),
+            &KeyMap::new(),
+            &dir.join("discriminator.safetensors"),
+            Default::default(),
+        )?;
         self.opt_disc.save(&dir.join("disc_optimizer.safetensors"))
     }
 
     fn save_grid(&self, path: &Path) -> Result<()> {
         let x = self.val_images.clone();
         let recon = self.ema.reconstruct(x.clone());
-        let grid = reconstruction_grid(&tensor_to_images(x * 0.5 + 0.5)?, &tensor_to_images(recon).context("EMA reconstructions for the grid")?, self.val_images.dims()[0].div_ceil(2).max(1));
+        let grid = reconstruction_grid(
+            &tensor_to_images(x * 0.5 + 0.5)?,
+            &tensor_to_images(recon).context("EMA reconstructions for the grid")?,
+            self.val_images.dims()[0].div_ceil(2).max(1),
+        );
         save_png(&grid, path)
     }
 
@@ -349,7 +405,8 @@ impl Trainer for TokenizerTraining {
         save_tokenizer(&self.ema, &tokenizer)?;
         let final_psnr = self.val_psnr();
         tracing::info!(
-            "done: {} steps; checkpoint {}; reconstructions {}; EMA tokenizer {} (held-out PSNR {}{final_psnr:.2} dB); curves {}",
+            "done: {} steps; checkpoint {}; reconstructions {}; EMA tokenizer {} (held-out PSNR {}{final_psnr:.2} \
+                dB); curves {}",
             end.steps,
             end.checkpoint.display(),
             end.grid.display(),
@@ -357,7 +414,12 @@ impl Trainer for TokenizerTraining {
             self.initial_val_psnr.map(|p| format!("{p:.2} dB untrained → ")).unwrap_or_default(),
             end.run_dir.join("loss.png").display()
         );
-        Ok(TrainSummary { steps: end.steps, tokenizer, val_psnr: (self.initial_val_psnr, final_psnr), seconds: end.seconds })
+        Ok(TrainSummary {
+            steps: end.steps,
+            tokenizer,
+            val_psnr: (self.initial_val_psnr, final_psnr),
+            seconds: end.seconds,
+        })
     }
 }
 
@@ -370,7 +432,11 @@ impl Run<TokenizerTraining> {
 
 impl TokenizerTraining {
     fn num_trainable(&self) -> usize {
-        params::values(&self.model).iter().filter(|(k, _)| self.trainable.contains(*k)).map(|(_, (s, _))| s.iter().product::<usize>()).sum()
+        params::values(&self.model)
+            .iter()
+            .filter(|(k, _)| self.trainable.contains(*k))
+            .map(|(_, (s, _))| s.iter().product::<usize>())
+            .sum()
     }
 
     /// The fractional epoch at the start of step `step` (0-based).
@@ -385,7 +451,8 @@ impl TokenizerTraining {
         let target = (x * 0.5 + 0.5).into_data().try_to_vec::<f32>().expect("f32");
         let got = recon.into_data().try_to_vec::<f32>().expect("f32");
         let per = target.len() / self.val_images.dims()[0];
-        let psnrs: Vec<f64> = target.chunks(per).zip(got.chunks(per)).map(|(a, b)| crate::metrics::psnr(a, b)).collect();
+        let psnrs: Vec<f64> =
+            target.chunks(per).zip(got.chunks(per)).map(|(a, b)| crate::metrics::psnr(a, b)).collect();
         psnrs.iter().sum::<f64>() / psnrs.len() as f64
     }
 
@@ -419,7 +486,9 @@ impl TokenizerTraining {
             let draws = self.model.draw_train(b, true, rng, &self.device);
             // DINOv3 runs in training mode: RoPE coordinates rescaled by exp(U(−ln 2, ln 2)).
             let rescale = match &self.teacher {
-                Some(t) if self.model.sem_decoder.is_some() && t.has_rope_rescale() => Some(rng.uniform_range(-std::f64::consts::LN_2, std::f64::consts::LN_2).exp() as f32),
+                Some(t) if self.model.sem_decoder.is_some() && t.has_rope_rescale() => {
+                    Some(rng.uniform_range(-std::f64::consts::LN_2, std::f64::consts::LN_2).exp() as f32)
+                }
                 _ => None,
             };
             // Data-parallel slices of the batch, each with its own replica (and, for the GAN term,
@@ -429,49 +498,53 @@ impl TokenizerTraining {
                 .iter()
                 .enumerate()
                 .map(|(i, &(s, n))| {
-                    let disc = gan_on.then(|| if i == 0 { self.disc.clone() } else { self.disc.independent_copy() }.no_grad());
+                    let disc =
+                        gan_on.then(|| if i == 0 { self.disc.clone() } else { self.disc.independent_copy() }.no_grad());
                     ((x_host.clone().narrow(0, s, n), draws.narrow(s, n), disc), n as f64 / (b * accum) as f64)
                 })
                 .collect();
             let (teacher, cfg, loss_cfg, perceptual) = (&self.teacher, &self.config, &self.loss, &self.perceptual);
-            let (outs, g) = params::data_parallel_grads(&self.model, &self.device, parts, |model, (x_host, draws, disc)| {
-                let targets = match teacher {
-                    Some(t) if model.sem_decoder.is_some() => Some(teacher_targets(t, model, x_host.clone(), rescale, cfg.teacher.resolution).autodiff()),
-                    _ => None,
-                };
-                let x = x_host.autodiff();
-                let out = training_forward(model, targets, x.clone(), &draws);
-                let y_hat = out.decoded.clone() * 0.5 + 0.5;
-                let sem = match (out.sem_feature, out.pred_sem_feature) {
-                    (Some(f), Some(p)) => {
-                        let ids = out.encoded.mask.as_ref().map(|m| &m.ids_masked);
-                        Some(targeted_sem_loss(loss_cfg.sem_loss, model.config.sem_target, f, p, ids))
-                    }
-                    _ => None,
-                };
-                let y = x * 0.5 + 0.5;
-                let perceptual = perceptual.forward(y.clone(), y_hat.clone());
-                let terms = generator_loss(
-                    loss_cfg,
-                    GeneratorInputs {
-                        targets: y,
-                        reconstructions: y_hat.clone(),
-                        posterior: (loss_cfg.kl_weight > 0.0).then_some(&out.encoded.posterior),
-                        sem,
-                        perceptual,
-                        discriminator: disc.as_ref(),
-                    },
-                );
-                let v = StepValues {
-                    rec: scalar(&terms.reconstruction),
-                    perceptual: scalar(&terms.perceptual),
-                    kl: scalar(&terms.kl),
-                    sem: scalar(&terms.sem),
-                    gan: scalar(&terms.gan),
-                    ..Default::default()
-                };
-                Ok((terms.total, (v, y_hat.detach())))
-            })?;
+            let (outs, g) =
+                params::data_parallel_grads(&self.model, &self.device, parts, |model, (x_host, draws, disc)| {
+                    let targets = match teacher {
+                        Some(t) if model.sem_decoder.is_some() => {
+                            Some(teacher_targets(t, model, x_host.clone(), rescale, cfg.teacher.resolution).autodiff())
+                        }
+                        _ => None,
+                    };
+                    let x = x_host.autodiff();
+                    let out = training_forward(model, targets, x.clone(), &draws);
+                    let y_hat = out.decoded.clone() * 0.5 + 0.5;
+                    let sem = match (out.sem_feature, out.pred_sem_feature) {
+                        (Some(f), Some(p)) => {
+                            let ids = out.encoded.mask.as_ref().map(|m| &m.ids_masked);
+                            Some(targeted_sem_loss(loss_cfg.sem_loss, model.config.sem_target, f, p, ids))
+                        }
+                        _ => None,
+                    };
+                    let y = x * 0.5 + 0.5;
+                    let perceptual = perceptual.forward(y.clone(), y_hat.clone());
+                    let terms = generator_loss(
+                        loss_cfg,
+                        GeneratorInputs {
+                            targets: y,
+                            reconstructions: y_hat.clone(),
+                            posterior: (loss_cfg.kl_weight > 0.0).then_some(&out.encoded.posterior),
+                            sem,
+                            perceptual,
+                            discriminator: disc.as_ref(),
+                        },
+                    );
+                    let v = StepValues {
+                        rec: scalar(&terms.reconstruction),
+                        perceptual: scalar(&terms.perceptual),
+                        kl: scalar(&terms.kl),
+                        sem: scalar(&terms.sem),
+                        gan: scalar(&terms.gan),
+                        ..Default::default()
+                    };
+                    Ok((terms.total, (v, y_hat.detach())))
+                })?;
             let mut v = StepValues::default();
             let mut y_hats = Vec::new();
             for (&(_, n), (loss, (part, y_hat))) in bounds.iter().zip(outs) {
@@ -479,7 +552,14 @@ impl TokenizerTraining {
                 v.add(&StepValues { loss, ..part }, w);
                 y_hats.push(y_hat);
             }
-            for (term, value) in [("reconstruction", v.rec), ("perceptual", v.perceptual), ("KL", v.kl), ("semantic", v.sem), ("generator GAN", v.gan), ("total", v.loss)] {
+            for (term, value) in [
+                ("reconstruction", v.rec),
+                ("perceptual", v.perceptual),
+                ("KL", v.kl),
+                ("semantic", v.sem),
+                ("generator GAN", v.gan),
+                ("total", v.loss),
+            ] {
                 check_finite(&format!("{term} loss"), value)?;
             }
             params::accumulate(&mut grads, g);
@@ -546,8 +626,14 @@ fn init_from(from: &Path, config: &crate::tokenizer::RecTokConfig, device: &Devi
     };
     let load = |path: &Path, entry: CheckpointEntry| -> Result<RecTok> {
         let options = TokenizerLoadOptions { entry, config: Some(config.clone()), without_semantic: true };
-        let (m, report) = load_tokenizer(path, &options, device).with_context(|| format!("run.init_from {}", path.display()))?;
-        tracing::info!("stage 2 starts from {} ({} tensors{})", path.display(), report.applied, if report.entry.is_empty() { String::new() } else { format!(", `{}`", report.entry) });
+        let (m, report) =
+            load_tokenizer(path, &options, device).with_context(|| format!("run.init_from {}", path.display()))?;
+        tracing::info!(
+            "stage 2 starts from {} ({} tensors{})",
+            path.display(),
+            report.applied,
+            if report.entry.is_empty() { String::new() } else { format!(", `{}`", report.entry) }
+        );
         Ok(m)
     };
     let model = load(&model_file, model_entry)?;

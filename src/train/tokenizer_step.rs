@@ -21,7 +21,12 @@ pub struct TrainingForward {
 
 /// The training forward with explicit random draws. `teacher_features` are the targets of the
 /// semantic decoder (computed by the caller, often on another device: the teacher is frozen).
-pub fn training_forward(model: &RecTok, teacher_features: Option<Tensor<3>>, x: Tensor<4>, draws: &TrainDraws) -> TrainingForward {
+pub fn training_forward(
+    model: &RecTok,
+    teacher_features: Option<Tensor<3>>,
+    x: Tensor<4>,
+    draws: &TrainDraws,
+) -> TrainingForward {
     let encoded = model.encode_train(x, draws);
     let ids_restore = encoded.mask.as_ref().map(|m| &m.ids_restore);
     let (sem_feature, pred_sem_feature) = match (teacher_features, &model.sem_decoder) {
@@ -34,7 +39,13 @@ pub fn training_forward(model: &RecTok, teacher_features: Option<Tensor<3>>, x: 
 
 /// Teacher targets for a training step: `teacher` on images `x` in [-1, 1] at input side
 /// `resolution`, with `rope_rescale` (DINOv3's training-mode augmentation).
-pub fn teacher_targets(teacher: &Teacher, model: &RecTok, x: Tensor<4>, rope_rescale: Option<f32>, resolution: usize) -> Tensor<3> {
+pub fn teacher_targets(
+    teacher: &Teacher,
+    model: &RecTok,
+    x: Tensor<4>,
+    rope_rescale: Option<f32>,
+    resolution: usize,
+) -> Tensor<3> {
     teacher.features_at(x, model.grid_size(), rope_rescale, resolution)
 }
 
@@ -51,7 +62,11 @@ mod tests {
     fn gradients_reach_every_trained_parameter_and_adamw_descends() {
         let device = Device::flex();
         let size = VitSize { width: 32, layers: 1, heads: 2 };
-        let cfg = RecTokConfig::new(4, size, size, size).with_img_size(16).with_patch_size(8).with_teacher_dim(Some(8)).with_mask_ratio(0.5);
+        let cfg = RecTokConfig::new(4, size, size, size)
+            .with_img_size(16)
+            .with_patch_size(8)
+            .with_teacher_dim(Some(8))
+            .with_mask_ratio(0.5);
         let mut rng = Rng::seed_from(0);
         let mut model = initialize(cfg.init(&device), &TokenizerInit, &mut rng).train();
         let x = rng.uniform_tensor([2, 3, 16, 16], &device) * 2.0 - 1.0;
@@ -66,7 +81,11 @@ mod tests {
             let grads = loss.backward();
             let g = params::gradients(&model, &grads);
             if step == 0 {
-                assert!(g.contains_key("encoder.patch_embed.weight") && g.contains_key("decoder.conv_out.weight"), "{:?}", g.keys().collect::<Vec<_>>());
+                assert!(
+                    g.contains_key("encoder.patch_embed.weight") && g.contains_key("decoder.conv_out.weight"),
+                    "{:?}",
+                    g.keys().collect::<Vec<_>>()
+                );
                 assert!(g.contains_key("decoder.mask_token"), "mask tokens are trained");
             }
             model = adam.step(model, &g, 1e-3, &|_, s| s.len() >= 2);

@@ -43,7 +43,8 @@ pub fn write_safetensors(
 fn stable_header(bytes: Vec<u8>) -> anyhow::Result<Vec<u8>> {
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8-byte length")) as usize;
     // serde_json's map is sorted by key (no `preserve_order` feature).
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| anyhow::anyhow!("safetensors header: {e}"))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| anyhow::anyhow!("safetensors header: {e}"))?;
     let mut text = serde_json::to_vec(&header)?;
     text.resize(text.len().div_ceil(8) * 8, b' ');
     let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - n);

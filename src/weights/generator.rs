@@ -29,8 +29,16 @@ const NOT_A_GENERATOR: &str = " — this does not look like a DiT^DH generator c
 fn shape(sd: &StateDict, key: &str, rank: usize) -> Result<Vec<usize>, WeightsError> {
     match sd.shape(key) {
         Some(s) if s.len() == rank => Ok(s),
-        Some(s) => Err(WeightsError::Invalid { path: sd.path.clone(), message: format!("`{key}` has shape {s:?}, expected rank {rank}") }),
-        None => Err(WeightsError::MissingKey { path: sd.path.clone(), key: key.into(), count: 1, hint: NOT_A_GENERATOR.into() }),
+        Some(s) => Err(WeightsError::Invalid {
+            path: sd.path.clone(),
+            message: format!("`{key}` has shape {s:?}, expected rank {rank}"),
+        }),
+        None => Err(WeightsError::MissingKey {
+            path: sd.path.clone(),
+            key: key.into(),
+            count: 1,
+            hint: NOT_A_GENERATOR.into(),
+        }),
     }
 }
 
@@ -42,7 +50,10 @@ fn heads_for(width: usize, what: &str, sd: &StateDict) -> Result<usize, WeightsE
         1024 | 1152 | 2048 => Ok(16),
         _ => Err(WeightsError::Invalid {
             path: sd.path.clone(),
-            message: format!("cannot infer the attention heads of the {what} (width {width} is not an official DiT^DH width); pass --generator-config"),
+            message: format!(
+                "cannot infer the attention heads of the {what} (width {width} is not an official DiT^DH width); pass \
+                    --generator-config"
+            ),
         }),
     }
 }
@@ -58,9 +69,8 @@ pub fn infer_config(sd: &StateDict) -> Result<DitDhConfig, WeightsError> {
     let grid = (pos[1] as f64).sqrt().round() as usize;
     let blocks = sd.count_indexed("blocks");
     // Encoder blocks have the encoder width; the head's follow (ambiguous only if equal widths).
-    let enc_depth = (0..blocks)
-        .take_while(|i| sd.shape(&format!("blocks.{i}.norm1.weight")).is_some_and(|s| s[0] == enc))
-        .count();
+    let enc_depth =
+        (0..blocks).take_while(|i| sd.shape(&format!("blocks.{i}.norm1.weight")).is_some_and(|s| s[0] == enc)).count();
     let enc_depth = if enc == dec { blocks.saturating_sub(2) } else { enc_depth };
     let config = DitDhConfig::new(grid * p, channels, enc, enc_depth, heads_for(enc, "encoder", sd)?)
         .with_dec_hidden(dec)
@@ -73,19 +83,25 @@ pub fn infer_config(sd: &StateDict) -> Result<DitDhConfig, WeightsError> {
 }
 
 /// Loads a generator. `config` overrides the file's metadata and shape inference.
-pub fn load_generator(path: &Path, entry: CheckpointEntry, config: Option<DitDhConfig>, device: &Device) -> Result<(DitDh, LoadReport), WeightsError> {
+pub fn load_generator(
+    path: &Path,
+    entry: CheckpointEntry,
+    config: Option<DitDhConfig>,
+    device: &Device,
+) -> Result<(DitDh, LoadReport), WeightsError> {
     let sd = StateDict::open(path, entry)?;
     if let Some(kind) = sd.metadata.get(META_KIND)
         && kind != KIND_GENERATOR
     {
-        return Err(WeightsError::Invalid { path: sd.path.clone(), message: format!("this file holds a {kind}, not a generator") });
+        return Err(WeightsError::Invalid {
+            path: sd.path.clone(),
+            message: format!("this file holds a {kind}, not a generator"),
+        });
     }
-    let meta_config = sd
-        .metadata
-        .get(META_CONFIG)
-        .map(|s| serde_json::from_str::<DitDhConfig>(s))
-        .transpose()
-        .map_err(|e| WeightsError::Invalid { path: sd.path.clone(), message: format!("corrupt `{META_CONFIG}` metadata: {e}") })?;
+    let meta_config =
+        sd.metadata.get(META_CONFIG).map(|s| serde_json::from_str::<DitDhConfig>(s)).transpose().map_err(|e| {
+            WeightsError::Invalid { path: sd.path.clone(), message: format!("corrupt `{META_CONFIG}` metadata: {e}") }
+        })?;
     let config = match (config, meta_config) {
         (Some(c), _) => c,
         (None, Some(c)) => c,

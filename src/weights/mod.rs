@@ -10,8 +10,8 @@
 
 mod apply;
 mod export;
-mod state_dict;
 pub mod generator;
+mod state_dict;
 pub mod tokenizer;
 
 pub use apply::{KeyMap, LoadReport, load_into};

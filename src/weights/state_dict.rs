@@ -30,7 +30,8 @@ const EMA_ENTRIES: &[&str] = &["model_ema", "ema", "ema_model", "model_ema_state
 /// Entries holding raw weights, in order of preference.
 const RAW_ENTRIES: &[&str] = &["model", "state_dict", "model_state_dict", "net", "network", "params"];
 /// Entries of a training checkpoint that never hold the model's weights.
-const BOOKKEEPING: &[&str] = &["optimizer", "optim", "opt", "scaler", "loss_scaler", "lr_scheduler", "scheduler", "args", "epoch", "step"];
+const BOOKKEEPING: &[&str] =
+    &["optimizer", "optim", "opt", "scaler", "loss_scaler", "lr_scheduler", "scheduler", "args", "epoch", "step"];
 /// Wrapper prefixes that are stripped from keys rather than chosen as entries.
 const WRAPPER_PREFIXES: &[&str] = &["module", "_orig_mod"];
 
@@ -42,9 +43,9 @@ impl std::str::FromStr for CheckpointEntry {
             "ema" => Ok(Self::Ema),
             "model" | "raw" => Ok(Self::Model),
             "" => Err("empty checkpoint entry (expected auto, ema, model or an entry name)".into()),
-            name if name.contains(char::is_whitespace) || name.contains('.') => {
-                Err(format!("`{name}` is not a top-level entry name (expected auto, ema, model or a name such as state_dict)"))
-            }
+            name if name.contains(char::is_whitespace) || name.contains('.') => Err(format!(
+                "`{name}` is not a top-level entry name (expected auto, ema, model or a name such as state_dict)"
+            )),
             name => Ok(Self::Named(name.to_string())),
         }
     }
@@ -78,7 +79,9 @@ impl CheckpointEntry {
                 }
                 let candidates: Vec<&String> = tops.iter().filter(|t| !BOOKKEEPING.contains(&t.as_str())).collect();
                 match candidates.as_slice() {
-                    [only] if wrappers && !WRAPPER_PREFIXES.contains(&only.as_str()) && tops.len() > 1 => Ok(only.to_string()),
+                    [only] if wrappers && !WRAPPER_PREFIXES.contains(&only.as_str()) && tops.len() > 1 => {
+                        Ok(only.to_string())
+                    }
                     _ => Ok(String::new()),
                 }
             }
@@ -119,7 +122,10 @@ fn check_regular(path: &Path) -> Result<(), WeightsError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
         Ok(m) if m.is_dir() => Err(WeightsError::Io { path: path.into(), message: "is a folder, not a file".into() }),
-        Ok(_) => Err(WeightsError::Io { path: path.into(), message: "not a regular file (FIFOs and devices are not read)".into() }),
+        Ok(_) => Err(WeightsError::Io {
+            path: path.into(),
+            message: "not a regular file (FIFOs and devices are not read)".into(),
+        }),
         Err(e) => Err(io_err(path, e)),
     }
 }
@@ -145,9 +151,7 @@ impl StateDict {
     pub fn open(path: &Path, entry: CheckpointEntry) -> Result<Self, WeightsError> {
         check_regular(path)?;
         let mut magic = [0u8; 16];
-        let n = std::fs::File::open(path)
-            .and_then(|mut f| f.read(&mut magic))
-            .map_err(|e| io_err(path, e))?;
+        let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut magic)).map_err(|e| io_err(path, e))?;
         if n < 8 {
             return Err(WeightsError::Format { path: path.into(), reason: "file is too short".into() });
         }
@@ -228,7 +232,11 @@ impl StateDict {
     }
 
     /// `entry: None` keeps the names verbatim (see [`open_verbatim`](Self::open_verbatim)).
-    fn from_safetensors_buffer<B>(path: &Path, mmap: Arc<B>, entry: Option<CheckpointEntry>) -> Result<Self, WeightsError>
+    fn from_safetensors_buffer<B>(
+        path: &Path,
+        mmap: Arc<B>,
+        entry: Option<CheckpointEntry>,
+    ) -> Result<Self, WeightsError>
     where
         B: std::ops::Deref<Target = [u8]> + Send + Sync + 'static,
     {
@@ -241,12 +249,14 @@ impl StateDict {
         let names: Vec<String> = parsed.names().into_iter().map(|s| s.to_string()).collect();
         // safetensors dumps of training checkpoints may keep the entry prefixes: an entry is read
         // only when every tensor sits under one.
-        let tops: BTreeSet<String> = names.iter().filter_map(|n| n.split_once('.').map(|(t, _)| t.to_string())).collect();
+        let tops: BTreeSet<String> =
+            names.iter().filter_map(|n| n.split_once('.').map(|(t, _)| t.to_string())).collect();
         let verbatim = entry.is_none();
         let entry = entry.unwrap_or_default();
         // Only the reference's two entries (or the one named) make a dump: safetensors data files
         // (e.g. `ema.*` and `model.*` outputs side by side) are read as they are.
-        let known = |t: &str| matches!(t, "model" | "model_ema") || matches!(&entry, CheckpointEntry::Named(n) if n == t);
+        let known =
+            |t: &str| matches!(t, "model" | "model_ema") || matches!(&entry, CheckpointEntry::Named(n) if n == t);
         let is_dump = !names.is_empty() && names.iter().all(|n| n.split_once('.').is_some_and(|(t, _)| known(t)));
         let chosen = match (&entry, is_dump) {
             _ if verbatim => Ok(String::new()),
@@ -259,12 +269,17 @@ impl StateDict {
         .map_err(|wanted| WeightsError::MissingEntry {
             path: path.into(),
             entry: wanted,
-            available: if tops.is_empty() { "none: a bare state dict".into() } else { tops.iter().cloned().collect::<Vec<_>>().join(", ") },
+            available: if tops.is_empty() {
+                "none: a bare state dict".into()
+            } else {
+                tops.iter().cloned().collect::<Vec<_>>().join(", ")
+            },
         })?;
         let chosen = chosen.as_str();
         let mut tensors = BTreeMap::new();
         for name in names {
-            let view = parsed.tensor(&name).map_err(|e| WeightsError::Format { path: path.into(), reason: e.to_string() })?;
+            let view =
+                parsed.tensor(&name).map_err(|e| WeightsError::Format { path: path.into(), reason: e.to_string() })?;
             let dtype = match view.dtype() {
                 safetensors::Dtype::F32 => DType::F32,
                 safetensors::Dtype::F16 => DType::F16,
@@ -335,11 +350,12 @@ impl StateDict {
 
     /// Reads one tensor as f32 values.
     pub fn read_f32(&self, key: &str) -> Result<Vec<f32>, WeightsError> {
-        let t = self.tensors.get(key).ok_or_else(|| WeightsError::Invalid {
-            path: self.path.clone(),
-            message: format!("no tensor `{key}`"),
-        })?;
-        let data = bridge::to_data(t).map_err(|e| WeightsError::Format { path: self.path.clone(), reason: format!("{key}: {e}") })?;
+        let t = self
+            .tensors
+            .get(key)
+            .ok_or_else(|| WeightsError::Invalid { path: self.path.clone(), message: format!("no tensor `{key}`") })?;
+        let data = bridge::to_data(t)
+            .map_err(|e| WeightsError::Format { path: self.path.clone(), reason: format!("{key}: {e}") })?;
         data.try_into_vec_as::<f32>()
             .map_err(|e| WeightsError::Format { path: self.path.clone(), reason: format!("{key}: {e:?}") })
     }
@@ -350,7 +366,12 @@ impl StateDict {
         let v = self.read_f32(key)?;
         let count = v.iter().filter(|x| !x.is_finite()).count();
         if count > 0 {
-            return Err(WeightsError::NonFinite { path: self.path.clone(), key: key.to_string(), count, more: String::new() });
+            return Err(WeightsError::NonFinite {
+                path: self.path.clone(),
+                key: key.to_string(),
+                count,
+                more: String::new(),
+            });
         }
         Ok(v)
     }
@@ -358,10 +379,8 @@ impl StateDict {
     /// Number of distinct `i` in keys `prefix.{i}.…`.
     pub fn count_indexed(&self, prefix: &str) -> usize {
         let p = format!("{prefix}.");
-        let idx: BTreeSet<usize> = self
-            .keys_with_prefix(&p)
-            .filter_map(|k| k[p.len()..].split('.').next()?.parse().ok())
-            .collect();
+        let idx: BTreeSet<usize> =
+            self.keys_with_prefix(&p).filter_map(|k| k[p.len()..].split('.').next()?.parse().ok()).collect();
         idx.len()
     }
 }

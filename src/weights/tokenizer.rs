@@ -153,13 +153,19 @@ fn from_metadata(sd: &StateDict) -> Result<(Option<RecTokConfig>, Option<LatentS
             message: format!("this file holds a {kind}, not a tokenizer"),
         });
     }
-    let config = sd.metadata.get(META_CONFIG).map(|s| serde_json::from_str(s).map_err(|e| bad(META_CONFIG, e))).transpose()?;
-    let stats = sd.metadata.get(META_STATS).map(|s| serde_json::from_str(s).map_err(|e| bad(META_STATS, e))).transpose()?;
+    let config =
+        sd.metadata.get(META_CONFIG).map(|s| serde_json::from_str(s).map_err(|e| bad(META_CONFIG, e))).transpose()?;
+    let stats =
+        sd.metadata.get(META_STATS).map(|s| serde_json::from_str(s).map_err(|e| bad(META_STATS, e))).transpose()?;
     Ok((config, stats))
 }
 
 /// Loads a tokenizer from an official `.pth` or a safetensors file.
-pub fn load_tokenizer(path: &Path, options: &TokenizerLoadOptions, device: &Device) -> Result<(RecTok, LoadReport), WeightsError> {
+pub fn load_tokenizer(
+    path: &Path,
+    options: &TokenizerLoadOptions,
+    device: &Device,
+) -> Result<(RecTok, LoadReport), WeightsError> {
     let sd = StateDict::open(path, options.entry.clone())?;
     let (meta_config, stats) = from_metadata(&sd)?;
     let mut config = match (&options.config, meta_config) {
@@ -233,12 +239,19 @@ pub fn load_latent_stats(path: &Path) -> Result<LatentStats, WeightsError> {
     };
     let stats = LatentStats { mean: get("mean")?, std: get("std")? };
     if let Some(i) = stats.std.iter().position(|&s| s <= 0.0) {
-        return Err(WeightsError::Invalid { path: path.into(), message: format!("`std` must be positive, but value {i} is {}", stats.std[i]) });
+        return Err(WeightsError::Invalid {
+            path: path.into(),
+            message: format!("`std` must be positive, but value {i} is {}", stats.std[i]),
+        });
     }
     if stats.mean.len() != stats.std.len() || stats.mean.is_empty() {
         return Err(WeightsError::Invalid {
             path: path.into(),
-            message: format!("`mean` has {} values and `std` {}; they must match (one per latent channel)", stats.mean.len(), stats.std.len()),
+            message: format!(
+                "`mean` has {} values and `std` {}; they must match (one per latent channel)",
+                stats.mean.len(),
+                stats.std.len()
+            ),
         });
     }
     Ok(stats)

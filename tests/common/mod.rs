@@ -41,7 +41,12 @@ pub fn losses(run: &Path) -> Vec<Vec<(String, String)>> {
     read_metrics(&run.join("metrics.jsonl"))
         .unwrap()
         .into_iter()
-        .map(|r| r.into_iter().filter(|(k, _)| k != "images_per_s" && k != "elapsed_s").map(|(k, v)| (k, v.to_string())).collect())
+        .map(|r| {
+            r.into_iter()
+                .filter(|(k, _)| k != "images_per_s" && k != "elapsed_s")
+                .map(|(k, v)| (k, v.to_string()))
+                .collect()
+        })
         .collect()
 }
 

@@ -4,10 +4,10 @@ use super::{Case, CaseResult};
 use burn::prelude::*;
 use rectok::generator::guidance::forward_with_cfg;
 use rectok::generator::transport::{TrainingDraws, plan, training_losses};
-use rectok::rectified_flow::{ode_grid, train_time};
 use rectok::generator::{DitDh, DitDhConfig, Integrator, sample_ode};
-use rectok::tokenizer::NoiseSchedule;
 use rectok::rectified_flow::dimension_shift;
+use rectok::rectified_flow::{ode_grid, train_time};
+use rectok::tokenizer::NoiseSchedule;
 use rectok::tokenizer::flow::noise_level;
 use rectok::trace::Trace;
 use rectok::weights::{generator as wg, load_into};
@@ -24,7 +24,14 @@ fn num(c: &Value, key: &str) -> CaseResult<f64> {
 /// The DiT configuration from the reference constructor of a case.
 fn dit_config(case: &Case) -> CaseResult<DitDhConfig> {
     let c = case.constructor();
-    for (key, want) in [("use_qknorm", false), ("use_swiglu", true), ("use_rope", true), ("use_rmsnorm", true), ("wo_shift", false), ("use_pos_embed", true)] {
+    for (key, want) in [
+        ("use_qknorm", false),
+        ("use_swiglu", true),
+        ("use_rope", true),
+        ("use_rmsnorm", true),
+        ("wo_shift", false),
+        ("use_pos_embed", true),
+    ] {
         if c.get(key).and_then(|v| v.as_bool()).is_some_and(|v| v != want) {
             return Err(format!("{key} = {} is not supported", !want));
         }
@@ -62,7 +69,8 @@ fn dit(case: &Case) -> CaseResult<DitDh> {
     config.validate()?;
     let mut model = config.init(&case.device);
     let sd = case.params()?;
-    load_into(&mut model, &sd, &wg::key_map(), &[], &["enc_feat_rope.", "dec_feat_rope."], "").map_err(|e| e.to_string())?;
+    load_into(&mut model, &sd, &wg::key_map(), &[], &["enc_feat_rope.", "dec_feat_rope."], "")
+        .map_err(|e| e.to_string())?;
     Ok(model)
 }
 
@@ -77,7 +85,8 @@ fn call_numbers(case: &Case, anchor: &str, after: &str) -> CaseResult<Vec<f64>> 
             let Some(start) = rest.find(after) else { continue };
             let tail = &rest[start + after.len()..];
             let end = tail.find(')').unwrap_or(tail.len());
-            let nums: Vec<f64> = tail[..end].split(',').filter_map(|s| s.trim().trim_start_matches('(').parse().ok()).collect();
+            let nums: Vec<f64> =
+                tail[..end].split(',').filter_map(|s| s.trim().trim_start_matches('(').parse().ok()).collect();
             if !nums.is_empty() {
                 return Ok(nums);
             }
@@ -94,18 +103,38 @@ pub fn dit_ddt(case: &mut Case) -> CaseResult<()> {
     case.put_trace("out.dbg.", trace);
 
     let scale = call_numbers(case, "out.cfg = model.forward_with_cfg", "in.cfg_y,")?[0];
-    let interval = call_numbers(case, "out.cfg = model.forward_with_cfg", "cfg_interval=").map(|v| (v[0], v[1])).unwrap_or((0.0, 1.0));
-    let cfg = forward_with_cfg(&model, case.input("in.cfg_x")?, case.input("in.cfg_t")?, case.input_int("in.cfg_y")?, scale, interval);
+    let interval = call_numbers(case, "out.cfg = model.forward_with_cfg", "cfg_interval=")
+        .map(|v| (v[0], v[1]))
+        .unwrap_or((0.0, 1.0));
+    let cfg = forward_with_cfg(
+        &model,
+        case.input("in.cfg_x")?,
+        case.input("in.cfg_t")?,
+        case.input_int("in.cfg_y")?,
+        scale,
+        interval,
+    );
     case.put("out.cfg", cfg);
     let scale2 = call_numbers(case, "out.cfg_interval = model.forward_with_cfg", "in.cfg_y,")?[0];
     let iv = call_numbers(case, "out.cfg_interval = model.forward_with_cfg", "cfg_interval=")?;
-    let cfg2 = forward_with_cfg(&model, case.input("in.cfg_x")?, case.input("in.cfg_t2")?, case.input_int("in.cfg_y")?, scale2, (iv[0], iv[1]));
+    let cfg2 = forward_with_cfg(
+        &model,
+        case.input("in.cfg_x")?,
+        case.input("in.cfg_t2")?,
+        case.input_int("in.cfg_y")?,
+        scale2,
+        (iv[0], iv[1]),
+    );
     case.put("out.cfg_interval", cfg2);
 
     let y = model.drop_labels(case.input_int("in.y_cond")?, &case.input("in.label_drop_u")?);
     let dropped = model.forward(case.input("in.x")?, case.input("in.t")?, y);
     case.put("out.net_train_label_drop", dropped);
-    let draws = TrainingDraws { x0: case.input("in.loss_x0")?, t_u: case.input("in.loss_t_u")?, label_drop_u: Some(case.input("in.loss_label_drop_u")?) };
+    let draws = TrainingDraws {
+        x0: case.input("in.loss_x0")?,
+        t_u: case.input("in.loss_t_u")?,
+        label_drop_u: Some(case.input("in.loss_label_drop_u")?),
+    };
     let losses = training_losses(&model, case.input("in.loss_x1")?, case.input_int("in.y_cond")?, &draws);
     case.put("out.train_loss", losses.loss.reshape([1]));
     case.put_host("out.time_dist_shift", vec![1], vec![model.config.time_shift() as f32]);
@@ -133,17 +162,31 @@ pub fn transport(case: &mut Case) -> CaseResult<()> {
     case.put_host("out.t_grid", vec![steps], grid.clone());
     let noise: Tensor<4> = case.input("in.init_noise")?;
     let mut traj = Vec::new();
-    let last = sample_ode(noise.clone(), &grid, Integrator::Euler, |x, t| model.forward(x, t, y.clone()), |_, x| traj.push(x.clone()));
+    let last = sample_ode(
+        noise.clone(),
+        &grid,
+        Integrator::Euler,
+        |x, t| model.forward(x, t, y.clone()),
+        |_, x| traj.push(x.clone()),
+    );
     case.put("out.traj", Tensor::stack::<5>(traj, 0));
     case.put("out.generate_cfg1", last);
 
     let scale = call_numbers(case, "out.traj_cfg = model.sample_fn", "cfg_scale=")?[0];
-    let interval = call_numbers(case, "out.traj_cfg = model.sample_fn", "cfg_interval=").map(|v| (v[0], v[1])).unwrap_or((0.0, 1.0));
+    let interval = call_numbers(case, "out.traj_cfg = model.sample_fn", "cfg_interval=")
+        .map(|v| (v[0], v[1]))
+        .unwrap_or((0.0, 1.0));
     let b = y.dims()[0];
     let null = Tensor::<1, Int>::full([b], model.config.num_classes as i64, &case.device);
     let y2 = Tensor::cat(vec![y, null], 0);
     let mut traj = Vec::new();
-    let last = sample_ode(Tensor::cat(vec![noise.clone(), noise], 0), &grid, Integrator::Euler, |x, t| forward_with_cfg(&model, x, t, y2.clone(), scale, interval), |_, x| traj.push(x.clone()));
+    let last = sample_ode(
+        Tensor::cat(vec![noise.clone(), noise], 0),
+        &grid,
+        Integrator::Euler,
+        |x, t| forward_with_cfg(&model, x, t, y2.clone(), scale, interval),
+        |_, x| traj.push(x.clone()),
+    );
     case.put("out.traj_cfg", Tensor::stack::<5>(traj, 0));
     case.put("out.generate_cfg1_5", last.narrow(0, 0, b));
     Ok(())
@@ -166,7 +209,9 @@ pub fn timestep_shift(case: &mut Case) -> CaseResult<()> {
         let grid = (num(r, "img_size")? / num(r, "patch_size")?) as usize;
         let shift = dimension_shift(grid, grid, num(r, "token_channels")? as usize);
         let draw = t.clone().reshape([n, 1, 1]);
-        for (name, schedule) in [("shift", NoiseSchedule::Shift), ("uniform", NoiseSchedule::Uniform), ("lognorm", NoiseSchedule::Lognorm)] {
+        for (name, schedule) in
+            [("shift", NoiseSchedule::Shift), ("uniform", NoiseSchedule::Uniform), ("lognorm", NoiseSchedule::Lognorm)]
+        {
             let key = format!("out.rectok_noise_level{i}.{name}");
             if case.has(&key) {
                 case.put(&key, noise_level(schedule, draw.clone(), shift).reshape([n]));

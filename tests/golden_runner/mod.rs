@@ -59,12 +59,14 @@ impl Case {
             let shape = view.shape().to_vec();
             let data = view.data();
             let t = match view.dtype() {
-                safetensors::Dtype::F32 => {
-                    HostTensor::F32(shape, data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
-                }
-                safetensors::Dtype::I64 => {
-                    HostTensor::I64(shape, data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
-                }
+                safetensors::Dtype::F32 => HostTensor::F32(
+                    shape,
+                    data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+                ),
+                safetensors::Dtype::I64 => HostTensor::I64(
+                    shape,
+                    data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+                ),
                 other => return Err(format!("{name}: unsupported dtype {other:?}")),
             };
             tensors.insert(name, t);
@@ -102,7 +104,9 @@ impl Case {
 
     pub fn input_int<const D: usize>(&self, name: &str) -> CaseResult<Tensor<D, Int>> {
         match self.tensors.get(name) {
-            Some(HostTensor::I64(shape, v)) => Ok(Tensor::from_data(TensorData::new(v.clone(), shape.clone()), &self.device)),
+            Some(HostTensor::I64(shape, v)) => {
+                Ok(Tensor::from_data(TensorData::new(v.clone(), shape.clone()), &self.device))
+            }
             _ => Err(format!("integer input {name} is missing from the case file")),
         }
     }
@@ -133,7 +137,8 @@ impl Case {
     pub fn put_trace(&mut self, prefix: &str, trace: rectok::trace::Trace) {
         for (name, data) in trace.into_entries() {
             let shape = data.shape().to_vec();
-            self.outputs.insert(format!("{prefix}{name}"), HostTensor::F32(shape, data.try_into_vec_as::<f32>().expect("f32")));
+            self.outputs
+                .insert(format!("{prefix}{name}"), HostTensor::F32(shape, data.try_into_vec_as::<f32>().expect("f32")));
         }
     }
 }
@@ -153,7 +158,11 @@ fn tolerance_of(json: &Value, name: &str) -> Tolerance {
         Some(Tolerance::Close { atol: v["atol"].as_f64()?, rtol: v["rtol"].as_f64()? })
     };
     let tol = &json["tolerance"];
-    tol["per_tensor"].get(name).and_then(parse).or_else(|| parse(&tol["default"])).unwrap_or(Tolerance::Close { atol: 1e-4, rtol: 1e-4 })
+    tol["per_tensor"]
+        .get(name)
+        .and_then(parse)
+        .or_else(|| parse(&tol["default"]))
+        .unwrap_or(Tolerance::Close { atol: 1e-4, rtol: 1e-4 })
 }
 
 struct CaseOutcome {
@@ -202,7 +211,10 @@ fn compare(case: &Case) -> CaseOutcome {
             println!("        {name}: max abs {m:.3e}");
         }
         if let Some((i, a, b)) = first_bad {
-            out.failures.push(format!("{name}: {bad} of {} values out of tolerance {tol:?} (first at {i}: got {a}, want {b})", g.len()));
+            out.failures.push(format!(
+                "{name}: {bad} of {} values out of tolerance {tol:?} (first at {i}: got {a}, want {b})",
+                g.len()
+            ));
         }
     }
     out
@@ -233,7 +245,9 @@ fn run_case(case: &mut Case) -> CaseResult<()> {
 /// Runs every case of `dir`; returns the process exit code.
 pub fn run_dir(dir: &Path) -> i32 {
     let mut jsons: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "json")).collect(),
+        Ok(rd) => {
+            rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "json")).collect()
+        }
         Err(e) => {
             eprintln!("golden: cannot read {}: {e}", dir.display());
             return 1;
@@ -257,7 +271,10 @@ pub fn run_dir(dir: &Path) -> i32 {
             Ok((o, dt)) if o.failures.is_empty() => {
                 println!(
                     "ok    {stem:<28} max_abs {:.3e}  max_rel {:.3e}  ({} tensors, {:.2}s)",
-                    o.max_abs, o.max_rel, o.compared, dt.as_secs_f64()
+                    o.max_abs,
+                    o.max_rel,
+                    o.compared,
+                    dt.as_secs_f64()
                 );
             }
             Ok((o, _)) => {

@@ -11,9 +11,14 @@ use rectok::weights::{KeyMap, load_into};
 fn dinov3(case: &Case) -> CaseResult<Dinov3Vit> {
     let c = &case.constructor()["config"];
     let get = |k: &str| c[k].as_u64().map(|v| v as usize).ok_or(format!("config.{k} missing"));
-    let mut cfg = Dinov3Config::new(get("hidden_size")?, get("num_hidden_layers")?, get("num_attention_heads")?, get("intermediate_size")?)
-        .with_patch_size(get("patch_size")?)
-        .with_num_register_tokens(c["num_register_tokens"].as_u64().unwrap_or(4) as usize);
+    let mut cfg = Dinov3Config::new(
+        get("hidden_size")?,
+        get("num_hidden_layers")?,
+        get("num_attention_heads")?,
+        get("intermediate_size")?,
+    )
+    .with_patch_size(get("patch_size")?)
+    .with_num_register_tokens(c["num_register_tokens"].as_u64().unwrap_or(4) as usize);
     if let Some(v) = c["rope_theta"].as_f64() {
         cfg.rope_theta = v;
     }

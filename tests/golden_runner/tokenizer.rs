@@ -24,7 +24,11 @@ fn f64_of(v: &Value, key: &str) -> CaseResult<f64> {
 /// A model size by name: the case's own `size_dict_entries`, else the reference `SIZE_DICT`.
 fn size_of(case: &Case, name: &str) -> CaseResult<VitSize> {
     if let Some(e) = case.json["size_dict_entries"].get(name) {
-        return Ok(VitSize { width: usize_of(e, "width")?, layers: usize_of(e, "layers")?, heads: usize_of(e, "heads")? });
+        return Ok(VitSize {
+            width: usize_of(e, "width")?,
+            layers: usize_of(e, "layers")?,
+            heads: usize_of(e, "heads")?,
+        });
     }
     VitSize::named(name).ok_or_else(|| format!("unknown model size `{name}`"))
 }
@@ -158,7 +162,8 @@ pub fn sem_decoder_transformer(case: &mut Case) -> CaseResult<()> {
 
 pub fn sem_decoder_mlp(case: &mut Case) -> CaseResult<()> {
     let c = case.constructor().clone();
-    let mut dec = MlpSemDecoderConfig::new(usize_of(&c, "token_channels")?, usize_of(&c, "sem_embed_dim")?).init(&case.device);
+    let mut dec =
+        MlpSemDecoderConfig::new(usize_of(&c, "token_channels")?, usize_of(&c, "sem_embed_dim")?).init(&case.device);
     load(case, &mut dec, &wt::mlp_sem_decoder_key_map())?;
     let pred = dec.forward(case.input("in.z")?);
     case.put("out.pred", pred);
@@ -193,13 +198,18 @@ fn rectok_config(case: &Case) -> CaseResult<RecTokConfig> {
         return Err("only the default ViT encoder is supported".into());
     }
     let size = |key: &str| -> CaseResult<VitSize> { size_of(case, c[key].as_str().ok_or(format!("{key} missing"))?) };
-    let mut cfg = RecTokConfig::new(usize_of(c, "token_channels")?, size("vit_enc_model_size")?, size("vit_dec_model_size")?, size("vit_sem_model_size")?)
-        .with_img_size(usize_of(c, "img_size")?)
-        .with_patch_size(usize_of(c, "patch_size")?)
-        .with_mask_ratio(f64_of(c, "mask_ratio")?)
-        .with_mask_ratio_min(f64_of(c, "mask_ratio_min")?)
-        .with_gamma(f64_of(c, "gamma")?)
-        .with_scale_factor(f64_of(c, "scale_factor")?);
+    let mut cfg = RecTokConfig::new(
+        usize_of(c, "token_channels")?,
+        size("vit_enc_model_size")?,
+        size("vit_dec_model_size")?,
+        size("vit_sem_model_size")?,
+    )
+    .with_img_size(usize_of(c, "img_size")?)
+    .with_patch_size(usize_of(c, "patch_size")?)
+    .with_mask_ratio(f64_of(c, "mask_ratio")?)
+    .with_mask_ratio_min(f64_of(c, "mask_ratio_min")?)
+    .with_gamma(f64_of(c, "gamma")?)
+    .with_scale_factor(f64_of(c, "scale_factor")?);
     cfg.mask_ratio_type = match c["mask_ratio_type"].as_str() {
         Some("fix") => rectok::tokenizer::MaskRatioType::Fix,
         _ => rectok::tokenizer::MaskRatioType::Random,
@@ -241,7 +251,8 @@ pub fn rectok_encode_train(case: &mut Case) -> CaseResult<()> {
     for s in schedules {
         let cfg = base.clone().with_noise_schedule(schedule(&s)?);
         let mut model = cfg.init(&case.device);
-        load_into(&mut model, &sd, &wt::key_map(&cfg.teacher_key, "sem_decoders"), &[], &[], "").map_err(|e| e.to_string())?;
+        load_into(&mut model, &sd, &wt::key_map(&cfg.teacher_key, "sem_decoders"), &[], &[], "")
+            .map_err(|e| e.to_string())?;
         let draws = TrainDraws {
             mask_noise: Some(case.input(&format!("in.{s}.mask_noise"))?),
             mask_ratio: cfg.mask_ratio,
@@ -270,7 +281,8 @@ pub fn rectok_tokenize(case: &mut Case) -> CaseResult<()> {
     let cfg = rectok_config(case)?;
     let mut model = cfg.init(&case.device);
     let sd = case.params()?;
-    load_into(&mut model, &sd, &wt::key_map(&cfg.teacher_key, "sem_decoders"), &[], &[], "").map_err(|e| e.to_string())?;
+    load_into(&mut model, &sd, &wt::key_map(&cfg.teacher_key, "sem_decoders"), &[], &[], "")
+        .map_err(|e| e.to_string())?;
     model.stats = Some(LatentStats { mean: case.input_host("in.stats_mean")?, std: case.input_host("in.stats_std")? });
     let tokens = model.tokenize(case.input("in.x")?, None);
     case.put("out.tokens", tokens.clone());

@@ -2,7 +2,10 @@
 
 use super::{Case, CaseResult};
 use burn::prelude::*;
-use rectok::loss::{DiscriminatorConfig, GeneratorInputs, LossConfig, NLayerDiscriminator, SemLossKind, discriminator_loss, generator_loss, sem_loss, targeted_sem_loss};
+use rectok::loss::{
+    DiscriminatorConfig, GeneratorInputs, LossConfig, NLayerDiscriminator, SemLossKind, discriminator_loss,
+    generator_loss, sem_loss, targeted_sem_loss,
+};
 use rectok::teacher::preprocess::{IMAGENET_MEAN, IMAGENET_STD, teacher_pixels};
 use rectok::teacher::{Dinov3Config, Teacher};
 use rectok::tokenizer::{DiagonalGaussian, MaskRatioType, NoiseSchedule, RecTokConfig, SemTarget, TrainDraws};
@@ -22,20 +25,30 @@ pub fn rectok_forward_train(case: &mut Case) -> CaseResult<()> {
     let num = |k: &str| c[k].as_f64().ok_or(format!("constructor.{k}"));
     let tc = &c["teacher_config"];
     let tget = |k: &str| tc[k].as_u64().map(|v| v as usize).ok_or(format!("teacher_config.{k}"));
-    let teacher_cfg = Dinov3Config::new(tget("hidden_size")?, tget("num_hidden_layers")?, tget("num_attention_heads")?, tget("intermediate_size")?)
-        .with_patch_size(tget("patch_size")?)
-        .with_num_register_tokens(tget("num_register_tokens")?);
+    let teacher_cfg = Dinov3Config::new(
+        tget("hidden_size")?,
+        tget("num_hidden_layers")?,
+        tget("num_attention_heads")?,
+        tget("intermediate_size")?,
+    )
+    .with_patch_size(tget("patch_size")?)
+    .with_num_register_tokens(tget("num_register_tokens")?);
     let size = |k: &str| size_of(case, c[k].as_str().unwrap_or_default());
     if c["mask_ratio_type"].as_str() != Some("fix") {
         return Err("only a fixed mask ratio can be replayed".into());
     }
-    let mut cfg = RecTokConfig::new(num("token_channels")? as usize, size("vit_enc_model_size")?, size("vit_dec_model_size")?, size("vit_sem_model_size")?)
-        .with_img_size(num("img_size")? as usize)
-        .with_patch_size(num("patch_size")? as usize)
-        .with_mask_ratio(num("mask_ratio")?)
-        .with_mask_ratio_type(MaskRatioType::Fix)
-        .with_gamma(num("gamma")?)
-        .with_teacher_dim(Some(teacher_cfg.hidden_size));
+    let mut cfg = RecTokConfig::new(
+        num("token_channels")? as usize,
+        size("vit_enc_model_size")?,
+        size("vit_dec_model_size")?,
+        size("vit_sem_model_size")?,
+    )
+    .with_img_size(num("img_size")? as usize)
+    .with_patch_size(num("patch_size")? as usize)
+    .with_mask_ratio(num("mask_ratio")?)
+    .with_mask_ratio_type(MaskRatioType::Fix)
+    .with_gamma(num("gamma")?)
+    .with_teacher_dim(Some(teacher_cfg.hidden_size));
     cfg.noise_schedule = match c["noise_schedule"].as_str() {
         Some("uniform") => NoiseSchedule::Uniform,
         Some("lognorm") => NoiseSchedule::Lognorm,
@@ -47,9 +60,11 @@ pub fn rectok_forward_train(case: &mut Case) -> CaseResult<()> {
     };
     let sd = case.params()?;
     let mut model = cfg.init(&case.device);
-    load_into(&mut model, &sd, &wt::key_map("dinov3", "sem_decoders"), &[], &["sem_foundation_models."], "").map_err(|e| e.to_string())?;
+    load_into(&mut model, &sd, &wt::key_map("dinov3", "sem_decoders"), &[], &["sem_foundation_models."], "")
+        .map_err(|e| e.to_string())?;
     let mut dino = teacher_cfg.init(&case.device);
-    load_into(&mut dino, &sd.subset("sem_foundation_models.dinov3."), &KeyMap::new(), &[], &[], "").map_err(|e| e.to_string())?;
+    load_into(&mut dino, &sd.subset("sem_foundation_models.dinov3."), &KeyMap::new(), &[], &[], "")
+        .map_err(|e| e.to_string())?;
     let teacher = Teacher::Dinov3(dino);
 
     let x: Tensor<4> = case.input("in.x")?;
@@ -61,7 +76,12 @@ pub fn rectok_forward_train(case: &mut Case) -> CaseResult<()> {
         flow_noise: Some(case.input("in.flow_noise")?),
     };
     let rescale = case.input_host("in.teacher_rope_rescale_u")?[0].exp();
-    let out = training_forward(&model, Some(teacher.features(x.clone(), model.grid_size(), Some(rescale))), x.clone(), &draws);
+    let out = training_forward(
+        &model,
+        Some(teacher.features(x.clone(), model.grid_size(), Some(rescale))),
+        x.clone(),
+        &draws,
+    );
     let img = cfg.img_size;
     let (_, pixels) = teacher_pixels(x.clone(), 224, img, IMAGENET_MEAN, IMAGENET_STD);
     case.put("out.teacher_pixel_values", pixels);
@@ -71,7 +91,8 @@ pub fn rectok_forward_train(case: &mut Case) -> CaseResult<()> {
     case.put("out.decoder_z_latents", out.encoded.z_latents.clone());
     let mask = out.encoded.mask.clone().ok_or("no mask")?;
     case.put_int("out.ids_restore", mask.ids_restore.clone());
-    let (f, p) = (out.sem_feature.clone().ok_or("no teacher features")?, out.pred_sem_feature.clone().ok_or("no prediction")?);
+    let (f, p) =
+        (out.sem_feature.clone().ok_or("no teacher features")?, out.pred_sem_feature.clone().ok_or("no prediction")?);
     case.put("out.sem_feature", f.clone());
     case.put("out.pred_sem_feature", p.clone());
 
@@ -118,12 +139,15 @@ pub fn tokenizer_loss(case: &mut Case) -> CaseResult<()> {
         return Err("only the l2 reconstruction loss is exercised by this runner".into());
     }
     let dc = &c["discriminator"];
-    let dcfg = DiscriminatorConfig::new().with_ndf(dc["ndf"].as_u64().unwrap_or(64) as usize).with_n_layers(dc["n_layers"].as_u64().unwrap_or(3) as usize);
+    let dcfg = DiscriminatorConfig::new()
+        .with_ndf(dc["ndf"].as_u64().unwrap_or(64) as usize)
+        .with_n_layers(dc["n_layers"].as_u64().unwrap_or(3) as usize);
     let load_disc = |case: &Case| -> CaseResult<NLayerDiscriminator> {
         let mut d = dcfg.init(&case.device);
         let sd = case.params()?.subset("discriminator.");
         // BatchNorm's step counter has no role with a fixed momentum.
-        let counters: Vec<String> = sd.keys_with_prefix("").filter(|k| k.ends_with("num_batches_tracked")).cloned().collect();
+        let counters: Vec<String> =
+            sd.keys_with_prefix("").filter(|k| k.ends_with("num_batches_tracked")).cloned().collect();
         let counters: Vec<&str> = counters.iter().map(String::as_str).collect();
         load_into(&mut d, &sd, &KeyMap::new(), &[], &counters, "").map_err(|e| e.to_string())?;
         Ok(d)

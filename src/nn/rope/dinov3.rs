@@ -11,7 +11,8 @@ use burn::prelude::*;
 pub fn tables(head_dim: usize, h: usize, w: usize, theta: f32, rescale: Option<f32>) -> (Vec<f32>, Vec<f32>) {
     let quarter = head_dim / 4;
     // `torch.arange(0, 1, 4/D)` then `1 / theta ** x`, float32.
-    let inv_freq: Vec<f32> = (0..quarter).map(|k| 1.0 / theta.powf((k as f64 * 4.0 / head_dim as f64) as f32)).collect();
+    let inv_freq: Vec<f32> =
+        (0..quarter).map(|k| 1.0 / theta.powf((k as f64 * 4.0 / head_dim as f64) as f32)).collect();
     let two_pi = 2.0 * std::f64::consts::PI;
     let mut cos = Vec::with_capacity(h * w * head_dim);
     let mut sin = Vec::with_capacity(h * w * head_dim);

@@ -45,7 +45,15 @@ impl RopeTable {
     }
 
     /// Builds the tables for a rotation style, leaving `prefix` leading tokens unrotated.
-    pub fn with_style(cos: Vec<f32>, sin: Vec<f32>, len: usize, dim: usize, style: RopeStyle, prefix: usize, device: &Device) -> Self {
+    pub fn with_style(
+        cos: Vec<f32>,
+        sin: Vec<f32>,
+        len: usize,
+        dim: usize,
+        style: RopeStyle,
+        prefix: usize,
+        device: &Device,
+    ) -> Self {
         assert_eq!(cos.len(), len * dim);
         assert_eq!(sin.len(), len * dim);
         let negate = |c: usize| match style {
@@ -86,7 +94,9 @@ impl RopeTable {
         let [b, h, l, d] = x.dims();
         let swapped = match self.style {
             RopeStyle::AdjacentPairs => x.clone().reshape([b, h, l, d / 2, 2]).flip([4]).reshape([b, h, l, d]),
-            RopeStyle::SplitHalf => Tensor::cat(vec![x.clone().narrow(3, d / 2, d / 2), x.clone().narrow(3, 0, d / 2)], 3),
+            RopeStyle::SplitHalf => {
+                Tensor::cat(vec![x.clone().narrow(3, d / 2, d / 2), x.clone().narrow(3, 0, d / 2)], 3)
+            }
         };
         x * self.cos.clone().unsqueeze_dim(1) + swapped * self.sin_signed.clone().unsqueeze_dim(1)
     }
@@ -102,13 +112,7 @@ pub fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
             let step = (end - start) / (steps - 1) as f32;
             let halfway = steps / 2;
             (0..steps)
-                .map(|i| {
-                    if i < halfway {
-                        start + step * i as f32
-                    } else {
-                        end - step * (steps - i - 1) as f32
-                    }
-                })
+                .map(|i| if i < halfway { start + step * i as f32 } else { end - step * (steps - i - 1) as f32 })
                 .collect()
         }
     }
