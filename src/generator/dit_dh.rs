@@ -64,6 +64,9 @@ pub struct DitDhConfig {
     pub label_dropout_prob: f64,
 }
 
+/// A preset's constructor from the latent geometry `(token_channels, input_size)`.
+type Preset = fn(usize, usize) -> DitDhConfig;
+
 impl DitDhConfig {
     /// `DiTDDT_xl`: 28 × 1152 (16 heads) encoder, 2 × 2048 head — the released generator.
     pub fn ditdh_xl(token_channels: usize, input_size: usize) -> Self {
@@ -89,14 +92,14 @@ impl DitDhConfig {
     /// head, 2×2 latent patches (16 tokens on the tiny RecTok's 8×8 grid) — the same architecture
     /// at a size that trains in minutes on two cores. (The released models use patch 1.)
     pub fn ditdh_tiny(token_channels: usize, input_size: usize) -> Self {
-        let patch = if input_size % 2 == 0 { 2 } else { 1 };
+        let patch = if input_size.is_multiple_of(2) { 2 } else { 1 };
         Self::new(input_size, token_channels, 128, 4, 4).with_dec_hidden(128).with_dec_heads(4).with_patch_size(patch)
     }
 
     /// A preset by name (`xl`, `l`, `b`, `s`, `tiny`, with or without a `ditdh_` prefix).
     pub fn preset(name: &str, token_channels: usize, input_size: usize) -> Option<Self> {
         let name = crate::config::canonical_name(name);
-        let presets: [(&str, fn(usize, usize) -> Self); 5] = [
+        let presets: [(&str, Preset); 5] = [
             ("xl", Self::ditdh_xl),
             ("l", Self::ditdh_l),
             ("b", Self::ditdh_b),
@@ -164,10 +167,10 @@ impl DitDhConfig {
                 return Err(format!("{name} head dim {} is not a multiple of 4 (2D RoPE)", width / heads));
             }
         }
-        if self.enc_hidden % 4 != 0 {
+        if !self.enc_hidden.is_multiple_of(4) {
             return Err(format!("encoder width {} is not a multiple of 4 (2D sin-cos positions)", self.enc_hidden));
         }
-        if self.patch_size == 0 || self.input_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.input_size.is_multiple_of(self.patch_size) {
             return Err(format!(
                 "latent size {} is not a multiple of the patch size {}",
                 self.input_size, self.patch_size

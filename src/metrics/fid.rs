@@ -46,7 +46,7 @@ impl StatsAccumulator {
 
     /// Adds `rows` feature vectors stored row-major in `features`.
     pub fn add(&mut self, features: &[f32]) -> Result<()> {
-        if features.len() % self.dim != 0 {
+        if !features.len().is_multiple_of(self.dim) {
             bail!("{} values are not a whole number of {}-wide features", features.len(), self.dim);
         }
         let rows = features.len() / self.dim;
@@ -196,7 +196,7 @@ pub const IS_PERMUTATION_SEED: u32 = 2020;
 /// keeps the given order), softmax in f64, `splits` equal splits, per split
 /// `exp(mean_i KL(p_i ‖ mean_j p_j))`; returns (mean, population std) over the splits.
 pub fn inception_score(logits: &[f32], classes: usize, splits: usize, order: Option<&[usize]>) -> Result<(f64, f64)> {
-    if classes == 0 || logits.len() % classes != 0 {
+    if classes == 0 || !logits.len().is_multiple_of(classes) {
         bail!("{} logits are not rows of {classes} classes", logits.len());
     }
     let n = logits.len() / classes;
@@ -255,7 +255,7 @@ pub fn kernel_inception_distance(
     subsets: usize,
     subset_size: usize,
 ) -> Result<(f64, f64, usize)> {
-    if dim == 0 || a.len() % dim != 0 || b.len() % dim != 0 {
+    if dim == 0 || !a.len().is_multiple_of(dim) || !b.len().is_multiple_of(dim) {
         bail!("KID: feature arrays are not rows of {dim}");
     }
     let (na, nb) = (a.len() / dim, b.len() / dim);

@@ -22,7 +22,12 @@ pub struct AttentionConfig {
 impl AttentionConfig {
     /// Builds the layer (zero weights; load or initialise them afterwards).
     pub fn init(&self, device: &Device) -> Attention {
-        assert!(self.width % self.heads == 0, "width {} is not a multiple of heads {}", self.width, self.heads);
+        assert!(
+            self.width.is_multiple_of(self.heads),
+            "width {} is not a multiple of heads {}",
+            self.width,
+            self.heads
+        );
         let lin = |i, o| LinearConfig::new(i, o).with_initializer(Initializer::Zeros).init(device);
         Attention { qkv: lin(self.width, 3 * self.width), proj: lin(self.width, self.width), num_heads: self.heads }
     }

@@ -72,6 +72,8 @@ impl std::fmt::Display for TeacherSpec {
 }
 
 /// A loaded, frozen teacher.
+// One exists per run and lives as long as it: boxing the larger variant would gain nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Teacher {
     /// DINOv3 ViT.

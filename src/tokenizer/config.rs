@@ -109,6 +109,9 @@ pub struct RecTokConfig {
     pub scale_factor: f64,
 }
 
+/// A preset's constructor.
+type Preset = fn() -> RecTokConfig;
+
 impl RecTokConfig {
     /// The official tokenizer `rectok_BB`: 256 px, patch 16, 128 channels, ViT-B encoder and
     /// decoder, tiny transformer semantic decoder.
@@ -144,7 +147,7 @@ impl RecTokConfig {
 
     /// The named presets: `rectok-b` (the official tokenizer), `rectok-b-head` (as the HEAD
     /// training script configures it) and `tiny` (the built-in CPU recipes').
-    pub const PRESETS: &'static [(&'static str, fn() -> Self)] =
+    pub const PRESETS: &'static [(&'static str, Preset)] =
         &[("rectok-b", Self::rectok_b), ("rectok-b-head", Self::rectok_b_head_script), ("tiny", Self::tiny)];
 
     /// The preset `name` (any accepted spelling, e.g. `rectok_b`).
@@ -232,7 +235,7 @@ impl RecTokConfig {
 
     /// Checks the sizes for consistency, naming the first problem.
     pub fn validate(&self) -> Result<(), String> {
-        if self.patch_size == 0 || self.img_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
             return Err(format!("img_size {} is not a multiple of patch_size {}", self.img_size, self.patch_size));
         }
         if !(1..=8192).contains(&self.img_size) {

@@ -30,7 +30,7 @@ impl DiagonalGaussian {
     /// Splits moments `(B, L, 2C)` into the distribution.
     pub fn from_moments(moments: Tensor<3>) -> Self {
         let c2 = moments.dims()[2];
-        assert!(c2 % 2 == 0, "moments need an even channel count, got {c2}");
+        assert!(c2.is_multiple_of(2), "moments need an even channel count, got {c2}");
         let c = c2 / 2;
         let mean = moments.clone().narrow(2, 0, c);
         let logvar = moments.clone().narrow(2, c, c).clamp(LOGVAR_MIN, LOGVAR_MAX);

@@ -120,6 +120,8 @@ impl MlpSemDecoder {
 }
 
 /// Either semantic decoder.
+// One per model; burn's `Module` derive takes the variants by value.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum SemanticDecoder {
     /// Transformer decoder (official).

@@ -127,8 +127,11 @@ pub fn save_tensors(
     write_safetensors(path, data, metadata)
 }
 
+/// Flat `f32` tensors by name, and string metadata.
+type TensorsAndMetadata = (BTreeMap<String, Vec<f32>>, BTreeMap<String, String>);
+
 /// Reads every tensor of a safetensors file as flat `f32` values, with its metadata.
-pub fn load_tensors(path: &Path) -> Result<(BTreeMap<String, Vec<f32>>, BTreeMap<String, String>)> {
+pub fn load_tensors(path: &Path) -> Result<TensorsAndMetadata> {
     let sd = StateDict::open(path, CheckpointEntry::Auto)?;
     let keys: Vec<String> = sd.keys_with_prefix("").cloned().collect();
     let mut out = BTreeMap::new();

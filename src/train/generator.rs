@@ -13,7 +13,7 @@
 //! noise from their own fixed streams, never from the training stream.
 
 use super::generator_config::GeneratorTrainConfig;
-use super::latents::{LatentCache, collect_latent_stats};
+use super::latents::{CacheOptions, LatentCache, collect_latent_stats};
 use super::monitor::MetricsLog;
 use super::optim::{AdamW, AdamWConfig, clip_grad_norm, ditdh_schedule, global_norm};
 use super::params;
@@ -222,11 +222,12 @@ impl Trainer for GeneratorTraining {
             Some(dir) if !dir.as_os_str().is_empty() => LatentSource::Cache(LatentCache::build(
                 &run_dir.join(dir),
                 dataset.clone(),
-                &tokenizer,
-                &config.tokenizer.path.display().to_string(),
-                config.data.flip,
-                config.optim.batch_size,
-                config.data.workers,
+                (&tokenizer, &config.tokenizer.path.display().to_string()),
+                CacheOptions {
+                    flip: config.data.flip,
+                    batch_size: config.optim.batch_size,
+                    workers: config.data.workers,
+                },
                 &inner,
             )?),
             _ => LatentSource::Images,
@@ -363,7 +364,7 @@ impl Trainer for GeneratorTraining {
         bar: &ProgressBar,
     ) -> Result<()> {
         let fd_every = self.config.run.fd_every;
-        if fd_every > 0 && step % fd_every == 0 && step != last {
+        if fd_every > 0 && step.is_multiple_of(fd_every) && step != last {
             let e = bar.suspend(|| self.online_eval())?;
             insert_eval(record, &e);
         }

@@ -117,19 +117,30 @@ pub struct LatentCache {
     labels: Arc<Vec<usize>>,
 }
 
+/// How a latent cache is built.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheOptions {
+    /// Also cache the flipped images.
+    pub flip: bool,
+    /// Images per encoder pass.
+    pub batch_size: usize,
+    /// Decoding threads.
+    pub workers: usize,
+}
+
 impl LatentCache {
     /// Opens the cache in `dir`, building (or finishing) it first: encodes every item of
-    /// `dataset` (both orientations when `flip`) with the tokenizer's encoder.
+    /// `dataset` (both orientations when `options.flip`) with the tokenizer's encoder; `tokenizer`
+    /// comes with the label the manifest records for it.
     pub fn build(
         dir: &Path,
         dataset: Arc<dyn Dataset>,
-        tokenizer: &RecTok,
-        tokenizer_label: &str,
-        flip: bool,
-        batch_size: usize,
-        workers: usize,
+        tokenizer: (&RecTok, &str),
+        options: CacheOptions,
         device: &Device,
     ) -> Result<Self> {
+        let (tokenizer, tokenizer_label) = tokenizer;
+        let CacheOptions { flip, batch_size, workers } = options;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let size = tokenizer.config.img_size;
         let want = CacheManifest {

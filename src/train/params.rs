@@ -142,6 +142,9 @@ pub fn accumulate(into: &mut BTreeMap<String, Tensor<1>>, grads: BTreeMap<String
     }
 }
 
+/// Flat gradients by parameter path.
+pub type FlatGradients = BTreeMap<String, Tensor<1>>;
+
 /// Data parallelism on CPU threads: runs `loss_of(replica, shard)` for every shard at once, each
 /// on its own thread with its own replica of `model`, and returns each shard's scalar loss and
 /// by-product (in shard order) with the sum of their gradients (each loss scaled by its `weight`
@@ -156,7 +159,7 @@ pub fn data_parallel_grads<M, S, E, F>(
     device: &Device,
     shards: Vec<(S, f64)>,
     loss_of: F,
-) -> anyhow::Result<(Vec<(f64, E)>, BTreeMap<String, Tensor<1>>)>
+) -> anyhow::Result<(Vec<(f64, E)>, FlatGradients)>
 where
     M: Module + Send + 'static,
     S: Send,

@@ -584,7 +584,7 @@ impl<T: Trainer> Run<T> {
             bar.set_message(format!("{} | {img_s:.1} img/s", v.progress()));
             let mut extra = Map::new();
             self.trainer.extra_record(step, last, &mut extra, &bar)?;
-            if step % schedule.log_every == 0 || step == last || !extra.is_empty() {
+            if step.is_multiple_of(schedule.log_every) || step == last || !extra.is_empty() {
                 let mut record = Map::new();
                 record.insert("step".into(), step.into());
                 record.insert("epoch".into(), self.epoch_at(step).into());
@@ -596,17 +596,17 @@ impl<T: Trainer> Run<T> {
                 self.metrics.append(&record)?;
                 window = (Instant::now(), step);
             }
-            if bar.is_hidden() && (step % quiet_every == 0 || step == last) {
+            if bar.is_hidden() && (step.is_multiple_of(quiet_every) || step == last) {
                 tracing::info!(
                     "step {step}/{last} epoch {:.2} lr {lr:.2e}: {}, {img_s:.1} img/s",
                     self.epoch_at(step),
                     v.summary()
                 );
             }
-            if schedule.sample_every > 0 && step % schedule.sample_every == 0 {
+            if schedule.sample_every > 0 && step.is_multiple_of(schedule.sample_every) {
                 self.save_grid()?;
             }
-            if step % schedule.checkpoint_every == 0 && step != last {
+            if step.is_multiple_of(schedule.checkpoint_every) && step != last {
                 self.save_checkpoint()?;
             }
         }

@@ -368,8 +368,8 @@ impl Trainer for TokenizerTraining {
         _bar: &ProgressBar,
     ) -> Result<()> {
         let sample_every = self.config.run.sample_every;
-        let logged = step % self.config.run.log_every == 0 || step == last;
-        if logged && ((sample_every > 0 && step % sample_every == 0) || step == last) {
+        let logged = step.is_multiple_of(self.config.run.log_every) || step == last;
+        if logged && ((sample_every > 0 && step.is_multiple_of(sample_every)) || step == last) {
             record.insert("val_psnr".into(), self.val_psnr().into());
         }
         Ok(())

@@ -8,7 +8,7 @@ use burn::prelude::*;
 
 /// Host `(freqs_cos, freqs_sin)`, each `(pt_seq_len²) × 2·dim`, computed in float32.
 pub fn tables(dim: usize, pt_seq_len: usize) -> (Vec<f32>, Vec<f32>) {
-    assert!(dim % 2 == 0, "DiT RoPE needs an even per-axis dim, got {dim}");
+    assert!(dim.is_multiple_of(2), "DiT RoPE needs an even per-axis dim, got {dim}");
     let theta = 10000f32;
     let freqs: Vec<f32> = (0..dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / dim as f32)).collect();
     // `torch.arange(L) / L * pt_seq_len`: float32 division then multiplication, as the reference.

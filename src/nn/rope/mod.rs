@@ -57,7 +57,7 @@ impl RopeTable {
         assert_eq!(cos.len(), len * dim);
         assert_eq!(sin.len(), len * dim);
         let negate = |c: usize| match style {
-            RopeStyle::AdjacentPairs => c % 2 == 0,
+            RopeStyle::AdjacentPairs => c.is_multiple_of(2),
             RopeStyle::SplitHalf => c < dim / 2,
         };
         let sin_signed: Vec<f32> = sin.iter().enumerate().map(|(i, &s)| if negate(i % dim) { -s } else { s }).collect();

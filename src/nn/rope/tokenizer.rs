@@ -17,7 +17,7 @@ const MIN_FREQ: f64 = 7e-4;
 
 /// Host angles, `(specials + h·w) × dim`, row-major, computed in float32 as PyTorch does.
 pub fn angles(dim: usize, seq_h: usize, seq_w: usize, add_cls: bool, n_register: usize) -> Vec<f32> {
-    assert!(dim % 4 == 0, "tokenizer RoPE needs a head dim divisible by 4, got {dim}");
+    assert!(dim.is_multiple_of(4), "tokenizer RoPE needs a head dim divisible by 4, got {dim}");
     let n = dim / 4;
     // `max_freq / min_freq` is a Python float; PyTorch casts it to float32 for `scalar ** tensor`.
     let ratio = (MAX_FREQ as f64 / MIN_FREQ) as f32;
