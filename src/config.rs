@@ -87,3 +87,47 @@ pub fn merge_into(target: &mut Map<String, Value>, user: &Map<String, Value>, pa
     }
     Ok(())
 }
+
+/// Applies one `dotted.key=value` override. A table value merges into an existing table (its
+/// other keys stay); any other value replaces what was there.
+pub fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<()> {
+    let (key, value) = assignment
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--set `{assignment}`: expected section.key=value"))?;
+    let key = key.trim();
+    let value = value.trim();
+    let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut t) => t.remove("v").expect("parsed key"),
+        Err(_) => toml::Value::String(value.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').map(str::trim).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        anyhow::bail!("--set `{assignment}`: empty key segment");
+    }
+    let mut cursor = table;
+    for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
+        let entry = cursor.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cursor = entry.as_table_mut().ok_or_else(|| {
+            anyhow::anyhow!("--set `{assignment}`: `{}` is a value, not a section", parts[..=i].join("."))
+        })?;
+    }
+    let last = parts[parts.len() - 1].to_string();
+    match (cursor.get_mut(&last), parsed) {
+        (Some(toml::Value::Table(existing)), toml::Value::Table(new)) => merge_tables(existing, new),
+        (_, v) => {
+            cursor.insert(last, v);
+        }
+    }
+    Ok(())
+}
+
+fn merge_tables(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge_tables(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}

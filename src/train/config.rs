@@ -70,48 +70,7 @@ pub fn expand_model_sizes(table: &mut toml::Table) -> Result<()> {
     Ok(())
 }
 
-/// Applies one `dotted.key=value` override. A table value merges into an existing table (its
-/// other keys stay); any other value replaces what was there.
-pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
-    let (key, value) =
-        assignment.split_once('=').ok_or_else(|| anyhow!("--set `{assignment}`: expected section.key=value"))?;
-    let key = key.trim();
-    let value = value.trim();
-    let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
-        Ok(mut t) => t.remove("v").expect("parsed key"),
-        Err(_) => toml::Value::String(value.to_string()),
-    };
-    let parts: Vec<&str> = key.split('.').map(str::trim).collect();
-    if parts.iter().any(|p| p.is_empty()) {
-        bail!("--set `{assignment}`: empty key segment");
-    }
-    let mut cursor = table;
-    for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
-        let entry = cursor.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cursor = entry
-            .as_table_mut()
-            .ok_or_else(|| anyhow!("--set `{assignment}`: `{}` is a value, not a section", parts[..=i].join(".")))?;
-    }
-    let last = parts[parts.len() - 1].to_string();
-    match (cursor.get_mut(&last), parsed) {
-        (Some(toml::Value::Table(existing)), toml::Value::Table(new)) => merge_tables(existing, new),
-        (_, v) => {
-            cursor.insert(last, v);
-        }
-    }
-    Ok(())
-}
-
-fn merge_tables(into: &mut toml::Table, from: toml::Table) {
-    for (k, v) in from {
-        match (into.get_mut(&k), v) {
-            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge_tables(a, b),
-            (_, v) => {
-                into.insert(k, v);
-            }
-        }
-    }
-}
+pub use crate::config::apply_override;
 
 /// `name` must be finite and ≥ 0.
 pub fn non_negative(name: &str, v: f64) -> Result<(), String> {
@@ -254,50 +213,7 @@ impl Default for RunOptions {
     }
 }
 
-/// Training data.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DataOptions {
-    /// `procedural[:N]`, a class-folder tree, or a `.txt` file list.
-    pub source: String,
-    /// Held-out images for the reconstruction grids (default: the procedural set's held-out
-    /// items, or the first training images).
-    pub val_source: Option<String>,
-    /// Decoding threads.
-    pub workers: usize,
-    /// Batches decoded ahead.
-    pub prefetch: usize,
-    /// Random horizontal flips (the reference's augmentation).
-    pub flip: bool,
-    /// Images in the reconstruction grids.
-    pub grid_images: usize,
-}
-
-impl DataOptions {
-    /// Range checks.
-    pub fn check(&self, section: &str) -> Result<(), String> {
-        self.source.parse::<crate::data::DataSpec>().map_err(|e| format!("{section}.source: {e}"))?;
-        if let Some(v) = &self.val_source {
-            v.parse::<crate::data::DataSpec>().map_err(|e| format!("{section}.val_source: {e}"))?;
-        }
-        if !(1..=256).contains(&self.workers) {
-            return Err(format!("{section}.workers must be between 1 and 256, got {}", self.workers));
-        }
-        if !(1..=64).contains(&self.prefetch) {
-            return Err(format!("{section}.prefetch must be between 1 and 64, got {}", self.prefetch));
-        }
-        if !(1..=256).contains(&self.grid_images) {
-            return Err(format!("{section}.grid_images must be between 1 and 256, got {}", self.grid_images));
-        }
-        Ok(())
-    }
-}
-
-impl Default for DataOptions {
-    fn default() -> Self {
-        Self { source: "procedural".into(), val_source: None, workers: 2, prefetch: 4, flip: true, grid_images: 8 }
-    }
-}
+pub use super::run::DataOptions;
 
 /// The frozen teacher of flow semantic distillation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

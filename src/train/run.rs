@@ -47,6 +47,51 @@ pub struct Schedule {
     pub device: String,
 }
 
+/// Training data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataOptions {
+    /// `procedural[:N]`, a class-folder tree, or a `.txt` file list.
+    pub source: String,
+    /// Held-out images for the reconstruction grids (default: the procedural set's held-out
+    /// items, or the first training images).
+    pub val_source: Option<String>,
+    /// Decoding threads.
+    pub workers: usize,
+    /// Batches decoded ahead.
+    pub prefetch: usize,
+    /// Random horizontal flips (the reference's augmentation).
+    pub flip: bool,
+    /// Images in the reconstruction grids.
+    pub grid_images: usize,
+}
+
+impl DataOptions {
+    /// Range checks.
+    pub fn check(&self, section: &str) -> Result<(), String> {
+        self.source.parse::<crate::data::DataSpec>().map_err(|e| format!("{section}.source: {e}"))?;
+        if let Some(v) = &self.val_source {
+            v.parse::<crate::data::DataSpec>().map_err(|e| format!("{section}.val_source: {e}"))?;
+        }
+        if !(1..=256).contains(&self.workers) {
+            return Err(format!("{section}.workers must be between 1 and 256, got {}", self.workers));
+        }
+        if !(1..=64).contains(&self.prefetch) {
+            return Err(format!("{section}.prefetch must be between 1 and 64, got {}", self.prefetch));
+        }
+        if !(1..=256).contains(&self.grid_images) {
+            return Err(format!("{section}.grid_images must be between 1 and 256, got {}", self.grid_images));
+        }
+        Ok(())
+    }
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        Self { source: "procedural".into(), val_source: None, workers: 2, prefetch: 4, flip: true, grid_images: 8 }
+    }
+}
+
 /// The training batches of a run and its stream of them: shuffled by (seed, epoch), flipped when
 /// `data.flip`, the last incomplete batch dropped and each epoch a whole number of optimizer
 /// steps of `accum` micro-batches (the reference drops the incomplete global batch).
@@ -63,7 +108,7 @@ impl TrainingBatches {
     pub fn new(
         dataset: &std::sync::Arc<dyn crate::data::Dataset>,
         spec: &crate::data::DataSpec,
-        data: &super::config::DataOptions,
+        data: &DataOptions,
         (batch_size, accum): (usize, usize),
         image_size: usize,
         seed: u64,
@@ -203,7 +248,7 @@ pub trait Recipe: Clone + Serialize + DeserializeOwned {
         let mut table = toml::Table::new();
         table.insert("run".into(), self.run_table()?);
         for o in overrides {
-            super::config::apply_override(&mut table, o)?;
+            crate::config::apply_override(&mut table, o)?;
         }
         self.set_run_table(table.remove("run").expect("run"))
     }
