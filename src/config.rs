@@ -108,7 +108,10 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Resu
     for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
         let entry = cursor.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         cursor = entry.as_table_mut().ok_or_else(|| {
-            anyhow::anyhow!("--set `{assignment}`: `{}` is a value, not a section", parts[..=i].join("."))
+            anyhow::anyhow!(
+                "--set `{assignment}`: `{}` holds a value (set by the recipe or an earlier --set), not a section",
+                parts[..=i].join(".")
+            )
         })?;
     }
     let last = parts[parts.len() - 1].to_string();

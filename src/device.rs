@@ -100,6 +100,34 @@ pub fn check_threads(threads: usize, option: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The most parameters a model may have here: half of this machine's memory at 4 bytes each (or
+/// 20 G when the memory cannot be read). A larger model could not even be built; the point is a
+/// clear error instead of an allocation failure for a mistyped size (training needs about five
+/// copies: weights, EMA, gradients and two Adam moments).
+pub fn max_parameters() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+    });
+    match total {
+        Some(kib) => (kib * 1024 / 8).max(1_000_000),
+        None => 20_000_000_000,
+    }
+}
+
+/// Refuses a model of about `params` parameters that this machine cannot hold (see
+/// [`max_parameters`]); `what` names it.
+pub fn check_parameter_count(params: u64, what: &str) -> Result<(), String> {
+    let max = max_parameters();
+    if params > max {
+        return Err(format!(
+            "{what} would have about {:.1} G parameters; this machine's memory holds at most about {:.1} G",
+            params as f64 / 1e9,
+            max as f64 / 1e9
+        ));
+    }
+    Ok(())
+}
+
 /// Sets the number of CPU worker threads (rayon's global pool, which the flex backend and the
 /// data pipeline share). Must run before any tensor work; later calls are ignored.
 pub fn set_cpu_threads(threads: Option<usize>) {

@@ -49,6 +49,7 @@ pub const TEMP_PREFIX: &str = ".rectok-tmp-";
 /// Writes `bytes` to `path` through a temporary sibling file and a rename, creating the folder.
 /// The file gets mode `0666` less the umask, as `open(2)` would give a new file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    refuse_special(path)?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut builder = tempfile::Builder::new();
@@ -70,6 +71,114 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(e).with_context(|| format!("writing {}", path.display()));
     }
     tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+/// The files of one run in an output folder, written into a hidden staging folder inside it and
+/// moved into place together by [`commit`](Self::commit): a run that fails half-way (a diverged
+/// sample, a full disk, a signal) leaves no output behind, and a folder it created is removed.
+#[derive(Debug)]
+pub struct StagedFolder {
+    dir: PathBuf,
+    staging: PathBuf,
+    created_dir: bool,
+    files: Vec<PathBuf>,
+    committed: bool,
+}
+
+impl StagedFolder {
+    /// Outputs for the folder `dir` (created when the first file is written).
+    pub fn new(dir: &Path) -> Self {
+        let staging = dir.join(format!("{TEMP_PREFIX}stage-{}", std::process::id()));
+        Self { dir: dir.to_path_buf(), staging, created_dir: !dir.exists(), files: Vec::new(), committed: false }
+    }
+
+    /// Writes the output `name` (relative, from [`output_name`]).
+    pub fn write(&mut self, name: &Path, bytes: &[u8]) -> Result<()> {
+        write_atomic(&self.staging.join(name), bytes)?;
+        self.files.push(name.to_path_buf());
+        Ok(())
+    }
+
+    /// Moves every file into place; returns how many.
+    pub fn commit(mut self) -> Result<usize> {
+        for name in &self.files {
+            refuse_special(&self.dir.join(name))?;
+        }
+        for name in &self.files {
+            let target = self.dir.join(name);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            }
+            std::fs::rename(self.staging.join(name), &target)
+                .with_context(|| format!("moving into {}", target.display()))?;
+        }
+        self.committed = true;
+        let _ = std::fs::remove_dir_all(&self.staging);
+        Ok(self.files.len())
+    }
+}
+
+impl Drop for StagedFolder {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.staging);
+            if self.created_dir {
+                let _ = std::fs::remove_dir(&self.dir);
+            }
+        }
+    }
+}
+
+/// Refuses an output path that exists and is not a regular file: the rename of an atomic write
+/// would replace a FIFO, a device (`/dev/null`), a socket or a folder by a file.
+pub fn refuse_special(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) if m.file_type().is_symlink() => match std::fs::metadata(path) {
+            Ok(t) if !t.is_file() => {
+                bail!("{}: a link to something that is not a regular file; refusing to replace it", path.display())
+            }
+            _ => Ok(()),
+        },
+        Ok(m) if m.is_dir() => bail!("{}: is a folder; name a file", path.display()),
+        Ok(_) => bail!(
+            "{}: exists and is not a regular file (a FIFO, socket or device); refusing to replace it",
+            path.display()
+        ),
+        Err(_) => Ok(()),
+    }
+}
+
+/// The first existing ancestor of `path` that is not a folder, if any (an output under it cannot
+/// be created).
+fn blocked_ancestor(path: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .skip(1)
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| a.exists() && !a.is_dir())
+        .map(Path::to_path_buf)
+}
+
+/// An output file option, checked before any work: it may not exist yet, but must not be a folder
+/// or a special file, and no existing ancestor may be a file.
+pub fn check_output_file(path: &Path, option: &str) -> Result<()> {
+    refuse_special(path).with_context(|| option.to_string())?;
+    if let Some(a) = blocked_ancestor(path) {
+        bail!("{option} {}: {} is not a folder", path.display(), a.display());
+    }
+    Ok(())
+}
+
+/// An output folder option, checked before any work: it may not exist yet, but must be a folder
+/// when it does, and no existing ancestor may be a file.
+pub fn check_output_folder(path: &Path, option: &str) -> Result<()> {
+    if path.exists() && !path.is_dir() {
+        bail!("{option} {}: exists and is not a folder", path.display());
+    }
+    if let Some(a) = blocked_ancestor(path) {
+        bail!("{option} {}: {} is not a folder", path.display(), a.display());
+    }
     Ok(())
 }
 
@@ -95,6 +204,7 @@ pub fn output_name(name: &str, what: &str) -> Result<PathBuf> {
         match part {
             "" => return Err(bad("it has an empty path component")),
             "." | ".." => return Err(bad("it has a `.` or `..` component (outputs stay inside the output folder)")),
+            _ if part.len() > 255 => return Err(bad("a path component is longer than 255 bytes")),
             _ => out.push(part),
         }
     }
@@ -181,7 +291,8 @@ impl Inputs {
     }
 
     /// Why `path` (existing or not) would replace an input: it is an input file, a file listed
-    /// from an input folder, or an input folder itself.
+    /// from an input folder, an input folder itself, or a file that exists inside an input folder
+    /// (a data image the command reads).
     fn clash(&self, path: &Path) -> Option<String> {
         let c = canonical_lenient(path)?;
         if let Some((_, option)) = self.named.iter().find(|(p, _)| *p == c) {
@@ -192,6 +303,11 @@ impl Inputs {
         }
         if let Some((_, option)) = self.dirs.iter().find(|(d, _)| *d == c) {
             return Some(format!("it is the input folder {option}"));
+        }
+        if c.is_file()
+            && let Some((_, option)) = self.dirs.iter().find(|(d, _)| c.starts_with(d))
+        {
+            return Some(format!("it exists inside the input folder {option}"));
         }
         None
     }
@@ -215,8 +331,19 @@ impl Inputs {
         if let Some(why) = self.clash(dir) {
             bail!("{option} {}: {why}; write the outputs to another folder", dir.display());
         }
+        let root = canonical_lenient(dir);
         for name in names {
             let path = dir.join(name);
+            // A symbolic link already in the output folder must not lead a write outside it.
+            if let (Some(root), Some(parent)) = (&root, path.parent().and_then(canonical_lenient))
+                && !parent.starts_with(root)
+            {
+                bail!(
+                    "{option} {}: the output {} would be written outside it (through a symbolic link)",
+                    dir.display(),
+                    path.display()
+                );
+            }
             if let Some(why) = self.clash(&path) {
                 bail!(
                     "{option} {}: the output {} would replace an input ({why}); write the outputs to another folder",
@@ -229,12 +356,36 @@ impl Inputs {
     }
 }
 
-/// Refuses names that would give two outputs the same file (after [`output_name`]).
+/// Refuses relative output paths (after [`output_name`]) of which two are the same file, or one is
+/// a file and also a folder on the way to another (`x.png` and `x.png/y.png`).
 pub fn check_distinct<'a>(names: impl IntoIterator<Item = &'a Path>, what: &str) -> Result<()> {
+    let names: Vec<&Path> = names.into_iter().collect();
     let mut seen = HashSet::new();
-    for n in names {
+    for n in &names {
         if !seen.insert(n.to_path_buf()) {
             bail!("two {what} would both be written to `{}`", n.display());
+        }
+    }
+    for n in &names {
+        if let Some(a) = n.ancestors().skip(1).find(|a| seen.contains(*a)) {
+            bail!("`{}` would be both a file and the folder of `{}` ({what})", a.display(), n.display());
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an extra output `file` (of `option`) that is also one of the files `dir/names` the same
+/// run writes (`generate -o s --grid s/0000_000.png`).
+pub fn check_not_planned<'a>(
+    file: &Path,
+    option: &str,
+    dir: &Path,
+    names: impl IntoIterator<Item = &'a Path>,
+) -> Result<()> {
+    let Some(f) = canonical_lenient(file) else { return Ok(()) };
+    for name in names {
+        if canonical_lenient(&dir.join(name)).is_some_and(|c| c == f) {
+            bail!("{option} {}: the same run writes its output {} there", file.display(), dir.join(name).display());
         }
     }
     Ok(())

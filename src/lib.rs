@@ -29,6 +29,7 @@ pub mod nn;
 pub mod pipeline;
 pub mod rectified_flow;
 pub mod rng;
+pub mod signals;
 pub mod teacher;
 pub mod tokenizer;
 pub mod trace;

@@ -130,6 +130,39 @@ impl Workspace {
         std::fs::copy(fixture("tiny_ditdh.pth"), p("gen.pth")).unwrap();
         std::fs::copy(fixture("tiny_ditdh_config.json"), p("gen.json")).unwrap();
         std::fs::write(p("a_file"), b"x").unwrap();
+        // Outputs that would collide, names too long, a link out of an output folder.
+        write_safetensors(
+            &p("names_clash.safetensors"),
+            vec![("x".into(), latent(0.0)), ("x.png/y".into(), latent(0.0))],
+            HashMap::new(),
+        )
+        .unwrap();
+        write_safetensors(&p("long_name.safetensors"), vec![("z".repeat(300), latent(0.0))], HashMap::new()).unwrap();
+        write_safetensors(&p("a_x.safetensors"), vec![("a/x".into(), latent(0.0))], HashMap::new()).unwrap();
+        std::fs::create_dir_all(p("outside")).unwrap();
+        std::fs::create_dir_all(p("linked_out")).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(p("outside"), p("linked_out/a")).unwrap();
+        let meta = |k: &str, v: &str| [(k.to_string(), v.to_string())].into_iter().collect::<HashMap<_, _>>();
+        write_safetensors(
+            &p("maybe_normalized.safetensors"),
+            vec![("l".into(), latent(0.0))],
+            meta("rectok.normalized", "maybe"),
+        )
+        .unwrap();
+        write_safetensors(
+            &p("kind_tokenizer.safetensors"),
+            vec![("l".into(), latent(0.0))],
+            meta("rectok.kind", "tokenizer"),
+        )
+        .unwrap();
+        // A thin strip, a file list that is a FIFO, absurd sizes, bench references.
+        image::RgbImage::from_pixel(2000, 1, image::Rgb([9, 9, 9])).save(p("strip.png")).unwrap();
+        #[cfg(unix)]
+        assert!(Command::new("mkfifo").arg(p("fifo.txt")).status().unwrap().success());
+        std::fs::write(p("huge.json"), r#"{"preset": "s", "enc_hidden": 10000008}"#).unwrap();
+        std::fs::write(p("ref.json"), r#"{"encode": {"1": 0.3}}"#).unwrap();
+        std::fs::write(p("neg_ref.json"), r#"{"encode": {"1": -0.3}}"#).unwrap();
         ws
     }
 }
@@ -374,7 +407,7 @@ fn every_command_refuses_its_bad_inputs_cleanly() {
             c(
                 &["train", "generator"],
                 &s(&["--out", &out, "--tokenizer", &w("tok.safetensors"), "--set", "tokenizer.entry=\"a b\""]),
-                "tokenizer.entry",
+                "has no `a b` entry",
             ),
             c(
                 &["train", "generator"],
@@ -382,6 +415,65 @@ fn every_command_refuses_its_bad_inputs_cleanly() {
                 "not a folder",
             ),
             c(&["train", "generator"], &s(&["--out", &out]), "--tokenizer"),
+            // Outputs onto special files, onto data images, onto another output of the same run.
+            c(&["encode"], &enc(&s(&["-i", &w("imgs"), "-o", &w("fifo.png")])), "not a regular file"),
+            c(
+                &["eval", "tokenizer"],
+                &enc(&s(&["--data", &w("imgs"), "--extractor", "none", "--json", &w("imgs/cat.png")])),
+                "--json",
+            ),
+            c(&["bench", "tokenizer"], &s(&["--reference", &w("ref.json"), "--json", &w("ref.json")]), "--json"),
+            c(&["bench", "tokenizer"], &s(&["--reference", &w("neg_ref.json")]), "neg_ref.json"),
+            c(
+                &["reconstruct"],
+                &enc(&s(&["-i", &w("imgs"), "-o", &out, "--metrics-json", &w("out/cat.png")])),
+                "--metrics-json",
+            ),
+            c(
+                &["generate"],
+                &with(&with(&tok, &gen_args), &s(&["-o", &out, "--classes", "1", "--grid", &w("out/0001_000.png")])),
+                "--grid",
+            ),
+            c(
+                &["generate"],
+                &with(&with(&tok, &gen_args), &s(&["-o", &out, "--grid", &w("a_file/grid.png")])),
+                "not a folder",
+            ),
+            c(&["decode"], &enc(&s(&["-i", &w("names_clash.safetensors"), "-o", &out])), "both a file and the folder"),
+            c(&["decode"], &enc(&s(&["-i", &w("long_name.safetensors"), "-o", &out])), "255 bytes"),
+            c(&["decode"], &enc(&s(&["-i", &w("a_x.safetensors"), "-o", &w("linked_out")])), "outside it"),
+            c(&["decode"], &enc(&s(&["-i", &w("maybe_normalized.safetensors"), "-o", &out])), "rectok.normalized"),
+            c(&["decode"], &enc(&s(&["-i", &w("kind_tokenizer.safetensors"), "-o", &out])), "not latents"),
+            c(&["demo"], &s(&["--out", &w("a_file")]), "not a folder"),
+            // Inputs that would hang or fill memory, values that must be refused.
+            c(&["eval", "tokenizer"], &enc(&s(&["--data", &w("fifo.txt")])), "fifo.txt"),
+            c(&["teacher", "check"], &s(&[&w("strip.png")]), "too elongated"),
+            c(
+                &["generate"],
+                &with(&tok, &s(&["--generator", &w("gen.pth"), "--generator-config", &w("huge.json"), "-o", &out])),
+                "enc_hidden",
+            ),
+            c(&["train", "tokenizer"], &s(&["--out", &out, "--set", "model.decoder.width=1000000"]), "width"),
+            c(&["train", "tokenizer"], &s(&["--out", &out, "--set", "model.mask_ratio=nan"]), "model.mask_ratio"),
+            c(&["train", "tokenizer"], &s(&["--out", &out, "--set", "teacher.spec=\"\""]), "teacher.spec"),
+            c(&["train", "tokenizer"], &s(&["--out", &out, "--init-from", &w("tok.safetensors")]), "run.init_from"),
+            c(
+                &["train", "generator"],
+                &s(&["--out", &out, "--tokenizer", &w("tok.safetensors"), "--set", "sample.cfg=1000"]),
+                "sample.cfg",
+            ),
+            c(
+                &["train", "generator"],
+                &s(&["--out", &out, "--tokenizer", &w("tok.safetensors"), "--set", "run.fd_extractor=\"inception:\""]),
+                "run.fd_extractor",
+            ),
+            c(&["eval", "tokenizer"], &enc(&s(&["--data", "procedural:0"])), "procedural"),
+            c(&["ablate"], &s(&["--only", "", "--out", &out]), "--only"),
+            c(
+                &["encode"],
+                &enc(&s(&["-i", &w("imgs/cat.png"), "-o", &w("out/l.safetensors"), "--max-image-pixels", "100"])),
+                "100 px",
+            ),
         ]
     };
     let before = snapshot(ws.dir.path());
@@ -464,6 +556,62 @@ fn latent_names_are_kept_and_odd_images_are_read() {
         .collect();
     files.sort();
     assert_eq!(files, ["0001_000.png", "0001_001.png", "0001_002.png", "0001_003.png"]);
+    // Evaluations go on past an unreadable image in a class folder (a warning, and a count), and
+    // a broken link beside the class folders is said aloud rather than shifting the labels.
+    for (class, file) in [("a", "cat.png"), ("b", "rocket.jpg")] {
+        std::fs::create_dir_all(ws.dir.path().join("cls").join(class)).unwrap();
+        for i in 0..5 {
+            std::fs::copy(fixture(&format!("photos/{file}")), ws.dir.path().join(format!("cls/{class}/{i}_{file}")))
+                .unwrap();
+        }
+    }
+    std::fs::write(ws.dir.path().join("cls/b/broken.png"), b"not a png").unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(ws.dir.path().join("missing"), ws.dir.path().join("cls/c")).unwrap();
+    let o = rectok()
+        .args([
+            "eval",
+            "probe",
+            "--tokenizer",
+            &w("tok.safetensors"),
+            "--data",
+            &w("cls"),
+            "--epochs",
+            "2",
+            "--val-fraction",
+            "0.3",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("broken.png") && stderr(&o).contains("skipped 1 unreadable"), "{}", stderr(&o));
+    #[cfg(unix)]
+    assert!(stderr(&o).contains("cls/c: not a class folder"), "{}", stderr(&o));
+    // Entries by any name, in safetensors files too; without one, the error lists the names.
+    let sd = StateDict::open(&ws.dir.path().join("tok.safetensors"), Default::default()).unwrap();
+    let mut two = Vec::new();
+    for k in sd.tensors.keys() {
+        for entry in ["a.b", "c"] {
+            two.push((format!("{entry}.{k}"), TensorData::new(sd.read_f32(k).unwrap(), sd.shape(k).unwrap())));
+        }
+    }
+    write_safetensors(&ws.dir.path().join("two.safetensors"), two, sd.metadata.clone().into_iter().collect()).unwrap();
+    let enc = |entry: &[&str], out: &str| {
+        rectok()
+            .args(["encode", "--tokenizer", &w("two.safetensors"), "-i", &w("imgs/cat.png"), "-o", &w(out)])
+            .args(entry)
+            .output()
+            .unwrap()
+    };
+    let o = enc(&["--entry", "a.b"], "two_ab.safetensors");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = enc(&[], "two_auto.safetensors");
+    assert!(
+        !o.status.success() && stderr(&o).contains("top-level names: a, c") && stderr(&o).contains("--entry"),
+        "{}",
+        stderr(&o)
+    );
     // Outputs are readable by others as the umask allows, and byte-identical across runs.
     let again = run(&[
         "decode",
@@ -608,6 +756,37 @@ fn signals_save_and_resume_exactly_and_leftovers_never_block_a_run() {
             && !ck.join(".step_00000001.deleting").exists()
             && !run.join(".rectok-tmp-abc").exists()
     );
+
+    // A signal while the latent cache is built stops cleanly, keeps the cache built so far, and
+    // the next start continues it.
+    let cached = root.join("cached");
+    let mut child = rectok()
+        .args(["train", "generator", "--tokenizer", &tok, "--data", "procedural:40000", "--out"])
+        .arg(&cached)
+        .args([
+            "--set",
+            "latents.cache=\"cache\"",
+            "--set",
+            "run.fd_images=0",
+            "--set",
+            "optim.batch_size=8",
+            "--max-steps",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the latent cache", || cached.join("cache/manifest.json").exists(), &mut child);
+    signal(&child, "INT");
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("while building the latent cache") && stderr(&o).contains("--resume"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(cached.join("cache/manifest.json").exists() && !cached.join("checkpoints").exists());
 
     // A run that died before its first checkpoint: `--resume` starts it over from its
     // config.toml, and a plain start takes its place; neither needs anything deleted by hand.

@@ -72,6 +72,7 @@ fn run_train(args: TrainBench) -> Result<()> {
     use crate::train::config::TokenizerTrainConfig;
     use crate::train::tokenizer::TokenizerTrainer;
     check_bench(args.iters, &args.batch_sizes, args.threads)?;
+    check_json(&args.json, &args.reference)?;
     if args.data_parallel > 64 {
         anyhow::bail!("--data-parallel must be between 0 (automatic) and 64, got {}", args.data_parallel);
     }
@@ -226,6 +227,7 @@ pub struct DitBench {
 fn run_dit(args: DitBench) -> Result<()> {
     use crate::generator::DitDhConfig;
     check_bench(args.iters, &args.batch_sizes, args.threads)?;
+    check_json(&args.json, &args.reference)?;
     crate::device::set_cpu_threads(args.threads);
     let device = crate::device::select_device(args.device).map_err(|e| anyhow!(e))?;
     let reference = read_reference(&args.reference)?;
@@ -327,13 +329,35 @@ fn reference_seconds(
 }
 
 /// Reads a `--reference` JSON file of timings.
+/// Reads `--reference`: `{key: {batch: seconds}}` with every time finite and > 0.
 fn read_reference(path: &Option<PathBuf>) -> Result<Option<serde_json::Value>> {
     path.as_ref()
         .map(|p| -> Result<_> {
+            crate::data::images::require_regular_file(p, "--reference")?;
             let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))
+            let value: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))?;
+            for (key, per_batch) in value.as_object().into_iter().flatten() {
+                for (batch, seconds) in per_batch.as_object().into_iter().flatten() {
+                    if !seconds.as_f64().is_some_and(|s| s.is_finite() && s > 0.0) {
+                        anyhow::bail!("{}: `{key}.{batch}` must be a time in seconds > 0, got {seconds}", p.display());
+                    }
+                }
+            }
+            Ok(value)
         })
         .transpose()
+}
+
+/// `--json` of a bench: a file that is not the `--reference` one.
+fn check_json(json: &Option<PathBuf>, reference: &Option<PathBuf>) -> Result<()> {
+    if let Some(path) = json {
+        crate::io::check_output_file(path, "--json")?;
+        let mut inputs = crate::io::Inputs::new();
+        inputs.add_opt(reference.as_deref(), "--reference");
+        inputs.check_output_file(path, "--json")?;
+    }
+    Ok(())
 }
 
 /// Median seconds of `iters` calls of `step`, after one untimed warm-up call.
@@ -355,6 +379,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn run_tokenizer(args: TokenizerBench) -> Result<()> {
     check_bench(args.iters, &args.batch_sizes, args.threads)?;
+    check_json(&args.json, &args.reference)?;
     crate::device::set_cpu_threads(args.threads);
     let device = crate::device::select_device(args.device).map_err(|e| anyhow!(e))?;
     let reference = read_reference(&args.reference)?;

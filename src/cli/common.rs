@@ -65,21 +65,7 @@ pub fn check_steps(steps: usize) -> Result<()> {
     Ok(())
 }
 
-/// An output folder option: it may not exist yet, but must not be a file.
-pub fn check_output_folder(path: &Path, option: &str) -> Result<()> {
-    if path.exists() && !path.is_dir() {
-        bail!("{option} {}: exists and is not a folder", path.display());
-    }
-    Ok(())
-}
-
-/// An output file option: it may not exist yet, but must not be a folder.
-pub fn check_output_file(path: &Path, option: &str) -> Result<()> {
-    if path.is_dir() {
-        bail!("{option} {}: is a folder; name a file", path.display());
-    }
-    Ok(())
-}
+pub use crate::io::{check_output_file, check_output_folder};
 
 /// `--tokenizer` and how to read it.
 #[derive(clap::Args, Debug, Clone)]
@@ -332,7 +318,7 @@ pub struct GuidanceArgs {
     #[arg(long, default_value_t = 1.0)]
     pub cfg: f64,
     /// Interval of t (0 = noise, 1 = data) in which guidance applies, as `lo,hi`.
-    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [0.0, 1.0])]
+    #[arg(long, value_delimiter = ',', num_args = 1..=2, allow_negative_numbers = true, default_values_t = [0.0, 1.0])]
     pub cfg_interval: Vec<f64>,
 }
 
@@ -349,6 +335,9 @@ impl GuidanceArgs {
     pub fn validate(&self) -> Result<(f64, f64)> {
         if !(self.cfg.is_finite() && (0.0..=100.0).contains(&self.cfg)) {
             return Err(anyhow!("--cfg must be a number between 0 and 100, got {}", self.cfg));
+        }
+        if self.cfg_interval.len() != 2 {
+            return Err(anyhow!("--cfg-interval takes two numbers, lo,hi (e.g. 0.1,0.9)"));
         }
         let interval = (self.cfg_interval[0], self.cfg_interval[1]);
         if !(0.0..=1.0).contains(&interval.0) || !(0.0..=1.0).contains(&interval.1) || interval.0 >= interval.1 {

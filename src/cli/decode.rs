@@ -1,9 +1,9 @@
 //! `rectok decode`: latents → PNG images.
 
 use super::common::{DeviceArgs, TokenizerArgs, check_output_folder, progress, require_batch_size};
-use crate::data::save_png;
+use crate::data::images::png_bytes;
 use crate::data::transforms::tensor_to_images;
-use crate::io::{Inputs, check_distinct, output_file};
+use crate::io::{Inputs, StagedFolder, check_distinct, output_file};
 use crate::weights::StateDict;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
@@ -54,7 +54,15 @@ pub fn run(args: Args) -> Result<()> {
 
     let device = args.device.device()?;
     let model = args.tokenizer.load(&device)?;
-    let normalized = !args.raw && latents.metadata.get("rectok.normalized").is_some_and(|v| v == "true");
+    if let Some(kind) = latents.metadata.get("rectok.kind").filter(|k| *k != "latents") {
+        bail!("{}: holds a {kind}, not latents", args.input.display());
+    }
+    let normalized = match latents.metadata.get("rectok.normalized").map(String::as_str) {
+        _ if args.raw => false,
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => bail!("{}: `rectok.normalized` is `{other}`; expected true or false", args.input.display()),
+    };
     if normalized && model.stats.is_none() {
         bail!(
             "{}: the latents were normalised with latent statistics, but the tokenizer has none; \
@@ -76,6 +84,7 @@ pub fn run(args: Args) -> Result<()> {
     for name in &names {
         latents.read_f32_finite(name)?;
     }
+    let mut staged = StagedFolder::new(&args.output);
     let pb = progress(names.len(), "decode");
     for (chunk, chunk_files) in names.chunks(args.batch_size).zip(files.chunks(args.batch_size)) {
         let mut values = Vec::with_capacity(chunk.len() * c * g * g);
@@ -93,11 +102,12 @@ pub fn run(args: Args) -> Result<()> {
             format!("decoding {}", chunk.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))
         })?;
         for (file, img) in chunk_files.iter().zip(images) {
-            save_png(&img, &args.output.join(file))?;
+            staged.write(file, &png_bytes(&img)?)?;
         }
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
-    tracing::info!("wrote {} images to {}", names.len(), args.output.display());
+    let n = staged.commit()?;
+    tracing::info!("wrote {n} images to {}", args.output.display());
     Ok(())
 }

@@ -47,6 +47,7 @@ fn check_threads(threads: Option<usize>) -> Result<()> {
 
 pub fn run_demo_command(a: DemoArgs) -> Result<()> {
     check_threads(a.threads)?;
+    crate::io::check_output_folder(&a.out, "--out")?;
     crate::device::set_cpu_threads(a.threads);
     let started = std::time::Instant::now();
     let r = run_demo(&a.out, a.quick)?;
@@ -67,6 +68,7 @@ pub fn run_demo_command(a: DemoArgs) -> Result<()> {
 
 pub fn run_ablate_command(a: AblateArgs) -> Result<()> {
     check_threads(a.threads)?;
+    crate::io::check_output_folder(&a.out, "--out")?;
     crate::device::set_cpu_threads(a.threads);
     let started = std::time::Instant::now();
     run_ablation(&a.out, &a.only, a.quick)?;

@@ -9,8 +9,8 @@ use crate::data::{DataSpec, Loader, Split, open_dataset};
 use crate::eval::{GeneratorEvalOptions, Reference, TokenizerEvalOptions, evaluate_generator, evaluate_tokenizer};
 use crate::io::Inputs;
 use crate::metrics::extractor::Extractor;
-use crate::metrics::fid::{FeatureStats, StatsAccumulator, frechet_distance, read_npz, write_npz};
-use anyhow::{Result, anyhow, bail};
+use crate::metrics::fid::{FeatureStats, StatsAccumulator, frechet_distance, npz_dim, read_npz_of_dim, write_npz};
+use anyhow::{Context, Result, anyhow, bail};
 use std::path::{Path, PathBuf};
 
 /// Evaluation commands.
@@ -129,18 +129,7 @@ fn load_extractor(spec: &str, device: &burn::prelude::Device) -> Result<Option<E
 }
 
 fn load_ref_stats(path: &Path, extractor: &Extractor) -> Result<FeatureStats> {
-    let stats = read_npz(path)?;
-    if stats.dim() != extractor.dim() {
-        bail!(
-            "{}: {}-d statistics, but the {} extractor gives {}-d features (statistics must come from the same \
-                extractor)",
-            path.display(),
-            stats.dim(),
-            extractor.metric_name(),
-            extractor.dim()
-        );
-    }
-    Ok(stats)
+    read_npz_of_dim(path, Some(extractor.dim())).with_context(|| format!("the {} extractor", extractor.metric_name()))
 }
 
 /// Prints `rows` as an aligned two-column table.
@@ -208,6 +197,10 @@ fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
     let model = a.tokenizer.load(&device)?;
     let loader = data_loader(&a.data, Split::Val, a.batch_size, model.config.img_size)?;
     let total = a.limit.unwrap_or(usize::MAX).min(loader.dataset().len());
+    if let (Some(dir), Some(json)) = (&a.save_dir, &a.json) {
+        let files: Vec<PathBuf> = (0..total).map(crate::eval::tokenizer::reconstruction_file).collect();
+        crate::io::check_not_planned(json, "--json", dir, files.iter().map(|p| p.as_path()))?;
+    }
     let options = TokenizerEvalOptions {
         extractor: extractor.as_ref(),
         reference,
@@ -218,6 +211,9 @@ fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
     let bar = progress(total, "reconstruct + measure");
     let r = evaluate_tokenizer(&model, &loader, &options, &device, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
+    if loader.skipped() > 0 {
+        tracing::warn!("skipped {} unreadable image(s); {} evaluated", loader.skipped(), r.images);
+    }
     let mut rows = vec![
         ("images".to_string(), r.images.to_string()),
         ("PSNR (dB)".to_string(), format!("{:.3}", r.psnr)),
@@ -297,6 +293,12 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
         &tokenizer,
         &device,
     )?;
+    if let (Some(dir), Some(json)) = (&a.save_dir, &a.json) {
+        let classes = net.config.num_classes;
+        let files: Vec<PathBuf> =
+            (0..a.num_samples).map(|i| crate::eval::generator::sample_file(i, i % classes)).collect();
+        crate::io::check_not_planned(json, "--json", dir, files.iter().map(|p| p.as_path()))?;
+    }
     let guide = a.guidance.load_guide(g.generator_entry.clone(), &tokenizer, &net, &device)?;
     let options = GeneratorEvalOptions {
         num_samples: a.num_samples,
@@ -427,7 +429,16 @@ pub fn run(which: Which) -> Result<()> {
         Which::Generator(a) => run_generator(a),
         Which::Probe(a) => super::probe::run(a),
         Which::Fd(a) => {
-            let (sa, sb) = (read_npz(&a.a)?, read_npz(&a.b)?);
+            // Widths first: a sigma is d² values, read only when the two can be compared.
+            let (da, db) = (npz_dim(&a.a)?, npz_dim(&a.b)?);
+            if da != db {
+                bail!(
+                    "{} holds {da}-d statistics and {} {db}-d ones: they cannot be compared",
+                    a.a.display(),
+                    a.b.display()
+                );
+            }
+            let (sa, sb) = (read_npz_of_dim(&a.a, Some(da))?, read_npz_of_dim(&a.b, Some(db))?);
             let fd = frechet_distance(&sa, &sb)?;
             println!("Fréchet distance between {} and {} ({}-d features):", a.a.display(), a.b.display(), sa.dim());
             println!("{fd}");

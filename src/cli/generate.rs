@@ -12,7 +12,7 @@ use crate::generator::sampler::sample_class_latents;
 use crate::io::Inputs;
 use crate::rectified_flow::ode_grid;
 use anyhow::{Context, Result, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Generate images.
 #[derive(clap::Args, Debug)]
@@ -100,6 +100,12 @@ pub fn run(args: Args) -> Result<()> {
     let guidance = args.guidance.guidance(guide.as_ref());
 
     let jobs = sample_jobs(&classes, args.num_per_class);
+    let files: Vec<PathBuf> = jobs.iter().map(|(class, k)| PathBuf::from(format!("{class:04}_{k:03}.png"))).collect();
+    inputs.check_output_dir(&args.output, "--output", files.iter().map(|p| p.as_path()))?;
+    if let Some(grid) = &args.grid {
+        crate::io::check_not_planned(grid, "--grid", &args.output, files.iter().map(|p| p.as_path()))?;
+    }
+    let mut staged = crate::io::StagedFolder::new(&args.output);
     let grid_t = ode_grid(args.sampling.steps, net.config.time_shift());
     let batches = jobs.len().div_ceil(args.batch_size);
     let evals = args.sampling.sampler.evaluations(args.sampling.steps);
@@ -132,11 +138,12 @@ pub fn run(args: Args) -> Result<()> {
         );
         let images = tensor_to_images(tokenizer.detokenize(latents)).context("sampling")?;
         for (&(class, k), img) in batch.iter().zip(images) {
-            save_png(&img, &args.output.join(format!("{class:04}_{k:03}.png")))?;
+            staged.write(Path::new(&format!("{class:04}_{k:03}.png")), &crate::data::images::png_bytes(&img)?)?;
             all.push(img);
         }
     }
     pb.finish_and_clear();
+    staged.commit()?;
     if let Some(path) = &args.grid {
         let cols = if classes.len() > 1 { args.num_per_class } else { (all.len() as f64).sqrt().ceil() as usize };
         save_png(&crate::data::images::image_grid(&all, cols), path)?;

@@ -121,7 +121,7 @@ pub fn run() -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            if let Some(stop) = e.downcast_ref::<crate::train::session::Interrupted>() {
+            if let Some(stop) = e.downcast_ref::<crate::signals::Interrupted>() {
                 eprintln!("{stop}");
                 return stop.exit_code();
             }

@@ -93,6 +93,10 @@ pub fn run(args: Args) -> Result<()> {
     let config =
         ProbeConfig { features: args.features, epochs: args.epochs, lr: args.lr, batch_size: 256, seed: args.seed };
     let report = linear_probe(&model, &train_loader, &val_loader, train.num_classes(), &config, &device)?;
+    let skipped = train_loader.skipped() + val_loader.skipped();
+    if skipped > 0 {
+        tracing::warn!("skipped {skipped} unreadable image(s)");
+    }
     println!(
         "linear probe ({:?} features, {} dims, {} classes): top-1 {:.2}% held-out ({} images), {:.2}% train ({} \
             images)",

@@ -3,9 +3,9 @@
 use super::common::{
     DeviceArgs, TokenizerArgs, check_output_file, check_output_folder, input_images, require_batch_size,
 };
-use crate::data::save_png;
+use crate::data::images::png_bytes;
 use crate::data::transforms::{images_to_tensor, tensor_to_images, tensor_to_planes};
-use crate::io::{Inputs, output_file};
+use crate::io::{Inputs, StagedFolder, output_file};
 use crate::metrics::{psnr, ssim};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -36,6 +36,7 @@ pub fn run(args: Args) -> Result<()> {
     args.device.validate()?;
     let inputs = input_images(&args.input)?;
     let files = inputs.sources.iter().map(|s| output_file(&s.name, "image name", "png")).collect::<Result<Vec<_>>>()?;
+    crate::io::check_distinct(files.iter().map(|p| p.as_path()), "reconstructions")?;
     check_output_folder(&args.output, "--output")?;
     let mut guard = Inputs::new();
     guard.add(&args.input, "--input").add_files(inputs.sources.iter().map(|s| s.path.as_path()));
@@ -44,11 +45,13 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(json) = &args.metrics_json {
         check_output_file(json, "--metrics-json")?;
         guard.check_output_file(json, "--metrics-json")?;
+        crate::io::check_not_planned(json, "--metrics-json", &args.output, files.iter().map(|p| p.as_path()))?;
     }
     let device = args.device.device()?;
     let model = args.tokenizer.load(&device)?;
     let size = model.config.img_size;
     let mut rows: Vec<(String, f64, f64)> = Vec::new();
+    let mut staged = StagedFolder::new(&args.output);
     inputs.for_each_batch(args.batch_size, Some(size), "reconstruct", |names, images| {
         let x = images_to_tensor(&images, &device);
         let original = (x.clone() * 0.5 + 0.5).clamp(0.0, 1.0);
@@ -59,7 +62,7 @@ pub fn run(args: Args) -> Result<()> {
             .zip(tensor_to_images(recon).context("reconstructing")?)
             .zip(orig_planes.iter().zip(&recon_planes))
         {
-            save_png(&img, &args.output.join(output_file(name, "image name", "png")?))?;
+            staged.write(&output_file(name, "image name", "png")?, &png_bytes(&img)?)?;
             let (p, s) = (psnr(r, o), ssim(r, o, 3, size, size));
             println!("{name}\tPSNR {p:.3} dB\tSSIM {s:.4}");
             rows.push((name.clone(), p, s));
@@ -72,6 +75,7 @@ pub fn run(args: Args) -> Result<()> {
     let n = rows.len() as f64;
     let mean_psnr = rows.iter().map(|r| r.1).sum::<f64>() / n;
     let mean_ssim = rows.iter().map(|r| r.2).sum::<f64>() / n;
+    staged.commit()?;
     println!("mean ({} images)\tPSNR {mean_psnr:.3} dB\tSSIM {mean_ssim:.4}", rows.len());
     if let Some(path) = &args.metrics_json {
         let json = serde_json::json!({

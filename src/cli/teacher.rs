@@ -47,6 +47,16 @@ pub fn run(which: Which) -> Result<()> {
     println!("teacher: {} ({}-d features)", teacher.name(), teacher.dim());
     for path in &args.images {
         let img = load_rgb8(path)?;
+        let (w, h) = (img.width().max(1) as f64, img.height().max(1) as f64);
+        if w.max(h) / w.min(h) > 16.0 {
+            // The classifier sees the whole image resized to a short side of 224 (no crop).
+            anyhow::bail!(
+                "{}: a {}×{} image is too elongated for the classifier's whole-image input (at most 16:1)",
+                path.display(),
+                img.width(),
+                img.height()
+            );
+        }
         let name = path.display();
         match &teacher {
             Teacher::EfficientNet(m) => {

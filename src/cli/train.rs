@@ -16,6 +16,76 @@ pub enum Which {
     Generator(GeneratorArgs),
 }
 
+/// The options every training command has.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Run folder: checkpoints, metrics.jsonl, samples/, loss.png and the exported models.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub out: PathBuf,
+    /// Override any option of the recipe: `--set optim.batch_size=16 --set loss.kl_weight=1e-5`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Stop after this many optimizer steps (the schedule still spans run.epochs).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Continue the run in --out from its newest checkpoint (only where it stops, logging,
+    /// checkpointing, threads and device may change).
+    #[arg(long)]
+    pub resume: bool,
+    /// Print the resolved configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// A dedicated option that sets a recipe key: (option, key, value when given).
+type Flag<'a> = (&'a str, &'a str, Option<String>);
+
+impl RunArgs {
+    /// Opens the run of recipe `spec`: checks `--out` and `--max-steps` (and that `--out` is none
+    /// of the `inputs`), turns the given `flags` into overrides (after the `--set` ones, so they
+    /// win), then `--resume` continues the run in `--out` (where the flags cannot change), else a
+    /// new run starts — or with `--print-config` the resolved recipe is printed and nothing runs.
+    fn open<T: Trainer>(
+        &self,
+        spec: &str,
+        flags: &[Flag<'_>],
+        inputs: &[(Option<&Path>, &str)],
+    ) -> Result<Option<Run<T>>> {
+        if self.max_steps == Some(0) {
+            bail!("--max-steps must be at least 1, got 0");
+        }
+        super::common::check_output_folder(&self.out, "--out")?;
+        let mut guard = Inputs::new();
+        guard.add(Path::new(spec), "--config");
+        for (path, option) in inputs {
+            guard.add_opt(*path, option);
+        }
+        guard.check_output_dir(&self.out, "--out", [])?;
+        if self.resume && flags.iter().any(|(_, _, v)| v.is_some()) {
+            let names: Vec<&str> = flags.iter().map(|(option, _, _)| *option).collect();
+            bail!("--resume continues the run as it was configured; {} cannot change", names.join(", "));
+        }
+        let mut overrides = self.overrides.clone();
+        for (_, key, value) in flags {
+            if let Some(v) = value {
+                overrides.push(format!("{key}={}", toml::Value::String(v.clone())));
+            }
+        }
+        if let Some(m) = self.max_steps {
+            overrides.push(format!("run.max_steps={m}"));
+        }
+        if self.resume {
+            return Run::<T>::resume(&self.out, &overrides).map(Some);
+        }
+        let config = T::Config::load(spec, &overrides)?;
+        if self.print_config {
+            print!("{}", toml::to_string_pretty(&config)?);
+            return Ok(None);
+        }
+        Run::<T>::start(config, &self.out).map(Some)
+    }
+}
+
 /// `rectok train generator`.
 #[derive(clap::Args, Debug)]
 pub struct GeneratorArgs {
@@ -35,22 +105,8 @@ pub struct GeneratorArgs {
     /// Cache posterior moments in this folder (latents.cache; relative: inside --out).
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
-    /// Run folder: checkpoints, metrics.jsonl, samples/, loss.png, generator.safetensors,
-    /// tokenizer.safetensors (with latent statistics).
-    #[arg(long, value_name = "RUN_DIR")]
-    pub out: PathBuf,
-    /// Override any option: `--set optim.batch_size=32 --set run.fd_every=0`.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub overrides: Vec<String>,
-    /// Stop after this many optimizer steps (the schedule still spans run.epochs).
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    /// Continue the run in --out from its newest checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Print the resolved configuration as TOML and exit.
-    #[arg(long)]
-    pub print_config: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// `rectok train tokenizer`.
@@ -59,9 +115,6 @@ pub struct TokenizerArgs {
     /// Recipe: a built-in name (tiny, tiny-stage2, rectok-b-stage1, rectok-b-stage2) or a TOML file.
     #[arg(long, default_value = "tiny", value_name = "NAME|FILE")]
     pub config: String,
-    /// Run folder: checkpoints, metrics.jsonl, samples/, loss.png, tokenizer.safetensors.
-    #[arg(long, value_name = "RUN_DIR")]
-    pub out: PathBuf,
     /// Training images: a class-folder tree (ImageNet layout), a `.txt` list of `relpath label`
     /// lines, or procedural[:N] (built in). Sets data.source.
     #[arg(long, value_name = "DIR|LIST|procedural[:N]")]
@@ -75,75 +128,8 @@ pub struct TokenizerArgs {
     /// Stage 2: the stage-1 run folder, checkpoint, tokenizer file or official .pth (run.init_from).
     #[arg(long, value_name = "PATH")]
     pub init_from: Option<PathBuf>,
-    /// Override any option: `--set optim.batch_size=16 --set loss.kl_weight=1e-5`.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub overrides: Vec<String>,
-    /// Stop after this many optimizer steps (the schedule still spans run.epochs).
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    /// Continue the run in --out from its newest checkpoint (only where it stops, logging,
-    /// checkpointing, threads and device may change).
-    #[arg(long)]
-    pub resume: bool,
-    /// Print the resolved configuration as TOML and exit.
-    #[arg(long)]
-    pub print_config: bool,
-}
-
-/// `--set` assignments, then the dedicated flags (which win over a `--set` of the same key).
-fn run_overrides(args: &TokenizerArgs) -> Vec<String> {
-    let mut o = args.overrides.clone();
-    let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
-    if let Some(d) = &args.data {
-        o.push(format!("data.source={}", quoted(d)));
-    }
-    if let Some(d) = &args.val_data {
-        o.push(format!("data.val_source={}", quoted(d)));
-    }
-    if let Some(t) = &args.teacher {
-        o.push(format!("teacher.spec={}", quoted(t)));
-    }
-    if let Some(p) = &args.init_from {
-        o.push(format!("run.init_from={}", quoted(&p.display().to_string())));
-    }
-    if let Some(m) = args.max_steps {
-        o.push(format!("run.max_steps={m}"));
-    }
-    o
-}
-
-/// Opens the run: `--resume` continues the one in `out` (only options that leave its trajectory
-/// as it is may change), else a new run of the recipe `spec` with `overrides` starts, or with
-/// `--print-config` the resolved recipe is printed and nothing runs.
-fn open_run<T: Trainer>(
-    out: &Path,
-    resume: bool,
-    spec: &str,
-    overrides: &[String],
-    print_config: bool,
-) -> Result<Option<Run<T>>> {
-    if resume {
-        return Run::<T>::resume(out, overrides).map(Some);
-    }
-    let config = T::Config::load(spec, overrides)?;
-    if print_config {
-        print!("{}", toml::to_string_pretty(&config)?);
-        return Ok(None);
-    }
-    Run::<T>::start(config, out).map(Some)
-}
-
-/// `--max-steps` (when given) is at least 1, and `--out` is a folder that is none of the inputs.
-fn check_run_options(out: &Path, max_steps: Option<usize>, inputs: &[(Option<&Path>, &str)]) -> Result<()> {
-    if max_steps == Some(0) {
-        bail!("--max-steps must be at least 1, got 0");
-    }
-    super::common::check_output_folder(out, "--out")?;
-    let mut guard = Inputs::new();
-    for (path, option) in inputs {
-        guard.add_opt(*path, option);
-    }
-    guard.check_output_dir(out, "--out", [])
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// A `--data` value that names files (not the built-in set).
@@ -151,45 +137,23 @@ fn data_path(data: &Option<String>) -> Option<&Path> {
     data.as_deref().filter(|d| !d.starts_with("procedural") && !d.starts_with("builtin")).map(Path::new)
 }
 
+fn path_flag(p: &Option<PathBuf>) -> Option<String> {
+    p.as_ref().map(|p| p.display().to_string())
+}
+
 fn run_generator(args: GeneratorArgs) -> Result<()> {
-    check_run_options(
-        &args.out,
-        args.max_steps,
-        &[
-            (args.tokenizer.as_deref(), "--tokenizer"),
-            (args.latent_stats.as_deref(), "--latent-stats"),
-            (data_path(&args.data), "--data"),
-            (Some(Path::new(&args.config)), "--config"),
-        ],
-    )?;
-    let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
-    let mut overrides = args.overrides.clone();
-    if let Some(m) = args.max_steps {
-        overrides.push(format!("run.max_steps={m}"));
-    }
-    if args.resume
-        && (args.tokenizer.is_some() || args.data.is_some() || args.latent_stats.is_some() || args.cache.is_some())
-    {
-        bail!(
-            "--resume continues the run as it was configured; --tokenizer, --latent-stats, --data and --cache cannot \
-                change"
-        );
-    }
-    if let Some(p) = &args.tokenizer {
-        overrides.push(format!("tokenizer.path={}", quoted(&p.display().to_string())));
-    }
-    if let Some(p) = &args.latent_stats {
-        overrides.push(format!("tokenizer.latent_stats={}", quoted(&p.display().to_string())));
-    }
-    if let Some(d) = &args.data {
-        overrides.push(format!("data.source={}", quoted(d)));
-    }
-    if let Some(p) = &args.cache {
-        overrides.push(format!("latents.cache={}", quoted(&p.display().to_string())));
-    }
-    let Some(mut trainer) =
-        open_run::<GeneratorTraining>(&args.out, args.resume, &args.config, &overrides, args.print_config)?
-    else {
+    let flags = [
+        ("--tokenizer", "tokenizer.path", path_flag(&args.tokenizer)),
+        ("--latent-stats", "tokenizer.latent_stats", path_flag(&args.latent_stats)),
+        ("--data", "data.source", args.data.clone()),
+        ("--cache", "latents.cache", path_flag(&args.cache)),
+    ];
+    let inputs = [
+        (args.tokenizer.as_deref(), "--tokenizer"),
+        (args.latent_stats.as_deref(), "--latent-stats"),
+        (data_path(&args.data), "--data"),
+    ];
+    let Some(mut trainer) = args.run.open::<GeneratorTraining>(&args.config, &flags, &inputs)? else {
         return Ok(());
     };
     let s = trainer.run()?;
@@ -226,27 +190,18 @@ pub fn run(which: Which) -> Result<()> {
         Which::Tokenizer(args) => args,
         Which::Generator(args) => return run_generator(args),
     };
-    check_run_options(
-        &args.out,
-        args.max_steps,
-        &[
-            (data_path(&args.data), "--data"),
-            (data_path(&args.val_data), "--val-data"),
-            (args.init_from.as_deref(), "--init-from"),
-            (Some(Path::new(&args.config)), "--config"),
-        ],
-    )?;
-    if args.resume
-        && (args.data.is_some() || args.teacher.is_some() || args.init_from.is_some() || args.val_data.is_some())
-    {
-        bail!(
-            "--resume continues the run as it was configured; --data, --val-data, --teacher and --init-from cannot \
-                change"
-        );
-    }
-    let Some(mut trainer) =
-        open_run::<TokenizerTraining>(&args.out, args.resume, &args.config, &run_overrides(&args), args.print_config)?
-    else {
+    let flags = [
+        ("--data", "data.source", args.data.clone()),
+        ("--val-data", "data.val_source", args.val_data.clone()),
+        ("--teacher", "teacher.spec", args.teacher.clone()),
+        ("--init-from", "run.init_from", path_flag(&args.init_from)),
+    ];
+    let inputs = [
+        (data_path(&args.data), "--data"),
+        (data_path(&args.val_data), "--val-data"),
+        (args.init_from.as_deref(), "--init-from"),
+    ];
+    let Some(mut trainer) = args.run.open::<TokenizerTraining>(&args.config, &flags, &inputs)? else {
         return Ok(());
     };
     let summary = trainer.run()?;

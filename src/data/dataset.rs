@@ -60,12 +60,23 @@ impl ImageFolder {
         if !root.is_dir() {
             bail!("{}: not a folder (expected class subfolders of images, or a .txt file list)", root.display());
         }
-        let mut subdirs: Vec<PathBuf> = std::fs::read_dir(root)
+        let entries: Vec<PathBuf> = std::fs::read_dir(root)
             .with_context(|| format!("{}: cannot list folder", root.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+            .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
             .collect();
+        let (mut subdirs, others): (Vec<PathBuf>, Vec<PathBuf>) = entries.into_iter().partition(|p| p.is_dir());
         subdirs.sort();
+        if !subdirs.is_empty() {
+            // Beside class folders, anything else is not a class: said aloud, since a broken
+            // link meant as a class would otherwise shift every later label.
+            for p in others.iter().filter(|p| !p.is_file() || has_image_extension(p)) {
+                tracing::warn!(
+                    "{}: not a class folder (a file, a broken link or a special file), ignored",
+                    p.display()
+                );
+            }
+        }
         let mut items = Vec::new();
         let mut classes = Vec::new();
         if subdirs.is_empty() {
@@ -140,6 +151,7 @@ pub struct FileList {
 impl FileList {
     /// Reads `list`; relative paths start at `root` (default: the list's folder).
     pub fn open(list: &Path, root: Option<&Path>) -> Result<Self> {
+        super::images::require_regular_file(list, "a file list")?;
         let text =
             std::fs::read_to_string(list).with_context(|| format!("{}: cannot read file list", list.display()))?;
         let base =
@@ -152,8 +164,14 @@ impl FileList {
             }
             let (path, label) = match line.rsplit_once(char::is_whitespace) {
                 Some((p, l)) if l.parse::<usize>().is_ok() => (p.trim(), l.parse::<usize>().expect("checked")),
+                Some((_, l)) if l.parse::<i64>().is_ok() => {
+                    bail!("{}:{}: label `{l}` is not a class index (0, 1, 2, …)", list.display(), n + 1)
+                }
                 _ => (line, 0),
             };
+            if label > 1_000_000 {
+                bail!("{}:{}: label {label} is out of range (at most 1000000 classes)", list.display(), n + 1);
+            }
             if path.is_empty() {
                 bail!("{}:{}: no path on this line", list.display(), n + 1);
             }

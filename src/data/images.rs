@@ -159,21 +159,28 @@ pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
 
 /// Width and height from the header, checked against the pixel limit before decoding.
 fn check_dimensions(bytes: &[u8], format: image::ImageFormat, limit: u64) -> Result<(u32, u32)> {
-    let reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    // Our limit applies below, with its own message; the header read itself allocates nothing.
+    reader.no_limits();
     let (w, h) = reader.into_dimensions().map_err(|e| anyhow::anyhow!("not a readable image ({e})"))?;
     let pixels = w as u64 * h as u64;
     if pixels > limit {
         bail!(
-            "{w}×{h} = {:.1} Mpx is over the limit of {:.1} Mpx (a decompression bomb?); raise it with \
-             --max-image-pixels if the image is genuine",
-            pixels as f64 / 1e6,
-            limit as f64 / 1e6
+            "{w}×{h} = {} is over the limit of {} (a decompression bomb?); raise it with --max-image-pixels if the \
+             image is genuine",
+            megapixels(pixels),
+            megapixels(limit)
         );
     }
     if w == 0 || h == 0 {
         bail!("the image is empty ({w}×{h})");
     }
     Ok((w, h))
+}
+
+/// A pixel count for messages: `400.0 Mpx`, or `1200 px` below a million.
+fn megapixels(pixels: u64) -> String {
+    if pixels >= 1_000_000 { format!("{:.1} Mpx", pixels as f64 / 1e6) } else { format!("{pixels} px") }
 }
 
 /// Decodes image bytes to 8-bit RGB (see [`load_rgb8`]).
@@ -272,12 +279,16 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> Result<RgbImage> {
     }
 }
 
+/// `img` encoded as PNG.
+pub fn png_bytes(img: &RgbImage) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).context("encoding a PNG")?;
+    Ok(bytes)
+}
+
 /// Encodes `img` as PNG and writes it atomically (temporary file, then rename).
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
-    let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .with_context(|| format!("encoding {}", path.display()))?;
-    crate::io::write_atomic(path, &bytes)
+    crate::io::write_atomic(path, &png_bytes(img)?)
 }
 
 /// Tiles `images` (equal sizes) into rows of `cols`.

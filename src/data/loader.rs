@@ -38,6 +38,9 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Batches decoded ahead.
     pub prefetch: usize,
+    /// Skip an unreadable item with a warning (counted in [`Loader::skipped`]) instead of failing
+    /// (evaluation; training batches must stay whole, and a latent cache aligned with the items).
+    pub skip_unreadable: bool,
 }
 
 /// One batch: images `(B, 3, S, S)` in [-1, 1] (flips applied) on the host, labels, positions.
@@ -89,6 +92,7 @@ pub struct Loader {
     config: LoaderConfig,
     pool: Arc<rayon::ThreadPool>,
     step_multiple: usize,
+    skipped: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Loader {
@@ -105,7 +109,18 @@ impl Loader {
             .thread_name(|i| format!("rectok-data-{i}"))
             .build()
             .context("cannot start data-loading threads")?;
-        Ok(Self { dataset, config, pool: Arc::new(pool), step_multiple: 1 })
+        Ok(Self { dataset, config, pool: Arc::new(pool), step_multiple: 1, skipped: Default::default() })
+    }
+
+    /// Unreadable items skipped so far (with `skip_unreadable`).
+    pub fn skipped(&self) -> usize {
+        self.skipped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The same batches, failing on an unreadable item instead of skipping it.
+    pub fn strict(mut self) -> Self {
+        self.config.skip_unreadable = false;
+        self
     }
 
     /// With `drop_last`, also drops the batches after the last whole group of `k` in each epoch,
@@ -177,12 +192,22 @@ impl Loader {
         });
         let mut images = Vec::with_capacity(items.len() * 3 * s * s);
         let mut labels = Vec::with_capacity(items.len());
-        for d in decoded {
-            let (px, label) = d?;
-            images.extend_from_slice(&px);
-            labels.push(label);
+        let mut indices = Vec::with_capacity(items.len());
+        for (d, &(index, _)) in decoded.into_iter().zip(&items) {
+            match d {
+                Ok((px, label)) => {
+                    images.extend_from_slice(&px);
+                    labels.push(label);
+                    indices.push(index);
+                }
+                Err(e) if self.config.skip_unreadable => {
+                    tracing::warn!("{e:#}; skipped");
+                    self.skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(Batch { images, labels, indices: items.iter().map(|i| i.0).collect(), epoch, step_in_epoch: step, size: s })
+        Ok(Batch { images, labels, indices, epoch, step_in_epoch: step, size: s })
     }
 
     /// Batches from `(epoch, step)` onwards, across epochs without end, decoded ahead on a
@@ -215,7 +240,20 @@ impl Loader {
         }
     }
 
-    /// Every item once, in dataset order, without flips (statistics, evaluation).
+    /// The batches that hold the first `limit` items of a sequential loader (one pass), each with
+    /// how many of its readable items fall within the limit (skipped items are simply absent).
+    pub fn first_items(&self, limit: usize) -> impl Iterator<Item = Result<(Batch, usize)>> + '_ {
+        let limit = limit.min(self.dataset.len());
+        let mut stream = self.stream(0, 0);
+        (0..limit.div_ceil(self.config.batch_size)).map(move |_| {
+            let batch = stream.next_batch()?;
+            let take = batch.indices.iter().take_while(|&&i| i < limit).count();
+            Ok((batch, take))
+        })
+    }
+
+    /// Every item once, in dataset order, without flips (statistics, evaluation); unreadable items
+    /// are skipped with a warning and counted (see [`strict`](Self::strict)).
     pub fn sequential(dataset: Arc<dyn Dataset>, batch_size: usize, image_size: usize, workers: usize) -> Result<Self> {
         Self::new(
             dataset,
@@ -228,6 +266,7 @@ impl Loader {
                 drop_last: false,
                 workers,
                 prefetch: 2,
+                skip_unreadable: true,
             },
         )
     }
@@ -277,6 +316,7 @@ mod tests {
             drop_last: true,
             workers,
             prefetch: 2,
+            skip_unreadable: false,
         };
         Loader::new(Arc::new(Procedural::new(1, 10)), cfg).unwrap()
     }

@@ -36,10 +36,10 @@ impl std::str::FromStr for DataSpec {
         if let Some(rest) = s.strip_prefix("procedural").or_else(|| s.strip_prefix("builtin")) {
             return match rest.strip_prefix(':') {
                 None if rest.is_empty() => Ok(Self::Procedural { len: Procedural::DEFAULT_LEN }),
-                Some(n) => n
-                    .parse()
-                    .map(|len| Self::Procedural { len })
-                    .map_err(|_| format!("`{s}`: expected procedural:NUMBER_OF_IMAGES")),
+                Some(n) => match n.parse::<usize>() {
+                    Ok(len) if (1..=10_000_000).contains(&len) => Ok(Self::Procedural { len }),
+                    _ => Err(format!("`{s}`: expected procedural:N with 1 ≤ N ≤ 10000000 images")),
+                },
                 None => Ok(Self::Folder(PathBuf::from(s))),
             };
         }

@@ -112,10 +112,12 @@ pub struct Score {
 pub fn labelled_images(loader: &Loader, n: usize, device: &Device) -> Result<(Vec<RgbImage>, Vec<usize>)> {
     let n = n.min(loader.dataset().len());
     let (mut images, mut labels) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let mut stream = loader.stream(0, 0);
-    while images.len() < n {
-        let batch = stream.next_batch()?;
-        let take = batch.len().min(n - images.len());
+    for item in loader.first_items(n) {
+        crate::signals::check("reading held-out images")?;
+        let (batch, take) = item?;
+        if take == 0 {
+            continue;
+        }
         images.extend(to_u8_rounded(batch.tensor(device).narrow(0, 0, take) * 0.5 + 0.5)?);
         labels.extend_from_slice(&batch.labels[..take]);
     }
@@ -138,14 +140,14 @@ pub fn reference_statistics(
 ) -> Result<FeatureStats> {
     let total = limit.unwrap_or(usize::MAX).min(loader.dataset().len());
     let mut acc = StatsAccumulator::new(extractor.dim());
-    let mut stream = loader.stream(0, 0);
-    let mut done = 0;
-    while done < total {
-        let batch = stream.next_batch()?;
-        let take = batch.len().min(total - done);
+    for item in loader.first_items(total) {
+        crate::signals::check("computing reference statistics")?;
+        let (batch, take) = item?;
+        if take == 0 {
+            continue;
+        }
         let images = to_u8_rounded(batch.tensor(device).narrow(0, 0, take) * 0.5 + 0.5)?;
         acc.add(&extractor.features(&images, device)?)?;
-        done += take;
         on_batch(take);
     }
     acc.finish()

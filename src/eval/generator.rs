@@ -2,7 +2,7 @@
 //! the teacher's class check of the samples.
 
 use super::features::{Distance, FeatureCollector, Score};
-use crate::data::save_png;
+use crate::data::images::png_bytes;
 use crate::data::transforms::tensor_to_images;
 use crate::generator::sampler::sample_class_latents;
 use crate::generator::{DitDh, Guidance, Integrator};
@@ -15,6 +15,11 @@ use burn::prelude::*;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+
+/// The file a saved sample gets: `{index:06}_{class:04}.png`.
+pub fn sample_file(index: usize, class: usize) -> std::path::PathBuf {
+    format!("{index:06}_{class:04}.png").into()
+}
 
 /// Options of [`evaluate_generator`].
 pub struct GeneratorEvalOptions<'a> {
@@ -68,8 +73,10 @@ pub fn evaluate_generator(
     let grid = ode_grid(options.steps, net.config.time_shift());
     let classes = net.config.num_classes;
     let mut collector = FeatureCollector::new(options.extractor, device, false);
+    let mut staged = options.save_dir.as_deref().map(crate::io::StagedFolder::new);
     let mut start = 0;
     while start < options.num_samples {
+        crate::signals::check("sampling for the evaluation")?;
         let b = options.batch_size.min(options.num_samples - start);
         let labels: Vec<usize> = (start..start + b).map(|i| i % classes).collect();
         let latents = sample_class_latents(
@@ -84,15 +91,18 @@ pub fn evaluate_generator(
         );
         let images = tensor_to_images(tokenizer.detokenize(latents))
             .with_context(|| format!("samples {start}..{}", start + b))?;
-        if let Some(dir) = &options.save_dir {
+        if let Some(staged) = &mut staged {
             for (k, img) in images.iter().enumerate() {
-                save_png(img, &dir.join(format!("{:06}_{:04}.png", start + k, labels[k])))?;
+                staged.write(&sample_file(start + k, labels[k]), &png_bytes(img)?)?;
             }
         }
         collector.add(&images)?;
         on_images(&images, &labels)?;
         start += b;
         on_batch(b);
+    }
+    if let Some(staged) = staged {
+        staged.commit()?;
     }
     let collected = collector.finish()?;
     let (mean, std) = collected.inception_score()?;

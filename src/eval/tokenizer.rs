@@ -2,8 +2,9 @@
 //! reconstructions, rFID / IS / KID of the 8-bit ones (docs/SAMPLING_EVAL.md §2.2).
 
 use super::features::{Distance, FeatureCollector, Score, to_u8_rounded};
+use crate::data::Loader;
+use crate::data::images::png_bytes;
 use crate::data::transforms::{tensor_to_images, tensor_to_planes};
-use crate::data::{Loader, save_png};
 use crate::metrics::extractor::Extractor;
 use crate::metrics::fid::{FeatureStats, frechet_distance, kernel_inception_distance};
 use crate::metrics::{psnr, ssim};
@@ -54,6 +55,11 @@ pub struct TokenizerEval {
     pub kid: Option<(f64, f64)>,
 }
 
+/// The file a saved reconstruction of dataset item `index` gets: `{index:06}.png`.
+pub fn reconstruction_file(index: usize) -> std::path::PathBuf {
+    format!("{index:06}.png").into()
+}
+
 /// Reconstructs every image the loader yields (posterior mean, no noise, no mask) and measures.
 pub fn evaluate_tokenizer(
     model: &RecTok,
@@ -69,13 +75,12 @@ pub fn evaluate_tokenizer(
     let mut recon_features = options.extractor.map(|e| FeatureCollector::new(e, device, keep));
     let mut orig_features =
         options.extractor.filter(|_| with_originals).map(|e| FeatureCollector::new(e, device, keep));
+    let mut staged = options.save_dir.as_deref().map(crate::io::StagedFolder::new);
     let (mut psnr_sum, mut ssim_sum, mut done) = (0.0, 0.0, 0usize);
-    let mut stream = loader.stream(0, 0);
-    while done < total {
-        let batch = stream.next_batch()?;
-        let take = batch.len().min(total - done);
+    for item in loader.first_items(total) {
+        let (batch, take) = item?;
         if take == 0 {
-            break;
+            continue;
         }
         let x = batch.tensor(device).narrow(0, 0, take);
         let original = (x.clone() * 0.5 + 0.5).clamp(0.0, 1.0);
@@ -86,9 +91,9 @@ pub fn evaluate_tokenizer(
             ssim_sum += ssim(r, o, 3, size, size);
         }
         let recon_images = tensor_to_images(recon).context("reconstructions")?;
-        if let Some(dir) = &options.save_dir {
+        if let Some(staged) = &mut staged {
             for (k, img) in recon_images.iter().enumerate() {
-                save_png(img, &dir.join(format!("{:06}.png", batch.indices[k])))?;
+                staged.write(&reconstruction_file(batch.indices[k]), &png_bytes(img)?)?;
             }
         }
         if let Some(c) = &mut recon_features {
@@ -99,6 +104,9 @@ pub fn evaluate_tokenizer(
         }
         done += take;
         on_batch(take);
+    }
+    if let Some(staged) = staged {
+        staged.commit()?;
     }
     if done == 0 {
         bail!("{}: no images to evaluate", loader.dataset().describe());

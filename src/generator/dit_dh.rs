@@ -123,7 +123,7 @@ impl DitDhConfig {
         }
         let path = std::path::Path::new(spec);
         if !path.is_file() {
-            return Err(format!("{spec}: neither a generator preset (xl, l, b, s, tiny) nor a configuration file"));
+            return Err(format!("{spec}: not a preset (xl, l, b, s, tiny) nor a configuration file"));
         }
         let obj = read_object(path, "generator")?;
         let channels = obj.get("token_channels").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(token_channels);
@@ -176,7 +176,31 @@ impl DitDhConfig {
                 self.input_size, self.patch_size
             ));
         }
-        Ok(())
+        for (name, v, max) in [
+            ("enc_hidden", self.enc_hidden, 16384),
+            ("dec_hidden", self.dec_hidden, 16384),
+            ("enc_depth", self.enc_depth, 256),
+            ("dec_depth", self.dec_depth, 256),
+            ("num_classes", self.num_classes, 1_000_000),
+            ("token_channels", self.token_channels, 8192),
+            ("latent tokens", (self.input_size / self.patch_size).pow(2), 65536),
+        ] {
+            if !(1..=max).contains(&v) {
+                return Err(format!("{name} must be between 1 and {max}, got {v}"));
+            }
+        }
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_ratio <= 16.0) {
+            return Err(format!("mlp_ratio must be in (0, 16], got {}", self.mlp_ratio));
+        }
+        crate::device::check_parameter_count(self.approx_params(), "the DiT^DH")
+    }
+
+    /// Roughly how many parameters the model has (12·width² per block, the label table).
+    pub fn approx_params(&self) -> u64 {
+        let block = |w: usize, d: usize| 12 * (w as u64).pow(2) * d as u64;
+        block(self.enc_hidden, self.enc_depth)
+            + block(self.dec_hidden, self.dec_depth)
+            + (self.num_classes as u64 + 1) * self.enc_hidden as u64
     }
 
     /// Builds the model: zero weights except the fixed 2D sin-cos `pos_embed`; load or initialise

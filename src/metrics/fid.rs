@@ -181,7 +181,7 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
     let (sa, sb) = (matrix(d, &a.sigma), matrix(d, &b.sigma));
     let fd = diff + sa.trace() + sb.trace() - 2.0 * trace_sqrt_product(&sa, &sb);
     if !fd.is_finite() {
-        bail!("the Fréchet distance is not finite ({fd}): the statistics contain NaN or infinite values");
+        bail!("the Fréchet distance is not finite ({fd}): the statistics' values are too large to compare");
     }
     // A distance is ≥ 0; what lies below is round-off (~1e-15 of the traces).
     Ok(fd.max(0.0))
@@ -381,10 +381,46 @@ pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
     parse_npy(&bytes, &path.display().to_string())
 }
 
+/// The widest features read from a statistics file (Inception pool3: 2048; EfficientNet: 1280).
+pub const MAX_FEATURE_DIM: usize = 16384;
+
 /// Reads `mu` and `sigma` from an `.npz` statistics file (ADM's `adm_in256_stats.npz`,
 /// torch-fidelity / pytorch-fid caches, or one written by [`write_npz`]).
 pub fn read_npz(path: &Path) -> Result<FeatureStats> {
+    read_npz_of_dim(path, None)
+}
+
+/// The feature width of an `.npz` statistics file, from `mu` alone (cheap: `sigma` is d² values).
+pub fn npz_dim(path: &Path) -> Result<usize> {
     crate::data::images::require_regular_file(path, "a statistics file")?;
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| anyhow!("{}: not an .npz file ({e})", path.display()))?;
+    let mut entry = zip
+        .by_name("mu.npy")
+        .map_err(|_| anyhow!("{}: no `mu` array (statistics files hold `mu` and `sigma`)", path.display()))?;
+    let mut bytes = Vec::new();
+    entry.read_to_end(&mut bytes).with_context(|| format!("{}: reading `mu`", path.display()))?;
+    let (shape, _) = parse_npy(&bytes, &format!("{}: `mu`", path.display()))?;
+    match shape.as_slice() {
+        [d] => Ok(*d),
+        _ => bail!("{}: `mu` has shape {shape:?}; expected (d,)", path.display()),
+    }
+}
+
+/// [`read_npz`], refusing a width other than `dim` before reading `sigma`.
+pub fn read_npz_of_dim(path: &Path, dim: Option<usize>) -> Result<FeatureStats> {
+    let d = npz_dim(path)?;
+    if let Some(want) = dim
+        && want != d
+    {
+        bail!(
+            "{}: {d}-d statistics, but {want}-d ones are needed (statistics of other features cannot be compared)",
+            path.display()
+        );
+    }
+    if d > MAX_FEATURE_DIM {
+        bail!("{}: {d}-d statistics; at most {MAX_FEATURE_DIM} dimensions are read", path.display());
+    }
     let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| anyhow!("{}: not an .npz file ({e})", path.display()))?;
     let mut read = |name: &str| -> Result<(Vec<usize>, Vec<f64>)> {

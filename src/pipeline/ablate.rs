@@ -198,6 +198,12 @@ fn plot(results: &[PipelineResult], path: &Path) -> Result<()> {
 /// back from their `result.json`, so an interrupted ablation continues), then writes `ablation.md`,
 /// `ablation.json`, `ablation.png` and `report.html`.
 pub fn run_ablation(out: &Path, only: &[String], quick: bool) -> Result<Vec<PipelineResult>> {
+    if let Some(empty) = only.iter().find(|o| o.trim().is_empty()) {
+        anyhow::bail!(
+            "--only: `{empty}` names no variant (names: {})",
+            variants().iter().map(|v| v.name.clone()).collect::<Vec<_>>().join(", ")
+        );
+    }
     std::fs::create_dir_all(out)?;
     let budget = budget(quick);
     let mut results = Vec::new();

@@ -218,6 +218,11 @@ impl RecTokConfig {
         Ok(config)
     }
 
+    /// Roughly how many parameters the model has (12·width² per transformer block).
+    pub fn approx_params(&self) -> u64 {
+        [self.encoder, self.decoder, self.semantic].iter().map(|s| 12 * (s.width as u64).pow(2) * s.layers as u64).sum()
+    }
+
     /// Token grid side (`img_size / patch_size`).
     pub fn grid_size(&self) -> usize {
         self.img_size / self.patch_size
@@ -262,7 +267,16 @@ impl RecTokConfig {
         if self.teacher_dim == Some(0) {
             return Err("teacher_dim must be at least 1".into());
         }
+        if self.seq_len() > 65536 {
+            return Err(format!("img_size / patch_size gives {} tokens; at most 65536", self.seq_len()));
+        }
+        if self.teacher_dim.is_some_and(|d| d > 65536) {
+            return Err("teacher_dim must be at most 65536".into());
+        }
         for (name, size) in [("encoder", self.encoder), ("decoder", self.decoder), ("semantic", self.semantic)] {
+            if size.width > 16384 {
+                return Err(format!("{name} width must be at most 16384, got {}", size.width));
+            }
             if size.heads == 0 || size.width == 0 || size.width % size.heads != 0 {
                 return Err(format!(
                     "{name} width {} is not a positive multiple of its {} heads",
@@ -276,7 +290,7 @@ impl RecTokConfig {
                 return Err(format!("{name} head dim {} is not a multiple of 4 (2D RoPE)", size.head_dim()));
             }
         }
-        Ok(())
+        crate::device::check_parameter_count(self.approx_params(), "the tokenizer")
     }
 }
 

@@ -60,6 +60,9 @@ impl LatentStats {
         if self.mean.iter().any(|v| !v.is_finite()) || self.std.iter().any(|v| !v.is_finite() || *v <= 0.0) {
             return Err("latent statistics contain non-finite values or a non-positive std".into());
         }
+        if let Some(s) = self.std.iter().find(|&&s| s < 1e-12) {
+            return Err(format!("a latent std of {s:e} is too small to normalise by (at least 1e-12)"));
+        }
         Ok(())
     }
 

@@ -122,6 +122,14 @@ pub fn check_adamw(
     in_unit_range(&format!("{section}.ema_decay"), ema_decay, 0.0, 1.0)
 }
 
+/// `(dotted key, leaf value)` of a JSON value.
+fn flatten(key: &str, v: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    match v {
+        serde_json::Value::Object(m) => m.iter().flat_map(|(k, v)| flatten(&format!("{key}.{k}"), v)).collect(),
+        other => vec![(key.to_string(), other.clone())],
+    }
+}
+
 /// The tokenizer of a recipe from its `[model]` table: [`RecTokConfig::from_object`] with
 /// `preset` defaulting to `rectok-b`.
 pub fn model_from_table(table: toml::Table) -> Result<RecTokConfig, String> {
@@ -130,6 +138,17 @@ pub fn model_from_table(table: toml::Table) -> Result<RecTokConfig, String> {
         unreachable!("a table is an object")
     };
     obj.entry("preset").or_insert_with(|| "rectok-b".into());
+    // JSON has no NaN or infinity (they would arrive as `null`), and sizes no sign: name them here.
+    for (k, v) in &obj {
+        for (key, value) in flatten(k, v) {
+            if value.is_null() {
+                return Err(format!("model.{key} must be a finite number, got a NaN or infinite one"));
+            }
+            if value.as_i64().is_some_and(|i| i < 0) {
+                return Err(format!("model.{key} must not be negative, got {value}"));
+            }
+        }
+    }
     RecTokConfig::from_object(obj).map_err(|e| format!("[model]: {e}"))
 }
 
@@ -493,12 +512,26 @@ impl TokenizerTrainConfig {
         ] {
             non_negative(name, v)?;
         }
-        count_at_least("loss.disc_ndf", l.disc_ndf, 1)?;
+        if !(1..=4096).contains(&l.disc_ndf) {
+            return Err(format!("loss.disc_ndf must be between 1 and 4096, got {}", l.disc_ndf));
+        }
         count_at_least("loss.disc_layers", l.disc_layers, 1)?;
         if l.disc_layers > 8 {
             return Err(format!("loss.disc_layers must be between 1 and 8, got {}", l.disc_layers));
         }
-        count_at_least("teacher.resolution", self.teacher.resolution, 16)?;
+        if !(16..=4096).contains(&self.teacher.resolution) {
+            return Err(format!("teacher.resolution must be between 16 and 4096, got {}", self.teacher.resolution));
+        }
+        if self.teacher.spec.trim().is_empty() {
+            return Err(
+                "teacher.spec is empty: name a teacher (efficientnet-lite0, dinov3-b16:PATH, …) or `none`".into()
+            );
+        }
+        if r.stage == 1 && r.init_from.is_some() {
+            return Err("run.init_from (--init-from) starts stage 2 from a stage-1 tokenizer; this recipe is stage 1 \
+                (use tiny-stage2, rectok-b-stage2, or set run.stage = 2)"
+                .into());
+        }
         if !self.teacher.resolution.is_multiple_of(16) {
             return Err(format!(
                 "teacher.resolution must be a multiple of 16 (the teachers' patch), got {}",

@@ -176,6 +176,22 @@ impl Trainer for GeneratorTraining {
         )
         .with_context(|| format!("loading the tokenizer {}", config.tokenizer.path.display()))?;
         let size = tokenizer.config.img_size;
+
+        // Model (checked before the statistics and the cache, which take time).
+        let num_classes = config.model.num_classes.unwrap_or(dataset.num_classes());
+        if num_classes < dataset.num_classes() {
+            bail!("model.num_classes = {num_classes}, but the training data has {} classes", dataset.num_classes());
+        }
+        let mut model_config =
+            DitDhConfig::parse(&config.model.preset, tokenizer.token_channels(), tokenizer.grid_size())
+                .map_err(|e| anyhow!("model.preset: {e}"))?;
+        model_config.num_classes = num_classes;
+        model_config.label_dropout_prob = config.model.label_dropout_prob;
+        model_config.validate().map_err(|e| anyhow!("[model]: {e}"))?;
+
+        let extractor = (config.run.fd_images > 0)
+            .then(|| Extractor::load(&config.run.fd_extractor, &inner).context("run.fd_extractor"))
+            .transpose()?;
         let run_stats = run_dir.join("latent_stats.safetensors");
         if run_stats.exists() {
             tokenizer.stats = Some(load_latent_stats(&run_stats)?);
@@ -197,18 +213,6 @@ impl Trainer for GeneratorTraining {
         if !run_stats.exists() {
             save_latent_stats(&stats, &run_stats)?;
         }
-
-        // Model.
-        let num_classes = config.model.num_classes.unwrap_or(dataset.num_classes());
-        if num_classes < dataset.num_classes() {
-            bail!("model.num_classes = {num_classes}, but the training data has {} classes", dataset.num_classes());
-        }
-        let mut model_config =
-            DitDhConfig::parse(&config.model.preset, tokenizer.token_channels(), tokenizer.grid_size())
-                .map_err(|e| anyhow!("model.preset: {e}"))?;
-        model_config.num_classes = num_classes;
-        model_config.label_dropout_prob = config.model.label_dropout_prob;
-        model_config.validate().map_err(|e| anyhow!("[model]: {e}"))?;
 
         let batches = TrainingBatches::new(
             &dataset,
@@ -264,8 +268,7 @@ impl Trainer for GeneratorTraining {
 
         // Online evaluation: reference statistics of held-out real images and the teacher
         // classifier, computed once per run folder.
-        let (extractor, fd_reference, classifier) = if config.run.fd_images > 0 {
-            let extractor = Extractor::load(&config.run.fd_extractor, &inner)?;
+        let (extractor, fd_reference, classifier) = if let Some(extractor) = extractor {
             let (reference, classifier) =
                 online_references(&config, &spec, &extractor, &tokenizer, dataset.num_classes(), run_dir, &inner)?;
             (Some(extractor), Some(reference), classifier)

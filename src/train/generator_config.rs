@@ -230,8 +230,19 @@ impl GeneratorTrainConfig {
         if r.fd_images == 1 {
             return Err("run.fd_images must be 0 (off) or at least 2 (a covariance needs two samples)".into());
         }
-        if !(r.fd_extractor == "effnet" || r.fd_extractor.starts_with("inception:")) {
-            return Err(format!("run.fd_extractor must be effnet or inception:PATH, got `{}`", r.fd_extractor));
+        match r.fd_extractor.split_once(':') {
+            _ if r.fd_extractor == "effnet" => {}
+            Some(("inception", path)) if std::path::Path::new(path).is_file() => {}
+            Some(("inception", path)) => {
+                return Err(format!(
+                    "run.fd_extractor: `{path}` is not a file (inception:PATH names the Inception weights)"
+                ));
+            }
+            _ => return Err(format!("run.fd_extractor must be effnet or inception:PATH, got `{}`", r.fd_extractor)),
+        }
+        let preset = &self.model.preset;
+        if crate::generator::DitDhConfig::preset(preset, 8, 16).is_none() && !std::path::Path::new(preset).is_file() {
+            return Err(format!("model.preset: {preset}: not a preset (xl, l, b, s, tiny) nor a configuration file"));
         }
         check_run_resources("run", r.threads, r.data_parallel, &r.device)?;
         count_at_least("optim.batch_size", o.batch_size, 1)?;
@@ -258,7 +269,9 @@ impl GeneratorTrainConfig {
         if !(2..=10_000).contains(&s.steps) {
             return Err(format!("sample.steps must be between 2 and 10000, got {}", s.steps));
         }
-        non_negative("sample.cfg", s.cfg)?;
+        if !(s.cfg.is_finite() && (0.0..=100.0).contains(&s.cfg)) {
+            return Err(format!("sample.cfg must be between 0 and 100, got {}", s.cfg));
+        }
         count_at_least("sample.grid_classes", s.grid_classes, 1)?;
         count_at_least("sample.grid_per_class", s.grid_per_class, 1)?;
         if s.grid_classes * s.grid_per_class > 4096 {

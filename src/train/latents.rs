@@ -66,11 +66,13 @@ pub fn collect_latent_stats(
 ) -> Result<LatentStats> {
     let total = limit.unwrap_or(usize::MAX).min(loader.dataset().len());
     let mut moments = ChannelMoments::new(tokenizer.token_channels());
-    let mut stream = loader.stream(0, 0);
     let mut done = 0;
-    while done < total {
-        let batch = stream.next_batch()?;
-        let take = batch.len().min(total - done);
+    for item in loader.first_items(total) {
+        crate::signals::check("computing the latent statistics")?;
+        let (batch, take) = item?;
+        if take == 0 {
+            continue;
+        }
         let mean = tokenizer.posterior(batch.tensor(device).narrow(0, 0, take)).mean;
         moments.add(&mean.into_data().try_to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?);
         done += take;
@@ -194,7 +196,8 @@ impl LatentCache {
         if manifest.complete < manifest.items {
             // Drop any partial tail from an interrupted write, then continue.
             file.set_len(manifest.complete as u64 * row_bytes)?;
-            let loader = Loader::sequential(dataset.clone(), batch_size, size, workers)?;
+            // Strict: row i of the cache is item i of the dataset.
+            let loader = Loader::sequential(dataset.clone(), batch_size, size, workers)?.strict();
             let bar = crate::io::step_progress(manifest.items, manifest.complete);
             bar.set_message("caching latent moments");
             tracing::info!(
@@ -209,6 +212,7 @@ impl LatentCache {
             use std::io::Seek;
             writer.seek(std::io::SeekFrom::Start(manifest.complete as u64 * row_bytes))?;
             while manifest.complete < manifest.items {
+                crate::signals::check("building the latent cache (it continues where it stopped)")?;
                 let batch = stream.next_batch()?;
                 let x = batch.tensor(device).narrow(0, skip, batch.len() - skip);
                 let n = batch.len() - skip;

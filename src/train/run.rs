@@ -1,7 +1,8 @@
 //! The run scaffolding both trainers share: the run folder and its lock, the state a checkpoint
 //! holds (step, random stream, configuration, time), checkpoint / resume / pruning, the training
 //! loop with its schedule of logging, grids and checkpoints, progress, stopping on a non-finite
-//! loss or a signal, and the final checkpoint, grid, exports and curves.
+//! loss or a signal (deferred to safe points for the run's whole life, see [`crate::signals`]),
+//! and the final checkpoint, grid, exports and curves.
 //!
 //! A trainer ([`Trainer`]) brings only its own parts — models, optimizers, data and one optimizer
 //! step — and its recipe ([`Recipe`]) says how runs of it are named, scheduled and resumed.
@@ -12,9 +13,10 @@
 
 use super::checkpoint::CheckpointStore;
 use super::monitor::{MetricsLog, plot_metrics};
-use super::session::{self, RunLock, Start, TrainingSignals};
+use super::session::{self, RunLock, Start};
 use crate::io::{step_progress, write_atomic};
 use crate::rng::Rng;
+use crate::signals::{self, Deferral, Interrupted};
 use anyhow::{Context, Result, anyhow};
 use burn::prelude::*;
 use indicatif::ProgressBar;
@@ -122,6 +124,7 @@ impl TrainingBatches {
             drop_last: true,
             workers: data.workers,
             prefetch: data.prefetch,
+            skip_unreadable: false,
         };
         let loader = crate::data::Loader::new(dataset.clone(), config)?.with_step_multiple(accum);
         if loader.steps_per_epoch() < accum {
@@ -396,6 +399,21 @@ pub fn read_state<C: DeserializeOwned>(checkpoint: &Path) -> Result<RunState<C>>
     serde_json::from_str(&text).with_context(|| format!("{}: corrupt training state", path.display()))
 }
 
+/// `rectok train <command> --out RUN --resume`.
+fn resume_command<T: Trainer>(run_dir: &Path) -> String {
+    format!("rectok train {} --out {} --resume", T::Config::COMMAND, run_dir.display())
+}
+
+/// Adds the resume command to a signal's [`Interrupted`] raised by setup or final work.
+fn with_resume<T: Trainer>(mut e: anyhow::Error, run_dir: &Path) -> anyhow::Error {
+    if let Some(stop) = e.downcast_mut::<Interrupted>()
+        && stop.resume.is_none()
+    {
+        stop.resume = Some(resume_command::<T>(run_dir));
+    }
+    e
+}
+
 /// A training run of `T` in its run folder.
 pub struct Run<T: Trainer> {
     /// The run's configuration.
@@ -412,6 +430,7 @@ pub struct Run<T: Trainer> {
     store: CheckpointStore,
     metrics: MetricsLog,
     _lock: RunLock,
+    _signals: Deferral,
 }
 
 impl<T: Trainer> Run<T> {
@@ -421,10 +440,16 @@ impl<T: Trainer> Run<T> {
         let created = !run_dir.exists();
         let (lock, _) = session::open_run(run_dir, false, T::Config::COMMAND)?;
         write_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
-        Self::open(config, run_dir, None, lock).inspect_err(|_| {
+        Self::open(config, run_dir, None, lock).map_err(|e| {
+            // A signal during the setup keeps what was built (statistics, the latent cache) for
+            // the next start; any other failure leaves no trace of a new run.
+            if e.downcast_ref::<Interrupted>().is_some() {
+                return with_resume::<T>(e, run_dir);
+            }
             if created {
                 session::discard_unstarted(run_dir);
             }
+            e
         })
     }
 
@@ -443,7 +468,7 @@ impl<T: Trainer> Run<T> {
         };
         config.adjust_for_resume(overrides)?;
         config.validate().map_err(|e| anyhow!("{}: {e}", run_dir.display()))?;
-        Self::open(config, run_dir, state, lock)
+        Self::open(config, run_dir, state, lock).map_err(|e| with_resume::<T>(e, run_dir))
     }
 
     fn open(
@@ -452,6 +477,7 @@ impl<T: Trainer> Run<T> {
         state: Option<(PathBuf, RunState<T::Config>)>,
         lock: RunLock,
     ) -> Result<Self> {
+        let signals = Deferral::start();
         let schedule = config.schedule();
         let choice: crate::device::DeviceChoice =
             schedule.device.parse().map_err(|e: String| anyhow!("run.device: {e}"))?;
@@ -478,6 +504,7 @@ impl<T: Trainer> Run<T> {
             fresh: state.is_none(),
             metrics,
             _lock: lock,
+            _signals: signals,
         })
     }
 
@@ -608,16 +635,16 @@ impl<T: Trainer> Run<T> {
         let images_per_step = self.trainer.batches().images_per_step() as f64;
         let quiet_every = (last / 20).max(schedule.log_every);
         let mut window = (Instant::now(), self.step);
-        let signals = TrainingSignals::install();
         while self.step < last {
-            if let Some(signal) = signals.requested() {
+            if let Some(signal) = signals::requested() {
                 bar.finish_and_clear();
                 let checkpoint = match self.store.get(self.step) {
                     Some(existing) => existing,
                     None => self.save_checkpoint()?,
                 };
-                let resume = format!("rectok train {} --out {} --resume", T::Config::COMMAND, self.run_dir.display());
-                return Err(signals.interrupted(signal, self.step, &checkpoint, resume).into());
+                return Err(
+                    signals::stopped_after(signal, self.step, &checkpoint, resume_command::<T>(&self.run_dir)).into()
+                );
             }
             let t0 = Instant::now();
             let v = self.train_step()?;
@@ -656,18 +683,20 @@ impl<T: Trainer> Run<T> {
             }
         }
         // From here on a signal ends the process at once: the final checkpoint comes first.
-        drop(signals);
         bar.finish_and_clear();
         let checkpoint = self.save_checkpoint()?;
         let grid = self.save_grid()?;
-        let summary = self.trainer.finish(RunEnd {
-            run_dir: &self.run_dir,
-            steps: self.step,
-            seconds: started.elapsed().as_secs_f64(),
-            checkpoint: &checkpoint,
-            grid: &grid,
-            metrics: &self.metrics,
-        })?;
+        let summary = self
+            .trainer
+            .finish(RunEnd {
+                run_dir: &self.run_dir,
+                steps: self.step,
+                seconds: started.elapsed().as_secs_f64(),
+                checkpoint: &checkpoint,
+                grid: &grid,
+                metrics: &self.metrics,
+            })
+            .map_err(|e| with_resume::<T>(e, &self.run_dir))?;
         let plot = self.run_dir.join("loss.png");
         if let Err(e) = plot_metrics(&self.metrics.read()?, T::PLOTTED, T::TITLE, &plot) {
             tracing::warn!("no loss plot: {e}");

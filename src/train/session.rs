@@ -1,104 +1,11 @@
 //! A training session's hold on its run folder: one process at a time (a lock naming its pid),
-//! leftovers of a killed process cleaned up at start, and Ctrl-C / SIGTERM turned into "save a
-//! checkpoint, then stop".
-//!
-//! Signals: while a training loop runs ([`TrainingSignals`] is alive), the first SIGINT or
-//! SIGTERM only raises a flag that the loop reads after each optimizer step — it then saves a
-//! checkpoint and returns [`Interrupted`]; a second signal exits at once (status 128 + signal).
-//! Outside training loops both signals end the process at once, as by default.
+//! and leftovers of a killed process cleaned up at start. (Signals: [`crate::signals`].)
 
 use crate::io::TEMP_PREFIX;
 use anyhow::{Context, Result, bail};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-
-/// The signal that asked the current training loop to stop (0: none).
-static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
-/// Whether a training loop is running (signals are then deferred to the next step boundary).
-static IN_TRAINING: AtomicBool = AtomicBool::new(false);
-
-/// A training loop stopped by a signal after saving its state.
-#[derive(Debug, thiserror::Error)]
-#[error("stopped by {name} after step {step}: the run is saved in {checkpoint}; continue it with `{resume}`")]
-pub struct Interrupted {
-    /// The signal number (SIGINT 2, SIGTERM 15).
-    pub signal: i32,
-    /// Its name.
-    pub name: &'static str,
-    /// Steps taken.
-    pub step: usize,
-    /// The checkpoint written.
-    pub checkpoint: String,
-    /// The command that continues the run.
-    pub resume: String,
-}
-
-impl Interrupted {
-    /// The conventional exit status: 128 + the signal number.
-    pub fn exit_code(&self) -> i32 {
-        128 + self.signal
-    }
-}
-
-fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        signal_hook::consts::SIGINT => "SIGINT (Ctrl-C)",
-        signal_hook::consts::SIGTERM => "SIGTERM",
-        _ => "a signal",
-    }
-}
-
-fn install_handlers() {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            // SAFETY: the handler only touches atomics and calls `_exit`, both async-signal-safe.
-            let registered = unsafe {
-                signal_hook::low_level::register(signal, move || {
-                    if !IN_TRAINING.load(Ordering::SeqCst) || STOP_SIGNAL.swap(signal, Ordering::SeqCst) != 0 {
-                        signal_hook::low_level::exit(128 + signal);
-                    }
-                })
-            };
-            if let Err(e) = registered {
-                tracing::warn!("cannot handle {}: {e}; it will end training without a checkpoint", signal_name(signal));
-            }
-        }
-    });
-}
-
-/// Defers SIGINT and SIGTERM to step boundaries while alive (see the module documentation).
-pub struct TrainingSignals(());
-
-impl TrainingSignals {
-    /// Starts deferring signals. A signal that arrived earlier in this process still counts.
-    pub fn install() -> Self {
-        install_handlers();
-        IN_TRAINING.store(true, Ordering::SeqCst);
-        Self(())
-    }
-
-    /// The signal that asked to stop, if any.
-    pub fn requested(&self) -> Option<i32> {
-        match STOP_SIGNAL.load(Ordering::SeqCst) {
-            0 => None,
-            s => Some(s),
-        }
-    }
-
-    /// The error a loop returns after saving `checkpoint` at `step`.
-    pub fn interrupted(&self, signal: i32, step: usize, checkpoint: &Path, resume: String) -> Interrupted {
-        Interrupted { signal, name: signal_name(signal), step, checkpoint: checkpoint.display().to_string(), resume }
-    }
-}
-
-impl Drop for TrainingSignals {
-    fn drop(&mut self) {
-        IN_TRAINING.store(false, Ordering::SeqCst);
-    }
-}
 
 /// An exclusive lock on a run folder (`RUN/.lock`, holding the owner's pid), released when the
 /// process ends, however it ends.

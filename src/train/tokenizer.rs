@@ -250,7 +250,11 @@ impl Trainer for TokenizerTraining {
                 anyhow::bail!("{val_spec}: no held-out images for the reconstruction grids");
             }
             let n = config.data.grid_images.clamp(1, val.len());
-            Loader::sequential(val, n, image_size, config.data.workers)?.batch(0, 0)?.tensor(&inner)
+            let batch = Loader::sequential(val, n, image_size, config.data.workers)?.batch(0, 0)?;
+            if batch.is_empty() {
+                anyhow::bail!("{val_spec}: none of the first {n} held-out images could be read");
+            }
+            batch.tensor(&inner)
         };
 
         let opt_config = adamw_config(&config);

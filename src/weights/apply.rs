@@ -151,12 +151,18 @@ pub fn load_into<M: ModuleSnapshot>(
         }
     }
     if let Some(first) = missing.first() {
-        return Err(WeightsError::MissingKey {
-            path: sd.path.clone(),
-            key: first.clone(),
-            count: missing.len(),
-            hint: hint.to_string(),
-        });
+        let mut hint = hint.to_string();
+        if provided.is_empty() && sd.entry.is_empty() {
+            let tops: BTreeSet<&str> =
+                sd.tensors.keys().map(|k| k.split_once('.').map_or(k.as_str(), |(t, _)| t)).collect();
+            let tops: Vec<&str> = tops.into_iter().take(12).collect();
+            hint.push_str(&format!(
+                "; nothing in the file matched (its top-level names: {}) — if the weights sit under one of them, name it \
+                 with --entry",
+                tops.join(", ")
+            ));
+        }
+        return Err(WeightsError::MissingKey { path: sd.path.clone(), key: first.clone(), count: missing.len(), hint });
     }
     let result = module.apply(tensors, None, Some(Box::new(PyTorchToBurnAdapter)), true);
     if let Some(err) = result.errors.first() {

@@ -43,9 +43,6 @@ impl std::str::FromStr for CheckpointEntry {
             "ema" => Ok(Self::Ema),
             "model" | "raw" => Ok(Self::Model),
             "" => Err("empty checkpoint entry (expected auto, ema, model or an entry name)".into()),
-            name if name.contains(char::is_whitespace) || name.contains('.') => Err(format!(
-                "`{name}` is not a top-level entry name (expected auto, ema, model or a name such as state_dict)"
-            )),
             name => Ok(Self::Named(name.to_string())),
         }
     }
@@ -63,29 +60,64 @@ impl std::fmt::Display for CheckpointEntry {
 }
 
 impl CheckpointEntry {
-    /// The entry to read among the file's top-level entries that hold tensors (`tops`): `Ok("")`
-    /// for a bare state dict. `wrappers` allows [`Auto`](Self::Auto) to take the only
-    /// non-bookkeeping entry of a PyTorch checkpoint.
-    fn resolve(&self, tops: &BTreeSet<String>, wrappers: bool) -> Result<String, String> {
-        let first = |names: &[&str]| names.iter().find(|n| tops.contains(**n)).map(|n| n.to_string());
-        let required = |names: &[&str]| first(names).ok_or_else(|| names.join("` or `"));
+    /// The entry to read from a file with these tensor `keys` (`Ok("")`: the whole file, a bare
+    /// state dict), or `Err` with the entry that was asked for and is missing. In PyTorch files
+    /// (`pytorch`) every top-level name is an entry; a safetensors file is read as entries only
+    /// when all its tensors sit under entry-like names (`model_ema.`, `state_dict.`,
+    /// `optimizer.`, …) — or when the entry is named.
+    fn choose(&self, keys: &[&str], pytorch: bool) -> Result<String, String> {
+        let has = |name: &str| {
+            keys.iter().any(|k| k.len() > name.len() && k.starts_with(name) && k.as_bytes()[name.len()] == b'.')
+        };
+        let first = |names: &[&str]| names.iter().find(|n| has(n)).map(|n| n.to_string());
+        let entry_like = |k: &&str| {
+            k.split_once('.')
+                .is_some_and(|(t, _)| EMA_ENTRIES.contains(&t) || RAW_ENTRIES.contains(&t) || BOOKKEEPING.contains(&t))
+        };
+        let entries = pytorch || (!keys.is_empty() && keys.iter().all(entry_like));
+        let bare = !keys
+            .iter()
+            .any(|k| k.split_once('.').is_some_and(|(t, _)| EMA_ENTRIES.contains(&t) || RAW_ENTRIES.contains(&t)));
         match self {
-            Self::Ema => required(&EMA_ENTRIES[..2]),
-            Self::Model => required(&RAW_ENTRIES[..2]),
-            Self::Named(n) => tops.contains(n).then(|| n.clone()).ok_or_else(|| n.clone()),
+            Self::Named(n) => {
+                if has(n) {
+                    Ok(n.clone())
+                } else {
+                    Err(n.clone())
+                }
+            }
+            Self::Ema | Self::Model => {
+                let names = if *self == Self::Ema { &EMA_ENTRIES[..2] } else { &RAW_ENTRIES[..2] };
+                match first(names) {
+                    Some(e) => Ok(e),
+                    // Files written by rectok hold one bare state dict: `ema`/`model` name it.
+                    None if !pytorch && bare => Ok(String::new()),
+                    None => Err(names.join("` or `")),
+                }
+            }
+            Self::Auto if !entries => Ok(String::new()),
             Self::Auto => {
                 if let Some(e) = first(EMA_ENTRIES).or_else(|| first(RAW_ENTRIES)) {
                     return Ok(e);
                 }
-                let candidates: Vec<&String> = tops.iter().filter(|t| !BOOKKEEPING.contains(&t.as_str())).collect();
+                let tops: BTreeSet<&str> = keys.iter().filter_map(|k| k.split_once('.').map(|(t, _)| t)).collect();
+                let candidates: Vec<&&str> = tops.iter().filter(|t| !BOOKKEEPING.contains(t)).collect();
                 match candidates.as_slice() {
-                    [only] if wrappers && !WRAPPER_PREFIXES.contains(&only.as_str()) && tops.len() > 1 => {
-                        Ok(only.to_string())
-                    }
+                    [only] if pytorch && !WRAPPER_PREFIXES.contains(only) && tops.len() > 1 => Ok(only.to_string()),
                     _ => Ok(String::new()),
                 }
             }
         }
+    }
+}
+
+/// The top-level names of `keys`, for messages.
+fn top_level_names(keys: &[&str]) -> String {
+    let tops: BTreeSet<&str> = keys.iter().map(|k| k.split_once('.').map_or(*k, |(t, _)| t)).collect();
+    if tops.len() > 12 {
+        format!("{} and {} more", tops.iter().take(12).copied().collect::<Vec<_>>().join(", "), tops.len() - 12)
+    } else {
+        tops.into_iter().collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -176,12 +208,11 @@ impl StateDict {
         let reader = pytorch_reader::PytorchReader::new(path)
             .map_err(|e| WeightsError::Format { path: path.into(), reason: e.to_string() })?;
         let all = reader.into_tensors();
-        // Entries with nested tensors (`entry.key`); a top-level tensor has no entry.
-        let tops: BTreeSet<String> = all.keys().filter_map(|k| k.split_once('.').map(|(t, _)| t.to_string())).collect();
-        let chosen = entry.resolve(&tops, true).map_err(|wanted| WeightsError::MissingEntry {
+        let keys: Vec<&str> = all.keys().map(String::as_str).collect();
+        let chosen = entry.choose(&keys, true).map_err(|wanted| WeightsError::MissingEntry {
             path: path.into(),
             entry: wanted,
-            available: tops.iter().cloned().collect::<Vec<_>>().join(", "),
+            available: top_level_names(&keys),
         })?;
         let chosen = chosen.as_str();
         let mut tensors = BTreeMap::new();
@@ -247,33 +278,14 @@ impl StateDict {
         let parsed = safetensors::SafeTensors::deserialize(&mmap[..])
             .map_err(|e| WeightsError::Format { path: path.into(), reason: e.to_string() })?;
         let names: Vec<String> = parsed.names().into_iter().map(|s| s.to_string()).collect();
-        // safetensors dumps of training checkpoints may keep the entry prefixes: an entry is read
-        // only when every tensor sits under one.
-        let tops: BTreeSet<String> =
-            names.iter().filter_map(|n| n.split_once('.').map(|(t, _)| t.to_string())).collect();
         let verbatim = entry.is_none();
         let entry = entry.unwrap_or_default();
-        // Only the reference's two entries (or the one named) make a dump: safetensors data files
-        // (e.g. `ema.*` and `model.*` outputs side by side) are read as they are.
-        let known =
-            |t: &str| matches!(t, "model" | "model_ema") || matches!(&entry, CheckpointEntry::Named(n) if n == t);
-        let is_dump = !names.is_empty() && names.iter().all(|n| n.split_once('.').is_some_and(|(t, _)| known(t)));
-        let chosen = match (&entry, is_dump) {
-            _ if verbatim => Ok(String::new()),
-            (_, true) => entry.resolve(&tops, false),
-            (CheckpointEntry::Auto, false) => Ok(String::new()),
-            // Files written by rectok hold one bare state dict: `ema`/`model` name it.
-            (CheckpointEntry::Ema | CheckpointEntry::Model, false) => Ok(String::new()),
-            (CheckpointEntry::Named(n), false) => Err(n.clone()),
-        }
-        .map_err(|wanted| WeightsError::MissingEntry {
+        let keys: Vec<&str> = names.iter().map(String::as_str).collect();
+        let chosen = if verbatim { Ok(String::new()) } else { entry.choose(&keys, false) };
+        let chosen = chosen.map_err(|wanted| WeightsError::MissingEntry {
             path: path.into(),
             entry: wanted,
-            available: if tops.is_empty() {
-                "none: a bare state dict".into()
-            } else {
-                tops.iter().cloned().collect::<Vec<_>>().join(", ")
-            },
+            available: top_level_names(&keys),
         })?;
         let chosen = chosen.as_str();
         let mut tensors = BTreeMap::new();
