@@ -291,8 +291,8 @@ impl Inputs {
     }
 
     /// Why `path` (existing or not) would replace an input: it is an input file, a file listed
-    /// from an input folder, an input folder itself, or a file that exists inside an input folder
-    /// (a data image the command reads).
+    /// from an input folder, an input folder itself, or an image that exists inside an input
+    /// folder (a data image the command reads).
     fn clash(&self, path: &Path) -> Option<String> {
         let c = canonical_lenient(path)?;
         if let Some((_, option)) = self.named.iter().find(|(p, _)| *p == c) {
@@ -305,9 +305,10 @@ impl Inputs {
             return Some(format!("it is the input folder {option}"));
         }
         if c.is_file()
+            && crate::data::images::has_image_extension(&c)
             && let Some((_, option)) = self.dirs.iter().find(|(d, _)| c.starts_with(d))
         {
-            return Some(format!("it exists inside the input folder {option}"));
+            return Some(format!("it is an image inside the input folder {option}"));
         }
         None
     }

@@ -10,7 +10,7 @@ use crate::eval::{GeneratorEvalOptions, Reference, TokenizerEvalOptions, evaluat
 use crate::io::Inputs;
 use crate::metrics::extractor::Extractor;
 use crate::metrics::fid::{FeatureStats, StatsAccumulator, frechet_distance, npz_dim, read_npz_of_dim, write_npz};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use std::path::{Path, PathBuf};
 
 /// Evaluation commands.
@@ -129,7 +129,17 @@ fn load_extractor(spec: &str, device: &burn::prelude::Device) -> Result<Option<E
 }
 
 fn load_ref_stats(path: &Path, extractor: &Extractor) -> Result<FeatureStats> {
-    read_npz_of_dim(path, Some(extractor.dim())).with_context(|| format!("the {} extractor", extractor.metric_name()))
+    let d = npz_dim(path)?;
+    if d != extractor.dim() {
+        bail!(
+            "{}: {d}-d statistics, but the {} extractor gives {}-d features (statistics must come from the same \
+             extractor)",
+            path.display(),
+            extractor.metric_name(),
+            extractor.dim()
+        );
+    }
+    read_npz_of_dim(path, Some(d))
 }
 
 /// Prints `rows` as an aligned two-column table.

@@ -291,20 +291,7 @@ impl GeneratorTrainConfig {
     }
 }
 
-super::run::recipe!(
-    GeneratorTrainConfig,
-    "generator",
-    [
-        "run.max_steps",
-        "run.checkpoint_every",
-        "run.keep_checkpoints",
-        "run.sample_every",
-        "run.log_every",
-        "run.threads",
-        "run.device",
-        "run.fd_every"
-    ]
-);
+super::run::recipe!(GeneratorTrainConfig, "generator", ["run.fd_every"]);
 
 #[cfg(test)]
 mod tests {

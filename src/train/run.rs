@@ -170,12 +170,24 @@ impl TrainingBatches {
 }
 
 /// Implements [`Recipe`] for a configuration with `load` and `validate` methods and a `run` field
-/// holding the [`Schedule`] options by the same names.
+/// holding the [`Schedule`] options by the same names; the list holds the options beyond the
+/// schedule's that may change on resume.
 macro_rules! recipe {
     ($config:ty, $command:literal, [$($resumable:literal),* $(,)?]) => {
         impl $crate::train::run::Recipe for $config {
             const COMMAND: &'static str = $command;
-            const RESUMABLE: &'static [&'static str] = &[$($resumable),*];
+            // Where the run stops, logging, checkpointing, threads and device leave the
+            // trajectory as it is; the recipe names its own others.
+            const RESUMABLE: &'static [&'static str] = &[
+                "run.max_steps",
+                "run.checkpoint_every",
+                "run.keep_checkpoints",
+                "run.sample_every",
+                "run.log_every",
+                "run.threads",
+                "run.device",
+                $($resumable),*
+            ];
 
             fn load(spec: &str, overrides: &[String]) -> anyhow::Result<Self> {
                 <$config>::load(spec, overrides)
