@@ -313,22 +313,26 @@ impl Inputs {
         None
     }
 
-    /// Refuses an output file that is one of the inputs (compared by canonical path).
+    /// Checks an output file as [`check_output_file`] does, and refuses one that is one of the
+    /// inputs (compared by canonical path).
     pub fn check_output_file(&self, path: &Path, option: &str) -> Result<()> {
+        check_output_file(path, option)?;
         if let Some(why) = self.clash(path) {
             bail!("{option} {}: {why}; refusing to overwrite an input (choose another output)", path.display());
         }
         Ok(())
     }
 
-    /// Refuses an output folder that is an input folder or file, and any of the `names` inside it
-    /// (relative output paths) that would replace an input.
+    /// Checks an output folder as [`check_output_folder`] does, and refuses one that is an input
+    /// folder or file, and any of the `names` inside it (relative output paths) that would replace
+    /// an input.
     pub fn check_output_dir<'a>(
         &self,
         dir: &Path,
         option: &str,
         names: impl IntoIterator<Item = &'a Path>,
     ) -> Result<()> {
+        check_output_folder(dir, option)?;
         if let Some(why) = self.clash(dir) {
             bail!("{option} {}: {why}; write the outputs to another folder", dir.display());
         }

@@ -7,7 +7,7 @@ use crate::rng::Rng;
 use crate::tokenizer::RecTokConfig;
 use anyhow::{Context, Result, anyhow};
 use burn::prelude::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// What to benchmark.
@@ -20,6 +20,119 @@ pub enum Which {
     /// One training step: tokenizer stage 1 (tiny recipe, rectok_b) and generator (ditdh-tiny
     /// recipe, DiT^DH-S on 128×16×16 latents).
     Train(TrainBench),
+}
+
+/// Options every bench has.
+#[derive(clap::Args, Debug)]
+pub struct BenchOptions {
+    /// Reference timings as JSON `{key: {batch: seconds}}`, the layout `--json` writes (from the
+    /// reference PyTorch on the same machine, benches/reference_*.py); default: the figures of
+    /// PyTorch 2.15, fp32, 2 threads on the 2-core development machine.
+    #[arg(long, value_name = "JSON")]
+    reference: Option<PathBuf>,
+    /// Also write the timings as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// CPU threads.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl BenchOptions {
+    /// Checks the shared ranges and files, sets the threads and opens the results table.
+    fn start(&self, iters: usize, batch_sizes: &[usize], stated: &'static [Stated]) -> Result<Table> {
+        if !(1..=1000).contains(&iters) {
+            anyhow::bail!("--iters must be between 1 and 1000, got {iters}");
+        }
+        if let Some(&b) = batch_sizes.iter().find(|&&b| !(1..=1024).contains(&b)) {
+            anyhow::bail!("--batch-sizes must each be between 1 and 1024, got {b}");
+        }
+        if let Some(t) = self.threads {
+            crate::device::check_threads(t, "--threads").map_err(|e| anyhow!(e))?;
+        }
+        if let Some(path) = &self.json {
+            let mut inputs = crate::io::Inputs::new();
+            inputs.add_opt(self.reference.as_deref(), "--reference");
+            inputs.check_output_file(path, "--json")?;
+        }
+        crate::device::set_cpu_threads(self.threads);
+        let reference = self.reference.as_deref().map(read_reference).transpose()?;
+        let record = serde_json::json!({"threads": rayon::current_num_threads()});
+        Ok(Table { reference, stated, record, json: self.json.clone() })
+    }
+}
+
+/// A stated reference figure: `(key, batch, seconds)`.
+type Stated = (&'static str, usize, f64);
+
+/// Figures stated for the 2-core development machine (PyTorch 2.15, fp32, 2 threads), used when no
+/// `--reference` file is given. DiT: seconds per forward; tokenizer: per image; training: per step.
+const DIT_REFERENCE: &[Stated] = &[("s", 1, 0.73), ("s", 8, 5.7), ("xl", 1, 2.5), ("xl", 8, 17.9)];
+const TOKENIZER_REFERENCE: &[Stated] =
+    &[("encode", 1, 0.31), ("decode", 1, 0.31), ("encode", 8, 0.35), ("decode", 8, 0.43)];
+const TRAIN_REFERENCE: &[Stated] =
+    &[("rectok_b", 1, 2.6), ("rectok_b", 4, 7.4), ("ditdh_s", 1, 3.4), ("ditdh_s", 4, 10.0)];
+
+/// A bench's results: each measurement recorded for `--json` and set beside the reference's.
+struct Table {
+    reference: Option<serde_json::Value>,
+    stated: &'static [Stated],
+    record: serde_json::Value,
+    json: Option<PathBuf>,
+}
+
+impl Table {
+    /// Records `seconds` for `(key, batch)`; returns the reference's seconds (`decimals` places)
+    /// and the ratio reference / ours, as printed columns (`-` without a reference figure).
+    fn measure(&mut self, key: &str, batch: usize, seconds: f64, decimals: usize) -> (String, String) {
+        self.record[key][batch.to_string()] = serde_json::json!(seconds);
+        let r = match &self.reference {
+            Some(r) => r[key][batch.to_string()].as_f64(),
+            None => self.stated.iter().find(|(k, b, _)| *k == key && *b == batch).map(|s| s.2),
+        };
+        match r {
+            Some(r) => (format!("{r:.decimals$}"), format!("{:.2}x", r / seconds)),
+            None => ("-".into(), "-".into()),
+        }
+    }
+
+    /// Prints the ratio's meaning and writes `--json`.
+    fn finish(self) -> Result<()> {
+        println!("ratio = reference time / our time (> 1: faster than the reference)");
+        if let Some(path) = &self.json {
+            crate::io::write_atomic(path, serde_json::to_string_pretty(&self.record)?.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `--reference`: `{key: {batch: seconds}}` with every time finite and > 0.
+fn read_reference(path: &Path) -> Result<serde_json::Value> {
+    crate::data::images::require_regular_file(path, "--reference")?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    for (key, per_batch) in value.as_object().into_iter().flatten() {
+        for (batch, seconds) in per_batch.as_object().into_iter().flatten() {
+            if !seconds.as_f64().is_some_and(|s| s.is_finite() && s > 0.0) {
+                anyhow::bail!("{}: `{key}.{batch}` must be a time in seconds > 0, got {seconds}", path.display());
+            }
+        }
+    }
+    Ok(value)
+}
+
+/// Median seconds of `iters` calls of `step`, after one untimed warm-up call.
+fn median_step_seconds(iters: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+    step()?;
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        step()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times[times.len() / 2])
 }
 
 /// Options of `rectok bench train`.
@@ -37,49 +150,24 @@ pub struct TrainBench {
     /// Timed steps per measurement (the median is reported), after one warm-up step.
     #[arg(long, default_value_t = 3)]
     iters: usize,
-    /// Reference seconds per step as JSON `{"rectok_b": {"1": s, "4": s}}` (the layout `--json`
-    /// writes); default: PyTorch 2.15, fp32, 2 threads on the development machine (rectok_b: 2.6 s
-    /// at batch 1, 7.4 s at batch 4; ditdh_s: 3.4 s and 10.0 s).
-    #[arg(long, value_name = "JSON")]
-    reference: Option<PathBuf>,
-    /// Also write the timings as JSON.
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
-    /// CPU threads.
-    #[arg(long)]
-    threads: Option<usize>,
     /// Data-parallel replicas of the training step (`run.data_parallel`; 0: one per thread, at
     /// most 4; 1: off).
     #[arg(long, default_value_t = 0)]
     data_parallel: usize,
-}
-
-/// Ranges of the options every bench shares.
-fn check_bench(iters: usize, batch_sizes: &[usize], threads: Option<usize>) -> Result<()> {
-    if !(1..=1000).contains(&iters) {
-        anyhow::bail!("--iters must be between 1 and 1000, got {iters}");
-    }
-    if let Some(&b) = batch_sizes.iter().find(|&&b| !(1..=1024).contains(&b)) {
-        anyhow::bail!("--batch-sizes must each be between 1 and 1024, got {b}");
-    }
-    if let Some(t) = threads {
-        crate::device::check_threads(t, "--threads").map_err(|e| anyhow!(e))?;
-    }
-    Ok(())
+    #[command(flatten)]
+    common: BenchOptions,
 }
 
 fn run_train(args: TrainBench) -> Result<()> {
     use crate::train::config::TokenizerTrainConfig;
     use crate::train::tokenizer::TokenizerTrainer;
-    check_bench(args.iters, &args.batch_sizes, args.threads)?;
-    check_json(&args.json, &args.reference)?;
+    let mut table = args.common.start(args.iters, &args.batch_sizes, TRAIN_REFERENCE)?;
     if args.data_parallel > 64 {
         anyhow::bail!("--data-parallel must be between 0 (automatic) and 64, got {}", args.data_parallel);
     }
-    crate::device::set_cpu_threads(args.threads);
-    let reference = read_reference(&args.reference)?;
-    let iters = args.iters.max(1);
+    let iters = args.iters;
     let replicas = crate::train::params::replicas(args.data_parallel, &Device::flex());
+    table.record["data_parallel"] = replicas.into();
     println!(
         "training step (tokenizer: tiny, rectok_b; generator: ditdh-tiny, ditdh_s), {} CPU threads, {replicas} \
             data-parallel replica(s)",
@@ -90,83 +178,67 @@ fn run_train(args: TrainBench) -> Result<()> {
         "{:<10} {:>6} {:>10} {:>10} {:>12} {:>8}",
         "recipe", "batch", "s/step", "images/s", "reference s", "ratio"
     );
-    let mut record = serde_json::json!({"threads": rayon::current_num_threads(), "data_parallel": replicas});
     for recipe in &args.recipes {
         let (key, name, batches): (&str, &str, Vec<usize>) = match crate::config::canonical_name(recipe).as_str() {
             "tiny" => ("tiny", "tiny", vec![0]),
             "rectok-b" => ("rectok_b", "rectok-b-stage1", args.batch_sizes.clone()),
-            "ditdh-tiny" => {
-                bench_generator_step("ditdh-tiny", "ditdh-tiny", 0, iters, &dp, &reference, &mut record)?;
-                continue;
-            }
-            "ditdh-s" => {
-                for &b in &args.batch_sizes {
-                    bench_generator_step("ditdh_s", "ditdh-s", b, iters, &dp, &reference, &mut record)?;
-                }
-                continue;
-            }
+            "ditdh-tiny" => ("ditdh-tiny", "ditdh-tiny", vec![0]),
+            "ditdh-s" => ("ditdh_s", "ditdh-s", args.batch_sizes.clone()),
             other => anyhow::bail!("unknown recipe `{other}` (tiny, rectok_b, ditdh-tiny, ditdh_s)"),
         };
         for b in batches {
-            let mut overrides = vec![
-                "run.checkpoint_every=1000000".to_string(),
-                "data.grid_images=1".into(),
-                "data.flip=false".into(),
-                dp.clone(),
-            ];
-            if name != "tiny" {
-                overrides.extend([
-                    format!("optim.batch_size={b}"),
-                    "optim.accum_steps=1".into(),
-                    "teacher.spec=none".into(),
-                    "loss.perceptual=none".into(),
-                    "loss.gan_start_epoch=1000".into(),
-                ]);
-            }
-            let mut config = TokenizerTrainConfig::load(name, &overrides)?;
-            let batch = config.optim.batch_size;
-            config.data.source = format!("procedural:{}", batch * (iters + 2));
             let dir = tempfile::tempdir().context("temporary run folder")?;
-            let mut trainer = TokenizerTrainer::start(config, &dir.path().join("run"))?;
-            trainer.begin()?;
-            let t = median_step_seconds(iters, || trainer.train_step().map(|_| ()))?;
-            let r = reference_seconds(&reference, TRAIN_REFERENCE, key, batch);
-            record[key][batch.to_string()] = serde_json::json!(t);
-            println!(
-                "{key:<10} {batch:>6} {t:>10.3} {:>10.2} {:>12} {:>8}",
-                batch as f64 / t,
-                r.map(|r| format!("{r:.2}")).unwrap_or("-".into()),
-                r.map(|r| format!("{:.2}x", r / t)).unwrap_or("-".into()),
-            );
+            let run_dir = dir.path().join("run");
+            let (batch, t) = if name.starts_with("ditdh") {
+                time_generator_step(name, b, iters, &dp, dir.path())?
+            } else {
+                let mut overrides = vec![
+                    "run.checkpoint_every=1000000".to_string(),
+                    "data.grid_images=1".into(),
+                    "data.flip=false".into(),
+                    dp.clone(),
+                ];
+                if name != "tiny" {
+                    overrides.extend([
+                        format!("optim.batch_size={b}"),
+                        "optim.accum_steps=1".into(),
+                        "teacher.spec=none".into(),
+                        "loss.perceptual=none".into(),
+                        "loss.gan_start_epoch=1000".into(),
+                    ]);
+                }
+                let mut config = TokenizerTrainConfig::load(name, &overrides)?;
+                let batch = config.optim.batch_size;
+                config.data.source = format!("procedural:{}", batch * (iters + 2));
+                let mut trainer = TokenizerTrainer::start(config, &run_dir)?;
+                trainer.begin()?;
+                (batch, median_step_seconds(iters, || trainer.train_step().map(|_| ()))?)
+            };
+            let (r, ratio) = table.measure(key, batch, t, 2);
+            println!("{key:<10} {batch:>6} {t:>10.3} {:>10.2} {r:>12} {ratio:>8}", batch as f64 / t);
         }
     }
-    println!("ratio = reference time / our time (> 1: faster than the reference)");
-    if let Some(path) = &args.json {
-        crate::io::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
-    }
-    Ok(())
+    table.finish()
 }
 
-/// Times one generator training step (latents from a cache of a random-weight tokenizer: tiny
-/// for `ditdh-tiny`, rectok_b geometry for the others); `batch` 0 keeps the recipe's;
-/// `data_parallel` is the `run.data_parallel` override.
-fn bench_generator_step(
-    key: &str,
+/// Times one generator training step of `recipe` in `dir` (latents from a cache of a
+/// random-weight tokenizer: tiny for `ditdh-tiny`, rectok_b geometry for the others); `batch` 0
+/// keeps the recipe's; `data_parallel` is the `run.data_parallel` override. Returns the batch
+/// size and the median seconds.
+fn time_generator_step(
     recipe: &str,
     batch: usize,
     iters: usize,
     data_parallel: &str,
-    reference: &Option<serde_json::Value>,
-    record: &mut serde_json::Value,
-) -> Result<()> {
+    dir: &Path,
+) -> Result<(usize, f64)> {
     use crate::train::generator::GeneratorTrainer;
     use crate::train::generator_config::GeneratorTrainConfig;
-    let dir = tempfile::tempdir().context("temporary run folder")?;
     let device = crate::device::select_device(DeviceChoice::Cpu).map_err(|e| anyhow!(e))?;
     let tok_config =
         if recipe == "ditdh-tiny" { RecTokConfig::tiny() } else { RecTokConfig::rectok_b() }.with_teacher_dim(None);
     let tokenizer = initialize(tok_config.init(&device), &TokenizerInit, &mut Rng::seed_from(0));
-    let tok_path = dir.path().join("tokenizer.safetensors");
+    let tok_path = dir.join("tokenizer.safetensors");
     crate::weights::tokenizer::save_tokenizer(&tokenizer, &tok_path)?;
     let mut overrides = vec![
         format!("tokenizer.path=\"{}\"", tok_path.display()),
@@ -183,18 +255,9 @@ fn bench_generator_step(
     let b = config.optim.batch_size;
     config.data.source = format!("procedural:{}", b * (iters + 2));
     config.latents.cache = Some("cache".into());
-    let mut trainer = GeneratorTrainer::start(config, &dir.path().join("run"))?;
+    let mut trainer = GeneratorTrainer::start(config, &dir.join("run"))?;
     trainer.begin()?;
-    let t = median_step_seconds(iters, || trainer.train_step().map(|_| ()))?;
-    let r = reference_seconds(reference, TRAIN_REFERENCE, key, b);
-    record[key][b.to_string()] = serde_json::json!(t);
-    println!(
-        "{key:<10} {b:>6} {t:>10.3} {:>10.2} {:>12} {:>8}",
-        b as f64 / t,
-        r.map(|r| format!("{r:.2}")).unwrap_or("-".into()),
-        r.map(|r| format!("{:.2}x", r / t)).unwrap_or("-".into()),
-    );
-    Ok(())
+    Ok((b, median_step_seconds(iters, || trainer.train_step().map(|_| ()))?))
 }
 
 /// Options of `rectok bench dit`.
@@ -209,75 +272,42 @@ pub struct DitBench {
     /// Timed repetitions per measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     iters: usize,
-    /// Reference timings (JSON `{"s": {"1": seconds_per_forward, ...}, "xl": {...}}` from
-    /// benches/reference_dit.py); default: the figures measured on the 2-core development machine.
-    #[arg(long, value_name = "JSON")]
-    reference: Option<PathBuf>,
-    /// Also write the timings as JSON.
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
     /// Compute device.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
-    /// CPU threads.
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    common: BenchOptions,
 }
 
 fn run_dit(args: DitBench) -> Result<()> {
     use crate::generator::DitDhConfig;
-    check_bench(args.iters, &args.batch_sizes, args.threads)?;
-    check_json(&args.json, &args.reference)?;
-    crate::device::set_cpu_threads(args.threads);
+    let mut table = args.common.start(args.iters, &args.batch_sizes, DIT_REFERENCE)?;
     let device = crate::device::select_device(args.device).map_err(|e| anyhow!(e))?;
-    let reference = read_reference(&args.reference)?;
     println!("DiT^DH on 128×16×16 latents, device {}, {} CPU threads", args.device, rayon::current_num_threads());
     println!(
         "{:<6} {:>6} {:>12} {:>14} {:>16} {:>8}",
         "model", "batch", "s/forward", "50-step im/s", "reference s/fwd", "ratio"
     );
-    let mut record = serde_json::json!({"threads": rayon::current_num_threads()});
     for name in &args.models {
         let config = DitDhConfig::preset(name, 128, 16)
             .ok_or_else(|| anyhow!("unknown DiT^DH preset `{name}` (s, b, l, xl)"))?;
         let mut rng = Rng::seed_from(0);
         let model = initialize(config.init(&device), &crate::nn::init::NormalInit(0.02), &mut rng);
-        record[name.as_str()] = serde_json::json!({});
         for &b in &args.batch_sizes {
             let x = rng.normal_tensor([b, 128, 16, 16], &device);
             let t = rng.uniform_tensor([b], &device);
             let y = Tensor::<1, Int>::from_data(TensorData::new((0..b as i64).collect::<Vec<_>>(), [b]), &device);
-            let run = || {
-                let v = model.forward(x.clone(), t.clone(), y.clone());
-                let _ = v.into_data();
-            };
-            run();
-            let secs = median(
-                (0..args.iters.max(1))
-                    .map(|_| {
-                        let s = Instant::now();
-                        run();
-                        s.elapsed().as_secs_f64()
-                    })
-                    .collect(),
-            );
-            record[name.as_str()][b.to_string()] = serde_json::json!(secs);
-            let r = reference_seconds(&reference, DIT_REFERENCE, name, b);
+            let secs = median_step_seconds(args.iters, || {
+                let _ = model.forward(x.clone(), t.clone(), y.clone()).into_data();
+                Ok(())
+            })?;
+            let (r, ratio) = table.measure(name, b, secs, 2);
             // A 50-step sample: 50 grid points = 49 Euler evaluations.
             let per_image = secs * 49.0 / b as f64;
-            println!(
-                "{name:<6} {b:>6} {secs:>12.3} {:>14.4} {:>16} {:>8}",
-                1.0 / per_image,
-                r.map(|r| format!("{r:.2}")).unwrap_or("-".into()),
-                r.map(|r| format!("{:.2}x", r / secs)).unwrap_or("-".into()),
-            );
+            println!("{name:<6} {b:>6} {secs:>12.3} {:>14.4} {r:>16} {ratio:>8}", 1.0 / per_image);
         }
     }
-    println!("ratio = reference time / our time (> 1: faster than the reference)");
-    if let Some(path) = &args.json {
-        crate::io::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
-    }
-    Ok(())
+    table.finish()
 }
 
 /// Options of `rectok bench tokenizer`.
@@ -289,100 +319,16 @@ pub struct TokenizerBench {
     /// Timed repetitions per measurement (the median is reported).
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    /// Reference timings (JSON written by benches/reference_tokenizer.py on the same machine):
-    /// `{"encode": {"1": s_per_image, ...}, "decode": {...}}`. Default: the figures measured on the
-    /// 2-core development machine with PyTorch 2.15 (fp32, 2 threads).
-    #[arg(long, value_name = "JSON")]
-    reference: Option<PathBuf>,
-    /// Also write the timings as JSON (same layout as the reference file).
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
     /// Compute device.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
-    /// CPU threads.
-    #[arg(long)]
-    threads: Option<usize>,
-}
-
-/// Figures stated for the 2-core development machine (PyTorch 2.15, fp32, 2 threads), used when no
-/// `--reference` file is given: `(key, batch, seconds)`. DiT: per forward; tokenizer: per image;
-/// training: per step.
-const DIT_REFERENCE: &[(&str, usize, f64)] = &[("s", 1, 0.73), ("s", 8, 5.7), ("xl", 1, 2.5), ("xl", 8, 17.9)];
-const TOKENIZER_REFERENCE: &[(&str, usize, f64)] =
-    &[("encode", 1, 0.31), ("decode", 1, 0.31), ("encode", 8, 0.35), ("decode", 8, 0.43)];
-const TRAIN_REFERENCE: &[(&str, usize, f64)] =
-    &[("rectok_b", 1, 2.6), ("rectok_b", 4, 7.4), ("ditdh_s", 1, 3.4), ("ditdh_s", 4, 10.0)];
-
-/// Reference seconds for `(key, batch)`: from a `--reference` file (`{key: {batch: seconds}}`)
-/// or the stated figures.
-fn reference_seconds(
-    reference: &Option<serde_json::Value>,
-    stated: &[(&str, usize, f64)],
-    key: &str,
-    batch: usize,
-) -> Option<f64> {
-    match reference {
-        Some(r) => r[key][batch.to_string()].as_f64(),
-        None => stated.iter().find(|(k, b, _)| *k == key && *b == batch).map(|s| s.2),
-    }
-}
-
-/// Reads a `--reference` JSON file of timings.
-/// Reads `--reference`: `{key: {batch: seconds}}` with every time finite and > 0.
-fn read_reference(path: &Option<PathBuf>) -> Result<Option<serde_json::Value>> {
-    path.as_ref()
-        .map(|p| -> Result<_> {
-            crate::data::images::require_regular_file(p, "--reference")?;
-            let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
-            let value: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))?;
-            for (key, per_batch) in value.as_object().into_iter().flatten() {
-                for (batch, seconds) in per_batch.as_object().into_iter().flatten() {
-                    if !seconds.as_f64().is_some_and(|s| s.is_finite() && s > 0.0) {
-                        anyhow::bail!("{}: `{key}.{batch}` must be a time in seconds > 0, got {seconds}", p.display());
-                    }
-                }
-            }
-            Ok(value)
-        })
-        .transpose()
-}
-
-/// `--json` of a bench: a file that is not the `--reference` one.
-fn check_json(json: &Option<PathBuf>, reference: &Option<PathBuf>) -> Result<()> {
-    if let Some(path) = json {
-        crate::io::check_output_file(path, "--json")?;
-        let mut inputs = crate::io::Inputs::new();
-        inputs.add_opt(reference.as_deref(), "--reference");
-        inputs.check_output_file(path, "--json")?;
-    }
-    Ok(())
-}
-
-/// Median seconds of `iters` calls of `step`, after one untimed warm-up call.
-fn median_step_seconds(iters: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
-    step()?;
-    let mut times = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let t = Instant::now();
-        step()?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    Ok(median(times))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    #[command(flatten)]
+    common: BenchOptions,
 }
 
 fn run_tokenizer(args: TokenizerBench) -> Result<()> {
-    check_bench(args.iters, &args.batch_sizes, args.threads)?;
-    check_json(&args.json, &args.reference)?;
-    crate::device::set_cpu_threads(args.threads);
+    let mut table = args.common.start(args.iters, &args.batch_sizes, TOKENIZER_REFERENCE)?;
     let device = crate::device::select_device(args.device).map_err(|e| anyhow!(e))?;
-    let reference = read_reference(&args.reference)?;
     let config = RecTokConfig::rectok_b().with_teacher_dim(None);
     let mut rng = Rng::seed_from(0);
     let model = initialize(config.init(&device), &TokenizerInit, &mut rng);
@@ -397,46 +343,23 @@ fn run_tokenizer(args: TokenizerBench) -> Result<()> {
         "op", "batch", "s/image", "images/s", "reference s/im", "ratio"
     );
     let (s, c, g) = (config.img_size, config.token_channels, config.grid_size());
-    let mut record = serde_json::json!({"encode": {}, "decode": {}, "threads": rayon::current_num_threads()});
     for &b in &args.batch_sizes {
         let x = rng.uniform_tensor([b, 3, s, s], &device) * 2.0 - 1.0;
         let z = rng.normal_tensor([b, g * g, c], &device);
-        let time = |f: &dyn Fn()| -> f64 {
-            f(); // warm-up
-            median(
-                (0..args.iters.max(1))
-                    .map(|_| {
-                        let t = Instant::now();
-                        f();
-                        t.elapsed().as_secs_f64()
-                    })
-                    .collect(),
-            )
-        };
-        let enc = time(&|| {
-            let m = model.posterior(x.clone()).mean;
-            let _ = m.into_data();
-        }) / b as f64;
-        let dec = time(&|| {
-            let img = model.decoder.forward(z.clone(), None);
-            let _ = img.into_data();
-        }) / b as f64;
+        let enc = median_step_seconds(args.iters, || {
+            let _ = model.posterior(x.clone()).mean.into_data();
+            Ok(())
+        })? / b as f64;
+        let dec = median_step_seconds(args.iters, || {
+            let _ = model.decoder.forward(z.clone(), None).into_data();
+            Ok(())
+        })? / b as f64;
         for (op, t) in [("encode", enc), ("decode", dec)] {
-            record[op][b.to_string()] = serde_json::json!(t);
-            let r = reference_seconds(&reference, TOKENIZER_REFERENCE, op, b);
-            println!(
-                "{op:<8} {b:>6} {t:>12.4} {:>10.2} {:>14} {:>10}",
-                1.0 / t,
-                r.map(|r| format!("{r:.3}")).unwrap_or("-".into()),
-                r.map(|r| format!("{:.2}x", r / t)).unwrap_or("-".into()),
-            );
+            let (r, ratio) = table.measure(op, b, t, 3);
+            println!("{op:<8} {b:>6} {t:>12.4} {:>10.2} {r:>14} {ratio:>10}", 1.0 / t);
         }
     }
-    println!("ratio = reference time / our time (> 1: faster than the reference)");
-    if let Some(path) = &args.json {
-        crate::io::write_atomic(path, serde_json::to_string_pretty(&record)?.as_bytes())?;
-    }
-    Ok(())
+    table.finish()
 }
 
 pub fn run(which: Which) -> Result<()> {

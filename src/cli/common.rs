@@ -65,8 +65,6 @@ pub fn check_steps(steps: usize) -> Result<()> {
     Ok(())
 }
 
-pub use crate::io::{check_output_file, check_output_folder};
-
 /// `--tokenizer` and how to read it.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TokenizerArgs {
@@ -153,8 +151,9 @@ pub struct InputImages {
     pub from_folder: bool,
 }
 
-/// Lists `input`, warning about non-image files.
-pub fn input_images(input: &Path) -> Result<InputImages> {
+/// Lists `input` (given as `option`), warning about non-image files; also returns the guard
+/// that keeps outputs off `input` and its images.
+pub fn input_images(input: &Path, option: &str) -> Result<(InputImages, Inputs)> {
     let (sources, others) = list_images(input)?;
     for p in &others {
         tracing::warn!("{}: not an image file, skipped", p.display());
@@ -162,7 +161,9 @@ pub fn input_images(input: &Path) -> Result<InputImages> {
     if sources.is_empty() {
         return Err(anyhow!("{}: no images found (looked for .png, .jpg, .jpeg, .webp, in any case)", input.display()));
     }
-    Ok(InputImages { sources, skipped_non_images: others, from_folder: input.is_dir() })
+    let mut guard = Inputs::new();
+    guard.add(input, option).add_files(sources.iter().map(|s| s.path.as_path()));
+    Ok((InputImages { sources, skipped_non_images: others, from_folder: input.is_dir() }, guard))
 }
 
 impl InputImages {
@@ -244,6 +245,17 @@ impl GeneratorArgs {
         if let Some(c) = &self.generator_config {
             inputs.add(Path::new(c), "--generator-config");
         }
+    }
+
+    /// Loads the generator, checking it fits the tokenizer's latents.
+    pub fn load(&self, tokenizer: &RecTok, device: &Device) -> Result<crate::generator::DitDh> {
+        load_generator_for(
+            &self.generator,
+            self.generator_entry.clone(),
+            self.generator_config.as_deref(),
+            tokenizer,
+            device,
+        )
     }
 }
 

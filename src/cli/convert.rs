@@ -55,7 +55,6 @@ fn convert_generator(args: &Args, device: &Device) -> Result<()> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    super::common::check_output_file(&args.output, "OUTPUT")?;
     let mut inputs = crate::io::Inputs::new();
     inputs.add(&args.input, "INPUT").add_opt(args.latent_stats.as_deref(), "--latent-stats");
     if let Some(c) = &args.config {

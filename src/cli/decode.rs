@@ -1,6 +1,6 @@
 //! `rectok decode`: latents → PNG images.
 
-use super::common::{DeviceArgs, TokenizerArgs, check_output_folder, progress, require_batch_size};
+use super::common::{DeviceArgs, TokenizerArgs, progress, require_batch_size};
 use crate::data::images::png_bytes;
 use crate::data::transforms::tensor_to_images;
 use crate::io::{Inputs, StagedFolder, check_distinct, output_file};
@@ -46,7 +46,6 @@ pub fn run(args: Args) -> Result<()> {
         .collect::<Result<_>>()
         .with_context(|| args.input.display().to_string())?;
     check_distinct(files.iter().map(|p| p.as_path()), "latents")?;
-    check_output_folder(&args.output, "--output")?;
     let mut inputs = Inputs::new();
     inputs.add(&args.input, "--input");
     args.tokenizer.add_inputs(&mut inputs);

@@ -1,8 +1,7 @@
 //! `rectok encode`: images → latents.
 
-use super::common::{DeviceArgs, TokenizerArgs, check_output_file, input_images, require_batch_size};
+use super::common::{DeviceArgs, TokenizerArgs, input_images, require_batch_size};
 use crate::data::transforms::images_to_tensor;
-use crate::io::Inputs;
 use crate::rng::Rng;
 use crate::weights::write_safetensors;
 use anyhow::{Result, bail};
@@ -40,10 +39,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     require_batch_size(args.batch_size)?;
     args.device.validate()?;
-    let inputs = input_images(&args.input)?;
-    check_output_file(&args.output, "--output")?;
-    let mut guard = Inputs::new();
-    guard.add(&args.input, "--input").add_files(inputs.sources.iter().map(|s| s.path.as_path()));
+    let (inputs, mut guard) = input_images(&args.input, "--input")?;
     args.tokenizer.add_inputs(&mut guard);
     guard.check_output_file(&args.output, "--output")?;
     let device = args.device.device()?;

@@ -2,8 +2,8 @@
 //! distribution-distance tools they are built on.
 
 use super::common::{
-    DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, check_output_file, check_output_folder,
-    input_images, load_generator_for, progress, require_batch_size, require_latent_stats,
+    DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, input_images, progress, require_batch_size,
+    require_latent_stats,
 };
 use crate::data::{DataSpec, Loader, Split, open_dataset};
 use crate::eval::{GeneratorEvalOptions, Reference, TokenizerEvalOptions, evaluate_generator, evaluate_tokenizer};
@@ -171,11 +171,9 @@ fn add_data_input(inputs: &mut Inputs, data: &str, option: &str) {
 /// Checks the optional `--save-dir` and `--json` outputs against the inputs.
 fn check_outputs(inputs: &Inputs, save_dir: Option<&Path>, json: Option<&Path>) -> Result<()> {
     if let Some(dir) = save_dir {
-        check_output_folder(dir, "--save-dir")?;
         inputs.check_output_dir(dir, "--save-dir", [])?;
     }
     if let Some(path) = json {
-        check_output_file(path, "--json")?;
         inputs.check_output_file(path, "--json")?;
     }
     Ok(())
@@ -295,21 +293,14 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
             None
         }
     };
-    let g = &a.generator;
-    let net = load_generator_for(
-        &g.generator,
-        g.generator_entry.clone(),
-        g.generator_config.as_deref(),
-        &tokenizer,
-        &device,
-    )?;
+    let net = a.generator.load(&tokenizer, &device)?;
     if let (Some(dir), Some(json)) = (&a.save_dir, &a.json) {
         let classes = net.config.num_classes;
         let files: Vec<PathBuf> =
             (0..a.num_samples).map(|i| crate::eval::generator::sample_file(i, i % classes)).collect();
         crate::io::check_not_planned(json, "--json", dir, files.iter().map(|p| p.as_path()))?;
     }
-    let guide = a.guidance.load_guide(g.generator_entry.clone(), &tokenizer, &net, &device)?;
+    let guide = a.guidance.load_guide(a.generator.generator_entry.clone(), &tokenizer, &net, &device)?;
     let options = GeneratorEvalOptions {
         num_samples: a.num_samples,
         steps: a.sampling.steps,
@@ -365,7 +356,7 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
     print_table(
         &format!(
             "generator {} ({} grid points, {:?}, cfg {})",
-            g.generator.display(),
+            a.generator.generator.display(),
             a.sampling.steps,
             a.sampling.sampler,
             a.guidance.cfg
@@ -375,7 +366,7 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
     if let Some(path) = &a.json {
         let json = serde_json::json!({
             "protocol": "generator",
-            "generator": g.generator,
+            "generator": a.generator.generator,
             "guide": a.guidance.guide,
             "cfg": a.guidance.cfg,
             "steps": a.sampling.steps,
@@ -457,10 +448,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Stats(a) => {
             require_batch_size(a.batch_size)?;
             a.device.validate()?;
-            let inputs = input_images(&a.input)?;
-            check_output_file(&a.output, "--output")?;
-            let mut guard = Inputs::new();
-            guard.add(&a.input, "INPUT").add_files(inputs.sources.iter().map(|s| s.path.as_path()));
+            let (inputs, guard) = input_images(&a.input, "INPUT")?;
             guard.check_output_file(&a.output, "--output")?;
             let device = a.device.device()?;
             let extractor = Extractor::load(&a.extractor, &device)?;

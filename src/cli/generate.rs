@@ -2,8 +2,8 @@
 //! classifier-free guidance or AutoGuidance), decoded by the tokenizer.
 
 use super::common::{
-    DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, check_output_file, check_output_folder,
-    load_generator_for, progress, require_batch_size, require_latent_stats,
+    DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, progress, require_batch_size,
+    require_latent_stats,
 };
 use crate::data::save_png;
 use crate::data::transforms::tensor_to_images;
@@ -67,27 +67,18 @@ pub fn run(args: Args) -> Result<()> {
     }
     args.guidance.validate()?;
     args.device.validate()?;
-    check_output_folder(&args.output, "--output")?;
     let mut inputs = Inputs::new();
     args.tokenizer.add_inputs(&mut inputs);
     args.generator.add_inputs(&mut inputs);
     args.guidance.add_inputs(&mut inputs);
     inputs.check_output_dir(&args.output, "--output", [])?;
     if let Some(grid) = &args.grid {
-        check_output_file(grid, "--grid")?;
         inputs.check_output_file(grid, "--grid")?;
     }
     let device = args.device.device()?;
     let tokenizer = args.tokenizer.load(&device)?;
     require_latent_stats(&tokenizer, &args.tokenizer)?;
-    let gen_args = &args.generator;
-    let net = load_generator_for(
-        &gen_args.generator,
-        gen_args.generator_entry.clone(),
-        gen_args.generator_config.as_deref(),
-        &tokenizer,
-        &device,
-    )?;
+    let net = args.generator.load(&tokenizer, &device)?;
     let num_classes = net.config.num_classes;
     let classes: Vec<usize> = if args.classes.is_empty() { (0..num_classes).collect() } else { args.classes.clone() };
     if let Some(&bad) = classes.iter().find(|&&c| c >= num_classes) {
@@ -96,7 +87,7 @@ pub fn run(args: Args) -> Result<()> {
             num_classes - 1
         );
     }
-    let guide = args.guidance.load_guide(gen_args.generator_entry.clone(), &tokenizer, &net, &device)?;
+    let guide = args.guidance.load_guide(args.generator.generator_entry.clone(), &tokenizer, &net, &device)?;
     let guidance = args.guidance.guidance(guide.as_ref());
 
     let jobs = sample_jobs(&classes, args.num_per_class);

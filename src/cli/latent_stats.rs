@@ -1,9 +1,8 @@
 //! `rectok latent-stats` (alias `stats`): per-channel latent statistics of a tokenizer over a folder of images, as the
 //! reference computes them before generator training and evaluation (docs/TRAINING.md §4).
 
-use super::common::{DeviceArgs, TokenizerArgs, check_output_file, input_images, require_batch_size};
+use super::common::{DeviceArgs, TokenizerArgs, input_images, require_batch_size};
 use crate::data::transforms::images_to_tensor;
-use crate::io::Inputs;
 use crate::train::latents::ChannelMoments;
 use crate::weights::tokenizer::save_latent_stats;
 use anyhow::{Result, bail};
@@ -36,10 +35,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--limit must be at least 1, got 0");
     }
     args.device.validate()?;
-    let mut inputs = input_images(&args.data)?;
-    check_output_file(&args.output, "--output")?;
-    let mut guard = Inputs::new();
-    guard.add(&args.data, "--data").add_files(inputs.sources.iter().map(|s| s.path.as_path()));
+    let (mut inputs, mut guard) = input_images(&args.data, "--data")?;
     args.tokenizer.add_inputs(&mut guard);
     guard.check_output_file(&args.output, "--output")?;
     if let Some(n) = args.limit {

@@ -60,7 +60,6 @@ pub fn run(args: Args) -> Result<()> {
         v.parse::<DataSpec>().map_err(|e| anyhow!("--val-data: {e}"))?;
     }
     if let Some(json) = &args.json {
-        super::common::check_output_file(json, "--json")?;
         let mut inputs = crate::io::Inputs::new();
         args.tokenizer.add_inputs(&mut inputs);
         for d in std::iter::once(&args.data).chain(args.val_data.as_ref()) {

@@ -1,11 +1,9 @@
 //! `rectok reconstruct`: images → latents → images, with PSNR and SSIM.
 
-use super::common::{
-    DeviceArgs, TokenizerArgs, check_output_file, check_output_folder, input_images, require_batch_size,
-};
+use super::common::{DeviceArgs, TokenizerArgs, input_images, require_batch_size};
 use crate::data::images::png_bytes;
 use crate::data::transforms::{images_to_tensor, tensor_to_images, tensor_to_planes};
-use crate::io::{Inputs, StagedFolder, output_file};
+use crate::io::{StagedFolder, output_file};
 use crate::metrics::{psnr, ssim};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -34,16 +32,12 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     require_batch_size(args.batch_size)?;
     args.device.validate()?;
-    let inputs = input_images(&args.input)?;
+    let (inputs, mut guard) = input_images(&args.input, "--input")?;
     let files = inputs.sources.iter().map(|s| output_file(&s.name, "image name", "png")).collect::<Result<Vec<_>>>()?;
     crate::io::check_distinct(files.iter().map(|p| p.as_path()), "reconstructions")?;
-    check_output_folder(&args.output, "--output")?;
-    let mut guard = Inputs::new();
-    guard.add(&args.input, "--input").add_files(inputs.sources.iter().map(|s| s.path.as_path()));
     args.tokenizer.add_inputs(&mut guard);
     guard.check_output_dir(&args.output, "--output", files.iter().map(|p| p.as_path()))?;
     if let Some(json) = &args.metrics_json {
-        check_output_file(json, "--metrics-json")?;
         guard.check_output_file(json, "--metrics-json")?;
         crate::io::check_not_planned(json, "--metrics-json", &args.output, files.iter().map(|p| p.as_path()))?;
     }

@@ -54,7 +54,6 @@ impl RunArgs {
         if self.max_steps == Some(0) {
             bail!("--max-steps must be at least 1, got 0");
         }
-        super::common::check_output_folder(&self.out, "--out")?;
         let mut guard = Inputs::new();
         guard.add(Path::new(spec), "--config");
         for (path, option) in inputs {
