@@ -10,18 +10,17 @@ use burn::tensor::{Tensor, TensorData};
 #[derive(Default)]
 pub struct Trace {
     entries: Option<Vec<(String, TensorData)>>,
-    prefix: String,
 }
 
 impl Trace {
     /// A trace that records nothing.
     pub fn off() -> Self {
-        Self { entries: None, prefix: String::new() }
+        Self { entries: None }
     }
 
     /// A trace that records every activation it is given.
     pub fn on() -> Self {
-        Self { entries: Some(Vec::new()), prefix: String::new() }
+        Self { entries: Some(Vec::new()) }
     }
 
     /// Whether recording is enabled.
@@ -29,15 +28,10 @@ impl Trace {
         self.entries.is_some()
     }
 
-    /// Prefix prepended to the names recorded from now on (e.g. `"encoder."`).
-    pub fn set_prefix(&mut self, prefix: &str) {
-        self.prefix = prefix.to_string();
-    }
-
     /// Records `value` under `name` if enabled.
     pub fn record<const D: usize>(&mut self, name: &str, value: &Tensor<D>) {
         if let Some(entries) = self.entries.as_mut() {
-            entries.push((format!("{}{}", self.prefix, name), value.to_data()));
+            entries.push((name.to_string(), value.to_data()));
         }
     }
 

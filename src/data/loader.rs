@@ -75,14 +75,6 @@ impl Batch {
     pub fn tensor(&self, device: &Device) -> Tensor<4> {
         Tensor::from_data(TensorData::new(self.images.clone(), [self.len(), 3, self.size, self.size]), device)
     }
-
-    /// The labels as an int tensor `(B,)`.
-    pub fn label_tensor(&self, device: &Device) -> Tensor<1, Int> {
-        Tensor::from_data(
-            TensorData::new(self.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [self.len()]),
-            device,
-        )
-    }
 }
 
 /// Batches of a dataset.

@@ -495,9 +495,4 @@ impl DitDh {
         let c = cfg.token_channels;
         out.reshape([b, gh, gw, p, p, c]).permute([0, 5, 1, 3, 2, 4]).reshape([b, c, gh * p, gw * p])
     }
-
-    /// Number of parameters (DiT^DH-XL with 128 channels: 835,316,436).
-    pub fn num_params_total(&self) -> usize {
-        self.num_params()
-    }
 }

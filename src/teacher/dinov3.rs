@@ -197,13 +197,6 @@ pub struct Dinov3Vit {
     pub config: Dinov3Config,
 }
 
-/// Draws the training-mode RoPE coordinate rescale `exp(u)`, `u ~ U(−ln r, ln r)` (one scalar per
-/// forward call, shared by the batch and both axes, as HF's `augment_patches_center_coordinates`).
-pub fn draw_rope_rescale(rng: &mut crate::rng::Rng, range: f64) -> f32 {
-    let r = range.ln();
-    (rng.uniform_range(-r, r) as f32).exp()
-}
-
 impl Dinov3Vit {
     /// `last_hidden_state (B, 1 + R + N, D)`. `rope_rescale` is the training-mode coordinate
     /// rescale `exp(u)` (None in eval mode).
