@@ -53,7 +53,10 @@ pub fn object(text: &str, what: &str) -> Result<Map<String, Value>, String> {
 
 /// A required unsigned integer field.
 pub fn required_usize(obj: &Map<String, Value>, key: &str) -> Result<usize, String> {
-    obj.get(key).and_then(|v| v.as_u64()).map(|v| v as usize).ok_or(format!("missing or invalid field `{key}`"))
+    match obj.get(key) {
+        None => Err(format!("missing field `{key}`")),
+        Some(v) => v.as_u64().map(|v| v as usize).ok_or(format!("`{key}` must be a whole number ≥ 0, got {v}")),
+    }
 }
 
 /// `base` with the fields of `user` written over it, except those in `skip` (already used to
@@ -107,9 +110,11 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Resu
     let mut cursor = table;
     for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
         let entry = cursor.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let shown = entry.to_string();
         cursor = entry.as_table_mut().ok_or_else(|| {
             anyhow::anyhow!(
-                "--set `{assignment}`: `{}` holds a value (set by the recipe or an earlier --set), not a section",
+                "--set `{assignment}`: `{}` holds the value {shown}, not a section (given by the recipe or an earlier \
+                --set)",
                 parts[..=i].join(".")
             )
         })?;
@@ -117,6 +122,10 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Resu
     let last = parts[parts.len() - 1].to_string();
     match (cursor.get_mut(&last), parsed) {
         (Some(toml::Value::Table(existing)), toml::Value::Table(new)) => merge_tables(existing, new),
+        // A section may be replaced by a name (`model.encoder=small`), never by a number or list.
+        (Some(toml::Value::Table(_)), v) if !v.is_str() => {
+            anyhow::bail!("--set `{assignment}`: `{key}` is a section of options; set one of them (`{key}.NAME=VALUE`)")
+        }
         (_, v) => {
             cursor.insert(last, v);
         }

@@ -117,7 +117,20 @@ pub fn max_parameters() -> u64 {
 /// Refuses a model of about `params` parameters that this machine cannot hold (see
 /// [`max_parameters`]); `what` names it.
 pub fn check_parameter_count(params: u64, what: &str) -> Result<(), String> {
-    let max = max_parameters();
+    check_parameters_within(params, what, max_parameters())
+}
+
+/// Bytes of memory per parameter in training: weights, EMA, gradients and the two AdamW
+/// moments, 4 bytes each (activations come on top).
+pub const TRAINING_BYTES_PER_PARAMETER: u64 = 20;
+
+/// Refuses training a model of about `params` parameters whose weights, EMA, gradients and
+/// optimizer state alone would not fit in this machine's memory; `what` names it.
+pub fn check_trainable_parameter_count(params: u64, what: &str) -> Result<(), String> {
+    check_parameters_within(params, &format!("{what} (trained)"), max_parameters() * 8 / TRAINING_BYTES_PER_PARAMETER)
+}
+
+fn check_parameters_within(params: u64, what: &str, max: u64) -> Result<(), String> {
     if params > max {
         return Err(format!(
             "{what} would have about {:.1} G parameters; this machine's memory holds at most about {:.1} G",

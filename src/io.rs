@@ -77,6 +77,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// The files of one run in an output folder, written into a hidden staging folder inside it and
 /// moved into place together by [`commit`](Self::commit): a run that fails half-way (a diverged
 /// sample, a full disk, a signal) leaves no output behind, and a folder it created is removed.
+///
+/// While one is alive, Ctrl-C and SIGTERM are deferred ([`crate::signals`]): the next write or
+/// the commit fails with [`crate::signals::Interrupted`], and the staged files are removed.
+/// Staging folders that a killed process left behind are removed by the next run into the folder.
 #[derive(Debug)]
 pub struct StagedFolder {
     dir: PathBuf,
@@ -84,17 +88,29 @@ pub struct StagedFolder {
     created_dir: bool,
     files: Vec<PathBuf>,
     committed: bool,
+    _signals: crate::signals::Deferral,
 }
+
+/// The prefix of staging folders; the process id follows.
+const STAGE_PREFIX: &str = ".rectok-tmp-stage-";
 
 impl StagedFolder {
     /// Outputs for the folder `dir` (created when the first file is written).
     pub fn new(dir: &Path) -> Self {
-        let staging = dir.join(format!("{TEMP_PREFIX}stage-{}", std::process::id()));
-        Self { dir: dir.to_path_buf(), staging, created_dir: !dir.exists(), files: Vec::new(), committed: false }
+        remove_dead_stages(dir);
+        Self {
+            dir: dir.to_path_buf(),
+            staging: dir.join(format!("{STAGE_PREFIX}{}", std::process::id())),
+            created_dir: !dir.exists(),
+            files: Vec::new(),
+            committed: false,
+            _signals: crate::signals::Deferral::start(),
+        }
     }
 
     /// Writes the output `name` (relative, from [`output_name`]).
     pub fn write(&mut self, name: &Path, bytes: &[u8]) -> Result<()> {
+        crate::signals::check(&format!("writing {}", self.dir.display()))?;
         write_atomic(&self.staging.join(name), bytes)?;
         self.files.push(name.to_path_buf());
         Ok(())
@@ -102,6 +118,7 @@ impl StagedFolder {
 
     /// Moves every file into place; returns how many.
     pub fn commit(mut self) -> Result<usize> {
+        crate::signals::check(&format!("writing {}", self.dir.display()))?;
         for name in &self.files {
             refuse_special(&self.dir.join(name))?;
         }
@@ -126,6 +143,21 @@ impl Drop for StagedFolder {
             if self.created_dir {
                 let _ = std::fs::remove_dir(&self.dir);
             }
+        }
+    }
+}
+
+/// Removes the staging folders in `dir` of processes that no longer run (Linux: by `/proc`).
+fn remove_dead_stages(dir: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = name.strip_prefix(STAGE_PREFIX).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if entry.file_type().is_ok_and(|t| t.is_dir()) && !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!("{}: removing the staging folder of an interrupted process", entry.path().display());
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
@@ -214,34 +246,58 @@ pub fn output_name(name: &str, what: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// [`output_name`] with `.ext` appended (`a/b` → `a/b.png`).
+/// [`output_name`] with `.ext` appended (`a/b` → `a/b.png`), the file name with its extension
+/// within the 255 bytes a file system allows.
 pub fn output_file(name: &str, what: &str, ext: &str) -> Result<PathBuf> {
     let mut path = output_name(name, what)?.into_os_string();
     path.push(".");
     path.push(ext);
-    Ok(PathBuf::from(path))
+    let path = PathBuf::from(path);
+    if path.file_name().is_some_and(|f| f.len() > 255) {
+        bail!(
+            "{what} `{}` cannot name an output file: with `.{ext}` its last component is longer than 255 bytes",
+            name.escape_debug()
+        );
+    }
+    Ok(path)
 }
 
+/// The longest path the outputs may have, in bytes (Linux's `PATH_MAX` less the terminating NUL).
+const MAX_PATH_BYTES: usize = 4095;
+
 /// The canonical form of a path that may not exist yet: its existing ancestor canonicalised, the
-/// rest appended. `None` when no ancestor can be resolved.
+/// rest appended (`.` and `..` of the missing part resolved lexically). `None` when no ancestor can
+/// be resolved.
 fn canonical_lenient(path: &Path) -> Option<PathBuf> {
     if let Ok(c) = std::fs::canonicalize(path) {
         return Some(c);
     }
-    let absolute = std::path::absolute(path).ok()?;
+    let mut normal = PathBuf::new();
+    for c in std::path::absolute(path).ok()?.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
     let mut rest = Vec::new();
-    let mut cur = absolute.as_path();
+    let mut cur = normal.as_path();
     loop {
         if let Ok(c) = std::fs::canonicalize(cur) {
             let mut out = c;
-            for part in rest.iter().rev() {
-                out.push(part);
-            }
+            out.extend(rest.iter().rev());
             return Some(out);
         }
         rest.push(cur.file_name()?.to_owned());
         cur = cur.parent()?;
     }
+}
+
+/// Whether `path` is `dir` or lies inside it (by canonical paths; both may not exist yet).
+pub fn lies_within(path: &Path, dir: &Path) -> bool {
+    matches!((canonical_lenient(path), canonical_lenient(dir)), (Some(p), Some(d)) if p.starts_with(&d))
 }
 
 /// The files and folders a command reads, by canonical path, with the option that named each.
@@ -356,6 +412,27 @@ impl Inputs {
                     path.display()
                 );
             }
+            // What is already in the folder must leave room for the output: folders on its way,
+            // and no folder or special file where it goes. (Its staging copy is longer still.)
+            for a in path.ancestors().skip(1).take_while(|a| *a != dir) {
+                if a.exists() && !a.is_dir() {
+                    bail!(
+                        "{option} {}: {} is not a folder, but the output {} needs one",
+                        dir.display(),
+                        a.display(),
+                        path.display()
+                    );
+                }
+            }
+            refuse_special(&path).with_context(|| format!("{option} {}", dir.display()))?;
+            let staged_len = root.as_ref().map_or(0, |r| r.as_os_str().len()) + name.as_os_str().len() + 40;
+            if staged_len > MAX_PATH_BYTES {
+                bail!(
+                    "{option} {}: the output {} would have a path longer than {MAX_PATH_BYTES} bytes",
+                    dir.display(),
+                    path.display()
+                );
+            }
         }
         Ok(())
     }
@@ -379,17 +456,23 @@ pub fn check_distinct<'a>(names: impl IntoIterator<Item = &'a Path>, what: &str)
     Ok(())
 }
 
-/// Refuses an extra output `file` (of `option`) that is also one of the files `dir/names` the same
-/// run writes (`generate -o s --grid s/0000_000.png`).
+/// Refuses an extra output `file` (of `option`) that collides with the folder `dir` the same run
+/// fills with `names`: the file may not be the folder or lie above it, be one of its files, lie
+/// beneath one, or stand where a file needs a folder (`generate -o s --grid s`,
+/// `--grid s/0000_000.png`, `--save-dir j.json/x --json j.json`).
 pub fn check_not_planned<'a>(
     file: &Path,
     option: &str,
     dir: &Path,
     names: impl IntoIterator<Item = &'a Path>,
 ) -> Result<()> {
-    let Some(f) = canonical_lenient(file) else { return Ok(()) };
+    let (Some(f), Some(d)) = (canonical_lenient(file), canonical_lenient(dir)) else { return Ok(()) };
+    if d.starts_with(&f) {
+        bail!("{option} {}: the same run writes its output folder {} there", file.display(), dir.display());
+    }
     for name in names {
-        if canonical_lenient(&dir.join(name)).is_some_and(|c| c == f) {
+        let planned = d.join(name);
+        if planned == f || f.starts_with(&planned) || planned.starts_with(&f) {
             bail!("{option} {}: the same run writes its output {} there", file.display(), dir.join(name).display());
         }
     }

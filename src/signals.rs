@@ -17,7 +17,10 @@ static DEFERRALS: AtomicUsize = AtomicUsize::new(0);
     "stopped by {name} {}{}",
     match (step, checkpoint) {
         (Some(step), Some(checkpoint)) => format!("after step {step}: the run is saved in {checkpoint}"),
-        _ => format!("while {doing}; nothing finished is lost"),
+        // A run's setup keeps what it finished (caches) for the resume; other commands stage
+        // their outputs and remove them.
+        _ if resume.is_some() => format!("while {doing}; nothing finished is lost"),
+        _ => format!("while {doing}; no output was written"),
     },
     resume.as_ref().map(|r| format!("; continue it with `{r}`")).unwrap_or_default()
 )]

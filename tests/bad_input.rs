@@ -163,6 +163,24 @@ impl Workspace {
         std::fs::write(p("huge.json"), r#"{"preset": "s", "enc_hidden": 10000008}"#).unwrap();
         std::fs::write(p("ref.json"), r#"{"encode": {"1": 0.3}}"#).unwrap();
         std::fs::write(p("neg_ref.json"), r#"{"encode": {"1": -0.3}}"#).unwrap();
+        std::fs::write(p("key_ref.json"), r#"{"encode": {"x": 0.3}}"#).unwrap();
+        // Only unreadable images; a run's input inside the run folder; an output folder whose
+        // existing entry is in the way; empty statistics; a file list with odd labels.
+        std::fs::create_dir_all(p("unreadable")).unwrap();
+        std::fs::write(p("unreadable/x.png"), b"x").unwrap();
+        std::fs::write(p("unreadable/y.png"), b"y").unwrap();
+        std::fs::create_dir_all(p("runin")).unwrap();
+        std::fs::copy(p("tok.safetensors"), p("runin/tokenizer.safetensors")).unwrap();
+        std::fs::create_dir_all(p("in_the_way/cat.png")).unwrap();
+        write_npz(&FeatureStats { mu: vec![], sigma: vec![], count: 0 }, &p("empty.npz")).unwrap();
+        std::fs::write(p("labels.TXT"), "imgs/cat.png 1000000\n").unwrap();
+        std::fs::write(p("mixed.txt"), "imgs/cat.png 1\nimgs/rocket.JPG\n").unwrap();
+        write_safetensors(&p("name_252.safetensors"), vec![("a".repeat(252), latent(0.0))], HashMap::new()).unwrap();
+        // A JPEG whose header claims 65500 × 65500 pixels in a few kilobytes.
+        let at = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline JPEG");
+        let mut claims = jpeg.clone();
+        claims[at + 5..at + 9].copy_from_slice(&[0xFF, 0xDC, 0xFF, 0xDC]);
+        std::fs::write(p("claims.jpg"), claims).unwrap();
         ws
     }
 }
@@ -473,6 +491,77 @@ fn every_command_refuses_its_bad_inputs_cleanly() {
                 &["encode"],
                 &enc(&s(&["-i", &w("imgs/cat.png"), "-o", &w("out/l.safetensors"), "--max-image-pixels", "100"])),
                 "100 px",
+            ),
+            // Found before any work: empty sides, inputs inside the run folder, outputs of one
+            // run on one path, existing entries in the way, too few images for statistics.
+            c(
+                &["eval", "probe"],
+                &enc(&s(&["--data", &w("imgs"), "--val-data", &w("unreadable")])),
+                "none of the images could be read",
+            ),
+            c(
+                &["train", "generator"],
+                &s(&["--out", &w("runin"), "--tokenizer", &w("runin/tokenizer.safetensors")]),
+                "inside the run folder",
+            ),
+            c(&["reconstruct"], &enc(&s(&["-i", &w("imgs"), "-o", &out, "--metrics-json", &out])), "--metrics-json"),
+            c(
+                &["reconstruct"],
+                &enc(&s(&["-i", &w("imgs"), "-o", &w("m.json/sub"), "--metrics-json", &w("m.json")])),
+                "--metrics-json",
+            ),
+            c(&["generate"], &with(&with(&tok, &gen_args), &s(&["-o", &out, "--grid", &out])), "--grid"),
+            c(
+                &["eval", "tokenizer"],
+                &enc(&s(&["--data", &w("imgs"), "--extractor", "none", "--save-dir", &out, "--json", &out])),
+                "--json",
+            ),
+            c(&["reconstruct"], &enc(&s(&["-i", &w("imgs"), "-o", &w("in_the_way")])), "is a folder"),
+            c(
+                &["eval", "tokenizer"],
+                &enc(&s(&["--data", &w("imgs"), "--limit", "1", "--save-dir", &out])),
+                "at least 2",
+            ),
+            c(&["eval", "stats"], &s(&[&w("imgs/cat.png"), "-o", &w("out/s.npz")]), "at least 2"),
+            c(
+                &["train", "generator"],
+                &s(&["--out", &out, "--tokenizer", &w("tok.safetensors"), "--cache", &w("a_file/c")]),
+                "latents.cache",
+            ),
+            c(&["decode"], &enc(&s(&["-i", &w("name_252.safetensors"), "-o", &out])), "255 bytes"),
+            c(&["ablate"], &s(&["--only", "zzz", "--out", &out]), "--only"),
+            // Clear messages: a section set to a value, empty flags, echoed values.
+            c(
+                &["train", "tokenizer"],
+                &s(&["--out", &out, "--set", "run=1", "--max-steps", "1"]),
+                "`run` is a section",
+            ),
+            c(&["train", "tokenizer"], &s(&["--out", &out, "--teacher", ""]), "--teacher is empty"),
+            c(
+                &["generate"],
+                &with(&with(&tok, &gen_args), &s(&["-o", &out, "--cfg-interval", "0.9,0.1"])),
+                "got 0.9,0.1",
+            ),
+            c(&["eval", "fd"], &s(&[&w("empty.npz"), &w("good.npz")]), "empty statistics"),
+            c(
+                &["encode"],
+                &enc(&s(&["-i", &w("imgs"), "-o", &w("out/l.safetensors"), "--latent-stats", &w("none.st")])),
+                "--latent-stats",
+            ),
+            c(&["train", "tokenizer"], &s(&["--out", &out, "--data", &w("labels.TXT")]), "out of range"),
+            c(&["train", "tokenizer"], &s(&["--out", &out, "--data", &w("mixed.txt")]), "label every line or none"),
+            c(&["bench", "tokenizer"], &s(&["--reference", &w("key_ref.json")]), "not a batch size"),
+            c(
+                &["encode"],
+                &enc(&s(&[
+                    "-i",
+                    &w("claims.jpg"),
+                    "-o",
+                    &w("out/l.safetensors"),
+                    "--max-image-pixels",
+                    "18446744073709551615",
+                ])),
+                "cannot hold",
             ),
         ]
     };
@@ -805,4 +894,98 @@ fn signals_save_and_resume_exactly_and_leftovers_never_block_a_run() {
     let o = generator_run(&tok, &fresh, &[]).output().unwrap();
     assert!(o.status.success() && stderr(&o).contains("before its first checkpoint"), "{}", stderr(&o));
     assert_eq!(losses(&fresh), want);
+}
+
+/// A run folder serves its own trainer only, a resume may repeat the run's own values, and
+/// ablations respect a folder another process holds.
+#[test]
+fn run_folders_are_kept_by_their_trainer_and_their_holder() {
+    let ws = Workspace::new();
+    let run_dir = ws.dir.path().join("tok_run");
+    let o = run(&[
+        "train",
+        "tokenizer",
+        "--out",
+        run_dir.to_str().unwrap(),
+        "--data",
+        "procedural:64",
+        "--max-steps",
+        "2",
+        "--set",
+        "run.checkpoint_every=1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = run_dir.to_str().unwrap();
+    let o = run(&["train", "generator", "--out", out, "--resume"]);
+    assert!(stderr(&o).contains("holds a `rectok train tokenizer` run"), "{}", stderr(&o));
+    let o = run(&["train", "generator", "--out", out, "--tokenizer", &ws.path("tok.safetensors")]);
+    assert!(stderr(&o).contains("holds a `rectok train tokenizer` run"), "{}", stderr(&o));
+    // The run's own data source may be repeated on resume; another is refused.
+    let resume_with = |max_steps: &str, source: &str| {
+        let set = format!("data.source=\"{source}\"");
+        run(&["train", "tokenizer", "--out", out, "--resume", "--max-steps", max_steps, "--set", &set])
+    };
+    let o = resume_with("3", "procedural:64");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = resume_with("4", "procedural:65");
+    assert!(stderr(&o).contains("only run.max_steps"), "{}", stderr(&o));
+
+    // A folder locked by another process (here: this test) is refused by an ablation (the demo
+    // refuses any folder that is not empty).
+    let held = ws.dir.path().join("held");
+    std::fs::create_dir_all(&held).unwrap();
+    let lock = std::fs::File::create(held.join(".lock")).unwrap();
+    lock.try_lock().unwrap();
+    let o = run(&["ablate", "--quick", "--out", held.to_str().unwrap()]);
+    assert!(stderr(&o).contains("another rectok process"), "{}", stderr(&o));
+}
+
+/// Ctrl-C during a command that writes a folder of images leaves no folder and no staging files,
+/// and a staging folder a killed process left behind is removed by the next run.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_image_command_leaves_nothing_behind() {
+    let ws = Workspace::new();
+    let many = ws.dir.path().join("many");
+    std::fs::create_dir_all(&many).unwrap();
+    for i in 0..3000 {
+        std::fs::hard_link(fixture("photos/cat.png"), many.join(format!("{i}.png"))).unwrap();
+    }
+    let out = ws.dir.path().join("recon");
+    let mut child = rectok()
+        .args(["reconstruct", "--tokenizer", &ws.path("tok.safetensors"), "--batch-size", "2", "-i"])
+        .arg(&many)
+        .arg("-o")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staged = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains("stage"))
+    };
+    wait_for("the first staged image", || staged(&out), &mut child);
+    signal(&child, "INT");
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no output was written"), "{}", stderr(&o));
+    assert!(!out.exists(), "the interrupted run left {}", out.display());
+
+    let dead = ws.dir.path().join("again/.rectok-tmp-stage-4194303");
+    std::fs::create_dir_all(dead.join("x")).unwrap();
+    let o = run(&[
+        "reconstruct",
+        "--tokenizer",
+        &ws.path("tok.safetensors"),
+        "-i",
+        &ws.path("imgs"),
+        "-o",
+        &ws.path("again"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!dead.exists() && ws.dir.path().join("again/cat.png").exists());
 }

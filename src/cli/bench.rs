@@ -114,6 +114,9 @@ fn read_reference(path: &Path) -> Result<serde_json::Value> {
         serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
     for (key, per_batch) in value.as_object().into_iter().flatten() {
         for (batch, seconds) in per_batch.as_object().into_iter().flatten() {
+            if batch.parse::<usize>().is_err() {
+                anyhow::bail!("{}: `{key}.{batch}`: `{batch}` is not a batch size", path.display());
+            }
             if !seconds.as_f64().is_some_and(|s| s.is_finite() && s > 0.0) {
                 anyhow::bail!("{}: `{key}.{batch}` must be a time in seconds > 0, got {seconds}", path.display());
             }

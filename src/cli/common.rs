@@ -1,7 +1,8 @@
 //! Options and helpers shared by several subcommands.
 
+use crate::data::images::load_rgb8_then;
 use crate::data::transforms::center_crop_arr;
-use crate::data::{ImageSource, list_images, load_rgb8};
+use crate::data::{ImageSource, list_images};
 use crate::device::{DeviceChoice, select_device, set_cpu_threads};
 use crate::io::Inputs;
 use crate::tokenizer::{RecTok, RecTokConfig};
@@ -100,6 +101,10 @@ impl TokenizerArgs {
 
     /// Loads the tokenizer (encoder + decoder only) and its statistics.
     pub fn load(&self, device: &Device) -> Result<RecTok> {
+        crate::data::images::require_regular_file(&self.tokenizer, "--tokenizer")?;
+        if let Some(path) = &self.latent_stats {
+            crate::data::images::require_regular_file(path, "--latent-stats")?;
+        }
         let options = TokenizerLoadOptions {
             entry: self.entry.clone(),
             config: self.config.as_deref().map(parse_config).transpose()?,
@@ -186,7 +191,7 @@ impl InputImages {
             let loaded: Vec<Result<RgbImage>> = chunk
                 .par_iter()
                 .map(|s| {
-                    load_rgb8(&s.path).map(|img| if let Some(size) = crop { center_crop_arr(&img, size) } else { img })
+                    load_rgb8_then(&s.path, |img| if let Some(size) = crop { center_crop_arr(&img, size) } else { img })
                 })
                 .collect();
             let (mut names, mut images) = (Vec::new(), Vec::new());
@@ -249,6 +254,7 @@ impl GeneratorArgs {
 
     /// Loads the generator, checking it fits the tokenizer's latents.
     pub fn load(&self, tokenizer: &RecTok, device: &Device) -> Result<crate::generator::DitDh> {
+        crate::data::images::require_regular_file(&self.generator, "--generator")?;
         load_generator_for(
             &self.generator,
             self.generator_entry.clone(),
@@ -353,7 +359,11 @@ impl GuidanceArgs {
         }
         let interval = (self.cfg_interval[0], self.cfg_interval[1]);
         if !(0.0..=1.0).contains(&interval.0) || !(0.0..=1.0).contains(&interval.1) || interval.0 >= interval.1 {
-            return Err(anyhow!("--cfg-interval must be lo,hi with 0 ≤ lo < hi ≤ 1"));
+            return Err(anyhow!(
+                "--cfg-interval must be lo,hi with 0 ≤ lo < hi ≤ 1, got {},{}",
+                interval.0,
+                interval.1
+            ));
         }
         if self.guide.is_some() && self.cfg == 1.0 {
             tracing::warn!("--guide is given but --cfg is 1: AutoGuidance has no effect at weight 1");

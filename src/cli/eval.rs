@@ -10,7 +10,7 @@ use crate::eval::{GeneratorEvalOptions, Reference, TokenizerEvalOptions, evaluat
 use crate::io::Inputs;
 use crate::metrics::extractor::Extractor;
 use crate::metrics::fid::{FeatureStats, StatsAccumulator, frechet_distance, npz_dim, read_npz_of_dim, write_npz};
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use std::path::{Path, PathBuf};
 
 /// Evaluation commands.
@@ -205,6 +205,9 @@ fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
     let model = a.tokenizer.load(&device)?;
     let loader = data_loader(&a.data, Split::Val, a.batch_size, model.config.img_size)?;
     let total = a.limit.unwrap_or(usize::MAX).min(loader.dataset().len());
+    if extractor.is_some() && total < 2 {
+        bail!("--data {}: {total} image to evaluate; the feature statistics need at least 2", a.data);
+    }
     if let (Some(dir), Some(json)) = (&a.save_dir, &a.json) {
         let files: Vec<PathBuf> = (0..total).map(crate::eval::tokenizer::reconstruction_file).collect();
         crate::io::check_not_planned(json, "--json", dir, files.iter().map(|p| p.as_path()))?;
@@ -391,10 +394,17 @@ fn reference_stats_from(
     device: &burn::prelude::Device,
 ) -> Result<(FeatureStats, String)> {
     let loader = data_loader(data, Split::Val, batch_size, size)?;
+    if loader.dataset().len() < 2 {
+        bail!("--ref-data {data}: {} image; the feature statistics need at least 2", loader.dataset().len());
+    }
     let bar = progress(loader.dataset().len(), "reference statistics");
     let stats = crate::eval::reference_statistics(&loader, extractor, None, device, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
-    Ok((stats, loader.dataset().describe()))
+    if loader.skipped() > 0 {
+        tracing::warn!("reference data: skipped {} unreadable image(s); {} used", loader.skipped(), stats.count);
+    }
+    let label = format!("{data} ({} images)", stats.count);
+    Ok((stats, label))
 }
 
 /// `rectok eval fd`.
@@ -449,6 +459,9 @@ pub fn run(which: Which) -> Result<()> {
             require_batch_size(a.batch_size)?;
             a.device.validate()?;
             let (inputs, guard) = input_images(&a.input, "INPUT")?;
+            if inputs.sources.len() < 2 {
+                bail!("{}: 1 image; the feature statistics need at least 2", a.input.display());
+            }
             guard.check_output_file(&a.output, "--output")?;
             let device = a.device.device()?;
             let extractor = Extractor::load(&a.extractor, &device)?;
@@ -456,7 +469,7 @@ pub fn run(which: Which) -> Result<()> {
             inputs.for_each_batch(a.batch_size, None, "features", |_, images| {
                 acc.add(&extractor.features(&images, &device)?)
             })?;
-            let stats = acc.finish()?;
+            let stats = acc.finish().with_context(|| a.input.display().to_string())?;
             write_npz(&stats, &a.output)?;
             println!(
                 "{} statistics of {} images ({}-d) written to {}",

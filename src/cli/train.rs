@@ -54,6 +54,9 @@ impl RunArgs {
         if self.max_steps == Some(0) {
             bail!("--max-steps must be at least 1, got 0");
         }
+        if let Some((option, _, _)) = flags.iter().find(|(_, _, v)| v.as_ref().is_some_and(|v| v.trim().is_empty())) {
+            bail!("{option} is empty");
+        }
         let mut guard = Inputs::new();
         guard.add(Path::new(spec), "--config");
         for (path, option) in inputs {

@@ -8,7 +8,7 @@
 //! `center_crop_arr`, as the reference) with their labels; [`open_dataset`](super::open_dataset)
 //! picks one from a `--data` argument.
 
-use super::images::{IMAGE_EXTENSIONS, has_image_extension, load_rgb8, walk_files};
+use super::images::{IMAGE_EXTENSIONS, has_image_extension, load_rgb8_then, walk_files};
 use super::transforms::center_crop_arr;
 use anyhow::{Context, Result, bail};
 use image::RgbImage;
@@ -39,11 +39,7 @@ pub trait Dataset: Send + Sync {
 }
 
 fn read_image(path: &Path, size: usize) -> Result<RgbImage> {
-    let img = load_rgb8(path)?;
-    if img.width() == 0 || img.height() == 0 {
-        bail!("{}: empty image", path.display());
-    }
-    Ok(center_crop_arr(&img, size))
+    load_rgb8_then(path, |img| center_crop_arr(&img, size))
 }
 
 /// Images in class subfolders: `root/<class>/**/<image>`; class names sorted give the labels (as
@@ -157,20 +153,37 @@ impl FileList {
         let base =
             root.map(Path::to_path_buf).unwrap_or_else(|| list.parent().map(Path::to_path_buf).unwrap_or_default());
         let mut items = Vec::new();
+        // Whether the first line had a label, and its number: all lines must agree.
+        let mut labelled: Option<(bool, usize)> = None;
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (path, label) = match line.rsplit_once(char::is_whitespace) {
-                Some((p, l)) if l.parse::<usize>().is_ok() => (p.trim(), l.parse::<usize>().expect("checked")),
+            let (path, label, has_label) = match line.rsplit_once(char::is_whitespace) {
+                Some((p, l)) if l.parse::<usize>().is_ok() => (p.trim(), l.parse::<usize>().expect("checked"), true),
                 Some((_, l)) if l.parse::<i64>().is_ok() => {
                     bail!("{}:{}: label `{l}` is not a class index (0, 1, 2, …)", list.display(), n + 1)
                 }
-                _ => (line, 0),
+                _ => (line, 0, false),
             };
-            if label > 1_000_000 {
-                bail!("{}:{}: label {label} is out of range (at most 1000000 classes)", list.display(), n + 1);
+            match labelled {
+                None => labelled = Some((has_label, n + 1)),
+                Some((first, at)) if first != has_label => bail!(
+                    "{}:{}: {} but line {at} {}; label every line or none",
+                    list.display(),
+                    n + 1,
+                    if has_label { "has a label" } else { "has no label" },
+                    if first { "has one" } else { "has none" }
+                ),
+                _ => {}
+            }
+            if label >= 1_000_000 {
+                bail!(
+                    "{}:{}: label {label} is out of range (at most 1000000 classes: 0 to 999999)",
+                    list.display(),
+                    n + 1
+                );
             }
             if path.is_empty() {
                 bail!("{}:{}: no path on this line", list.display(), n + 1);

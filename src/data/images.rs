@@ -152,9 +152,17 @@ pub fn list_images(input: &Path) -> Result<(Vec<ImageSource>, Vec<PathBuf>)> {
 /// (see the module documentation). Errors name the file: unreadable, not an image, over the
 /// pixel limit, corrupt.
 pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
+    load_rgb8_then(path, |img| img)
+}
+
+/// [`load_rgb8`], then `then` on the image (a crop or resize) while the image still counts
+/// against the pixels being decoded at once, so that large images are also transformed one after
+/// another.
+pub fn load_rgb8_then<T>(path: &Path, then: impl FnOnce(RgbImage) -> T) -> Result<T> {
     require_regular_file(path, "an image")?;
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    decode_rgb8(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let (img, _slot) = decode(&bytes, max_image_pixels()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(then(img))
 }
 
 /// Width and height from the header, checked against the pixel limit before decoding.
@@ -178,6 +186,49 @@ fn check_dimensions(bytes: &[u8], format: image::ImageFormat, limit: u64) -> Res
     Ok((w, h))
 }
 
+/// Refuses a file too small to hold the pixels its header claims (a truncated file or a bomb that
+/// would make the decoder allocate the full image first): baseline and progressive JPEG spend at
+/// least one bit per 8×8 block, deflate (PNG) expands at most 1032-fold and a pixel is at least
+/// one bit; a factor of two is kept as margin. WebP is not bounded this way.
+fn check_plausible_size(file_bytes: usize, pixels: u64, format: image::ImageFormat) -> Result<()> {
+    let min_bytes = match format {
+        image::ImageFormat::Jpeg => pixels / 64 / 8 / 2,
+        image::ImageFormat::Png => pixels / 8 / 1032 / 2,
+        _ => 0,
+    };
+    if (file_bytes as u64) < min_bytes {
+        bail!("truncated or corrupt: {file_bytes} bytes cannot hold the {} its header claims", megapixels(pixels));
+    }
+    Ok(())
+}
+
+/// Pixels being decoded at once, across threads (see [`DecodeSlot`]).
+static DECODING: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+static DECODED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// A share of the pixel limit held while decoding: the pixels in flight stay within the limit
+/// (one image may always start), so decoder memory does not grow with the thread count (a
+/// 169 Mpx 16-bit RGBA PNG takes about 2 GB while decoding).
+struct DecodeSlot(u64);
+
+impl DecodeSlot {
+    fn acquire(pixels: u64, budget: u64) -> Self {
+        let mut in_flight = DECODING.lock().unwrap_or_else(|e| e.into_inner());
+        while *in_flight > 0 && *in_flight + pixels > budget {
+            in_flight = DECODED.wait(in_flight).unwrap_or_else(|e| e.into_inner());
+        }
+        *in_flight += pixels;
+        Self(pixels)
+    }
+}
+
+impl Drop for DecodeSlot {
+    fn drop(&mut self) {
+        *DECODING.lock().unwrap_or_else(|e| e.into_inner()) -= self.0;
+        DECODED.notify_all();
+    }
+}
+
 /// A pixel count for messages: `400.0 Mpx`, or `1200 px` below a million.
 fn megapixels(pixels: u64) -> String {
     if pixels >= 1_000_000 { format!("{:.1} Mpx", pixels as f64 / 1e6) } else { format!("{pixels} px") }
@@ -190,13 +241,22 @@ pub fn decode_rgb8(bytes: &[u8]) -> Result<RgbImage> {
 
 /// [`decode_rgb8`] with an explicit pixel limit.
 pub fn decode_rgb8_within(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
+    Ok(decode(bytes, max_pixels)?.0)
+}
+
+/// The decoded image and its share of the pixels being decoded at once.
+fn decode(bytes: &[u8], max_pixels: u64) -> Result<(RgbImage, DecodeSlot)> {
     let format = image::guess_format(bytes).map_err(|_| anyhow::anyhow!("not a readable image (unknown format)"))?;
     if !matches!(format, image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP) {
         bail!("not a readable image ({format:?} is not supported: PNG, JPEG and WebP are)");
     }
     let (w, h) = check_dimensions(bytes, format, max_pixels)?;
+    check_plausible_size(bytes.len(), w as u64 * h as u64, format)?;
+    // A few huge images decode one after another rather than one per thread at once.
+    let slot = DecodeSlot::acquire(w as u64 * h as u64, max_pixels);
     if format == image::ImageFormat::Jpeg {
-        return decode_jpeg_libjpeg(bytes).map_err(|e| anyhow::anyhow!("not a readable image ({e})"));
+        let img = decode_jpeg_libjpeg(bytes).map_err(|e| anyhow::anyhow!("not a readable image ({e})"))?;
+        return Ok((img, slot));
     }
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     // The pixel limit is ours (checked above); the decoder may use what such an image needs.
@@ -204,7 +264,7 @@ pub fn decode_rgb8_within(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     limits.max_alloc = Some(w as u64 * h as u64 * 8 + (1 << 20));
     reader.limits(limits);
     let img = reader.decode().map_err(|e| anyhow::anyhow!("not a readable image ({e})"))?;
-    Ok(to_rgb8_like_pillow(img))
+    Ok((to_rgb8_like_pillow(img), slot))
 }
 
 /// `convert("RGB")` of what Pillow opens: 16-bit grey is Pillow's `I;16`, whose conversion clips
@@ -309,6 +369,27 @@ mod tests {
 
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decode").join(name)
+    }
+
+    #[test]
+    fn pixels_decoded_at_once_stay_within_the_limit() {
+        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+        let (now, peak) = (AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|s| {
+            for i in 0..8u64 {
+                let (now, peak) = (&now, &peak);
+                s.spawn(move || {
+                    // Budget 100: images of 60 px (i even) or 30 px, never 130 at once.
+                    let pixels = if i % 2 == 0 { 60 } else { 30 };
+                    let _slot = DecodeSlot::acquire(pixels, 100);
+                    peak.fetch_max(now.fetch_add(pixels, SeqCst) + pixels, SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    now.fetch_sub(pixels, SeqCst);
+                });
+            }
+        });
+        assert!(peak.load(SeqCst) <= 100, "{} pixels at once", peak.load(SeqCst));
+        assert!(peak.load(SeqCst) >= 60);
     }
 
     #[test]

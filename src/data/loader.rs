@@ -84,7 +84,8 @@ pub struct Loader {
     config: LoaderConfig,
     pool: Arc<rayon::ThreadPool>,
     step_multiple: usize,
-    skipped: Arc<std::sync::atomic::AtomicUsize>,
+    /// Items found unreadable (each warned about and counted once, however often it is read).
+    skipped: Arc<std::sync::Mutex<std::collections::BTreeSet<usize>>>,
 }
 
 impl Loader {
@@ -104,9 +105,9 @@ impl Loader {
         Ok(Self { dataset, config, pool: Arc::new(pool), step_multiple: 1, skipped: Default::default() })
     }
 
-    /// Unreadable items skipped so far (with `skip_unreadable`).
+    /// Distinct unreadable items skipped so far (with `skip_unreadable`).
     pub fn skipped(&self) -> usize {
-        self.skipped.load(std::sync::atomic::Ordering::Relaxed)
+        self.skipped.lock().expect("skipped items").len()
     }
 
     /// The same batches, failing on an unreadable item instead of skipping it.
@@ -193,8 +194,9 @@ impl Loader {
                     indices.push(index);
                 }
                 Err(e) if self.config.skip_unreadable => {
-                    tracing::warn!("{e:#}; skipped");
-                    self.skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if self.skipped.lock().expect("skipped items").insert(index) {
+                        tracing::warn!("{e:#}; skipped");
+                    }
                 }
                 Err(e) => return Err(e),
             }

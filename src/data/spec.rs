@@ -26,6 +26,17 @@ pub enum DataSpec {
     },
 }
 
+impl DataSpec {
+    /// The folder or list file it reads (none for the procedural set).
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Procedural { .. } => None,
+            Self::Folder(dir) => Some(dir),
+            Self::List { list, .. } => Some(list),
+        }
+    }
+}
+
 impl std::str::FromStr for DataSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -44,7 +55,7 @@ impl std::str::FromStr for DataSpec {
             };
         }
         let path = PathBuf::from(s);
-        if path.extension().is_some_and(|e| e == "txt") {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt")) {
             Ok(Self::List { list: path, root: None })
         } else {
             Ok(Self::Folder(path))

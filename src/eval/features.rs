@@ -5,7 +5,7 @@ use crate::data::transforms::tensor_to_images;
 use crate::metrics::extractor::Extractor;
 use crate::metrics::fid::{FeatureStats, IS_PERMUTATION_SEED, StatsAccumulator, inception_score};
 use crate::metrics::numpy_rng::legacy_permutation;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::prelude::*;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
@@ -150,5 +150,5 @@ pub fn reference_statistics(
         acc.add(&extractor.features(&images, device)?)?;
         on_batch(take);
     }
-    acc.finish()
+    acc.finish().with_context(|| loader.dataset().describe())
 }

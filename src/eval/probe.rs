@@ -57,7 +57,11 @@ impl ProbeConfig {
     }
 }
 
-/// Encodes every image of `loader` (use [`Loader::sequential`]) with the posterior mean.
+/// Encodes every readable image of `loader` (use [`Loader::sequential`]) with the posterior mean.
+///
+/// # Errors
+/// No readable image at all (an empty batch never reaches the model: burn-flex 0.22.1's matmul
+/// crashes on one).
 pub fn extract_features(
     tokenizer: &RecTok,
     loader: &Loader,
@@ -65,10 +69,14 @@ pub fn extract_features(
     device: &Device,
 ) -> Result<FeatureSet> {
     let mut out = FeatureSet { features: Vec::new(), labels: Vec::new() };
-    let steps = loader.steps_per_epoch();
-    let bar = crate::io::step_progress(steps, 0);
-    for step in 0..steps {
-        let batch = loader.batch(0, step)?;
+    let bar = crate::io::step_progress(loader.steps_per_epoch(), 0);
+    for item in loader.first_items(loader.dataset().len()) {
+        crate::signals::check("encoding the probe's images")?;
+        let (batch, take) = item?;
+        bar.inc(1);
+        if take == 0 {
+            continue;
+        }
         let z = tokenizer.posterior(batch.tensor(device)).mode(); // (B, L, C)
         let [b, l, c] = z.dims();
         let z = match features {
@@ -79,9 +87,11 @@ pub fn extract_features(
         let v: Vec<f32> = z.into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         out.features.extend(v.chunks(dim).map(|r| r.to_vec()));
         out.labels.extend(batch.labels);
-        bar.inc(1);
     }
     bar.finish_and_clear();
+    if out.features.is_empty() {
+        anyhow::bail!("{}: none of the images could be read", loader.dataset().describe());
+    }
     Ok(out)
 }
 

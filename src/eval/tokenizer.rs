@@ -105,11 +105,14 @@ pub fn evaluate_tokenizer(
         done += take;
         on_batch(take);
     }
-    if let Some(staged) = staged {
-        staged.commit()?;
-    }
     if done == 0 {
         bail!("{}: no images to evaluate", loader.dataset().describe());
+    }
+    if options.extractor.is_some() && done < 2 {
+        bail!(
+            "{}: {done} readable image evaluated; the feature statistics need at least 2",
+            loader.dataset().describe()
+        );
     }
     let mut result = TokenizerEval {
         images: done,
@@ -146,6 +149,10 @@ pub fn evaluate_tokenizer(
             }
             _ => {}
         }
+    }
+    // The saved reconstructions appear only when the whole evaluation succeeded.
+    if let Some(staged) = staged {
+        staged.commit()?;
     }
     Ok(result)
 }

@@ -130,13 +130,10 @@ impl DitDhConfig {
         let size = obj.get("input_size").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(input_size);
         let base = match obj.get("preset").and_then(|v| v.as_str()) {
             Some(p) => Self::preset(p, channels, size).ok_or(format!("{spec}: unknown preset `{p}`"))?,
-            None => Self::new(
-                size,
-                channels,
-                required_usize(&obj, "enc_hidden")?,
-                required_usize(&obj, "enc_depth")?,
-                required_usize(&obj, "enc_heads")?,
-            ),
+            None => {
+                let field = |key| required_usize(&obj, key).map_err(|e| format!("{spec}: {e}"));
+                Self::new(size, channels, field("enc_hidden")?, field("enc_depth")?, field("enc_heads")?)
+            }
         };
         let mut obj = obj;
         obj.remove("preset");

@@ -204,9 +204,6 @@ pub fn run_ablation(out: &Path, only: &[String], quick: bool) -> Result<Vec<Pipe
             variants().iter().map(|v| v.name.clone()).collect::<Vec<_>>().join(", ")
         );
     }
-    std::fs::create_dir_all(out)?;
-    let budget = budget(quick);
-    let mut results = Vec::new();
     let chosen: Vec<Variant> = variants()
         .into_iter()
         .filter(|v| only.is_empty() || only.iter().any(|o| v.name.starts_with(o.as_str())))
@@ -217,6 +214,9 @@ pub fn run_ablation(out: &Path, only: &[String], quick: bool) -> Result<Vec<Pipe
             variants().iter().map(|v| v.name.clone()).collect::<Vec<_>>().join(", ")
         );
     }
+    let _lock = crate::train::session::RunLock::acquire(out)?;
+    let budget = budget(quick);
+    let mut results = Vec::new();
     for (i, variant) in chosen.iter().enumerate() {
         let done = out.join(&variant.name).join("result.json");
         let budget_json = serde_json::to_value(&budget)?;

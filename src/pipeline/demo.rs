@@ -40,7 +40,7 @@ pub fn run_demo(out: &Path, quick: bool) -> Result<PipelineResult> {
     if out.exists() && std::fs::read_dir(out)?.next().is_some() {
         anyhow::bail!("{}: not empty; choose another --out (the demo never overwrites a previous run)", out.display());
     }
-    std::fs::create_dir_all(out)?;
+    let _lock = crate::train::session::RunLock::acquire(out)?;
     let budget = budget(quick);
     let variant = Variant::recipe("run", "tiny RecTok (FSD + RAD, EfficientNet-Lite0 teacher) → tiny DiT^DH");
     let r = run_variant(out, &variant, &budget, 0)?;

@@ -240,6 +240,12 @@ impl RecTokConfig {
 
     /// Checks the sizes for consistency, naming the first problem.
     pub fn validate(&self) -> Result<(), String> {
+        if self.teacher_key.is_empty() || self.teacher_key.contains(['.', ' ']) {
+            return Err(format!(
+                "teacher_key must be a state-dict name part (no dots or spaces), got `{}`",
+                self.teacher_key
+            ));
+        }
         if self.patch_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
             return Err(format!("img_size {} is not a multiple of patch_size {}", self.img_size, self.patch_size));
         }

@@ -72,6 +72,18 @@ pub fn expand_model_sizes(table: &mut toml::Table) -> Result<()> {
 
 pub use crate::config::apply_override;
 
+/// The data sources of a `[data]` table, as [`Recipe::inputs`](super::run::Recipe::inputs) lists
+/// them.
+pub fn data_inputs(data: &super::run::DataOptions) -> Vec<(&'static str, PathBuf)> {
+    let mut inputs = Vec::new();
+    for (key, source) in [("data.source (--data)", Some(&data.source)), ("data.val_source", data.val_source.as_ref())] {
+        if let Some(spec) = source.and_then(|s| s.parse::<crate::data::DataSpec>().ok()) {
+            inputs.extend(spec.path().map(|p| (key, p.to_path_buf())));
+        }
+    }
+    inputs
+}
+
 /// `name` must be finite and ≥ 0.
 pub fn non_negative(name: &str, v: f64) -> Result<(), String> {
     if !(v.is_finite() && v >= 0.0) {
@@ -544,6 +556,20 @@ impl TokenizerTrainConfig {
         crate::loss::perceptual::check_exists(&self.loss.vgg, "loss.vgg")?;
         crate::loss::perceptual::check_exists(&self.loss.convnext, "loss.convnext")?;
         Ok(())
+    }
+
+    /// The files and folders the run reads, with the option that names each.
+    pub fn inputs(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut inputs = data_inputs(&self.data);
+        inputs.extend(self.run.init_from.clone().map(|p| ("run.init_from (--init-from)", p)));
+        if let Ok(Some(crate::teacher::TeacherSpec::Dinov3 { path, .. })) = self.teacher_spec() {
+            inputs.push(("teacher.spec (--teacher)", path));
+        }
+        let l = &self.loss;
+        for (key, path) in [("loss.lpips", &l.lpips), ("loss.vgg", &l.vgg), ("loss.convnext", &l.convnext)] {
+            inputs.extend(path.clone().map(|p| (key, p)));
+        }
+        inputs
     }
 
     /// The teacher, unless `none` (stage 2 never uses one).

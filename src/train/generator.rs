@@ -188,6 +188,11 @@ impl Trainer for GeneratorTraining {
         model_config.num_classes = num_classes;
         model_config.label_dropout_prob = config.model.label_dropout_prob;
         model_config.validate().map_err(|e| anyhow!("[model]: {e}"))?;
+        crate::device::check_trainable_parameter_count(model_config.approx_params(), "the DiT^DH")
+            .map_err(|e| anyhow!("[model]: {e}"))?;
+        if let Some(dir) = config.latents.cache.as_ref().filter(|d| !d.as_os_str().is_empty()) {
+            crate::io::check_output_folder(&run_dir.join(dir), "latents.cache (--cache)")?;
+        }
 
         let extractor = (config.run.fd_images > 0)
             .then(|| Extractor::load(&config.run.fd_extractor, &inner).context("run.fd_extractor"))

@@ -217,6 +217,16 @@ impl GeneratorTrainConfig {
         Ok(config)
     }
 
+    /// The files and folders the run reads, with the option that names each.
+    pub fn inputs(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut inputs = super::config::data_inputs(&self.data);
+        if !self.tokenizer.path.as_os_str().is_empty() {
+            inputs.push(("tokenizer.path (--tokenizer)", self.tokenizer.path.clone()));
+        }
+        inputs.extend(self.tokenizer.latent_stats.clone().map(|p| ("tokenizer.latent_stats (--latent-stats)", p)));
+        inputs
+    }
+
     /// Range and consistency checks of every field, naming the option, its value and the range.
     pub fn validate(&self) -> Result<(), String> {
         let (r, o, m, s) = (&self.run, &self.optim, &self.model, &self.sample);

@@ -115,6 +115,9 @@ impl TrainingBatches {
         image_size: usize,
         seed: u64,
     ) -> Result<Self> {
+        if dataset.len() < batch_size {
+            anyhow::bail!("optim.batch_size = {batch_size}: {spec} has {} images, fewer than one batch", dataset.len());
+        }
         let config = crate::data::LoaderConfig {
             batch_size,
             image_size,
@@ -197,6 +200,10 @@ macro_rules! recipe {
                 <$config>::validate(self)
             }
 
+            fn inputs(&self) -> Vec<(&'static str, std::path::PathBuf)> {
+                <$config>::inputs(self)
+            }
+
             fn schedule(&self) -> $crate::train::run::Schedule {
                 let r = &self.run;
                 $crate::train::run::Schedule {
@@ -236,6 +243,24 @@ pub trait Recipe: Clone + Serialize + DeserializeOwned {
     fn load(spec: &str, overrides: &[String]) -> Result<Self>;
     /// Range and consistency checks, naming the option at fault.
     fn validate(&self) -> Result<(), String>;
+    /// The files and folders a run reads, with the option that names each.
+    fn inputs(&self) -> Vec<(&'static str, PathBuf)>;
+
+    /// Refuses inputs inside the run folder: the run writes there (its exports would replace a
+    /// tokenizer given from it, a restart would discard it).
+    fn check_inputs_outside(&self, run_dir: &Path) -> Result<()> {
+        for (key, path) in self.inputs() {
+            if crate::io::lies_within(&path, run_dir) {
+                anyhow::bail!(
+                    "{key} {}: lies inside the run folder {}, which the run writes; keep its inputs outside \
+                    (or choose another --out)",
+                    path.display(),
+                    run_dir.display()
+                );
+            }
+        }
+        Ok(())
+    }
     /// The schedule options.
     fn schedule(&self) -> Schedule;
     /// The `[run]` table, for the resume overrides.
@@ -243,27 +268,26 @@ pub trait Recipe: Clone + Serialize + DeserializeOwned {
     /// Replaces the `[run]` table after the resume overrides.
     fn set_run_table(&mut self, table: toml::Value) -> Result<()>;
 
-    /// Refuses `--set` overrides of options that would change a resumed run's trajectory.
-    fn check_resumable(overrides: &[String]) -> Result<()> {
+    /// Applies `--set` overrides of options that may change on resume; any other is refused
+    /// unless it repeats the run's own value.
+    fn adjust_for_resume(&mut self, overrides: &[String]) -> Result<()> {
+        let current = toml::Table::try_from(&*self)?;
+        let mut table = toml::Table::new();
+        table.insert("run".into(), self.run_table()?);
         for o in overrides {
             let key = o.split('=').next().unwrap_or_default().trim();
-            if !Self::RESUMABLE.contains(&key) {
+            if Self::RESUMABLE.contains(&key) {
+                crate::config::apply_override(&mut table, o)?;
+                continue;
+            }
+            let mut changed = current.clone();
+            crate::config::apply_override(&mut changed, o)?;
+            if changed != current {
                 anyhow::bail!(
                     "`{o}`: only {} can change when resuming; the others would change the run",
                     Self::RESUMABLE.join(", ")
                 );
             }
-        }
-        Ok(())
-    }
-
-    /// Applies `--set` overrides of options that may change on resume; any other is refused.
-    fn adjust_for_resume(&mut self, overrides: &[String]) -> Result<()> {
-        Self::check_resumable(overrides)?;
-        let mut table = toml::Table::new();
-        table.insert("run".into(), self.run_table()?);
-        for o in overrides {
-            crate::config::apply_override(&mut table, o)?;
         }
         self.set_run_table(table.remove("run").expect("run"))
     }
@@ -449,6 +473,7 @@ impl<T: Trainer> Run<T> {
     /// Starts a new run in `run_dir` (which must not hold a run with a checkpoint already). When
     /// it fails to get going, what it wrote is removed again.
     pub fn start(config: T::Config, run_dir: &Path) -> Result<Self> {
+        config.check_inputs_outside(run_dir)?;
         let created = !run_dir.exists();
         let (lock, _) = session::open_run(run_dir, false, T::Config::COMMAND)?;
         write_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
@@ -468,7 +493,6 @@ impl<T: Trainer> Run<T> {
     /// Continues the run in `run_dir` from its newest checkpoint (or starts it over when it
     /// stopped before its first one), with `overrides` of the options that may change.
     pub fn resume(run_dir: &Path, overrides: &[String]) -> Result<Self> {
-        T::Config::check_resumable(overrides)?;
         let (lock, start) = session::open_run(run_dir, true, T::Config::COMMAND)?;
         let (mut config, state) = match start {
             Start::Resume(ckpt) => {
@@ -480,6 +504,7 @@ impl<T: Trainer> Run<T> {
         };
         config.adjust_for_resume(overrides)?;
         config.validate().map_err(|e| anyhow!("{}: {e}", run_dir.display()))?;
+        config.check_inputs_outside(run_dir)?;
         Self::open(config, run_dir, state, lock).map_err(|e| with_resume::<T>(e, run_dir))
     }
 

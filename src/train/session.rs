@@ -15,7 +15,8 @@ pub struct RunLock {
 }
 
 impl RunLock {
-    /// Locks `run_dir` (creating it), or fails naming the process that holds it.
+    /// Locks `run_dir` (creating it) for this process, or fails naming the process that holds it.
+    /// Training runs, the demo and ablations hold their output folder's lock.
     pub fn acquire(run_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         let path = run_dir.join(".lock");
@@ -33,8 +34,8 @@ impl RunLock {
                 let _ = file.read_to_string(&mut holder);
                 let holder = holder.trim();
                 bail!(
-                    "{}: another rectok process{} is training in this run folder; wait for it to finish or stop it \
-                        first",
+                    "{}: another rectok process{} is working in this folder (a training run, demo or ablation); \
+                        wait for it to finish or stop it first",
                     run_dir.display(),
                     if holder.is_empty() { String::new() } else { format!(" (pid {holder})") }
                 );
@@ -69,6 +70,14 @@ pub enum Start {
 /// `command` is the subcommand (`tokenizer`, `generator`) for messages.
 pub fn open_run(run_dir: &Path, resume: bool, command: &str) -> Result<(RunLock, Start)> {
     let lock = RunLock::acquire(run_dir)?;
+    if let Some(kind) = run_kind(run_dir).filter(|k| *k != command) {
+        bail!(
+            "{}: holds a `rectok train {kind}` run, not a {command} run; choose another --out (or continue that run \
+            with `rectok train {kind} --out {} --resume`)",
+            run_dir.display(),
+            run_dir.display()
+        );
+    }
     clean_leftovers(run_dir)?;
     let checkpoint = super::checkpoint::CheckpointStore::new(run_dir, 1).latest()?;
     let config = run_dir.join("config.toml");
@@ -108,6 +117,17 @@ pub fn open_run(run_dir: &Path, resume: bool, command: &str) -> Result<(RunLock,
         forget_progress(run_dir)?;
     }
     Ok((lock, start))
+}
+
+/// Which trainer made the run in `run_dir`, from the sections of its `config.toml`: generator
+/// recipes have `[sample]`, tokenizer recipes `[loss]`.
+fn run_kind(run_dir: &Path) -> Option<&'static str> {
+    let table: toml::Table = std::fs::read_to_string(run_dir.join("config.toml")).ok()?.parse().ok()?;
+    match (table.contains_key("sample"), table.contains_key("loss")) {
+        (true, false) => Some("generator"),
+        (false, true) => Some("tokenizer"),
+        _ => None,
+    }
 }
 
 /// Undoes what [`open_run`] and the start of a new run wrote (`.lock`, `config.toml`, and the

@@ -206,6 +206,8 @@ impl Trainer for TokenizerTraining {
             model_config.teacher_dim = None;
         }
         model_config.validate().map_err(|e| anyhow!("[model]: {e}"))?;
+        crate::device::check_trainable_parameter_count(model_config.approx_params(), "the tokenizer")
+            .map_err(|e| anyhow!("[model]: {e}"))?;
 
         // Perceptual term: the official one when its weights are named, else the fallback, said aloud.
         let mut kind = config.loss.perceptual;
