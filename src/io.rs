@@ -300,6 +300,16 @@ pub fn lies_within(path: &Path, dir: &Path) -> bool {
     matches!((canonical_lenient(path), canonical_lenient(dir)), (Some(p), Some(d)) if p.starts_with(&d))
 }
 
+/// Extensions treated as images when scanning folders (compared case-insensitively).
+pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp"];
+
+/// Whether `path` has an image extension (case-insensitive).
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
 /// The files and folders a command reads, by canonical path, with the option that named each.
 #[derive(Debug, Default)]
 pub struct Inputs {
@@ -361,7 +371,7 @@ impl Inputs {
             return Some(format!("it is the input folder {option}"));
         }
         if c.is_file()
-            && crate::data::images::has_image_extension(&c)
+            && has_image_extension(&c)
             && let Some((_, option)) = self.dirs.iter().find(|(d, _)| c.starts_with(d))
         {
             return Some(format!("it is an image inside the input folder {option}"));

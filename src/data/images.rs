@@ -11,14 +11,12 @@
 //!   samples reduced as Pillow does (high byte for RGB, RGBA and grey + alpha; grey clipped at
 //!   255, Pillow's `I;16 → RGB`), everything else through the `image` crate.
 
+pub use crate::io::{IMAGE_EXTENSIONS, has_image_extension};
 use anyhow::{Context, Result, bail};
 use image::{DynamicImage, RgbImage};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// Extensions treated as images when scanning folders (compared case-insensitively).
-pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp"];
 
 /// Pillow refuses images above twice `Image.MAX_IMAGE_PIXELS` (89,478,485) as decompression
 /// bombs; rectok uses the same threshold for every format.
@@ -34,13 +32,6 @@ pub fn set_max_image_pixels(pixels: u64) {
 /// The pixel limit of every image decode (width × height), checked from the file's header.
 pub fn max_image_pixels() -> u64 {
     MAX_IMAGE_PIXELS.load(Ordering::Relaxed)
-}
-
-/// Whether `path` has an image extension (case-insensitive).
-pub fn has_image_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
 /// An image file and the name its outputs get (relative path without extension).
