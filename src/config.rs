@@ -17,13 +17,13 @@ pub fn canonical_name(name: &str) -> String {
 }
 
 /// The entry of `presets` named `name` (in any accepted spelling).
-pub fn find<'a, T>(name: &str, presets: &'a [(&'static str, T)]) -> Option<&'a T> {
+pub fn find<'a, T>(name: &str, presets: &'a [(&str, T)]) -> Option<&'a T> {
     let name = canonical_name(name);
     presets.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
 }
 
 /// The names of `presets`, for messages.
-pub fn names<T>(presets: &[(&'static str, T)]) -> String {
+pub fn names<T>(presets: &[(&str, T)]) -> String {
     presets.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
 }
 

@@ -16,28 +16,22 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
+/// A progress bar of `len` steps drawn with `template`.
+fn styled_bar(len: usize, template: &str) -> indicatif::ProgressBar {
+    let style = indicatif::ProgressStyle::with_template(template).expect("template").progress_chars("=> ");
+    indicatif::ProgressBar::new(len as u64).with_style(style)
+}
+
 /// A progress bar over `n` items, labelled `what` (drawn only on a terminal).
 pub fn progress(n: usize, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(n as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(what.to_string());
-    bar
+    styled_bar(n, "{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})").with_message(what.to_string())
 }
 
 /// The training progress bar: `len` steps, starting at `position` (a resumed run), with a
 /// message slot for the loss terms (drawn only on a terminal; see
 /// [`indicatif::ProgressBar::is_hidden`]).
 pub fn step_progress(len: usize, position: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("[{elapsed_precise}] {pos}/{len} [{bar:25}] eta {eta} {msg}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
+    let bar = styled_bar(len, "[{elapsed_precise}] {pos}/{len} [{bar:25}] eta {eta} {msg}");
     bar.set_position(position as u64);
     bar.reset_eta();
     bar
@@ -182,24 +176,21 @@ pub fn refuse_special(path: &Path) -> Result<()> {
     }
 }
 
-/// The first existing ancestor of `path` that is not a folder, if any (an output under it cannot
-/// be created).
-fn blocked_ancestor(path: &Path) -> Option<PathBuf> {
-    path.ancestors()
-        .skip(1)
-        .filter(|a| !a.as_os_str().is_empty())
-        .find(|a| a.exists() && !a.is_dir())
-        .map(Path::to_path_buf)
+/// Refuses `path` when an existing ancestor is not a folder (an output under it cannot be
+/// created).
+fn refuse_blocked(path: &Path, option: &str) -> Result<()> {
+    if let Some(a) = path.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).find(|a| a.exists() && !a.is_dir())
+    {
+        bail!("{option} {}: {} is not a folder", path.display(), a.display());
+    }
+    Ok(())
 }
 
 /// An output file option, checked before any work: it may not exist yet, but must not be a folder
 /// or a special file, and no existing ancestor may be a file.
 pub fn check_output_file(path: &Path, option: &str) -> Result<()> {
     refuse_special(path).with_context(|| option.to_string())?;
-    if let Some(a) = blocked_ancestor(path) {
-        bail!("{option} {}: {} is not a folder", path.display(), a.display());
-    }
-    Ok(())
+    refuse_blocked(path, option)
 }
 
 /// An output folder option, checked before any work: it may not exist yet, but must be a folder
@@ -208,10 +199,7 @@ pub fn check_output_folder(path: &Path, option: &str) -> Result<()> {
     if path.exists() && !path.is_dir() {
         bail!("{option} {}: exists and is not a folder", path.display());
     }
-    if let Some(a) = blocked_ancestor(path) {
-        bail!("{option} {}: {} is not a folder", path.display(), a.display());
-    }
-    Ok(())
+    refuse_blocked(path, option)
 }
 
 /// The relative path an output named `name` gets inside its output folder: `/`-separated

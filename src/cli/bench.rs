@@ -47,9 +47,7 @@ impl BenchOptions {
         if let Some(&b) = batch_sizes.iter().find(|&&b| !(1..=1024).contains(&b)) {
             anyhow::bail!("--batch-sizes must each be between 1 and 1024, got {b}");
         }
-        if let Some(t) = self.threads {
-            crate::device::check_threads(t, "--threads").map_err(|e| anyhow!(e))?;
-        }
+        super::common::check_threads(self.threads)?;
         if let Some(path) = &self.json {
             let mut inputs = crate::io::Inputs::new();
             inputs.add_opt(self.reference.as_deref(), "--reference");
@@ -90,17 +88,14 @@ impl Table {
             Some(r) => r[key][batch.to_string()].as_f64(),
             None => self.stated.iter().find(|(k, b, _)| *k == key && *b == batch).map(|s| s.2),
         };
-        match r {
-            Some(r) => (format!("{r:.decimals$}"), format!("{:.2}x", r / seconds)),
-            None => ("-".into(), "-".into()),
-        }
+        r.map_or(("-".into(), "-".into()), |r| (format!("{r:.decimals$}"), format!("{:.2}x", r / seconds)))
     }
 
     /// Prints the ratio's meaning and writes `--json`.
     fn finish(self) -> Result<()> {
         println!("ratio = reference time / our time (> 1: faster than the reference)");
         if let Some(path) = &self.json {
-            crate::io::write_atomic(path, serde_json::to_string_pretty(&self.record)?.as_bytes())?;
+            super::common::write_json(path, &self.record)?;
         }
         Ok(())
     }
@@ -126,7 +121,7 @@ fn read_reference(path: &Path) -> Result<serde_json::Value> {
 }
 
 /// Median seconds of `iters` calls of `step`, after one untimed warm-up call.
-fn median_step_seconds(iters: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+fn median_step_seconds<T>(iters: usize, mut step: impl FnMut() -> Result<T>) -> Result<f64> {
     step()?;
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters {
@@ -168,7 +163,6 @@ fn run_train(args: TrainBench) -> Result<()> {
     if args.data_parallel > 64 {
         anyhow::bail!("--data-parallel must be between 0 (automatic) and 64, got {}", args.data_parallel);
     }
-    let iters = args.iters;
     let replicas = crate::train::params::replicas(args.data_parallel, &Device::flex());
     table.record["data_parallel"] = replicas.into();
     println!(
@@ -191,9 +185,8 @@ fn run_train(args: TrainBench) -> Result<()> {
         };
         for b in batches {
             let dir = tempfile::tempdir().context("temporary run folder")?;
-            let run_dir = dir.path().join("run");
             let (batch, t) = if name.starts_with("ditdh") {
-                time_generator_step(name, b, iters, &dp, dir.path())?
+                time_generator_step(name, b, args.iters, &dp, dir.path())?
             } else {
                 let mut overrides = vec![
                     "run.checkpoint_every=1000000".to_string(),
@@ -212,10 +205,10 @@ fn run_train(args: TrainBench) -> Result<()> {
                 }
                 let mut config = TokenizerTrainConfig::load(name, &overrides)?;
                 let batch = config.optim.batch_size;
-                config.data.source = format!("procedural:{}", batch * (iters + 2));
-                let mut trainer = TokenizerTrainer::start(config, &run_dir)?;
+                config.data.source = format!("procedural:{}", batch * (args.iters + 2));
+                let mut trainer = TokenizerTrainer::start(config, &dir.path().join("run"))?;
                 trainer.begin()?;
-                (batch, median_step_seconds(iters, || trainer.train_step().map(|_| ()))?)
+                (batch, median_step_seconds(args.iters, || trainer.train_step())?)
             };
             let (r, ratio) = table.measure(key, batch, t, 2);
             println!("{key:<10} {batch:>6} {t:>10.3} {:>10.2} {r:>12} {ratio:>8}", batch as f64 / t);
@@ -260,7 +253,7 @@ fn time_generator_step(
     config.latents.cache = Some("cache".into());
     let mut trainer = GeneratorTrainer::start(config, &dir.join("run"))?;
     trainer.begin()?;
-    Ok((b, median_step_seconds(iters, || trainer.train_step().map(|_| ()))?))
+    Ok((b, median_step_seconds(iters, || trainer.train_step())?))
 }
 
 /// Options of `rectok bench dit`.
@@ -300,10 +293,8 @@ fn run_dit(args: DitBench) -> Result<()> {
             let x = rng.normal_tensor([b, 128, 16, 16], &device);
             let t = rng.uniform_tensor([b], &device);
             let y = Tensor::<1, Int>::from_data(TensorData::new((0..b as i64).collect::<Vec<_>>(), [b]), &device);
-            let secs = median_step_seconds(args.iters, || {
-                let _ = model.forward(x.clone(), t.clone(), y.clone()).into_data();
-                Ok(())
-            })?;
+            let secs =
+                median_step_seconds(args.iters, || Ok(model.forward(x.clone(), t.clone(), y.clone()).into_data()))?;
             let (r, ratio) = table.measure(name, b, secs, 2);
             // A 50-step sample: 50 grid points = 49 Euler evaluations.
             let per_image = secs * 49.0 / b as f64;
@@ -349,14 +340,9 @@ fn run_tokenizer(args: TokenizerBench) -> Result<()> {
     for &b in &args.batch_sizes {
         let x = rng.uniform_tensor([b, 3, s, s], &device) * 2.0 - 1.0;
         let z = rng.normal_tensor([b, g * g, c], &device);
-        let enc = median_step_seconds(args.iters, || {
-            let _ = model.posterior(x.clone()).mean.into_data();
-            Ok(())
-        })? / b as f64;
-        let dec = median_step_seconds(args.iters, || {
-            let _ = model.decoder.forward(z.clone(), None).into_data();
-            Ok(())
-        })? / b as f64;
+        let enc = median_step_seconds(args.iters, || Ok(model.posterior(x.clone()).mean.into_data()))? / b as f64;
+        let dec =
+            median_step_seconds(args.iters, || Ok(model.decoder.forward(z.clone(), None).into_data()))? / b as f64;
         for (op, t) in [("encode", enc), ("decode", dec)] {
             let (r, ratio) = table.measure(op, b, t, 3);
             println!("{op:<8} {b:>6} {t:>12.4} {:>10.2} {r:>14} {ratio:>10}", 1.0 / t);

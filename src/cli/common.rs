@@ -2,9 +2,10 @@
 
 use crate::data::images::load_rgb8_then;
 use crate::data::transforms::center_crop_arr;
-use crate::data::{ImageSource, list_images};
+use crate::data::{DataSpec, ImageSource, list_images};
 use crate::device::{DeviceChoice, select_device, set_cpu_threads};
-use crate::io::Inputs;
+use crate::generator::{DitDh, DitDhConfig, Guidance};
+use crate::io::{Inputs, progress};
 use crate::tokenizer::{RecTok, RecTokConfig};
 use crate::weights::CheckpointEntry;
 use crate::weights::tokenizer::{TokenizerLoadOptions, load_latent_stats, load_tokenizer};
@@ -28,9 +29,7 @@ pub struct DeviceArgs {
 impl DeviceArgs {
     /// Checks `--threads` and that the device is compiled in, without starting anything.
     pub fn validate(&self) -> Result<()> {
-        if let Some(n) = self.threads {
-            crate::device::check_threads(n, "--threads").map_err(|e| anyhow!(e))?;
-        }
+        check_threads(self.threads)?;
         if !crate::device::compiled_devices().contains(&self.device) {
             select_device(self.device).map_err(|e| anyhow!(e))?;
         }
@@ -45,25 +44,32 @@ impl DeviceArgs {
     }
 }
 
-/// `--batch-size` must be at least 1.
-pub fn require_batch_size(batch_size: usize) -> Result<()> {
-    require_positive(batch_size, "--batch-size")
+/// `--threads`, when given, must be between 1 and the number of cores.
+pub fn check_threads(threads: Option<usize>) -> Result<()> {
+    threads.map_or(Ok(()), |n| crate::device::check_threads(n, "--threads")).map_err(|e| anyhow!(e))
 }
 
-/// A count option that must be at least 1.
-pub fn require_positive(value: usize, option: &str) -> Result<()> {
-    if value == 0 {
+/// `--batch-size` must be at least 1.
+pub fn require_batch_size(batch_size: usize) -> Result<()> {
+    require_positive(Some(batch_size), "--batch-size")
+}
+
+/// A count option that, when given, must be at least 1.
+pub fn require_positive(value: Option<usize>, option: &str) -> Result<()> {
+    if value == Some(0) {
         bail!("{option} must be at least 1, got 0");
     }
     Ok(())
 }
 
-/// `--steps`: time-grid points, 2 to 10,000.
-pub fn check_steps(steps: usize) -> Result<()> {
-    if !(2..=10_000).contains(&steps) {
-        bail!("--steps must be between 2 and 10000 (N time-grid points give N − 1 integration steps), got {steps}");
-    }
-    Ok(())
+/// Parses a `--data`-style source given as `option`.
+pub fn parse_data(data: &str, option: &str) -> Result<DataSpec> {
+    data.parse().map_err(|e: String| anyhow!("{option}: {e}"))
+}
+
+/// The files a `--data`-style source names: none for the built-in set (`procedural`).
+pub fn data_path(data: &str) -> Option<&Path> {
+    (!data.starts_with("procedural") && !data.starts_with("builtin")).then(|| Path::new(data))
 }
 
 /// `--tokenizer` and how to read it.
@@ -93,10 +99,10 @@ pub fn parse_config(spec: &str) -> Result<RecTokConfig> {
 impl TokenizerArgs {
     /// Registers the files these options read.
     pub fn add_inputs(&self, inputs: &mut Inputs) {
-        inputs.add(&self.tokenizer, "--tokenizer").add_opt(self.latent_stats.as_deref(), "--latent-stats");
-        if let Some(c) = &self.config {
-            inputs.add(Path::new(c), "--config");
-        }
+        inputs
+            .add(&self.tokenizer, "--tokenizer")
+            .add_opt(self.latent_stats.as_deref(), "--latent-stats")
+            .add_opt(self.config.as_deref().map(Path::new), "--config");
     }
 
     /// Loads the tokenizer (encoder + decoder only) and its statistics.
@@ -116,11 +122,7 @@ impl TokenizerArgs {
             "loaded tokenizer {} ({} tensors from {}{}, {:.1}M parameters) in {:.1}s",
             self.tokenizer.display(),
             report.applied,
-            if report.entry.is_empty() {
-                "a bare state dict".to_string()
-            } else {
-                format!("the `{}` entry", report.entry)
-            },
+            if report.entry.is_empty() { "a bare state dict".into() } else { format!("the `{}` entry", report.entry) },
             if report.ignored > 0 {
                 format!(", {} training-only tensors ignored", report.ignored)
             } else {
@@ -137,13 +139,34 @@ impl TokenizerArgs {
                 report.unused[0]
             );
         }
-        if let Some(path) = &self.latent_stats {
-            let stats = load_latent_stats(path)?;
-            stats.validate(model.token_channels()).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-            model.stats = Some(stats);
-        }
+        attach_latent_stats(&mut model, self.latent_stats.as_deref())?;
         Ok(model)
     }
+
+    /// Loads the tokenizer for a generator, which samples normalised latents: it must carry
+    /// latent statistics.
+    pub fn load_with_stats(&self, device: &Device) -> Result<RecTok> {
+        let model = self.load(device)?;
+        if model.stats.is_some() {
+            return Ok(model);
+        }
+        let t = self.tokenizer.display();
+        bail!(
+            "{t}: the tokenizer carries no latent statistics, and the DiT samples normalised latents. The \
+             reference recomputes them over its training set; compute them once with `rectok latent-stats \
+             --tokenizer {t} --data IMAGES --output stats.safetensors` and pass --latent-stats \
+             stats.safetensors (or store them with `rectok convert --latent-stats`)"
+        )
+    }
+}
+
+/// Reads latent statistics from `path`, if given, into `model`, checking they fit its channels.
+pub fn attach_latent_stats(model: &mut RecTok, path: Option<&Path>) -> Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let stats = load_latent_stats(path)?;
+    stats.validate(model.token_channels()).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    model.stats = Some(stats);
+    Ok(())
 }
 
 /// Images to process, after listing and reporting non-image files.
@@ -164,7 +187,7 @@ pub fn input_images(input: &Path, option: &str) -> Result<(InputImages, Inputs)>
         tracing::warn!("{}: not an image file, skipped", p.display());
     }
     if sources.is_empty() {
-        return Err(anyhow!("{}: no images found (looked for .png, .jpg, .jpeg, .webp, in any case)", input.display()));
+        bail!("{}: no images found (looked for .png, .jpg, .jpeg, .webp, in any case)", input.display());
     }
     let mut guard = Inputs::new();
     guard.add(input, option).add_files(sources.iter().map(|s| s.path.as_path()));
@@ -185,48 +208,43 @@ impl InputImages {
         mut f: impl FnMut(Vec<String>, Vec<RgbImage>) -> Result<()>,
     ) -> Result<usize> {
         let bar = progress(self.sources.len(), what);
-        let mut unreadable = Vec::new();
-        let mut done = 0;
+        let (mut unreadable, mut done) = (0usize, 0);
+        let prepare = |img: RgbImage| if let Some(size) = crop { center_crop_arr(&img, size) } else { img };
         for chunk in self.sources.chunks(batch_size) {
-            let loaded: Vec<Result<RgbImage>> = chunk
-                .par_iter()
-                .map(|s| {
-                    load_rgb8_then(&s.path, |img| if let Some(size) = crop { center_crop_arr(&img, size) } else { img })
-                })
-                .collect();
-            let (mut names, mut images) = (Vec::new(), Vec::new());
+            let loaded: Vec<Result<RgbImage>> = chunk.par_iter().map(|s| load_rgb8_then(&s.path, prepare)).collect();
+            let mut batch = Vec::new();
             for (source, r) in chunk.iter().zip(loaded) {
                 match r {
-                    Ok(img) => {
-                        names.push(source.name.clone());
-                        images.push(img);
-                    }
+                    Ok(img) => batch.push((source.name.clone(), img)),
                     Err(e) if self.from_folder => {
                         bar.suspend(|| tracing::warn!("{e:#}; skipped"));
-                        unreadable.push(source.path.clone());
+                        unreadable += 1;
                     }
                     Err(e) => return Err(e),
                 }
             }
-            if !images.is_empty() {
-                done += images.len();
+            if !batch.is_empty() {
+                done += batch.len();
+                let (names, images) = batch.into_iter().unzip();
                 bar.suspend(|| f(names, images))?;
             }
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
-        if !self.skipped_non_images.is_empty() || !unreadable.is_empty() {
+        if !self.skipped_non_images.is_empty() || unreadable > 0 {
             tracing::warn!(
-                "skipped {} non-image file(s) and {} unreadable image(s)",
-                self.skipped_non_images.len(),
-                unreadable.len()
+                "skipped {} non-image file(s) and {unreadable} unreadable image(s)",
+                self.skipped_non_images.len()
             );
         }
         Ok(done)
     }
 }
 
-pub use crate::io::progress;
+/// Writes `value` as pretty-printed JSON to `path`.
+pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    crate::io::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+}
 
 /// `--generator` and how to read it.
 #[derive(clap::Args, Debug, Clone)]
@@ -246,22 +264,16 @@ pub struct GeneratorArgs {
 impl GeneratorArgs {
     /// Registers the files these options read.
     pub fn add_inputs(&self, inputs: &mut Inputs) {
-        inputs.add(&self.generator, "--generator");
-        if let Some(c) = &self.generator_config {
-            inputs.add(Path::new(c), "--generator-config");
-        }
+        inputs
+            .add(&self.generator, "--generator")
+            .add_opt(self.generator_config.as_deref().map(Path::new), "--generator-config");
     }
 
     /// Loads the generator, checking it fits the tokenizer's latents.
-    pub fn load(&self, tokenizer: &RecTok, device: &Device) -> Result<crate::generator::DitDh> {
+    pub fn load(&self, tokenizer: &RecTok, device: &Device) -> Result<DitDh> {
         crate::data::images::require_regular_file(&self.generator, "--generator")?;
-        load_generator_for(
-            &self.generator,
-            self.generator_entry.clone(),
-            self.generator_config.as_deref(),
-            tokenizer,
-            device,
-        )
+        let (path, config) = (&self.generator, self.generator_config.as_deref());
+        load_generator_for(path, self.generator_entry.clone(), config, tokenizer, device)
     }
 }
 
@@ -272,21 +284,20 @@ pub fn load_generator_for(
     config: Option<&str>,
     tokenizer: &RecTok,
     device: &Device,
-) -> Result<crate::generator::DitDh> {
-    use crate::generator::DitDhConfig;
+) -> Result<DitDh> {
     let (c, g) = (tokenizer.token_channels(), tokenizer.grid_size());
     let config = config.map(|s| DitDhConfig::parse(s, c, g).map_err(|e| anyhow!(e))).transpose()?;
     let t = std::time::Instant::now();
     let (model, report) = crate::weights::generator::load_generator(path, entry, config, device)?;
     let cfg = &model.config;
     if cfg.token_channels != c || cfg.input_size != g {
-        return Err(anyhow!(
+        bail!(
             "{}: the generator works on {}×{}×{} latents but the tokenizer produces {c}×{g}×{g}",
             path.display(),
             cfg.token_channels,
             cfg.input_size,
             cfg.input_size
-        ));
+        );
     }
     tracing::info!(
         "loaded generator {} ({} tensors from {}, {:.1}M parameters, {}+{} blocks) in {:.1}s",
@@ -318,7 +329,13 @@ pub struct SamplingArgs {
 impl SamplingArgs {
     /// `--steps` is 2 to 10,000.
     pub fn validate(&self) -> Result<()> {
-        check_steps(self.steps)
+        if !(2..=10_000).contains(&self.steps) {
+            bail!(
+                "--steps must be between 2 and 10000 (N time-grid points give N − 1 integration steps), got {}",
+                self.steps
+            );
+        }
+        Ok(())
     }
 }
 
@@ -343,32 +360,27 @@ pub struct GuidanceArgs {
 impl GuidanceArgs {
     /// Registers the files these options read.
     pub fn add_inputs(&self, inputs: &mut Inputs) {
-        inputs.add_opt(self.guide.as_deref(), "--guide");
-        if let Some(c) = &self.guide_config {
-            inputs.add(Path::new(c), "--guide-config");
-        }
+        inputs
+            .add_opt(self.guide.as_deref(), "--guide")
+            .add_opt(self.guide_config.as_deref().map(Path::new), "--guide-config");
     }
 
     /// Checks the options without loading anything.
-    pub fn validate(&self) -> Result<(f64, f64)> {
+    pub fn validate(&self) -> Result<()> {
         if !(self.cfg.is_finite() && (0.0..=100.0).contains(&self.cfg)) {
-            return Err(anyhow!("--cfg must be a number between 0 and 100, got {}", self.cfg));
+            bail!("--cfg must be a number between 0 and 100, got {}", self.cfg);
         }
         if self.cfg_interval.len() != 2 {
-            return Err(anyhow!("--cfg-interval takes two numbers, lo,hi (e.g. 0.1,0.9)"));
+            bail!("--cfg-interval takes two numbers, lo,hi (e.g. 0.1,0.9)");
         }
-        let interval = (self.cfg_interval[0], self.cfg_interval[1]);
-        if !(0.0..=1.0).contains(&interval.0) || !(0.0..=1.0).contains(&interval.1) || interval.0 >= interval.1 {
-            return Err(anyhow!(
-                "--cfg-interval must be lo,hi with 0 ≤ lo < hi ≤ 1, got {},{}",
-                interval.0,
-                interval.1
-            ));
+        let (lo, hi) = (self.cfg_interval[0], self.cfg_interval[1]);
+        if !(0.0 <= lo && lo < hi && hi <= 1.0) {
+            bail!("--cfg-interval must be lo,hi with 0 ≤ lo < hi ≤ 1, got {lo},{hi}");
         }
         if self.guide.is_some() && self.cfg == 1.0 {
             tracing::warn!("--guide is given but --cfg is 1: AutoGuidance has no effect at weight 1");
         }
-        Ok(interval)
+        Ok(())
     }
 
     /// Loads the guide model, if any, checking it matches the generator.
@@ -376,25 +388,24 @@ impl GuidanceArgs {
         &self,
         entry: CheckpointEntry,
         tokenizer: &RecTok,
-        net: &crate::generator::DitDh,
+        net: &DitDh,
         device: &Device,
-    ) -> Result<Option<crate::generator::DitDh>> {
+    ) -> Result<Option<DitDh>> {
         let Some(path) = &self.guide else { return Ok(None) };
         let g = load_generator_for(path, entry, self.guide_config.as_deref(), tokenizer, device)?;
         if g.config.num_classes != net.config.num_classes {
-            return Err(anyhow!(
+            bail!(
                 "{}: the guide has {} classes, the generator {}",
                 path.display(),
                 g.config.num_classes,
                 net.config.num_classes
-            ));
+            );
         }
         Ok(Some(g))
     }
 
     /// The guidance for `net` given the loaded guide.
-    pub fn guidance<'a>(&self, guide: Option<&'a crate::generator::DitDh>) -> crate::generator::Guidance<'a> {
-        use crate::generator::Guidance;
+    pub fn guidance<'a>(&self, guide: Option<&'a DitDh>) -> Guidance<'a> {
         let interval = (self.cfg_interval[0], self.cfg_interval[1]);
         match guide {
             Some(g) => Guidance::Auto { guide: g, scale: self.cfg, interval },
@@ -402,18 +413,4 @@ impl GuidanceArgs {
             None => Guidance::None,
         }
     }
-}
-
-/// The message for a tokenizer without latent statistics, when a generator needs them.
-pub fn require_latent_stats(tokenizer: &RecTok, args: &TokenizerArgs) -> Result<()> {
-    if tokenizer.stats.is_some() {
-        return Ok(());
-    }
-    let t = args.tokenizer.display();
-    Err(anyhow!(
-        "{t}: the tokenizer carries no latent statistics, and the DiT samples normalised latents. The \
-         reference recomputes them over its training set; compute them once with `rectok latent-stats \
-         --tokenizer {t} --data IMAGES --output stats.safetensors` and pass --latent-stats \
-         stats.safetensors (or store them with `rectok convert --latent-stats`)"
-    ))
 }

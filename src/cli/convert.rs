@@ -2,14 +2,14 @@
 //! latent statistics) in its metadata, so later loads need no flags. Tokenizers (`RecTok.pth`,
 //! `RecTok_decft.pth`) and generators (`ditdh*_epoch_*.pth`) are told apart by their keys.
 
-use super::common::parse_config;
+use super::common::{attach_latent_stats, parse_config};
 use crate::generator::DitDhConfig;
 use crate::weights::generator::{load_generator, save_generator};
-use crate::weights::tokenizer::{TokenizerLoadOptions, load_latent_stats, load_tokenizer, save_tokenizer};
+use crate::weights::tokenizer::{TokenizerLoadOptions, load_tokenizer, save_tokenizer};
 use crate::weights::{CheckpointEntry, StateDict};
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use burn::prelude::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Convert a checkpoint.
 #[derive(clap::Args, Debug)]
@@ -36,7 +36,7 @@ pub struct Args {
 
 fn convert_generator(args: &Args, device: &Device) -> Result<()> {
     if args.latent_stats.is_some() {
-        anyhow::bail!("--latent-stats belongs with the tokenizer (`rectok convert TOKENIZER.pth ... --latent-stats`)");
+        bail!("--latent-stats belongs with the tokenizer (`rectok convert TOKENIZER.pth ... --latent-stats`)");
     }
     let config = args.config.as_deref().map(|s| DitDhConfig::parse(s, 128, 16).map_err(|e| anyhow!(e))).transpose()?;
     let (model, report) = load_generator(&args.input, args.entry.clone(), config, device)?;
@@ -56,10 +56,10 @@ fn convert_generator(args: &Args, device: &Device) -> Result<()> {
 
 pub fn run(args: Args) -> Result<()> {
     let mut inputs = crate::io::Inputs::new();
-    inputs.add(&args.input, "INPUT").add_opt(args.latent_stats.as_deref(), "--latent-stats");
-    if let Some(c) = &args.config {
-        inputs.add(std::path::Path::new(c), "--config");
-    }
+    inputs
+        .add(&args.input, "INPUT")
+        .add_opt(args.latent_stats.as_deref(), "--latent-stats")
+        .add_opt(args.config.as_deref().map(Path::new), "--config");
     inputs.check_output_file(&args.output, "OUTPUT")?;
     let device = Device::flex();
     let probe = StateDict::open(&args.input, args.entry.clone())?;
@@ -73,11 +73,7 @@ pub fn run(args: Args) -> Result<()> {
         without_semantic: args.inference_only,
     };
     let (mut model, report) = load_tokenizer(&args.input, &options, &device)?;
-    if let Some(path) = &args.latent_stats {
-        let stats = load_latent_stats(path)?;
-        stats.validate(model.token_channels()).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        model.stats = Some(stats);
-    }
+    attach_latent_stats(&mut model, args.latent_stats.as_deref())?;
     save_tokenizer(&model, &args.output)?;
     let entry = if report.entry.is_empty() { "the bare state dict".to_string() } else { format!("`{}`", report.entry) };
     println!(

@@ -1,9 +1,9 @@
 //! `rectok decode`: latents → PNG images.
 
-use super::common::{DeviceArgs, TokenizerArgs, progress, require_batch_size};
+use super::common::{DeviceArgs, TokenizerArgs, require_batch_size};
 use crate::data::images::png_bytes;
 use crate::data::transforms::tensor_to_images;
-use crate::io::{Inputs, StagedFolder, check_distinct, output_file};
+use crate::io::{Inputs, StagedFolder, check_distinct, output_file, progress};
 use crate::weights::StateDict;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
@@ -40,11 +40,8 @@ pub fn run(args: Args) -> Result<()> {
         bail!("{}: holds no latents", args.input.display());
     }
     let names: Vec<&String> = latents.tensors.keys().collect();
-    let files: Vec<PathBuf> = names
-        .iter()
-        .map(|n| output_file(n, "latent tensor", "png"))
-        .collect::<Result<_>>()
-        .with_context(|| args.input.display().to_string())?;
+    let files: Result<Vec<PathBuf>> = names.iter().map(|n| output_file(n, "latent tensor", "png")).collect();
+    let files = files.with_context(|| args.input.display().to_string())?;
     check_distinct(files.iter().map(|p| p.as_path()), "latents")?;
     let mut inputs = Inputs::new();
     inputs.add(&args.input, "--input");
@@ -70,14 +67,12 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let (c, g) = (model.token_channels(), model.grid_size());
-    for (name, t) in &latents.tensors {
-        if t.shape.to_vec() != vec![c, g, g] {
-            bail!(
-                "{}: latent `{name}` has shape {:?}, but this tokenizer decodes [{c}, {g}, {g}]",
-                args.input.display(),
-                t.shape.to_vec()
-            );
-        }
+    if let Some((name, t)) = latents.tensors.iter().find(|(_, t)| t.shape.to_vec() != vec![c, g, g]) {
+        bail!(
+            "{}: latent `{name}` has shape {:?}, but this tokenizer decodes [{c}, {g}, {g}]",
+            args.input.display(),
+            t.shape.to_vec()
+        );
     }
     // Every value is checked before the first image is written.
     for name in &names {
@@ -86,16 +81,12 @@ pub fn run(args: Args) -> Result<()> {
     let mut staged = StagedFolder::new(&args.output);
     let pb = progress(names.len(), "decode");
     for (chunk, chunk_files) in names.chunks(args.batch_size).zip(files.chunks(args.batch_size)) {
-        let mut values = Vec::with_capacity(chunk.len() * c * g * g);
-        for name in chunk {
-            values.extend(latents.read_f32(name)?);
-        }
+        let values = chunk.iter().map(|n| latents.read_f32(n)).collect::<Result<Vec<_>, _>>()?.concat();
         let z: Tensor<4> = Tensor::from_data(TensorData::new(values, [chunk.len(), c, g, g]), &device);
         let images = if normalized {
             model.detokenize(z)
         } else {
-            let tokens = model.grid_to_tokens(z);
-            (model.decoder.forward(tokens, None) * 0.5 + 0.5).clamp(0.0, 1.0)
+            (model.decoder.forward(model.grid_to_tokens(z), None) * 0.5 + 0.5).clamp(0.0, 1.0)
         };
         let images = tensor_to_images(images).with_context(|| {
             format!("decoding {}", chunk.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))

@@ -1,5 +1,6 @@
 //! `rectok demo` and `rectok ablate`: the whole pipeline on built-in data.
 
+use super::common::check_threads;
 use crate::pipeline::ablate::run_ablation;
 use crate::pipeline::demo::{run_demo, summary_rows};
 use anyhow::Result;
@@ -38,20 +39,12 @@ pub struct AblateArgs {
     threads: Option<usize>,
 }
 
-fn check_threads(threads: Option<usize>) -> Result<()> {
-    if let Some(t) = threads {
-        crate::device::check_threads(t, "--threads").map_err(|e| anyhow::anyhow!(e))?;
-    }
-    Ok(())
-}
-
 pub fn run_demo_command(a: DemoArgs) -> Result<()> {
     check_threads(a.threads)?;
     crate::io::check_output_folder(&a.out, "--out")?;
     crate::device::set_cpu_threads(a.threads);
     let started = std::time::Instant::now();
-    let r = run_demo(&a.out, a.quick)?;
-    let rows = summary_rows(&r);
+    let rows = summary_rows(&run_demo(&a.out, a.quick)?);
     let w = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
     println!(
         "\nrectok demo{} — finished in {:.0} s",
@@ -72,8 +65,7 @@ pub fn run_ablate_command(a: AblateArgs) -> Result<()> {
     crate::device::set_cpu_threads(a.threads);
     let started = std::time::Instant::now();
     run_ablation(&a.out, &a.only, a.quick)?;
-    let md = std::fs::read_to_string(a.out.join("ablation.md"))?;
-    println!("{md}");
+    println!("{}", std::fs::read_to_string(a.out.join("ablation.md"))?);
     println!("finished in {:.0} s; report: {}", started.elapsed().as_secs_f64(), a.out.join("report.html").display());
     Ok(())
 }

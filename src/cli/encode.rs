@@ -48,15 +48,12 @@ pub fn run(args: Args) -> Result<()> {
     if model.stats.is_none() && !args.raw {
         tracing::info!("the tokenizer carries no latent statistics: writing raw (un-normalised) latents");
     }
-    let size = model.config.img_size;
     let mut rng = Rng::seed_from(args.seed);
     let mut out: Vec<(String, TensorData)> = Vec::new();
-    inputs.for_each_batch(args.batch_size, Some(size), "encode", |names, images| {
-        let b = names.len();
+    inputs.for_each_batch(args.batch_size, Some(model.config.img_size), "encode", |names, images| {
         let posterior = model.posterior(images_to_tensor(&images, &device));
         let z = if args.sample {
-            let eps = rng.normal_tensor([b, model.config.seq_len(), model.token_channels()], &device);
-            posterior.sample(eps)
+            posterior.sample(rng.normal_tensor([names.len(), model.config.seq_len(), model.token_channels()], &device))
         } else {
             posterior.mode()
         };
@@ -64,15 +61,14 @@ pub fn run(args: Args) -> Result<()> {
         let grid = model.tokens_to_grid(z);
         let [_, c, h, w] = grid.dims();
         let values: Vec<f32> = grid.into_data().try_into_vec_as::<f32>().expect("f32 latents");
-        if let Some(i) = (0..b).find(|&i| values[i * c * h * w..(i + 1) * c * h * w].iter().any(|v| !v.is_finite())) {
-            bail!(
-                "the latents of `{}` hold NaN or infinite values (the tokenizer's weights or input diverged); \
-                nothing was written",
-                names[i]
-            );
-        }
-        for (i, name) in names.into_iter().enumerate() {
-            out.push((name, TensorData::new(values[i * c * h * w..(i + 1) * c * h * w].to_vec(), [c, h, w])));
+        for (name, v) in names.into_iter().zip(values.chunks(c * h * w)) {
+            if v.iter().any(|x| !x.is_finite()) {
+                bail!(
+                    "the latents of `{name}` hold NaN or infinite values (the tokenizer's weights or input diverged); \
+                    nothing was written"
+                );
+            }
+            out.push((name, TensorData::new(v.to_vec(), [c, h, w])));
         }
         Ok(())
     })?;

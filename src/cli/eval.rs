@@ -2,15 +2,16 @@
 //! distribution-distance tools they are built on.
 
 use super::common::{
-    DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, input_images, progress, require_batch_size,
-    require_latent_stats,
+    DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, data_path, input_images, parse_data,
+    require_batch_size, require_positive, write_json,
 };
-use crate::data::{DataSpec, Loader, Split, open_dataset};
+use crate::data::{Loader, Split, open_dataset};
 use crate::eval::{GeneratorEvalOptions, Reference, TokenizerEvalOptions, evaluate_generator, evaluate_tokenizer};
-use crate::io::Inputs;
+use crate::io::{Inputs, progress};
 use crate::metrics::extractor::Extractor;
 use crate::metrics::fid::{FeatureStats, StatsAccumulator, frechet_distance, npz_dim, read_npz_of_dim, write_npz};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
+use burn::prelude::Device;
 use std::path::{Path, PathBuf};
 
 /// Evaluation commands.
@@ -108,24 +109,8 @@ pub struct GeneratorEvalArgs {
     device: DeviceArgs,
 }
 
-/// Up to `n` labelled 8-bit images of a data source (held-out part for the procedural set) and
-/// its number of classes.
-fn labelled_images(
-    data: &str,
-    n: usize,
-    size: usize,
-    device: &burn::prelude::Device,
-) -> Result<(Vec<image::RgbImage>, Vec<usize>, usize)> {
-    let loader = data_loader(data, Split::Val, 64, size)?;
-    let (images, labels) = crate::eval::labelled_images(&loader, n, device)?;
-    Ok((images, labels, loader.dataset().num_classes()))
-}
-
-fn load_extractor(spec: &str, device: &burn::prelude::Device) -> Result<Option<Extractor>> {
-    match spec {
-        "none" => Ok(None),
-        s => Extractor::load(s, device).map(Some),
-    }
+fn load_extractor(spec: &str, device: &Device) -> Result<Option<Extractor>> {
+    (spec != "none").then(|| Extractor::load(spec, device)).transpose()
 }
 
 fn load_ref_stats(path: &Path, extractor: &Extractor) -> Result<FeatureStats> {
@@ -151,21 +136,10 @@ fn print_table(title: &str, rows: &[(String, String)]) {
     }
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    crate::io::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
-}
-
-fn data_loader(data: &str, split: Split, batch_size: usize, size: usize) -> Result<Loader> {
-    let spec: DataSpec = data.parse().map_err(|e: String| anyhow!("--data: {e}"))?;
-    let dataset = open_dataset(&spec, split, 0)?;
+/// The held-out part (for the procedural set) of a data source, in order.
+fn data_loader(data: &str, batch_size: usize, size: usize) -> Result<Loader> {
+    let dataset = open_dataset(&parse_data(data, "--data")?, Split::Val, 0)?;
     Loader::sequential(dataset, batch_size, size, rayon::current_num_threads())
-}
-
-/// Registers a `--data`-style source (a folder or a list; `procedural` reads nothing).
-fn add_data_input(inputs: &mut Inputs, data: &str, option: &str) {
-    if !data.starts_with("procedural") && !data.starts_with("builtin") {
-        inputs.add(Path::new(data), option);
-    }
 }
 
 /// Checks the optional `--save-dir` and `--json` outputs against the inputs.
@@ -181,15 +155,12 @@ fn check_outputs(inputs: &Inputs, save_dir: Option<&Path>, json: Option<&Path>) 
 
 fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
     require_batch_size(a.batch_size)?;
-    if a.limit == Some(0) {
-        bail!("--limit must be at least 1, got 0");
-    }
+    require_positive(a.limit, "--limit")?;
     a.device.validate()?;
-    a.data.parse::<DataSpec>().map_err(|e| anyhow!("--data: {e}"))?;
+    parse_data(&a.data, "--data")?;
     let mut inputs = Inputs::new();
     a.tokenizer.add_inputs(&mut inputs);
-    add_data_input(&mut inputs, &a.data, "--data");
-    inputs.add_opt(a.ref_stats.as_deref(), "--ref-stats");
+    inputs.add_opt(data_path(&a.data), "--data").add_opt(a.ref_stats.as_deref(), "--ref-stats");
     check_outputs(&inputs, a.save_dir.as_deref(), a.json.as_deref())?;
     let device = a.device.device()?;
     let extractor = load_extractor(&a.extractor, &device)?;
@@ -203,7 +174,7 @@ fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
         bail!("--kid compares features of reconstructions and originals: it needs an extractor and no --ref-stats");
     }
     let model = a.tokenizer.load(&device)?;
-    let loader = data_loader(&a.data, Split::Val, a.batch_size, model.config.img_size)?;
+    let loader = data_loader(&a.data, a.batch_size, model.config.img_size)?;
     let total = a.limit.unwrap_or(usize::MAX).min(loader.dataset().len());
     if extractor.is_some() && total < 2 {
         bail!("--data {}: {total} image to evaluate; the feature statistics need at least 2", a.data);
@@ -216,7 +187,7 @@ fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
         extractor: extractor.as_ref(),
         reference,
         limit: a.limit,
-        save_dir: a.save_dir.clone(),
+        save_dir: a.save_dir,
         kid: a.kid,
     };
     let bar = progress(total, "reconstruct + measure");
@@ -225,20 +196,17 @@ fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
     if loader.skipped() > 0 {
         tracing::warn!("skipped {} unreadable image(s); {} evaluated", loader.skipped(), r.images);
     }
-    let mut rows = vec![
-        ("images".to_string(), r.images.to_string()),
-        ("PSNR (dB)".to_string(), format!("{:.3}", r.psnr)),
-        ("SSIM".to_string(), format!("{:.4}", r.ssim)),
-    ];
-    if let Some(d) = &r.distance {
-        rows.push((format!("r{}", d.metric), format!("{:.4}  (against {})", d.value, d.reference)));
-    }
-    if let Some(s) = &r.score {
-        rows.push((s.metric.clone(), format!("{:.3} ± {:.3}", s.mean, s.std)));
-    }
-    if let Some((m, s)) = r.kid {
-        rows.push(("KID".to_string(), format!("{m:.6} ± {s:.6}")));
-    }
+    let rows: Vec<_> = [
+        Some(("images".to_string(), r.images.to_string())),
+        Some(("PSNR (dB)".to_string(), format!("{:.3}", r.psnr))),
+        Some(("SSIM".to_string(), format!("{:.4}", r.ssim))),
+        r.distance.as_ref().map(|d| (format!("r{}", d.metric), format!("{:.4}  (against {})", d.value, d.reference))),
+        r.score.as_ref().map(|s| (s.metric.clone(), format!("{:.3} ± {:.3}", s.mean, s.std))),
+        r.kid.map(|(m, s)| ("KID".to_string(), format!("{m:.6} ± {s:.6}"))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     print_table(&format!("tokenizer {} on {}", a.tokenizer.tokenizer.display(), loader.dataset().describe()), &rows);
     println!(
         "PSNR: 10·log10(1/MSE) of float reconstructions in [0,1]; SSIM: Gaussian 11, σ 1.5, data range 1; distances \
@@ -266,11 +234,6 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
     }
     a.guidance.validate()?;
     a.device.validate()?;
-    for (d, option) in [(&a.ref_data, "--ref-data"), (&a.class_check, "--class-check")] {
-        if let Some(d) = d {
-            d.parse::<DataSpec>().map_err(|e| anyhow!("{option}: {e}"))?;
-        }
-    }
     let mut inputs = Inputs::new();
     a.tokenizer.add_inputs(&mut inputs);
     a.generator.add_inputs(&mut inputs);
@@ -278,7 +241,8 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
     inputs.add_opt(a.ref_stats.as_deref(), "--ref-stats");
     for (d, option) in [(&a.ref_data, "--ref-data"), (&a.class_check, "--class-check")] {
         if let Some(d) = d {
-            add_data_input(&mut inputs, d, option);
+            parse_data(d, option)?;
+            inputs.add_opt(data_path(d), option);
         }
     }
     check_outputs(&inputs, a.save_dir.as_deref(), a.json.as_deref())?;
@@ -286,8 +250,7 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
     let Some(extractor) = load_extractor(&a.extractor, &device)? else {
         bail!("the generator protocol needs a feature extractor (inception:PATH or effnet)");
     };
-    let tokenizer = a.tokenizer.load(&device)?;
-    require_latent_stats(&tokenizer, &a.tokenizer)?;
+    let tokenizer = a.tokenizer.load_with_stats(&device)?;
     let reference = match (&a.ref_stats, &a.ref_data) {
         (Some(p), _) => Some((load_ref_stats(p, &extractor)?, p.display().to_string())),
         (None, Some(d)) => Some(reference_stats_from(d, &extractor, a.batch_size, tokenizer.config.img_size, &device)?),
@@ -313,11 +276,14 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
         batch_size: a.batch_size,
         extractor: &extractor,
         reference: reference.as_ref().map(|(s, l)| (s, l.clone())),
-        save_dir: a.save_dir.clone(),
+        save_dir: a.save_dir,
     };
     let classifier = match &a.class_check {
         Some(data) => {
-            let (images, labels, classes) = labelled_images(data, 2000, tokenizer.config.img_size, &device)?;
+            // Up to 2000 labelled 8-bit images (the held-out part of the procedural set).
+            let loader = data_loader(data, 64, tokenizer.config.img_size)?;
+            let (images, labels) = crate::eval::labelled_images(&loader, 2000, &device)?;
+            let classes = loader.dataset().num_classes();
             if classes != net.config.num_classes {
                 bail!("--class-check {data}: {classes} classes, but the generator has {}", net.config.num_classes);
             }
@@ -356,16 +322,14 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
         rows.push((format!("g{}", d.metric), format!("{:.4}  (against {})", d.value, d.reference)));
     }
     rows.push((r.score.metric.clone(), format!("{:.3} ± {:.3}", r.score.mean, r.score.std)));
-    print_table(
-        &format!(
-            "generator {} ({} grid points, {:?}, cfg {})",
-            a.generator.generator.display(),
-            a.sampling.steps,
-            a.sampling.sampler,
-            a.guidance.cfg
-        ),
-        &rows,
+    let title = format!(
+        "generator {} ({} grid points, {:?}, cfg {})",
+        a.generator.generator.display(),
+        a.sampling.steps,
+        a.sampling.sampler,
+        a.guidance.cfg
     );
+    print_table(&title, &rows);
     if let Some(path) = &a.json {
         let json = serde_json::json!({
             "protocol": "generator",
@@ -391,9 +355,9 @@ fn reference_stats_from(
     extractor: &Extractor,
     batch_size: usize,
     size: usize,
-    device: &burn::prelude::Device,
+    device: &Device,
 ) -> Result<(FeatureStats, String)> {
-    let loader = data_loader(data, Split::Val, batch_size, size)?;
+    let loader = data_loader(data, batch_size, size)?;
     if loader.dataset().len() < 2 {
         bail!("--ref-data {data}: {} image; the feature statistics need at least 2", loader.dataset().len());
     }

@@ -1,18 +1,15 @@
 //! `rectok generate`: class-conditional sampling with DiT^DH (Euler or Heun on the shifted grid,
 //! classifier-free guidance or AutoGuidance), decoded by the tokenizer.
 
-use super::common::{
-    DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, progress, require_batch_size,
-    require_latent_stats,
-};
+use super::common::{DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, require_batch_size};
 use crate::data::save_png;
 use crate::data::transforms::tensor_to_images;
 use crate::generator::Guidance;
 use crate::generator::sampler::sample_class_latents;
-use crate::io::Inputs;
+use crate::io::{Inputs, progress};
 use crate::rectified_flow::ode_grid;
 use anyhow::{Context, Result, bail};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Generate images.
 #[derive(clap::Args, Debug)]
@@ -76,8 +73,7 @@ pub fn run(args: Args) -> Result<()> {
         inputs.check_output_file(grid, "--grid")?;
     }
     let device = args.device.device()?;
-    let tokenizer = args.tokenizer.load(&device)?;
-    require_latent_stats(&tokenizer, &args.tokenizer)?;
+    let tokenizer = args.tokenizer.load_with_stats(&device)?;
     let net = args.generator.load(&tokenizer, &device)?;
     let num_classes = net.config.num_classes;
     let classes: Vec<usize> = if args.classes.is_empty() { (0..num_classes).collect() } else { args.classes.clone() };
@@ -98,13 +94,11 @@ pub fn run(args: Args) -> Result<()> {
     }
     let mut staged = crate::io::StagedFolder::new(&args.output);
     let grid_t = ode_grid(args.sampling.steps, net.config.time_shift());
-    let batches = jobs.len().div_ceil(args.batch_size);
-    let evals = args.sampling.sampler.evaluations(args.sampling.steps);
     tracing::info!(
         "sampling {} images: {} steps ({} evaluations each), {}, {:?}",
         jobs.len(),
         args.sampling.steps - 1,
-        evals,
+        args.sampling.sampler.evaluations(args.sampling.steps),
         match guidance {
             Guidance::None => "no guidance".to_string(),
             Guidance::Cfg { scale, .. } => format!("classifier-free guidance {scale}"),
@@ -112,24 +106,23 @@ pub fn run(args: Args) -> Result<()> {
         },
         args.sampling.sampler
     );
-    let pb = progress(batches * (args.sampling.steps - 1), "sampling steps");
+    let pb = progress(jobs.len().div_ceil(args.batch_size) * (args.sampling.steps - 1), "sampling steps");
     let mut all = Vec::new();
-    for (bi, batch) in jobs.chunks(args.batch_size).enumerate() {
+    for (bi, (batch, batch_files)) in jobs.chunks(args.batch_size).zip(files.chunks(args.batch_size)).enumerate() {
         let labels: Vec<usize> = batch.iter().map(|&(class, _)| class).collect();
-        let first = (bi * args.batch_size) as u64;
         let latents = sample_class_latents(
             &net,
             &guidance,
             &labels,
             args.sampling.seed,
-            first,
+            (bi * args.batch_size) as u64,
             &grid_t,
             args.sampling.sampler,
             |_| pb.inc(1),
         );
         let images = tensor_to_images(tokenizer.detokenize(latents)).context("sampling")?;
-        for (&(class, k), img) in batch.iter().zip(images) {
-            staged.write(Path::new(&format!("{class:04}_{k:03}.png")), &crate::data::images::png_bytes(&img)?)?;
+        for (file, img) in batch_files.iter().zip(images) {
+            staged.write(file, &crate::data::images::png_bytes(&img)?)?;
             all.push(img);
         }
     }

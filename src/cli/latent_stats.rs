@@ -1,7 +1,7 @@
 //! `rectok latent-stats` (alias `stats`): per-channel latent statistics of a tokenizer over a folder of images, as the
 //! reference computes them before generator training and evaluation (docs/TRAINING.md §4).
 
-use super::common::{DeviceArgs, TokenizerArgs, input_images, require_batch_size};
+use super::common::{DeviceArgs, TokenizerArgs, input_images, require_batch_size, require_positive};
 use crate::data::transforms::images_to_tensor;
 use crate::train::latents::ChannelMoments;
 use crate::weights::tokenizer::save_latent_stats;
@@ -31,25 +31,21 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     require_batch_size(args.batch_size)?;
-    if args.limit == Some(0) {
-        bail!("--limit must be at least 1, got 0");
-    }
+    require_positive(args.limit, "--limit")?;
     args.device.validate()?;
     let (mut inputs, mut guard) = input_images(&args.data, "--data")?;
     args.tokenizer.add_inputs(&mut guard);
     guard.check_output_file(&args.output, "--output")?;
-    if let Some(n) = args.limit {
-        inputs.sources.truncate(n);
-    }
+    inputs.sources.truncate(args.limit.unwrap_or(usize::MAX));
     let device = args.device.device()?;
     let model = args.tokenizer.load(&device)?;
-    let size = model.config.img_size;
     let mut moments = ChannelMoments::new(model.token_channels());
-    let images = inputs.for_each_batch(args.batch_size, Some(size), "latent statistics", |_, images| {
-        let mean = model.posterior(images_to_tensor(&images, &device)).mean;
-        moments.add(&mean.into_data().try_into_vec_as::<f32>().expect("f32"));
-        Ok(())
-    })?;
+    let images =
+        inputs.for_each_batch(args.batch_size, Some(model.config.img_size), "latent statistics", |_, images| {
+            let mean = model.posterior(images_to_tensor(&images, &device)).mean;
+            moments.add(&mean.into_data().try_into_vec_as::<f32>().expect("f32"));
+            Ok(())
+        })?;
     if images == 0 {
         bail!("{}: none of the images could be read", args.data.display());
     }

@@ -73,12 +73,7 @@ enum Command {
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
-    let default = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) => "info",
-        (false, 1) => "debug",
-        _ => "trace",
-    };
+    let default = if quiet { "error" } else { ["info", "debug", "trace"][usize::from(verbose.min(2))] };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
@@ -96,9 +91,8 @@ pub fn run() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
-            return code;
+            return if e.use_stderr() { 2 } else { 0 };
         }
     };
     init_logging(cli.verbose, cli.quiet);
@@ -118,16 +112,11 @@ pub fn run() -> i32 {
         Command::Demo(a) => demo::run_demo_command(a),
         Command::Ablate(a) => demo::run_ablate_command(a),
     };
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            if let Some(stop) = e.downcast_ref::<crate::signals::Interrupted>() {
-                eprintln!("{stop}");
-                return stop.exit_code();
-            }
-            let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
-            eprintln!("error: {msg}");
-            1
-        }
+    let Err(e) = result else { return 0 };
+    if let Some(stop) = e.downcast_ref::<crate::signals::Interrupted>() {
+        eprintln!("{stop}");
+        return stop.exit_code();
     }
+    eprintln!("error: {e:#}");
+    1
 }

@@ -1,9 +1,9 @@
 //! `rectok probe`: linear probing of a tokenizer's latents on labelled images.
 
-use super::common::{DeviceArgs, TokenizerArgs};
+use super::common::{DeviceArgs, TokenizerArgs, data_path, parse_data, require_batch_size};
 use crate::data::{DataSpec, Loader, Split, Subset, open_dataset};
 use crate::eval::{ProbeConfig, ProbeFeatures, linear_probe};
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use std::path::PathBuf;
 
 /// Linear probe on posterior-mean latents.
@@ -44,7 +44,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    super::common::require_batch_size(args.batch_size)?;
+    require_batch_size(args.batch_size)?;
     if !(1..=100_000).contains(&args.epochs) {
         bail!("--epochs must be between 1 and 100000, got {}", args.epochs);
     }
@@ -55,40 +55,28 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--val-fraction must be between 0 and 1 (exclusive), got {}", args.val_fraction);
     }
     args.device.validate()?;
-    args.data.parse::<DataSpec>().map_err(|e| anyhow!("--data: {e}"))?;
-    if let Some(v) = &args.val_data {
-        v.parse::<DataSpec>().map_err(|e| anyhow!("--val-data: {e}"))?;
-    }
+    let spec = parse_data(&args.data, "--data")?;
+    let val_spec = args.val_data.as_deref().map(|v| parse_data(v, "--val-data")).transpose()?;
     if let Some(json) = &args.json {
         let mut inputs = crate::io::Inputs::new();
         args.tokenizer.add_inputs(&mut inputs);
-        for d in std::iter::once(&args.data).chain(args.val_data.as_ref()) {
-            if !d.starts_with("procedural") && !d.starts_with("builtin") {
-                inputs.add(std::path::Path::new(d), "--data");
-            }
-        }
+        let val_data = args.val_data.as_deref().and_then(data_path);
+        inputs.add_opt(data_path(&args.data), "--data").add_opt(val_data, "--data");
         inputs.check_output_file(json, "--json")?;
     }
     let device = args.device.device()?;
     let model = args.tokenizer.load(&device)?;
-    let spec: DataSpec = args.data.parse().map_err(|e: String| anyhow!("--data: {e}"))?;
-    let (train, val) = match (&args.val_data, &spec) {
-        (Some(v), _) => (
-            open_dataset(&spec, Split::Train, args.seed)?,
-            open_dataset(&v.parse().map_err(|e: String| anyhow!("--val-data: {e}"))?, Split::Val, args.seed)?,
-        ),
-        (None, DataSpec::Procedural { .. }) => {
-            (open_dataset(&spec, Split::Train, args.seed)?, open_dataset(&spec, Split::Val, args.seed)?)
-        }
-        (None, _) => Subset::split(open_dataset(&spec, Split::Train, args.seed)?, args.val_fraction, args.seed)?,
+    // Held out: --val-data, else the procedural set's held-out items, else a seeded split of --data.
+    let held_out = val_spec.as_ref().or(matches!(spec, DataSpec::Procedural { .. }).then_some(&spec));
+    let (train, val) = match held_out {
+        Some(v) => (open_dataset(&spec, Split::Train, args.seed)?, open_dataset(v, Split::Val, args.seed)?),
+        None => Subset::split(open_dataset(&spec, Split::Train, args.seed)?, args.val_fraction, args.seed)?,
     };
     if val.num_classes() != train.num_classes() {
         bail!("the training data has {} classes but the held-out data {}", train.num_classes(), val.num_classes());
     }
-    let size = model.config.img_size;
-    let workers = rayon::current_num_threads();
-    let train_loader = Loader::sequential(train.clone(), args.batch_size, size, workers)?;
-    let val_loader = Loader::sequential(val.clone(), args.batch_size, size, workers)?;
+    let loader = |d| Loader::sequential(d, args.batch_size, model.config.img_size, rayon::current_num_threads());
+    let (train_loader, val_loader) = (loader(train.clone())?, loader(val.clone())?);
     let config =
         ProbeConfig { features: args.features, epochs: args.epochs, lr: args.lr, batch_size: 256, seed: args.seed };
     let report = linear_probe(&model, &train_loader, &val_loader, train.num_classes(), &config, &device)?;
@@ -123,7 +111,7 @@ pub fn run(args: Args) -> Result<()> {
             "train_images": report.sizes.0,
             "held_out_images": report.sizes.1,
         });
-        crate::io::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+        super::common::write_json(path, &json)?;
     }
     Ok(())
 }

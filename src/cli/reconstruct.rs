@@ -51,15 +51,12 @@ pub fn run(args: Args) -> Result<()> {
         let original = (x.clone() * 0.5 + 0.5).clamp(0.0, 1.0);
         let recon = model.reconstruct(x);
         let (orig_planes, recon_planes) = (tensor_to_planes(original), tensor_to_planes(recon.clone()));
-        for ((name, img), (o, r)) in names
-            .iter()
-            .zip(tensor_to_images(recon).context("reconstructing")?)
-            .zip(orig_planes.iter().zip(&recon_planes))
-        {
-            staged.write(&output_file(name, "image name", "png")?, &png_bytes(&img)?)?;
+        let recon_images = tensor_to_images(recon).context("reconstructing")?;
+        for (((name, img), o), r) in names.into_iter().zip(recon_images).zip(&orig_planes).zip(&recon_planes) {
+            staged.write(&output_file(&name, "image name", "png")?, &png_bytes(&img)?)?;
             let (p, s) = (psnr(r, o), ssim(r, o, 3, size, size));
             println!("{name}\tPSNR {p:.3} dB\tSSIM {s:.4}");
-            rows.push((name.clone(), p, s));
+            rows.push((name, p, s));
         }
         Ok(())
     })?;
@@ -80,7 +77,7 @@ pub fn run(args: Args) -> Result<()> {
             "ssim_definition": "Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data range 1, valid region, channel \
                 mean",
         });
-        crate::io::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+        super::common::write_json(path, &json)?;
     }
     Ok(())
 }

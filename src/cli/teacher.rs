@@ -4,7 +4,7 @@ use crate::data::load_rgb8;
 use crate::data::transforms::{center_crop_arr, images_to_tensor};
 use crate::teacher::efficientnet::classifier_input;
 use crate::teacher::{Teacher, TeacherSpec};
-use anyhow::Result;
+use anyhow::{Result, bail};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use std::path::PathBuf;
@@ -40,7 +40,7 @@ pub fn top_k(p: &[f32], k: usize) -> Vec<(usize, f32)> {
 pub fn run(which: Which) -> Result<()> {
     let Which::Check(args) = which;
     if !(16..=4096).contains(&args.size) || !args.size.is_multiple_of(16) {
-        anyhow::bail!("--size must be a multiple of 16 between 16 and 4096, got {}", args.size);
+        bail!("--size must be a multiple of 16 between 16 and 4096, got {}", args.size);
     }
     let device = Device::flex();
     let teacher = Teacher::load(&args.teacher, &device)?;
@@ -50,7 +50,7 @@ pub fn run(which: Which) -> Result<()> {
         let (w, h) = (img.width().max(1) as f64, img.height().max(1) as f64);
         if w.max(h) / w.min(h) > 16.0 {
             // The classifier sees the whole image resized to a short side of 224 (no crop).
-            anyhow::bail!(
+            bail!(
                 "{}: a {}×{} image is too elongated for the classifier's whole-image input (at most 16:1)",
                 path.display(),
                 img.width(),
@@ -67,15 +67,13 @@ pub fn run(which: Which) -> Result<()> {
             }
             Teacher::Dinov3(_) => {
                 let x = images_to_tensor(&[center_crop_arr(&img, args.size)], &device);
-                let f = teacher.features(x, args.size / 16, None);
-                let v: Vec<f32> = f.into_data().try_into_vec_as()?;
+                let v: Vec<f32> = teacher.features(x, args.size / 16, None).into_data().try_into_vec_as()?;
                 let d = teacher.dim();
                 let n = v.len() as f64;
                 let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
                 let std = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
                 let norms: Vec<f64> =
                     v.chunks(d).map(|t| t.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()).collect();
-                let finite = v.iter().all(|x| x.is_finite());
                 println!(
                     "{name}\t{} tokens × {d}: mean {mean:.4}, std {std:.4}, token L2 norm mean {:.3} (min {:.3}, max \
                         {:.3}){}",
@@ -83,7 +81,7 @@ pub fn run(which: Which) -> Result<()> {
                     norms.iter().sum::<f64>() / norms.len() as f64,
                     norms.iter().cloned().fold(f64::INFINITY, f64::min),
                     norms.iter().cloned().fold(0.0, f64::max),
-                    if finite { "" } else { ", NON-FINITE VALUES" }
+                    if v.iter().all(|x| x.is_finite()) { "" } else { ", NON-FINITE VALUES" }
                 );
             }
         }

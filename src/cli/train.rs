@@ -1,5 +1,6 @@
 //! `rectok train tokenizer | generator`: training from TOML recipes.
 
+use super::common::{data_path, require_positive};
 use crate::io::Inputs;
 use crate::train::generator::GeneratorTraining;
 use crate::train::run::{Recipe, Run, Trainer};
@@ -51,9 +52,7 @@ impl RunArgs {
         flags: &[Flag<'_>],
         inputs: &[(Option<&Path>, &str)],
     ) -> Result<Option<Run<T>>> {
-        if self.max_steps == Some(0) {
-            bail!("--max-steps must be at least 1, got 0");
-        }
+        require_positive(self.max_steps, "--max-steps")?;
         if let Some((option, _, _)) = flags.iter().find(|(_, _, v)| v.as_ref().is_some_and(|v| v.trim().is_empty())) {
             bail!("{option} is empty");
         }
@@ -67,15 +66,9 @@ impl RunArgs {
             let names: Vec<&str> = flags.iter().map(|(option, _, _)| *option).collect();
             bail!("--resume continues the run as it was configured; {} cannot change", names.join(", "));
         }
-        let mut overrides = self.overrides.clone();
-        for (_, key, value) in flags {
-            if let Some(v) = value {
-                overrides.push(format!("{key}={}", toml::Value::String(v.clone())));
-            }
-        }
-        if let Some(m) = self.max_steps {
-            overrides.push(format!("run.max_steps={m}"));
-        }
+        let values = flags.iter().filter_map(|(_, key, v)| Some(format!("{key}={}", toml::Value::String(v.clone()?))));
+        let max_steps = self.max_steps.map(|m| format!("run.max_steps={m}"));
+        let overrides: Vec<String> = self.overrides.iter().cloned().chain(values).chain(max_steps).collect();
         if self.resume {
             return Run::<T>::resume(&self.out, &overrides).map(Some);
         }
@@ -134,11 +127,6 @@ pub struct TokenizerArgs {
     pub run: RunArgs,
 }
 
-/// A `--data` value that names files (not the built-in set).
-fn data_path(data: &Option<String>) -> Option<&Path> {
-    data.as_deref().filter(|d| !d.starts_with("procedural") && !d.starts_with("builtin")).map(Path::new)
-}
-
 fn path_flag(p: &Option<PathBuf>) -> Option<String> {
     p.as_ref().map(|p| p.display().to_string())
 }
@@ -153,20 +141,17 @@ fn run_generator(args: GeneratorArgs) -> Result<()> {
     let inputs = [
         (args.tokenizer.as_deref(), "--tokenizer"),
         (args.latent_stats.as_deref(), "--latent-stats"),
-        (data_path(&args.data), "--data"),
+        (args.data.as_deref().and_then(data_path), "--data"),
     ];
     let Some(mut trainer) = args.run.open::<GeneratorTraining>(&args.config, &flags, &inputs)? else {
         return Ok(());
     };
     let s = trainer.run()?;
     let eval = |e: &Option<crate::train::generator::OnlineEval>| match e {
-        Some(e) => format!(
-            "{}{}",
-            e.fd.map(|v| format!("FD {v:.2}")).unwrap_or_default(),
-            e.class_accuracy
-                .map(|a| format!(", samples in their class (teacher) {:.1}%", 100.0 * a))
-                .unwrap_or_default()
-        ),
+        Some(e) => {
+            let accuracy = e.class_accuracy.map(|a| format!(", samples in their class (teacher) {:.1}%", 100.0 * a));
+            format!("{}{}", e.fd.map(|v| format!("FD {v:.2}")).unwrap_or_default(), accuracy.unwrap_or_default())
+        }
         None => "-".into(),
     };
     println!(
@@ -199,8 +184,8 @@ pub fn run(which: Which) -> Result<()> {
         ("--init-from", "run.init_from", path_flag(&args.init_from)),
     ];
     let inputs = [
-        (data_path(&args.data), "--data"),
-        (data_path(&args.val_data), "--val-data"),
+        (args.data.as_deref().and_then(data_path), "--data"),
+        (args.val_data.as_deref().and_then(data_path), "--val-data"),
         (args.init_from.as_deref(), "--init-from"),
     ];
     let Some(mut trainer) = args.run.open::<TokenizerTraining>(&args.config, &flags, &inputs)? else {

@@ -38,8 +38,15 @@ pub trait Dataset: Send + Sync {
     fn describe(&self) -> String;
 }
 
-fn read_image(path: &Path, size: usize) -> Result<RgbImage> {
-    load_rgb8_then(path, |img| center_crop_arr(&img, size))
+/// Item `index` of `(file, label)` items, center-cropped to `size`.
+fn read_item(items: &[(PathBuf, usize)], index: usize, size: usize) -> Result<(RgbImage, usize)> {
+    let (path, label) = &items[index];
+    Ok((load_rgb8_then(path, |img| center_crop_arr(&img, size))?, *label))
+}
+
+/// The last component of `path` as text.
+fn file_name(path: &Path) -> Option<String> {
+    path.file_name().map(|n| n.to_string_lossy().to_string())
 }
 
 /// Images in class subfolders: `root/<class>/**/<image>`; class names sorted give the labels (as
@@ -63,7 +70,12 @@ impl ImageFolder {
             .collect();
         let (mut subdirs, others): (Vec<PathBuf>, Vec<PathBuf>) = entries.into_iter().partition(|p| p.is_dir());
         subdirs.sort();
-        if !subdirs.is_empty() {
+        let mut items = Vec::new();
+        let mut classes = Vec::new();
+        if subdirs.is_empty() {
+            classes.push(file_name(root).unwrap_or_else(|| "images".into()));
+            items.extend(scan_images(root)?.into_iter().map(|p| (p, 0)));
+        } else {
             // Beside class folders, anything else is not a class: said aloud, since a broken
             // link meant as a class would otherwise shift every later label.
             for p in others.iter().filter(|p| !p.is_file() || has_image_extension(p)) {
@@ -72,13 +84,6 @@ impl ImageFolder {
                     p.display()
                 );
             }
-        }
-        let mut items = Vec::new();
-        let mut classes = Vec::new();
-        if subdirs.is_empty() {
-            classes.push(root.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "images".into()));
-            items.extend(scan_images(root)?.into_iter().map(|p| (p, 0)));
-        } else {
             for dir in &subdirs {
                 let label = classes.len();
                 let files = scan_images(dir)?;
@@ -92,7 +97,7 @@ impl ImageFolder {
                         IMAGE_EXTENSIONS.join(", ")
                     );
                 }
-                classes.push(dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
+                classes.push(file_name(dir).unwrap_or_default());
                 items.extend(files.into_iter().map(|p| (p, label)));
             }
         }
@@ -127,8 +132,7 @@ impl Dataset for ImageFolder {
     }
 
     fn get(&self, index: usize, size: usize) -> Result<(RgbImage, usize)> {
-        let (path, label) = &self.items[index];
-        Ok((read_image(path, size)?, *label))
+        read_item(&self.items, index, size)
     }
 
     fn describe(&self) -> String {
@@ -212,8 +216,7 @@ impl Dataset for FileList {
     }
 
     fn get(&self, index: usize, size: usize) -> Result<(RgbImage, usize)> {
-        let (path, label) = &self.items[index];
-        Ok((read_image(path, size)?, *label))
+        read_item(&self.items, index, size)
     }
 
     fn describe(&self) -> String {
@@ -240,14 +243,10 @@ impl Subset {
             bail!("the held-out fraction must be between 0 and 1 (got {fraction})");
         }
         let mut order: Vec<usize> = (0..n).collect();
-        let mut rng = crate::rng::Rng::seed_from(seed ^ 0x7370_6c69_7473_6565);
-        for i in (1..n).rev() {
-            order.swap(i, rng.below(i + 1));
-        }
+        crate::rng::Rng::seed_from(seed ^ 0x7370_6c69_7473_6565).shuffle(&mut order);
         let held = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
-        let val = order.split_off(n - held);
-        let (mut train, mut val) = (order, val);
-        train.sort_unstable();
+        let mut val = order.split_off(n - held);
+        order.sort_unstable();
         val.sort_unstable();
         let describe = inner.describe();
         let make = |indices: Vec<usize>, part: &str| -> Arc<dyn Dataset> {
@@ -257,7 +256,7 @@ impl Subset {
                 indices,
             })
         };
-        Ok((make(train, "training part"), make(val, "held-out part")))
+        Ok((make(order, "training part"), make(val, "held-out part")))
     }
 }
 

@@ -31,29 +31,14 @@ impl ResampleFilter {
     }
 
     fn weight(self, x: f64) -> f64 {
+        // Bicubic: Keys' cubic with a = −0.5.
+        let (a, ax) = (-0.5, x.abs());
         match self {
-            Self::Box => {
-                if x > -0.5 && x <= 0.5 {
-                    1.0
-                } else {
-                    0.0
-                }
-            }
-            Self::Bilinear => {
-                let x = x.abs();
-                if x < 1.0 { 1.0 - x } else { 0.0 }
-            }
-            Self::Bicubic => {
-                let a = -0.5;
-                let x = x.abs();
-                if x < 1.0 {
-                    ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-                } else if x < 2.0 {
-                    (((x - 5.0) * x + 8.0) * x - 4.0) * a
-                } else {
-                    0.0
-                }
-            }
+            Self::Box if x > -0.5 && x <= 0.5 => 1.0,
+            Self::Bilinear if ax < 1.0 => 1.0 - ax,
+            Self::Bicubic if ax < 1.0 => ((a + 2.0) * ax - (a + 3.0)) * ax * ax + 1.0,
+            Self::Bicubic if ax < 2.0 => (((ax - 5.0) * ax + 8.0) * ax - 4.0) * a,
+            _ => 0.0,
         }
     }
 }
@@ -96,30 +81,26 @@ fn coefficients(
         .collect()
 }
 
+/// A fixed-point sum back to 8 bits, clipped to [0, 255].
 fn clip8(v: i32) -> u8 {
-    if v >= (1 << PRECISION_BITS << 8) {
-        255
-    } else if v <= 0 {
-        0
-    } else {
-        (v >> PRECISION_BITS) as u8
-    }
+    (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// One output row (or column) of 8-bit RGB pixels: `k` taps starting at `first`, read by `pixel`.
-fn convolve(coeffs: &[(usize, Vec<i32>)], out: &mut [u8], pixel: impl Fn(usize) -> [u8; 3]) {
-    for (x, (first, k)) in coeffs.iter().enumerate() {
-        let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-        for (i, &w) in k.iter().enumerate() {
-            let p = pixel(first + i);
-            for c in 0..3 {
-                acc[c] += p[c] as i32 * w;
-            }
-        }
+/// One 8-bit RGB pixel: the fixed-point taps `k` over the pixels `pixel(0..k.len())`.
+fn tap(k: &[i32], pixel: impl Fn(usize) -> [u8; 3]) -> [u8; 3] {
+    let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+    for (i, &w) in k.iter().enumerate() {
+        let p = pixel(i);
         for c in 0..3 {
-            out[x * 3 + c] = clip8(acc[c]);
+            acc[c] += p[c] as i32 * w;
         }
     }
+    acc.map(clip8)
+}
+
+/// The RGB pixel at `x` of a row of 8-bit RGB pixels.
+fn rgb(row: &[u8], x: usize) -> [u8; 3] {
+    [row[x * 3], row[x * 3 + 1], row[x * 3 + 2]]
 }
 
 /// A rectangle of an image: columns `x..x + width`, rows `y..y + height`.
@@ -164,11 +145,7 @@ pub fn resize_window_rgb8(
     let row = |y: usize| -> Vec<u8> {
         let line = &src[y * iw * 3..(y + 1) * iw * 3];
         match &hcoeffs {
-            Some(coeffs) => {
-                let mut out = vec![0u8; ww * 3];
-                convolve(coeffs, &mut out, |x| [line[x * 3], line[x * 3 + 1], line[x * 3 + 2]]);
-                out
-            }
+            Some(coeffs) => coeffs.iter().flat_map(|(first, k)| tap(k, |i| rgb(line, first + i))).collect(),
             None => line[window.x * 3..(window.x + ww) * 3].to_vec(),
         }
     };
@@ -182,7 +159,6 @@ pub fn resize_window_rgb8(
         // Horizontal rows `first_row..` currently kept; taps only move down.
         let mut rows: std::collections::VecDeque<Vec<u8>> = Default::default();
         let mut first_row = 0;
-        let mut line = vec![0u8; ww * 3];
         for (ymin, k) in &vcoeffs {
             while first_row < *ymin && !rows.is_empty() {
                 rows.pop_front();
@@ -195,19 +171,7 @@ pub fn resize_window_rgb8(
                 rows.push_back(row(first_row + rows.len()));
             }
             let skip = ymin - first_row;
-            for x in 0..ww {
-                let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-                for (i, &w) in k.iter().enumerate() {
-                    let p = &rows[skip + i][x * 3..x * 3 + 3];
-                    for c in 0..3 {
-                        acc[c] += p[c] as i32 * w;
-                    }
-                }
-                for c in 0..3 {
-                    line[x * 3 + c] = clip8(acc[c]);
-                }
-            }
-            out.extend_from_slice(&line);
+            out.extend((0..ww).flat_map(|x| tap(k, |i| rgb(&rows[skip + i], x))));
         }
     }
     RgbImage::from_raw(ww as u32, window.height as u32, out).expect("buffer size matches")
@@ -216,21 +180,16 @@ pub fn resize_window_rgb8(
 /// ADM's `center_crop_arr`: the evaluation/training crop of the reference. Only the crop window
 /// of the final bicubic resize is computed (same pixels, memory bounded by the crop).
 pub fn center_crop_arr(img: &RgbImage, size: usize) -> RgbImage {
-    let mut halved: Option<RgbImage> = None;
-    loop {
-        let cur = halved.as_ref().unwrap_or(img);
-        if (cur.width().min(cur.height()) as usize) < 2 * size {
-            break;
-        }
-        let (w, h) = (cur.width() as usize / 2, cur.height() as usize / 2);
-        halved = Some(resize_rgb8(cur, w, h, ResampleFilter::Box));
+    let mut img = std::borrow::Cow::Borrowed(img);
+    while img.width().min(img.height()) as usize >= 2 * size {
+        let (w, h) = (img.width() as usize / 2, img.height() as usize / 2);
+        img = std::borrow::Cow::Owned(resize_rgb8(&img, w, h, ResampleFilter::Box));
     }
-    let img = halved.as_ref().unwrap_or(img);
     let scale = size as f64 / img.width().min(img.height()) as f64;
     let w = (img.width() as f64 * scale).round_ties_even() as usize;
     let h = (img.height() as f64 * scale).round_ties_even() as usize;
     let window = Window { x: (w - size) / 2, y: (h - size) / 2, width: size, height: size };
-    resize_window_rgb8(img, w, h, ResampleFilter::Bicubic, window)
+    resize_window_rgb8(&img, w, h, ResampleFilter::Bicubic, window)
 }
 
 /// Stacks RGB images of equal size into `(B, 3, H, W)` in [-1, 1]: `(u8/255 − 0.5)/0.5` in f32,

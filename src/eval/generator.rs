@@ -106,17 +106,13 @@ pub fn evaluate_generator(
     }
     let collected = collector.finish()?;
     let (mean, std) = collected.inception_score()?;
-    let distance = match &options.reference {
-        Some((stats, label)) => Some(Distance {
-            metric: options.extractor.metric_name().into(),
-            value: frechet_distance(&collected.stats, stats)?,
-            reference: label.clone(),
-        }),
-        None => None,
-    };
+    let distance = options.reference.as_ref().map(|(stats, label)| -> Result<Distance> {
+        let value = frechet_distance(&collected.stats, stats)?;
+        Ok(Distance { metric: options.extractor.metric_name().into(), value, reference: label.clone() })
+    });
     Ok(GeneratorEval {
         samples: options.num_samples,
-        distance,
+        distance: distance.transpose()?,
         score: Score { metric: options.extractor.score_name().into(), mean, std },
     })
 }

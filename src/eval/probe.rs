@@ -39,14 +39,8 @@ pub struct ProbeConfig {
 
 impl Default for ProbeConfig {
     fn default() -> Self {
-        let fit = FitOptions::default();
-        Self {
-            features: ProbeFeatures::Mean,
-            epochs: fit.epochs,
-            lr: fit.lr,
-            batch_size: fit.batch_size,
-            seed: fit.seed,
-        }
+        let FitOptions { epochs, lr, batch_size, seed } = FitOptions::default();
+        Self { features: ProbeFeatures::Mean, epochs, lr, batch_size, seed }
     }
 }
 

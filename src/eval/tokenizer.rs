@@ -126,28 +126,19 @@ pub fn evaluate_tokenizer(
         let recon = recon.finish()?;
         let (mean, std) = recon.inception_score()?;
         result.score = Some(Score { metric: extractor.score_name().into(), mean, std });
-        match (&options.reference, orig_features) {
-            (Reference::Stats(stats, label), _) => {
-                result.distance = Some(Distance {
-                    metric: extractor.metric_name().into(),
-                    value: frechet_distance(&recon.stats, stats)?,
-                    reference: label.clone(),
-                });
-            }
-            (Reference::Originals, Some(orig)) => {
-                let orig = orig.finish()?;
-                let value = frechet_distance(&recon.stats, &orig.stats)?;
-                result.distance = Some(Distance {
-                    metric: extractor.metric_name().into(),
-                    value,
-                    reference: "the evaluated originals".into(),
-                });
-                if let (Some(a), Some(b)) = (&recon.features, &orig.features) {
-                    let (mean, std, _) = kernel_inception_distance(a, b, extractor.dim(), 100, 1000)?;
-                    result.kid = Some((mean, std));
-                }
-            }
-            _ => {}
+        let orig = orig_features.map(|c| c.finish()).transpose()?;
+        let against = match (&options.reference, &orig) {
+            (Reference::Stats(stats, label), _) => Some((stats, label.clone())),
+            (Reference::Originals, Some(orig)) => Some((&orig.stats, "the evaluated originals".into())),
+            _ => None,
+        };
+        if let Some((stats, reference)) = against {
+            let value = frechet_distance(&recon.stats, stats)?;
+            result.distance = Some(Distance { metric: extractor.metric_name().into(), value, reference });
+        }
+        if let (Some(a), Some(b)) = (&recon.features, orig.as_ref().and_then(|o| o.features.as_ref())) {
+            let (mean, std, _) = kernel_inception_distance(a, b, extractor.dim(), 100, 1000)?;
+            result.kid = Some((mean, std));
         }
     }
     // The saved reconstructions appear only when the whole evaluation succeeded.

@@ -69,70 +69,57 @@ impl Extractor {
         let hint = " — expected torch-fidelity's weights-inception-2015-12-05 (pt_inception) state dict";
         let report = load_into(&mut model, &sd, &KeyMap::new(), &[], &[], hint)?;
         let unexpected: Vec<_> = report.unused.iter().filter(|k| !k.ends_with("num_batches_tracked")).collect();
-        if !unexpected.is_empty() {
-            tracing::warn!(
-                "{}: {} tensors not used by InceptionV3 (first: {})",
-                path.display(),
-                unexpected.len(),
-                unexpected[0]
-            );
+        if let Some(first) = unexpected.first() {
+            tracing::warn!("{}: {} tensors not used by InceptionV3 (first: {first})", path.display(), unexpected.len());
         }
         Ok(Self::Inception(Box::new(model)))
     }
 
+    fn is_inception(&self) -> bool {
+        matches!(self, Self::Inception(_))
+    }
+
     /// The distance's name for reports.
     pub fn metric_name(&self) -> &'static str {
-        match self {
-            Self::Inception(_) => "FID",
-            Self::Effnet(_) => "FD-effnet",
-        }
+        if self.is_inception() { "FID" } else { "FD-effnet" }
     }
 
     /// The score's name for reports.
     pub fn score_name(&self) -> &'static str {
-        match self {
-            Self::Inception(_) => "IS",
-            Self::Effnet(_) => "IS-effnet",
-        }
+        if self.is_inception() { "IS" } else { "IS-effnet" }
     }
 
     /// Feature width.
     pub fn dim(&self) -> usize {
-        match self {
-            Self::Inception(_) => POOL_DIM,
-            Self::Effnet(_) => 1280,
-        }
+        if self.is_inception() { POOL_DIM } else { 1280 }
     }
 
     /// Logit width.
     pub fn classes(&self) -> usize {
-        match self {
-            Self::Inception(_) => LOGIT_DIM,
-            Self::Effnet(_) => 1000,
-        }
+        if self.is_inception() { LOGIT_DIM } else { 1000 }
     }
 
     /// Features of a batch of images, row-major `(B, dim)`.
     pub fn features(&self, images: &[RgbImage], device: &Device) -> Result<Vec<f32>> {
-        match self {
-            Self::Inception(m) => to_vec(m.pool3(InceptionV3::input(images, device))),
-            Self::Effnet(m) => to_vec(Self::effnet_pooled(m, images, device)),
-        }
+        to_vec(self.pooled(images, device))
     }
 
     /// Features and Inception-Score logits of a batch.
     pub fn features_and_logits(&self, images: &[RgbImage], device: &Device) -> Result<Features> {
-        let (pool, logits) = match self {
-            Self::Inception(m) => {
-                let pool = m.pool3(InceptionV3::input(images, device));
-                (pool.clone(), m.unbiased_logits(pool))
-            }
-            Self::Effnet(m) => {
-                let pool = Self::effnet_pooled(m, images, device);
-                (pool.clone(), m._fc.forward(pool))
-            }
+        let pool = self.pooled(images, device);
+        let logits = match self {
+            Self::Inception(m) => m.unbiased_logits(pool.clone()),
+            Self::Effnet(m) => m._fc.forward(pool.clone()),
         };
         Ok(Features { pool: to_vec(pool)?, logits: to_vec(logits)? })
+    }
+
+    /// The `(B, dim)` features as a tensor.
+    fn pooled(&self, images: &[RgbImage], device: &Device) -> Tensor<2> {
+        match self {
+            Self::Inception(m) => m.pool3(InceptionV3::input(images, device)),
+            Self::Effnet(m) => Self::effnet_pooled(m, images, device),
+        }
     }
 
     /// EfficientNet: 224² square Pillow-bilinear resize, ImageNet normalisation, pooled head.

@@ -239,9 +239,14 @@ pub fn inception_score(logits: &[f32], classes: usize, splits: usize, order: Opt
             / part.len() as f64;
         scores.push(kl.exp());
     }
-    let mean = scores.iter().sum::<f64>() / splits as f64;
-    let std = (scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / splits as f64).sqrt();
-    Ok((mean, std))
+    Ok(mean_std(&scores))
+}
+
+/// Mean and population standard deviation.
+fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    (mean, (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt())
 }
 
 /// Kernel Inception Distance (Bińkowski et al., 2018) as torch-fidelity computes it: `subsets`
@@ -289,8 +294,7 @@ pub fn kernel_inception_distance(
         let m = m as f64;
         mmds.push((kxx + kyy) / (m * (m - 1.0)) - 2.0 * kxy / (m * m));
     }
-    let mean = mmds.iter().sum::<f64>() / mmds.len() as f64;
-    let std = (mmds.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / mmds.len() as f64).sqrt();
+    let (mean, std) = mean_std(&mmds);
     Ok((mean, std, m))
 }
 
@@ -337,22 +341,19 @@ fn parse_npy(bytes: &[u8], what: &str) -> Result<(Vec<usize>, Vec<f64>)> {
         .collect::<Result<_>>()?;
     let n: usize = shape.iter().product();
     let data = &bytes[start + header_len..];
-    let values: Vec<f64> = match descr {
-        "<f8" => {
-            if data.len() < n * 8 {
-                bail!("{what}: truncated data ({} bytes for {n} float64 values)", data.len());
-            }
-            data[..n * 8].chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
-        }
-        "<f4" => {
-            if data.len() < n * 4 {
-                bail!("{what}: truncated data ({} bytes for {n} float32 values)", data.len());
-            }
-            data[..n * 4].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64).collect()
-        }
+    let (size, dtype) = match descr {
+        "<f8" => (8, "float64"),
+        "<f4" => (4, "float32"),
         other => bail!("{what}: dtype `{other}` is not supported (float32 or float64 expected)"),
     };
-    Ok((shape, values))
+    if data.len() < n * size {
+        bail!("{what}: truncated data ({} bytes for {n} {dtype} values)", data.len());
+    }
+    let values = data[..n * size].chunks_exact(size).map(|c| match size {
+        8 => f64::from_le_bytes(c.try_into().expect("8 bytes")),
+        _ => f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64,
+    });
+    Ok((shape, values.collect()))
 }
 
 fn npy_bytes(shape: &[usize], values: &[f64]) -> Vec<u8> {
@@ -392,17 +393,26 @@ pub fn read_npz(path: &Path) -> Result<FeatureStats> {
     read_npz_of_dim(path, None)
 }
 
+/// The `.npz` archive at `path`.
+fn open_npz(path: &Path) -> Result<zip::ZipArchive<std::fs::File>> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    zip::ZipArchive::new(file).map_err(|e| anyhow!("{}: not an .npz file ({e})", path.display()))
+}
+
+/// The array `name` of an `.npz` statistics file.
+fn read_npz_array(zip: &mut zip::ZipArchive<std::fs::File>, path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f64>)> {
+    let mut entry = zip
+        .by_name(&format!("{name}.npy"))
+        .map_err(|_| anyhow!("{}: no `{name}` array (statistics files hold `mu` and `sigma`)", path.display()))?;
+    let mut bytes = Vec::new();
+    entry.read_to_end(&mut bytes).with_context(|| format!("{}: reading `{name}`", path.display()))?;
+    parse_npy(&bytes, &format!("{}: `{name}`", path.display()))
+}
+
 /// The feature width of an `.npz` statistics file, from `mu` alone (cheap: `sigma` is d² values).
 pub fn npz_dim(path: &Path) -> Result<usize> {
     crate::data::images::require_regular_file(path, "a statistics file")?;
-    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| anyhow!("{}: not an .npz file ({e})", path.display()))?;
-    let mut entry = zip
-        .by_name("mu.npy")
-        .map_err(|_| anyhow!("{}: no `mu` array (statistics files hold `mu` and `sigma`)", path.display()))?;
-    let mut bytes = Vec::new();
-    entry.read_to_end(&mut bytes).with_context(|| format!("{}: reading `mu`", path.display()))?;
-    let (shape, _) = parse_npy(&bytes, &format!("{}: `mu`", path.display()))?;
+    let (shape, _) = read_npz_array(&mut open_npz(path)?, path, "mu")?;
     match shape.as_slice() {
         [0] => bail!("{}: empty statistics (`mu` has no values)", path.display()),
         [d] => Ok(*d),
@@ -424,18 +434,9 @@ pub fn read_npz_of_dim(path: &Path, dim: Option<usize>) -> Result<FeatureStats> 
     if d > MAX_FEATURE_DIM {
         bail!("{}: {d}-d statistics; at most {MAX_FEATURE_DIM} dimensions are read", path.display());
     }
-    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| anyhow!("{}: not an .npz file ({e})", path.display()))?;
-    let mut read = |name: &str| -> Result<(Vec<usize>, Vec<f64>)> {
-        let mut entry = zip
-            .by_name(&format!("{name}.npy"))
-            .map_err(|_| anyhow!("{}: no `{name}` array (statistics files hold `mu` and `sigma`)", path.display()))?;
-        let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).with_context(|| format!("{}: reading `{name}`", path.display()))?;
-        parse_npy(&bytes, &format!("{}: `{name}`", path.display()))
-    };
-    let (mu_shape, mu) = read("mu")?;
-    let (sigma_shape, sigma) = read("sigma")?;
+    let mut zip = open_npz(path)?;
+    let (mu_shape, mu) = read_npz_array(&mut zip, path, "mu")?;
+    let (sigma_shape, sigma) = read_npz_array(&mut zip, path, "sigma")?;
     let d = mu.len();
     if mu_shape.len() != 1 || sigma_shape != [d, d] {
         bail!("{}: `mu` has shape {mu_shape:?} and `sigma` {sigma_shape:?}; expected (d,) and (d, d)", path.display());

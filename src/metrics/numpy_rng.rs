@@ -2,14 +2,16 @@
 //! Inception Score permutes its samples with `np.random.RandomState(2020).permutation(n)` before
 //! splitting, so the same split membership needs the same generator.
 
-/// MT19937 as seeded by `RandomState(seed)` (`init_genrand`).
-struct Mt19937 {
+/// A `numpy.random.RandomState(seed)`, MT19937 as seeded by `init_genrand`, whose stream continues
+/// across calls (torch-fidelity's KID draws all its subsets from one generator).
+pub struct LegacyRandomState {
     state: [u32; 624],
     pos: usize,
 }
 
-impl Mt19937 {
-    fn new(seed: u32) -> Self {
+impl LegacyRandomState {
+    /// `RandomState(seed)`.
+    pub fn new(seed: u32) -> Self {
         let mut state = [0u32; 624];
         state[0] = seed;
         for i in 1..624 {
@@ -51,17 +53,6 @@ impl Mt19937 {
             }
         }
     }
-}
-
-/// A `numpy.random.RandomState(seed)` whose stream continues across calls (torch-fidelity's KID
-/// draws all its subsets from one generator).
-pub struct LegacyRandomState(Mt19937);
-
-impl LegacyRandomState {
-    /// `RandomState(seed)`.
-    pub fn new(seed: u32) -> Self {
-        Self(Mt19937::new(seed))
-    }
 
     /// `permutation(n)` (Fisher–Yates from the end); `choice(n, k, replace=False)` is its first
     /// `k` entries.
@@ -69,8 +60,7 @@ impl LegacyRandomState {
         assert!(n <= u32::MAX as usize, "permutation of more than 2^32 items");
         let mut v: Vec<usize> = (0..n).collect();
         for i in (1..n).rev() {
-            let j = self.0.interval(i as u32) as usize;
-            v.swap(i, j);
+            v.swap(i, self.interval(i as u32) as usize);
         }
         v
     }

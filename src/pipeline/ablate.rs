@@ -11,7 +11,7 @@
 //! FD-effnet (and teacher class accuracy) of a tiny DiT^DH trained on its latents.
 
 use super::demo::write_json;
-use super::report::{html_escape, write_report};
+use super::report::{figure, html_escape, write_report};
 use super::{Budget, PipelineResult, SemanticLoss, Variant, run_variant};
 use anyhow::Result;
 use std::path::Path;
@@ -198,21 +198,16 @@ fn plot(results: &[PipelineResult], path: &Path) -> Result<()> {
 /// back from their `result.json`, so an interrupted ablation continues), then writes `ablation.md`,
 /// `ablation.json`, `ablation.png` and `report.html`.
 pub fn run_ablation(out: &Path, only: &[String], quick: bool) -> Result<Vec<PipelineResult>> {
+    let names = variants().iter().map(|v| v.name.clone()).collect::<Vec<_>>().join(", ");
     if let Some(empty) = only.iter().find(|o| o.trim().is_empty()) {
-        anyhow::bail!(
-            "--only: `{empty}` names no variant (names: {})",
-            variants().iter().map(|v| v.name.clone()).collect::<Vec<_>>().join(", ")
-        );
+        anyhow::bail!("--only: `{empty}` names no variant (names: {names})");
     }
     let chosen: Vec<Variant> = variants()
         .into_iter()
         .filter(|v| only.is_empty() || only.iter().any(|o| v.name.starts_with(o.as_str())))
         .collect();
     if chosen.is_empty() {
-        anyhow::bail!(
-            "--only matches no variant (names: {})",
-            variants().iter().map(|v| v.name.clone()).collect::<Vec<_>>().join(", ")
-        );
+        anyhow::bail!("--only matches no variant (names: {names})");
     }
     let _lock = crate::train::session::RunLock::acquire(out)?;
     let budget = budget(quick);
@@ -263,11 +258,7 @@ pub fn run_ablation(out: &Path, only: &[String], quick: bool) -> Result<Vec<Pipe
     body.push_str("</ul><img src=\"ablation.png\"><h2>Samples</h2>");
     for r in &results {
         if let Some(p) = &r.files.samples {
-            body.push_str(&format!(
-                "<figure><img src=\"{}\"><figcaption>{}</figcaption></figure>",
-                html_escape(&p.display().to_string()),
-                html_escape(&r.variant.description)
-            ));
+            body.push_str(&figure(p, &r.variant.description));
         }
     }
     write_report(&out.join("report.html"), "RecTok ablations in miniature", &body)?;

@@ -1,7 +1,7 @@
 //! `rectok demo`: the embedded default — the whole RecTok pipeline on the built-in procedural
 //! dataset and the built-in teacher, on a CPU, with nothing downloaded.
 
-use super::report::{html_escape, write_report};
+use super::report::{figure, html_escape, write_report};
 use super::{Budget, PipelineResult, Variant, run_variant};
 use anyhow::Result;
 use std::path::Path;
@@ -90,11 +90,7 @@ fn demo_body(r: &PipelineResult, b: &Budget) -> String {
         b.tokenizer_epochs * b.tokenizer_images / b.tokenizer_batch,
         b.tokenizer_images,
         if b.stage2_steps > 0 {
-            format!(
-                ", then {} steps of stage-2 decoder fine-tuning with the \
-            GAN",
-                b.stage2_steps
-            )
+            format!(", then {} steps of stage-2 decoder fine-tuning with the GAN", b.stage2_steps)
         } else {
             String::new()
         },
@@ -115,24 +111,13 @@ fn demo_body(r: &PipelineResult, b: &Budget) -> String {
         (b.probe_images / 10).clamp(64, 2000),
         b.probe_images,
         b.fd_images,
-        if r.sample_cfg > 1.0 { format!("classifier-free guidance {}", r.sample_cfg) } else { "no \
-            guidance".to_string() },
+        if r.sample_cfg > 1.0 { format!("classifier-free guidance {}", r.sample_cfg) } else { "no guidance".into() },
         r.seconds.0,
         r.seconds.1,
         r.seconds.2,
         r.seconds.3
     ));
-    let img = |title: &str, p: &Option<std::path::PathBuf>| -> String {
-        p.as_ref()
-            .map(|p| {
-                format!(
-                    "<figure><img src=\"{}\"><figcaption>{}</figcaption></figure>",
-                    html_escape(&p.display().to_string()),
-                    html_escape(title)
-                )
-            })
-            .unwrap_or_default()
-    };
+    let img = |title: &str, p: &Option<std::path::PathBuf>| p.as_ref().map(|p| figure(p, title)).unwrap_or_default();
     h.push_str("<h2>Samples</h2>");
     h.push_str(&img(
         "DiT^DH samples from the EMA model, one row per class (disc, square, triangle, ring, cross, star, \

@@ -169,8 +169,9 @@ fn newest_sample(dir: &Path) -> Option<PathBuf> {
     v.pop()
 }
 
-fn existing(p: PathBuf) -> Option<PathBuf> {
-    p.exists().then_some(p)
+/// `dir/loss.png`, if it exists.
+fn loss_curves(dir: &Path) -> Option<PathBuf> {
+    Some(dir.join("loss.png")).filter(|p| p.exists())
 }
 
 fn relative(p: &Path, base: &Path) -> PathBuf {
@@ -293,17 +294,15 @@ pub fn run_variant(dir: &Path, variant: &Variant, budget: &Budget, seed: u64) ->
     let gs = g.run()?;
     let t_gen = t3.elapsed().as_secs_f64();
 
+    let rel = |p: Option<PathBuf>| p.map(|p| relative(&p, dir));
+    let stage2_ran = budget.stage2_steps > 0;
     let files = PipelineFiles {
-        reconstructions: newest_sample(&stage1).map(|p| relative(&p, dir)),
-        reconstructions_stage2: (budget.stage2_steps > 0)
-            .then(|| newest_sample(&stage2).map(|p| relative(&p, dir)))
-            .flatten(),
-        tokenizer_curves: existing(stage1.join("loss.png")).map(|p| relative(&p, dir)),
-        stage2_curves: (budget.stage2_steps > 0)
-            .then(|| existing(stage2.join("loss.png")).map(|p| relative(&p, dir)))
-            .flatten(),
-        samples: newest_sample(&generator_dir).map(|p| relative(&p, dir)),
-        generator_curves: existing(generator_dir.join("loss.png")).map(|p| relative(&p, dir)),
+        reconstructions: rel(newest_sample(&stage1)),
+        reconstructions_stage2: rel(newest_sample(&stage2).filter(|_| stage2_ran)),
+        tokenizer_curves: rel(loss_curves(&stage1)),
+        stage2_curves: rel(loss_curves(&stage2).filter(|_| stage2_ran)),
+        samples: rel(newest_sample(&generator_dir)),
+        generator_curves: rel(loss_curves(&generator_dir)),
         tokenizer: relative(&gs.tokenizer, dir),
         generator: relative(&gs.generator, dir),
     };
@@ -315,10 +314,7 @@ pub fn run_variant(dir: &Path, variant: &Variant, budget: &Budget, seed: u64) ->
         probe_untrained,
         probe,
         generation_fd: (gs.eval.0.as_ref().and_then(|e| e.fd), gs.eval.1.as_ref().and_then(|e| e.fd)),
-        class_accuracy: (
-            gs.eval.0.as_ref().and_then(|e| e.class_accuracy),
-            gs.eval.1.as_ref().and_then(|e| e.class_accuracy),
-        ),
+        class_accuracy: (gs.eval.0.and_then(|e| e.class_accuracy), gs.eval.1.and_then(|e| e.class_accuracy)),
         real_class_accuracy: gs.real_class_accuracy,
         sample_cfg,
         files,

@@ -8,6 +8,15 @@ pub fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// An image with its caption.
+pub fn figure(src: &Path, caption: &str) -> String {
+    format!(
+        "<figure><img src=\"{}\"><figcaption>{}</figcaption></figure>",
+        html_escape(&src.display().to_string()),
+        html_escape(caption)
+    )
+}
+
 /// Writes `body` into a page titled `title`, atomically.
 pub fn write_report(path: &Path, title: &str, body: &str) -> Result<()> {
     let page = format!(

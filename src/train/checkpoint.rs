@@ -133,28 +133,20 @@ type TensorsAndMetadata = (BTreeMap<String, Vec<f32>>, BTreeMap<String, String>)
 /// Reads every tensor of a safetensors file as flat `f32` values, with its metadata.
 pub fn load_tensors(path: &Path) -> Result<TensorsAndMetadata> {
     let sd = StateDict::open(path, CheckpointEntry::Auto)?;
-    let keys: Vec<String> = sd.keys_with_prefix("").cloned().collect();
-    let mut out = BTreeMap::new();
-    for k in keys {
-        out.insert(k.clone(), sd.read_f32_finite(&k)?);
-    }
+    let out = sd.keys_with_prefix("").map(|k| Ok((k.clone(), sd.read_f32_finite(k)?))).collect::<Result<_>>()?;
     Ok((out, sd.metadata.clone()))
 }
 
 impl AdamW {
     /// Writes the moments and step counts.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut tensors = BTreeMap::new();
-        for (k, v) in &self.exp_avg {
-            tensors.insert(format!("exp_avg.{k}"), v.clone());
-        }
-        for (k, v) in &self.exp_avg_sq {
-            tensors.insert(format!("exp_avg_sq.{k}"), v.clone());
-        }
-        let mut meta = HashMap::new();
-        meta.insert("steps".into(), serde_json::to_string(&self.steps)?);
-        meta.insert("config".into(), serde_json::to_string(&self.config)?);
-        save_tensors(path, &tensors, meta)
+        let moments = [("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)];
+        let tensors = moments.iter().flat_map(|(m, t)| t.iter().map(move |(k, v)| (format!("{m}.{k}"), v.clone())));
+        let meta = HashMap::from([
+            ("steps".into(), serde_json::to_string(&self.steps)?),
+            ("config".into(), serde_json::to_string(&self.config)?),
+        ]);
+        save_tensors(path, &tensors.collect(), meta)
     }
 
     /// Reads a state written by [`save`](Self::save), on `device`.

@@ -35,8 +35,7 @@ pub fn read_toml_among(
         None => {
             let path = Path::new(spec);
             if !path.exists() {
-                let names: Vec<&str> = recipes.iter().map(|(n, _)| *n).collect();
-                bail!("{spec}: no such configuration file (built-in recipes: {})", names.join(", "));
+                bail!("{spec}: no such configuration file (built-in recipes: {})", crate::config::names(recipes));
             }
             crate::data::images::require_regular_file(path, "a configuration")?;
             (
@@ -84,36 +83,56 @@ pub fn data_inputs(data: &super::run::DataOptions) -> Vec<(&'static str, PathBuf
     inputs
 }
 
+/// Declares an options table: a struct whose fields carry their defaults (`pub name: Type =
+/// default`), its `Default` built from them; serde fills missing keys with the defaults and
+/// refuses unknown ones.
+macro_rules! options {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$doc:meta])* pub $field:ident: $ty:ty = $default:expr,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$doc])* pub $field: $ty,)*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self { $($field: $default,)* }
+            }
+        }
+    };
+}
+pub(crate) use options;
+
+/// `name` must be `what` (which `ok` says it is): the message names the option, the rule and the
+/// value.
+pub fn ensure(ok: bool, name: &str, what: impl std::fmt::Display, v: impl std::fmt::Display) -> Result<(), String> {
+    if ok { Ok(()) } else { Err(format!("{name} must be {what}, got {v}")) }
+}
+
+/// `name` must lie in `lo..=hi`.
+pub fn between<T: PartialOrd + std::fmt::Display>(name: &str, v: T, lo: T, hi: T) -> Result<(), String> {
+    ensure(lo <= v && v <= hi, name, format!("between {lo} and {hi}"), v)
+}
+
 /// `name` must be finite and ≥ 0.
 pub fn non_negative(name: &str, v: f64) -> Result<(), String> {
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(format!("{name} must be a finite number ≥ 0, got {v}"));
-    }
-    Ok(())
+    ensure(v.is_finite() && v >= 0.0, name, "a finite number ≥ 0", v)
 }
 
 /// `name` must be finite and > 0.
 pub fn positive(name: &str, v: f64) -> Result<(), String> {
-    if !(v.is_finite() && v > 0.0) {
-        return Err(format!("{name} must be a finite number > 0, got {v}"));
-    }
-    Ok(())
+    ensure(v.is_finite() && v > 0.0, name, "a finite number > 0", v)
 }
 
 /// `name` must lie in `[lo, hi)`.
 pub fn in_unit_range(name: &str, v: f64, lo: f64, hi: f64) -> Result<(), String> {
-    if !(v >= lo && v < hi) {
-        return Err(format!("{name} must be in [{lo}, {hi}), got {v}"));
-    }
-    Ok(())
+    ensure(v >= lo && v < hi, name, format!("in [{lo}, {hi})"), v)
 }
 
 /// `name` must be at least `min`.
 pub fn count_at_least(name: &str, v: usize, min: usize) -> Result<(), String> {
-    if v < min {
-        return Err(format!("{name} must be at least {min}, got {v}"));
-    }
-    Ok(())
+    ensure(v >= min, name, format!("at least {min}"), v)
 }
 
 /// The checks shared by the AdamW options of both recipes.
@@ -164,37 +183,37 @@ pub fn model_from_table(table: toml::Table) -> Result<RecTokConfig, String> {
     RecTokConfig::from_object(obj).map_err(|e| format!("[model]: {e}"))
 }
 
-/// Length, seeds, checkpointing and monitoring of a run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RunOptions {
-    /// Tokenizer stage: 1 (full training) or 2 (decoder fine-tuning).
-    pub stage: u8,
-    /// Seed of initialisation, random draws and data order.
-    pub seed: u64,
-    /// Epochs (the schedules are defined in epochs, as the reference's).
-    pub epochs: usize,
-    /// Stop after this many optimizer steps (0: the full `epochs`); the schedule still spans
-    /// `epochs`.
-    pub max_steps: usize,
-    /// Stage 2: the stage-1 run, checkpoint folder, exported tokenizer or official `.pth`.
-    pub init_from: Option<PathBuf>,
-    /// Checkpoint every N optimizer steps (and at the end).
-    pub checkpoint_every: usize,
-    /// Checkpoints kept on disk (the newest ones).
-    pub keep_checkpoints: usize,
-    /// Reconstruction grid every N steps (0: only at the end).
-    pub sample_every: usize,
-    /// Metrics line every N steps.
-    pub log_every: usize,
-    /// CPU threads for tensor work (default: all cores).
-    pub threads: Option<usize>,
-    /// Data-parallel replicas on CPU threads, each computing a slice of every micro-batch
-    /// (0: one per thread, at most 4; 1: off). The result differs from 1 only in rounding and,
-    /// with the GAN on, in the discriminator's per-slice batch statistics (as the reference's DDP).
-    pub data_parallel: usize,
-    /// Compute device: `cpu`, `vulkan`, `cuda`.
-    pub device: String,
+options! {
+    /// Length, seeds, checkpointing and monitoring of a run.
+    pub struct RunOptions {
+        /// Tokenizer stage: 1 (full training) or 2 (decoder fine-tuning).
+        pub stage: u8 = 1,
+        /// Seed of initialisation, random draws and data order.
+        pub seed: u64 = 0,
+        /// Epochs (the schedules are defined in epochs, as the reference's).
+        pub epochs: usize = 200,
+        /// Stop after this many optimizer steps (0: the full `epochs`); the schedule still spans
+        /// `epochs`.
+        pub max_steps: usize = 0,
+        /// Stage 2: the stage-1 run, checkpoint folder, exported tokenizer or official `.pth`.
+        pub init_from: Option<PathBuf> = None,
+        /// Checkpoint every N optimizer steps (and at the end).
+        pub checkpoint_every: usize = 1000,
+        /// Checkpoints kept on disk (the newest ones).
+        pub keep_checkpoints: usize = 2,
+        /// Reconstruction grid every N steps (0: only at the end).
+        pub sample_every: usize = 1000,
+        /// Metrics line every N steps.
+        pub log_every: usize = 10,
+        /// CPU threads for tensor work (default: all cores).
+        pub threads: Option<usize> = None,
+        /// Data-parallel replicas on CPU threads, each computing a slice of every micro-batch
+        /// (0: one per thread, at most 4; 1: off). The result differs from 1 only in rounding and,
+        /// with the GAN on, in the discriminator's per-slice batch statistics (as the reference's DDP).
+        pub data_parallel: usize = 0,
+        /// Compute device: `cpu`, `vulkan`, `cuda`.
+        pub device: String = "cpu".into(),
+    }
 }
 
 impl RunOptions {
@@ -218,105 +237,56 @@ pub fn check_run_resources(
     if let Some(t) = threads {
         crate::device::check_threads(t, &format!("{section}.threads"))?;
     }
-    if data_parallel > 64 {
-        return Err(format!("{section}.data_parallel must be between 0 (automatic) and 64, got {data_parallel}"));
-    }
+    ensure(data_parallel <= 64, &format!("{section}.data_parallel"), "between 0 (automatic) and 64", data_parallel)?;
     device.parse::<crate::device::DeviceChoice>().map_err(|e| format!("{section}.device: {e}"))?;
     Ok(())
 }
 
-impl Default for RunOptions {
-    fn default() -> Self {
-        Self {
-            stage: 1,
-            seed: 0,
-            epochs: 200,
-            max_steps: 0,
-            init_from: None,
-            checkpoint_every: 1000,
-            keep_checkpoints: 2,
-            sample_every: 1000,
-            log_every: 10,
-            threads: None,
-            data_parallel: 0,
-            device: "cpu".into(),
-        }
-    }
-}
-
 pub use super::run::DataOptions;
 
-/// The frozen teacher of flow semantic distillation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TeacherOptions {
-    /// `efficientnet-lite0`, `dinov3-b16:PATH`, … or `none` (stage 2, or no semantic loss).
-    pub spec: String,
-    /// Side of the teacher's input (the reference's processor: 224).
-    pub resolution: usize,
-}
-
-impl Default for TeacherOptions {
-    fn default() -> Self {
-        Self { spec: "efficientnet-lite0".into(), resolution: crate::teacher::TEACHER_RESOLUTION }
+options! {
+    /// The frozen teacher of flow semantic distillation.
+    pub struct TeacherOptions {
+        /// `efficientnet-lite0`, `dinov3-b16:PATH`, … or `none` (stage 2, or no semantic loss).
+        pub spec: String = "efficientnet-lite0".into(),
+        /// Side of the teacher's input (the reference's processor: 224).
+        pub resolution: usize = crate::teacher::TEACHER_RESOLUTION,
     }
 }
 
-/// Loss terms and weights (docs/TRAINING.md §2.1–2.2).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LossOptions {
-    /// Pixel loss: `l2` (official), `l1`, `l2+l1`.
-    pub reconstruction: String,
-    /// Pixel loss weight.
-    pub reconstruction_weight: f64,
-    /// Perceptual term: `lpips-convnext` (official, needs weight files), `effnet`, `none`.
-    pub perceptual: PerceptualKind,
-    /// What runs when the official term's weights are not given: `none` or `effnet`.
-    pub perceptual_fallback: PerceptualKind,
-    /// Perceptual weight.
-    pub perceptual_weight: f64,
-    /// LPIPS weights: `vgg.pth` of the `lpips` package (linear heads), or a whole LPIPS state dict.
-    pub lpips: Option<PathBuf>,
-    /// torchvision VGG16 ImageNet weights (`vgg16-397923af.pth`), unless `lpips` holds the trunk.
-    pub vgg: Option<PathBuf>,
-    /// torchvision ConvNeXt-Small ImageNet weights (`convnext_small-0c510722.pth`).
-    pub convnext: Option<PathBuf>,
-    /// KL weight.
-    pub kl_weight: f64,
-    /// Semantic loss: `cosine` (official), `l1`, `l2`.
-    pub sem_loss: String,
-    /// Semantic loss weight.
-    pub sem_weight: f64,
-    /// Generator GAN weight (0.1, what the reference really applies).
-    pub gan_weight: f64,
-    /// Epoch from which the discriminator trains and the GAN term is on.
-    pub gan_start_epoch: usize,
-    /// Discriminator base width.
-    pub disc_ndf: usize,
-    /// Discriminator strided layers.
-    pub disc_layers: usize,
-}
-
-impl Default for LossOptions {
-    fn default() -> Self {
-        Self {
-            reconstruction: "l2".into(),
-            reconstruction_weight: 1.0,
-            perceptual: PerceptualKind::LpipsConvnext,
-            perceptual_fallback: PerceptualKind::None,
-            perceptual_weight: 1.0,
-            lpips: None,
-            vgg: None,
-            convnext: None,
-            kl_weight: 1e-6,
-            sem_loss: "cosine".into(),
-            sem_weight: 1.0,
-            gan_weight: 0.1,
-            gan_start_epoch: 100,
-            disc_ndf: 64,
-            disc_layers: 3,
-        }
+options! {
+    /// Loss terms and weights (docs/TRAINING.md §2.1–2.2).
+    pub struct LossOptions {
+        /// Pixel loss: `l2` (official), `l1`, `l2+l1`.
+        pub reconstruction: String = "l2".into(),
+        /// Pixel loss weight.
+        pub reconstruction_weight: f64 = 1.0,
+        /// Perceptual term: `lpips-convnext` (official, needs weight files), `effnet`, `none`.
+        pub perceptual: PerceptualKind = PerceptualKind::LpipsConvnext,
+        /// What runs when the official term's weights are not given: `none` or `effnet`.
+        pub perceptual_fallback: PerceptualKind = PerceptualKind::None,
+        /// Perceptual weight.
+        pub perceptual_weight: f64 = 1.0,
+        /// LPIPS weights: `vgg.pth` of the `lpips` package (linear heads), or a whole LPIPS state dict.
+        pub lpips: Option<PathBuf> = None,
+        /// torchvision VGG16 ImageNet weights (`vgg16-397923af.pth`), unless `lpips` holds the trunk.
+        pub vgg: Option<PathBuf> = None,
+        /// torchvision ConvNeXt-Small ImageNet weights (`convnext_small-0c510722.pth`).
+        pub convnext: Option<PathBuf> = None,
+        /// KL weight.
+        pub kl_weight: f64 = 1e-6,
+        /// Semantic loss: `cosine` (official), `l1`, `l2`.
+        pub sem_loss: String = "cosine".into(),
+        /// Semantic loss weight.
+        pub sem_weight: f64 = 1.0,
+        /// Generator GAN weight (0.1, what the reference really applies).
+        pub gan_weight: f64 = 0.1,
+        /// Epoch from which the discriminator trains and the GAN term is on.
+        pub gan_start_epoch: usize = 100,
+        /// Discriminator base width.
+        pub disc_ndf: usize = 64,
+        /// Discriminator strided layers.
+        pub disc_layers: usize = 3,
     }
 }
 
@@ -328,7 +298,7 @@ impl LossOptions {
 
     /// The official term's files are all named.
     pub fn has_official_perceptual_weights(&self) -> bool {
-        self.convnext.is_some() && (self.vgg.is_some() || self.lpips.is_some()) && self.lpips.is_some()
+        self.convnext.is_some() && self.lpips.is_some()
     }
 
     /// The loss configuration these options describe.
@@ -358,52 +328,33 @@ impl LossOptions {
     }
 }
 
-/// Optimizer, schedule and EMA (docs/TRAINING.md §2.1, §2.8).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OptimOptions {
-    /// Images per step on this machine (the reference: 64 per GPU).
-    pub batch_size: usize,
-    /// Micro-batches accumulated per optimizer step.
-    pub accum_steps: usize,
-    /// Base learning rate; `lr = blr · batch_size · accum_steps / 256`.
-    pub blr: f64,
-    /// Absolute learning rate, overriding the scaling rule.
-    pub lr: Option<f64>,
-    /// Final learning rate of the cosine schedule.
-    pub min_lr: f64,
-    /// Warm-up epochs as a fraction of `epochs` (`int(warmup_rate · epochs)`).
-    pub warmup_rate: f64,
-    /// AdamW weight decay of the decay group.
-    pub weight_decay: f64,
-    /// AdamW β₁.
-    pub beta1: f64,
-    /// AdamW β₂.
-    pub beta2: f64,
-    /// AdamW ε.
-    pub eps: f64,
-    /// Global gradient-norm clip (0: none).
-    pub clip_grad: f64,
-    /// EMA decay per optimizer step.
-    pub ema_decay: f64,
-}
-
-impl Default for OptimOptions {
-    fn default() -> Self {
-        Self {
-            batch_size: 64,
-            accum_steps: 1,
-            blr: 1e-4,
-            lr: None,
-            min_lr: 0.0,
-            warmup_rate: 0.25,
-            weight_decay: 1e-4,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            clip_grad: 3.0,
-            ema_decay: 0.999,
-        }
+options! {
+    /// Optimizer, schedule and EMA (docs/TRAINING.md §2.1, §2.8).
+    pub struct OptimOptions {
+        /// Images per step on this machine (the reference: 64 per GPU).
+        pub batch_size: usize = 64,
+        /// Micro-batches accumulated per optimizer step.
+        pub accum_steps: usize = 1,
+        /// Base learning rate; `lr = blr · batch_size · accum_steps / 256`.
+        pub blr: f64 = 1e-4,
+        /// Absolute learning rate, overriding the scaling rule.
+        pub lr: Option<f64> = None,
+        /// Final learning rate of the cosine schedule.
+        pub min_lr: f64 = 0.0,
+        /// Warm-up epochs as a fraction of `epochs` (`int(warmup_rate · epochs)`).
+        pub warmup_rate: f64 = 0.25,
+        /// AdamW weight decay of the decay group.
+        pub weight_decay: f64 = 1e-4,
+        /// AdamW β₁.
+        pub beta1: f64 = 0.9,
+        /// AdamW β₂.
+        pub beta2: f64 = 0.95,
+        /// AdamW ε.
+        pub eps: f64 = 1e-8,
+        /// Global gradient-norm clip (0: none).
+        pub clip_grad: f64 = 3.0,
+        /// EMA decay per optimizer step.
+        pub ema_decay: f64 = 0.999,
     }
 }
 
@@ -417,16 +368,16 @@ impl OptimOptions {
             positive(&format!("{section}.lr"), lr)?;
         }
         non_negative(&format!("{section}.min_lr"), self.min_lr)?;
-        if self.min_lr > self.peak_lr() {
-            return Err(format!(
-                "{section}.min_lr ({}) must not exceed the peak learning rate ({})",
-                self.min_lr,
-                self.peak_lr()
-            ));
+        let peak = self.peak_lr();
+        if self.min_lr > peak {
+            return Err(format!("{section}.min_lr ({}) must not exceed the peak learning rate ({peak})", self.min_lr));
         }
-        if !(0.0..=1.0).contains(&self.warmup_rate) {
-            return Err(format!("{section}.warmup_rate must be in [0, 1], got {}", self.warmup_rate));
-        }
+        ensure(
+            (0.0..=1.0).contains(&self.warmup_rate),
+            &format!("{section}.warmup_rate"),
+            "in [0, 1]",
+            self.warmup_rate,
+        )?;
         check_adamw(section, self.beta1, self.beta2, self.eps, self.weight_decay, self.clip_grad, self.ema_decay)
     }
 
@@ -504,9 +455,7 @@ impl TokenizerTrainConfig {
     /// Range and consistency checks of every field, naming the option, its value and the range.
     pub fn validate(&self) -> Result<(), String> {
         let (r, o, l, d) = (&self.run, &self.optim, &self.loss, &self.data);
-        if !(1..=2).contains(&r.stage) {
-            return Err(format!("run.stage must be 1 or 2, got {}", r.stage));
-        }
+        ensure((1..=2).contains(&r.stage), "run.stage", "1 or 2", r.stage)?;
         r.check("run")?;
         d.check("data")?;
         o.check("optim")?;
@@ -524,16 +473,10 @@ impl TokenizerTrainConfig {
         ] {
             non_negative(name, v)?;
         }
-        if !(1..=4096).contains(&l.disc_ndf) {
-            return Err(format!("loss.disc_ndf must be between 1 and 4096, got {}", l.disc_ndf));
-        }
+        between("loss.disc_ndf", l.disc_ndf, 1, 4096)?;
         count_at_least("loss.disc_layers", l.disc_layers, 1)?;
-        if l.disc_layers > 8 {
-            return Err(format!("loss.disc_layers must be between 1 and 8, got {}", l.disc_layers));
-        }
-        if !(16..=4096).contains(&self.teacher.resolution) {
-            return Err(format!("teacher.resolution must be between 16 and 4096, got {}", self.teacher.resolution));
-        }
+        between("loss.disc_layers", l.disc_layers, 1, 8)?;
+        between("teacher.resolution", self.teacher.resolution, 16, 4096)?;
         if self.teacher.spec.trim().is_empty() {
             return Err(
                 "teacher.spec is empty: name a teacher (efficientnet-lite0, dinov3-b16:PATH, …) or `none`".into()
@@ -544,12 +487,13 @@ impl TokenizerTrainConfig {
                 (use tiny-stage2, rectok-b-stage2, or set run.stage = 2)"
                 .into());
         }
-        if !self.teacher.resolution.is_multiple_of(16) {
-            return Err(format!(
-                "teacher.resolution must be a multiple of 16 (the teachers' patch), got {}",
-                self.teacher.resolution
-            ));
-        }
+        let resolution = self.teacher.resolution;
+        ensure(
+            resolution.is_multiple_of(16),
+            "teacher.resolution",
+            "a multiple of 16 (the teachers' patch)",
+            resolution,
+        )?;
         self.model.validate().map_err(|e| format!("[model]: {e}"))?;
         self.loss.loss_config().map_err(|e| e.to_string())?;
         crate::loss::perceptual::check_exists(&self.loss.lpips, "loss.lpips")?;

@@ -72,10 +72,6 @@ impl super::run::StepValues for GenStepValues {
     fn progress(&self) -> String {
         format!("loss {:.4} |g| {:.3}", self.loss, self.grad_norm)
     }
-
-    fn summary(&self) -> String {
-        self.progress()
-    }
 }
 
 /// Online evaluation of the EMA generator.
@@ -242,12 +238,8 @@ impl Trainer for GeneratorTraining {
             _ => LatentSource::Images,
         };
 
-        let opt_config = AdamWConfig {
-            beta1: config.optim.beta1,
-            beta2: config.optim.beta2,
-            eps: config.optim.eps,
-            weight_decay: config.optim.weight_decay,
-        };
+        let o = &config.optim;
+        let opt_config = AdamWConfig { beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay: o.weight_decay };
         let (model, ema, opt) = match checkpoint {
             Some(ckpt) => {
                 let load = |file: &str| -> Result<DitDh> {
@@ -297,11 +289,7 @@ impl Trainer for GeneratorTraining {
             classifier,
             initial_eval: None,
         };
-        let n_train: usize = params::values(&trainer.model)
-            .iter()
-            .filter(|(k, _)| trainer.trainable.contains(*k))
-            .map(|(_, (s, _))| s.iter().product::<usize>())
-            .sum();
+        let n_train = params::count(&trainer.model, &trainer.trainable);
         tracing::info!(
             "DiT^DH {} ({} × {} encoder, {} × {} head, patch {}): {:.2}M trainable parameters on {}×{}×{} latents \
                 (time shift {:.3}); {} images, {} steps/epoch of {}×{}, lr {:.1e}; latents from {}",
@@ -343,12 +331,7 @@ impl Trainer for GeneratorTraining {
     /// evaluation, measures the untrained EMA.
     fn begin(&mut self, step: usize, fresh: bool, metrics: &MetricsLog) -> Result<()> {
         if fresh && self.extractor.is_some() && self.initial_eval.is_none() {
-            let e = self.online_eval()?;
-            let mut rec = Map::new();
-            rec.insert("step".into(), step.into());
-            insert_eval(&mut rec, &e);
-            metrics.append(&rec)?;
-            self.initial_eval = Some(e);
+            self.initial_eval = Some(self.logged_eval(step, metrics)?);
         }
         if matches!(self.source, LatentSource::Images) {
             self.batches.start_stream(step);
@@ -357,9 +340,9 @@ impl Trainer for GeneratorTraining {
     }
 
     fn step(&mut self, step: usize, rng: &mut Rng) -> Result<GenStepValues> {
-        let mut stream = self.batches.take_stream();
+        let mut stream = self.batches.stream.take();
         let values = self.train_step(&mut stream, step, rng);
-        self.batches.restore_stream(stream);
+        self.batches.stream = stream;
         values
     }
 
@@ -400,16 +383,7 @@ impl Trainer for GeneratorTraining {
     /// The final online evaluation; exports `generator.safetensors` (EMA) and
     /// `tokenizer.safetensors` (with the latent statistics).
     fn finish(&mut self, end: RunEnd<'_>) -> Result<GenTrainSummary> {
-        let final_eval = if self.extractor.is_some() {
-            let e = self.online_eval()?;
-            let mut rec = Map::new();
-            rec.insert("step".into(), end.steps.into());
-            insert_eval(&mut rec, &e);
-            end.metrics.append(&rec)?;
-            Some(e)
-        } else {
-            None
-        };
+        let final_eval = self.extractor.is_some().then(|| self.logged_eval(end.steps, end.metrics)).transpose()?;
         let generator = end.run_dir.join("generator.safetensors");
         save_generator(&self.ema, &generator)?;
         let tokenizer = end.run_dir.join("tokenizer.safetensors");
@@ -446,10 +420,6 @@ impl Run<GeneratorTraining> {
 }
 
 impl GeneratorTraining {
-    fn epoch_at(&self, step: usize) -> f64 {
-        step as f64 / self.steps_per_epoch() as f64
-    }
-
     /// Clean normalised latents `(B, C, g, g)` (on the plain device) and labels of micro-batch
     /// `micro` (counted from the start of training).
     fn micro_batch(
@@ -478,18 +448,14 @@ impl GeneratorTraining {
         }
     }
 
-    /// Slices per micro-batch: the data-parallel replicas, at most one per sample.
-    fn shards(&self) -> usize {
-        params::replicas(self.config.run.data_parallel, &self.device).min(self.config.optim.batch_size)
-    }
-
     /// One optimizer step (0-based `step`). Every check comes before the update.
     fn train_step(&mut self, stream: &mut Option<BatchStream>, step: usize, rng: &mut Rng) -> Result<GenStepValues> {
         let accum = self.config.optim.accum_steps;
         let lr = self.lr_at(step);
         let mut values = GenStepValues::default();
         let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
-        let shards = self.shards();
+        // Slices per micro-batch: the data-parallel replicas, at most one per sample.
+        let shards = params::replicas(self.config.run.data_parallel, &self.device).min(self.config.optim.batch_size);
         for a in 0..accum {
             let (x1, labels) = self.micro_batch(step * accum + a, stream, rng)?;
             let [b, c, h, w] = x1.dims();
@@ -534,12 +500,8 @@ impl GeneratorTraining {
         let names = crate::weights::generator::key_map();
         let decays = |path: &str, shape: &[usize]| super::optim::reference_decays(&names.to_reference(path), shape);
         self.model = self.opt.step(self.model.clone(), &grads, lr, &decays);
-        self.update_ema();
-        Ok(values)
-    }
-
-    fn update_ema(&mut self) {
         self.ema = params::ema_update(self.ema.clone(), &self.model, &self.trainable, self.config.optim.ema_decay);
+        Ok(values)
     }
 
     fn guidance(&self) -> Guidance<'static> {
@@ -600,6 +562,16 @@ impl GeneratorTraining {
             fd: r.distance.map(|d| d.value),
             class_accuracy: self.classifier.as_ref().map(|_| hits as f64 / self.config.run.fd_images as f64),
         })
+    }
+
+    /// The online evaluation, appended to `metrics` as the record of `step`.
+    fn logged_eval(&self, step: usize, metrics: &MetricsLog) -> Result<OnlineEval> {
+        let e = self.online_eval()?;
+        let mut rec = Map::new();
+        rec.insert("step".into(), step.into());
+        insert_eval(&mut rec, &e);
+        metrics.append(&rec)?;
+        Ok(e)
     }
 }
 

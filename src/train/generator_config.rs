@@ -4,7 +4,8 @@
 //! first step, label dropout 0.1, posterior samples of flipped images.
 
 use super::config::{
-    DataOptions, check_adamw, check_run_resources, count_at_least, non_negative, positive, read_toml_among,
+    DataOptions, between, check_adamw, check_run_resources, count_at_least, ensure, in_unit_range, non_negative,
+    options, positive, read_toml_among,
 };
 use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
@@ -17,76 +18,50 @@ pub const GENERATOR_CONFIGS: &[(&str, &str)] = &[
     ("ditdh-xl", include_str!("../../configs/ditdh-xl.toml")),
 ];
 
-/// Length, seeds, checkpointing and monitoring.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GenRunOptions {
-    /// Seed of initialisation, random draws and data order.
-    pub seed: u64,
-    /// Epochs (the schedule is defined in epochs).
-    pub epochs: usize,
-    /// Stop after this many optimizer steps (0: all `epochs`).
-    pub max_steps: usize,
-    /// Checkpoint every N steps (and at the end).
-    pub checkpoint_every: usize,
-    /// Checkpoints kept (the newest).
-    pub keep_checkpoints: usize,
-    /// Sample grid from the EMA model every N steps (0: only at the end).
-    pub sample_every: usize,
-    /// Metrics line every N steps.
-    pub log_every: usize,
-    /// Online FD-effnet / FID of EMA samples every N steps (0: only at the end; the reference:
-    /// every 10 epochs).
-    pub fd_every: usize,
-    /// Samples of the online evaluation (the reference: 10,000). 0 disables it.
-    pub fd_images: usize,
-    /// Extractor of the online evaluation: `effnet` or `inception:PATH`.
-    pub fd_extractor: String,
-    /// CPU threads (default: all cores).
-    pub threads: Option<usize>,
-    /// Data-parallel replicas on CPU threads, each computing a slice of every micro-batch
-    /// (0: one per thread, at most 4; 1: off). The result differs from 1 only in rounding.
-    pub data_parallel: usize,
-    /// Compute device.
-    pub device: String,
-}
-
-impl Default for GenRunOptions {
-    fn default() -> Self {
-        Self {
-            seed: 0,
-            epochs: 800,
-            max_steps: 0,
-            checkpoint_every: 1000,
-            keep_checkpoints: 2,
-            sample_every: 1000,
-            log_every: 10,
-            fd_every: 0,
-            fd_images: 0,
-            fd_extractor: "effnet".into(),
-            threads: None,
-            data_parallel: 0,
-            device: "cpu".into(),
-        }
+options! {
+    /// Length, seeds, checkpointing and monitoring.
+    pub struct GenRunOptions {
+        /// Seed of initialisation, random draws and data order.
+        pub seed: u64 = 0,
+        /// Epochs (the schedule is defined in epochs).
+        pub epochs: usize = 800,
+        /// Stop after this many optimizer steps (0: all `epochs`).
+        pub max_steps: usize = 0,
+        /// Checkpoint every N steps (and at the end).
+        pub checkpoint_every: usize = 1000,
+        /// Checkpoints kept (the newest).
+        pub keep_checkpoints: usize = 2,
+        /// Sample grid from the EMA model every N steps (0: only at the end).
+        pub sample_every: usize = 1000,
+        /// Metrics line every N steps.
+        pub log_every: usize = 10,
+        /// Online FD-effnet / FID of EMA samples every N steps (0: only at the end; the reference:
+        /// every 10 epochs).
+        pub fd_every: usize = 0,
+        /// Samples of the online evaluation (the reference: 10,000). 0 disables it.
+        pub fd_images: usize = 0,
+        /// Extractor of the online evaluation: `effnet` or `inception:PATH`.
+        pub fd_extractor: String = "effnet".into(),
+        /// CPU threads (default: all cores).
+        pub threads: Option<usize> = None,
+        /// Data-parallel replicas on CPU threads, each computing a slice of every micro-batch
+        /// (0: one per thread, at most 4; 1: off). The result differs from 1 only in rounding.
+        pub data_parallel: usize = 0,
+        /// Compute device.
+        pub device: String = "cpu".into(),
     }
 }
 
-/// The DiT^DH: a preset for the tokenizer's latent geometry.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GenModelOptions {
-    /// `xl`, `l`, `b`, `s` or `tiny` (sized for the tokenizer's latents), or a JSON file with the
-    /// generator's sizes (`enc_hidden`, `enc_depth`, `enc_heads`, or `"preset"` plus overrides).
-    pub preset: String,
-    /// Classes (default: the training data's).
-    pub num_classes: Option<usize>,
-    /// Label dropout probability (classifier-free guidance's null class).
-    pub label_dropout_prob: f64,
-}
-
-impl Default for GenModelOptions {
-    fn default() -> Self {
-        Self { preset: "xl".into(), num_classes: None, label_dropout_prob: 0.1 }
+options! {
+    /// The DiT^DH: a preset for the tokenizer's latent geometry.
+    pub struct GenModelOptions {
+        /// `xl`, `l`, `b`, `s` or `tiny` (sized for the tokenizer's latents), or a JSON file with the
+        /// generator's sizes (`enc_hidden`, `enc_depth`, `enc_heads`, or `"preset"` plus overrides).
+        pub preset: String = "xl".into(),
+        /// Classes (default: the training data's).
+        pub num_classes: Option<usize> = None,
+        /// Label dropout probability (classifier-free guidance's null class).
+        pub label_dropout_prob: f64 = 0.1,
     }
 }
 
@@ -114,75 +89,49 @@ pub struct GenLatentOptions {
     pub cache: Option<PathBuf>,
 }
 
-/// Optimizer and schedule.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GenOptimOptions {
-    /// Images per micro-batch.
-    pub batch_size: usize,
-    /// Micro-batches per optimizer step.
-    pub accum_steps: usize,
-    /// Learning rate (not scaled by the batch size).
-    pub lr: f64,
-    /// Final learning rate.
-    pub min_lr: f64,
-    /// Epoch where the decay starts (the reference's `warmup_start_epoch`; no warm-up ramp).
-    pub decay_start_epoch: f64,
-    /// Epoch where it reaches `min_lr` (`warmup_end_epoch`).
-    pub decay_end_epoch: f64,
-    /// Cosine instead of linear decay.
-    pub cosine: bool,
-    /// Adam β₁.
-    pub beta1: f64,
-    /// Adam β₂.
-    pub beta2: f64,
-    /// Adam ε.
-    pub eps: f64,
-    /// Weight decay.
-    pub weight_decay: f64,
-    /// Global gradient-norm clipping (0: off).
-    pub clip_grad: f64,
-    /// EMA decay.
-    pub ema_decay: f64,
-}
-
-impl Default for GenOptimOptions {
-    fn default() -> Self {
-        Self {
-            batch_size: 64,
-            accum_steps: 16,
-            lr: 2e-4,
-            min_lr: 2e-5,
-            decay_start_epoch: 40.0,
-            decay_end_epoch: 800.0,
-            cosine: false,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            clip_grad: 1.0,
-            ema_decay: 0.9995,
-        }
+options! {
+    /// Optimizer and schedule.
+    pub struct GenOptimOptions {
+        /// Images per micro-batch.
+        pub batch_size: usize = 64,
+        /// Micro-batches per optimizer step.
+        pub accum_steps: usize = 16,
+        /// Learning rate (not scaled by the batch size).
+        pub lr: f64 = 2e-4,
+        /// Final learning rate.
+        pub min_lr: f64 = 2e-5,
+        /// Epoch where the decay starts (the reference's `warmup_start_epoch`; no warm-up ramp).
+        pub decay_start_epoch: f64 = 40.0,
+        /// Epoch where it reaches `min_lr` (`warmup_end_epoch`).
+        pub decay_end_epoch: f64 = 800.0,
+        /// Cosine instead of linear decay.
+        pub cosine: bool = false,
+        /// Adam β₁.
+        pub beta1: f64 = 0.9,
+        /// Adam β₂.
+        pub beta2: f64 = 0.95,
+        /// Adam ε.
+        pub eps: f64 = 1e-8,
+        /// Weight decay.
+        pub weight_decay: f64 = 0.0,
+        /// Global gradient-norm clipping (0: off).
+        pub clip_grad: f64 = 1.0,
+        /// EMA decay.
+        pub ema_decay: f64 = 0.9995,
     }
 }
 
-/// Sampling for the grids and the online evaluation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GenSampleOptions {
-    /// Time-grid points (the reference's online evaluation: 50).
-    pub steps: usize,
-    /// Guidance scale (classifier-free above 1).
-    pub cfg: f64,
-    /// Classes in the grid (the first N).
-    pub grid_classes: usize,
-    /// Samples per class in the grid.
-    pub grid_per_class: usize,
-}
-
-impl Default for GenSampleOptions {
-    fn default() -> Self {
-        Self { steps: 50, cfg: 1.0, grid_classes: 10, grid_per_class: 8 }
+options! {
+    /// Sampling for the grids and the online evaluation.
+    pub struct GenSampleOptions {
+        /// Time-grid points (the reference's online evaluation: 50).
+        pub steps: usize = 50,
+        /// Guidance scale (classifier-free above 1).
+        pub cfg: f64 = 1.0,
+        /// Classes in the grid (the first N).
+        pub grid_classes: usize = 10,
+        /// Samples per class in the grid.
+        pub grid_per_class: usize = 8,
     }
 }
 
@@ -234,9 +183,7 @@ impl GeneratorTrainConfig {
         count_at_least("run.checkpoint_every", r.checkpoint_every, 1)?;
         count_at_least("run.keep_checkpoints", r.keep_checkpoints, 1)?;
         count_at_least("run.log_every", r.log_every, 1)?;
-        if r.fd_images > 1_000_000 {
-            return Err(format!("run.fd_images must be between 0 (off) and 1000000, got {}", r.fd_images));
-        }
+        ensure(r.fd_images <= 1_000_000, "run.fd_images", "between 0 (off) and 1000000", r.fd_images)?;
         if r.fd_images == 1 {
             return Err("run.fd_images must be 0 (off) or at least 2 (a covariance needs two samples)".into());
         }
@@ -268,28 +215,16 @@ impl GeneratorTrainConfig {
             return Err("optim.decay_end_epoch must not come before optim.decay_start_epoch".into());
         }
         check_adamw("optim", o.beta1, o.beta2, o.eps, o.weight_decay, o.clip_grad, o.ema_decay)?;
-        if !(0.0..1.0).contains(&m.label_dropout_prob) {
-            return Err(format!("model.label_dropout_prob must be in [0, 1), got {}", m.label_dropout_prob));
+        in_unit_range("model.label_dropout_prob", m.label_dropout_prob, 0.0, 1.0)?;
+        if let Some(n) = m.num_classes {
+            between("model.num_classes", n, 1, 1_000_000)?;
         }
-        if let Some(n) = m.num_classes
-            && !(1..=1_000_000).contains(&n)
-        {
-            return Err(format!("model.num_classes must be between 1 and 1000000, got {n}"));
-        }
-        if !(2..=10_000).contains(&s.steps) {
-            return Err(format!("sample.steps must be between 2 and 10000, got {}", s.steps));
-        }
-        if !(s.cfg.is_finite() && (0.0..=100.0).contains(&s.cfg)) {
-            return Err(format!("sample.cfg must be between 0 and 100, got {}", s.cfg));
-        }
+        between("sample.steps", s.steps, 2, 10_000)?;
+        between("sample.cfg", s.cfg, 0.0, 100.0)?;
         count_at_least("sample.grid_classes", s.grid_classes, 1)?;
         count_at_least("sample.grid_per_class", s.grid_per_class, 1)?;
-        if s.grid_classes * s.grid_per_class > 4096 {
-            return Err(format!(
-                "sample.grid_classes × sample.grid_per_class must be at most 4096, got {}",
-                s.grid_classes * s.grid_per_class
-            ));
-        }
+        let grid = s.grid_classes * s.grid_per_class;
+        ensure(grid <= 4096, "sample.grid_classes × sample.grid_per_class", "at most 4096", grid)?;
         self.data.check("data")?;
         if !matches!(self.tokenizer.entry.as_str(), "" | "auto") {
             self.tokenizer

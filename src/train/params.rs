@@ -13,11 +13,7 @@ struct Paths {
 impl Paths {
     fn enter(&mut self, name: &str, container_type: &str) {
         // Enum variants do not appear in state-dict paths.
-        if !container_type.starts_with("Enum:") {
-            self.stack.push(name.to_string());
-        } else {
-            self.stack.push(String::new());
-        }
+        self.stack.push(if container_type.starts_with("Enum:") { String::new() } else { name.to_string() });
     }
 
     fn exit(&mut self) {
@@ -65,6 +61,11 @@ pub fn values<M: Module>(module: &M) -> BTreeMap<String, (Vec<usize>, Tensor<1>)
     let mut r = Reader { paths: Paths { stack: Vec::new() }, grads: None, out: BTreeMap::new() };
     module.visit(&mut r);
     r.out
+}
+
+/// The number of scalars in `module`'s parameters at `paths`.
+pub fn count<M: Module>(module: &M, paths: &std::collections::BTreeSet<String>) -> usize {
+    values(module).iter().filter(|(k, _)| paths.contains(*k)).map(|(_, (s, _))| s.iter().product::<usize>()).sum()
 }
 
 /// The gradients of `module`'s parameters in `grads`: path → flattened gradient.

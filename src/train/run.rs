@@ -12,6 +12,7 @@
 //! for bit.
 
 use super::checkpoint::CheckpointStore;
+use super::config::{between, options};
 use super::monitor::{MetricsLog, plot_metrics};
 use super::session::{self, RunLock, Start};
 use crate::io::{step_progress, write_atomic};
@@ -49,23 +50,23 @@ pub struct Schedule {
     pub device: String,
 }
 
-/// Training data.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DataOptions {
-    /// `procedural[:N]`, a class-folder tree, or a `.txt` file list.
-    pub source: String,
-    /// Held-out images for the reconstruction grids (default: the procedural set's held-out
-    /// items, or the first training images).
-    pub val_source: Option<String>,
-    /// Decoding threads.
-    pub workers: usize,
-    /// Batches decoded ahead.
-    pub prefetch: usize,
-    /// Random horizontal flips (the reference's augmentation).
-    pub flip: bool,
-    /// Images in the reconstruction grids.
-    pub grid_images: usize,
+options! {
+    /// Training data.
+    pub struct DataOptions {
+        /// `procedural[:N]`, a class-folder tree, or a `.txt` file list.
+        pub source: String = "procedural".into(),
+        /// Held-out images for the reconstruction grids (default: the procedural set's held-out
+        /// items, or the first training images).
+        pub val_source: Option<String> = None,
+        /// Decoding threads.
+        pub workers: usize = 2,
+        /// Batches decoded ahead.
+        pub prefetch: usize = 4,
+        /// Random horizontal flips (the reference's augmentation).
+        pub flip: bool = true,
+        /// Images in the reconstruction grids.
+        pub grid_images: usize = 8,
+    }
 }
 
 impl DataOptions {
@@ -75,22 +76,9 @@ impl DataOptions {
         if let Some(v) = &self.val_source {
             v.parse::<crate::data::DataSpec>().map_err(|e| format!("{section}.val_source: {e}"))?;
         }
-        if !(1..=256).contains(&self.workers) {
-            return Err(format!("{section}.workers must be between 1 and 256, got {}", self.workers));
-        }
-        if !(1..=64).contains(&self.prefetch) {
-            return Err(format!("{section}.prefetch must be between 1 and 64, got {}", self.prefetch));
-        }
-        if !(1..=256).contains(&self.grid_images) {
-            return Err(format!("{section}.grid_images must be between 1 and 256, got {}", self.grid_images));
-        }
-        Ok(())
-    }
-}
-
-impl Default for DataOptions {
-    fn default() -> Self {
-        Self { source: "procedural".into(), val_source: None, workers: 2, prefetch: 4, flip: true, grid_images: 8 }
+        between(&format!("{section}.workers"), self.workers, 1, 256)?;
+        between(&format!("{section}.prefetch"), self.prefetch, 1, 64)?;
+        between(&format!("{section}.grid_images"), self.grid_images, 1, 256)
     }
 }
 
@@ -102,7 +90,9 @@ pub struct TrainingBatches {
     pub loader: crate::data::Loader,
     /// Micro-batches per optimizer step.
     pub accum: usize,
-    stream: Option<crate::data::BatchStream>,
+    /// The stream of batches from [`start_stream`](Self::start_stream), taken out for a step and
+    /// given back after it.
+    pub stream: Option<crate::data::BatchStream>,
 }
 
 impl TrainingBatches {
@@ -159,16 +149,6 @@ impl TrainingBatches {
     pub fn start_stream(&mut self, step: usize) {
         let (epoch, k) = self.position(step * self.accum);
         self.stream = Some(self.loader.stream(epoch, k));
-    }
-
-    /// The stream, taken for one step (give it back with [`restore_stream`](Self::restore_stream)).
-    pub fn take_stream(&mut self) -> Option<crate::data::BatchStream> {
-        self.stream.take()
-    }
-
-    /// Gives the stream back after a step.
-    pub fn restore_stream(&mut self, stream: Option<crate::data::BatchStream>) {
-        self.stream = stream;
     }
 }
 
@@ -300,7 +280,9 @@ pub trait StepValues {
     /// The progress bar's message.
     fn progress(&self) -> String;
     /// The log line when no progress bar is drawn.
-    fn summary(&self) -> String;
+    fn summary(&self) -> String {
+        self.progress()
+    }
 }
 
 /// What stopped a step on purpose: a loss term or gradient norm that is NaN or infinite. The run
@@ -387,6 +369,10 @@ pub trait Trainer: Sized {
     /// Optimizer steps per epoch.
     fn steps_per_epoch(&self) -> usize {
         self.batches().steps_per_epoch()
+    }
+    /// The fractional epoch at the start of step `step` (0-based).
+    fn epoch_at(&self, step: usize) -> f64 {
+        step as f64 / self.steps_per_epoch() as f64
     }
     /// The learning rate of step `step` (0-based).
     fn lr_at(&self, step: usize) -> f64;
@@ -570,7 +556,7 @@ impl<T: Trainer> Run<T> {
 
     /// The fractional epoch at the start of step `step` (0-based).
     pub fn epoch_at(&self, step: usize) -> f64 {
-        step as f64 / self.trainer.steps_per_epoch() as f64
+        self.trainer.epoch_at(step)
     }
 
     /// The learning rate of step `step` (0-based).
@@ -639,12 +625,10 @@ impl<T: Trainer> Run<T> {
         }
         match saved {
             Ok(p) => e.context(format!(
-                "step {} failed; the state before it is saved in {} (continue with `rectok train {} --out {} \
-                    --resume` once the cause is fixed)",
+                "step {} failed; the state before it is saved in {} (continue with `{}` once the cause is fixed)",
                 self.step + 1,
                 p.display(),
-                T::Config::COMMAND,
-                self.run_dir.display()
+                resume_command::<T>(&self.run_dir)
             )),
             Err(save) => e.context(format!(
                 "step {} failed, and saving the state before it failed too \

@@ -154,10 +154,6 @@ pub struct TokenizerTraining {
     initial_val_psnr: Option<f64>,
 }
 
-fn adamw_config(c: &TokenizerTrainConfig) -> AdamWConfig {
-    AdamWConfig { beta1: c.optim.beta1, beta2: c.optim.beta2, eps: c.optim.eps, weight_decay: c.optim.weight_decay }
-}
-
 impl Trainer for TokenizerTraining {
     type Config = TokenizerTrainConfig;
     type Values = StepValues;
@@ -259,7 +255,8 @@ impl Trainer for TokenizerTraining {
             batch.tensor(&inner)
         };
 
-        let opt_config = adamw_config(&config);
+        let o = &config.optim;
+        let opt_config = AdamWConfig { beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay: o.weight_decay };
         let disc_config =
             DiscriminatorConfig::new().with_ndf(config.loss.disc_ndf).with_n_layers(config.loss.disc_layers);
         let (model, ema, disc, opt, opt_disc) = match checkpoint {
@@ -327,7 +324,7 @@ impl Trainer for TokenizerTraining {
             reference_names,
             initial_val_psnr: None,
         };
-        let (n_train, n_all) = (trainer.num_trainable(), trainer.model.num_params());
+        let (n_train, n_all) = (params::count(&trainer.model, &trainer.trainable), trainer.model.num_params());
         tracing::info!(
             "stage {stage}: {:.2}M trainable of {:.2}M parameters; {} images of {image_size} px, {} steps/epoch of \
                 {}×{}, peak lr {:.3e}",
@@ -362,8 +359,13 @@ impl Trainer for TokenizerTraining {
         Ok(())
     }
 
+    /// One optimizer step (0-based `step`); returns its loss values. Every check comes before
+    /// the first update, so a stopped step leaves the state as it was.
     fn step(&mut self, step: usize, rng: &mut Rng) -> Result<StepValues> {
-        self.train_step(step, rng)
+        let mut stream = self.batches.stream.take().context("the batch stream was not started")?;
+        let values = self.train_step(&mut stream, step, rng);
+        self.batches.stream = Some(stream);
+        values
     }
 
     fn extra_record(
@@ -437,19 +439,6 @@ impl Run<TokenizerTraining> {
 }
 
 impl TokenizerTraining {
-    fn num_trainable(&self) -> usize {
-        params::values(&self.model)
-            .iter()
-            .filter(|(k, _)| self.trainable.contains(*k))
-            .map(|(_, (s, _))| s.iter().product::<usize>())
-            .sum()
-    }
-
-    /// The fractional epoch at the start of step `step` (0-based).
-    fn epoch_at(&self, step: usize) -> f64 {
-        step as f64 / self.steps_per_epoch() as f64
-    }
-
     /// PSNR of the EMA tokenizer's reconstructions (posterior mean) of the held-out grid images.
     pub fn val_psnr(&self) -> f64 {
         let x = self.val_images.clone();
@@ -462,21 +451,7 @@ impl TokenizerTraining {
         psnrs.iter().sum::<f64>() / psnrs.len() as f64
     }
 
-    /// Slices per micro-batch: the data-parallel replicas, at most one per sample.
-    fn shards(&self) -> usize {
-        params::replicas(self.config.run.data_parallel, &self.device).min(self.config.optim.batch_size)
-    }
-
-    /// One optimizer step (0-based `step`); returns its loss values. Every check comes before
-    /// the first update, so a stopped step leaves the state as it was.
-    fn train_step(&mut self, step: usize, rng: &mut Rng) -> Result<StepValues> {
-        let mut stream = self.batches.take_stream().context("the batch stream was not started")?;
-        let values = self.train_step_from(&mut stream, step, rng);
-        self.batches.restore_stream(Some(stream));
-        values
-    }
-
-    fn train_step_from(&mut self, stream: &mut BatchStream, step: usize, rng: &mut Rng) -> Result<StepValues> {
+    fn train_step(&mut self, stream: &mut BatchStream, step: usize, rng: &mut Rng) -> Result<StepValues> {
         let accum = self.config.optim.accum_steps;
         let lr = self.lr_at(step);
         let epoch = self.epoch_at(step);
@@ -485,6 +460,8 @@ impl TokenizerTraining {
         let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
         let mut disc_grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
         let scalar = |t: &Tensor<1>| t.clone().into_scalar::<f32>() as f64;
+        // Slices per micro-batch: the data-parallel replicas, at most one per sample.
+        let shards = params::replicas(self.config.run.data_parallel, &self.device).min(self.config.optim.batch_size);
         for _ in 0..accum {
             let batch = stream.next_batch()?;
             let b = batch.len();
@@ -499,7 +476,7 @@ impl TokenizerTraining {
             };
             // Data-parallel slices of the batch, each with its own replica (and, for the GAN term,
             // its own discriminator copy: per-slice batch statistics, as the reference's DDP).
-            let bounds = params::shard_bounds(b, self.shards());
+            let bounds = params::shard_bounds(b, shards);
             let parts = bounds
                 .iter()
                 .enumerate()
@@ -593,17 +570,12 @@ impl TokenizerTraining {
         let names = &self.reference_names;
         let decays = |path: &str, shape: &[usize]| reference_decays(&names.to_reference(path), shape);
         self.model = self.opt.step(self.model.clone(), &grads, lr, &decays);
-        self.update_ema();
+        // The reference's `SimpleEMAModel`: trained parameters move, frozen ones are copied.
+        self.ema = params::ema_update(self.ema.clone(), &self.model, &self.trainable, self.config.optim.ema_decay);
         if gan_on {
             self.disc = self.opt_disc.step(self.disc.clone(), &disc_grads, lr, &reference_decays);
         }
         Ok(totals)
-    }
-
-    /// `ema ← d·ema + (1−d)·θ` for trained parameters; frozen ones are copied (the reference's
-    /// `SimpleEMAModel`).
-    fn update_ema(&mut self) {
-        self.ema = params::ema_update(self.ema.clone(), &self.model, &self.trainable, self.config.optim.ema_decay);
     }
 }
 

@@ -29,10 +29,7 @@ const NOT_A_GENERATOR: &str = " — this does not look like a DiT^DH generator c
 fn shape(sd: &StateDict, key: &str, rank: usize) -> Result<Vec<usize>, WeightsError> {
     match sd.shape(key) {
         Some(s) if s.len() == rank => Ok(s),
-        Some(s) => Err(WeightsError::Invalid {
-            path: sd.path.clone(),
-            message: format!("`{key}` has shape {s:?}, expected rank {rank}"),
-        }),
+        Some(s) => Err(sd.invalid(format!("`{key}` has shape {s:?}, expected rank {rank}"))),
         None => Err(WeightsError::MissingKey {
             path: sd.path.clone(),
             key: key.into(),
@@ -48,13 +45,10 @@ fn heads_for(width: usize, what: &str, sd: &StateDict) -> Result<usize, WeightsE
         384 => Ok(6),
         768 => Ok(12),
         1024 | 1152 | 2048 => Ok(16),
-        _ => Err(WeightsError::Invalid {
-            path: sd.path.clone(),
-            message: format!(
-                "cannot infer the attention heads of the {what} (width {width} is not an official DiT^DH width); pass \
-                    --generator-config"
-            ),
-        }),
+        _ => Err(sd.invalid(format!(
+            "cannot infer the attention heads of the {what} (width {width} is not an official DiT^DH width); pass \
+             --generator-config"
+        ))),
     }
 }
 
@@ -78,7 +72,7 @@ pub fn infer_config(sd: &StateDict) -> Result<DitDhConfig, WeightsError> {
         .with_dec_heads(heads_for(dec, "head", sd)?)
         .with_patch_size(p)
         .with_num_classes(table[0] - 1);
-    config.validate().map_err(|message| WeightsError::Invalid { path: sd.path.clone(), message })?;
+    config.validate().map_err(|message| sd.invalid(message))?;
     Ok(config)
 }
 
@@ -90,24 +84,13 @@ pub fn load_generator(
     device: &Device,
 ) -> Result<(DitDh, LoadReport), WeightsError> {
     let sd = StateDict::open(path, entry)?;
-    if let Some(kind) = sd.metadata.get(META_KIND)
-        && kind != KIND_GENERATOR
-    {
-        return Err(WeightsError::Invalid {
-            path: sd.path.clone(),
-            message: format!("this file holds a {kind}, not a generator"),
-        });
-    }
-    let meta_config =
-        sd.metadata.get(META_CONFIG).map(|s| serde_json::from_str::<DitDhConfig>(s)).transpose().map_err(|e| {
-            WeightsError::Invalid { path: sd.path.clone(), message: format!("corrupt `{META_CONFIG}` metadata: {e}") }
-        })?;
-    let config = match (config, meta_config) {
-        (Some(c), _) => c,
-        (None, Some(c)) => c,
-        (None, None) => infer_config(&sd)?,
+    sd.check_kind(KIND_GENERATOR)?;
+    let meta_config = sd.metadata_json::<DitDhConfig>(META_CONFIG)?;
+    let config = match config.or(meta_config) {
+        Some(c) => c,
+        None => infer_config(&sd)?,
     };
-    config.validate().map_err(|message| WeightsError::Invalid { path: sd.path.clone(), message })?;
+    config.validate().map_err(|message| sd.invalid(message))?;
     let mut model = config.init(device);
     let report = load_into(&mut model, &sd, &key_map(), &[], IGNORED, NOT_A_GENERATOR)?;
     Ok((model, report))
@@ -115,9 +98,10 @@ pub fn load_generator(
 
 /// Saves a generator as safetensors with the reference's key names and its config.
 pub fn save_generator(model: &DitDh, path: &Path) -> anyhow::Result<()> {
-    let mut meta = HashMap::new();
-    meta.insert("format".into(), "pt".into());
-    meta.insert(META_KIND.into(), KIND_GENERATOR.into());
-    meta.insert(META_CONFIG.into(), serde_json::to_string(&model.config)?);
+    let meta = HashMap::from([
+        ("format".into(), "pt".into()),
+        (META_KIND.into(), KIND_GENERATOR.into()),
+        (META_CONFIG.into(), serde_json::to_string(&model.config)?),
+    ]);
     super::write_safetensors_from_module(model, &key_map(), path, meta)
 }

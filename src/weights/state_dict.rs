@@ -79,13 +79,7 @@ impl CheckpointEntry {
             .iter()
             .any(|k| k.split_once('.').is_some_and(|(t, _)| EMA_ENTRIES.contains(&t) || RAW_ENTRIES.contains(&t)));
         match self {
-            Self::Named(n) => {
-                if has(n) {
-                    Ok(n.clone())
-                } else {
-                    Err(n.clone())
-                }
-            }
+            Self::Named(n) => has(n).then(|| n.clone()).ok_or_else(|| n.clone()),
             Self::Ema | Self::Model => {
                 let names = if *self == Self::Ema { &EMA_ENTRIES[..2] } else { &RAW_ENTRIES[..2] };
                 match first(names) {
@@ -138,26 +132,32 @@ pub struct StateDict {
 /// they appear at the start of a key.
 fn strip_wrapper_prefixes(key: &str) -> &str {
     let mut k = key;
-    loop {
-        if let Some(rest) = k.strip_prefix("module.") {
-            k = rest;
-        } else if let Some(rest) = k.strip_prefix("_orig_mod.") {
-            k = rest;
-        } else {
-            return k;
-        }
+    while let Some(rest) = WRAPPER_PREFIXES.iter().find_map(|p| k.strip_prefix(p)?.strip_prefix('.')) {
+        k = rest;
     }
+    k
+}
+
+/// `key` relative to the chosen entry (all of it for a bare state dict), `None` outside the entry.
+fn within<'a>(chosen: &str, key: &'a str) -> Option<&'a str> {
+    if chosen.is_empty() { Some(key) } else { key.strip_prefix(chosen)?.strip_prefix('.') }
+}
+
+/// The entry of `path` to read (see [`CheckpointEntry::choose`]), or the error naming what it has.
+fn choose_entry(entry: &CheckpointEntry, keys: &[&str], pytorch: bool, path: &Path) -> Result<String, WeightsError> {
+    entry.choose(keys, pytorch).map_err(|wanted| WeightsError::MissingEntry {
+        path: path.into(),
+        entry: wanted,
+        available: top_level_names(keys),
+    })
 }
 
 /// Refuses FIFOs, devices and folders before opening (reading them would block or fail oddly).
 fn check_regular(path: &Path) -> Result<(), WeightsError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
-        Ok(m) if m.is_dir() => Err(WeightsError::Io { path: path.into(), message: "is a folder, not a file".into() }),
-        Ok(_) => Err(WeightsError::Io {
-            path: path.into(),
-            message: "not a regular file (FIFOs and devices are not read)".into(),
-        }),
+        Ok(m) if m.is_dir() => Err(io_err(path, "is a folder, not a file")),
+        Ok(_) => Err(io_err(path, "not a regular file (FIFOs and devices are not read)")),
         Err(e) => Err(io_err(path, e)),
     }
 }
@@ -166,12 +166,15 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> WeightsError {
     WeightsError::Io { path: path.to_path_buf(), message: e.to_string() }
 }
 
+fn format_err(path: &Path, reason: impl std::fmt::Display) -> WeightsError {
+    WeightsError::Format { path: path.to_path_buf(), reason: reason.to_string() }
+}
+
 /// Converts half/double floats to f32 at read time, so every model parameter is f32.
 fn as_f32(tensor: PackTensor) -> PackTensor {
     match tensor.dtype {
         DType::F16 | DType::BF16 | DType::F64 => {
-            let name = tensor.name.clone();
-            let shape = tensor.shape.clone();
+            let (name, shape) = (tensor.name.clone(), tensor.shape.clone());
             bridge::map_data(tensor, name, DType::F32, shape, |d| d.convert_dtype(DType::F32))
         }
         _ => tensor,
@@ -185,7 +188,7 @@ impl StateDict {
         let mut magic = [0u8; 16];
         let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut magic)).map_err(|e| io_err(path, e))?;
         if n < 8 {
-            return Err(WeightsError::Format { path: path.into(), reason: "file is too short".into() });
+            return Err(format_err(path, "file is too short"));
         }
         let file_len = std::fs::metadata(path).map_err(|e| io_err(path, e))?.len();
         let header_len = u64::from_le_bytes(magic[..8].try_into().expect("8 bytes"));
@@ -197,43 +200,26 @@ impl StateDict {
         } else if is_zip || is_pickle {
             Self::open_pytorch(path, entry)
         } else {
-            Err(WeightsError::Format {
-                path: path.into(),
-                reason: "neither a PyTorch checkpoint (zip or pickle) nor a safetensors file".into(),
-            })
+            Err(format_err(path, "neither a PyTorch checkpoint (zip or pickle) nor a safetensors file"))
         }
     }
 
     fn open_pytorch(path: &Path, entry: CheckpointEntry) -> Result<Self, WeightsError> {
-        let reader = pytorch_reader::PytorchReader::new(path)
-            .map_err(|e| WeightsError::Format { path: path.into(), reason: e.to_string() })?;
-        let all = reader.into_tensors();
+        let all = pytorch_reader::PytorchReader::new(path).map_err(|e| format_err(path, e))?.into_tensors();
         let keys: Vec<&str> = all.keys().map(String::as_str).collect();
-        let chosen = entry.choose(&keys, true).map_err(|wanted| WeightsError::MissingEntry {
-            path: path.into(),
-            entry: wanted,
-            available: top_level_names(&keys),
-        })?;
-        let chosen = chosen.as_str();
+        let chosen = choose_entry(&entry, &keys, true, path)?;
         let mut tensors = BTreeMap::new();
         for (key, tensor) in all {
-            let rest = if chosen.is_empty() {
-                key.as_str()
-            } else {
-                match key.strip_prefix(chosen).and_then(|r| r.strip_prefix('.')) {
-                    Some(r) => r,
-                    None => continue,
-                }
-            };
+            let Some(rest) = within(&chosen, &key) else { continue };
             let name = strip_wrapper_prefixes(rest).to_string();
             let mut t = bridge::from_pytorch(tensor);
             t.name = name.clone();
             tensors.insert(name, as_f32(t));
         }
         if tensors.is_empty() {
-            return Err(WeightsError::Format { path: path.into(), reason: "the checkpoint holds no tensors".into() });
+            return Err(format_err(path, "the checkpoint holds no tensors"));
         }
-        Ok(Self { path: path.into(), entry: chosen.into(), tensors, metadata: BTreeMap::new() })
+        Ok(Self { path: path.into(), entry: chosen, tensors, metadata: BTreeMap::new() })
     }
 
     fn open_safetensors(path: &Path, entry: Option<CheckpointEntry>) -> Result<Self, WeightsError> {
@@ -251,7 +237,7 @@ impl StateDict {
         let mut magic = [0u8; 9];
         let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut magic)).map_err(|e| io_err(path, e))?;
         if n < 9 || magic[8] != b'{' {
-            return Err(WeightsError::Format { path: path.into(), reason: "not a safetensors file".into() });
+            return Err(format_err(path, "not a safetensors file"));
         }
         Self::open_safetensors(path, None)
     }
@@ -271,27 +257,20 @@ impl StateDict {
     where
         B: std::ops::Deref<Target = [u8]> + Send + Sync + 'static,
     {
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&mmap[..])
-            .map_err(|e| WeightsError::Format { path: path.into(), reason: e.to_string() })?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&mmap[..]).map_err(|e| format_err(path, e))?;
         let metadata: BTreeMap<String, String> =
             meta.metadata().clone().map(|m| m.into_iter().collect()).unwrap_or_default();
-        let parsed = safetensors::SafeTensors::deserialize(&mmap[..])
-            .map_err(|e| WeightsError::Format { path: path.into(), reason: e.to_string() })?;
+        let parsed = safetensors::SafeTensors::deserialize(&mmap[..]).map_err(|e| format_err(path, e))?;
         let names: Vec<String> = parsed.names().into_iter().map(|s| s.to_string()).collect();
         let verbatim = entry.is_none();
-        let entry = entry.unwrap_or_default();
         let keys: Vec<&str> = names.iter().map(String::as_str).collect();
-        let chosen = if verbatim { Ok(String::new()) } else { entry.choose(&keys, false) };
-        let chosen = chosen.map_err(|wanted| WeightsError::MissingEntry {
-            path: path.into(),
-            entry: wanted,
-            available: top_level_names(&keys),
-        })?;
-        let chosen = chosen.as_str();
+        let chosen = match &entry {
+            Some(entry) => choose_entry(entry, &keys, false, path)?,
+            None => String::new(),
+        };
         let mut tensors = BTreeMap::new();
         for name in names {
-            let view =
-                parsed.tensor(&name).map_err(|e| WeightsError::Format { path: path.into(), reason: e.to_string() })?;
+            let view = parsed.tensor(&name).map_err(|e| format_err(path, e))?;
             let dtype = match view.dtype() {
                 safetensors::Dtype::F32 => DType::F32,
                 safetensors::Dtype::F16 => DType::F16,
@@ -299,21 +278,9 @@ impl StateDict {
                 safetensors::Dtype::F64 => DType::F64,
                 safetensors::Dtype::I64 => DType::I64,
                 safetensors::Dtype::I32 => DType::I32,
-                other => {
-                    return Err(WeightsError::Format {
-                        path: path.into(),
-                        reason: format!("tensor `{name}` has unsupported dtype {other:?}"),
-                    });
-                }
+                other => return Err(format_err(path, format!("tensor `{name}` has unsupported dtype {other:?}"))),
             };
-            let rest = if chosen.is_empty() {
-                name.as_str()
-            } else {
-                match name.strip_prefix(chosen).and_then(|r| r.strip_prefix('.')) {
-                    Some(r) => r,
-                    None => continue,
-                }
-            };
+            let Some(rest) = within(&chosen, &name) else { continue };
             let key = if verbatim { rest.to_string() } else { strip_wrapper_prefixes(rest).to_string() };
             let shape = Shape::from(view.shape().to_vec());
             // Offsets of the view inside the mapped file, so the bytes are read only when drawn.
@@ -326,7 +293,7 @@ impl StateDict {
             });
             tensors.insert(key, as_f32(t));
         }
-        Ok(Self { path: path.into(), entry: chosen.into(), tensors, metadata })
+        Ok(Self { path: path.into(), entry: chosen, tensors, metadata })
     }
 
     /// The tensors whose keys start with `prefix`, with the prefix removed (e.g. `encoder.` of a
@@ -362,14 +329,9 @@ impl StateDict {
 
     /// Reads one tensor as f32 values.
     pub fn read_f32(&self, key: &str) -> Result<Vec<f32>, WeightsError> {
-        let t = self
-            .tensors
-            .get(key)
-            .ok_or_else(|| WeightsError::Invalid { path: self.path.clone(), message: format!("no tensor `{key}`") })?;
-        let data = bridge::to_data(t)
-            .map_err(|e| WeightsError::Format { path: self.path.clone(), reason: format!("{key}: {e}") })?;
-        data.try_into_vec_as::<f32>()
-            .map_err(|e| WeightsError::Format { path: self.path.clone(), reason: format!("{key}: {e:?}") })
+        let t = self.tensors.get(key).ok_or_else(|| self.invalid(format!("no tensor `{key}`")))?;
+        let data = bridge::to_data(t).map_err(|e| format_err(&self.path, format!("{key}: {e}")))?;
+        data.try_into_vec_as::<f32>().map_err(|e| format_err(&self.path, format!("{key}: {e:?}")))
     }
 
     /// Reads one tensor as f32 values, refusing NaN and infinite values (latents, statistics,
@@ -386,6 +348,26 @@ impl StateDict {
             });
         }
         Ok(v)
+    }
+
+    /// An [`WeightsError::Invalid`] about this file.
+    pub(crate) fn invalid(&self, message: impl Into<String>) -> WeightsError {
+        WeightsError::Invalid { path: self.path.clone(), message: message.into() }
+    }
+
+    /// Refuses a file whose `rectok.kind` metadata names another kind of model than `kind`.
+    pub(crate) fn check_kind(&self, kind: &str) -> Result<(), WeightsError> {
+        match self.metadata.get(super::tokenizer::META_KIND) {
+            Some(found) if found != kind => Err(self.invalid(format!("this file holds a {found}, not a {kind}"))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The JSON value of the metadata `key`, if present.
+    pub(crate) fn metadata_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, WeightsError> {
+        let parse =
+            |s: &String| serde_json::from_str(s).map_err(|e| self.invalid(format!("corrupt `{key}` metadata: {e}")));
+        self.metadata.get(key).map(parse).transpose()
     }
 
     /// Number of distinct `i` in keys `prefix.{i}.…`.

@@ -68,12 +68,11 @@ fn named_size(width: usize, layers: usize, what: &str, sd: &StateDict) -> Result
         .filter_map(|n| VitSize::named(n))
         .find(|s| s.width == width)
         .map(|s| s.heads)
-        .ok_or_else(|| WeightsError::Invalid {
-            path: sd.path.clone(),
-            message: format!(
-                "cannot infer the number of attention heads of the {what} (width {width} is not a \
-                 SIZE_DICT width); pass the sizes with --config PRESET|JSON"
-            ),
+        .ok_or_else(|| {
+            sd.invalid(format!(
+                "cannot infer the number of attention heads of the {what} (width {width} is not a SIZE_DICT width); \
+                 pass the sizes with --config PRESET|JSON"
+            ))
         })?;
     Ok(VitSize { width, layers, heads })
 }
@@ -81,10 +80,7 @@ fn named_size(width: usize, layers: usize, what: &str, sd: &StateDict) -> Result
 fn need_shape(sd: &StateDict, key: &str, rank: usize, hint: &str) -> Result<Vec<usize>, WeightsError> {
     match sd.shape(key) {
         Some(s) if s.len() == rank => Ok(s),
-        Some(s) => Err(WeightsError::Invalid {
-            path: sd.path.clone(),
-            message: format!("`{key}` has shape {s:?}, expected a rank-{rank} tensor"),
-        }),
+        Some(s) => Err(sd.invalid(format!("`{key}` has shape {s:?}, expected a rank-{rank} tensor"))),
         None => Err(WeightsError::MissingKey { path: sd.path.clone(), key: key.into(), count: 1, hint: hint.into() }),
     }
 }
@@ -99,10 +95,7 @@ pub fn infer_config(sd: &StateDict) -> Result<RecTokConfig, WeightsError> {
     let dec_embed = need_shape(sd, "decoder.decoder_embed.weight", 2, NOT_A_TOKENIZER)?;
     let grid = (pos[1] as f64).sqrt().round() as usize;
     if grid * grid != pos[1] {
-        return Err(WeightsError::Invalid {
-            path: sd.path.clone(),
-            message: format!("encoder.positional_embedding has {} positions, not a square grid", pos[1]),
-        });
+        return Err(sd.invalid(format!("encoder.positional_embedding has {} positions, not a square grid", pos[1])));
     }
     let p = patch[2];
     let encoder = named_size(pos[2], sd.count_indexed("encoder.transformer"), "encoder", sd)?;
@@ -124,7 +117,7 @@ pub fn infer_config(sd: &StateDict) -> Result<RecTokConfig, WeightsError> {
             config = config.with_teacher_dim(Some(out[0])).with_sem_decoder(SemDecoderKind::Mlp);
         }
     }
-    config.validate().map_err(|message| WeightsError::Invalid { path: sd.path.clone(), message })?;
+    config.validate().map_err(|message| sd.invalid(message))?;
     Ok(config)
 }
 
@@ -139,27 +132,6 @@ pub struct TokenizerLoadOptions {
     pub without_semantic: bool,
 }
 
-/// Configuration and latent statistics from a safetensors file's metadata, if it has them.
-fn from_metadata(sd: &StateDict) -> Result<(Option<RecTokConfig>, Option<LatentStats>), WeightsError> {
-    let bad = |what: &str, e: serde_json::Error| WeightsError::Invalid {
-        path: sd.path.clone(),
-        message: format!("corrupt `{what}` metadata: {e}"),
-    };
-    if let Some(kind) = sd.metadata.get(META_KIND)
-        && kind != KIND_TOKENIZER
-    {
-        return Err(WeightsError::Invalid {
-            path: sd.path.clone(),
-            message: format!("this file holds a {kind}, not a tokenizer"),
-        });
-    }
-    let config =
-        sd.metadata.get(META_CONFIG).map(|s| serde_json::from_str(s).map_err(|e| bad(META_CONFIG, e))).transpose()?;
-    let stats =
-        sd.metadata.get(META_STATS).map(|s| serde_json::from_str(s).map_err(|e| bad(META_STATS, e))).transpose()?;
-    Ok((config, stats))
-}
-
 /// Loads a tokenizer from an official `.pth` or a safetensors file.
 pub fn load_tokenizer(
     path: &Path,
@@ -167,21 +139,21 @@ pub fn load_tokenizer(
     device: &Device,
 ) -> Result<(RecTok, LoadReport), WeightsError> {
     let sd = StateDict::open(path, options.entry.clone())?;
-    let (meta_config, stats) = from_metadata(&sd)?;
-    let mut config = match (&options.config, meta_config) {
-        (Some(c), _) => c.clone(),
-        (None, Some(c)) => c,
-        (None, None) => infer_config(&sd)?,
+    sd.check_kind(KIND_TOKENIZER)?;
+    let meta_config = sd.metadata_json::<RecTokConfig>(META_CONFIG)?;
+    let stats = sd.metadata_json::<LatentStats>(META_STATS)?;
+    let mut config = match options.config.clone().or(meta_config) {
+        Some(c) => c,
+        None => infer_config(&sd)?,
     };
     let teachers = teacher_decoders(&sd);
     // The semantic decoder is training-only: build it only when asked for and present.
     if options.without_semantic || teachers.is_empty() {
         config.teacher_dim = None;
     }
-    config.validate().map_err(|message| WeightsError::Invalid { path: sd.path.clone(), message })?;
+    config.validate().map_err(|message| sd.invalid(message))?;
     if let Some(s) = &stats {
-        s.validate(config.token_channels)
-            .map_err(|message| WeightsError::Invalid { path: sd.path.clone(), message })?;
+        s.validate(config.token_channels).map_err(|message| sd.invalid(message))?;
     }
     let (prefix, key) = teachers
         .iter()
@@ -205,10 +177,11 @@ pub fn load_tokenizer(
 
 /// Metadata describing a tokenizer in a safetensors file.
 pub fn tokenizer_metadata(config: &RecTokConfig, stats: Option<&LatentStats>) -> HashMap<String, String> {
-    let mut meta = HashMap::new();
-    meta.insert("format".into(), "pt".into());
-    meta.insert(META_KIND.into(), KIND_TOKENIZER.into());
-    meta.insert(META_CONFIG.into(), serde_json::to_string(config).expect("config serialises"));
+    let mut meta = HashMap::from([
+        ("format".into(), "pt".into()),
+        (META_KIND.into(), KIND_TOKENIZER.into()),
+        (META_CONFIG.into(), serde_json::to_string(config).expect("config serialises")),
+    ]);
     if let Some(s) = stats {
         meta.insert(META_STATS.into(), serde_json::to_string(s).expect("stats serialise"));
     }
@@ -239,20 +212,14 @@ pub fn load_latent_stats(path: &Path) -> Result<LatentStats, WeightsError> {
     };
     let stats = LatentStats { mean: get("mean")?, std: get("std")? };
     if let Some(i) = stats.std.iter().position(|&s| s <= 0.0) {
-        return Err(WeightsError::Invalid {
-            path: path.into(),
-            message: format!("`std` must be positive, but value {i} is {}", stats.std[i]),
-        });
+        return Err(sd.invalid(format!("`std` must be positive, but value {i} is {}", stats.std[i])));
     }
     if stats.mean.len() != stats.std.len() || stats.mean.is_empty() {
-        return Err(WeightsError::Invalid {
-            path: path.into(),
-            message: format!(
-                "`mean` has {} values and `std` {}; they must match (one per latent channel)",
-                stats.mean.len(),
-                stats.std.len()
-            ),
-        });
+        return Err(sd.invalid(format!(
+            "`mean` has {} values and `std` {}; they must match (one per latent channel)",
+            stats.mean.len(),
+            stats.std.len()
+        )));
     }
     Ok(stats)
 }
@@ -260,8 +227,7 @@ pub fn load_latent_stats(path: &Path) -> Result<LatentStats, WeightsError> {
 /// Writes latent statistics as a safetensors file with `mean` and `std`.
 pub fn save_latent_stats(stats: &LatentStats, path: &Path) -> anyhow::Result<()> {
     let n = stats.mean.len();
-    let mut meta = HashMap::new();
-    meta.insert(META_KIND.to_string(), "latent_stats".to_string());
+    let meta = HashMap::from([(META_KIND.to_string(), "latent_stats".to_string())]);
     super::write_safetensors(
         path,
         vec![
