@@ -44,8 +44,7 @@ pub fn read_object(path: &Path, what: &str) -> Result<Map<String, Value>, String
 
 /// Parses `text` as a JSON object.
 pub fn object(text: &str, what: &str) -> Result<Map<String, Value>, String> {
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-    match v {
+    match serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))? {
         Value::Object(m) => Ok(m),
         _ => Err(format!("a {what} configuration is a JSON object")),
     }

@@ -44,44 +44,30 @@ impl fmt::Display for DeviceChoice {
 
 /// The backends this binary was compiled with, for error messages and `--help`.
 pub fn compiled_devices() -> Vec<DeviceChoice> {
-    let mut v = vec![DeviceChoice::Cpu];
-    if cfg!(feature = "vulkan") {
-        v.push(DeviceChoice::Vulkan);
-    }
-    if cfg!(feature = "cuda") {
-        v.push(DeviceChoice::Cuda);
-    }
-    v
+    let compiled = [
+        (DeviceChoice::Cpu, true),
+        (DeviceChoice::Vulkan, cfg!(feature = "vulkan")),
+        (DeviceChoice::Cuda, cfg!(feature = "cuda")),
+    ];
+    compiled.into_iter().filter_map(|(device, on)| on.then_some(device)).collect()
 }
 
 /// Builds the burn [`Device`] for a choice, or explains which cargo feature is missing.
 pub fn select_device(choice: DeviceChoice) -> Result<Device, String> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::flex()),
-        DeviceChoice::Vulkan => {
-            #[cfg(feature = "vulkan")]
-            {
-                Ok(Device::vulkan(Default::default()))
-            }
-            #[cfg(not(feature = "vulkan"))]
-            {
-                Err("this rectok binary was built without the `vulkan` feature; rebuild with \
+        #[cfg(feature = "vulkan")]
+        DeviceChoice::Vulkan => Ok(Device::vulkan(Default::default())),
+        #[cfg(not(feature = "vulkan"))]
+        DeviceChoice::Vulkan => Err("this rectok binary was built without the `vulkan` feature; rebuild with \
                      `cargo build --release --features vulkan`"
-                    .into())
-            }
-        }
-        DeviceChoice::Cuda => {
-            #[cfg(feature = "cuda")]
-            {
-                Ok(Device::cuda(0))
-            }
-            #[cfg(not(feature = "cuda"))]
-            {
-                Err("this rectok binary was built without the `cuda` feature; rebuild with \
+            .into()),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda => Ok(Device::cuda(0)),
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda => Err("this rectok binary was built without the `cuda` feature; rebuild with \
                      `cargo build --release --features cuda` (needs network access at build time)"
-                    .into())
-            }
-        }
+            .into()),
     }
 }
 
@@ -108,10 +94,7 @@ pub fn max_parameters() -> u64 {
     let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
     });
-    match total {
-        Some(kib) => (kib * 1024 / 8).max(1_000_000),
-        None => 20_000_000_000,
-    }
+    total.map_or(20_000_000_000, |kib| (kib * 1024 / 8).max(1_000_000))
 }
 
 /// Refuses a model of about `params` parameters that this machine cannot hold (see

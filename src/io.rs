@@ -68,6 +68,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Writes `value` as pretty-printed JSON to `path` (see [`write_atomic`]).
+pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+}
+
 /// The files of one run in an output folder, written into a hidden staging folder inside it and
 /// moved into place together by [`commit`](Self::commit): a run that fails half-way (a diverged
 /// sample, a full disk, a signal) leaves no output behind, and a folder it created is removed.
@@ -458,18 +463,18 @@ pub fn check_distinct<'a>(names: impl IntoIterator<Item = &'a Path>, what: &str)
 /// fills with `names`: the file may not be the folder or lie above it, be one of its files, lie
 /// beneath one, or stand where a file needs a folder (`generate -o s --grid s`,
 /// `--grid s/0000_000.png`, `--save-dir j.json/x --json j.json`).
-pub fn check_not_planned<'a>(
+pub fn check_not_planned(
     file: &Path,
     option: &str,
     dir: &Path,
-    names: impl IntoIterator<Item = &'a Path>,
+    names: impl IntoIterator<Item = impl AsRef<Path>>,
 ) -> Result<()> {
     let (Some(f), Some(d)) = (canonical_lenient(file), canonical_lenient(dir)) else { return Ok(()) };
     if d.starts_with(&f) {
         bail!("{option} {}: the same run writes its output folder {} there", file.display(), dir.display());
     }
     for name in names {
-        let planned = d.join(name);
+        let planned = d.join(&name);
         if planned == f || f.starts_with(&planned) || planned.starts_with(&f) {
             bail!("{option} {}: the same run writes its output {} there", file.display(), dir.join(name).display());
         }

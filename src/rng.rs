@@ -37,8 +37,7 @@ impl Rng {
     /// (sample `i` of a generation run gets the same noise at any batch size).
     pub fn for_item(seed: u64, index: u64) -> Self {
         let mut sm = seed ^ 0xD1B5_4A32_D192_ED03;
-        let a = splitmix64(&mut sm);
-        Self::seed_from(a ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17))
+        Self::seed_from(splitmix64(&mut sm) ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17))
     }
 
     /// An independent child stream (for worker threads or sub-tasks), derived deterministically.
@@ -97,8 +96,7 @@ impl Rng {
     /// Fisher–Yates shuffle.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
-            items.swap(i, j);
+            items.swap(i, self.below(i + 1));
         }
     }
 
@@ -114,14 +112,12 @@ impl Rng {
 
     /// A tensor of uniform [0, 1) draws (like `torch.rand`).
     pub fn uniform_tensor<const D: usize>(&mut self, shape: [usize; D], device: &Device) -> Tensor<D> {
-        let n = shape.iter().product();
-        Tensor::from_data(TensorData::new(self.uniform_vec(n), shape), device)
+        Tensor::from_data(TensorData::new(self.uniform_vec(shape.iter().product()), shape), device)
     }
 
     /// A tensor of standard-normal draws (like `torch.randn`).
     pub fn normal_tensor<const D: usize>(&mut self, shape: [usize; D], device: &Device) -> Tensor<D> {
-        let n = shape.iter().product();
-        Tensor::from_data(TensorData::new(self.normal_vec(n), shape), device)
+        Tensor::from_data(TensorData::new(self.normal_vec(shape.iter().product()), shape), device)
     }
 }
 

@@ -97,36 +97,26 @@ impl Drop for Deferral {
 
 /// The signal that asked to stop, if any.
 pub fn requested() -> Option<i32> {
-    match STOP_SIGNAL.load(Ordering::SeqCst) {
-        0 => None,
-        s => Some(s),
-    }
+    Some(STOP_SIGNAL.load(Ordering::SeqCst)).filter(|&s| s != 0)
+}
+
+/// An [`Interrupted`] of `doing` by `signal`, with nothing finished to report.
+fn interrupted(signal: i32, doing: &str) -> Interrupted {
+    Interrupted { signal, name: signal_name(signal), doing: doing.into(), step: None, checkpoint: None, resume: None }
 }
 
 /// At a safe point of `doing` (e.g. "building the latent cache"): fails with [`Interrupted`]
 /// when a signal asked to stop.
 pub fn check(doing: &str) -> Result<(), Interrupted> {
-    match requested() {
-        Some(signal) => Err(Interrupted {
-            signal,
-            name: signal_name(signal),
-            doing: doing.into(),
-            step: None,
-            checkpoint: None,
-            resume: None,
-        }),
-        None => Ok(()),
-    }
+    requested().map_or(Ok(()), |signal| Err(interrupted(signal, doing)))
 }
 
 /// The error of a training loop that stopped after `step` steps and saved `checkpoint`.
 pub fn stopped_after(signal: i32, step: usize, checkpoint: &std::path::Path, resume: String) -> Interrupted {
     Interrupted {
-        signal,
-        name: signal_name(signal),
-        doing: "training".into(),
         step: Some(step),
         checkpoint: Some(checkpoint.display().to_string()),
         resume: Some(resume),
+        ..interrupted(signal, "training")
     }
 }

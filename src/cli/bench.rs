@@ -41,9 +41,7 @@ pub struct BenchOptions {
 impl BenchOptions {
     /// Checks the shared ranges and files, sets the threads and opens the results table.
     fn start(&self, iters: usize, batch_sizes: &[usize], stated: &'static [Stated]) -> Result<Table> {
-        if !(1..=1000).contains(&iters) {
-            anyhow::bail!("--iters must be between 1 and 1000, got {iters}");
-        }
+        super::common::between("--iters", iters, 1, 1000)?;
         if let Some(&b) = batch_sizes.iter().find(|&&b| !(1..=1024).contains(&b)) {
             anyhow::bail!("--batch-sizes must each be between 1 and 1024, got {b}");
         }
@@ -160,9 +158,8 @@ fn run_train(args: TrainBench) -> Result<()> {
     use crate::train::config::TokenizerTrainConfig;
     use crate::train::tokenizer::TokenizerTrainer;
     let mut table = args.common.start(args.iters, &args.batch_sizes, TRAIN_REFERENCE)?;
-    if args.data_parallel > 64 {
-        anyhow::bail!("--data-parallel must be between 0 (automatic) and 64, got {}", args.data_parallel);
-    }
+    let dp = args.data_parallel;
+    super::common::ensure(dp <= 64, "--data-parallel", "between 0 (automatic) and 64", dp)?;
     let replicas = crate::train::params::replicas(args.data_parallel, &Device::flex());
     table.record["data_parallel"] = replicas.into();
     println!(

@@ -56,10 +56,18 @@ pub fn require_batch_size(batch_size: usize) -> Result<()> {
 
 /// A count option that, when given, must be at least 1.
 pub fn require_positive(value: Option<usize>, option: &str) -> Result<()> {
-    if value == Some(0) {
-        bail!("{option} must be at least 1, got 0");
-    }
-    Ok(())
+    ensure(value != Some(0), option, "at least 1", 0)
+}
+
+/// `option` must be `what` (which `ok` says it is); the message names the option, the rule and the
+/// value.
+pub fn ensure(ok: bool, option: &str, what: impl std::fmt::Display, v: impl std::fmt::Display) -> Result<()> {
+    crate::train::config::ensure(ok, option, what, v).map_err(|e| anyhow!(e))
+}
+
+/// `option` must lie in `lo..=hi`.
+pub fn between<T: PartialOrd + std::fmt::Display>(option: &str, v: T, lo: T, hi: T) -> Result<()> {
+    crate::train::config::between(option, v, lo, hi).map_err(|e| anyhow!(e))
 }
 
 /// Parses a `--data`-style source given as `option`.
@@ -241,10 +249,7 @@ impl InputImages {
     }
 }
 
-/// Writes `value` as pretty-printed JSON to `path`.
-pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    crate::io::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
-}
+pub use crate::io::write_json;
 
 /// `--generator` and how to read it.
 #[derive(clap::Args, Debug, Clone)]
@@ -329,13 +334,8 @@ pub struct SamplingArgs {
 impl SamplingArgs {
     /// `--steps` is 2 to 10,000.
     pub fn validate(&self) -> Result<()> {
-        if !(2..=10_000).contains(&self.steps) {
-            bail!(
-                "--steps must be between 2 and 10000 (N time-grid points give N − 1 integration steps), got {}",
-                self.steps
-            );
-        }
-        Ok(())
+        let what = "between 2 and 10000 (N time-grid points give N − 1 integration steps)";
+        ensure((2..=10_000).contains(&self.steps), "--steps", what, self.steps)
     }
 }
 
@@ -367,9 +367,12 @@ impl GuidanceArgs {
 
     /// Checks the options without loading anything.
     pub fn validate(&self) -> Result<()> {
-        if !(self.cfg.is_finite() && (0.0..=100.0).contains(&self.cfg)) {
-            bail!("--cfg must be a number between 0 and 100, got {}", self.cfg);
-        }
+        ensure(
+            self.cfg.is_finite() && (0.0..=100.0).contains(&self.cfg),
+            "--cfg",
+            "a number between 0 and 100",
+            self.cfg,
+        )?;
         if self.cfg_interval.len() != 2 {
             bail!("--cfg-interval takes two numbers, lo,hi (e.g. 0.1,0.9)");
         }

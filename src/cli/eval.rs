@@ -2,7 +2,7 @@
 //! distribution-distance tools they are built on.
 
 use super::common::{
-    DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, data_path, input_images, parse_data,
+    DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, between, data_path, input_images, parse_data,
     require_batch_size, require_positive, write_json,
 };
 use crate::data::{Loader, Split, open_dataset};
@@ -180,8 +180,8 @@ fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
         bail!("--data {}: {total} image to evaluate; the feature statistics need at least 2", a.data);
     }
     if let (Some(dir), Some(json)) = (&a.save_dir, &a.json) {
-        let files: Vec<PathBuf> = (0..total).map(crate::eval::tokenizer::reconstruction_file).collect();
-        crate::io::check_not_planned(json, "--json", dir, files.iter().map(|p| p.as_path()))?;
+        let files = (0..total).map(crate::eval::tokenizer::reconstruction_file);
+        crate::io::check_not_planned(json, "--json", dir, files)?;
     }
     let options = TokenizerEvalOptions {
         extractor: extractor.as_ref(),
@@ -229,9 +229,7 @@ fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
 fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
     a.sampling.validate()?;
     require_batch_size(a.batch_size)?;
-    if !(2..=10_000_000).contains(&a.num_samples) {
-        bail!("--num-samples must be between 2 and 10000000, got {}", a.num_samples);
-    }
+    between("--num-samples", a.num_samples, 2, 10_000_000)?;
     a.guidance.validate()?;
     a.device.validate()?;
     let mut inputs = Inputs::new();
@@ -262,9 +260,8 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
     let net = a.generator.load(&tokenizer, &device)?;
     if let (Some(dir), Some(json)) = (&a.save_dir, &a.json) {
         let classes = net.config.num_classes;
-        let files: Vec<PathBuf> =
-            (0..a.num_samples).map(|i| crate::eval::generator::sample_file(i, i % classes)).collect();
-        crate::io::check_not_planned(json, "--json", dir, files.iter().map(|p| p.as_path()))?;
+        let files = (0..a.num_samples).map(|i| crate::eval::generator::sample_file(i, i % classes));
+        crate::io::check_not_planned(json, "--json", dir, files)?;
     }
     let guide = a.guidance.load_guide(a.generator.generator_entry.clone(), &tokenizer, &net, &device)?;
     let options = GeneratorEvalOptions {
@@ -310,18 +307,18 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
     )?;
     bar.finish_and_clear();
     let class_accuracy = classifier.as_ref().map(|c| (hits as f64 / r.samples as f64, c.real_accuracy));
-    let mut rows =
-        vec![("samples".to_string(), format!("{} (class-balanced, {} classes)", r.samples, net.config.num_classes))];
-    if let Some((acc, ceiling)) = class_accuracy {
-        rows.push((
-            "in their class (teacher)".to_string(),
-            format!("{:.1} %  (reconstructions of real images: {:.1} %)", 100.0 * acc, 100.0 * ceiling),
-        ));
-    }
-    if let Some(d) = &r.distance {
-        rows.push((format!("g{}", d.metric), format!("{:.4}  (against {})", d.value, d.reference)));
-    }
-    rows.push((r.score.metric.clone(), format!("{:.3} ± {:.3}", r.score.mean, r.score.std)));
+    let rows: Vec<_> = [
+        Some(("samples".to_string(), format!("{} (class-balanced, {} classes)", r.samples, net.config.num_classes))),
+        class_accuracy.map(|(acc, ceiling)| {
+            let ceiling = format!("(reconstructions of real images: {:.1} %)", 100.0 * ceiling);
+            ("in their class (teacher)".to_string(), format!("{:.1} %  {ceiling}", 100.0 * acc))
+        }),
+        r.distance.as_ref().map(|d| (format!("g{}", d.metric), format!("{:.4}  (against {})", d.value, d.reference))),
+        Some((r.score.metric.clone(), format!("{:.3} ± {:.3}", r.score.mean, r.score.std))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let title = format!(
         "generator {} ({} grid points, {:?}, cfg {})",
         a.generator.generator.display(),

@@ -1,7 +1,9 @@
 //! `rectok generate`: class-conditional sampling with DiT^DH (Euler or Heun on the shifted grid,
 //! classifier-free guidance or AutoGuidance), decoded by the tokenizer.
 
-use super::common::{DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, require_batch_size};
+use super::common::{
+    DeviceArgs, GeneratorArgs, GuidanceArgs, SamplingArgs, TokenizerArgs, between, require_batch_size,
+};
 use crate::data::save_png;
 use crate::data::transforms::tensor_to_images;
 use crate::generator::Guidance;
@@ -59,9 +61,7 @@ pub fn run(args: Args) -> Result<()> {
     // Everything that can be checked without the networks is checked first.
     args.sampling.validate()?;
     require_batch_size(args.batch_size)?;
-    if !(1..=100_000).contains(&args.num_per_class) {
-        bail!("--num-per-class must be between 1 and 100000, got {}", args.num_per_class);
-    }
+    between("--num-per-class", args.num_per_class, 1, 100_000)?;
     args.guidance.validate()?;
     args.device.validate()?;
     let mut inputs = Inputs::new();
@@ -90,7 +90,7 @@ pub fn run(args: Args) -> Result<()> {
     let files: Vec<PathBuf> = jobs.iter().map(|(class, k)| PathBuf::from(format!("{class:04}_{k:03}.png"))).collect();
     inputs.check_output_dir(&args.output, "--output", files.iter().map(|p| p.as_path()))?;
     if let Some(grid) = &args.grid {
-        crate::io::check_not_planned(grid, "--grid", &args.output, files.iter().map(|p| p.as_path()))?;
+        crate::io::check_not_planned(grid, "--grid", &args.output, &files)?;
     }
     let mut staged = crate::io::StagedFolder::new(&args.output);
     let grid_t = ode_grid(args.sampling.steps, net.config.time_shift());

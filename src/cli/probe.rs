@@ -1,6 +1,6 @@
 //! `rectok probe`: linear probing of a tokenizer's latents on labelled images.
 
-use super::common::{DeviceArgs, TokenizerArgs, data_path, parse_data, require_batch_size};
+use super::common::{DeviceArgs, TokenizerArgs, between, data_path, ensure, parse_data, require_batch_size};
 use crate::data::{DataSpec, Loader, Split, Subset, open_dataset};
 use crate::eval::{ProbeConfig, ProbeFeatures, linear_probe};
 use anyhow::{Result, bail};
@@ -45,15 +45,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     require_batch_size(args.batch_size)?;
-    if !(1..=100_000).contains(&args.epochs) {
-        bail!("--epochs must be between 1 and 100000, got {}", args.epochs);
-    }
-    if !(args.lr.is_finite() && args.lr > 0.0) {
-        bail!("--lr must be a finite number > 0, got {}", args.lr);
-    }
-    if !(args.val_fraction > 0.0 && args.val_fraction < 1.0) {
-        bail!("--val-fraction must be between 0 and 1 (exclusive), got {}", args.val_fraction);
-    }
+    between("--epochs", args.epochs, 1, 100_000)?;
+    ensure(args.lr.is_finite() && args.lr > 0.0, "--lr", "a finite number > 0", args.lr)?;
+    let v = args.val_fraction;
+    ensure(v > 0.0 && v < 1.0, "--val-fraction", "between 0 and 1 (exclusive)", v)?;
     args.device.validate()?;
     let spec = parse_data(&args.data, "--data")?;
     let val_spec = args.val_data.as_deref().map(|v| parse_data(v, "--val-data")).transpose()?;

@@ -39,7 +39,7 @@ pub fn run(args: Args) -> Result<()> {
     guard.check_output_dir(&args.output, "--output", files.iter().map(|p| p.as_path()))?;
     if let Some(json) = &args.metrics_json {
         guard.check_output_file(json, "--metrics-json")?;
-        crate::io::check_not_planned(json, "--metrics-json", &args.output, files.iter().map(|p| p.as_path()))?;
+        crate::io::check_not_planned(json, "--metrics-json", &args.output, &files)?;
     }
     let device = args.device.device()?;
     let model = args.tokenizer.load(&device)?;

@@ -39,9 +39,8 @@ pub fn top_k(p: &[f32], k: usize) -> Vec<(usize, f32)> {
 
 pub fn run(which: Which) -> Result<()> {
     let Which::Check(args) = which;
-    if !(16..=4096).contains(&args.size) || !args.size.is_multiple_of(16) {
-        bail!("--size must be a multiple of 16 between 16 and 4096, got {}", args.size);
-    }
+    let ok = (16..=4096).contains(&args.size) && args.size.is_multiple_of(16);
+    super::common::ensure(ok, "--size", "a multiple of 16 between 16 and 4096", args.size)?;
     let device = Device::flex();
     let teacher = Teacher::load(&args.teacher, &device)?;
     println!("teacher: {} ({}-d features)", teacher.name(), teacher.dim());

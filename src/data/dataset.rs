@@ -1,7 +1,9 @@
 //! Labelled image datasets for training and evaluation.
 //!
-//! * [`ImageFolder`]: the ImageNet layout, one subfolder per class (sorted names → labels 0..K−1).
-//! * [`FileList`]: the reference's `train.txt` / `val.txt` lists, one `relative/path label` per line.
+//! * [`ImageFiles::open_folder`]: the ImageNet layout, one subfolder per class (sorted names →
+//!   labels 0..K−1).
+//! * [`ImageFiles::open_list`]: the reference's `train.txt` / `val.txt` lists, one
+//!   `relative/path label` per line.
 //! * [`Procedural`](super::procedural::Procedural): the built-in labelled shapes and textures.
 //!
 //! Every dataset yields 8-bit RGB images already at the training resolution (files through ADM's
@@ -38,28 +40,28 @@ pub trait Dataset: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// Item `index` of `(file, label)` items, center-cropped to `size`.
-fn read_item(items: &[(PathBuf, usize)], index: usize, size: usize) -> Result<(RgbImage, usize)> {
-    let (path, label) = &items[index];
-    Ok((load_rgb8_then(path, |img| center_crop_arr(&img, size))?, *label))
+/// The image files under `dir` (any depth, sorted); entries that are not regular files are
+/// reported and skipped.
+fn scan_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let walk = walk_files(dir)?;
+    for p in &walk.special {
+        tracing::warn!("{}: not a regular file, skipped", p.display());
+    }
+    Ok(walk.files.into_iter().filter(|p| has_image_extension(p)).collect())
 }
 
-/// The last component of `path` as text.
-fn file_name(path: &Path) -> Option<String> {
-    path.file_name().map(|n| n.to_string_lossy().to_string())
-}
-
-/// Images in class subfolders: `root/<class>/**/<image>`; class names sorted give the labels (as
-/// torchvision's `ImageFolder`). A folder with images and no subfolders is one class.
-pub struct ImageFolder {
-    root: PathBuf,
+/// Labelled image files, center-cropped to the requested size when read: a class-folder tree
+/// ([`open_folder`](Self::open_folder)) or a file list ([`open_list`](Self::open_list)).
+pub struct ImageFiles {
     classes: Vec<String>,
     items: Vec<(PathBuf, usize)>,
+    description: String,
 }
 
-impl ImageFolder {
-    /// Scans `root`.
-    pub fn open(root: &Path) -> Result<Self> {
+impl ImageFiles {
+    /// Images in class subfolders: `root/<class>/**/<image>`; class names sorted give the labels
+    /// (as torchvision's `ImageFolder`). A folder with images and no subfolders is one class.
+    pub fn open_folder(root: &Path) -> Result<Self> {
         if !root.is_dir() {
             bail!("{}: not a folder (expected class subfolders of images, or a .txt file list)", root.display());
         }
@@ -73,7 +75,7 @@ impl ImageFolder {
         let mut items = Vec::new();
         let mut classes = Vec::new();
         if subdirs.is_empty() {
-            classes.push(file_name(root).unwrap_or_else(|| "images".into()));
+            classes.push(root.file_name().map_or("images".into(), |n| n.to_string_lossy().to_string()));
             items.extend(scan_images(root)?.into_iter().map(|p| (p, 0)));
         } else {
             // Beside class folders, anything else is not a class: said aloud, since a broken
@@ -97,60 +99,21 @@ impl ImageFolder {
                         IMAGE_EXTENSIONS.join(", ")
                     );
                 }
-                classes.push(file_name(dir).unwrap_or_default());
+                classes.push(dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
                 items.extend(files.into_iter().map(|p| (p, label)));
             }
         }
         if items.is_empty() {
             bail!("{}: no images found (extensions {})", root.display(), IMAGE_EXTENSIONS.join(", "));
         }
-        Ok(Self { root: root.to_path_buf(), classes, items })
-    }
-}
-
-/// The image files under `dir` (any depth, sorted); entries that are not regular files are
-/// reported and skipped.
-fn scan_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    let walk = walk_files(dir)?;
-    for p in &walk.special {
-        tracing::warn!("{}: not a regular file, skipped", p.display());
-    }
-    Ok(walk.files.into_iter().filter(|p| has_image_extension(p)).collect())
-}
-
-impl Dataset for ImageFolder {
-    fn len(&self) -> usize {
-        self.items.len()
+        let description = format!("{}: {} images in {} classes", root.display(), items.len(), classes.len());
+        Ok(Self { classes, items, description })
     }
 
-    fn num_classes(&self) -> usize {
-        self.classes.len()
-    }
-
-    fn class_names(&self) -> Vec<String> {
-        self.classes.clone()
-    }
-
-    fn get(&self, index: usize, size: usize) -> Result<(RgbImage, usize)> {
-        read_item(&self.items, index, size)
-    }
-
-    fn describe(&self) -> String {
-        format!("{}: {} images in {} classes", self.root.display(), self.items.len(), self.classes.len())
-    }
-}
-
-/// A file list in the reference's format: `relative/path label` per line (the label may be
-/// omitted for unlabelled data; blank lines and `#` comments are skipped).
-pub struct FileList {
-    list: PathBuf,
-    items: Vec<(PathBuf, usize)>,
-    num_classes: usize,
-}
-
-impl FileList {
-    /// Reads `list`; relative paths start at `root` (default: the list's folder).
-    pub fn open(list: &Path, root: Option<&Path>) -> Result<Self> {
+    /// A file list in the reference's format: `relative/path label` per line (the label may be
+    /// omitted for unlabelled data; blank lines and `#` comments are skipped). Relative paths
+    /// start at `root` (default: the list's folder).
+    pub fn open_list(list: &Path, root: Option<&Path>) -> Result<Self> {
         super::images::require_regular_file(list, "a file list")?;
         let text =
             std::fs::read_to_string(list).with_context(|| format!("{}: cannot read file list", list.display()))?;
@@ -198,29 +161,31 @@ impl FileList {
             bail!("{}: the list names no images", list.display());
         }
         let num_classes = items.iter().map(|(_, l)| l + 1).max().unwrap_or(1);
-        Ok(Self { list: list.to_path_buf(), items, num_classes })
+        let description = format!("{}: {} images, labels 0..{num_classes}", list.display(), items.len());
+        Ok(Self { classes: (0..num_classes).map(|i| i.to_string()).collect(), items, description })
     }
 }
 
-impl Dataset for FileList {
+impl Dataset for ImageFiles {
     fn len(&self) -> usize {
         self.items.len()
     }
 
     fn num_classes(&self) -> usize {
-        self.num_classes
+        self.classes.len()
     }
 
     fn class_names(&self) -> Vec<String> {
-        (0..self.num_classes).map(|i| i.to_string()).collect()
+        self.classes.clone()
     }
 
     fn get(&self, index: usize, size: usize) -> Result<(RgbImage, usize)> {
-        read_item(&self.items, index, size)
+        let (path, label) = &self.items[index];
+        Ok((load_rgb8_then(path, |img| center_crop_arr(&img, size))?, *label))
     }
 
     fn describe(&self) -> String {
-        format!("{}: {} images, labels 0..{}", self.list.display(), self.items.len(), self.num_classes)
+        self.description.clone()
     }
 }
 
@@ -297,7 +262,7 @@ mod tests {
                     .unwrap();
             }
         }
-        let ds = ImageFolder::open(dir.path()).unwrap();
+        let ds = ImageFiles::open_folder(dir.path()).unwrap();
         assert_eq!((ds.len(), ds.num_classes()), (5, 2));
         assert_eq!(ds.class_names(), vec!["a_cat", "b_dog"]);
         let (img, label) = ds.get(3, 16).unwrap();
@@ -305,12 +270,12 @@ mod tests {
 
         let list = dir.path().join("train.txt");
         std::fs::write(&list, "# comment\na_cat/0.png 0\n\nb_dog/1.png 4\n").unwrap();
-        let fl = FileList::open(&list, None).unwrap();
+        let fl = ImageFiles::open_list(&list, None).unwrap();
         assert_eq!((fl.len(), fl.num_classes()), (2, 5));
         assert_eq!(fl.get(1, 8).unwrap().1, 4);
 
         std::fs::write(dir.path().join("a_cat/bad.png"), b"not a png").unwrap();
-        let ds = ImageFolder::open(dir.path()).unwrap();
+        let ds = ImageFiles::open_folder(dir.path()).unwrap();
         let err = (0..ds.len()).find_map(|i| ds.get(i, 8).err()).expect("a corrupt file errors");
         assert!(format!("{err:#}").contains("bad.png"), "{err:#}");
     }

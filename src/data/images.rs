@@ -225,12 +225,7 @@ fn megapixels(pixels: u64) -> String {
     if pixels >= 1_000_000 { format!("{:.1} Mpx", pixels as f64 / 1e6) } else { format!("{pixels} px") }
 }
 
-/// Decodes image bytes to 8-bit RGB (see [`load_rgb8`]).
-pub fn decode_rgb8(bytes: &[u8]) -> Result<RgbImage> {
-    decode_rgb8_within(bytes, max_image_pixels())
-}
-
-/// [`decode_rgb8`] with an explicit pixel limit.
+/// Decodes image bytes to 8-bit RGB (see [`load_rgb8`]) within a pixel limit.
 pub fn decode_rgb8_within(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     Ok(decode(bytes, max_pixels)?.0)
 }

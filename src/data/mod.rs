@@ -9,7 +9,7 @@ pub mod procedural;
 pub mod spec;
 pub mod transforms;
 
-pub use dataset::{Dataset, FileList, ImageFolder, Subset};
+pub use dataset::{Dataset, ImageFiles, Subset};
 pub use images::{ImageSource, list_images, load_rgb8, save_png};
 pub use loader::{Batch, BatchStream, Loader, LoaderConfig};
 pub use procedural::Procedural;

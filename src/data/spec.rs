@@ -1,6 +1,6 @@
 //! Which images a command reads: the `--data` / `data.source` argument and the dataset it opens.
 
-use super::dataset::{Dataset, FileList, ImageFolder};
+use super::dataset::{Dataset, ImageFiles};
 use super::procedural::Procedural;
 use anyhow::Result;
 use std::path::PathBuf;
@@ -89,8 +89,8 @@ pub fn open_dataset(spec: &DataSpec, split: Split, seed: u64) -> Result<Arc<dyn 
             Split::Train => Procedural::new(seed, *len),
             Split::Val => Procedural::held_out(seed, (*len / 10).clamp(64, 2000)),
         }),
-        DataSpec::Folder(p) => Arc::new(ImageFolder::open(p)?),
-        DataSpec::List { list, root } => Arc::new(FileList::open(list, root.as_deref())?),
+        DataSpec::Folder(p) => Arc::new(ImageFiles::open_folder(p)?),
+        DataSpec::List { list, root } => Arc::new(ImageFiles::open_list(list, root.as_deref())?),
     })
 }
 

@@ -60,11 +60,6 @@ impl<'a> FeatureCollector<'a> {
         Ok(())
     }
 
-    /// Images seen so far.
-    pub fn count(&self) -> usize {
-        self.stats.count()
-    }
-
     /// Finishes the statistics.
     pub fn finish(self) -> Result<Collected> {
         Ok(Collected {

@@ -129,30 +129,6 @@ pub struct TeacherClassifier {
 }
 
 impl TeacherClassifier {
-    /// Fits on `train` and scores `held_out` (8-bit images with labels).
-    pub fn fit(
-        train: (&[RgbImage], &[usize]),
-        held_out: (&[RgbImage], &[usize]),
-        classes: usize,
-        device: &Device,
-    ) -> Result<Self> {
-        let extractor = Extractor::load("effnet", device)?;
-        let features = |images: &[RgbImage], labels: &[usize]| -> Result<crate::metrics::probe::FeatureSet> {
-            let mut rows = Vec::new();
-            for chunk in images.chunks(32) {
-                let f = extractor.features(chunk, device)?;
-                rows.extend(f.chunks(extractor.dim()).map(|r| r.to_vec()));
-            }
-            Ok(crate::metrics::probe::FeatureSet { features: rows, labels: labels.to_vec() })
-        };
-        let train_set = features(train.0, train.1)?;
-        let val_set = features(held_out.0, held_out.1)?;
-        let options = crate::metrics::probe::FitOptions { epochs: 60, ..Default::default() };
-        let probe = crate::metrics::probe::LinearProbe::fit(&train_set, classes, &options)?;
-        let real_accuracy = probe.accuracy(&val_set);
-        Ok(Self { extractor, probe, real_accuracy, device: device.clone() })
-    }
-
     /// Fits on the tokenizer's reconstructions of labelled real images (the first 5/7 of them;
     /// the rest score it): generated samples can be no sharper than reconstructions, so this
     /// judges the content of a sample rather than the tokenizer's blur.
@@ -174,7 +150,21 @@ impl TeacherClassifier {
                 tensor_to_images(tokenizer.reconstruct(x)).context("reconstructions of the class-check images")?,
             );
         }
-        Self::fit((&recon[..split], &labels[..split]), (&recon[split..], &labels[split..]), classes, device)
+        let extractor = Extractor::load("effnet", device)?;
+        let features = |images: &[RgbImage], labels: &[usize]| -> Result<crate::metrics::probe::FeatureSet> {
+            let mut rows = Vec::new();
+            for chunk in images.chunks(32) {
+                let f = extractor.features(chunk, device)?;
+                rows.extend(f.chunks(extractor.dim()).map(|r| r.to_vec()));
+            }
+            Ok(crate::metrics::probe::FeatureSet { features: rows, labels: labels.to_vec() })
+        };
+        let train_set = features(&recon[..split], &labels[..split])?;
+        let val_set = features(&recon[split..], &labels[split..])?;
+        let options = crate::metrics::probe::FitOptions { epochs: 60, ..Default::default() };
+        let probe = crate::metrics::probe::LinearProbe::fit(&train_set, classes, &options)?;
+        let real_accuracy = probe.accuracy(&val_set);
+        Ok(Self { extractor, probe, real_accuracy, device: device.clone() })
     }
 
     /// Number of `images` classified as their `labels`.

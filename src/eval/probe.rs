@@ -44,13 +44,6 @@ impl Default for ProbeConfig {
     }
 }
 
-impl ProbeConfig {
-    /// How the head is trained.
-    pub fn fit_options(&self) -> FitOptions {
-        FitOptions { epochs: self.epochs, lr: self.lr, batch_size: self.batch_size, seed: self.seed }
-    }
-}
-
 /// Encodes every readable image of `loader` (use [`Loader::sequential`]) with the posterior mean.
 ///
 /// # Errors
@@ -114,7 +107,8 @@ pub fn linear_probe(
 ) -> Result<ProbeReport> {
     let tr = extract_features(tokenizer, train, config.features, device)?;
     let va = extract_features(tokenizer, val, config.features, device)?;
-    let probe = LinearProbe::fit(&tr, classes, &config.fit_options())?;
+    let ProbeConfig { epochs, lr, batch_size, seed, .. } = *config;
+    let probe = LinearProbe::fit(&tr, classes, &FitOptions { epochs, lr, batch_size, seed })?;
     Ok(ProbeReport {
         train_accuracy: probe.accuracy(&tr),
         val_accuracy: probe.accuracy(&va),

@@ -17,16 +17,16 @@
 
 use crate::nn::kernels;
 use crate::nn::rope::{RopeTable, dit as dit_rope};
-use crate::nn::{Attention, AttentionConfig, SwiGlu, SwiGluConfig, swiglu_hidden};
+use crate::nn::{
+    Attention, AttentionConfig, SwiGlu, SwiGluConfig, rms_norm, swiglu_hidden, zero_linear, zero_patch_conv,
+};
 use crate::trace::Trace;
 use burn::module::Param;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::conv::Conv2d;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, RmsNorm};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
-
-/// RMSNorm ε of the DiT.
-const RMS_EPS: f64 = 1e-6;
+use std::ops::Range;
 
 /// Configuration of a [`DitDh`] model.
 #[derive(Config, Debug)]
@@ -106,10 +106,8 @@ impl DitDhConfig {
             ("s", Self::ditdh_s),
             ("tiny", Self::ditdh_tiny),
         ];
-        presets
-            .iter()
-            .find(|(n, _)| name == *n || name.strip_prefix("ditdh-") == Some(n))
-            .map(|(_, f)| f(token_channels, input_size))
+        crate::config::find(name.strip_prefix("ditdh-").unwrap_or(&name), &presets)
+            .map(|f| f(token_channels, input_size))
     }
 
     /// Parses a configuration: a preset name (`xl`, `l`, `b`, `s`, `tiny`; `ditdh-s` and
@@ -125,7 +123,7 @@ impl DitDhConfig {
         if !path.is_file() {
             return Err(format!("{spec}: not a preset (xl, l, b, s, tiny) nor a configuration file"));
         }
-        let obj = read_object(path, "generator")?;
+        let mut obj = read_object(path, "generator")?;
         let channels = obj.get("token_channels").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(token_channels);
         let size = obj.get("input_size").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(input_size);
         let base = match obj.get("preset").and_then(|v| v.as_str()) {
@@ -135,7 +133,6 @@ impl DitDhConfig {
                 Self::new(size, channels, field("enc_hidden")?, field("enc_depth")?, field("enc_heads")?)
             }
         };
-        let mut obj = obj;
         obj.remove("preset");
         let config = merge(&base, &obj, &[]).map_err(|e| format!("{spec}: {e}"))?;
         config.validate().map_err(|e| format!("{spec}: {e}"))?;
@@ -203,34 +200,22 @@ impl DitDhConfig {
     /// Builds the model: zero weights except the fixed 2D sin-cos `pos_embed`; load or initialise
     /// the rest afterwards.
     pub fn init(&self, device: &Device) -> DitDh {
-        if let Err(e) = self.validate() {
-            panic!("invalid DiT^DH configuration: {e}");
-        }
-        let lin = |i, o| LinearConfig::new(i, o).with_initializer(Initializer::Zeros).init(device);
+        self.validate().unwrap_or_else(|e| panic!("invalid DiT^DH configuration: {e}"));
+        let lin = |i, o| zero_linear(i, o, device);
         let p = self.patch_size;
-        let embed = |width: usize| PatchEmbed {
-            proj: Conv2dConfig::new([self.token_channels, width], [p, p])
-                .with_stride([p, p])
-                .with_initializer(Initializer::Zeros)
-                .init(device),
-        };
+        let embed = |width| PatchEmbed { proj: zero_patch_conv(self.token_channels, width, p, device) };
         let grid = self.input_size / p;
-        let pos = sincos_pos_embed_2d(self.enc_hidden, grid);
-        let blocks = (0..self.enc_depth + self.dec_depth)
-            .map(|i| {
-                let (width, heads) = if i < self.enc_depth {
-                    (self.enc_hidden, self.enc_heads)
-                } else {
-                    (self.dec_hidden, self.dec_heads)
-                };
-                LightningDdtBlock {
-                    norm1: RmsNormConfig::new(width).with_epsilon(RMS_EPS).init(device),
-                    norm2: RmsNormConfig::new(width).with_epsilon(RMS_EPS).init(device),
-                    attn: AttentionConfig::new(width, heads).init(device),
-                    mlp: SwiGluConfig::new(width, swiglu_hidden(width, self.mlp_ratio)).init(device),
-                    ada_ln_modulation: lin(width, 6 * width),
-                }
-            })
+        let pos = TensorData::new(sincos_pos_embed_2d(self.enc_hidden, grid), [1, grid * grid, self.enc_hidden]);
+        let block = |width, heads| LightningDdtBlock {
+            norm1: rms_norm(width, device),
+            norm2: rms_norm(width, device),
+            attn: AttentionConfig::new(width, heads).init(device),
+            mlp: SwiGluConfig::new(width, swiglu_hidden(width, self.mlp_ratio)).init(device),
+            ada_ln_modulation: lin(width, 6 * width),
+        };
+        let blocks = (0..self.enc_depth)
+            .map(|_| block(self.enc_hidden, self.enc_heads))
+            .chain((0..self.dec_depth).map(|_| block(self.dec_hidden, self.dec_heads)))
             .collect();
         DitDh {
             x_embedder: embed(self.dec_hidden),
@@ -246,13 +231,10 @@ impl DitDhConfig {
                     .with_initializer(Initializer::Zeros)
                     .init(device),
             },
-            pos_embed: Param::from_tensor(Tensor::from_data(
-                TensorData::new(pos, [1, grid * grid, self.enc_hidden]),
-                device,
-            )),
+            pos_embed: Param::from_tensor(Tensor::from_data(pos, device)),
             blocks,
             final_layer: DdtFinalLayer {
-                norm_final: RmsNormConfig::new(self.dec_hidden).with_epsilon(RMS_EPS).init(device),
+                norm_final: rms_norm(self.dec_hidden, device),
                 linear: lin(self.dec_hidden, p * p * self.token_channels),
                 ada_ln_modulation: lin(self.dec_hidden, 2 * self.dec_hidden),
             },
@@ -271,26 +253,21 @@ impl crate::nn::init::InitRules for DitInit {
     fn rule(&self, path: &str, module_type: &str, shape: &[usize]) -> crate::nn::init::ParamInit {
         use crate::nn::init::{ParamInit, TorchDefaultInit};
         let name = path.rsplit('.').next().unwrap_or("");
-        if path == "pos_embed" {
-            return ParamInit::Keep;
+        let embedder = path.starts_with("x_embedder.proj.") || path.starts_with("s_embedder.proj.");
+        match path {
+            "pos_embed" => ParamInit::Keep,
+            "t_embedder.freqs" => ParamInit::Normal(1.0),
+            // Xavier-uniform on the (out, in·k·k) view: bound sqrt(6 / (fan_in + fan_out)).
+            _ if embedder && name == "weight" => {
+                ParamInit::Uniform((6.0 / (shape[0] + shape[1..].iter().product::<usize>()) as f64).sqrt())
+            }
+            _ if embedder || path.contains("ada_ln_modulation.") || path.starts_with("final_layer.linear.") => {
+                ParamInit::Zeros
+            }
+            "y_embedder.embedding_table.weight" => ParamInit::Normal(0.02),
+            _ if path.starts_with("t_embedder.fc") && name == "weight" => ParamInit::Normal(0.02),
+            _ => TorchDefaultInit.rule(path, module_type, shape),
         }
-        if path == "t_embedder.freqs" {
-            return ParamInit::Normal(1.0);
-        }
-        if path.starts_with("x_embedder.proj.") || path.starts_with("s_embedder.proj.") {
-            return match name {
-                // Xavier-uniform on the (out, in·k·k) view: bound sqrt(6 / (fan_in + fan_out)).
-                "weight" => ParamInit::Uniform((6.0 / (shape[0] + shape[1..].iter().product::<usize>()) as f64).sqrt()),
-                _ => ParamInit::Zeros,
-            };
-        }
-        if path.contains("ada_ln_modulation.") || path.starts_with("final_layer.linear.") {
-            return ParamInit::Zeros;
-        }
-        if path == "y_embedder.embedding_table.weight" || ((path.starts_with("t_embedder.fc")) && name == "weight") {
-            return ParamInit::Normal(0.02);
-        }
-        TorchDefaultInit.rule(path, module_type, shape)
     }
 }
 
@@ -466,12 +443,7 @@ impl DitDh {
         trace.record("s_embedder", &s);
         s = s + self.pos_embed.val();
         let enc_rope = dit_rope::table(cfg.enc_hidden / cfg.enc_heads, gh, &device);
-        for (i, block) in self.blocks[..cfg.enc_depth].iter().enumerate() {
-            s = block.forward(s, silu_c.clone(), &enc_rope);
-            if trace.enabled() {
-                trace.record(&format!("blocks.{i}"), &s);
-            }
-        }
+        s = self.forward_blocks(0..cfg.enc_depth, s, &silu_c, &enc_rope, trace);
         s = kernels::silu(te.unsqueeze_dim::<3>(1) + s);
         if let Some(proj) = &self.s_projector {
             s = kernels::linear(proj, s);
@@ -481,15 +453,28 @@ impl DitDh {
         let mut h = self.x_embedder.forward(x);
         trace.record("x_embedder", &h);
         let dec_rope = dit_rope::table(cfg.dec_hidden / cfg.dec_heads, gh, &device);
-        for (i, block) in self.blocks[cfg.enc_depth..].iter().enumerate() {
-            h = block.forward(h, silu_s.clone(), &dec_rope);
-            if trace.enabled() {
-                trace.record(&format!("blocks.{}", cfg.enc_depth + i), &h);
-            }
-        }
+        h = self.forward_blocks(cfg.enc_depth..self.blocks.len(), h, &silu_s, &dec_rope, trace);
         let out = self.final_layer.forward(h, silu_s);
         trace.record("final_layer", &out);
         let c = cfg.token_channels;
         out.reshape([b, gh, gw, p, p, c]).permute([0, 5, 1, 3, 2, 4]).reshape([b, c, gh * p, gw * p])
+    }
+
+    /// Blocks `range` in order on `x` conditioned on `silu_c`, recording each output as `blocks.{i}`.
+    fn forward_blocks(
+        &self,
+        range: Range<usize>,
+        mut x: Tensor<3>,
+        silu_c: &Tensor<3>,
+        rope: &RopeTable,
+        trace: &mut Trace,
+    ) -> Tensor<3> {
+        for i in range {
+            x = self.blocks[i].forward(x, silu_c.clone(), rope);
+            if trace.enabled() {
+                trace.record(&format!("blocks.{i}"), &x);
+            }
+        }
+        x
     }
 }

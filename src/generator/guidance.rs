@@ -28,10 +28,11 @@ pub enum Guidance<'a> {
     },
 }
 
-/// Per-sample mask `(B, 1, 1, 1)` of `lo ≤ t ≤ hi`, broadcast to `shape`.
-fn interval_mask(t: &Tensor<1>, interval: (f64, f64), shape: [usize; 4]) -> Tensor<4, Bool> {
+/// `base + w·(v − base)` where `lo ≤ t ≤ hi` (per sample), `v` elsewhere.
+fn apply_guidance(v: Tensor<4>, base: Tensor<4>, t: &Tensor<1>, scale: f64, interval: (f64, f64)) -> Tensor<4> {
     let m = t.clone().greater_equal_elem(interval.0).bool_and(t.clone().lower_equal_elem(interval.1));
-    m.unsqueeze_dims::<4>(&[1, 2, 3]).expand(shape)
+    let mask = m.unsqueeze_dims::<4>(&[1, 2, 3]).expand(v.dims());
+    v.clone().mask_where(mask, base.clone() + (v - base) * scale)
 }
 
 /// The reference's `forward_with_cfg`: takes a doubled batch `[x; x]` with labels `[y; null]`,
@@ -50,9 +51,7 @@ pub fn forward_with_cfg(
     let out = net.forward(Tensor::cat(vec![half.clone(), half], 0), t.clone(), y);
     let cond = out.clone().narrow(0, 0, n / 2);
     let uncond = out.narrow(0, n / 2, n - n / 2);
-    let th = t.narrow(0, 0, n / 2);
-    let mask = interval_mask(&th, interval, cond.dims());
-    let guided = select(uncond.clone() + (cond.clone() - uncond) * scale, cond, mask);
+    let guided = apply_guidance(cond, uncond, &t.narrow(0, 0, n / 2), scale, interval);
     Tensor::cat(vec![guided.clone(), guided], 0)
 }
 
@@ -69,13 +68,7 @@ pub fn forward_with_autoguidance(
     assert!(interval.0 < interval.1, "guidance interval must be (min, max) with min < max");
     let v = net.forward(x.clone(), t.clone(), y.clone());
     let vg = guide.forward(x, t.clone(), y);
-    let mask = interval_mask(&t, interval, v.dims());
-    select(vg.clone() + (v.clone() - vg) * scale, v, mask)
-}
-
-/// `where(mask, a, b)`.
-fn select(a: Tensor<4>, b: Tensor<4>, mask: Tensor<4, Bool>) -> Tensor<4> {
-    b.mask_where(mask, a)
+    apply_guidance(v, vg, &t, scale, interval)
 }
 
 impl Guidance<'_> {

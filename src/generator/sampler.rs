@@ -38,7 +38,7 @@ impl Integrator {
 /// Integrates `dx/dt = v(x, t)` from `grid[0]` to `grid[N−1]`, calling `observe(k, &x_k)` for
 /// every grid point (k = 0 is the initial state), and returns the final state.
 pub fn sample_ode(
-    x: Tensor<4>,
+    mut x: Tensor<4>,
     grid: &[f32],
     integrator: Integrator,
     mut velocity: impl FnMut(Tensor<4>, Tensor<1>) -> Tensor<4>,
@@ -47,7 +47,6 @@ pub fn sample_ode(
     let device = x.device();
     let b = x.dims()[0];
     let tvec = |t: f32| Tensor::<1>::from_data(TensorData::new(vec![t; b], [b]), &device);
-    let mut x = x;
     observe(0, &x);
     for k in 0..grid.len().saturating_sub(1) {
         let (t0, t1) = (grid[k], grid[k + 1]);
@@ -82,15 +81,11 @@ pub fn sample_class_latents(
 ) -> Tensor<4> {
     let device = net.pos_embed.val().device();
     let (b, c, g) = (labels.len(), net.config.token_channels, net.config.input_size);
-    let mut noise = Vec::with_capacity(b * c * g * g);
-    for j in 0..b {
-        noise.extend(crate::rng::Rng::for_item(seed, first_index + j as u64).normal_vec(c * g * g));
-    }
+    let noise: Vec<f32> =
+        (0..b).flat_map(|j| crate::rng::Rng::for_item(seed, first_index + j as u64).normal_vec(c * g * g)).collect();
     let z = Tensor::<4>::from_data(TensorData::new(noise, [b, c, g, g]), &device);
-    let y = Tensor::<1, Int>::from_data(
-        TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]),
-        &device,
-    );
+    let labels: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), &device);
     let (x, y) = if guidance.doubles_batch() {
         let null = Tensor::<1, Int>::full([b], net.config.num_classes as i64, &device);
         (Tensor::cat(vec![z.clone(), z], 0), Tensor::cat(vec![y, null], 0))

@@ -10,14 +10,9 @@ use burn::prelude::*;
 
 use crate::rectified_flow::train_time;
 
-/// `t` of shape `(B,)` broadcast against `(B, C, h, w)`.
-fn expand_t(t: &Tensor<1>) -> Tensor<4> {
-    t.clone().unsqueeze_dims(&[1, 2, 3])
-}
-
 /// The linear path: `x_t = t·x1 + (1 − t)·x0` and its velocity `x1 − x0`.
 pub fn plan(t: &Tensor<1>, x0: Tensor<4>, x1: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-    let te = expand_t(t);
+    let te = t.clone().unsqueeze_dims::<4>(&[1, 2, 3]); // (B, 1, 1, 1), broadcast against (B, C, h, w)
     let xt = te.clone() * x1.clone() + (te.neg() + 1.0) * x0.clone();
     (xt, x1 - x0)
 }

@@ -53,8 +53,7 @@ impl ChannelNorm {
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let c = x.dims()[1];
-        let mean = x.clone().mean_dim(1);
-        let centered = x - mean;
+        let centered = x.clone() - x.mean_dim(1);
         let var = centered.clone().powi_scalar(2).mean_dim(1);
         let y = centered / (var + EPS).sqrt();
         y * self.weight.val().reshape([1, c, 1, 1]) + self.bias.val().reshape([1, c, 1, 1])
@@ -171,24 +170,13 @@ impl ConvNext {
 
     /// Logits `(B, classes)` of ImageNet-normalised images.
     pub fn logits(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut h = x;
-        for f in &self.features {
-            match f {
-                ConvNextFeature::Layers(layers) => {
-                    for l in layers {
-                        h = match l {
-                            ConvNextLayer::Conv(c) => c.forward(h),
-                            ConvNextLayer::Norm(n) => n.forward(h),
-                        };
-                    }
-                }
-                ConvNextFeature::Blocks(blocks) => {
-                    for b in blocks {
-                        h = b.forward(h);
-                    }
-                }
-            }
-        }
+        let h = self.features.iter().fold(x, |h, f| match f {
+            ConvNextFeature::Layers(layers) => layers.iter().fold(h, |h, l| match l {
+                ConvNextLayer::Conv(c) => c.forward(h),
+                ConvNextLayer::Norm(n) => n.forward(h),
+            }),
+            ConvNextFeature::Blocks(blocks) => blocks.iter().fold(h, |h, b| b.forward(h)),
+        });
         let [b, c, hh, ww] = h.dims();
         let pooled = h.reshape([b, c, hh * ww]).mean_dim(2).reshape([b, c, 1, 1]);
         self.head.forward(self.head_norm.forward(pooled).reshape([b, c]))

@@ -105,22 +105,17 @@ impl DiscriminatorConfig {
         let ndf = self.ndf;
         let mut main = vec![conv(3, ndf, 2, true), act()];
         let mut mult = 1;
-        for n in 1..self.n_layers {
+        // Strided layers, then one of stride 1 (also when `n_layers` is 0).
+        for n in (1..self.n_layers).chain([self.n_layers]) {
             let prev = mult;
             mult = (1 << n).min(8);
+            let stride = if n < self.n_layers { 2 } else { 1 };
             main.extend([
-                conv(ndf * prev, ndf * mult, 2, false),
+                conv(ndf * prev, ndf * mult, stride, false),
                 DiscLayer::Norm(BatchNorm2d::new(ndf * mult, device)),
                 act(),
             ]);
         }
-        let prev = mult;
-        mult = (1 << self.n_layers).min(8);
-        main.extend([
-            conv(ndf * prev, ndf * mult, 1, false),
-            DiscLayer::Norm(BatchNorm2d::new(ndf * mult, device)),
-            act(),
-        ]);
         main.push(conv(ndf * mult, 1, 1, true));
         NLayerDiscriminator { main }
     }

@@ -10,6 +10,7 @@
 //! is; an LPIPS state dict (`net.slice{k}.{i}.*`, `lin{k}.model.1.weight`) loads through
 //! [`Lpips::key_map`].
 
+use crate::teacher::preprocess::normalize_channels;
 use crate::weights::KeyMap;
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -97,14 +98,9 @@ impl Lpips {
     /// Renames from the LPIPS package's own state dict: `net.slice{k}.{i}.` → `features.{i}.`,
     /// `lin{k}.model.1.` → `lins.{k}.`.
     pub fn key_map() -> KeyMap {
-        let mut map = Self::lin_key_map();
         let slices = [(1, 0..4), (2, 4..9), (3, 9..16), (4, 16..23), (5, 23..30)];
-        for (k, range) in slices {
-            for i in range {
-                map = map.prefix(format!("net.slice{k}.{i}."), format!("features.{i}."));
-            }
-        }
-        map
+        let layers = slices.into_iter().flat_map(|(k, range)| range.map(move |i| (k, i)));
+        layers.fold(Self::lin_key_map(), |m, (k, i)| m.prefix(format!("net.slice{k}.{i}."), format!("features.{i}.")))
     }
 
     /// Renames for torchvision's VGG16 file (`features.{i}.` as is) plus LPIPS' heads
@@ -117,39 +113,22 @@ impl Lpips {
     pub fn distance(&self, a: Tensor<4>, b: Tensor<4>) -> Tensor<1> {
         let n = a.dims()[0];
         let both = Tensor::cat(vec![a, b], 0);
-        let device = both.device();
-        let shift = Tensor::<1>::from_data(TensorData::new(SHIFT.to_vec(), [3]), &device).reshape([1, 3, 1, 1]);
-        let scale = Tensor::<1>::from_data(TensorData::new(SCALE.to_vec(), [3]), &device).reshape([1, 3, 1, 1]);
-        let mut h = ((both * 2.0 - 1.0) - shift) / scale;
-        let mut total: Option<Tensor<1>> = None;
-        let mut tap = 0;
-        for (i, layer) in self.features.iter().enumerate() {
-            if tap == TAPS.len() {
-                break;
-            }
+        let mut h = normalize_channels(both * 2.0 - 1.0, SHIFT, SCALE);
+        let norm = |f: Tensor<4>| f.clone() / (f.powi_scalar(2).sum_dim(1).sqrt() + 1e-10);
+        let mut per_tap = Vec::with_capacity(TAPS.len());
+        for (i, layer) in self.features.iter().enumerate().take(TAPS[TAPS.len() - 1] + 1) {
             h = match layer {
                 VggLayer::Conv(c) => c.forward(h),
                 VggLayer::Pool(p) => p.forward(h),
                 VggLayer::Relu(_) => burn::tensor::activation::relu(h),
             };
-            if i == TAPS[tap] {
+            if let Some(tap) = TAPS.iter().position(|&t| t == i) {
                 let [_, c, hh, ww] = h.dims();
-                let norm = |f: Tensor<4>| {
-                    let len = f.clone().powi_scalar(2).sum_dim(1).sqrt();
-                    f / (len + 1e-10)
-                };
-                let fa = norm(h.clone().slice([0..n, 0..c, 0..hh, 0..ww]));
-                let fb = norm(h.clone().slice([n..2 * n, 0..c, 0..hh, 0..ww]));
-                let d = (fa - fb).powi_scalar(2);
+                let d = (norm(h.clone().narrow(0, 0, n)) - norm(h.clone().narrow(0, n, n))).powi_scalar(2);
                 let w = self.lins[tap].weight.val().reshape([1, c, 1, 1]);
-                let per_image = (d * w).sum_dim(1).reshape([n, hh * ww]).mean_dim(1).reshape([n]);
-                total = Some(match total {
-                    Some(t) => t + per_image,
-                    None => per_image,
-                });
-                tap += 1;
+                per_tap.push((d * w).sum_dim(1).reshape([n, hh * ww]).mean_dim(1).reshape([n]));
             }
         }
-        total.expect("five taps")
+        per_tap.into_iter().reduce(|total, t| total + t).expect("five taps")
     }
 }

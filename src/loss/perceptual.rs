@@ -17,7 +17,9 @@
 use super::convnext::{ConvNext, ConvNextConfig};
 use super::lpips::{Lpips, LpipsConfig};
 use crate::teacher::EfficientNetLite;
-use crate::teacher::preprocess::{IMAGENET_MEAN, IMAGENET_STD, antialiased_bilinear_weights, resize_separable};
+use crate::teacher::preprocess::{
+    IMAGENET_MEAN, IMAGENET_STD, antialiased_bilinear_weights, normalize_channels, resize_square,
+};
 use crate::weights::{CheckpointEntry, StateDict, WeightsError, load_into};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -89,11 +91,16 @@ pub enum PerceptualLoss {
 /// Input side of the classifier terms.
 const CLASSIFIER_SIZE: usize = 224;
 
-fn load_lpips(weights: &PerceptualWeights, config: &LpipsConfig, device: &Device) -> Result<Lpips, WeightsError> {
-    let lin_path = weights.lpips.as_deref().ok_or_else(|| WeightsError::Invalid {
+/// The weights file of the official term at `path`, or an error naming the missing `what`.
+fn required<'a>(path: &'a Option<PathBuf>, what: &str) -> Result<&'a Path, WeightsError> {
+    path.as_deref().ok_or_else(|| WeightsError::Invalid {
         path: PathBuf::from("<config>"),
-        message: "the lpips-convnext perceptual loss needs `lpips` (LPIPS vgg.pth) weights".into(),
-    })?;
+        message: format!("the lpips-convnext perceptual loss needs {what} weights"),
+    })
+}
+
+fn load_lpips(weights: &PerceptualWeights, config: &LpipsConfig, device: &Device) -> Result<Lpips, WeightsError> {
+    let lin_path = required(&weights.lpips, "`lpips` (LPIPS vgg.pth)")?;
     let lin = StateDict::open(lin_path, CheckpointEntry::Auto)?;
     let mut net = config.init(device);
     let map = Lpips::key_map();
@@ -131,31 +138,14 @@ impl PerceptualLoss {
             PerceptualKind::None => Self::None,
             PerceptualKind::LpipsConvnext => {
                 let lp = load_lpips(weights, lpips, &inner)?;
-                let cpath = weights.convnext.as_deref().ok_or_else(|| WeightsError::Invalid {
-                    path: PathBuf::from("<config>"),
-                    message: "the lpips-convnext perceptual loss needs `convnext` (torchvision convnext_small) weights"
-                        .into(),
-                })?;
+                let cpath = required(&weights.convnext, "`convnext` (torchvision convnext_small)")?;
                 let sd = StateDict::open(cpath, CheckpointEntry::Auto)?;
                 let mut cn = convnext.init(&inner);
-                load_into(
-                    &mut cn,
-                    &sd,
-                    &ConvNext::key_map(),
-                    &[],
-                    &[],
-                    " — expected torchvision's convnext_small weights",
-                )?;
+                let map = ConvNext::key_map();
+                load_into(&mut cn, &sd, &map, &[], &[], " — expected torchvision's convnext_small weights")?;
                 Self::Official { lpips: Box::new(frozen(lp, device)), convnext: Box::new(frozen(cn, device)) }
             }
-            PerceptualKind::Effnet => {
-                let crate::teacher::Teacher::EfficientNet(m) =
-                    crate::teacher::Teacher::load(&crate::teacher::TeacherSpec::EfficientNetLite0, &inner)?
-                else {
-                    unreachable!("the built-in teacher is EfficientNet")
-                };
-                Self::Effnet(Box::new(frozen(m, device)))
-            }
+            PerceptualKind::Effnet => Self::Effnet(Box::new(frozen(EfficientNetLite::builtin(&inner)?, device))),
         })
     }
 
@@ -195,21 +185,12 @@ fn frozen<M: Module>(m: M, device: &Device) -> M {
 /// `[0, 1]` images → 224×224 (antialiased bilinear) → ImageNet normalisation.
 pub fn classifier_input(x: Tensor<4>) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
-    let device = x.device();
     let x = if (h, w) == (CLASSIFIER_SIZE, CLASSIFIER_SIZE) {
         x
     } else {
-        resize_separable(
-            x,
-            &antialiased_bilinear_weights(h, CLASSIFIER_SIZE),
-            &antialiased_bilinear_weights(w, CLASSIFIER_SIZE),
-            CLASSIFIER_SIZE,
-            CLASSIFIER_SIZE,
-        )
+        resize_square(x, CLASSIFIER_SIZE, antialiased_bilinear_weights)
     };
-    let m = Tensor::<1>::from_data(TensorData::new(IMAGENET_MEAN.to_vec(), [3]), &device).reshape([1, 3, 1, 1]);
-    let s = Tensor::<1>::from_data(TensorData::new(IMAGENET_STD.to_vec(), [3]), &device).reshape([1, 3, 1, 1]);
-    (x - m) / s
+    normalize_channels(x, IMAGENET_MEAN, IMAGENET_STD)
 }
 
 /// Whether a path looks like it exists, for early configuration errors.

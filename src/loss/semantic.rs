@@ -18,8 +18,7 @@ pub enum SemLossKind {
 
 /// `x / max(‖x‖, 1e-12)` along the last dim (PyTorch's `F.normalize`).
 fn normalize(x: Tensor<3>) -> Tensor<3> {
-    let n = x.clone().powi_scalar(2).sum_dim(2).sqrt().clamp_min(1e-12);
-    x / n
+    x.clone() / x.powi_scalar(2).sum_dim(2).sqrt().clamp_min(1e-12)
 }
 
 /// The loss over the given tokens (all of `(B, L, D)`): a scalar `[1]`.

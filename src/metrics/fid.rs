@@ -70,11 +70,6 @@ impl StatsAccumulator {
         Ok(())
     }
 
-    /// Rows added so far.
-    pub fn count(&self) -> usize {
-        self.count
-    }
-
     /// The mean and unbiased covariance.
     pub fn finish(&self) -> Result<FeatureStats> {
         if self.count < 2 {

@@ -5,9 +5,9 @@
 //! `qkv: D → 3D` with output channels laid out `(3, heads, head_dim)`; scaled dot-product attention
 //! with scale `1/√head_dim`, no mask; heads concatenated back head-major; `proj: D → D`.
 
-use super::kernels;
 use super::rope::RopeTable;
-use burn::nn::{Initializer, Linear, LinearConfig};
+use super::{kernels, zero_linear};
+use burn::nn::Linear;
 use burn::prelude::*;
 
 /// Configuration of an [`Attention`] layer.
@@ -28,7 +28,7 @@ impl AttentionConfig {
             self.width,
             self.heads
         );
-        let lin = |i, o| LinearConfig::new(i, o).with_initializer(Initializer::Zeros).init(device);
+        let lin = |i, o| zero_linear(i, o, device);
         Attention { qkv: lin(self.width, 3 * self.width), proj: lin(self.width, self.width), num_heads: self.heads }
     }
 }

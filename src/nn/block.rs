@@ -7,8 +7,9 @@ use super::attention::{Attention, AttentionConfig};
 use super::kernels;
 use super::rope::RopeTable;
 use super::swiglu::{SwiGlu, SwiGluConfig};
-use super::swiglu_hidden;
-use burn::nn::{RmsNorm, RmsNormConfig};
+use super::{VitSize, rms_norm, swiglu_hidden};
+use crate::trace::Trace;
+use burn::nn::RmsNorm;
 use burn::prelude::*;
 
 /// RMSNorm ε used throughout the tokenizer.
@@ -29,13 +30,17 @@ pub struct TransformerBlockConfig {
 impl TransformerBlockConfig {
     /// Builds the block (zero linear weights, unit norms).
     pub fn init(&self, device: &Device) -> TransformerBlock {
-        let norm = || RmsNormConfig::new(self.width).with_epsilon(RMS_EPS).init(device);
         TransformerBlock {
-            norm1: norm(),
-            norm2: norm(),
+            norm1: rms_norm(self.width, device),
+            norm2: rms_norm(self.width, device),
             attn: AttentionConfig::new(self.width, self.heads).init(device),
             mlp: SwiGluConfig::new(self.width, swiglu_hidden(self.width, self.mlp_ratio)).init(device),
         }
+    }
+
+    /// The `size.layers` blocks of a ViT of `size` (default MLP ratio).
+    pub fn stack(size: VitSize, device: &Device) -> Vec<TransformerBlock> {
+        (0..size.layers).map(|_| Self::new(size.width, size.heads).init(device)).collect()
     }
 }
 
@@ -58,4 +63,21 @@ impl TransformerBlock {
         let x = self.attn.forward_residual(kernels::rms_norm(&self.norm1, x.clone()), rope, x);
         self.mlp.forward_residual(kernels::rms_norm(&self.norm2, x.clone()), x)
     }
+}
+
+/// The tokenizer's 2D RoPE table of a `grid × grid` token grid at the head width of `blocks`.
+pub fn rope_table(blocks: &[TransformerBlock], grid: usize, device: &Device) -> RopeTable {
+    let head_dim = blocks.first().map(|b| b.attn.head_dim()).unwrap_or(4);
+    super::rope::tokenizer::table(head_dim, grid, grid, device)
+}
+
+/// Runs `blocks` in order with `rope`, recording each output as `transformer.{i}`.
+pub fn forward_blocks(blocks: &[TransformerBlock], mut h: Tensor<3>, rope: &RopeTable, trace: &mut Trace) -> Tensor<3> {
+    for (i, block) in blocks.iter().enumerate() {
+        h = block.forward(h, Some(rope));
+        if trace.enabled() {
+            trace.record(&format!("transformer.{i}"), &h);
+        }
+    }
+    h
 }

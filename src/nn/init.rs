@@ -103,12 +103,7 @@ impl<R: InitRules> Initializer<'_, R> {
             ParamInit::Normal(std) => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
             ParamInit::TruncNormal(std) => (0..n)
                 .map(|_| {
-                    loop {
-                        let v = rng.normal() * std;
-                        if (-2.0..=2.0).contains(&v) {
-                            break v as f32;
-                        }
-                    }
+                    std::iter::repeat_with(|| rng.normal() * std).find(|v| (-2.0..=2.0).contains(v)).unwrap() as f32
                 })
                 .collect(),
             ParamInit::Uniform(b) => (0..n).map(|_| rng.uniform_range(-b, b) as f32).collect(),
@@ -138,19 +133,16 @@ impl<R: InitRules> ModuleMapper for Initializer<'_, R> {
                 2 => shape[0],
                 _ => shape[1..].iter().product(),
             });
-        } else if name == "bias" && matches!(rule, ParamInit::Uniform(_)) {
+        } else if name == "bias"
+            && matches!(rule, ParamInit::Uniform(_))
+            && let Some(fan_in) = self.last_fan_in
+        {
             // A bias under torch defaults is bounded by its layer's fan-in, not by its own length.
-            if let Some(fan_in) = self.last_fan_in {
-                rule = ParamInit::Uniform(1.0 / (fan_in as f64).sqrt());
-            }
+            rule = ParamInit::Uniform(1.0 / (fan_in as f64).sqrt());
         }
-        let n = shape.iter().product();
-        match self.draw(rule, n) {
+        match self.draw(rule, shape.iter().product()) {
             None => param,
-            Some(values) => param.map(|t| {
-                let device = t.device();
-                Tensor::from_data(TensorData::new(values, shape.clone()), &device)
-            }),
+            Some(values) => param.map(|t| Tensor::from_data(TensorData::new(values, shape), &t.device())),
         }
     }
 }

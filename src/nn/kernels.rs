@@ -185,24 +185,25 @@ fn rotate(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], scale: f32, styl
 // Linear
 // ---------------------------------------------------------------------------------------------
 
-/// `dst = dst + a · b` for row-major `a (m×k)`, `b (k×n)` with row strides, `dst (m×n)`.
+/// `dst = dst + a · b` (or `dst = a · b` without `accumulate`) for `a (m×k)` with row stride
+/// `lda`, `b (k×n)` with (row, column) strides `ldb` and `dst (m×n)` with row stride `ldd`.
 ///
 /// # Safety
 /// The pointers must cover the stated matrices.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_acc(
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     a: *const f32,
     lda: usize,
     b: *const f32,
-    ldb: usize,
+    ldb: (usize, usize),
     dst: *mut f32,
     ldd: usize,
+    accumulate: bool,
     parallel: bool,
 ) {
     let par = if parallel && m * n * k >= 96 * 96 * 96 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let alpha = if accumulate { 1.0f32 } else { 0.0f32 };
     // SAFETY: forwarded from the caller.
     unsafe {
         gemm::gemm(
@@ -212,14 +213,14 @@ unsafe fn gemm_acc(
             dst,
             1,
             ldd as isize,
-            true,
+            accumulate,
             a,
             1,
             lda as isize,
             b,
-            1,
-            ldb as isize,
-            1.0f32,
+            ldb.1 as isize,
+            ldb.0 as isize,
+            alpha,
             1.0f32,
             false,
             false,
@@ -253,27 +254,23 @@ fn linear_impl<const D: usize>(layer: &Linear, x: Tensor<D>, residual: Option<Te
     let rows = dims[..D - 1].iter().product::<usize>();
     let [wk, n] = w.dims();
     assert_eq!(wk, k, "linear: input width {k} does not match the layer's {wk}");
-    let xf = host(x);
-    let wf = host(w);
+    let (xf, wf) = (host(x), host(w));
     let bias = layer.bias.as_ref().map(|b| host(b.val()));
-    let mut out = match residual {
-        Some(r) => {
+    let mut out = match (residual, &bias) {
+        (Some(r), Some(bf)) => {
             let mut v = slice(&host(r)).to_vec();
-            if let Some(bf) = &bias {
-                let b = slice(bf);
-                for row in v.chunks_exact_mut(n) {
-                    row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
-                }
+            for row in v.chunks_exact_mut(n) {
+                row.iter_mut().zip(slice(bf)).for_each(|(o, b)| *o += b);
             }
             v
         }
-        None => match &bias {
-            Some(bf) => slice(bf).repeat(rows),
-            None => vec![0.0; rows * n],
-        },
+        (Some(r), None) => slice(&host(r)).to_vec(),
+        (None, Some(bf)) => slice(bf).repeat(rows),
+        (None, None) => vec![0.0; rows * n],
     };
+    let (xs, ws) = (slice(&xf).as_ptr(), slice(&wf).as_ptr());
     // SAFETY: the buffers have exactly the shapes passed.
-    unsafe { gemm_acc(rows, n, k, slice(&xf).as_ptr(), k, slice(&wf).as_ptr(), n, out.as_mut_ptr(), n, true) };
+    unsafe { gemm_acc((rows, n, k), xs, k, ws, (n, 1), out.as_mut_ptr(), n, true, true) };
     let mut shape = dims;
     shape[D - 1] = n;
     from_vec(out, shape)
@@ -282,6 +279,17 @@ fn linear_impl<const D: usize>(layer: &Linear, x: Tensor<D>, residual: Option<Te
 // ---------------------------------------------------------------------------------------------
 // RMSNorm and SwiGLU
 // ---------------------------------------------------------------------------------------------
+
+/// Rows of `out_w` values computed by `f(out_row, in_row)` from the rows of `in_w` values of `xs`,
+/// in parallel tasks of about 16K outputs, each compiled for the CPU's vector extensions.
+fn map_rows(xs: &[f32], in_w: usize, out_w: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
+    let mut out = uninit(xs.len() / in_w * out_w);
+    let rows_per_task = (16384 / out_w).max(1);
+    out.par_chunks_mut(rows_per_task * out_w).zip(xs.par_chunks(rows_per_task * in_w)).for_each(|(o, x)| {
+        multiversion!(|| o.chunks_exact_mut(out_w).zip(x.chunks_exact(in_w)).for_each(|(o, x)| f(o, x)))
+    });
+    out
+}
 
 /// [`RmsNorm::forward`]: `x · rsqrt(mean(x²) + ε) · γ` in one pass per row.
 pub fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
@@ -293,18 +301,12 @@ pub fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
     let gf = host(norm.gamma.val());
     let xf = host(x);
     let (xs, g, eps) = (slice(&xf), slice(&gf), norm.epsilon as f32);
-    let mut out = uninit(xs.len());
-    let rows_per_task = (16384 / d).max(1);
-    out.par_chunks_mut(rows_per_task * d).zip(xs.par_chunks(rows_per_task * d)).for_each(|(o, x)| {
-        multiversion!(|| {
-            for (orow, xrow) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                let ss = sum_of_squares(xrow);
-                let inv = 1.0 / (ss / d as f32 + eps).sqrt();
-                for ((o, &v), &w) in orow.iter_mut().zip(xrow).zip(g) {
-                    *o = v * inv * w;
-                }
-            }
-        })
+    let out = map_rows(xs, d, d, |orow, xrow| {
+        let ss = sum_of_squares(xrow);
+        let inv = 1.0 / (ss / d as f32 + eps).sqrt();
+        for ((o, &v), &w) in orow.iter_mut().zip(xrow).zip(g) {
+            *o = v * inv * w;
+        }
     });
     from_vec(out, dims)
 }
@@ -319,19 +321,11 @@ pub fn silu_gate<const D: usize>(h: Tensor<D>) -> Tensor<D> {
         return burn::tensor::activation::silu(a) * b;
     }
     let hf = host(h);
-    let hs = slice(&hf);
-    let rows = hs.len() / (2 * hidden);
-    let mut out = uninit(rows * hidden);
-    let rows_per_task = (16384 / hidden).max(1);
-    out.par_chunks_mut(rows_per_task * hidden).zip(hs.par_chunks(rows_per_task * 2 * hidden)).for_each(|(o, x)| {
-        multiversion!(|| {
-            for (orow, xrow) in o.chunks_exact_mut(hidden).zip(x.chunks_exact(2 * hidden)) {
-                let (a, b) = xrow.split_at(hidden);
-                for ((o, &a), &b) in orow.iter_mut().zip(a).zip(b) {
-                    *o = a / (1.0 + exp_f32(-a)) * b;
-                }
-            }
-        })
+    let out = map_rows(slice(&hf), 2 * hidden, hidden, |orow, xrow| {
+        let (a, b) = xrow.split_at(hidden);
+        for ((o, &a), &b) in orow.iter_mut().zip(a).zip(b) {
+            *o = a / (1.0 + exp_f32(-a)) * b;
+        }
     });
     let mut shape = dims;
     shape[D - 1] = hidden;
@@ -371,8 +365,7 @@ pub fn rms_norm_modulate(
         return h.clone() * chunk(m, scale_i, k) + h + chunk(m, shift_i, k);
     }
     let [b, l, d] = x.dims();
-    let lc = m.dims()[1];
-    let width = m.dims()[2];
+    let [_, lc, width] = m.dims();
     let gf = host(norm.gamma.val());
     let (xf, mf) = (host(x), host(m.clone()));
     let (xs, ms, g, eps) = (slice(&xf), slice(&mf), slice(&gf), norm.epsilon as f32);
@@ -388,7 +381,6 @@ pub fn rms_norm_modulate(
             }
         })
     });
-    let _ = b;
     from_vec(out, [b, l, d])
 }
 
@@ -398,8 +390,7 @@ pub fn gated_residual(x: Tensor<3>, m: &Tensor<3>, k: usize, gate_i: usize, y: T
         return x + chunk(m, gate_i, k) * y;
     }
     let [b, l, d] = x.dims();
-    let lc = m.dims()[1];
-    let width = m.dims()[2];
+    let [_, lc, width] = m.dims();
     let (xf, mf, yf) = (host(x), host(m.clone()), host(y));
     let (xs, ms, ys) = (slice(&xf), slice(&mf), slice(&yf));
     let mut out = uninit(xs.len());
@@ -465,8 +456,8 @@ pub fn attention(qkv: Tensor<3>, heads: usize, rope: Option<&RopeTable>) -> Tens
     let qkvf = host(qkv);
     let src = slice(&qkvf);
     let tables = rope.map(|r| {
-        let rows = r.cos.dims()[0];
-        (host(r.cos.clone()), host(r.sin_signed.clone()), rows, r.style, r.prefix, r.cos.dims()[1])
+        let [rows, len, _] = r.cos.dims();
+        (host(r.cos.clone()), host(r.sin_signed.clone()), rows, r.style, r.prefix, len)
     });
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = uninit(b * l * d);
@@ -498,29 +489,7 @@ pub fn attention(qkv: Tensor<3>, heads: usize, rope: Option<&RopeTable>) -> Tens
         });
         // S = Q Kᵀ (K read transposed through its strides).
         // SAFETY: q (l×hd), k (l×hd), s (l×l) are owned buffers of exactly these sizes.
-        unsafe {
-            gemm::gemm(
-                l,
-                l,
-                hd,
-                s.as_mut_ptr(),
-                1,
-                l as isize,
-                false,
-                q.as_ptr(),
-                1,
-                hd as isize,
-                k.as_ptr(),
-                hd as isize,
-                1,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        unsafe { gemm_acc((l, l, hd), q.as_ptr(), hd, k.as_ptr(), (1, hd), s.as_mut_ptr(), l, false, false) };
         multiversion!(|| {
             for row in s.chunks_exact_mut(l) {
                 softmax_in_place(row);
@@ -531,29 +500,7 @@ pub fn attention(qkv: Tensor<3>, heads: usize, rope: Option<&RopeTable>) -> Tens
         let o_ptr = (out_ptr as *mut f32).wrapping_add(bi * l * d + h * hd);
         // SAFETY: V rows are d3 apart inside `src`; each task writes a disjoint (l × hd) block of
         // `out` with row stride d.
-        unsafe {
-            gemm::gemm(
-                l,
-                hd,
-                l,
-                o_ptr,
-                1,
-                d as isize,
-                false,
-                s.as_ptr(),
-                1,
-                l as isize,
-                v_ptr,
-                1,
-                d3 as isize,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        unsafe { gemm_acc((l, hd, l), s.as_ptr(), l, v_ptr, (d3, 1), o_ptr, d, false, false) };
     });
     from_vec(out, [b, l, d])
 }
@@ -607,17 +554,14 @@ pub fn conv1x1_fused(
         return None;
     }
     let hw = h * w;
-    let xf = host(x.clone());
-    let wf = host(weight.clone());
-    let rf = residual.map(|r| host(r.clone()));
+    let (xf, wf, rf) = (host(x.clone()), host(weight.clone()), residual.map(|r| host(r.clone())));
     let (xs, ws) = (slice(&xf), slice(&wf));
     let rs = rf.as_ref().map(slice);
     let mut out = vec![0f32; b * cout * hw];
     let per_image = |(bi, o): (usize, &mut [f32])| {
+        let image = xs[bi * cin * hw..].as_ptr();
         // SAFETY: W is cout×cin, the image cin×hw, the output cout×hw, all row-major.
-        unsafe {
-            gemm_acc(cout, hw, cin, ws.as_ptr(), cin, xs[bi * cin * hw..].as_ptr(), hw, o.as_mut_ptr(), hw, b == 1)
-        };
+        unsafe { gemm_acc((cout, hw, cin), ws.as_ptr(), cin, image, (hw, 1), o.as_mut_ptr(), hw, true, b == 1) };
         for (c, plane) in o.chunks_exact_mut(hw).enumerate() {
             epilogue.apply(c, plane, rs.map(|r| &r[(bi * cout + c) * hw..(bi * cout + c + 1) * hw]));
         }
@@ -653,8 +597,7 @@ pub fn depthwise_fused(
         return None;
     }
     let (ho, wo) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
-    let xf = host(x.clone());
-    let wf = host(weight.clone());
+    let (xf, wf) = (host(x.clone()), host(weight.clone()));
     let (xs, ws) = (slice(&xf), slice(&wf));
     let mut out = uninit(b * c * ho * wo);
     out.par_chunks_mut(ho * wo).enumerate().for_each_init(

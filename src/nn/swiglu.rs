@@ -1,8 +1,8 @@
 //! SwiGLU feed-forward layer (`SwiGLUFFN` of the reference): `w3(silu(a) ⊙ b)` with
 //! `[a | b] = w12(x)` split in halves (the first half is the gate input).
 
-use super::kernels;
-use burn::nn::{Initializer, Linear, LinearConfig};
+use super::{kernels, zero_linear};
+use burn::nn::Linear;
 use burn::prelude::*;
 
 /// Configuration of a [`SwiGlu`] layer.
@@ -18,8 +18,8 @@ impl SwiGluConfig {
     /// Builds the layer (zero weights; load or initialise them afterwards).
     pub fn init(&self, device: &Device) -> SwiGlu {
         SwiGlu {
-            w12: LinearConfig::new(self.width, 2 * self.hidden).with_initializer(Initializer::Zeros).init(device),
-            w3: LinearConfig::new(self.hidden, self.width).with_initializer(Initializer::Zeros).init(device),
+            w12: zero_linear(self.width, 2 * self.hidden, device),
+            w3: zero_linear(self.hidden, self.width, device),
         }
     }
 }

@@ -10,9 +10,9 @@
 //! For each: reconstruction PSNR, linear-probe accuracy of the latents, and the generation
 //! FD-effnet (and teacher class accuracy) of a tiny DiT^DH trained on its latents.
 
-use super::demo::write_json;
 use super::report::{figure, html_escape, write_report};
 use super::{Budget, PipelineResult, SemanticLoss, Variant, run_variant};
+use crate::io::write_json;
 use anyhow::Result;
 use std::path::Path;
 

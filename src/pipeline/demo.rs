@@ -3,6 +3,7 @@
 
 use super::report::{figure, html_escape, write_report};
 use super::{Budget, PipelineResult, Variant, run_variant};
+use crate::io::write_json;
 use anyhow::Result;
 use std::path::Path;
 
@@ -141,9 +142,4 @@ fn demo_body(r: &PipelineResult, b: &Budget) -> String {
         g = html_escape(&r.files.generator.display().to_string())
     ));
     h
-}
-
-/// Writes pretty JSON atomically.
-pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    crate::io::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
 }

@@ -258,15 +258,8 @@ pub fn run_variant(dir: &Path, variant: &Variant, budget: &Budget, seed: u64) ->
 
     // Measure the tokenizer.
     let t2 = Instant::now();
-    let (model, _) = crate::weights::tokenizer::load_tokenizer(
-        &tokenizer_file,
-        &crate::weights::tokenizer::TokenizerLoadOptions {
-            entry: crate::weights::CheckpointEntry::Auto,
-            config: None,
-            without_semantic: true,
-        },
-        &device,
-    )?;
+    let options = crate::weights::tokenizer::TokenizerLoadOptions { without_semantic: true, ..Default::default() };
+    let (model, _) = crate::weights::tokenizer::load_tokenizer(&tokenizer_file, &options, &device)?;
     let trained = measure_tokenizer(&model, budget.eval_images, &extractor, &device)?;
     let probe = measure_probe(&model, budget.probe_images, &device)?;
     let t_eval = t2.elapsed().as_secs_f64();

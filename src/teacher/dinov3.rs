@@ -165,20 +165,11 @@ impl Dinov3Layer {
     fn forward(&self, x: Tensor<3>, rope: &crate::nn::RopeTable) -> Tensor<3> {
         let a = &self.attention;
         let h = self.norm1.forward(x.clone());
-        let qkv = Tensor::cat(
-            vec![
-                kernels::linear(&a.q_proj, h.clone()),
-                kernels::linear(&a.k_proj, h.clone()),
-                kernels::linear(&a.v_proj, h),
-            ],
-            2,
-        );
+        let qkv = Tensor::cat(Vec::from([&a.q_proj, &a.k_proj, &a.v_proj].map(|p| kernels::linear(p, h.clone()))), 2);
         let o = kernels::linear(&a.o_proj, kernels::attention(qkv, a.num_heads, Some(rope)));
         let x = x + o * self.layer_scale1.lambda1.val().unsqueeze_dims(&[0, 1]);
-        let m = kernels::linear(
-            &self.mlp.down_proj,
-            gelu(kernels::linear(&self.mlp.up_proj, self.norm2.forward(x.clone()))),
-        );
+        let mlp = &self.mlp;
+        let m = kernels::linear(&mlp.down_proj, gelu(kernels::linear(&mlp.up_proj, self.norm2.forward(x.clone()))));
         x + m * self.layer_scale2.lambda1.val().unsqueeze_dims(&[0, 1])
     }
 }

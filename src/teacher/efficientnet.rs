@@ -14,11 +14,13 @@
 //! features are the head's `(1280, H/32, W/32)` map.
 
 use crate::nn::kernels::{ConvEpilogue, conv1x1_fused, depthwise_fused};
+use crate::weights::{KeyMap, StateDict, WeightsError, load_into};
 use burn::module::Param;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
+use std::path::Path;
 
 /// BatchNorm ε of the package.
 const BN_EPS: f64 = 1e-3;
@@ -63,6 +65,12 @@ impl FrozenBatchNorm {
         let scale: Vec<f32> = g.iter().zip(&var).map(|(g, v)| g / (v + BN_EPS as f32).sqrt()).collect();
         let shift = b.iter().zip(&m).zip(&scale).map(|((b, m), s)| b - m * s).collect();
         (scale, shift)
+    }
+
+    /// `f` applied to the inference map as a fused-convolution epilogue (then ReLU6 if `relu6`).
+    fn epilogue<R>(&self, relu6: bool, f: impl FnOnce(&ConvEpilogue<'_>) -> R) -> R {
+        let (scale, shift) = self.folded();
+        f(&ConvEpilogue { scale: &scale, shift: &shift, relu6 })
     }
 
     /// The per-channel `(scale, shift)` of the inference map, as tensors.
@@ -153,26 +161,18 @@ impl MbConv {
         x = self._bn2.forward(self._project_conv.forward(x));
         if self.residual { x + input } else { x }
     }
-}
 
-impl MbConv {
     /// The block with BatchNorm, ReLU6 and the residual fused into the convolutions (CPU
     /// inference); `None` where the fused kernels do not apply (autodiff, GPU).
     fn forward_fused(&self, input: &Tensor<4>) -> Option<Tensor<4>> {
-        let epilogue = |bn: &FrozenBatchNorm, relu6: bool| {
-            let (scale, shift) = bn.folded();
-            move |f: &dyn Fn(&ConvEpilogue<'_>) -> Option<Tensor<4>>| {
-                f(&ConvEpilogue { scale: &scale, shift: &shift, relu6 })
-            }
-        };
         let mut x = input.clone();
         if let (Some(conv), Some(bn)) = (&self._expand_conv, &self._bn0) {
-            x = epilogue(bn, true)(&|e| conv1x1_fused(&x, &conv.weight.val(), e, None))?;
+            x = bn.epilogue(true, |e| conv1x1_fused(&x, &conv.weight.val(), e, None))?;
         }
         let dw = &self._depthwise_conv;
-        x = epilogue(&self._bn1, true)(&|e| depthwise_fused(&x, &dw.weight.val(), dw.stride, dw.pad, e))?;
+        x = self._bn1.epilogue(true, |e| depthwise_fused(&x, &dw.weight.val(), dw.stride, dw.pad, e))?;
         let residual = self.residual.then_some(input);
-        epilogue(&self._bn2, false)(&|e| conv1x1_fused(&x, &self._project_conv.weight.val(), e, residual))
+        self._bn2.epilogue(false, |e| conv1x1_fused(&x, &self._project_conv.weight.val(), e, residual))
     }
 }
 
@@ -226,15 +226,23 @@ impl EfficientNetLite {
         }
     }
 
+    /// Lite0 with the ImageNet weights built into the binary ([`super::EFFICIENTNET_LITE0_WEIGHTS`]).
+    pub fn builtin(device: &Device) -> Result<Self, WeightsError> {
+        let path = Path::new("<built-in efficientnet-lite0>");
+        let sd = StateDict::from_safetensors_bytes(path, super::EFFICIENTNET_LITE0_WEIGHTS)?;
+        let mut model = Self::lite0(device);
+        load_into(&mut model, &sd, &KeyMap::new(), &[], &[], "")?;
+        Ok(model)
+    }
+
     /// Head features `(B, 1280, H/32, W/32)` of normalised images `(B, 3, H, W)`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<4> {
         let mut x = relu6(self._bn0.forward(self._conv_stem.forward(x)));
         for block in &self._blocks {
             x = block.forward(x);
         }
-        let (scale, shift) = self._bn1.folded();
-        let head = ConvEpilogue { scale: &scale, shift: &shift, relu6: true };
-        conv1x1_fused(&x, &self._conv_head.weight.val(), &head, None)
+        self._bn1
+            .epilogue(true, |e| conv1x1_fused(&x, &self._conv_head.weight.val(), e, None))
             .unwrap_or_else(|| relu6(self._bn1.forward(self._conv_head.forward(x))))
     }
 
@@ -257,9 +265,8 @@ pub fn classifier_input(img: &image::RgbImage, device: &Device) -> Tensor<4> {
     let (nw, nh) = if w < h { (NOMINAL_SIZE, NOMINAL_SIZE * h / w) } else { (NOMINAL_SIZE * w / h, NOMINAL_SIZE) };
     let r = resize_rgb8(img, nw, nh, ResampleFilter::Bilinear);
     let raw = r.as_raw();
-    let mut v = Vec::with_capacity(3 * nw * nh);
-    for c in 0..3 {
-        v.extend((0..nw * nh).map(|i| (raw[i * 3 + c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]));
-    }
+    let v: Vec<f32> = (0..3)
+        .flat_map(|c| (0..nw * nh).map(move |i| (raw[i * 3 + c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]))
+        .collect();
     Tensor::from_data(TensorData::new(v, [1, 3, nh, nw]), device)
 }

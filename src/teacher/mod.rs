@@ -16,8 +16,8 @@ pub use efficientnet::EfficientNetLite;
 
 use crate::weights::{KeyMap, StateDict, WeightsError, load_into};
 use burn::prelude::*;
-use preprocess::{IMAGENET_MEAN, IMAGENET_STD, bilinear_weights, resize_separable, teacher_pixels};
-use std::path::{Path, PathBuf};
+use preprocess::{IMAGENET_MEAN, IMAGENET_STD, bilinear_weights, resize_square, teacher_pixels};
+use std::path::PathBuf;
 
 /// The EfficientNet-Lite0 ImageNet weights (float16 safetensors, Apache-2.0; `assets/README.md`).
 pub static EFFICIENTNET_LITE0_WEIGHTS: &[u8] = include_bytes!("../../assets/efficientnet-lite0.safetensors");
@@ -42,9 +42,8 @@ pub enum TeacherSpec {
 impl std::str::FromStr for TeacherSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "efficientnet-lite0" | "effnet" | "builtin" => return Ok(Self::EfficientNetLite0),
-            _ => {}
+        if matches!(s, "efficientnet-lite0" | "effnet" | "builtin") {
+            return Ok(Self::EfficientNetLite0);
         }
         let (name, path) = s.split_once(':').ok_or_else(|| {
             format!("unknown teacher '{s}' (expected efficientnet-lite0, or dinov3-s16|dinov3-b16|dinov3-l16:PATH)")
@@ -91,15 +90,7 @@ impl Teacher {
     /// Loads a teacher.
     pub fn load(spec: &TeacherSpec, device: &Device) -> Result<Self, WeightsError> {
         match spec {
-            TeacherSpec::EfficientNetLite0 => {
-                let sd = StateDict::from_safetensors_bytes(
-                    Path::new("<built-in efficientnet-lite0>"),
-                    EFFICIENTNET_LITE0_WEIGHTS,
-                )?;
-                let mut model = EfficientNetLite::lite0(device);
-                load_into(&mut model, &sd, &KeyMap::new(), &[], &[], "")?;
-                Ok(Self::EfficientNet(model))
-            }
+            TeacherSpec::EfficientNetLite0 => Ok(Self::EfficientNet(EfficientNetLite::builtin(device)?)),
             TeacherSpec::Dinov3 { size, path } => {
                 let config = match size.as_str() {
                     "s16" => Dinov3Config::vit_s16(),
@@ -175,8 +166,7 @@ impl Teacher {
                 if g == grid {
                     return tokens.detach();
                 }
-                let d = m.config.hidden_size;
-                tokens.swap_dims(1, 2).reshape([b, d, g, g])
+                tokens.swap_dims(1, 2).reshape([b, m.config.hidden_size, g, g])
             }
             // EfficientNet runs at `resolution` (native 224 px); its head map (7×7 at 224) is
             // resampled to the grid.
@@ -185,8 +175,7 @@ impl Teacher {
                 m.features(pixels)
             }
         };
-        let [_, d, h, w] = map.dims();
-        let resized = resize_separable(map, &bilinear_weights(h, grid), &bilinear_weights(w, grid), grid, grid);
-        resized.reshape([b, d, grid * grid]).swap_dims(1, 2).detach()
+        let d = map.dims()[1];
+        resize_square(map, grid, bilinear_weights).reshape([b, d, grid * grid]).swap_dims(1, 2).detach()
     }
 }

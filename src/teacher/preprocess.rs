@@ -72,6 +72,20 @@ pub fn resize_separable(x: Tensor<4>, rows: &[f32], cols: &[f32], out_h: usize, 
     rh.unsqueeze_dim::<3>(0).matmul(x).reshape([b, c, out_h, out_w])
 }
 
+/// [`resize_separable`] of `(B, C, H, W)` to `(B, C, size, size)` with the matrices of `weights(in, out)`.
+pub fn resize_square(x: Tensor<4>, size: usize, weights: fn(usize, usize) -> Vec<f32>) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    resize_separable(x, &weights(h, size), &weights(w, size), size, size)
+}
+
+/// `(x − mean) / std` per channel of `(B, 3, H, W)`.
+pub fn normalize_channels(x: Tensor<4>, mean: [f32; 3], std: [f32; 3]) -> Tensor<4> {
+    let device = x.device();
+    let channels =
+        |v: [f32; 3]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [3]), &device).reshape([1, 3, 1, 1]);
+    (x - channels(mean)) / channels(std)
+}
+
 /// The reference's teacher pixels, at `resolution` (224) and then at `working` (the tokenizer's
 /// image size). Returns `(processor_pixels at resolution, teacher_pixels at working)`.
 pub fn teacher_pixels(
@@ -81,28 +95,11 @@ pub fn teacher_pixels(
     mean: [f32; 3],
     std: [f32; 3],
 ) -> (Tensor<4>, Tensor<4>) {
-    let [_, _, h, w] = x.dims();
-    let device = x.device();
     // uint8 by truncation (the values are non-negative, so floor = trunc), then rescale by 1/255.
     let q = ((x + 1.0) * 0.5 * 255.0).clamp(0.0, 255.0).floor();
-    let v = q * (1.0 / 255.0);
-    let v = resize_separable(
-        v,
-        &antialiased_bilinear_weights(h, resolution),
-        &antialiased_bilinear_weights(w, resolution),
-        resolution,
-        resolution,
-    );
-    let m = Tensor::<1>::from_data(TensorData::new(mean.to_vec(), [3]), &device).reshape([1, 3, 1, 1]);
-    let s = Tensor::<1>::from_data(TensorData::new(std.to_vec(), [3]), &device).reshape([1, 3, 1, 1]);
-    let processed = (v - m) / s;
-    let up = resize_separable(
-        processed.clone(),
-        &bilinear_weights(resolution, working),
-        &bilinear_weights(resolution, working),
-        working,
-        working,
-    );
+    let v = resize_square(q * (1.0 / 255.0), resolution, antialiased_bilinear_weights);
+    let processed = normalize_channels(v, mean, std);
+    let up = resize_square(processed.clone(), working, bilinear_weights);
     (processed, up)
 }
 

@@ -121,14 +121,10 @@ impl RecTokConfig {
     /// HEAD training script instead uses ViT-L/16 (`D = 1024`) and 0.4; see
     /// [`RecTokConfig::rectok_b_head_script`].
     pub fn rectok_b() -> Self {
-        Self::new(
-            128,
-            VitSize::named("base").expect("base"),
-            VitSize::named("base").expect("base"),
-            VitSize::named("tiny").expect("tiny"),
-        )
-        .with_teacher_dim(Some(768))
-        .with_mask_ratio(0.6)
+        let base = VitSize::named("base").expect("base");
+        Self::new(128, base, base, VitSize::named("tiny").expect("tiny"))
+            .with_teacher_dim(Some(768))
+            .with_mask_ratio(0.6)
     }
 
     /// `rectok_BB` exactly as the HEAD training script configures it (DINOv3 ViT-L/16 teacher,
@@ -249,11 +245,10 @@ impl RecTokConfig {
         if self.patch_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
             return Err(format!("img_size {} is not a multiple of patch_size {}", self.img_size, self.patch_size));
         }
-        if !(1..=8192).contains(&self.img_size) {
-            return Err(format!("img_size must be between 1 and 8192, got {}", self.img_size));
-        }
-        if !(1..=8192).contains(&self.token_channels) {
-            return Err(format!("token_channels must be between 1 and 8192, got {}", self.token_channels));
+        for (name, v) in [("img_size", self.img_size), ("token_channels", self.token_channels)] {
+            if !(1..=8192).contains(&v) {
+                return Err(format!("{name} must be between 1 and 8192, got {v}"));
+            }
         }
         if !(self.mask_ratio >= 0.0 && self.mask_ratio < 1.0) {
             return Err(format!("mask_ratio must be in [0, 1), got {}", self.mask_ratio));

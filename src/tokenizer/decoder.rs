@@ -6,12 +6,12 @@
 //! depth-to-space → 3×3 `conv_out` → image `(B, 3, H, W)` in the model's [-1, 1] range (not clamped).
 
 use super::masking::unshuffle_with_mask;
-use crate::nn::rope::tokenizer as rope;
-use crate::nn::{TransformerBlock, TransformerBlockConfig, VitSize, block::RMS_EPS};
+use crate::nn::block::{forward_blocks, rope_table};
+use crate::nn::{TransformerBlock, TransformerBlockConfig, VitSize, conv_rows, rms_norm, zero_linear, zero_patch_conv};
 use crate::trace::Trace;
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d, RmsNorm, RmsNormConfig};
+use burn::nn::{Initializer, Linear, PaddingConfig2d, RmsNorm};
 use burn::prelude::*;
 
 /// Configuration of a [`Decoder`].
@@ -34,15 +34,13 @@ impl DecoderConfig {
         let p = self.patch_size;
         let grid = self.img_size / p;
         Decoder {
-            decoder_embed: LinearConfig::new(self.token_channels, w).with_initializer(Initializer::Zeros).init(device),
+            decoder_embed: zero_linear(self.token_channels, w, device),
             mask_token: Param::from_tensor(Tensor::zeros([1, 1, w], device)),
             positional_embedding: Param::from_tensor(Tensor::zeros([1, grid * grid, w], device)),
-            ln_pre: RmsNormConfig::new(w).with_epsilon(RMS_EPS).init(device),
-            transformer: (0..self.size.layers)
-                .map(|_| TransformerBlockConfig::new(w, self.size.heads).init(device))
-                .collect(),
-            ln_post: RmsNormConfig::new(w).with_epsilon(RMS_EPS).init(device),
-            ffn: Conv2dConfig::new([w, p * p * 3], [1, 1]).with_initializer(Initializer::Zeros).init(device),
+            ln_pre: rms_norm(w, device),
+            transformer: TransformerBlockConfig::stack(self.size, device),
+            ln_post: rms_norm(w, device),
+            ffn: zero_patch_conv(w, p * p * 3, 1, device),
             conv_out: Conv2dConfig::new([3, 3], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .with_initializer(Initializer::Zeros)
@@ -88,24 +86,15 @@ impl Decoder {
     /// [`Decoder::forward`] recording `decoder_embed`, `ln_pre`, `transformer.{i}`, `ln_post`,
     /// `ffn` and `conv_out`.
     pub fn forward_traced(&self, z: Tensor<3>, ids_restore: Option<&Tensor<2, Int>>, trace: &mut Trace) -> Tensor<4> {
-        let device = z.device();
+        let table = rope_table(&self.transformer, self.grid_size, &z.device());
         let mut h = self.decoder_embed.forward(z);
         trace.record("decoder_embed", &h);
         if let Some(ids) = ids_restore {
             h = unshuffle_with_mask(h, self.mask_token.val(), ids);
         }
-        h = h + self.positional_embedding.val();
-        h = self.ln_pre.forward(h);
+        h = self.ln_pre.forward(h + self.positional_embedding.val());
         trace.record("ln_pre", &h);
-        let head_dim = self.transformer.first().map(|b| b.attn.head_dim()).unwrap_or(4);
-        let table = rope::table(head_dim, self.grid_size, self.grid_size, &device);
-        for (i, block) in self.transformer.iter().enumerate() {
-            h = block.forward(h, Some(&table));
-            if trace.enabled() {
-                trace.record(&format!("transformer.{i}"), &h);
-            }
-        }
-        h = self.ln_post.forward(h);
+        h = self.ln_post.forward(forward_blocks(&self.transformer, h, &table, trace));
         trace.record("ln_post", &h);
         let img = self.pixel_head(h);
         trace.record("ffn", &img);
@@ -117,15 +106,13 @@ impl Decoder {
     /// 1×1 conv as a matmul, then `b (h w) (p1 p2 c) → b c (h p1) (w p2)`.
     fn pixel_head(&self, h: Tensor<3>) -> Tensor<4> {
         let [b, l, w] = h.dims();
-        let p = self.patch_size;
-        let g = self.grid_size;
+        let (p, g) = (self.patch_size, self.grid_size);
         assert_eq!(l, g * g, "the pixel decoder needs the full {g}×{g} token grid, got {l} tokens");
-        let weight = self.ffn.weight.val();
-        let out_ch = weight.dims()[0];
-        let mut y = h.reshape([b * l, w]).matmul(weight.reshape([out_ch, w]).transpose());
-        if let Some(bias) = &self.ffn.bias {
-            y = y + bias.val().unsqueeze_dim(0);
-        }
-        y.reshape([b, g, g, p, p, 3]).permute([0, 5, 1, 3, 2, 4]).reshape([b, 3, g * p, g * p])
+        conv_rows(&self.ffn, h.reshape([b * l, w])).reshape([b, g, g, p, p, 3]).permute([0, 5, 1, 3, 2, 4]).reshape([
+            b,
+            3,
+            g * p,
+            g * p,
+        ])
     }
 }

@@ -5,12 +5,12 @@
 //! moments `(B, L_visible, 2C)`.
 
 use super::masking::MaskIds;
-use crate::nn::rope::tokenizer as rope;
-use crate::nn::{TransformerBlock, TransformerBlockConfig, VitSize, block::RMS_EPS};
+use crate::nn::block::{forward_blocks, rope_table};
+use crate::nn::{TransformerBlock, TransformerBlockConfig, VitSize, patchify, rms_norm, zero_linear, zero_patch_conv};
 use crate::trace::Trace;
 use burn::module::Param;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::conv::Conv2d;
+use burn::nn::{Linear, RmsNorm};
 use burn::prelude::*;
 
 /// Configuration of an [`Encoder`].
@@ -32,19 +32,12 @@ impl EncoderConfig {
         let w = self.size.width;
         let grid = self.img_size / self.patch_size;
         Encoder {
-            patch_embed: Conv2dConfig::new([3, w], [self.patch_size, self.patch_size])
-                .with_stride([self.patch_size, self.patch_size])
-                .with_initializer(Initializer::Zeros)
-                .init(device),
+            patch_embed: zero_patch_conv(3, w, self.patch_size, device),
             positional_embedding: Param::from_tensor(Tensor::zeros([1, grid * grid, w], device)),
-            ln_pre: RmsNormConfig::new(w).with_epsilon(RMS_EPS).init(device),
-            transformer: (0..self.size.layers)
-                .map(|_| TransformerBlockConfig::new(w, self.size.heads).init(device))
-                .collect(),
-            ln_post: RmsNormConfig::new(w).with_epsilon(RMS_EPS).init(device),
-            latent_head: LinearConfig::new(w, 2 * self.token_channels)
-                .with_initializer(Initializer::Zeros)
-                .init(device),
+            ln_pre: rms_norm(w, device),
+            transformer: TransformerBlockConfig::stack(self.size, device),
+            ln_post: rms_norm(w, device),
+            latent_head: zero_linear(w, 2 * self.token_channels, device),
             grid_size: grid,
             patch_size: self.patch_size,
         }
@@ -80,32 +73,18 @@ impl Encoder {
 
     /// [`Encoder::forward`] recording `patch_embed`, `ln_pre`, `transformer.{i}` and `ln_post`.
     pub fn forward_traced(&self, x: Tensor<4>, mask: Option<&MaskIds>, trace: &mut Trace) -> Tensor<3> {
-        let device = x.device();
-        let tokens = self.patchify(x);
+        let mut table = rope_table(&self.transformer, self.grid_size, &x.device());
+        let tokens = patchify(&self.patch_embed, x);
         trace.record("patch_embed", &tokens);
         let mut h = tokens + self.positional_embedding.val();
-        let head_dim = self.transformer.first().map(|b| b.attn.head_dim()).unwrap_or(4);
-        let mut table = rope::table(head_dim, self.grid_size, self.grid_size, &device);
         if let Some(mask) = mask {
             h = mask.keep_tokens(h);
             table = table.gather_rows(&mask.ids_keep);
         }
         h = self.ln_pre.forward(h);
         trace.record("ln_pre", &h);
-        for (i, block) in self.transformer.iter().enumerate() {
-            h = block.forward(h, Some(&table));
-            if trace.enabled() {
-                trace.record(&format!("transformer.{i}"), &h);
-            }
-        }
-        h = self.ln_post.forward(h);
+        h = self.ln_post.forward(forward_blocks(&self.transformer, h, &table, trace));
         trace.record("ln_post", &h);
         self.latent_head.forward(h)
-    }
-
-    /// Conv with kernel = stride = patch, as one matmul over flattened patches:
-    /// `(B, 3, H, W) → (B, L, W)`, tokens row-major.
-    pub fn patchify(&self, x: Tensor<4>) -> Tensor<3> {
-        crate::nn::patchify(&self.patch_embed, x)
     }
 }

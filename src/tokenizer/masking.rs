@@ -45,11 +45,9 @@ impl MaskIds {
         for row in values.chunks(l) {
             let mut shuffle: Vec<usize> = (0..l).collect();
             shuffle.sort_by(|&i, &j| row[i].total_cmp(&row[j]));
-            let mut rest = vec![0i64; l];
-            for (rank, &idx) in shuffle.iter().enumerate() {
-                rest[idx] = rank as i64;
-            }
-            restore.extend(rest);
+            let mut rest: Vec<usize> = (0..l).collect();
+            rest.sort_by_key(|&rank| shuffle[rank]);
+            restore.extend(rest.iter().map(|&i| i as i64));
             keep.extend(shuffle[..len_keep].iter().map(|&i| i as i64));
             masked.extend(shuffle[len_keep..].iter().map(|&i| i as i64));
         }

@@ -65,14 +65,6 @@ impl LatentStats {
         }
         Ok(())
     }
-
-    fn tensors(&self, device: &Device) -> (Tensor<3>, Tensor<3>) {
-        let n = self.mean.len();
-        (
-            Tensor::from_data(TensorData::new(self.mean.clone(), [1, 1, n]), device),
-            Tensor::from_data(TensorData::new(self.std.clone(), [1, 1, n]), device),
-        )
-    }
 }
 
 /// The explicit random draws of a training-mode `encode`, in the order the reference makes them.
@@ -138,13 +130,11 @@ pub struct RecTok {
 impl RecTokConfig {
     /// Builds the model (zero weights; load a checkpoint or initialise afterwards).
     pub fn init(&self, device: &Device) -> RecTok {
-        if let Err(e) = self.validate() {
-            panic!("invalid RecTok configuration: {e}");
-        }
-        let grid = self.grid_size();
+        self.validate().unwrap_or_else(|e| panic!("invalid RecTok configuration: {e}"));
         let sem_decoder = self.teacher_dim.map(|dim| match self.sem_decoder {
             SemDecoderKind::Transformer => SemanticDecoder::Transformer(
-                TransformerSemDecoderConfig::new(grid, self.semantic, self.token_channels, dim).init(device),
+                TransformerSemDecoderConfig::new(self.grid_size(), self.semantic, self.token_channels, dim)
+                    .init(device),
             ),
             SemDecoderKind::Mlp => {
                 SemanticDecoder::Mlp(MlpSemDecoderConfig::new(self.token_channels, dim).init(device))
@@ -186,29 +176,21 @@ impl RecTok {
         let mask_noise = masking.then(|| rng.uniform_tensor([batch, l], device));
         let lv = if masking { masking::len_keep(l, mask_ratio) } else { l };
         let posterior_eps = sampling.then(|| rng.normal_tensor([batch, lv, c], device));
-        let (flow_draw, flow_noise) = if cfg.gamma > 0.0 {
-            let draw = match cfg.noise_schedule {
-                NoiseSchedule::Lognorm => rng.normal_tensor([batch, 1, 1], device),
-                _ => rng.uniform_tensor([batch, 1, 1], device),
-            };
-            (Some(draw), Some(rng.normal_tensor([batch, lv, c], device)))
-        } else {
-            (None, None)
-        };
+        let flow_draw = (cfg.gamma > 0.0).then(|| match cfg.noise_schedule {
+            NoiseSchedule::Lognorm => rng.normal_tensor([batch, 1, 1], device),
+            _ => rng.uniform_tensor([batch, 1, 1], device),
+        });
+        let flow_noise = flow_draw.is_some().then(|| rng.normal_tensor([batch, lv, c], device));
         TrainDraws { mask_noise, mask_ratio, posterior_eps, flow_draw, flow_noise }
     }
 
     /// Training-mode `encode` with explicit draws: masking, posterior sample, forward-flow noise.
     pub fn encode_train(&self, x: Tensor<4>, draws: &TrainDraws) -> Encoded {
-        let l = self.config.seq_len();
-        let mask =
-            draws.mask_noise.as_ref().map(|noise| MaskIds::from_noise(noise, masking::len_keep(l, draws.mask_ratio)));
+        let len_keep = masking::len_keep(self.config.seq_len(), draws.mask_ratio);
+        let mask = draws.mask_noise.as_ref().map(|noise| MaskIds::from_noise(noise, len_keep));
         let moments = self.encoder.forward(x, mask.as_ref());
         let posterior = DiagonalGaussian::from_moments(moments);
-        let mut z = match &draws.posterior_eps {
-            Some(eps) => posterior.sample(eps.clone()),
-            None => posterior.mode(),
-        };
+        let mut z = posterior.sample_or_mode(draws.posterior_eps.clone());
         let mut sem_input = z.clone();
         let mut noise_level = None;
         if let (Some(draw), Some(eps)) = (&draws.flow_draw, &draws.flow_noise)
@@ -230,7 +212,9 @@ impl RecTok {
     }
 
     fn stats_tensors(&self, device: &Device) -> (Tensor<3>, Tensor<3>) {
-        self.stats.clone().unwrap_or_else(LatentStats::identity).tensors(device)
+        let stats = self.stats.clone().unwrap_or_else(LatentStats::identity);
+        let tensor = |v: &[f32]| Tensor::from_data(TensorData::new(v.to_vec(), [1, 1, v.len()]), device);
+        (tensor(&stats.mean), tensor(&stats.std))
     }
 
     /// `(z − mean) · scale_factor / std`, per channel of `(B, L, C)`.
@@ -261,12 +245,7 @@ impl RecTok {
     /// Normalised latents `(B, C, h, w)` of images in [-1, 1]: the posterior mean, or a posterior
     /// sample with explicit `eps` `(B, L, C)`.
     pub fn tokenize(&self, x: Tensor<4>, eps: Option<Tensor<3>>) -> Tensor<4> {
-        let posterior = self.posterior(x);
-        let z = match eps {
-            Some(eps) => posterior.sample(eps),
-            None => posterior.mode(),
-        };
-        self.tokens_to_grid(self.normalize_z(z))
+        self.tokens_to_grid(self.normalize_z(self.posterior(x).sample_or_mode(eps)))
     }
 
     /// Images in [0, 1] from normalised latents `(B, C, h, w)`:
@@ -278,8 +257,7 @@ impl RecTok {
 
     /// Normalised latents sampled from cached moments `(B, L, 2C)` with explicit `eps`.
     pub fn sample_from_moments(&self, moments: Tensor<3>, eps: Tensor<3>) -> Tensor<4> {
-        let z = DiagonalGaussian::from_moments(moments).sample(eps);
-        self.tokens_to_grid(self.normalize_z(z))
+        self.tokens_to_grid(self.normalize_z(DiagonalGaussian::from_moments(moments).sample(eps)))
     }
 
     /// `detokenize(tokenize(x))` with the posterior mean: images in [0, 1].

@@ -54,18 +54,25 @@ impl DiagonalGaussian {
         self.mean.clone()
     }
 
+    /// [`sample`](Self::sample) with `eps` when given, else the [`mode`](Self::mode).
+    pub fn sample_or_mode(&self, eps: Option<Tensor<3>>) -> Tensor<3> {
+        eps.map_or_else(|| self.mode(), |eps| self.sample(eps))
+    }
+
     /// KL to the standard normal, summed over every non-batch dim: `(B,)`.
     pub fn kl(&self) -> Tensor<1> {
-        let b = self.mean.dims()[0];
-        let t = self.mean.clone().powi_scalar(2) + self.var.clone() - 1.0 - self.logvar.clone();
-        (t.reshape([b as i32, -1]).sum_dim(1) * 0.5).reshape([b])
+        half_sum(self.mean.clone().powi_scalar(2) + self.var.clone() - 1.0 - self.logvar.clone())
     }
 
     /// Negative log-likelihood of `x`, summed over every non-batch dim: `(B,)`.
     pub fn nll(&self, x: Tensor<3>) -> Tensor<1> {
-        let b = self.mean.dims()[0];
         let log_two_pi = (2.0 * std::f64::consts::PI).ln();
-        let t = (x - self.mean.clone()).powi_scalar(2) / self.var.clone() + self.logvar.clone() + log_two_pi;
-        (t.reshape([b as i32, -1]).sum_dim(1) * 0.5).reshape([b])
+        half_sum((x - self.mean.clone()).powi_scalar(2) / self.var.clone() + self.logvar.clone() + log_two_pi)
     }
+}
+
+/// `0.5 · Σ t` over every non-batch dim: `(B,)`.
+fn half_sum(t: Tensor<3>) -> Tensor<1> {
+    let b = t.dims()[0];
+    (t.reshape([b as i32, -1]).sum_dim(1) * 0.5).reshape([b])
 }

@@ -4,10 +4,11 @@
 //! `MLPDecoder` in `models/rectok.py`).
 
 use super::masking::unshuffle_with_mask;
-use crate::nn::rope::tokenizer as rope;
-use crate::nn::{TransformerBlock, TransformerBlockConfig, VitSize, block::RMS_EPS};
+use crate::nn::block::{forward_blocks, rope_table};
+use crate::nn::{TransformerBlock, TransformerBlockConfig, VitSize, rms_norm, zero_linear};
+use crate::trace::Trace;
 use burn::module::Param;
-use burn::nn::{Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{Linear, RmsNorm};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 
@@ -28,17 +29,14 @@ impl TransformerSemDecoderConfig {
     /// Builds the decoder with zero weights (load or initialise them afterwards).
     pub fn init(&self, device: &Device) -> TransformerSemDecoder {
         let w = self.size.width;
-        let lin = |i, o| LinearConfig::new(i, o).with_initializer(Initializer::Zeros).init(device);
         TransformerSemDecoder {
-            token_embedding: lin(self.token_channels, w),
+            token_embedding: zero_linear(self.token_channels, w, device),
             mask_embedding: Param::from_tensor(Tensor::zeros([1, 1, w], device)),
             positional_embedding: Param::from_tensor(Tensor::zeros([1, self.grid_size * self.grid_size, w], device)),
-            ln_pre: RmsNormConfig::new(w).with_epsilon(RMS_EPS).init(device),
-            transformer: (0..self.size.layers)
-                .map(|_| TransformerBlockConfig::new(w, self.size.heads).init(device))
-                .collect(),
-            ln_post: RmsNormConfig::new(w).with_epsilon(RMS_EPS).init(device),
-            out: lin(w, self.teacher_dim),
+            ln_pre: rms_norm(w, device),
+            transformer: TransformerBlockConfig::stack(self.size, device),
+            ln_post: rms_norm(w, device),
+            out: zero_linear(w, self.teacher_dim, device),
             grid_size: self.grid_size,
         }
     }
@@ -69,18 +67,13 @@ pub struct TransformerSemDecoder {
 impl TransformerSemDecoder {
     /// Predicted teacher features `(B, L, D)` from latents `(B, L_in, C)`.
     pub fn forward(&self, z: Tensor<3>, ids_restore: Option<&Tensor<2, Int>>) -> Tensor<3> {
-        let device = z.device();
+        let table = rope_table(&self.transformer, self.grid_size, &z.device());
         let mut h = self.token_embedding.forward(z);
         if let Some(ids) = ids_restore {
             h = unshuffle_with_mask(h, self.mask_embedding.val(), ids);
         }
         h = self.ln_pre.forward(h + self.positional_embedding.val());
-        let head_dim = self.transformer.first().map(|b| b.attn.head_dim()).unwrap_or(4);
-        let table = rope::table(head_dim, self.grid_size, self.grid_size, &device);
-        for block in &self.transformer {
-            h = block.forward(h, Some(&table));
-        }
-        self.out.forward(self.ln_post.forward(h))
+        self.out.forward(self.ln_post.forward(forward_blocks(&self.transformer, h, &table, &mut Trace::off())))
     }
 }
 
@@ -97,8 +90,7 @@ impl MlpSemDecoderConfig {
     /// Builds the decoder with zero weights.
     pub fn init(&self, device: &Device) -> MlpSemDecoder {
         let c = self.token_channels;
-        let lin = |i, o| LinearConfig::new(i, o).with_initializer(Initializer::Zeros).init(device);
-        MlpSemDecoder { fc1: lin(c, 4 * c), fc2: lin(4 * c, self.teacher_dim) }
+        MlpSemDecoder { fc1: zero_linear(c, 4 * c, device), fc2: zero_linear(4 * c, self.teacher_dim, device) }
     }
 }
 

@@ -117,43 +117,32 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Writes named flat tensors with JSON `metadata` entries.
-pub fn save_tensors(
-    path: &Path,
-    tensors: &BTreeMap<String, Tensor<1>>,
-    metadata: HashMap<String, String>,
-) -> Result<()> {
-    let data = tensors.iter().map(|(k, t)| (k.clone(), t.clone().without_autodiff().into_data())).collect();
-    write_safetensors(path, data, metadata)
-}
-
-/// Flat `f32` tensors by name, and string metadata.
-type TensorsAndMetadata = (BTreeMap<String, Vec<f32>>, BTreeMap<String, String>);
-
-/// Reads every tensor of a safetensors file as flat `f32` values, with its metadata.
-pub fn load_tensors(path: &Path) -> Result<TensorsAndMetadata> {
-    let sd = StateDict::open(path, CheckpointEntry::Auto)?;
-    let out = sd.keys_with_prefix("").map(|k| Ok((k.clone(), sd.read_f32_finite(k)?))).collect::<Result<_>>()?;
-    Ok((out, sd.metadata.clone()))
-}
-
 impl AdamW {
     /// Writes the moments and step counts.
     pub fn save(&self, path: &Path) -> Result<()> {
         let moments = [("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)];
-        let tensors = moments.iter().flat_map(|(m, t)| t.iter().map(move |(k, v)| (format!("{m}.{k}"), v.clone())));
+        let tensors: BTreeMap<String, TensorData> = moments
+            .iter()
+            .flat_map(|(m, t)| {
+                t.iter().map(move |(k, v)| (format!("{m}.{k}"), v.clone().without_autodiff().into_data()))
+            })
+            .collect();
         let meta = HashMap::from([
             ("steps".into(), serde_json::to_string(&self.steps)?),
             ("config".into(), serde_json::to_string(&self.config)?),
         ]);
-        save_tensors(path, &tensors.collect(), meta)
+        write_safetensors(path, tensors.into_iter().collect(), meta)
     }
 
     /// Reads a state written by [`save`](Self::save), on `device`.
     pub fn load(path: &Path, config: AdamWConfig, device: &Device) -> Result<Self> {
-        let (tensors, meta) = load_tensors(path)?;
-        let steps =
-            meta.get("steps").ok_or_else(|| anyhow!("{}: not an optimizer state (no `steps`)", path.display()))?;
+        let sd = StateDict::open(path, CheckpointEntry::Auto)?;
+        let tensors: BTreeMap<&String, Vec<f32>> =
+            sd.keys_with_prefix("").map(|k| Ok((k, sd.read_f32_finite(k)?))).collect::<Result<_>>()?;
+        let steps = sd
+            .metadata
+            .get("steps")
+            .ok_or_else(|| anyhow!("{}: not an optimizer state (no `steps`)", path.display()))?;
         let mut opt = Self::new(config);
         opt.steps = serde_json::from_str(steps).with_context(|| format!("{}: corrupt `steps`", path.display()))?;
         for (k, v) in tensors {

@@ -433,8 +433,9 @@ struct RawTokenizerConfig {
 }
 
 impl TokenizerTrainConfig {
-    /// Resolves a configuration table (see [`read_toml`]).
-    pub fn from_table(table: toml::Table, origin: &str) -> Result<Self> {
+    /// Reads a built-in recipe or TOML file with overrides.
+    pub fn load(spec: &str, overrides: &[String]) -> Result<Self> {
+        let (table, origin) = read_toml(spec, overrides)?;
         // TOML errors end with a line naming the section; keep the message on one line.
         let raw: RawTokenizerConfig = toml::Value::Table(table)
             .try_into()
@@ -444,12 +445,6 @@ impl TokenizerTrainConfig {
             Self { run: raw.run, model, data: raw.data, teacher: raw.teacher, loss: raw.loss, optim: raw.optim };
         config.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
         Ok(config)
-    }
-
-    /// Reads a built-in recipe or TOML file with overrides.
-    pub fn load(spec: &str, overrides: &[String]) -> Result<Self> {
-        let (table, origin) = read_toml(spec, overrides)?;
-        Self::from_table(table, &origin)
     }
 
     /// Range and consistency checks of every field, naming the option, its value and the range.

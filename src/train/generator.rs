@@ -19,7 +19,7 @@ use super::optim::{AdamW, AdamWConfig, clip_grad_norm, ditdh_schedule, global_no
 use super::params;
 use super::run::{Run, RunEnd, Trainer, TrainingBatches, check_finite};
 use crate::data::transforms::tensor_to_images;
-use crate::data::{BatchStream, DataSpec, Dataset, Loader, Split, open_dataset, save_png};
+use crate::data::{BatchStream, DataSpec, Loader, Split, open_dataset, save_png};
 use crate::eval::{GeneratorEvalOptions, TeacherClassifier, evaluate_generator, labelled_images};
 use crate::generator::dit_dh::DitInit;
 use crate::generator::sampler::sample_class_latents;
@@ -44,7 +44,6 @@ use indicatif::ProgressBar;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Tags of the fixed noise streams of the grids and the online evaluation.
 const GRID_SEED_TAG: u64 = 0x6772_6964_7365_6564;
@@ -265,13 +264,11 @@ impl Trainer for GeneratorTraining {
 
         // Online evaluation: reference statistics of held-out real images and the teacher
         // classifier, computed once per run folder.
-        let (extractor, fd_reference, classifier) = if let Some(extractor) = extractor {
-            let (reference, classifier) =
-                online_references(&config, &spec, &extractor, &tokenizer, dataset.num_classes(), run_dir, &inner)?;
-            (Some(extractor), Some(reference), classifier)
-        } else {
-            (None, None, None)
-        };
+        let references = extractor
+            .as_ref()
+            .map(|e| online_references(&config, &spec, e, &tokenizer, dataset.num_classes(), run_dir, &inner))
+            .transpose()?;
+        let (fd_reference, classifier) = references.map_or((None, None), |(r, c)| (Some(r), c));
 
         let trainer = Self {
             config,
@@ -411,11 +408,6 @@ impl Run<GeneratorTraining> {
     /// The EMA generator.
     pub fn ema(&self) -> &DitDh {
         &self.trainer.ema
-    }
-
-    /// The frozen tokenizer (with its statistics).
-    pub fn tokenizer(&self) -> &RecTok {
-        &self.trainer.tokenizer
     }
 }
 
@@ -584,13 +576,6 @@ fn insert_eval(rec: &mut Map<String, Value>, e: &OnlineEval) {
     }
 }
 
-/// Held-out real images of the training source (the procedural set's held-out items, else the
-/// first images of the training data).
-fn held_out(spec: &DataSpec, seed: u64) -> Result<Arc<dyn Dataset>> {
-    let split = if matches!(spec, DataSpec::Procedural { .. }) { Split::Val } else { Split::Train };
-    open_dataset(spec, split, seed)
-}
-
 /// Reference statistics of held-out real images for the online FD (cached in the run folder as
 /// `fd_reference.npz`) and, on labelled data, the teacher classifier. The classifier is fitted on
 /// the frozen tokenizer's reconstructions of real images: samples can be no sharper than those,
@@ -606,7 +591,9 @@ fn online_references(
     device: &Device,
 ) -> Result<(FeatureStats, Option<TeacherClassifier>)> {
     let size = tokenizer.config.img_size;
-    let data = held_out(spec, config.run.seed)?;
+    // Held-out real images: the procedural set's held-out items, else the first training images.
+    let split = if matches!(spec, DataSpec::Procedural { .. }) { Split::Val } else { Split::Train };
+    let data = open_dataset(spec, split, config.run.seed)?;
     let loader = Loader::sequential(data, 64, size, config.data.workers)?;
     let (images, labels) = labelled_images(&loader, config.run.fd_images.max(CLASSIFIER_IMAGES), device)?;
     let cached = run_dir.join("fd_reference.npz");

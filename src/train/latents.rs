@@ -253,11 +253,6 @@ impl LatentCache {
         Ok(Self { dir: dir.to_path_buf(), manifest, file, labels: Arc::new(labels) })
     }
 
-    /// The manifest.
-    pub fn manifest(&self) -> &CacheManifest {
-        &self.manifest
-    }
-
     /// The folder.
     pub fn dir(&self) -> &Path {
         &self.dir

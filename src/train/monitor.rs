@@ -54,11 +54,6 @@ impl MetricsLog {
     pub fn read(&self) -> Result<Vec<Map<String, Value>>> {
         read_metrics(&self.path)
     }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// Reads a `metrics.jsonl` file.

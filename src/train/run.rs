@@ -298,10 +298,8 @@ pub struct NonFiniteValue {
 
 /// Fails with [`NonFiniteValue`] unless `value` is finite.
 pub fn check_finite(term: &str, value: f64) -> Result<()> {
-    if value.is_finite() {
-        return Ok(());
-    }
-    Err(NonFiniteValue { term: term.to_string(), value }.into())
+    anyhow::ensure!(value.is_finite(), NonFiniteValue { term: term.to_string(), value });
+    Ok(())
 }
 
 /// Errors that stop a run on purpose.
@@ -531,16 +529,6 @@ impl<T: Trainer> Run<T> {
         })
     }
 
-    /// The run folder.
-    pub fn run_dir(&self) -> &Path {
-        &self.run_dir
-    }
-
-    /// Steps taken.
-    pub fn step(&self) -> usize {
-        self.step
-    }
-
     /// Optimizer steps of the whole schedule.
     pub fn total_steps(&self) -> usize {
         self.trainer.steps_per_epoch() * self.config.schedule().epochs
@@ -552,16 +540,6 @@ impl<T: Trainer> Run<T> {
             0 => self.total_steps(),
             m => m.min(self.total_steps()),
         }
-    }
-
-    /// The fractional epoch at the start of step `step` (0-based).
-    pub fn epoch_at(&self, step: usize) -> f64 {
-        self.trainer.epoch_at(step)
-    }
-
-    /// The learning rate of step `step` (0-based).
-    pub fn lr_at(&self, step: usize) -> f64 {
-        self.trainer.lr_at(step)
     }
 
     /// One optimizer step from the current state (starting the batch stream at the first call
@@ -618,7 +596,7 @@ impl<T: Trainer> Run<T> {
                 term: nf.term.clone(),
                 value: nf.value,
                 step: self.step + 1,
-                epoch: self.epoch_at(self.step),
+                epoch: self.trainer.epoch_at(self.step),
                 checkpoint,
             }
             .into();
@@ -671,7 +649,7 @@ impl<T: Trainer> Run<T> {
             let v = self.train_step()?;
             self.elapsed_s += t0.elapsed().as_secs_f64();
             let step = self.step;
-            let lr = self.lr_at(step - 1);
+            let lr = self.trainer.lr_at(step - 1);
             let img_s = images_per_step * (step - window.1) as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
             bar.set_position(step as u64);
             bar.set_message(format!("{} | {img_s:.1} img/s", v.progress()));
@@ -680,7 +658,7 @@ impl<T: Trainer> Run<T> {
             if step.is_multiple_of(schedule.log_every) || step == last || !extra.is_empty() {
                 let mut record = Map::new();
                 record.insert("step".into(), step.into());
-                record.insert("epoch".into(), self.epoch_at(step).into());
+                record.insert("epoch".into(), self.trainer.epoch_at(step).into());
                 record.insert("lr".into(), lr.into());
                 record.extend(v.record());
                 record.insert("images_per_s".into(), img_s.into());
@@ -692,7 +670,7 @@ impl<T: Trainer> Run<T> {
             if bar.is_hidden() && (step.is_multiple_of(quiet_every) || step == last) {
                 tracing::info!(
                     "step {step}/{last} epoch {:.2} lr {lr:.2e}: {}, {img_s:.1} img/s",
-                    self.epoch_at(step),
+                    self.trainer.epoch_at(step),
                     v.summary()
                 );
             }

@@ -262,11 +262,7 @@ impl Trainer for TokenizerTraining {
         let (model, ema, disc, opt, opt_disc) = match checkpoint {
             Some(ckpt) => {
                 let load = |file: &str| -> Result<RecTok> {
-                    let options = TokenizerLoadOptions {
-                        entry: CheckpointEntry::Auto,
-                        config: Some(model_config.clone()),
-                        without_semantic: false,
-                    };
+                    let options = TokenizerLoadOptions { config: Some(model_config.clone()), ..Default::default() };
                     Ok(load_tokenizer(&ckpt.join(file), &options, &inner)?.0)
                 };
                 let mut disc = disc_config.init(&inner);

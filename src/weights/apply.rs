@@ -88,15 +88,6 @@ pub struct LoadReport {
     pub ignored: usize,
 }
 
-/// The module's tensors as the reference would name and shape them, in module order.
-pub fn reference_view<M: ModuleSnapshot>(module: &M, map: &KeyMap) -> Vec<(String, Vec<usize>)> {
-    module
-        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
-        .into_iter()
-        .map(|t| (map.to_reference(&t.name), t.shape.to_vec()))
-        .collect()
-}
-
 /// Loads `sd` into `module`.
 ///
 /// * keys starting with one of `ignore` are skipped silently;
@@ -111,7 +102,12 @@ pub fn load_into<M: ModuleSnapshot>(
     ignore: &[&str],
     hint: &str,
 ) -> Result<LoadReport, WeightsError> {
-    let ordered = reference_view(module, map);
+    // The module's tensors as the reference would name and shape them, in module order.
+    let ordered: Vec<(String, Vec<usize>)> = module
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
+        .into_iter()
+        .map(|t| (map.to_reference(&t.name), t.shape.to_vec()))
+        .collect();
     let expected: BTreeMap<String, Vec<usize>> = ordered.iter().cloned().collect();
     let mut report = LoadReport { entry: sd.entry.clone(), ..Default::default() };
     let mut tensors: Vec<PackTensor> = Vec::new();

@@ -2,11 +2,10 @@
 //! `ditdhs_epoch_0029.pth` layouts (docs/MODELS.md §3.4, §5) and safetensors with the same
 //! key names.
 
-use super::tokenizer::{META_CONFIG, META_KIND};
+use super::tokenizer::{META_CONFIG, model_metadata};
 use super::{CheckpointEntry, KeyMap, LoadReport, StateDict, WeightsError, load_into};
 use crate::generator::{DitDh, DitDhConfig};
 use burn::prelude::*;
-use std::collections::HashMap;
 use std::path::Path;
 
 /// Value of the `rectok.kind` metadata for generators.
@@ -86,10 +85,7 @@ pub fn load_generator(
     let sd = StateDict::open(path, entry)?;
     sd.check_kind(KIND_GENERATOR)?;
     let meta_config = sd.metadata_json::<DitDhConfig>(META_CONFIG)?;
-    let config = match config.or(meta_config) {
-        Some(c) => c,
-        None => infer_config(&sd)?,
-    };
+    let config = config.or(meta_config).map_or_else(|| infer_config(&sd), Ok)?;
     config.validate().map_err(|message| sd.invalid(message))?;
     let mut model = config.init(device);
     let report = load_into(&mut model, &sd, &key_map(), &[], IGNORED, NOT_A_GENERATOR)?;
@@ -98,10 +94,6 @@ pub fn load_generator(
 
 /// Saves a generator as safetensors with the reference's key names and its config.
 pub fn save_generator(model: &DitDh, path: &Path) -> anyhow::Result<()> {
-    let meta = HashMap::from([
-        ("format".into(), "pt".into()),
-        (META_KIND.into(), KIND_GENERATOR.into()),
-        (META_CONFIG.into(), serde_json::to_string(&model.config)?),
-    ]);
+    let meta = model_metadata(KIND_GENERATOR, serde_json::to_string(&model.config)?);
     super::write_safetensors_from_module(model, &key_map(), path, meta)
 }

@@ -264,10 +264,7 @@ impl StateDict {
         let names: Vec<String> = parsed.names().into_iter().map(|s| s.to_string()).collect();
         let verbatim = entry.is_none();
         let keys: Vec<&str> = names.iter().map(String::as_str).collect();
-        let chosen = match &entry {
-            Some(entry) => choose_entry(entry, &keys, false, path)?,
-            None => String::new(),
-        };
+        let chosen = entry.as_ref().map_or(Ok(String::new()), |e| choose_entry(e, &keys, false, path))?;
         let mut tensors = BTreeMap::new();
         for name in names {
             let view = parsed.tensor(&name).map_err(|e| format_err(path, e))?;

@@ -142,10 +142,7 @@ pub fn load_tokenizer(
     sd.check_kind(KIND_TOKENIZER)?;
     let meta_config = sd.metadata_json::<RecTokConfig>(META_CONFIG)?;
     let stats = sd.metadata_json::<LatentStats>(META_STATS)?;
-    let mut config = match options.config.clone().or(meta_config) {
-        Some(c) => c,
-        None => infer_config(&sd)?,
-    };
+    let mut config = options.config.clone().or(meta_config).map_or_else(|| infer_config(&sd), Ok)?;
     let teachers = teacher_decoders(&sd);
     // The semantic decoder is training-only: build it only when asked for and present.
     if options.without_semantic || teachers.is_empty() {
@@ -175,23 +172,18 @@ pub fn load_tokenizer(
     Ok((model, report))
 }
 
-/// Metadata describing a tokenizer in a safetensors file.
-pub fn tokenizer_metadata(config: &RecTokConfig, stats: Option<&LatentStats>) -> HashMap<String, String> {
-    let mut meta = HashMap::from([
-        ("format".into(), "pt".into()),
-        (META_KIND.into(), KIND_TOKENIZER.into()),
-        (META_CONFIG.into(), serde_json::to_string(config).expect("config serialises")),
-    ]);
-    if let Some(s) = stats {
-        meta.insert(META_STATS.into(), serde_json::to_string(s).expect("stats serialise"));
-    }
-    meta
+/// Metadata describing a model of `kind` with the JSON `config` in a safetensors file.
+pub(crate) fn model_metadata(kind: &str, config: String) -> HashMap<String, String> {
+    HashMap::from([("format".into(), "pt".into()), (META_KIND.into(), kind.into()), (META_CONFIG.into(), config)])
 }
 
 /// Saves a tokenizer as safetensors with the reference's key names, its config and statistics.
 pub fn save_tokenizer(model: &RecTok, path: &Path) -> anyhow::Result<()> {
     let map = key_map(&model.config.teacher_key, "sem_decoders");
-    let meta = tokenizer_metadata(&model.config, model.stats.as_ref());
+    let mut meta = model_metadata(KIND_TOKENIZER, serde_json::to_string(&model.config).expect("config serialises"));
+    if let Some(s) = &model.stats {
+        meta.insert(META_STATS.into(), serde_json::to_string(s).expect("stats serialise"));
+    }
     super::write_safetensors_from_module(model, &map, path, meta)
 }
 
