@@ -5,6 +5,9 @@
 //! encoder's width). Every field with a default may be omitted, unknown fields are errors (usually
 //! typos), at any depth. Names have one spelling, lower case with `-` (`rectok-b`, `ditdh-s`,
 //! `tiny-stage2`); spellings with `_` are accepted as aliases.
+//!
+//! Option tables ([`options!`]: fields with their defaults) and their range checks live here too,
+//! so that every command names a bad option, its rule and its value the same way.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -141,4 +144,60 @@ fn merge_tables(into: &mut toml::Table, from: toml::Table) {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Option tables and their range checks (messages name the option, the rule and the value)
+// ---------------------------------------------------------------------------------------------
+
+/// Declares an options table: a struct whose fields carry their defaults (`pub name: Type =
+/// default`), its `Default` built from them; serde fills missing keys with the defaults and
+/// refuses unknown ones.
+macro_rules! options {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$doc:meta])* pub $field:ident: $ty:ty = $default:expr,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$doc])* pub $field: $ty,)*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self { $($field: $default,)* }
+            }
+        }
+    };
+}
+pub(crate) use options;
+
+/// `name` must be `what` (which `ok` says it is): the message names the option, the rule and the
+/// value.
+pub fn ensure(ok: bool, name: &str, what: impl std::fmt::Display, v: impl std::fmt::Display) -> Result<(), String> {
+    if ok { Ok(()) } else { Err(format!("{name} must be {what}, got {v}")) }
+}
+
+/// `name` must lie in `lo..=hi`.
+pub fn between<T: PartialOrd + std::fmt::Display>(name: &str, v: T, lo: T, hi: T) -> Result<(), String> {
+    ensure(lo <= v && v <= hi, name, format!("between {lo} and {hi}"), v)
+}
+
+/// `name` must be finite and ≥ 0.
+pub fn non_negative(name: &str, v: f64) -> Result<(), String> {
+    ensure(v.is_finite() && v >= 0.0, name, "a finite number ≥ 0", v)
+}
+
+/// `name` must be finite and > 0.
+pub fn positive(name: &str, v: f64) -> Result<(), String> {
+    ensure(v.is_finite() && v > 0.0, name, "a finite number > 0", v)
+}
+
+/// `name` must lie in `[lo, hi)`.
+pub fn in_unit_range(name: &str, v: f64, lo: f64, hi: f64) -> Result<(), String> {
+    ensure(v >= lo && v < hi, name, format!("in [{lo}, {hi})"), v)
+}
+
+/// `name` must be at least `min`.
+pub fn count_at_least(name: &str, v: usize, min: usize) -> Result<(), String> {
+    ensure(v >= min, name, format!("at least {min}"), v)
 }

@@ -62,12 +62,12 @@ pub fn require_positive(value: Option<usize>, option: &str) -> Result<()> {
 /// `option` must be `what` (which `ok` says it is); the message names the option, the rule and the
 /// value.
 pub fn ensure(ok: bool, option: &str, what: impl std::fmt::Display, v: impl std::fmt::Display) -> Result<()> {
-    crate::train::config::ensure(ok, option, what, v).map_err(|e| anyhow!(e))
+    crate::config::ensure(ok, option, what, v).map_err(|e| anyhow!(e))
 }
 
 /// `option` must lie in `lo..=hi`.
 pub fn between<T: PartialOrd + std::fmt::Display>(option: &str, v: T, lo: T, hi: T) -> Result<()> {
-    crate::train::config::between(option, v, lo, hi).map_err(|e| anyhow!(e))
+    crate::config::between(option, v, lo, hi).map_err(|e| anyhow!(e))
 }
 
 /// Parses a `--data`-style source given as `option`.

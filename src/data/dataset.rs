@@ -53,7 +53,9 @@ fn scan_images(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Labelled image files, center-cropped to the requested size when read: a class-folder tree
 /// ([`open_folder`](Self::open_folder)) or a file list ([`open_list`](Self::open_list)).
 pub struct ImageFiles {
+    /// Class names of a folder tree (empty for a list: its labels are the names).
     classes: Vec<String>,
+    num_classes: usize,
     items: Vec<(PathBuf, usize)>,
     description: String,
 }
@@ -107,7 +109,7 @@ impl ImageFiles {
             bail!("{}: no images found (extensions {})", root.display(), IMAGE_EXTENSIONS.join(", "));
         }
         let description = format!("{}: {} images in {} classes", root.display(), items.len(), classes.len());
-        Ok(Self { classes, items, description })
+        Ok(Self { num_classes: classes.len(), classes, items, description })
     }
 
     /// A file list in the reference's format: `relative/path label` per line (the label may be
@@ -162,7 +164,8 @@ impl ImageFiles {
         }
         let num_classes = items.iter().map(|(_, l)| l + 1).max().unwrap_or(1);
         let description = format!("{}: {} images, labels 0..{num_classes}", list.display(), items.len());
-        Ok(Self { classes: (0..num_classes).map(|i| i.to_string()).collect(), items, description })
+        // A list's classes are its labels, named when asked (a large label would make many names).
+        Ok(Self { classes: Vec::new(), num_classes, items, description })
     }
 }
 
@@ -172,11 +175,14 @@ impl Dataset for ImageFiles {
     }
 
     fn num_classes(&self) -> usize {
-        self.classes.len()
+        self.num_classes
     }
 
     fn class_names(&self) -> Vec<String> {
-        self.classes.clone()
+        match self.classes.is_empty() {
+            true => (0..self.num_classes).map(|i| i.to_string()).collect(),
+            false => self.classes.clone(),
+        }
     }
 
     fn get(&self, index: usize, size: usize) -> Result<(RgbImage, usize)> {

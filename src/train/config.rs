@@ -83,57 +83,8 @@ pub fn data_inputs(data: &super::run::DataOptions) -> Vec<(&'static str, PathBuf
     inputs
 }
 
-/// Declares an options table: a struct whose fields carry their defaults (`pub name: Type =
-/// default`), its `Default` built from them; serde fills missing keys with the defaults and
-/// refuses unknown ones.
-macro_rules! options {
-    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$doc:meta])* pub $field:ident: $ty:ty = $default:expr,)* }) => {
-        $(#[$meta])*
-        #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-        #[serde(default, deny_unknown_fields)]
-        pub struct $name {
-            $($(#[$doc])* pub $field: $ty,)*
-        }
-
-        impl Default for $name {
-            fn default() -> Self {
-                Self { $($field: $default,)* }
-            }
-        }
-    };
-}
-pub(crate) use options;
-
-/// `name` must be `what` (which `ok` says it is): the message names the option, the rule and the
-/// value.
-pub fn ensure(ok: bool, name: &str, what: impl std::fmt::Display, v: impl std::fmt::Display) -> Result<(), String> {
-    if ok { Ok(()) } else { Err(format!("{name} must be {what}, got {v}")) }
-}
-
-/// `name` must lie in `lo..=hi`.
-pub fn between<T: PartialOrd + std::fmt::Display>(name: &str, v: T, lo: T, hi: T) -> Result<(), String> {
-    ensure(lo <= v && v <= hi, name, format!("between {lo} and {hi}"), v)
-}
-
-/// `name` must be finite and ≥ 0.
-pub fn non_negative(name: &str, v: f64) -> Result<(), String> {
-    ensure(v.is_finite() && v >= 0.0, name, "a finite number ≥ 0", v)
-}
-
-/// `name` must be finite and > 0.
-pub fn positive(name: &str, v: f64) -> Result<(), String> {
-    ensure(v.is_finite() && v > 0.0, name, "a finite number > 0", v)
-}
-
-/// `name` must lie in `[lo, hi)`.
-pub fn in_unit_range(name: &str, v: f64, lo: f64, hi: f64) -> Result<(), String> {
-    ensure(v >= lo && v < hi, name, format!("in [{lo}, {hi})"), v)
-}
-
-/// `name` must be at least `min`.
-pub fn count_at_least(name: &str, v: usize, min: usize) -> Result<(), String> {
-    ensure(v >= min, name, format!("at least {min}"), v)
-}
+use crate::config::options;
+pub use crate::config::{between, count_at_least, ensure, in_unit_range, non_negative, positive};
 
 /// The checks shared by the AdamW options of both recipes.
 pub fn check_adamw(

@@ -318,6 +318,10 @@ impl Trainer for GeneratorTraining {
         &self.batches
     }
 
+    fn batches_mut(&mut self) -> &mut TrainingBatches {
+        &mut self.batches
+    }
+
     /// Learning rate of step `step` (0-based): "ditdh_sched" of the fractional epoch.
     fn lr_at(&self, step: usize) -> f64 {
         let o = &self.config.optim;
@@ -336,11 +340,60 @@ impl Trainer for GeneratorTraining {
         Ok(())
     }
 
-    fn step(&mut self, step: usize, rng: &mut Rng) -> Result<GenStepValues> {
-        let mut stream = self.batches.stream.take();
-        let values = self.train_step(&mut stream, step, rng);
-        self.batches.stream = stream;
-        values
+    /// One optimizer step (0-based `step`). Every check comes before the update.
+    fn step(&mut self, stream: &mut Option<BatchStream>, step: usize, rng: &mut Rng) -> Result<GenStepValues> {
+        let accum = self.config.optim.accum_steps;
+        let lr = self.lr_at(step);
+        let mut values = GenStepValues::default();
+        let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
+        // Slices per micro-batch: the data-parallel replicas, at most one per sample.
+        let shards = params::replicas(self.config.run.data_parallel, &self.device).min(self.config.optim.batch_size);
+        for a in 0..accum {
+            let (x1, labels) = self.micro_batch(step * accum + a, stream, rng)?;
+            let [b, c, h, w] = x1.dims();
+            // The reference's draw order: noise, then time, then the label-dropout uniforms.
+            let draws = TrainingDraws {
+                x0: rng.normal_tensor([b, c, h, w], &self.device),
+                t_u: rng.uniform_tensor([b], &self.device),
+                label_drop_u: Some(rng.uniform_tensor([b], &self.device)),
+            };
+            let y = Tensor::<1, Int>::from_data(
+                TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]),
+                &self.device,
+            );
+            let x1 = x1.autodiff();
+            // Equal slices of the batch: the mean of their mean losses is the batch's.
+            let bounds = params::shard_bounds(b, shards);
+            let parts = bounds
+                .iter()
+                .map(|&(s, n)| {
+                    let draws = TrainingDraws {
+                        x0: draws.x0.clone().narrow(0, s, n),
+                        t_u: draws.t_u.clone().narrow(0, s, n),
+                        label_drop_u: draws.label_drop_u.clone().map(|u| u.narrow(0, s, n)),
+                    };
+                    ((x1.clone().narrow(0, s, n), y.clone().narrow(0, s, n), draws), n as f64 / (b * accum) as f64)
+                })
+                .collect();
+            let (losses, g) = params::data_parallel_grads(&self.model, &self.device, parts, |net, (x1, y, draws)| {
+                Ok((training_losses(net, x1, y, &draws).loss, ()))
+            })?;
+            let loss = bounds.iter().zip(&losses).map(|(&(_, n), (l, ()))| l * n as f64).sum::<f64>() / b as f64;
+            check_finite("velocity loss", loss)?;
+            values.loss += loss / accum as f64;
+            params::accumulate(&mut grads, g);
+        }
+        grads.retain(|k, _| self.trainable.contains(k));
+        let clip = self.config.optim.clip_grad;
+        values.grad_norm = if clip > 0.0 { clip_grad_norm(&mut grads, clip) } else { global_norm(&grads) };
+        check_finite("gradient norm", values.grad_norm)?;
+        // Weight decay is 0 in the reference; when set, it follows the reference's rule (no
+        // decay on biases and 1-d parameters).
+        let names = crate::weights::generator::key_map();
+        let decays = |path: &str, shape: &[usize]| super::optim::reference_decays(&names.to_reference(path), shape);
+        self.model = self.opt.step(self.model.clone(), &grads, lr, &decays);
+        self.ema = params::ema_update(self.ema.clone(), &self.model, &self.trainable, self.config.optim.ema_decay);
+        Ok(values)
     }
 
     /// The online evaluation every `run.fd_every` steps.
@@ -438,62 +491,6 @@ impl GeneratorTraining {
                 Ok((self.tokenizer.sample_from_moments(moments, eps), labels))
             }
         }
-    }
-
-    /// One optimizer step (0-based `step`). Every check comes before the update.
-    fn train_step(&mut self, stream: &mut Option<BatchStream>, step: usize, rng: &mut Rng) -> Result<GenStepValues> {
-        let accum = self.config.optim.accum_steps;
-        let lr = self.lr_at(step);
-        let mut values = GenStepValues::default();
-        let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
-        // Slices per micro-batch: the data-parallel replicas, at most one per sample.
-        let shards = params::replicas(self.config.run.data_parallel, &self.device).min(self.config.optim.batch_size);
-        for a in 0..accum {
-            let (x1, labels) = self.micro_batch(step * accum + a, stream, rng)?;
-            let [b, c, h, w] = x1.dims();
-            // The reference's draw order: noise, then time, then the label-dropout uniforms.
-            let draws = TrainingDraws {
-                x0: rng.normal_tensor([b, c, h, w], &self.device),
-                t_u: rng.uniform_tensor([b], &self.device),
-                label_drop_u: Some(rng.uniform_tensor([b], &self.device)),
-            };
-            let y = Tensor::<1, Int>::from_data(
-                TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]),
-                &self.device,
-            );
-            let x1 = x1.autodiff();
-            // Equal slices of the batch: the mean of their mean losses is the batch's.
-            let bounds = params::shard_bounds(b, shards);
-            let parts = bounds
-                .iter()
-                .map(|&(s, n)| {
-                    let draws = TrainingDraws {
-                        x0: draws.x0.clone().narrow(0, s, n),
-                        t_u: draws.t_u.clone().narrow(0, s, n),
-                        label_drop_u: draws.label_drop_u.clone().map(|u| u.narrow(0, s, n)),
-                    };
-                    ((x1.clone().narrow(0, s, n), y.clone().narrow(0, s, n), draws), n as f64 / (b * accum) as f64)
-                })
-                .collect();
-            let (losses, g) = params::data_parallel_grads(&self.model, &self.device, parts, |net, (x1, y, draws)| {
-                Ok((training_losses(net, x1, y, &draws).loss, ()))
-            })?;
-            let loss = bounds.iter().zip(&losses).map(|(&(_, n), (l, ()))| l * n as f64).sum::<f64>() / b as f64;
-            check_finite("velocity loss", loss)?;
-            values.loss += loss / accum as f64;
-            params::accumulate(&mut grads, g);
-        }
-        grads.retain(|k, _| self.trainable.contains(k));
-        let clip = self.config.optim.clip_grad;
-        values.grad_norm = if clip > 0.0 { clip_grad_norm(&mut grads, clip) } else { global_norm(&grads) };
-        check_finite("gradient norm", values.grad_norm)?;
-        // Weight decay is 0 in the reference; when set, it follows the reference's rule (no
-        // decay on biases and 1-d parameters).
-        let names = crate::weights::generator::key_map();
-        let decays = |path: &str, shape: &[usize]| super::optim::reference_decays(&names.to_reference(path), shape);
-        self.model = self.opt.step(self.model.clone(), &grads, lr, &decays);
-        self.ema = params::ema_update(self.ema.clone(), &self.model, &self.trainable, self.config.optim.ema_decay);
-        Ok(values)
     }
 
     fn guidance(&self) -> Guidance<'static> {

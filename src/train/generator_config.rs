@@ -3,10 +3,8 @@
 //! then linear to 2e-5 at epoch 800 ("ditdh_sched"), gradient clipping 1.0, EMA 0.9995 from the
 //! first step, label dropout 0.1, posterior samples of flipped images.
 
-use super::config::{
-    DataOptions, between, check_adamw, check_run_resources, count_at_least, ensure, in_unit_range, non_negative,
-    options, positive, read_toml_among,
-};
+use super::config::{DataOptions, check_adamw, check_run_resources, read_toml_among};
+use crate::config::{between, count_at_least, ensure, in_unit_range, non_negative, options, positive};
 use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -12,9 +12,9 @@
 //! for bit.
 
 use super::checkpoint::CheckpointStore;
-use super::config::{between, options};
 use super::monitor::{MetricsLog, plot_metrics};
 use super::session::{self, RunLock, Start};
+use crate::config::{between, options};
 use crate::io::{step_progress, write_atomic};
 use crate::rng::Rng;
 use crate::signals::{self, Deferral, Interrupted};
@@ -90,8 +90,8 @@ pub struct TrainingBatches {
     pub loader: crate::data::Loader,
     /// Micro-batches per optimizer step.
     pub accum: usize,
-    /// The stream of batches from [`start_stream`](Self::start_stream), taken out for a step and
-    /// given back after it.
+    /// The stream of batches from [`start_stream`](Self::start_stream), lent to each step by the
+    /// run.
     pub stream: Option<crate::data::BatchStream>,
 }
 
@@ -364,6 +364,8 @@ pub trait Trainer: Sized {
     ) -> Result<Self>;
     /// The training batches.
     fn batches(&self) -> &TrainingBatches;
+    /// The training batches, whose stream [`Run`] lends to each step.
+    fn batches_mut(&mut self) -> &mut TrainingBatches;
     /// Optimizer steps per epoch.
     fn steps_per_epoch(&self) -> usize {
         self.batches().steps_per_epoch()
@@ -377,9 +379,15 @@ pub trait Trainer: Sized {
     /// Starts feeding batches from step `step` (and, for a fresh run, measures the untrained
     /// model, appending to `metrics` what should be logged).
     fn begin(&mut self, step: usize, fresh: bool, metrics: &MetricsLog) -> Result<()>;
-    /// One optimizer step (0-based `step`), drawing from `rng`. A non-finite value is a
+    /// One optimizer step (0-based `step`), drawing from `rng` and from `stream` (the batches'
+    /// stream, lent for the step; `None` when not started). A non-finite value is a
     /// [`NonFiniteValue`] error; no error may leave the parameters half-updated.
-    fn step(&mut self, step: usize, rng: &mut Rng) -> Result<Self::Values>;
+    fn step(
+        &mut self,
+        stream: &mut Option<crate::data::BatchStream>,
+        step: usize,
+        rng: &mut Rng,
+    ) -> Result<Self::Values>;
     /// Fields added to the metrics record of `step` (`last`: the run's last step); `bar` to
     /// suspend for long work.
     fn extra_record(
@@ -546,7 +554,10 @@ impl<T: Trainer> Run<T> {
     /// made outside [`run`](Self::run)); on failure the state before the step is saved.
     pub fn train_step(&mut self) -> Result<T::Values> {
         self.rng_at_step_start = self.rng.clone();
-        match self.trainer.step(self.step, &mut self.rng) {
+        let mut stream = self.trainer.batches_mut().stream.take();
+        let result = self.trainer.step(&mut stream, self.step, &mut self.rng);
+        self.trainer.batches_mut().stream = stream;
+        match result {
             Ok(v) => {
                 self.step += 1;
                 Ok(v)

@@ -339,6 +339,10 @@ impl Trainer for TokenizerTraining {
         &self.batches
     }
 
+    fn batches_mut(&mut self) -> &mut TrainingBatches {
+        &mut self.batches
+    }
+
     /// The learning rate of step `step` (0-based): warm-up then half-cycle cosine of the
     /// fractional epoch.
     fn lr_at(&self, step: usize) -> f64 {
@@ -357,97 +361,8 @@ impl Trainer for TokenizerTraining {
 
     /// One optimizer step (0-based `step`); returns its loss values. Every check comes before
     /// the first update, so a stopped step leaves the state as it was.
-    fn step(&mut self, step: usize, rng: &mut Rng) -> Result<StepValues> {
-        let mut stream = self.batches.stream.take().context("the batch stream was not started")?;
-        let values = self.train_step(&mut stream, step, rng);
-        self.batches.stream = Some(stream);
-        values
-    }
-
-    fn extra_record(
-        &mut self,
-        step: usize,
-        last: usize,
-        record: &mut Map<String, Value>,
-        _bar: &ProgressBar,
-    ) -> Result<()> {
-        let sample_every = self.config.run.sample_every;
-        let logged = step.is_multiple_of(self.config.run.log_every) || step == last;
-        if logged && ((sample_every > 0 && step.is_multiple_of(sample_every)) || step == last) {
-            record.insert("val_psnr".into(), self.val_psnr().into());
-        }
-        Ok(())
-    }
-
-    fn save(&self, dir: &Path) -> Result<()> {
-        save_tokenizer(&self.model.valid(), &dir.join("model.safetensors"))?;
-        save_tokenizer(&self.ema, &dir.join("ema.safetensors"))?;
-        self.opt.save(&dir.join("optimizer.safetensors"))?;
-        write_safetensors_from_module(
-            &self.disc.valid(),
-            &KeyMap::new(),
-            &dir.join("discriminator.safetensors"),
-            Default::default(),
-        )?;
-        self.opt_disc.save(&dir.join("disc_optimizer.safetensors"))
-    }
-
-    fn save_grid(&self, path: &Path) -> Result<()> {
-        let x = self.val_images.clone();
-        let recon = self.ema.reconstruct(x.clone());
-        let grid = reconstruction_grid(
-            &tensor_to_images(x * 0.5 + 0.5)?,
-            &tensor_to_images(recon).context("EMA reconstructions for the grid")?,
-            self.val_images.dims()[0].div_ceil(2).max(1),
-        );
-        save_png(&grid, path)
-    }
-
-    /// Exports the EMA tokenizer as `RUN/tokenizer.safetensors`.
-    fn finish(&mut self, end: RunEnd<'_>) -> Result<TrainSummary> {
-        let tokenizer = end.run_dir.join("tokenizer.safetensors");
-        save_tokenizer(&self.ema, &tokenizer)?;
-        let final_psnr = self.val_psnr();
-        tracing::info!(
-            "done: {} steps; checkpoint {}; reconstructions {}; EMA tokenizer {} (held-out PSNR {}{final_psnr:.2} \
-                dB); curves {}",
-            end.steps,
-            end.checkpoint.display(),
-            end.grid.display(),
-            tokenizer.display(),
-            self.initial_val_psnr.map(|p| format!("{p:.2} dB untrained → ")).unwrap_or_default(),
-            end.run_dir.join("loss.png").display()
-        );
-        Ok(TrainSummary {
-            steps: end.steps,
-            tokenizer,
-            val_psnr: (self.initial_val_psnr, final_psnr),
-            seconds: end.seconds,
-        })
-    }
-}
-
-impl Run<TokenizerTraining> {
-    /// The current EMA tokenizer (inference weights).
-    pub fn ema(&self) -> &RecTok {
-        &self.trainer.ema
-    }
-}
-
-impl TokenizerTraining {
-    /// PSNR of the EMA tokenizer's reconstructions (posterior mean) of the held-out grid images.
-    pub fn val_psnr(&self) -> f64 {
-        let x = self.val_images.clone();
-        let recon = self.ema.reconstruct(x.clone());
-        let target = (x * 0.5 + 0.5).into_data().try_to_vec::<f32>().expect("f32");
-        let got = recon.into_data().try_to_vec::<f32>().expect("f32");
-        let per = target.len() / self.val_images.dims()[0];
-        let psnrs: Vec<f64> =
-            target.chunks(per).zip(got.chunks(per)).map(|(a, b)| crate::metrics::psnr(a, b)).collect();
-        psnrs.iter().sum::<f64>() / psnrs.len() as f64
-    }
-
-    fn train_step(&mut self, stream: &mut BatchStream, step: usize, rng: &mut Rng) -> Result<StepValues> {
+    fn step(&mut self, stream: &mut Option<BatchStream>, step: usize, rng: &mut Rng) -> Result<StepValues> {
+        let stream = stream.as_mut().context("the batch stream was not started")?;
         let accum = self.config.optim.accum_steps;
         let lr = self.lr_at(step);
         let epoch = self.epoch_at(step);
@@ -572,6 +487,89 @@ impl TokenizerTraining {
             self.disc = self.opt_disc.step(self.disc.clone(), &disc_grads, lr, &reference_decays);
         }
         Ok(totals)
+    }
+
+    fn extra_record(
+        &mut self,
+        step: usize,
+        last: usize,
+        record: &mut Map<String, Value>,
+        _bar: &ProgressBar,
+    ) -> Result<()> {
+        let sample_every = self.config.run.sample_every;
+        let logged = step.is_multiple_of(self.config.run.log_every) || step == last;
+        if logged && ((sample_every > 0 && step.is_multiple_of(sample_every)) || step == last) {
+            record.insert("val_psnr".into(), self.val_psnr().into());
+        }
+        Ok(())
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        save_tokenizer(&self.model.valid(), &dir.join("model.safetensors"))?;
+        save_tokenizer(&self.ema, &dir.join("ema.safetensors"))?;
+        self.opt.save(&dir.join("optimizer.safetensors"))?;
+        write_safetensors_from_module(
+            &self.disc.valid(),
+            &KeyMap::new(),
+            &dir.join("discriminator.safetensors"),
+            Default::default(),
+        )?;
+        self.opt_disc.save(&dir.join("disc_optimizer.safetensors"))
+    }
+
+    fn save_grid(&self, path: &Path) -> Result<()> {
+        let x = self.val_images.clone();
+        let recon = self.ema.reconstruct(x.clone());
+        let grid = reconstruction_grid(
+            &tensor_to_images(x * 0.5 + 0.5)?,
+            &tensor_to_images(recon).context("EMA reconstructions for the grid")?,
+            self.val_images.dims()[0].div_ceil(2).max(1),
+        );
+        save_png(&grid, path)
+    }
+
+    /// Exports the EMA tokenizer as `RUN/tokenizer.safetensors`.
+    fn finish(&mut self, end: RunEnd<'_>) -> Result<TrainSummary> {
+        let tokenizer = end.run_dir.join("tokenizer.safetensors");
+        save_tokenizer(&self.ema, &tokenizer)?;
+        let final_psnr = self.val_psnr();
+        tracing::info!(
+            "done: {} steps; checkpoint {}; reconstructions {}; EMA tokenizer {} (held-out PSNR {}{final_psnr:.2} \
+                dB); curves {}",
+            end.steps,
+            end.checkpoint.display(),
+            end.grid.display(),
+            tokenizer.display(),
+            self.initial_val_psnr.map(|p| format!("{p:.2} dB untrained → ")).unwrap_or_default(),
+            end.run_dir.join("loss.png").display()
+        );
+        Ok(TrainSummary {
+            steps: end.steps,
+            tokenizer,
+            val_psnr: (self.initial_val_psnr, final_psnr),
+            seconds: end.seconds,
+        })
+    }
+}
+
+impl Run<TokenizerTraining> {
+    /// The current EMA tokenizer (inference weights).
+    pub fn ema(&self) -> &RecTok {
+        &self.trainer.ema
+    }
+}
+
+impl TokenizerTraining {
+    /// PSNR of the EMA tokenizer's reconstructions (posterior mean) of the held-out grid images.
+    pub fn val_psnr(&self) -> f64 {
+        let x = self.val_images.clone();
+        let recon = self.ema.reconstruct(x.clone());
+        let target = (x * 0.5 + 0.5).into_data().try_to_vec::<f32>().expect("f32");
+        let got = recon.into_data().try_to_vec::<f32>().expect("f32");
+        let per = target.len() / self.val_images.dims()[0];
+        let psnrs: Vec<f64> =
+            target.chunks(per).zip(got.chunks(per)).map(|(a, b)| crate::metrics::psnr(a, b)).collect();
+        psnrs.iter().sum::<f64>() / psnrs.len() as f64
     }
 }
 
