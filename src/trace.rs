@@ -31,7 +31,11 @@ impl Trace {
     /// Records `value` under `name` if enabled.
     pub fn record<const D: usize>(&mut self, name: &str, value: &Tensor<D>) {
         if let Some(entries) = self.entries.as_mut() {
-            entries.push((name.to_string(), value.to_data()));
+            // A copy of the bytes: on wgpu the data read back may share memory that a later
+            // in-place update of the same tensor overwrites.
+            let data = value.to_data();
+            let copy = TensorData::from_bytes_vec(data.as_bytes().to_vec(), data.shape().clone(), data.dtype());
+            entries.push((name.to_string(), copy));
         }
     }
 

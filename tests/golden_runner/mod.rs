@@ -11,6 +11,15 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The device the cases run on: `$RECTOK_GOLDEN_DEVICE` (`cpu`, `vulkan`, `vulkan:N`, `cuda`, …;
+/// default `cpu`), so that the same cases prove a GPU backend against the reference.
+pub fn golden_device() -> Device {
+    let name = std::env::var("RECTOK_GOLDEN_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let choice: rectok::device::DeviceChoice =
+        name.parse().unwrap_or_else(|e| panic!("RECTOK_GOLDEN_DEVICE={name}: {e}"));
+    rectok::device::select_device(choice).unwrap_or_else(|e| panic!("RECTOK_GOLDEN_DEVICE={name}: {e}"))
+}
+
 /// A host tensor from a case file or produced by us.
 #[derive(Clone, Debug)]
 pub enum HostTensor {
@@ -72,7 +81,7 @@ impl Case {
             tensors.insert(name, t);
         }
         let name = json["case"].as_str().unwrap_or_default().to_string();
-        Ok(Self { name, json, file, tensors, device: Device::flex(), outputs: BTreeMap::new() })
+        Ok(Self { name, json, file, tensors, device: golden_device(), outputs: BTreeMap::new() })
     }
 
     /// The case's `param.*` tensors as a state dict with the reference's relative keys.
