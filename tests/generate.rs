@@ -1,17 +1,12 @@
 //! `rectok latent-stats` (called by its alias `stats`) and `rectok generate` end to end on the tiny tokenizer, with small random
 //! DiT^DH generators (CFG, AutoGuidance, Heun), and their bad inputs.
 
-use burn::prelude::*;
-use rectok::generator::DitDhConfig;
-use rectok::nn::init::{NormalInit, initialize};
-use rectok::rng::Rng;
-use rectok::weights::generator::save_generator;
 use rectok::weights::{CheckpointEntry, StateDict};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
-use common::{fixture, run as rectok};
+use common::{fixture, run as rectok, tiny_generator};
 
 fn ok(o: Output) -> Output {
     assert!(o.status.success(), "rectok failed: {}", String::from_utf8_lossy(&o.stderr));
@@ -23,19 +18,6 @@ fn error_line(o: &Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!err.contains("panicked"), "{err}");
     err.lines().find(|l| l.starts_with("error:")).unwrap_or_default().to_string()
-}
-
-/// A tiny DiT^DH on the tiny tokenizer's 8×4×4 latents, random weights.
-fn tiny_generator(dir: &Path, name: &str, seed: u64, channels: usize) -> PathBuf {
-    let config = DitDhConfig::new(4, channels, 32, 2, 2)
-        .with_dec_hidden(48)
-        .with_dec_depth(1)
-        .with_dec_heads(2)
-        .with_num_classes(5);
-    let model = initialize(config.init(&Device::flex()), &NormalInit(0.2), &mut Rng::seed_from(seed));
-    let path = dir.join(name);
-    save_generator(&model, &path).unwrap();
-    path
 }
 
 /// The tiny tokenizer with statistics computed by `rectok latent-stats` over the fixture photos.
@@ -98,8 +80,8 @@ fn stats_are_the_moments_of_the_posterior_means() {
 fn generate_writes_samples_and_a_grid_independent_of_batching() {
     let dir = tempfile::tempdir().unwrap();
     let tok = tokenizer_with_stats(dir.path());
-    let generator = tiny_generator(dir.path(), "gen.safetensors", 1, 8);
-    let guide = tiny_generator(dir.path(), "guide.safetensors", 2, 8);
+    let generator = tiny_generator(dir.path(), "gen.safetensors", 1, 8, 0.2);
+    let guide = tiny_generator(dir.path(), "guide.safetensors", 2, 8, 0.2);
     let run = |out: &str, extra: &[&str]| {
         let out = dir.path().join(out);
         let mut args = vec![
@@ -148,8 +130,8 @@ fn generate_writes_samples_and_a_grid_independent_of_batching() {
 fn generate_rejects_bad_input_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let tok = tokenizer_with_stats(dir.path());
-    let generator = tiny_generator(dir.path(), "gen.safetensors", 1, 8);
-    let wide = tiny_generator(dir.path(), "wide.safetensors", 1, 16);
+    let generator = tiny_generator(dir.path(), "gen.safetensors", 1, 8, 0.2);
+    let wide = tiny_generator(dir.path(), "wide.safetensors", 1, 16, 0.2);
     let out = dir.path().join("out");
     let base = |g: &Path| {
         vec![

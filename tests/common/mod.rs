@@ -2,7 +2,12 @@
 //! killing a training run once its first checkpoint exists.
 #![allow(dead_code)] // Each test file uses some of them.
 
+use burn::prelude::*;
+use rectok::generator::DitDhConfig;
+use rectok::nn::init::{NormalInit, initialize};
+use rectok::rng::Rng;
 use rectok::train::monitor::read_metrics;
+use rectok::weights::generator::save_generator;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -85,4 +90,18 @@ pub fn converted_tokenizer(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
         .unwrap();
     assert!(o.status.success(), "convert failed: {}", stderr(&o));
     out
+}
+
+/// A tiny DiT^DH (5 classes) on the tiny tokenizer's `channels`×4×4 latents, with random weights
+/// of standard deviation `std` drawn from `seed`, saved as `dir/name`.
+pub fn tiny_generator(dir: &Path, name: &str, seed: u64, channels: usize, std: f64) -> PathBuf {
+    let config = DitDhConfig::new(4, channels, 32, 2, 2)
+        .with_dec_hidden(48)
+        .with_dec_depth(1)
+        .with_dec_heads(2)
+        .with_num_classes(5);
+    let model = initialize(config.init(&Device::flex()), &NormalInit(std), &mut Rng::seed_from(seed));
+    let path = dir.join(name);
+    save_generator(&model, &path).unwrap();
+    path
 }
