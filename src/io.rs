@@ -373,11 +373,22 @@ impl Inputs {
     }
 
     /// Checks an output file as [`check_output_file`] does, and refuses one that is one of the
-    /// inputs (compared by canonical path).
+    /// inputs (compared by canonical path), or a new file named like an image inside an input
+    /// folder (it would become one of that folder's images).
     pub fn check_output_file(&self, path: &Path, option: &str) -> Result<()> {
         check_output_file(path, option)?;
         if let Some(why) = self.clash(path) {
             bail!("{option} {}: {why}; refusing to overwrite an input (choose another output)", path.display());
+        }
+        if has_image_extension(path)
+            && let Some(c) = canonical_lenient(path)
+            && let Some((_, folder)) = self.dirs.iter().find(|(d, _)| c.starts_with(d))
+        {
+            bail!(
+                "{option} {}: lies inside the input folder {folder} under an image's name, where it would \
+                become one of its images (choose another output)",
+                path.display()
+            );
         }
         Ok(())
     }

@@ -358,6 +358,7 @@ fn every_command_refuses_its_bad_inputs_cleanly() {
             c(&["eval", "fd"], &s(&[&w("good.npz"), &w("three.npz")]), "cannot be compared"),
             c(&["eval", "fd"], &s(&[&w("good.npz"), &w("fifo.png")]), "fifo.png"),
             c(&["eval", "stats"], &s(&[&w("imgs"), "-o", &w("imgs/cat.png")]), "imgs/cat.png"),
+            c(&["eval", "stats"], &s(&[&w("imgs"), "-o", &w("imgs/new.PNG")]), "under an image's name"),
             c(&["eval", "stats"], &s(&[&w("imgs"), "-o", &w("out/a.npz"), "--batch-size", "0"]), "--batch-size"),
             // eval tokenizer / generator / probe
             c(&["eval", "tokenizer"], &enc(&s(&["--data", &w("imgs"), "--limit", "0"])), "--limit"),

@@ -144,6 +144,13 @@ fn a_killed_run_resumes_exactly_and_stage_two_trains_only_the_decoder() {
         .output()
         .unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("can change when resuming"));
+    // So is another recipe: --config names the run's recipe only when it starts.
+    let o = rectok()
+        .args(["train", "tokenizer", "--resume", "--config", "tiny-stage2", "--out"])
+        .arg(&killed)
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--config cannot change"));
     let o = rectok().args(["train", "tokenizer", "--resume", "--out"]).arg(&killed).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let resumed = losses(&killed);

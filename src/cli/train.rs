@@ -42,13 +42,14 @@ pub struct RunArgs {
 type Flag<'a> = (&'a str, &'a str, Option<String>);
 
 impl RunArgs {
-    /// Opens the run of recipe `spec`: checks `--out` and `--max-steps` (and that `--out` is none
-    /// of the `inputs`), turns the given `flags` into overrides (after the `--set` ones, so they
-    /// win), then `--resume` continues the run in `--out` (where the flags cannot change), else a
-    /// new run starts — or with `--print-config` the resolved recipe is printed and nothing runs.
+    /// Opens the run of recipe `spec` (`--config`, else the default): checks `--out` and
+    /// `--max-steps` (and that `--out` is none of the `inputs`), turns the given `flags` into
+    /// overrides (after the `--set` ones, so they win), then `--resume` continues the run in `--out`
+    /// (where `--config` and the flags cannot change), else a new run starts — or with
+    /// `--print-config` the resolved recipe is printed and nothing runs.
     fn open<T: Trainer>(
         &self,
-        spec: &str,
+        (given, default): (Option<&str>, &str),
         flags: &[Flag<'_>],
         inputs: &[(Option<&Path>, &str)],
     ) -> Result<Option<Run<T>>> {
@@ -56,14 +57,15 @@ impl RunArgs {
         if let Some((option, _, _)) = flags.iter().find(|(_, _, v)| v.as_ref().is_some_and(|v| v.trim().is_empty())) {
             bail!("{option} is empty");
         }
+        let spec = given.unwrap_or(default);
         let mut guard = Inputs::new();
         guard.add(Path::new(spec), "--config");
         for (path, option) in inputs {
             guard.add_opt(*path, option);
         }
         guard.check_output_dir(&self.out, "--out", [])?;
-        if self.resume && flags.iter().any(|(_, _, v)| v.is_some()) {
-            let names: Vec<&str> = flags.iter().map(|(option, _, _)| *option).collect();
+        if self.resume && (given.is_some() || flags.iter().any(|(_, _, v)| v.is_some())) {
+            let names: Vec<&str> = given.map(|_| "--config").into_iter().chain(flags.iter().map(|f| f.0)).collect();
             bail!("--resume continues the run as it was configured; {} cannot change", names.join(", "));
         }
         let values = flags.iter().filter_map(|(_, key, v)| Some(format!("{key}={}", toml::Value::String(v.clone()?))));
@@ -84,9 +86,9 @@ impl RunArgs {
 /// `rectok train generator`.
 #[derive(clap::Args, Debug)]
 pub struct GeneratorArgs {
-    /// Recipe: a built-in name (ditdh-tiny, ditdh-s, ditdh-xl) or a TOML file.
-    #[arg(long, default_value = "ditdh-tiny", value_name = "NAME|FILE")]
-    pub config: String,
+    /// Recipe: a built-in name (ditdh-tiny, ditdh-s, ditdh-xl) or a TOML file [default: ditdh-tiny].
+    #[arg(long, value_name = "NAME|FILE")]
+    pub config: Option<String>,
     /// The frozen tokenizer: a run's tokenizer.safetensors or the official RecTok_decft.pth
     /// (tokenizer.path).
     #[arg(long, value_name = "CKPT")]
@@ -107,9 +109,10 @@ pub struct GeneratorArgs {
 /// `rectok train tokenizer`.
 #[derive(clap::Args, Debug)]
 pub struct TokenizerArgs {
-    /// Recipe: a built-in name (tiny, tiny-stage2, rectok-b-stage1, rectok-b-stage2) or a TOML file.
-    #[arg(long, default_value = "tiny", value_name = "NAME|FILE")]
-    pub config: String,
+    /// Recipe: a built-in name (tiny, tiny-stage2, rectok-b-stage1, rectok-b-stage2) or a TOML file
+    /// [default: tiny].
+    #[arg(long, value_name = "NAME|FILE")]
+    pub config: Option<String>,
     /// Training images: a class-folder tree (ImageNet layout), a `.txt` list of `relpath label`
     /// lines, or procedural[:N] (built in). Sets data.source.
     #[arg(long, value_name = "DIR|LIST|procedural[:N]")]
@@ -143,7 +146,9 @@ fn run_generator(args: GeneratorArgs) -> Result<()> {
         (args.latent_stats.as_deref(), "--latent-stats"),
         (args.data.as_deref().and_then(data_path), "--data"),
     ];
-    let Some(mut trainer) = args.run.open::<GeneratorTraining>(&args.config, &flags, &inputs)? else {
+    let Some(mut trainer) =
+        args.run.open::<GeneratorTraining>((args.config.as_deref(), "ditdh-tiny"), &flags, &inputs)?
+    else {
         return Ok(());
     };
     let s = trainer.run()?;
@@ -188,7 +193,8 @@ pub fn run(which: Which) -> Result<()> {
         (args.val_data.as_deref().and_then(data_path), "--val-data"),
         (args.init_from.as_deref(), "--init-from"),
     ];
-    let Some(mut trainer) = args.run.open::<TokenizerTraining>(&args.config, &flags, &inputs)? else {
+    let Some(mut trainer) = args.run.open::<TokenizerTraining>((args.config.as_deref(), "tiny"), &flags, &inputs)?
+    else {
         return Ok(());
     };
     let summary = trainer.run()?;
