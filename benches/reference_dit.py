@@ -15,6 +15,9 @@ p.add_argument("--threads", type=int, default=2)
 p.add_argument("--models", default="s,xl")
 p.add_argument("--batch-sizes", default="1,8")
 p.add_argument("--iters", type=int, default=3)
+p.add_argument("--device", default="cpu", help="cpu or cuda")
+p.add_argument("--precision", default="f32", choices=["f32", "f16", "bf16"],
+               help="autocast dtype of the forward (as `rectok --precision`)")
 p.add_argument("-o", "--output", required=True)
 a = p.parse_args()
 sys.path.insert(0, a.rectok_repo)
@@ -23,23 +26,32 @@ from models.DDT import DiTwDDTHead  # noqa: E402
 
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
+dev = torch.device(a.device)
+autocast = torch.autocast(dev.type, dtype={"f16": torch.float16, "bf16": torch.bfloat16}.get(a.precision),
+                          enabled=a.precision != "f32")
+
+
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
 sizes = {"s": ([384, 2048], [12, 2], [6, 16]), "b": ([768, 2048], [12, 2], [12, 16]),
          "l": ([1024, 2048], [24, 2], [16, 16]), "xl": ([1152, 2048], [28, 2], [16, 16])}
-out = {"torch": torch.__version__, "threads": a.threads}
-with torch.inference_mode():
+out = {"torch": torch.__version__, "threads": a.threads, "device": a.device, "precision": a.precision}
+with torch.inference_mode(), autocast:
     for name in a.models.split(","):
         hidden, depth, heads = sizes[name]
         model = DiTwDDTHead(img_size=256, patch_size=1, tokenizer_patch_size=16, token_channels=128,
-                            hidden_size=hidden, depth=depth, num_heads=heads).eval()
+                            hidden_size=hidden, depth=depth, num_heads=heads).eval().to(dev)
         for prm in model.parameters():
             prm.normal_(0, 0.02)
         out[name] = {}
         for b in [int(x) for x in a.batch_sizes.split(",")]:
-            x, t, y = torch.randn(b, 128, 16, 16), torch.rand(b), torch.arange(b)
+            x, t, y = torch.randn(b, 128, 16, 16, device=dev), torch.rand(b, device=dev), torch.arange(b, device=dev)
             model.net(x, t, y)
+            sync()
             times = []
             for _ in range(a.iters):
-                s = time.perf_counter(); model.net(x, t, y); times.append(time.perf_counter() - s)
+                s = time.perf_counter(); model.net(x, t, y); sync(); times.append(time.perf_counter() - s)
             out[name][str(b)] = statistics.median(times)
             print(f"{name} batch {b}: {out[name][str(b)]:.3f} s per forward", flush=True)
         del model

@@ -15,6 +15,9 @@ p.add_argument("--rectok-repo", required=True)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--batch-sizes", default="1,8")
 p.add_argument("--iters", type=int, default=5)
+p.add_argument("--device", default="cpu", help="cpu or cuda")
+p.add_argument("--precision", default="f32", choices=["f32", "f16", "bf16"],
+               help="autocast dtype of the forward (as `rectok --precision`)")
 p.add_argument("-o", "--output", required=True)
 a = p.parse_args()
 
@@ -28,17 +31,27 @@ from models.rectok import rectok_BB  # noqa: E402
 
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
-model = rectok_BB(token_channels=128, img_size=256, patch_size=16, mask_ratio=0.0).eval()
-out = {"encode": {}, "decode": {}, "torch": torch.__version__, "threads": a.threads}
-with torch.inference_mode():
+dev = torch.device(a.device)
+autocast = torch.autocast(dev.type, dtype={"f16": torch.float16, "bf16": torch.bfloat16}.get(a.precision),
+                          enabled=a.precision != "f32")
+
+
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+model = rectok_BB(token_channels=128, img_size=256, patch_size=16, mask_ratio=0.0).eval().to(dev)
+out = {"encode": {}, "decode": {}, "torch": torch.__version__, "threads": a.threads, "device": a.device,
+       "precision": a.precision}
+with torch.inference_mode(), autocast:
     for b in [int(x) for x in a.batch_sizes.split(",")]:
-        x = torch.rand(b, 3, 256, 256) * 2 - 1
-        z = torch.randn(b, 256, 128)
+        x = torch.rand(b, 3, 256, 256, device=dev) * 2 - 1
+        z = torch.randn(b, 256, 128, device=dev)
         for op, f in [("encode", lambda: model.encoder(x)["z"]), ("decode", lambda: model.decoder(z))]:
             f()
+            sync()
             times = []
             for _ in range(a.iters):
-                t = time.perf_counter(); f(); times.append(time.perf_counter() - t)
+                t = time.perf_counter(); f(); sync(); times.append(time.perf_counter() - t)
             out[op][str(b)] = statistics.median(times) / b
             print(f"{op} batch {b}: {out[op][str(b)]:.4f} s/image", flush=True)
 json.dump(out, open(a.output, "w"), indent=1)

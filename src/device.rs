@@ -4,18 +4,23 @@
 //! program runs. The CPU backend (`flex`, pure Rust) is always available; `vulkan` and `cuda` exist
 //! when the crate is built with the cargo features of the same names.
 
-use burn::tensor::Device;
+use burn::tensor::kind::Basic;
+use burn::tensor::{Device, Tensor, TensorData};
 use std::fmt;
 use std::str::FromStr;
 
-/// A device the user can ask for on the command line (`--device cpu|vulkan|cuda`).
+/// A device the user can ask for on the command line (`--device cpu|vulkan|wgpu|cuda`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
     /// burn's `flex` backend: multi-threaded pure-Rust CPU kernels.
     #[default]
     Cpu,
-    /// burn's wgpu backend pinned to Vulkan (cargo feature `vulkan`).
+    /// burn's wgpu backend pinned to Vulkan, compiling kernels to SPIR-V (cargo feature `vulkan`).
     Vulkan,
+    /// burn's wgpu backend on the platform's own graphics API (Metal, DirectX 12 or Vulkan),
+    /// compiling kernels to WGSL (cargo feature `wgpu`; in a build that also has `vulkan`, a
+    /// Vulkan adapter gets SPIR-V).
+    Wgpu,
     /// burn's CUDA backend (cargo feature `cuda`).
     Cuda,
 }
@@ -26,8 +31,9 @@ impl FromStr for DeviceChoice {
         match s.to_ascii_lowercase().as_str() {
             "cpu" | "flex" => Ok(Self::Cpu),
             "vulkan" | "gpu" => Ok(Self::Vulkan),
+            "wgpu" | "webgpu" => Ok(Self::Wgpu),
             "cuda" => Ok(Self::Cuda),
-            other => Err(format!("unknown device '{other}' (expected cpu, vulkan or cuda)")),
+            other => Err(format!("unknown device '{other}' (expected cpu, vulkan, wgpu or cuda)")),
         }
     }
 }
@@ -37,6 +43,7 @@ impl fmt::Display for DeviceChoice {
         f.write_str(match self {
             Self::Cpu => "cpu",
             Self::Vulkan => "vulkan",
+            Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
         })
     }
@@ -47,6 +54,7 @@ pub fn compiled_devices() -> Vec<DeviceChoice> {
     let compiled = [
         (DeviceChoice::Cpu, true),
         (DeviceChoice::Vulkan, cfg!(feature = "vulkan")),
+        (DeviceChoice::Wgpu, cfg!(feature = "wgpu")),
         (DeviceChoice::Cuda, cfg!(feature = "cuda")),
     ];
     compiled.into_iter().filter_map(|(device, on)| on.then_some(device)).collect()
@@ -61,6 +69,12 @@ pub fn select_device(choice: DeviceChoice) -> Result<Device, String> {
         #[cfg(not(feature = "vulkan"))]
         DeviceChoice::Vulkan => Err("this rectok binary was built without the `vulkan` feature; rebuild with \
                      `cargo build --release --features vulkan`"
+            .into()),
+        #[cfg(feature = "wgpu")]
+        DeviceChoice::Wgpu => Ok(Device::wgpu(Default::default())),
+        #[cfg(not(feature = "wgpu"))]
+        DeviceChoice::Wgpu => Err("this rectok binary was built without the `wgpu` feature; rebuild with \
+                     `cargo build --release --features wgpu`"
             .into()),
         #[cfg(feature = "cuda")]
         DeviceChoice::Cuda => Ok(Device::cuda(0)),
@@ -136,4 +150,141 @@ pub fn set_cpu_threads(threads: Option<usize>) {
 /// Whether `device` is the CPU (flex), with or without autodiff.
 pub fn is_cpu(device: &Device) -> bool {
     device.clone().without_autodiff() == Device::flex()
+}
+
+/// Device-to-host reads made through [`read_back`] since the program started.
+static HOST_READS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many times tensor values were read back to the host through [`read_back`],
+/// [`read_f32`] or [`read_scalars`]. On a GPU each read waits for the queued kernels to finish,
+/// so the sampling loops, encode/decode batches and training steps make none beyond what their
+/// logging needs (tests/host_reads.rs counts them).
+pub fn host_reads() -> usize {
+    HOST_READS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Reads a tensor's values back to the host (counted by [`host_reads`]).
+pub fn read_back<const D: usize, K: Basic>(tensor: Tensor<D, K>) -> TensorData {
+    HOST_READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tensor.into_data()
+}
+
+/// A float tensor's values on the host as f32, whatever its precision (f16 and bf16 widen
+/// exactly).
+pub fn read_f32<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    read_back(tensor).try_into_vec_as::<f32>().expect("a float tensor converts to f32")
+}
+
+/// Several scalars (each a one-element tensor) read back in one transfer, as f64.
+pub fn read_scalars(scalars: Vec<Tensor<1>>) -> Vec<f64> {
+    if scalars.is_empty() {
+        return Vec::new();
+    }
+    let flat: Vec<Tensor<1>> = scalars.into_iter().map(|t| t.detach().reshape([1])).collect();
+    read_f32(Tensor::cat(flat, 0)).into_iter().map(f64::from).collect()
+}
+
+/// Arithmetic precision of the heavy operations (`--precision`, `run.precision`).
+///
+/// Half precision follows PyTorch's autocast, as the reference runs (docs/TRAINING.md: "bf16
+/// autocast for forward; losses in fp32; fp32 master weights"): the transformer blocks' matrix
+/// products and attention run in f16 or bf16 (burn's flash-attention kernels accumulate in f32);
+/// weights, optimizer state, embeddings, norms, residual streams, losses and reductions stay f32.
+/// Only GPU devices take it: the CPU backend has no half-precision matrix kernels, so there it
+/// would only convert back and forth and run slower.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Everything in f32 (the default; the golden cases' precision).
+    #[default]
+    F32,
+    /// Matrix products and attention in IEEE half precision (training scales the loss).
+    F16,
+    /// Matrix products and attention in bfloat16 (f32's range; no loss scaling needed).
+    Bf16,
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Self::F32),
+            "f16" | "fp16" | "float16" | "half" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            other => Err(format!("unknown precision '{other}' (expected f32, f16 or bf16)")),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+impl Precision {
+    /// The half type, or `None` for f32.
+    pub fn half(self) -> Option<burn::tensor::FloatDType> {
+        match self {
+            Self::F32 => None,
+            Self::F16 => Some(burn::tensor::FloatDType::F16),
+            Self::Bf16 => Some(burn::tensor::FloatDType::BF16),
+        }
+    }
+}
+
+/// The autocast type of this process: 0 = off, 1 = f16, 2 = bf16.
+static AUTOCAST: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Turns half-precision autocast on or off for work on `device` (for the whole process); `option`
+/// names the setting in errors. Refuses half precision on the CPU and on a GPU whose driver
+/// lacks the type.
+pub fn set_precision(precision: Precision, device: &Device, option: &str) -> Result<(), String> {
+    let code = match precision.half() {
+        None => 0,
+        Some(half) => {
+            if is_cpu(device) {
+                return Err(half_on_cpu(precision, option));
+            }
+            if !device.supports_dtype(half) {
+                return Err(format!(
+                    "{option} {precision}: this GPU's driver does not support {precision} arithmetic; use f32{}",
+                    if precision == Precision::F16 { " or bf16" } else { " or f16" }
+                ));
+            }
+            if precision == Precision::F16 { 1 } else { 2 }
+        }
+    };
+    AUTOCAST.store(code, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// The half type the heavy operations run in under autocast ([`set_precision`]), for an f32
+/// tensor off the CPU; `None` where they run in f32.
+pub fn autocast<const D: usize>(x: &Tensor<D>) -> Option<burn::tensor::FloatDType> {
+    let half = match AUTOCAST.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => return None,
+        1 => burn::tensor::FloatDType::F16,
+        _ => burn::tensor::FloatDType::BF16,
+    };
+    (x.dtype() == burn::tensor::DType::F32 && !is_cpu(&x.device())).then_some(half)
+}
+
+/// Refuses half precision on the CPU before anything starts (`option` names the setting).
+pub fn check_precision_device(precision: Precision, device: DeviceChoice, option: &str) -> Result<(), String> {
+    if precision != Precision::F32 && device == DeviceChoice::Cpu {
+        return Err(half_on_cpu(precision, option));
+    }
+    Ok(())
+}
+
+fn half_on_cpu(precision: Precision, option: &str) -> String {
+    format!(
+        "{option} {precision} needs a GPU device (vulkan or cuda): the CPU backend has no half-precision matrix \
+         kernels, so it would only run slower than f32"
+    )
 }

@@ -33,7 +33,7 @@ impl Trace {
         if let Some(entries) = self.entries.as_mut() {
             // A copy of the bytes: on wgpu the data read back may share memory that a later
             // in-place update of the same tensor overwrites.
-            let data = value.to_data();
+            let data = crate::device::read_back(value.clone());
             let copy = TensorData::from_bytes_vec(data.as_bytes().to_vec(), data.shape().clone(), data.dtype());
             entries.push((name.to_string(), copy));
         }

@@ -381,6 +381,12 @@ fn every_command_refuses_its_bad_inputs_cleanly() {
             c(&["bench", "tokenizer"], &s(&["--iters", "0"]), "--iters"),
             c(&["bench", "dit"], &s(&["--batch-sizes", "0"]), "--batch-sizes"),
             c(&["demo"], &s(&["--threads", "100000", "--out", &out]), "--threads"),
+            c(
+                &["encode"],
+                &enc(&s(&["-i", &w("imgs"), "-o", &w("out/l.safetensors"), "--precision", "bf16"])),
+                "--precision bf16 needs a GPU",
+            ),
+            c(&["encode"], &enc(&s(&["-i", &w("imgs"), "-o", &w("out/l.safetensors"), "--precision", "f8"])), "f8"),
             // train tokenizer: every recipe field has a range, typos are caught, --out is checked.
             c(&["train", "tokenizer"], &s(&["--out", &out, "--set", "optim.lr=-1"]), "optim.lr"),
             c(&["train", "tokenizer"], &s(&["--out", &out, "--set", "optim.lr=nan"]), "optim.lr"),
@@ -394,6 +400,13 @@ fn every_command_refuses_its_bad_inputs_cleanly() {
             c(&["train", "tokenizer"], &s(&["--out", &out, "--set", "model.encoder.heads=5"]), "heads"),
             c(&["train", "tokenizer"], &s(&["--out", &out, "--set", "run.threads=100000"]), "run.threads"),
             c(&["train", "tokenizer"], &s(&["--out", &out, "--set", "run.device=tpu"]), "run.device"),
+            // Half precision is for GPU devices; the CPU refuses it before starting anything.
+            c(
+                &["train", "tokenizer"],
+                &s(&["--out", &out, "--set", "run.precision=\"f16\""]),
+                "run.precision f16 needs a GPU",
+            ),
+            c(&["train", "tokenizer"], &s(&["--out", &out, "--set", "run.precision=\"f64\""]), "run.precision"),
             c(&["train", "tokenizer"], &s(&["--out", &out, "--set", "data.workers=0"]), "data.workers"),
             c(&["train", "tokenizer"], &s(&["--out", &out, "--set", "optim.batch_sise=4"]), "batch_sise"),
             c(&["train", "tokenizer"], &s(&["--out", &out, "--max-steps", "0"]), "--max-steps"),

@@ -223,3 +223,160 @@ fn training_steps_match_the_cpu() {
         assert!(w < 1e-3, "{file}: {key} after 3 steps differs by {w:e} (relative)");
     }
 }
+
+/// Whether this Vulkan driver does arithmetic in `precision` (f16 or bf16); says so when not.
+fn supports(precision: &str) -> bool {
+    let dtype = match precision {
+        "f16" => burn::tensor::DType::F16,
+        _ => burn::tensor::DType::BF16,
+    };
+    let ok = burn::tensor::Device::vulkan(Default::default()).supports_dtype(dtype);
+    if !ok {
+        eprintln!("SKIPPED: this Vulkan driver has no {precision} arithmetic");
+    }
+    ok
+}
+
+/// Half precision (autocast) against f32 on the same device: encode, reconstruct, generate and
+/// three training steps of both trainers, within the tolerances the README states.
+#[test]
+fn half_precision_matches_f32() {
+    if !vulkan_driver() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tok = tiny_tokenizer(d);
+    let (tok, photos) = (tok.to_str().unwrap(), fixture("photos"));
+    let photos = photos.to_str().unwrap();
+    let generator = tiny_generator(d, "gen.safetensors", 1, 8, 0.02);
+    let frozen = converted_tokenizer(d, "frozen.safetensors", &["--inference-only", "-q"]);
+    let run = |precision: &str, args: &[&str]| {
+        let o = rectok().args(args).args(["--device", "vulkan", "--precision", precision]).output().unwrap();
+        assert!(o.status.success(), "{precision}: {}", stderr(&o));
+    };
+    let train = |precision: &str| {
+        let set = format!("run.precision=\"{precision}\"");
+        let out = d.join(format!("tok-{precision}"));
+        let o = rectok()
+            .args(["train", "tokenizer", "--config", "tiny", "--out"])
+            .arg(&out)
+            .args(["--set", "data.source=\"procedural:48\"", "--set", "optim.batch_size=8", "--set", "run.max_steps=3"])
+            .args(["--set", "run.log_every=1", "--set", "run.sample_every=0", "--set", "teacher.resolution=32"])
+            .args(["--set", "run.device=\"vulkan\"", "--set", &set])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "tokenizer, {precision}: {}", stderr(&o));
+        let out = d.join(format!("gen-{precision}"));
+        let o = rectok()
+            .args(["train", "generator", "--config", "ditdh-tiny", "--tokenizer"])
+            .arg(&frozen)
+            .arg("--out")
+            .arg(&out)
+            .args(["--data", "procedural:32", "--set", "optim.batch_size=8", "--set", "run.max_steps=3"])
+            .args(["--set", "run.log_every=1", "--set", "run.sample_every=0", "--set", "run.fd_images=0"])
+            .args(["--set", "sample.steps=2", "--set", "sample.grid_per_class=1"])
+            .args(["--set", "run.device=\"vulkan\"", "--set", &set])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "generator, {precision}: {}", stderr(&o));
+    };
+    let infer = |precision: &str| {
+        let latents = d.join(format!("{precision}.safetensors"));
+        run(precision, &["encode", "--tokenizer", tok, "--input", photos, "--output", latents.to_str().unwrap()]);
+        let recon = d.join(format!("recon-{precision}"));
+        run(precision, &["reconstruct", "--tokenizer", tok, "--input", photos, "--output", recon.to_str().unwrap()]);
+        let samples = d.join(format!("samples-{precision}"));
+        let generate = ["generate", "--tokenizer", tok, "--generator", generator.to_str().unwrap()];
+        let options = ["--classes", "1,3", "--num-per-class", "2", "--steps", "4", "--cfg", "2.0", "--output"];
+        run(precision, &[&generate[..], &options[..], &[samples.to_str().unwrap()]].concat());
+    };
+    infer("f32");
+    train("f32");
+    // (precision, latents, reconstruction levels, sample levels, losses; all relative but levels)
+    for (precision, latent_tol, recon_levels, sample_levels, loss_tol) in
+        [("f16", 5e-3, 2, 2, 1e-2), ("bf16", 3e-2, 8, 8, 5e-2)]
+    {
+        if !supports(precision) {
+            continue;
+        }
+        infer(precision);
+        let (rel, key) = max_rel_diff(&d.join("f32.safetensors"), &d.join(format!("{precision}.safetensors")));
+        let recon = max_level_diff(&d.join("recon-f32"), &d.join(format!("recon-{precision}")));
+        let samples = max_level_diff(&d.join("samples-f32"), &d.join(format!("samples-{precision}")));
+        eprintln!(
+            "{precision}: latents {rel:e} (relative, {key}), reconstructions {recon} levels, samples {samples} levels"
+        );
+        assert!(rel < latent_tol, "{precision}: latents {key} differ from f32 by {rel:e}");
+        assert!(recon <= recon_levels, "{precision}: reconstructions differ from f32 by {recon} levels");
+        assert!(samples <= sample_levels, "{precision}: samples differ from f32 by {samples} levels");
+        train(precision);
+        assert_same_losses(&d.join("tok-f32"), &d.join(format!("tok-{precision}")), loss_tol);
+        assert_same_losses(&d.join("gen-f32"), &d.join(format!("gen-{precision}")), loss_tol);
+        // f16 keeps its loss scale in the checkpoint; bf16 needs none.
+        let state = std::fs::read_to_string(d.join(format!("gen-{precision}/checkpoints/step_00000003/state.json")));
+        let state: serde_json::Value = serde_json::from_str(&state.unwrap()).unwrap();
+        assert_eq!(state["loss_scale"].is_object(), precision == "f16", "{precision}: {}", state["loss_scale"]);
+    }
+}
+
+/// `rectok args… --device device` (which must succeed), its stdout.
+fn stdout_on(device: &str, args: &[&str]) -> String {
+    let o = rectok().args(args).args(["--device", device]).output().unwrap();
+    assert!(o.status.success(), "{device} {args:?}: {}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The other commands that take `--device` run on Vulkan and give the CPU's results: decode,
+/// latent statistics, the teacher check, and the tokenizer, generator and probe evaluations.
+#[test]
+fn every_other_command_matches_the_cpu() {
+    if !vulkan_driver() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tok = tiny_tokenizer(d);
+    let (tok, photos) = (tok.to_str().unwrap(), fixture("photos"));
+    let photos = photos.to_str().unwrap();
+    let generator = tiny_generator(d, "gen.safetensors", 1, 8, 0.02);
+    let latents = d.join("latents.safetensors");
+    ok_on("cpu", &["encode", "--tokenizer", tok, "--input", photos, "--output", latents.to_str().unwrap()]);
+    let json = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join(name)).unwrap()).unwrap()
+    };
+    for device in ["cpu", "vulkan"] {
+        let p = |name: &str| d.join(format!("{name}-{device}")).to_str().unwrap().to_string();
+        ok_on(device, &["decode", "--tokenizer", tok, "--input", latents.to_str().unwrap(), "--output", &p("decoded")]);
+        let stats = p("stats") + ".safetensors";
+        ok_on(device, &["latent-stats", "--tokenizer", tok, "--data", photos, "--output", &stats]);
+        let top5 = stdout_on(device, &["teacher", "check", &fixture("photos/rocket.jpg").to_string_lossy()]);
+        std::fs::write(p("teacher"), top5).unwrap();
+        let limit = ["--limit", "6", "--batch-size", "3"];
+        ok_on(device, &[&["eval", "tokenizer", "--tokenizer", tok][..], &limit, &["--json", &p("tok")]].concat());
+        let sampling = ["--num-samples", "4", "--steps", "3", "--ref-data", "procedural:20"];
+        let generate = ["eval", "generator", "--tokenizer", tok, "--generator", generator.to_str().unwrap()];
+        ok_on(device, &[&generate[..], &sampling, &["--json", &p("gen")]].concat());
+        let probe = ["eval", "probe", "--tokenizer", tok, "--data", "procedural:60", "--epochs", "3"];
+        ok_on(device, &[&probe[..], &["--json", &p("probe")]].concat());
+    }
+    assert!(max_level_diff(&d.join("decoded-cpu"), &d.join("decoded-vulkan")) <= 1, "decode");
+    let (rel, key) = max_rel_diff(&d.join("stats-cpu.safetensors"), &d.join("stats-vulkan.safetensors"));
+    assert!(rel < 1e-4, "latent statistics {key} differ by {rel:e}");
+    let top =
+        |s: String| s.lines().find(|l| l.contains("top-5")).unwrap_or_default().split(", ").next().map(String::from);
+    let (a, b) = (std::fs::read_to_string(d.join("teacher-cpu")), std::fs::read_to_string(d.join("teacher-vulkan")));
+    assert_eq!(top(a.unwrap()), top(b.unwrap()), "the teacher's top class");
+    let (a, b) = (json("tok-cpu"), json("tok-vulkan"));
+    let (pa, pb) = (a["results"]["psnr"].as_f64().unwrap(), b["results"]["psnr"].as_f64().unwrap());
+    assert!((pa - pb).abs() < 1e-3, "PSNR {pa} (cpu) vs {pb} (vulkan)");
+    let (a, b) = (json("gen-cpu"), json("gen-vulkan"));
+    let (fa, fb) =
+        (a["results"]["distance"]["value"].as_f64().unwrap(), b["results"]["distance"]["value"].as_f64().unwrap());
+    assert!((fa - fb).abs() <= 1e-2 * fa.abs(), "gFD {fa} (cpu) vs {fb} (vulkan)");
+    let (a, b) = (json("probe-cpu"), json("probe-vulkan"));
+    assert_eq!(a["train_images"], b["train_images"]);
+    let (ta, tb) = (a["top1_held_out"].as_f64().unwrap(), b["top1_held_out"].as_f64().unwrap());
+    assert!((ta - tb).abs() <= 0.05, "probe top-1 {ta} (cpu) vs {tb} (vulkan)");
+    eprintln!("other commands: PSNR {pa:.4}/{pb:.4} dB, gFD {fa:.4}/{fb:.4}, probe top-1 {ta}/{tb} (cpu/vulkan)");
+}

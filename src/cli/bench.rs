@@ -1,7 +1,7 @@
 //! `rectok bench`: throughput of the networks with random weights, as ratios to the reference
 //! PyTorch implementation timed on the same machine.
 
-use crate::device::DeviceChoice;
+use crate::device::{DeviceChoice, Precision};
 use crate::nn::init::{TokenizerInit, initialize};
 use crate::rng::Rng;
 use crate::tokenizer::RecTokConfig;
@@ -36,11 +36,21 @@ pub struct BenchOptions {
     /// CPU threads.
     #[arg(long)]
     threads: Option<usize>,
+    /// Arithmetic precision on a GPU device: f32, f16 or bf16 (autocast, as `--precision`
+    /// elsewhere).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 impl BenchOptions {
     /// Checks the shared ranges and files, sets the threads and opens the results table.
-    fn start(&self, iters: usize, batch_sizes: &[usize], stated: &'static [Stated]) -> Result<Table> {
+    fn start(
+        &self,
+        iters: usize,
+        batch_sizes: &[usize],
+        stated: &'static [Stated],
+        device: DeviceChoice,
+    ) -> Result<Table> {
         super::common::between("--iters", iters, 1, 1000)?;
         if let Some(&b) = batch_sizes.iter().find(|&&b| !(1..=1024).contains(&b)) {
             anyhow::bail!("--batch-sizes must each be between 1 and 1024, got {b}");
@@ -51,10 +61,26 @@ impl BenchOptions {
             inputs.add_opt(self.reference.as_deref(), "--reference");
             inputs.check_output_file(path, "--json")?;
         }
+        crate::device::check_precision_device(self.precision, device, "--precision").map_err(|e| anyhow!(e))?;
         crate::device::set_cpu_threads(self.threads);
         let reference = self.reference.as_deref().map(read_reference).transpose()?;
-        let record = serde_json::json!({"threads": rayon::current_num_threads()});
+        // The stated figures are the reference's on the development machine's CPU, in f32.
+        let stated = if device == DeviceChoice::Cpu && self.precision == Precision::F32 { stated } else { &[] };
+        let record = serde_json::json!({
+            "threads": rayon::current_num_threads(),
+            "device": device.to_string(),
+            "precision": self.precision.to_string(),
+        });
         Ok(Table { reference, stated, record, json: self.json.clone() })
+    }
+}
+
+impl BenchOptions {
+    /// The bench's device, with `--precision` in force.
+    fn device(&self, choice: DeviceChoice) -> Result<Device> {
+        let device = crate::device::select_device(choice).map_err(|e| anyhow!(e))?;
+        crate::device::set_precision(self.precision, &device, "--precision").map_err(|e| anyhow!(e))?;
+        Ok(device)
     }
 }
 
@@ -150,6 +176,9 @@ pub struct TrainBench {
     /// most 4; 1: off).
     #[arg(long, default_value_t = 0)]
     data_parallel: usize,
+    /// Compute device (`run.device`).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
     #[command(flatten)]
     common: BenchOptions,
 }
@@ -157,17 +186,23 @@ pub struct TrainBench {
 fn run_train(args: TrainBench) -> Result<()> {
     use crate::train::config::TokenizerTrainConfig;
     use crate::train::tokenizer::TokenizerTrainer;
-    let mut table = args.common.start(args.iters, &args.batch_sizes, TRAIN_REFERENCE)?;
+    let mut table = args.common.start(args.iters, &args.batch_sizes, TRAIN_REFERENCE, args.device)?;
     let dp = args.data_parallel;
     super::common::ensure(dp <= 64, "--data-parallel", "between 0 (automatic) and 64", dp)?;
-    let replicas = crate::train::params::replicas(args.data_parallel, &Device::flex());
+    let replicas = crate::train::params::replicas(args.data_parallel, &args.common.device(args.device)?);
     table.record["data_parallel"] = replicas.into();
     println!(
-        "training step (tokenizer: tiny, rectok_b; generator: ditdh-tiny, ditdh_s), {} CPU threads, {replicas} \
-            data-parallel replica(s)",
+        "training step (tokenizer: tiny, rectok_b; generator: ditdh-tiny, ditdh_s), device {} ({}), {} CPU threads, \
+            {replicas} data-parallel replica(s)",
+        args.device,
+        args.common.precision,
         rayon::current_num_threads()
     );
-    let dp = format!("run.data_parallel={}", args.data_parallel);
+    let run_options = [
+        format!("run.data_parallel={}", args.data_parallel),
+        format!("run.device=\"{}\"", args.device),
+        format!("run.precision=\"{}\"", args.common.precision),
+    ];
     println!(
         "{:<10} {:>6} {:>10} {:>10} {:>12} {:>8}",
         "recipe", "batch", "s/step", "images/s", "reference s", "ratio"
@@ -183,14 +218,14 @@ fn run_train(args: TrainBench) -> Result<()> {
         for b in batches {
             let dir = tempfile::tempdir().context("temporary run folder")?;
             let (batch, t) = if name.starts_with("ditdh") {
-                time_generator_step(name, b, args.iters, &dp, dir.path())?
+                time_generator_step(name, b, args.iters, &run_options, dir.path())?
             } else {
                 let mut overrides = vec![
                     "run.checkpoint_every=1000000".to_string(),
                     "data.grid_images=1".into(),
                     "data.flip=false".into(),
-                    dp.clone(),
                 ];
+                overrides.extend(run_options.iter().cloned());
                 if name != "tiny" {
                     overrides.extend([
                         format!("optim.batch_size={b}"),
@@ -216,13 +251,13 @@ fn run_train(args: TrainBench) -> Result<()> {
 
 /// Times one generator training step of `recipe` in `dir` (latents from a cache of a
 /// random-weight tokenizer: tiny for `ditdh-tiny`, rectok_b geometry for the others); `batch` 0
-/// keeps the recipe's; `data_parallel` is the `run.data_parallel` override. Returns the batch
-/// size and the median seconds.
+/// keeps the recipe's; `run_options` are `run.*` overrides. Returns the batch size and the
+/// median seconds.
 fn time_generator_step(
     recipe: &str,
     batch: usize,
     iters: usize,
-    data_parallel: &str,
+    run_options: &[String],
     dir: &Path,
 ) -> Result<(usize, f64)> {
     use crate::train::generator::GeneratorTrainer;
@@ -239,8 +274,8 @@ fn time_generator_step(
         "run.fd_images=0".into(),
         "data.flip=false".into(),
         "optim.accum_steps=1".into(),
-        data_parallel.to_string(),
     ];
+    overrides.extend(run_options.iter().cloned());
     if batch > 0 {
         overrides.push(format!("optim.batch_size={batch}"));
     }
@@ -265,6 +300,10 @@ pub struct DitBench {
     /// Timed repetitions per measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     iters: usize,
+    /// Also time one whole sample per model with this many grid points (`generate --steps`;
+    /// Euler, no guidance, batch 1; 0: not).
+    #[arg(long, default_value_t = 0)]
+    sample_steps: usize,
     /// Compute device.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
@@ -274,9 +313,20 @@ pub struct DitBench {
 
 fn run_dit(args: DitBench) -> Result<()> {
     use crate::generator::DitDhConfig;
-    let mut table = args.common.start(args.iters, &args.batch_sizes, DIT_REFERENCE)?;
-    let device = crate::device::select_device(args.device).map_err(|e| anyhow!(e))?;
-    println!("DiT^DH on 128×16×16 latents, device {}, {} CPU threads", args.device, rayon::current_num_threads());
+    let mut table = args.common.start(args.iters, &args.batch_sizes, DIT_REFERENCE, args.device)?;
+    super::common::ensure(
+        args.sample_steps != 1 && args.sample_steps <= 1000,
+        "--sample-steps",
+        "0 (off) or between 2 and 1000",
+        args.sample_steps,
+    )?;
+    let device = args.common.device(args.device)?;
+    println!(
+        "DiT^DH on 128×16×16 latents, device {} ({}), {} CPU threads",
+        args.device,
+        args.common.precision,
+        rayon::current_num_threads()
+    );
     println!(
         "{:<6} {:>6} {:>12} {:>14} {:>16} {:>8}",
         "model", "batch", "s/forward", "50-step im/s", "reference s/fwd", "ratio"
@@ -297,6 +347,24 @@ fn run_dit(args: DitBench) -> Result<()> {
             let per_image = secs * 49.0 / b as f64;
             println!("{name:<6} {b:>6} {secs:>12.3} {:>14.4} {r:>16} {ratio:>8}", 1.0 / per_image);
         }
+        if args.sample_steps > 0 {
+            let grid = crate::rectified_flow::ode_grid(args.sample_steps, model.config.time_shift());
+            let secs = median_step_seconds(args.iters, || {
+                let z = crate::generator::sampler::sample_class_latents(
+                    &model,
+                    &crate::generator::Guidance::None,
+                    &[0],
+                    0,
+                    0,
+                    &grid,
+                    crate::generator::Integrator::Euler,
+                    |_| {},
+                );
+                Ok(crate::device::read_f32(z))
+            })?;
+            table.record[format!("{name}_sample")][args.sample_steps.to_string()] = serde_json::json!(secs);
+            println!("{name:<6} one {}-step sample (batch 1): {secs:.3} s", args.sample_steps);
+        }
     }
     table.finish()
 }
@@ -304,6 +372,10 @@ fn run_dit(args: DitBench) -> Result<()> {
 /// Options of `rectok bench tokenizer`.
 #[derive(clap::Args, Debug)]
 pub struct TokenizerBench {
+    /// Tokenizer geometry: `rectok_b` (the released one, 256 px) or `tiny` (the test fixture's,
+    /// for slow devices such as a software Vulkan driver).
+    #[arg(long, default_value = "rectok_b")]
+    model: String,
     /// Batch sizes to time.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     batch_sizes: Vec<usize>,
@@ -318,15 +390,22 @@ pub struct TokenizerBench {
 }
 
 fn run_tokenizer(args: TokenizerBench) -> Result<()> {
-    let mut table = args.common.start(args.iters, &args.batch_sizes, TOKENIZER_REFERENCE)?;
-    let device = crate::device::select_device(args.device).map_err(|e| anyhow!(e))?;
-    let config = RecTokConfig::rectok_b().with_teacher_dim(None);
+    let (config, stated) = match crate::config::canonical_name(&args.model).as_str() {
+        "rectok-b" | "b" => (RecTokConfig::rectok_b(), TOKENIZER_REFERENCE),
+        "tiny" => (RecTokConfig::tiny(), &[][..]),
+        other => anyhow::bail!("--model: unknown tokenizer `{other}` (rectok_b, tiny)"),
+    };
+    let config = config.with_teacher_dim(None);
+    let mut table = args.common.start(args.iters, &args.batch_sizes, stated, args.device)?;
+    let device = args.common.device(args.device)?;
     let mut rng = Rng::seed_from(0);
     let model = initialize(config.init(&device), &TokenizerInit, &mut rng);
     println!(
-        "rectok_b tokenizer, {} parameters, device {}, {} CPU threads",
+        "{} tokenizer, {} parameters, device {} ({}), {} CPU threads",
+        args.model,
         model.num_inference_params(),
         args.device,
+        args.common.precision,
         rayon::current_num_threads()
     );
     println!(

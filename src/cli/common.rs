@@ -3,7 +3,7 @@
 use crate::data::images::load_rgb8_then;
 use crate::data::transforms::center_crop_arr;
 use crate::data::{DataSpec, ImageSource, list_images};
-use crate::device::{DeviceChoice, select_device, set_cpu_threads};
+use crate::device::{DeviceChoice, Precision, check_precision_device, select_device, set_cpu_threads, set_precision};
 use crate::generator::{DitDh, DitDhConfig, Guidance};
 use crate::io::{Inputs, progress};
 use crate::tokenizer::{RecTok, RecTokConfig};
@@ -15,12 +15,16 @@ use image::RgbImage;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
-/// `--device` / `--threads`.
+/// `--device` / `--precision` / `--threads`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeviceArgs {
-    /// Compute device: cpu (always available), vulkan or cuda (when built with those features).
+    /// Compute device: cpu (always available), vulkan, wgpu or cuda (when built with those features).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// Arithmetic precision on a GPU device: f32, f16 or bf16 (autocast: the transformer blocks'
+    /// matrix products and attention in half, the rest in f32; refused on the CPU).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     /// CPU worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -33,14 +37,16 @@ impl DeviceArgs {
         if !crate::device::compiled_devices().contains(&self.device) {
             select_device(self.device).map_err(|e| anyhow!(e))?;
         }
-        Ok(())
+        check_precision_device(self.precision, self.device, "--precision").map_err(|e| anyhow!(e))
     }
 
     /// Configures threads and returns the device.
     pub fn device(&self) -> Result<Device> {
         self.validate()?;
         set_cpu_threads(self.threads);
-        select_device(self.device).map_err(|e| anyhow!(e))
+        let device = select_device(self.device).map_err(|e| anyhow!(e))?;
+        set_precision(self.precision, &device, "--precision").map_err(|e| anyhow!(e))?;
+        Ok(device)
     }
 }
 

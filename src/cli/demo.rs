@@ -1,6 +1,7 @@
 //! `rectok demo` and `rectok ablate`: the whole pipeline on built-in data.
 
 use super::common::check_threads;
+use crate::device::DeviceChoice;
 use crate::pipeline::ablate::run_ablation;
 use crate::pipeline::demo::{run_demo, summary_rows};
 use anyhow::Result;
@@ -18,6 +19,10 @@ pub struct DemoArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Compute device for training and measuring: cpu, vulkan, wgpu or cuda (the budget is the
+    /// CPU's either way).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
 }
 
 /// `rectok ablate`.
@@ -37,14 +42,23 @@ pub struct AblateArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Compute device for training and measuring: cpu, vulkan, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+}
+
+/// Refuses a device this binary was built without, before anything is written.
+fn check_device(device: DeviceChoice) -> Result<()> {
+    crate::device::select_device(device).map(|_| ()).map_err(|e| anyhow::anyhow!("--device {device}: {e}"))
 }
 
 pub fn run_demo_command(a: DemoArgs) -> Result<()> {
     check_threads(a.threads)?;
+    check_device(a.device)?;
     crate::io::check_output_folder(&a.out, "--out")?;
     crate::device::set_cpu_threads(a.threads);
     let started = std::time::Instant::now();
-    let rows = summary_rows(&run_demo(&a.out, a.quick)?);
+    let rows = summary_rows(&run_demo(&a.out, a.quick, a.device)?);
     let w = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
     println!(
         "\nrectok demo{} — finished in {:.0} s",
@@ -61,10 +75,11 @@ pub fn run_demo_command(a: DemoArgs) -> Result<()> {
 
 pub fn run_ablate_command(a: AblateArgs) -> Result<()> {
     check_threads(a.threads)?;
+    check_device(a.device)?;
     crate::io::check_output_folder(&a.out, "--out")?;
     crate::device::set_cpu_threads(a.threads);
     let started = std::time::Instant::now();
-    run_ablation(&a.out, &a.only, a.quick)?;
+    run_ablation(&a.out, &a.only, a.quick, a.device)?;
     println!("{}", std::fs::read_to_string(a.out.join("ablation.md"))?);
     println!("finished in {:.0} s; report: {}", started.elapsed().as_secs_f64(), a.out.join("report.html").display());
     Ok(())

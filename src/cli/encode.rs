@@ -60,7 +60,7 @@ pub fn run(args: Args) -> Result<()> {
         let z = if normalize { model.normalize_z(z) } else { z };
         let grid = model.tokens_to_grid(z);
         let [_, c, h, w] = grid.dims();
-        let values: Vec<f32> = grid.into_data().try_into_vec_as::<f32>().expect("f32 latents");
+        let values = crate::device::read_f32(grid);
         for (name, v) in names.into_iter().zip(values.chunks(c * h * w)) {
             if v.iter().any(|x| !x.is_finite()) {
                 bail!(

@@ -43,7 +43,7 @@ pub fn run(args: Args) -> Result<()> {
     let images =
         inputs.for_each_batch(args.batch_size, Some(model.config.img_size), "latent statistics", |_, images| {
             let mean = model.posterior(images_to_tensor(&images, &device)).mean;
-            moments.add(&mean.into_data().try_into_vec_as::<f32>().expect("f32"));
+            moments.add(&crate::device::read_f32(mean));
             Ok(())
         })?;
     if images == 0 {

@@ -5,7 +5,6 @@ use crate::data::transforms::{center_crop_arr, images_to_tensor};
 use crate::teacher::efficientnet::classifier_input;
 use crate::teacher::{Teacher, TeacherSpec};
 use anyhow::{Result, bail};
-use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use std::path::PathBuf;
 
@@ -28,6 +27,8 @@ pub struct CheckArgs {
     /// Images.
     #[arg(required = true)]
     images: Vec<PathBuf>,
+    #[command(flatten)]
+    device: super::common::DeviceArgs,
 }
 
 /// Top-`k` `(class, probability)` of a probability vector.
@@ -41,7 +42,7 @@ pub fn run(which: Which) -> Result<()> {
     let Which::Check(args) = which;
     let ok = (16..=4096).contains(&args.size) && args.size.is_multiple_of(16);
     super::common::ensure(ok, "--size", "a multiple of 16 between 16 and 4096", args.size)?;
-    let device = Device::flex();
+    let device = args.device.device()?;
     let teacher = Teacher::load(&args.teacher, &device)?;
     println!("teacher: {} ({}-d features)", teacher.name(), teacher.dim());
     for path in &args.images {
@@ -60,13 +61,13 @@ pub fn run(which: Which) -> Result<()> {
         match &teacher {
             Teacher::EfficientNet(m) => {
                 let logits = m.logits(classifier_input(&img, &device));
-                let p: Vec<f32> = softmax(logits, 1).into_data().try_into_vec_as()?;
+                let p = crate::device::read_f32(softmax(logits, 1));
                 let top: Vec<String> = top_k(&p, 5).iter().map(|(c, v)| format!("{c} ({v:.3})")).collect();
                 println!("{name}\ttop-5 ImageNet classes: {}", top.join(", "));
             }
             Teacher::Dinov3(_) => {
                 let x = images_to_tensor(&[center_crop_arr(&img, args.size)], &device);
-                let v: Vec<f32> = teacher.features(x, args.size / 16, None).into_data().try_into_vec_as()?;
+                let v = crate::device::read_f32(teacher.features(x, args.size / 16, None));
                 let d = teacher.dim();
                 let n = v.len() as f64;
                 let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;

@@ -216,7 +216,7 @@ pub fn images_to_tensor(images: &[RgbImage], device: &Device) -> Tensor<4> {
 pub fn tensor_to_images(x: Tensor<4>) -> anyhow::Result<Vec<RgbImage>> {
     let [b, c, h, w] = x.dims();
     assert_eq!(c, 3, "expected RGB images");
-    let v: Vec<f32> = x.into_data().try_into_vec_as::<f32>().expect("f32 images");
+    let v = crate::device::read_f32(x);
     let plane = 3 * h * w;
     let bad: Vec<usize> = (0..b).filter(|&i| v[i * plane..(i + 1) * plane].iter().any(|p| !p.is_finite())).collect();
     if !bad.is_empty() {
@@ -244,7 +244,7 @@ pub fn tensor_to_images(x: Tensor<4>) -> anyhow::Result<Vec<RgbImage>> {
 /// `(B, 3, H, W)` tensor values as per-image host vectors (for metrics).
 pub fn tensor_to_planes(x: Tensor<4>) -> Vec<Vec<f32>> {
     let [b, c, h, w] = x.dims();
-    let v: Vec<f32> = x.into_data().try_into_vec_as::<f32>().expect("f32 images");
+    let v = crate::device::read_f32(x);
     v.chunks(c * h * w).take(b).map(|s| s.to_vec()).collect()
 }
 

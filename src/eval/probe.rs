@@ -71,7 +71,7 @@ pub fn extract_features(
             ProbeFeatures::Flat => z.reshape([b, l * c]),
         };
         let dim = z.dims()[1];
-        let v: Vec<f32> = z.into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let v = crate::device::read_f32(z);
         out.features.extend(v.chunks(dim).map(|r| r.to_vec()));
         out.labels.extend(batch.labels);
     }

@@ -38,7 +38,7 @@ pub struct Features {
 }
 
 fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data().try_to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))
+    Ok(crate::device::read_f32(t))
 }
 
 impl Extractor {

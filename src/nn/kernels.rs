@@ -13,7 +13,7 @@ use burn::backend::flex::{FlexTensor, Layout};
 use burn::nn::{Linear, RmsNorm};
 use burn::prelude::*;
 use burn::tensor::module::attention as sdpa;
-use burn::tensor::{Bytes, DType, Shape};
+use burn::tensor::{Bytes, DType, FloatDType, Shape};
 use rayon::prelude::*;
 
 /// Set `RECTOK_GENERIC_KERNELS=1` to force the generic composition everywhere (for comparisons).
@@ -243,7 +243,16 @@ pub fn linear_residual<const D: usize>(layer: &Linear, x: Tensor<D>, residual: T
 fn linear_impl<const D: usize>(layer: &Linear, x: Tensor<D>, residual: Option<Tensor<D>>) -> Tensor<D> {
     let w = layer.weight.val();
     if !is_fast(&x) || !is_fast(&w) || residual.as_ref().is_some_and(|r| !is_fast(r)) {
-        let y = layer.forward(x);
+        let y = match crate::device::autocast(&x) {
+            // Autocast: the product in half precision, the result back in f32.
+            Some(half) => burn::tensor::module::linear(
+                x.cast(half),
+                w.cast(half),
+                layer.bias.as_ref().map(|b| b.val().cast(half)),
+            )
+            .cast(FloatDType::F32),
+            None => layer.forward(x),
+        };
         return match residual {
             Some(r) => r + y,
             None => y,
@@ -441,7 +450,13 @@ fn attention_generic(qkv: Tensor<3>, heads: usize, rope: Option<&RopeTable>) -> 
         q = rope.apply(q);
         k = rope.apply(k);
     }
-    sdpa(q, k, v, None, None, Default::default()).swap_dims(1, 2).reshape([b, l, d])
+    let out = match crate::device::autocast(&q) {
+        Some(half) => {
+            sdpa(q.cast(half), k.cast(half), v.cast(half), None, None, Default::default()).cast(FloatDType::F32)
+        }
+        None => sdpa(q, k, v, None, None, Default::default()),
+    };
+    out.swap_dims(1, 2).reshape([b, l, d])
 }
 
 /// Self-attention from a fused qkv projection (see [`attention_generic`] for the layout).

@@ -197,7 +197,12 @@ fn plot(results: &[PipelineResult], path: &Path) -> Result<()> {
 /// Runs every variant into `out/<variant>/` (finished variants with the same budget are read
 /// back from their `result.json`, so an interrupted ablation continues), then writes `ablation.md`,
 /// `ablation.json`, `ablation.png` and `report.html`.
-pub fn run_ablation(out: &Path, only: &[String], quick: bool) -> Result<Vec<PipelineResult>> {
+pub fn run_ablation(
+    out: &Path,
+    only: &[String],
+    quick: bool,
+    device: crate::device::DeviceChoice,
+) -> Result<Vec<PipelineResult>> {
     let names = variants().iter().map(|v| v.name.clone()).collect::<Vec<_>>().join(", ");
     if let Some(empty) = only.iter().find(|o| o.trim().is_empty()) {
         anyhow::bail!("--only: `{empty}` names no variant (names: {names})");
@@ -227,7 +232,7 @@ pub fn run_ablation(out: &Path, only: &[String], quick: bool) -> Result<Vec<Pipe
                     std::fs::remove_dir_all(out.join(&variant.name))?;
                 }
                 eprintln!("[{}/{}] {}", i + 1, chosen.len(), variant.description);
-                let r = run_variant(out, variant, &budget, 0)?;
+                let r = run_variant(out, variant, &budget, 0, device)?;
                 write_json(&done, &serde_json::json!({ "budget": budget_json, "result": r }))?;
                 r
             }

@@ -37,14 +37,14 @@ pub fn budget(quick: bool) -> Budget {
 }
 
 /// Runs the demo into `out` and writes `report.html` and `report.json`.
-pub fn run_demo(out: &Path, quick: bool) -> Result<PipelineResult> {
+pub fn run_demo(out: &Path, quick: bool, device: crate::device::DeviceChoice) -> Result<PipelineResult> {
     if out.exists() && std::fs::read_dir(out)?.next().is_some() {
         anyhow::bail!("{}: not empty; choose another --out (the demo never overwrites a previous run)", out.display());
     }
     let _lock = crate::train::session::RunLock::acquire(out)?;
     let budget = budget(quick);
     let variant = Variant::recipe("run", "tiny RecTok (FSD + RAD, EfficientNet-Lite0 teacher) → tiny DiT^DH");
-    let r = run_variant(out, &variant, &budget, 0)?;
+    let r = run_variant(out, &variant, &budget, 0, device)?;
     write_json(&out.join("report.json"), &serde_json::json!({ "budget": budget, "result": r }))?;
     write_report(&out.join("report.html"), "rectok demo", &demo_body(&r, &budget))?;
     Ok(r)

@@ -208,11 +208,17 @@ fn measure_probe(model: &RecTok, train_images: usize, device: &burn::prelude::De
     Ok(linear_probe(model, &train, &val, 10, &config, device)?.val_accuracy)
 }
 
-/// Runs the pipeline for `variant` in `dir/<variant.name>/`.
-pub fn run_variant(dir: &Path, variant: &Variant, budget: &Budget, seed: u64) -> Result<PipelineResult> {
+/// Runs the pipeline for `variant` in `dir/<variant.name>/`, training and measuring on `choice`.
+pub fn run_variant(
+    dir: &Path,
+    variant: &Variant,
+    budget: &Budget,
+    seed: u64,
+    choice: crate::device::DeviceChoice,
+) -> Result<PipelineResult> {
     let root = dir.join(&variant.name);
     std::fs::create_dir_all(&root)?;
-    let device = select_device(crate::device::DeviceChoice::Cpu).map_err(|e| anyhow::anyhow!(e))?;
+    let device = select_device(choice).map_err(|e| anyhow::anyhow!(e))?;
     let extractor = Extractor::load("effnet", &device)?;
 
     // Stage 1.
@@ -220,6 +226,7 @@ pub fn run_variant(dir: &Path, variant: &Variant, budget: &Budget, seed: u64) ->
     let mut config = TokenizerTrainConfig::load("tiny", &[])?;
     variant.apply(&mut config);
     config.run.seed = seed;
+    config.run.device = choice.to_string();
     config.data.source = DataSpec::Procedural { len: budget.tokenizer_images }.to_string();
     config.run.epochs = budget.tokenizer_epochs;
     config.run.checkpoint_every = 1_000_000;
@@ -246,6 +253,7 @@ pub fn run_variant(dir: &Path, variant: &Variant, budget: &Budget, seed: u64) ->
         let mut c = TokenizerTrainConfig::load("tiny-stage2", &[format!("run.init_from={init_from}")])?;
         c.model.token_channels = channels;
         c.run.seed = seed;
+        c.run.device = choice.to_string();
         c.data.source = DataSpec::Procedural { len: budget.stage2_steps * 32 }.to_string();
         c.run.epochs = 1;
         c.run.checkpoint_every = 1_000_000;
@@ -271,6 +279,7 @@ pub fn run_variant(dir: &Path, variant: &Variant, budget: &Budget, seed: u64) ->
     let gen_steps = epochs * budget.generator_images / gen_config.optim.batch_size;
     gen_config.optim.ema_decay = ema_decay_for(gen_steps, 0.995);
     gen_config.run.seed = seed;
+    gen_config.run.device = choice.to_string();
     gen_config.tokenizer.path = tokenizer_file.clone();
     gen_config.data.source = DataSpec::Procedural { len: budget.generator_images }.to_string();
     gen_config.run.epochs = epochs;

@@ -58,9 +58,11 @@ impl FrozenBatchNorm {
         Self { weight: p(1.0), bias: p(0.0), running_mean: p(0.0), running_var: p(1.0) }
     }
 
-    /// The per-channel `(scale, shift)` of the inference map, on the host.
+    /// The per-channel `(scale, shift)` of the inference map, on the host (for the CPU's fused
+    /// convolutions only: on flex the values already are in host memory, so this is no transfer
+    /// and is not counted as one).
     fn folded(&self) -> (Vec<f32>, Vec<f32>) {
-        let v = |p: &Param<Tensor<1>>| -> Vec<f32> { p.val().into_data().try_into_vec_as::<f32>().expect("f32") };
+        let v = |p: &Param<Tensor<1>>| p.val().into_data().try_into_vec_as::<f32>().expect("f32 BatchNorm");
         let (g, b, m, var) = (v(&self.weight), v(&self.bias), v(&self.running_mean), v(&self.running_var));
         let scale: Vec<f32> = g.iter().zip(&var).map(|(g, v)| g / (v + BN_EPS as f32).sqrt()).collect();
         let shift = b.iter().zip(&m).zip(&scale).map(|((b, m), s)| b - m * s).collect();

@@ -35,14 +35,42 @@ pub struct MaskIds {
     pub len_keep: usize,
 }
 
+/// The uniform noise `(B, L)` whose per-sample argsort is the masking (the reference's
+/// `torch.rand`), kept on the host where it is drawn: sorting it there needs no read back from
+/// the device inside a training step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MaskNoise {
+    /// `B·L` values, row-major.
+    pub values: Vec<f32>,
+    /// Tokens per sample `L`.
+    pub seq_len: usize,
+}
+
+impl MaskNoise {
+    /// Noise of `batch` samples of `seq_len` tokens.
+    pub fn draw(batch: usize, seq_len: usize, rng: &mut Rng) -> Self {
+        Self { values: rng.uniform_vec(batch * seq_len), seq_len }
+    }
+
+    /// Samples in the batch.
+    pub fn batch(&self) -> usize {
+        self.values.len() / self.seq_len.max(1)
+    }
+
+    /// The noise of samples `start .. start + len`.
+    pub fn narrow(&self, start: usize, len: usize) -> Self {
+        let l = self.seq_len;
+        Self { values: self.values[start * l..(start + len) * l].to_vec(), seq_len: l }
+    }
+}
+
 impl MaskIds {
-    /// Builds the indices from a `(B, L)` tensor of uniform noise (the reference's `torch.rand`).
-    pub fn from_noise(noise: &Tensor<2>, len_keep: usize) -> Self {
-        let [b, l] = noise.dims();
+    /// Builds the indices on `device` from per-sample uniform noise.
+    pub fn from_noise(noise: &MaskNoise, len_keep: usize, device: &Device) -> Self {
+        let (b, l) = (noise.batch(), noise.seq_len);
         assert!(len_keep <= l, "len_keep {len_keep} exceeds the sequence length {l}");
-        let values: Vec<f32> = noise.to_data().try_into_vec_as::<f32>().expect("f32 noise");
         let (mut restore, mut keep, mut masked) = (Vec::new(), Vec::new(), Vec::new());
-        for row in values.chunks(l) {
+        for row in noise.values.chunks(l) {
             let mut shuffle: Vec<usize> = (0..l).collect();
             shuffle.sort_by(|&i, &j| row[i].total_cmp(&row[j]));
             let mut rest: Vec<usize> = (0..l).collect();
@@ -51,8 +79,7 @@ impl MaskIds {
             keep.extend(shuffle[..len_keep].iter().map(|&i| i as i64));
             masked.extend(shuffle[len_keep..].iter().map(|&i| i as i64));
         }
-        let device = noise.device();
-        let int = |v: Vec<i64>, cols: usize| Tensor::<2, Int>::from_data(TensorData::new(v, [b, cols]), &device);
+        let int = |v: Vec<i64>, cols: usize| Tensor::<2, Int>::from_data(TensorData::new(v, [b, cols]), device);
         Self {
             ids_restore: int(restore, l),
             ids_keep: int(keep, len_keep),

@@ -22,7 +22,7 @@ pub mod semantic;
 pub use config::{MaskRatioType, NoiseSchedule, RecTokConfig, SemDecoderKind, SemInput, SemTarget};
 pub use decoder::{Decoder, DecoderConfig};
 pub use encoder::{Encoder, EncoderConfig};
-pub use masking::MaskIds;
+pub use masking::{MaskIds, MaskNoise};
 pub use posterior::DiagonalGaussian;
 pub use semantic::{MlpSemDecoderConfig, SemanticDecoder, TransformerSemDecoderConfig};
 
@@ -70,8 +70,8 @@ impl LatentStats {
 /// The explicit random draws of a training-mode `encode`, in the order the reference makes them.
 #[derive(Clone, Debug)]
 pub struct TrainDraws {
-    /// MAE mask noise `(B, L)`, uniform; `None` disables masking.
-    pub mask_noise: Option<Tensor<2>>,
+    /// MAE mask noise `(B, L)`, uniform, on the host; `None` disables masking.
+    pub mask_noise: Option<MaskNoise>,
     /// Mask ratio of this iteration (ignored without `mask_noise`).
     pub mask_ratio: f64,
     /// Posterior ε `(B, L_visible, C)`; `None` uses the posterior mean.
@@ -86,7 +86,7 @@ impl TrainDraws {
     /// The draws of samples `start .. start + len` (data-parallel shards of one batch).
     pub fn narrow(&self, start: usize, len: usize) -> Self {
         Self {
-            mask_noise: self.mask_noise.clone().map(|t| t.narrow(0, start, len)),
+            mask_noise: self.mask_noise.as_ref().map(|n| n.narrow(start, len)),
             mask_ratio: self.mask_ratio,
             posterior_eps: self.posterior_eps.clone().map(|t| t.narrow(0, start, len)),
             flow_draw: self.flow_draw.clone().map(|t| t.narrow(0, start, len)),
@@ -173,7 +173,7 @@ impl RecTok {
         } else {
             0.0
         };
-        let mask_noise = masking.then(|| rng.uniform_tensor([batch, l], device));
+        let mask_noise = masking.then(|| MaskNoise::draw(batch, l, rng));
         let lv = if masking { masking::len_keep(l, mask_ratio) } else { l };
         let posterior_eps = sampling.then(|| rng.normal_tensor([batch, lv, c], device));
         let flow_draw = (cfg.gamma > 0.0).then(|| match cfg.noise_schedule {
@@ -187,7 +187,7 @@ impl RecTok {
     /// Training-mode `encode` with explicit draws: masking, posterior sample, forward-flow noise.
     pub fn encode_train(&self, x: Tensor<4>, draws: &TrainDraws) -> Encoded {
         let len_keep = masking::len_keep(self.config.seq_len(), draws.mask_ratio);
-        let mask = draws.mask_noise.as_ref().map(|noise| MaskIds::from_noise(noise, len_keep));
+        let mask = draws.mask_noise.as_ref().map(|noise| MaskIds::from_noise(noise, len_keep, &x.device()));
         let moments = self.encoder.forward(x, mask.as_ref());
         let posterior = DiagonalGaussian::from_moments(moments);
         let mut z = posterior.sample_or_mode(draws.posterior_eps.clone());

@@ -124,7 +124,7 @@ impl AdamW {
         let tensors: BTreeMap<String, TensorData> = moments
             .iter()
             .flat_map(|(m, t)| {
-                t.iter().map(move |(k, v)| (format!("{m}.{k}"), v.clone().without_autodiff().into_data()))
+                t.iter().map(move |(k, v)| (format!("{m}.{k}"), crate::device::read_back(v.clone().without_autodiff())))
             })
             .collect();
         let meta = HashMap::from([

@@ -162,8 +162,11 @@ options! {
         /// (0: one per thread, at most 4; 1: off). The result differs from 1 only in rounding and,
         /// with the GAN on, in the discriminator's per-slice batch statistics (as the reference's DDP).
         pub data_parallel: usize = 0,
-        /// Compute device: `cpu`, `vulkan`, `cuda`.
+        /// Compute device: `cpu`, `vulkan`, `wgpu`, `cuda`.
         pub device: String = "cpu".into(),
+        /// Arithmetic precision on a GPU device: `f32`, `f16` (autocast with dynamic loss scaling)
+        /// or `bf16` (autocast, as the reference trains); master weights and optimizer state stay f32.
+        pub precision: String = "f32".into(),
     }
 }
 
@@ -174,23 +177,25 @@ impl RunOptions {
         count_at_least(&format!("{section}.checkpoint_every"), self.checkpoint_every, 1)?;
         count_at_least(&format!("{section}.keep_checkpoints"), self.keep_checkpoints, 1)?;
         count_at_least(&format!("{section}.log_every"), self.log_every, 1)?;
-        check_run_resources(section, self.threads, self.data_parallel, &self.device)
+        check_run_resources(section, self.threads, self.data_parallel, &self.device, &self.precision)
     }
 }
 
-/// Checks of `threads`, `data_parallel` and `device`, shared by both recipes.
+/// Checks of `threads`, `data_parallel`, `device` and `precision`, shared by both recipes.
 pub fn check_run_resources(
     section: &str,
     threads: Option<usize>,
     data_parallel: usize,
     device: &str,
+    precision: &str,
 ) -> Result<(), String> {
     if let Some(t) = threads {
         crate::device::check_threads(t, &format!("{section}.threads"))?;
     }
     ensure(data_parallel <= 64, &format!("{section}.data_parallel"), "between 0 (automatic) and 64", data_parallel)?;
-    device.parse::<crate::device::DeviceChoice>().map_err(|e| format!("{section}.device: {e}"))?;
-    Ok(())
+    let device: crate::device::DeviceChoice = device.parse().map_err(|e| format!("{section}.device: {e}"))?;
+    let precision: crate::device::Precision = precision.parse().map_err(|e| format!("{section}.precision: {e}"))?;
+    crate::device::check_precision_device(precision, device, &format!("{section}.precision"))
 }
 
 pub use super::run::DataOptions;

@@ -15,7 +15,7 @@
 use super::generator_config::GeneratorTrainConfig;
 use super::latents::{CacheOptions, LatentCache, collect_latent_stats};
 use super::monitor::MetricsLog;
-use super::optim::{AdamW, AdamWConfig, clip_grad_norm, ditdh_schedule, global_norm};
+use super::optim::{AdamW, AdamWConfig, LossScale, apply_update, ditdh_schedule, unscale_and_clip};
 use super::params;
 use super::run::{Run, RunEnd, Trainer, TrainingBatches, check_finite};
 use crate::data::transforms::tensor_to_images;
@@ -341,7 +341,14 @@ impl Trainer for GeneratorTraining {
     }
 
     /// One optimizer step (0-based `step`). Every check comes before the update.
-    fn step(&mut self, stream: &mut Option<BatchStream>, step: usize, rng: &mut Rng) -> Result<GenStepValues> {
+    fn step(
+        &mut self,
+        stream: &mut Option<BatchStream>,
+        step: usize,
+        rng: &mut Rng,
+        loss_scale: &mut Option<LossScale>,
+    ) -> Result<GenStepValues> {
+        let scale = loss_scale.as_ref().map_or(1.0, |s| s.scale);
         let accum = self.config.optim.accum_steps;
         let lr = self.lr_at(step);
         let mut values = GenStepValues::default();
@@ -372,21 +379,26 @@ impl Trainer for GeneratorTraining {
                         t_u: draws.t_u.clone().narrow(0, s, n),
                         label_drop_u: draws.label_drop_u.clone().map(|u| u.narrow(0, s, n)),
                     };
-                    ((x1.clone().narrow(0, s, n), y.clone().narrow(0, s, n), draws), n as f64 / (b * accum) as f64)
+                    (
+                        (x1.clone().narrow(0, s, n), y.clone().narrow(0, s, n), draws),
+                        scale * n as f64 / (b * accum) as f64,
+                    )
                 })
                 .collect();
             let (losses, g) = params::data_parallel_grads(&self.model, &self.device, parts, |net, (x1, y, draws)| {
-                Ok((training_losses(net, x1, y, &draws).loss, ()))
+                Ok((training_losses(net, x1, y, &draws).loss, vec![], ()))
             })?;
-            let loss = bounds.iter().zip(&losses).map(|(&(_, n), (l, ()))| l * n as f64).sum::<f64>() / b as f64;
+            let loss = bounds.iter().zip(&losses).map(|(&(_, n), out)| out.loss * n as f64).sum::<f64>() / b as f64;
             check_finite("velocity loss", loss)?;
             values.loss += loss / accum as f64;
             params::accumulate(&mut grads, g);
         }
         grads.retain(|k, _| self.trainable.contains(k));
         let clip = self.config.optim.clip_grad;
-        values.grad_norm = if clip > 0.0 { clip_grad_norm(&mut grads, clip) } else { global_norm(&grads) };
-        check_finite("gradient norm", values.grad_norm)?;
+        values.grad_norm = unscale_and_clip(&mut grads, clip, scale);
+        if !apply_update(loss_scale, &[("gradient norm", values.grad_norm)], step)? {
+            return Ok(values);
+        }
         // Weight decay is 0 in the reference; when set, it follows the reference's rule (no
         // decay on biases and 1-d parameters).
         let names = crate::weights::generator::key_map();

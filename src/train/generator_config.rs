@@ -45,8 +45,11 @@ options! {
         /// Data-parallel replicas on CPU threads, each computing a slice of every micro-batch
         /// (0: one per thread, at most 4; 1: off). The result differs from 1 only in rounding.
         pub data_parallel: usize = 0,
-        /// Compute device.
+        /// Compute device: `cpu`, `vulkan`, `wgpu`, `cuda`.
         pub device: String = "cpu".into(),
+        /// Arithmetic precision on a GPU device: `f32`, `f16` (autocast with dynamic loss scaling)
+        /// or `bf16` (autocast, as the reference trains); master weights and optimizer state stay f32.
+        pub precision: String = "f32".into(),
     }
 }
 
@@ -199,7 +202,7 @@ impl GeneratorTrainConfig {
         if crate::generator::DitDhConfig::preset(preset, 8, 16).is_none() && !std::path::Path::new(preset).is_file() {
             return Err(format!("model.preset: {preset}: not a preset (xl, l, b, s, tiny) nor a configuration file"));
         }
-        check_run_resources("run", r.threads, r.data_parallel, &r.device)?;
+        check_run_resources("run", r.threads, r.data_parallel, &r.device, &r.precision)?;
         count_at_least("optim.batch_size", o.batch_size, 1)?;
         count_at_least("optim.accum_steps", o.accum_steps, 1)?;
         positive("optim.lr", o.lr)?;

@@ -74,7 +74,7 @@ pub fn collect_latent_stats(
             continue;
         }
         let mean = tokenizer.posterior(batch.tensor(device).narrow(0, 0, take)).mean;
-        moments.add(&mean.into_data().try_to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?);
+        moments.add(&crate::device::read_f32(mean));
         done += take;
         on_batch(take);
     }
@@ -221,10 +221,7 @@ impl LatentCache {
                     views.push(tokenizer.encoder.forward(x.flip([3]), None));
                 }
                 let per = manifest.tokens * 2 * manifest.channels;
-                let host: Vec<Vec<f32>> = views
-                    .into_iter()
-                    .map(|m| m.into_data().try_to_vec::<f32>().map_err(|e| anyhow!("{e:?}")))
-                    .collect::<Result<_>>()?;
+                let host: Vec<Vec<f32>> = views.into_iter().map(crate::device::read_f32).collect();
                 for i in 0..n {
                     for view in &host {
                         for v in &view[i * per..(i + 1) * per] {

@@ -92,22 +92,100 @@ impl AdamW {
     }
 }
 
-/// `sqrt(Σ ‖g‖²)` over all gradients.
+/// `sqrt(Σ ‖g‖²)` over all gradients, summed on the device and read back once (one host read
+/// per step, not one per parameter).
 pub fn global_norm(grads: &BTreeMap<String, Tensor<1>>) -> f64 {
-    grads.values().map(|g| g.clone().powi_scalar(2).sum().into_scalar::<f32>() as f64).sum::<f64>().sqrt()
+    if grads.is_empty() {
+        return 0.0;
+    }
+    let squares: Vec<Tensor<1>> = grads.values().map(|g| g.clone().powi_scalar(2).sum()).collect();
+    crate::device::read_scalars(vec![Tensor::cat(squares, 0).sum()])[0].sqrt()
 }
 
-/// PyTorch's `clip_grad_norm_`: scales all gradients by `min(1, max_norm / (norm + 1e-6))`;
-/// returns the norm before clipping.
-pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor<1>>, max_norm: f64) -> f64 {
-    let norm = global_norm(grads);
-    let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
+/// Makes a step's gradients final: divides them by the loss `scale` (1 without loss scaling, as
+/// `GradScaler.unscale_`) and then, for `max_norm > 0`, applies PyTorch's `clip_grad_norm_`
+/// (scales all gradients by `min(1, max_norm / (norm + 1e-6))`). Returns the unscaled norm before
+/// clipping (non-finite when the gradients overflowed; they are then left as they are).
+pub fn unscale_and_clip(grads: &mut BTreeMap<String, Tensor<1>>, max_norm: f64, scale: f64) -> f64 {
+    let norm = global_norm(grads) / scale;
+    if !norm.is_finite() {
+        return norm;
+    }
+    let clip = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) } else { 1.0 };
+    let coef = clip / scale;
+    if coef != 1.0 {
         for g in grads.values_mut() {
             *g = g.clone() * coef;
         }
     }
     norm
+}
+
+/// Dynamic loss scaling for f16 training (PyTorch's `GradScaler` with its defaults): the loss is
+/// multiplied by `scale` before the backward pass so that small gradients survive in f16; a step
+/// whose gradients overflow is skipped and halves the scale, and 2000 steps in a row without
+/// overflow double it. Kept in the checkpoint, so `--resume` continues with the same scale.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LossScale {
+    /// The factor the loss is multiplied by.
+    pub scale: f64,
+    /// Steps since the last overflow or growth.
+    pub good_steps: usize,
+    /// Steps skipped for overflowing gradients so far.
+    pub skipped: usize,
+}
+
+impl Default for LossScale {
+    fn default() -> Self {
+        Self { scale: 65536.0, good_steps: 0, skipped: 0 }
+    }
+}
+
+impl LossScale {
+    /// Steps without overflow before the scale doubles.
+    pub const GROWTH_INTERVAL: usize = 2000;
+
+    /// Records whether this step's gradients were finite; returns whether its update applies.
+    pub fn update(&mut self, finite: bool) -> bool {
+        if !finite {
+            self.scale *= 0.5;
+            self.good_steps = 0;
+            self.skipped += 1;
+            return false;
+        }
+        self.good_steps += 1;
+        if self.good_steps == Self::GROWTH_INTERVAL {
+            self.scale *= 2.0;
+            self.good_steps = 0;
+        }
+        true
+    }
+}
+
+/// Whether a step whose (unscaled) gradient norms are `norms` updates the weights. A non-finite
+/// norm is a [`super::run::NonFiniteValue`] error named by its `terms` entry — unless the loss is
+/// scaled (f16 training), where it skips the step and lowers the scale, as `GradScaler.step`.
+pub fn apply_update(loss_scale: &mut Option<LossScale>, norms: &[(&str, f64)], step: usize) -> anyhow::Result<bool> {
+    let finite = norms.iter().all(|(_, n)| n.is_finite());
+    match loss_scale {
+        Some(s) => {
+            let apply = s.update(finite);
+            if !apply {
+                tracing::warn!(
+                    "step {}: the f16 gradients overflowed; update skipped, loss scale now {}",
+                    step + 1,
+                    s.scale
+                );
+            }
+            Ok(apply)
+        }
+        None => {
+            for &(term, value) in norms {
+                super::run::check_finite(term, value)?;
+            }
+            Ok(true)
+        }
+    }
 }
 
 /// The tokenizer stages' schedule (`adjust_learning_rate`, non-DiT branch): linear warm-up for
@@ -150,6 +228,57 @@ pub fn reference_decays(name: &str, shape: &[usize]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unscale_and_clip_as_grad_scaler_then_clip_grad_norm() {
+        let device = Device::flex();
+        let grads = |scale: f32| -> BTreeMap<String, Tensor<1>> {
+            [("a", vec![3.0, 0.0]), ("b", vec![4.0])]
+                .into_iter()
+                .map(|(k, v)| {
+                    let n = v.len();
+                    let v: Vec<f32> = v.into_iter().map(|x| x * scale).collect();
+                    (k.to_string(), Tensor::from_data(TensorData::new(v, [n]), &device))
+                })
+                .collect()
+        };
+        let values = |g: &BTreeMap<String, Tensor<1>>| -> Vec<f32> {
+            g.values().flat_map(|t| crate::device::read_f32(t.clone())).collect()
+        };
+        // No scale, no clip: untouched; norm 5.
+        let mut g = grads(1.0);
+        assert_eq!(unscale_and_clip(&mut g, 0.0, 1.0), 5.0);
+        assert_eq!(values(&g), [3.0, 0.0, 4.0]);
+        // Scaled by 1024 and clipped to 1: the unscaled norm, gradients of norm 1.
+        let mut g = grads(1024.0);
+        assert!((unscale_and_clip(&mut g, 1.0, 1024.0) - 5.0).abs() < 1e-9);
+        let v = values(&g);
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[2] - 0.8).abs() < 1e-6, "{v:?}");
+        // An overflow: non-finite norm, gradients left alone.
+        let mut g = grads(1.0);
+        g.insert("c".into(), Tensor::from_data(TensorData::new(vec![f32::INFINITY], [1]), &device));
+        assert!(!unscale_and_clip(&mut g, 1.0, 2.0).is_finite());
+    }
+
+    #[test]
+    fn loss_scale_backs_off_and_grows_as_grad_scaler() {
+        let mut s = LossScale::default();
+        assert_eq!(s.scale, 65536.0);
+        assert!(!s.update(false));
+        assert_eq!((s.scale, s.skipped), (32768.0, 1));
+        for _ in 0..LossScale::GROWTH_INTERVAL - 1 {
+            assert!(s.update(true));
+        }
+        assert_eq!(s.scale, 32768.0);
+        assert!(s.update(true));
+        assert_eq!((s.scale, s.good_steps), (65536.0, 0));
+        // Without loss scaling a non-finite norm is an error naming the term; with it, a skip.
+        let err = apply_update(&mut None, &[("gradient norm", f64::NAN)], 4).unwrap_err();
+        assert!(err.to_string().contains("gradient norm"), "{err}");
+        let mut scaled = Some(LossScale::default());
+        assert!(!apply_update(&mut scaled, &[("gradient norm", 1.0), ("d", f64::INFINITY)], 4).unwrap());
+        assert!(apply_update(&mut scaled, &[("gradient norm", 1.0)], 5).unwrap());
+    }
 
     #[test]
     fn adamw_matches_pytorch_over_steps() {

@@ -146,10 +146,22 @@ pub fn accumulate(into: &mut BTreeMap<String, Tensor<1>>, grads: BTreeMap<String
 /// Flat gradients by parameter path.
 pub type FlatGradients = BTreeMap<String, Tensor<1>>;
 
+/// One data-parallel shard's results, read back from the device.
+pub struct ShardLoss<E> {
+    /// The shard's loss (before weighting).
+    pub loss: f64,
+    /// The scalars the loss function asked to log, in its order.
+    pub logged: Vec<f64>,
+    /// The loss function's by-product.
+    pub extra: E,
+}
+
 /// Data parallelism on CPU threads: runs `loss_of(replica, shard)` for every shard at once, each
-/// on its own thread with its own replica of `model`, and returns each shard's scalar loss and
-/// by-product (in shard order) with the sum of their gradients (each loss scaled by its `weight`
-/// before the backward pass; a non-finite loss contributes no gradient, for the caller to report).
+/// on its own thread with its own replica of `model`, and returns each shard's scalar loss, its
+/// logged scalars and its by-product (in shard order) with the sum of their gradients (each loss
+/// scaled by its `weight` before the backward pass; a non-finite loss contributes no gradient,
+/// for the caller to report). The loss and the logged scalars come back to the host in one read
+/// per shard, made after the backward pass is queued, so a GPU never idles waiting for it.
 ///
 /// Why replicas: burn's autodiff keeps one graph per connected component behind a mutex, so two
 /// backward passes through the *same* parameter leaves serialise (and consume each other's tape).
@@ -160,22 +172,21 @@ pub fn data_parallel_grads<M, S, E, F>(
     device: &Device,
     shards: Vec<(S, f64)>,
     loss_of: F,
-) -> anyhow::Result<(Vec<(f64, E)>, FlatGradients)>
+) -> anyhow::Result<(Vec<ShardLoss<E>>, FlatGradients)>
 where
     M: Module + Send + 'static,
     S: Send,
     E: Send,
-    F: Fn(&M, S) -> anyhow::Result<(Tensor<1>, E)> + Sync,
+    F: Fn(&M, S) -> anyhow::Result<(Tensor<1>, Vec<Tensor<1>>, E)> + Sync,
 {
-    type Out<E> = anyhow::Result<((f64, E), BTreeMap<String, Tensor<1>>)>;
+    type Out<E> = anyhow::Result<(ShardLoss<E>, BTreeMap<String, Tensor<1>>)>;
     let run = |replica: M, shard: S, weight: f64| -> Out<E> {
-        let (loss, extra) = loss_of(&replica, shard)?;
-        let value = loss.clone().into_scalar::<f32>() as f64;
-        if !value.is_finite() {
-            return Ok(((value, extra), BTreeMap::new()));
-        }
-        let g = (loss * weight).backward();
-        Ok(((value, extra), gradients(&replica, &g)))
+        let (loss, logged, extra) = loss_of(&replica, shard)?;
+        let g = (loss.clone() * weight).backward();
+        let mut values = crate::device::read_scalars([vec![loss], logged].concat());
+        let loss = values.remove(0);
+        let grads = if loss.is_finite() { gradients(&replica, &g) } else { BTreeMap::new() };
+        Ok((ShardLoss { loss, logged: values, extra }, grads))
     };
     let results: Vec<Out<E>> = if shards.len() == 1 {
         shards.into_iter().map(|(s, w)| run(model.clone(), s, w)).collect()
@@ -272,11 +283,14 @@ mod tests {
                 })
                 .collect();
             let (outs, grads) = data_parallel_grads(&model, &device, shards, |net, (x1, y, d)| {
-                Ok((training_losses(net, x1, y, &d).loss, ()))
+                Ok((training_losses(net, x1, y, &d).loss, vec![], ()))
             })
             .unwrap();
-            let loss =
-                shard_bounds(b, parts).iter().zip(&outs).map(|(&(_, n), (l, ()))| l * n as f64 / b as f64).sum::<f64>();
+            let loss = shard_bounds(b, parts)
+                .iter()
+                .zip(&outs)
+                .map(|(&(_, n), out)| out.loss * n as f64 / b as f64)
+                .sum::<f64>();
             (loss, grads)
         };
         let (loss1, g1) = run(1);

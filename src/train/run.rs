@@ -13,6 +13,7 @@
 
 use super::checkpoint::CheckpointStore;
 use super::monitor::{MetricsLog, plot_metrics};
+use super::optim::LossScale;
 use super::session::{self, RunLock, Start};
 use crate::config::{between, options};
 use crate::io::{step_progress, write_atomic};
@@ -46,8 +47,10 @@ pub struct Schedule {
     pub log_every: usize,
     /// CPU threads.
     pub threads: Option<usize>,
-    /// Compute device (`cpu`, `vulkan`, `cuda`).
+    /// Compute device (`cpu`, `vulkan`, `wgpu`, `cuda`).
     pub device: String,
+    /// Arithmetic precision (`f32`, `f16`, `bf16`).
+    pub precision: String,
 }
 
 options! {
@@ -169,6 +172,7 @@ macro_rules! recipe {
                 "run.log_every",
                 "run.threads",
                 "run.device",
+                "run.precision",
                 $($resumable),*
             ];
 
@@ -196,6 +200,7 @@ macro_rules! recipe {
                     log_every: r.log_every,
                     threads: r.threads,
                     device: r.device.clone(),
+                    precision: r.precision.clone(),
                 }
             }
 
@@ -380,13 +385,15 @@ pub trait Trainer: Sized {
     /// model, appending to `metrics` what should be logged).
     fn begin(&mut self, step: usize, fresh: bool, metrics: &MetricsLog) -> Result<()>;
     /// One optimizer step (0-based `step`), drawing from `rng` and from `stream` (the batches'
-    /// stream, lent for the step; `None` when not started). A non-finite value is a
+    /// stream, lent for the step; `None` when not started), with the loss scaled by `loss_scale`
+    /// (f16 training; see [`super::optim::apply_update`]). A non-finite value is a
     /// [`NonFiniteValue`] error; no error may leave the parameters half-updated.
     fn step(
         &mut self,
         stream: &mut Option<crate::data::BatchStream>,
         step: usize,
         rng: &mut Rng,
+        loss_scale: &mut Option<LossScale>,
     ) -> Result<Self::Values>;
     /// Fields added to the metrics record of `step` (`last`: the run's last step); `bar` to
     /// suspend for long work.
@@ -418,6 +425,9 @@ pub struct RunState<C> {
     pub elapsed_s: f64,
     /// `rectok` version that wrote it.
     pub version: String,
+    /// The f16 loss scale (`run.precision = "f16"` only).
+    #[serde(default)]
+    pub loss_scale: Option<LossScale>,
 }
 
 /// Reads a checkpoint's `state.json`.
@@ -455,6 +465,8 @@ pub struct Run<T: Trainer> {
     step: usize,
     elapsed_s: f64,
     fresh: bool,
+    /// The f16 loss scale (`run.precision = "f16"`).
+    loss_scale: Option<LossScale>,
     store: CheckpointStore,
     metrics: MetricsLog,
     _lock: RunLock,
@@ -511,7 +523,14 @@ impl<T: Trainer> Run<T> {
         let choice: crate::device::DeviceChoice =
             schedule.device.parse().map_err(|e: String| anyhow!("run.device: {e}"))?;
         crate::device::set_cpu_threads(schedule.threads);
-        let device = crate::device::select_device(choice).map_err(|e| anyhow!(e))?.autodiff();
+        let device = crate::device::select_device(choice).map_err(|e| anyhow!(e))?;
+        let precision: crate::device::Precision =
+            schedule.precision.parse().map_err(|e: String| anyhow!("run.precision: {e}"))?;
+        crate::device::set_precision(precision, &device, "run.precision").map_err(|e| anyhow!(e))?;
+        let device = device.autodiff();
+        // f16 scales the loss (kept across resumes); f32 and bf16 need no scaling.
+        let loss_scale = (precision == crate::device::Precision::F16)
+            .then(|| state.as_ref().and_then(|(_, s)| s.loss_scale.clone()).unwrap_or_default());
         let (checkpoint, mut rng, step, elapsed_s) = match &state {
             Some((ckpt, s)) => {
                 tracing::info!("resuming {} from {} (step {})", run_dir.display(), ckpt.display(), s.step);
@@ -531,6 +550,7 @@ impl<T: Trainer> Run<T> {
             step,
             elapsed_s,
             fresh: state.is_none(),
+            loss_scale,
             metrics,
             _lock: lock,
             _signals: signals,
@@ -555,14 +575,18 @@ impl<T: Trainer> Run<T> {
     pub fn train_step(&mut self) -> Result<T::Values> {
         self.rng_at_step_start = self.rng.clone();
         let mut stream = self.trainer.batches_mut().stream.take();
-        let result = self.trainer.step(&mut stream, self.step, &mut self.rng);
+        let loss_scale_before = self.loss_scale.clone();
+        let result = self.trainer.step(&mut stream, self.step, &mut self.rng, &mut self.loss_scale);
         self.trainer.batches_mut().stream = stream;
         match result {
             Ok(v) => {
                 self.step += 1;
                 Ok(v)
             }
-            Err(e) => Err(self.save_after_failure(e)),
+            Err(e) => {
+                self.loss_scale = loss_scale_before;
+                Err(self.save_after_failure(e))
+            }
         }
     }
 
@@ -583,6 +607,7 @@ impl<T: Trainer> Run<T> {
             config: self.config.clone(),
             elapsed_s: self.elapsed_s,
             version: env!("CARGO_PKG_VERSION").into(),
+            loss_scale: self.loss_scale.clone(),
         };
         self.store.save(self.step, |dir| {
             self.trainer.save(dir)?;

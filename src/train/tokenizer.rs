@@ -14,7 +14,7 @@
 use super::checkpoint::CheckpointStore;
 use super::config::TokenizerTrainConfig;
 use super::monitor::{MetricsLog, reconstruction_grid};
-use super::optim::{AdamW, AdamWConfig, clip_grad_norm, global_norm, reference_decays, warmup_cosine};
+use super::optim::{AdamW, AdamWConfig, LossScale, apply_update, reference_decays, unscale_and_clip, warmup_cosine};
 use super::params;
 use super::run::{Run, RunEnd, Trainer, TrainingBatches, check_finite};
 use super::tokenizer_step::{teacher_targets, training_forward};
@@ -361,7 +361,14 @@ impl Trainer for TokenizerTraining {
 
     /// One optimizer step (0-based `step`); returns its loss values. Every check comes before
     /// the first update, so a stopped step leaves the state as it was.
-    fn step(&mut self, stream: &mut Option<BatchStream>, step: usize, rng: &mut Rng) -> Result<StepValues> {
+    fn step(
+        &mut self,
+        stream: &mut Option<BatchStream>,
+        step: usize,
+        rng: &mut Rng,
+        loss_scale: &mut Option<LossScale>,
+    ) -> Result<StepValues> {
+        let scale = loss_scale.as_ref().map_or(1.0, |s| s.scale);
         let stream = stream.as_mut().context("the batch stream was not started")?;
         let accum = self.config.optim.accum_steps;
         let lr = self.lr_at(step);
@@ -370,7 +377,6 @@ impl Trainer for TokenizerTraining {
         let mut totals = StepValues::default();
         let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
         let mut disc_grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
-        let scalar = |t: &Tensor<1>| t.clone().into_scalar::<f32>() as f64;
         // Slices per micro-batch: the data-parallel replicas, at most one per sample.
         let shards = params::replicas(self.config.run.data_parallel, &self.device).min(self.config.optim.batch_size);
         for _ in 0..accum {
@@ -394,7 +400,7 @@ impl Trainer for TokenizerTraining {
                 .map(|(i, &(s, n))| {
                     let disc =
                         gan_on.then(|| if i == 0 { self.disc.clone() } else { self.disc.independent_copy() }.no_grad());
-                    ((x_host.clone().narrow(0, s, n), draws.narrow(s, n), disc), n as f64 / (b * accum) as f64)
+                    ((x_host.clone().narrow(0, s, n), draws.narrow(s, n), disc), scale * n as f64 / (b * accum) as f64)
                 })
                 .collect();
             let (teacher, cfg, loss_cfg, perceptual) = (&self.teacher, &self.config, &self.loss, &self.perceptual);
@@ -429,22 +435,16 @@ impl Trainer for TokenizerTraining {
                             discriminator: disc.as_ref(),
                         },
                     );
-                    let v = StepValues {
-                        rec: scalar(&terms.reconstruction),
-                        perceptual: scalar(&terms.perceptual),
-                        kl: scalar(&terms.kl),
-                        sem: scalar(&terms.sem),
-                        gan: scalar(&terms.gan),
-                        ..Default::default()
-                    };
-                    Ok((terms.total, (v, y_hat.detach())))
+                    let logged = vec![terms.reconstruction, terms.perceptual, terms.kl, terms.sem, terms.gan];
+                    Ok((terms.total, logged, y_hat.detach()))
                 })?;
             let mut v = StepValues::default();
             let mut y_hats = Vec::new();
-            for (&(_, n), (loss, (part, y_hat))) in bounds.iter().zip(outs) {
-                let w = n as f64 / b as f64;
-                v.add(&StepValues { loss, ..part }, w);
-                y_hats.push(y_hat);
+            for (&(_, n), out) in bounds.iter().zip(outs) {
+                let [rec, perceptual, kl, sem, gan] = out.logged[..] else { unreachable!("five logged terms") };
+                let part = StepValues { loss: out.loss, rec, perceptual, kl, sem, gan, ..Default::default() };
+                v.add(&part, n as f64 / b as f64);
+                y_hats.push(out.extra);
             }
             for (term, value) in [
                 ("reconstruction", v.rec),
@@ -460,23 +460,24 @@ impl Trainer for TokenizerTraining {
             let (y, y_hat) = (x_host * 0.5 + 0.5, Tensor::cat(y_hats, 0));
             if gan_on {
                 let d = discriminator_loss(&self.disc, y.autodiff(), y_hat);
-                v.d_loss = scalar(&d.loss);
-                v.logits_real = scalar(&d.logits_real_mean);
-                v.logits_fake = scalar(&d.logits_fake_mean);
+                let g = (d.loss.clone() * (scale / accum as f64)).backward();
+                let read = crate::device::read_scalars(vec![d.loss, d.logits_real_mean, d.logits_fake_mean]);
+                (v.d_loss, v.logits_real, v.logits_fake) = (read[0], read[1], read[2]);
                 check_finite("discriminator loss", v.d_loss)?;
-                let g = (d.loss / accum as f64).backward();
                 params::accumulate(&mut disc_grads, params::gradients(&self.disc, &g));
             }
             totals.add(&v, 1.0 / accum as f64);
         }
         grads.retain(|k, _| self.trainable.contains(k));
         let clip = self.config.optim.clip_grad;
-        totals.grad_norm = if clip > 0.0 { clip_grad_norm(&mut grads, clip) } else { global_norm(&grads) };
-        check_finite("gradient norm", totals.grad_norm)?;
-        // Every check comes before the first update, so a stopped step leaves the state intact.
+        totals.grad_norm = unscale_and_clip(&mut grads, clip, scale);
+        let mut norms = vec![("gradient norm", totals.grad_norm)];
         if gan_on {
-            let norm = if clip > 0.0 { clip_grad_norm(&mut disc_grads, clip) } else { global_norm(&disc_grads) };
-            check_finite("discriminator gradient norm", norm)?;
+            norms.push(("discriminator gradient norm", unscale_and_clip(&mut disc_grads, clip, scale)));
+        }
+        // Every check comes before the first update, so a stopped step leaves the state intact.
+        if !apply_update(loss_scale, &norms, step)? {
+            return Ok(totals);
         }
         let names = &self.reference_names;
         let decays = |path: &str, shape: &[usize]| reference_decays(&names.to_reference(path), shape);
@@ -564,8 +565,8 @@ impl TokenizerTraining {
     pub fn val_psnr(&self) -> f64 {
         let x = self.val_images.clone();
         let recon = self.ema.reconstruct(x.clone());
-        let target = (x * 0.5 + 0.5).into_data().try_to_vec::<f32>().expect("f32");
-        let got = recon.into_data().try_to_vec::<f32>().expect("f32");
+        let target = crate::device::read_f32(x * 0.5 + 0.5);
+        let got = crate::device::read_f32(recon);
         let per = target.len() / self.val_images.dims()[0];
         let psnrs: Vec<f64> =
             target.chunks(per).zip(got.chunks(per)).map(|(a, b)| crate::metrics::psnr(a, b)).collect();

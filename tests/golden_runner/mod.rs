@@ -127,6 +127,17 @@ impl Case {
         }
     }
 
+    /// A `(B, L)` mask-noise input, kept on the host as the tokenizer draws it.
+    pub fn mask_noise(&self, name: &str) -> CaseResult<rectok::tokenizer::MaskNoise> {
+        match self.tensors.get(name) {
+            Some(HostTensor::F32(shape, v)) if shape.len() == 2 => {
+                Ok(rectok::tokenizer::MaskNoise { values: v.clone(), seq_len: shape[1] })
+            }
+            Some(_) => Err(format!("{name} is not a (B, L) float tensor")),
+            None => Err(format!("input {name} is missing from the case file")),
+        }
+    }
+
     pub fn put<const D: usize>(&mut self, name: &str, t: Tensor<D>) {
         let data = t.into_data();
         let shape = data.shape().to_vec();

@@ -108,9 +108,8 @@ pub fn encoder_masked(case: &mut Case) -> CaseResult<()> {
     }
     let mut enc = encoder_config(case)?.init(&case.device);
     load(case, &mut enc, &wt::encoder_key_map())?;
-    let noise: Tensor<2> = case.input("in.mask_noise")?;
-    let l = noise.dims()[1];
-    let mask = MaskIds::from_noise(&noise, len_keep(l, f64_of(&c, "mask_ratio")?));
+    let noise = case.mask_noise("in.mask_noise")?;
+    let mask = MaskIds::from_noise(&noise, len_keep(noise.seq_len, f64_of(&c, "mask_ratio")?), &case.device);
     let z = enc.forward(case.input("in.x")?, Some(&mask));
     case.put("out.z", z);
     case.put_int("out.ids_restore", mask.ids_restore);
@@ -254,7 +253,7 @@ pub fn rectok_encode_train(case: &mut Case) -> CaseResult<()> {
         load_into(&mut model, &sd, &wt::key_map(&cfg.teacher_key, "sem_decoders"), &[], &[], "")
             .map_err(|e| e.to_string())?;
         let draws = TrainDraws {
-            mask_noise: Some(case.input(&format!("in.{s}.mask_noise"))?),
+            mask_noise: Some(case.mask_noise(&format!("in.{s}.mask_noise"))?),
             mask_ratio: cfg.mask_ratio,
             posterior_eps: Some(case.input(&format!("in.{s}.posterior_eps"))?),
             flow_draw: Some(case.input(&format!("in.{s}.noise_u"))?),

@@ -69,7 +69,7 @@ pub fn rectok_forward_train(case: &mut Case) -> CaseResult<()> {
 
     let x: Tensor<4> = case.input("in.x")?;
     let draws = TrainDraws {
-        mask_noise: Some(case.input("in.mask_noise")?),
+        mask_noise: Some(case.mask_noise("in.mask_noise")?),
         mask_ratio: cfg.mask_ratio,
         posterior_eps: Some(case.input("in.posterior_eps")?),
         flow_draw: Some(case.input("in.noise_u")?),
