@@ -36,13 +36,15 @@ pack() {
         shift
     fi
     local pack=${1:-gpu-check.tar.zst}
+    # Relative to where the command was given, not to the repository.
+    [[ $pack = /* ]] || pack=$PWD/$pack
     local target=${CARGO_TARGET_DIR:-$here/target-vulkan}
     cd "$here"
     echo "building the Vulkan binaries in $target (the first build takes ~15 min on 2 cores)"
     CARGO_TARGET_DIR=$target cargo build --release --features vulkan --bin rectok
     local golden
     golden=$(CARGO_TARGET_DIR=$target cargo test --release --features vulkan --test golden --no-run \
-        --message-format=json 2>/dev/null |
+        --message-format=json |
         python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
@@ -60,8 +62,10 @@ for l in sys.stdin:
     cp scripts/gpu-check.sh "$stage/gpu-check/"
     # The Vulkan loader, for a machine that has the NVIDIA driver but no loader.
     local loader
-    loader=$(ldconfig -p | awk '/libvulkan\.so\.1 /{print $NF; exit}')
-    [ -n "$loader" ] && cp -L "$loader" "$stage/gpu-check/lib/libvulkan.so.1"
+    loader=$(system_libs | awk '/libvulkan\.so\.1 /{print $NF}' | head -n 1 || true)
+    if [ -n "$loader" ]; then
+        cp -L "$loader" "$stage/gpu-check/lib/libvulkan.so.1"
+    fi
     if [ $split = 1 ]; then
         local base=${pack%.tar.zst}
         write_pack "$stage" "$base-golden.tar.zst" gpu-check/bin/golden gpu-check/golden gpu-check/gpu-check.sh
@@ -77,14 +81,23 @@ write_pack() {
     local stage=$1 pack=$2
     shift 2
     tar -C "$stage" -cf - "$@" | zstd -q -19 --long=28 -T0 -o "$pack.partial" -f
-    mv "$pack.partial" "$pack"
     local size
-    size=$(stat -c %s "$pack")
-    echo "packed $pack: $((size / 1024 / 1024)) MiB ($size bytes)"
+    size=$(stat -c %s "$pack.partial")
     if [ "$size" -ge $((64 * 1024 * 1024)) ]; then
-        echo "error: $pack is over 64 MiB" >&2
-        exit 1
+        rm -f "$pack.partial"
+        echo "error: $pack would be $((size / 1024 / 1024)) MiB, over 64 MiB" >&2
+        return 1
     fi
+    mv "$pack.partial" "$pack"
+    echo "packed $pack: $((size / 1024 / 1024)) MiB ($size bytes)"
+}
+
+# The dynamic linker's library list (empty where ldconfig is missing), read whole: a reader that
+# stops early would kill ldconfig with SIGPIPE, which pipefail turns into a failure.
+system_libs() {
+    local libs
+    libs=$( (/sbin/ldconfig -p || ldconfig -p) 2>/dev/null || true)
+    printf '%s\n' "$libs"
 }
 
 run() {
@@ -112,7 +125,7 @@ run() {
 
     # A Vulkan loader and driver: the system's, else the packed loader and the NVIDIA ICD where the
     # container runtime mounts it.
-    if ! ldconfig -p | grep -q 'libvulkan\.so\.1 '; then
+    if [[ $(system_libs) != *"libvulkan.so.1 "* ]]; then
         export LD_LIBRARY_PATH=$g/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     fi
     for icd in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json \
@@ -121,15 +134,20 @@ run() {
             export VK_DRIVER_FILES=$icd VK_ICD_FILENAMES=$icd
         fi
     done
-    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    if command -v nvidia-smi >/dev/null; then
+        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+    fi
+    # A failing part is reported and the check goes on (a GPU lease is short); the exit status
+    # says whether everything passed.
+    local failed=()
     if [ -x "$g/bin/golden" ]; then
         echo "== golden parity on the GPU (RECTOK_GOLDEN_DEVICE=vulkan)"
-        RECTOK_GOLDEN_DIR=$cases RECTOK_GOLDEN_DEVICE=vulkan "$g/bin/golden"
+        RECTOK_GOLDEN_DIR=$cases RECTOK_GOLDEN_DEVICE=vulkan "$g/bin/golden" || failed+=(golden)
         echo "(golden: $((SECONDS - start)) s so far)"
     fi
     local rectok=$g/bin/rectok
     if [ ! -x "$rectok" ]; then
-        echo "gpu-check finished in $((SECONDS - start)) s (no rectok binary packed: no timings)"
+        finish "$start" ${failed[@]+"${failed[@]}"}
         return
     fi
     local torch=0
@@ -149,24 +167,43 @@ run() {
         echo "== $precision"
         local ref_tok=() ref_dit=()
         if [ $torch = 1 ] && [ $tiny = 0 ]; then
-            python3 "$g/benches/reference_tokenizer.py" --rectok-repo "$RECTOK_REPO" --device cuda \
-                --precision $precision --batch-sizes $tok_batches -o "$out/reference_tokenizer_$precision.json"
-            python3 "$g/benches/reference_dit.py" --rectok-repo "$RECTOK_REPO" --device cuda \
-                --precision $precision --models $dit_models --batch-sizes $dit_batches \
-                -o "$out/reference_dit_$precision.json"
-            ref_tok=(--reference "$out/reference_tokenizer_$precision.json")
-            ref_dit=(--reference "$out/reference_dit_$precision.json")
+            local rt=$out/reference_tokenizer_$precision.json rd=$out/reference_dit_$precision.json
+            if python3 "$g/benches/reference_tokenizer.py" --rectok-repo "$RECTOK_REPO" --device cuda \
+                --precision $precision --batch-sizes $tok_batches -o "$rt"; then
+                ref_tok=(--reference "$rt")
+            else
+                failed+=("PyTorch tokenizer $precision")
+            fi
+            if python3 "$g/benches/reference_dit.py" --rectok-repo "$RECTOK_REPO" --device cuda \
+                --precision $precision --models $dit_models --batch-sizes $dit_batches -o "$rd"; then
+                ref_dit=(--reference "$rd")
+            else
+                failed+=("PyTorch DiT $precision")
+            fi
         fi
         "$rectok" bench tokenizer --device vulkan --precision $precision --model $tok_model \
-            --batch-sizes $tok_batches --iters $iters "${ref_tok[@]}" --json "$out/tokenizer_$precision.json"
+            --batch-sizes $tok_batches --iters $iters ${ref_tok[@]+"${ref_tok[@]}"} \
+            --json "$out/tokenizer_$precision.json" || failed+=("tokenizer $precision")
         "$rectok" bench dit --device vulkan --precision $precision --models $dit_models \
-            --batch-sizes $dit_batches --sample-steps $sample --iters $iters "${ref_dit[@]}" \
-            --json "$out/dit_$precision.json"
+            --batch-sizes $dit_batches --sample-steps $sample --iters $iters ${ref_dit[@]+"${ref_dit[@]}"} \
+            --json "$out/dit_$precision.json" || failed+=("dit $precision")
         "$rectok" bench train --device vulkan --precision $precision --recipes $train_recipes \
-            --batch-sizes $train_batches --iters $iters --json "$out/train_$precision.json"
+            --batch-sizes $train_batches --iters $iters --json "$out/train_$precision.json" ||
+            failed+=("train $precision")
         echo "($precision done: $((SECONDS - start)) s so far)"
     done
-    echo "gpu-check finished in $((SECONDS - start)) s"
+    finish "$start" ${failed[@]+"${failed[@]}"}
+}
+
+# finish START [FAILED...]: the closing line; fails when a part failed.
+finish() {
+    local start=$1
+    shift
+    if [ $# -gt 0 ]; then
+        echo "gpu-check finished in $((SECONDS - start)) s; FAILED: $*"
+        return 1
+    fi
+    echo "gpu-check finished in $((SECONDS - start)) s; every part passed"
 }
 
 case $mode in

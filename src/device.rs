@@ -180,7 +180,7 @@ pub fn read_scalars(scalars: Vec<Tensor<1>>) -> Vec<f64> {
     if scalars.is_empty() {
         return Vec::new();
     }
-    let flat: Vec<Tensor<1>> = scalars.into_iter().map(|t| t.detach().reshape([1])).collect();
+    let flat: Vec<Tensor<1>> = scalars.into_iter().map(|t| t.detach().without_autodiff().reshape([1])).collect();
     read_f32(Tensor::cat(flat, 0)).into_iter().map(f64::from).collect()
 }
 
@@ -263,6 +263,15 @@ pub fn set_precision(precision: Precision, device: &Device, option: &str) -> Res
     Ok(())
 }
 
+/// The precision [`set_precision`] put in force (f32 until it is called).
+pub fn precision_in_force() -> Precision {
+    match AUTOCAST.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => Precision::F32,
+        1 => Precision::F16,
+        _ => Precision::Bf16,
+    }
+}
+
 /// The half type the heavy operations run in under autocast ([`set_precision`]), for an f32
 /// tensor off the CPU; `None` where they run in f32.
 pub fn autocast<const D: usize>(x: &Tensor<D>) -> Option<burn::tensor::FloatDType> {
@@ -284,7 +293,7 @@ pub fn check_precision_device(precision: Precision, device: DeviceChoice, option
 
 fn half_on_cpu(precision: Precision, option: &str) -> String {
     format!(
-        "{option} {precision} needs a GPU device (vulkan or cuda): the CPU backend has no half-precision matrix \
+        "{option} {precision} needs a GPU device (vulkan, wgpu or cuda): the CPU backend has no half-precision matrix \
          kernels, so it would only run slower than f32"
     )
 }

@@ -69,8 +69,12 @@ impl FrozenBatchNorm {
         (scale, shift)
     }
 
-    /// `f` applied to the inference map as a fused-convolution epilogue (then ReLU6 if `relu6`).
-    fn epilogue<R>(&self, relu6: bool, f: impl FnOnce(&ConvEpilogue<'_>) -> R) -> R {
+    /// `f` applied to the inference map as a fused-convolution epilogue (then ReLU6 if `relu6`);
+    /// `None` off the CPU's fused path (GPU, autodiff), before anything is read back.
+    fn epilogue(&self, relu6: bool, f: impl FnOnce(&ConvEpilogue<'_>) -> Option<Tensor<4>>) -> Option<Tensor<4>> {
+        if !crate::nn::kernels::is_fast(&self.weight.val()) {
+            return None;
+        }
         let (scale, shift) = self.folded();
         f(&ConvEpilogue { scale: &scale, shift: &shift, relu6 })
     }

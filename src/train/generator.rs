@@ -15,7 +15,7 @@
 use super::generator_config::GeneratorTrainConfig;
 use super::latents::{CacheOptions, LatentCache, collect_latent_stats};
 use super::monitor::MetricsLog;
-use super::optim::{AdamW, AdamWConfig, LossScale, apply_update, ditdh_schedule, unscale_and_clip};
+use super::optim::{AdamW, AdamWConfig, LossScale, apply_updates, ditdh_schedule, squared_norm, unscale_and_clip};
 use super::params;
 use super::run::{Run, RunEnd, Trainer, TrainingBatches, check_finite};
 use crate::data::transforms::tensor_to_images;
@@ -352,6 +352,7 @@ impl Trainer for GeneratorTraining {
         let accum = self.config.optim.accum_steps;
         let lr = self.lr_at(step);
         let mut values = GenStepValues::default();
+        let mut loss_sum: Option<Tensor<1>> = None;
         let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
         // Slices per micro-batch: the data-parallel replicas, at most one per sample.
         let shards = params::replicas(self.config.run.data_parallel, &self.device).min(self.config.optim.batch_size);
@@ -388,15 +389,24 @@ impl Trainer for GeneratorTraining {
             let (losses, g) = params::data_parallel_grads(&self.model, &self.device, parts, |net, (x1, y, draws)| {
                 Ok((training_losses(net, x1, y, &draws).loss, vec![], ()))
             })?;
-            let loss = bounds.iter().zip(&losses).map(|(&(_, n), out)| out.loss * n as f64).sum::<f64>() / b as f64;
-            check_finite("velocity loss", loss)?;
-            values.loss += loss / accum as f64;
+            for (&(_, n), out) in bounds.iter().zip(losses) {
+                let part = out.loss * (n as f64 / (b * accum) as f64);
+                loss_sum = Some(match loss_sum.take() {
+                    Some(sum) => sum + part,
+                    None => part,
+                });
+            }
             params::accumulate(&mut grads, g);
         }
         grads.retain(|k, _| self.trainable.contains(k));
+        // The step's one read back: its loss and its gradient norm.
+        let loss_sum = loss_sum.context("no micro-batch in the step")?;
+        let read = crate::device::read_scalars(vec![loss_sum, squared_norm(&grads, &self.device)]);
+        values.loss = read[0];
+        check_finite("velocity loss", values.loss)?;
         let clip = self.config.optim.clip_grad;
-        values.grad_norm = unscale_and_clip(&mut grads, clip, scale);
-        if !apply_update(loss_scale, &[("gradient norm", values.grad_norm)], step)? {
+        values.grad_norm = unscale_and_clip(&mut grads, read[1].sqrt(), clip, scale);
+        if !apply_updates(loss_scale, &[("gradient norm", values.grad_norm)], step)?[0] {
             return Ok(values);
         }
         // Weight decay is 0 in the reference; when set, it follows the reference's rule (no

@@ -103,6 +103,13 @@ pub struct CacheManifest {
     pub tokenizer: String,
     /// Its image size.
     pub image_size: usize,
+    /// The precision the moments were computed in (`f32`, or the autocast type: docs/GPU.md).
+    #[serde(default = "f32_name")]
+    pub precision: String,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 impl CacheManifest {
@@ -154,6 +161,7 @@ impl LatentCache {
             dataset: dataset.describe(),
             tokenizer: tokenizer_label.to_string(),
             image_size: size,
+            precision: crate::device::precision_in_force().to_string(),
         };
         let manifest_path = dir.join("manifest.json");
         let mut manifest = match std::fs::read_to_string(&manifest_path) {
@@ -162,12 +170,13 @@ impl LatentCache {
                     .with_context(|| format!("{}: corrupt cache manifest", manifest_path.display()))?;
                 if (CacheManifest { complete: 0, ..found.clone() }) != want {
                     bail!(
-                        "{}: this latent cache was built for other data or another tokenizer ({} items of {} from \
-                            {}); remove it or choose another cache folder",
+                        "{}: this latent cache was built for other data, another tokenizer or another precision \
+                            ({} items of {} from {}, in {}); remove it or choose another cache folder",
                         dir.display(),
                         found.items,
                         found.dataset,
-                        found.tokenizer
+                        found.tokenizer,
+                        found.precision
                     );
                 }
                 found

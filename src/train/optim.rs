@@ -92,22 +92,29 @@ impl AdamW {
     }
 }
 
-/// `sqrt(Σ ‖g‖²)` over all gradients, summed on the device and read back once (one host read
-/// per step, not one per parameter).
-pub fn global_norm(grads: &BTreeMap<String, Tensor<1>>) -> f64 {
-    if grads.is_empty() {
-        return 0.0;
+/// `Σ ‖g‖²` over all gradients as a one-element tensor on `device`, left there (the step reads
+/// it back with its losses, in one transfer).
+pub fn squared_norm(grads: &BTreeMap<String, Tensor<1>>, device: &Device) -> Tensor<1> {
+    let squares: Vec<Tensor<1>> = grads.values().map(|g| g.clone().detach().powi_scalar(2).sum()).collect();
+    if squares.is_empty() {
+        return Tensor::zeros([1], device);
     }
-    let squares: Vec<Tensor<1>> = grads.values().map(|g| g.clone().powi_scalar(2).sum()).collect();
-    crate::device::read_scalars(vec![Tensor::cat(squares, 0).sum()])[0].sqrt()
+    Tensor::cat(squares, 0).sum()
+}
+
+/// `sqrt(Σ ‖g‖²)` over all gradients (one host read).
+pub fn global_norm(grads: &BTreeMap<String, Tensor<1>>, device: &Device) -> f64 {
+    crate::device::read_scalars(vec![squared_norm(grads, device)])[0].sqrt()
 }
 
 /// Makes a step's gradients final: divides them by the loss `scale` (1 without loss scaling, as
 /// `GradScaler.unscale_`) and then, for `max_norm > 0`, applies PyTorch's `clip_grad_norm_`
-/// (scales all gradients by `min(1, max_norm / (norm + 1e-6))`). Returns the unscaled norm before
-/// clipping (non-finite when the gradients overflowed; they are then left as they are).
-pub fn unscale_and_clip(grads: &mut BTreeMap<String, Tensor<1>>, max_norm: f64, scale: f64) -> f64 {
-    let norm = global_norm(grads) / scale;
+/// (scales all gradients by `min(1, max_norm / (norm + 1e-6))`). `scaled_norm` is the norm of
+/// the gradients as they are (`sqrt` of [`squared_norm`], read back with the step's losses).
+/// Returns the unscaled norm before clipping (non-finite when the gradients overflowed; they are
+/// then left as they are).
+pub fn unscale_and_clip(grads: &mut BTreeMap<String, Tensor<1>>, scaled_norm: f64, max_norm: f64, scale: f64) -> f64 {
+    let norm = scaled_norm / scale;
     if !norm.is_finite() {
         return norm;
     }
@@ -162,31 +169,50 @@ impl LossScale {
     }
 }
 
-/// Whether a step whose (unscaled) gradient norms are `norms` updates the weights. A non-finite
-/// norm is a [`super::run::NonFiniteValue`] error named by its `terms` entry — unless the loss is
-/// scaled (f16 training), where it skips the step and lowers the scale, as `GradScaler.step`.
-pub fn apply_update(loss_scale: &mut Option<LossScale>, norms: &[(&str, f64)], step: usize) -> anyhow::Result<bool> {
-    let finite = norms.iter().all(|(_, n)| n.is_finite());
+/// Which optimizers of a step update their weights, given the (unscaled) gradient norm of each
+/// (`(name, norm)`, one per optimizer). A non-finite norm is a [`super::run::NonFiniteValue`]
+/// error naming it — unless the loss is scaled (f16 training): then, as `GradScaler`, an
+/// optimizer whose gradients overflowed skips its update and the scale is lowered.
+pub fn apply_updates(
+    loss_scale: &mut Option<LossScale>,
+    norms: &[(&str, f64)],
+    step: usize,
+) -> anyhow::Result<Vec<bool>> {
+    let finite: Vec<bool> = norms.iter().map(|(_, n)| n.is_finite()).collect();
     match loss_scale {
         Some(s) => {
-            let apply = s.update(finite);
-            if !apply {
+            if !s.update(finite.iter().all(|&f| f)) {
+                let skipped: Vec<&str> =
+                    norms.iter().zip(&finite).filter(|(_, f)| !**f).map(|((n, _), _)| *n).collect();
                 tracing::warn!(
-                    "step {}: the f16 gradients overflowed; update skipped, loss scale now {}",
+                    "step {}: f16 gradients overflowed ({}); their update is skipped, loss scale now {}",
                     step + 1,
+                    skipped.join(", "),
                     s.scale
                 );
             }
-            Ok(apply)
+            if s.scale < MIN_LOSS_SCALE {
+                anyhow::bail!(
+                    "the f16 loss scale fell to {:e} after {} skipped steps: the gradients overflow whatever the \
+                     scale (train in bf16 or f32: run.precision)",
+                    s.scale,
+                    s.skipped
+                );
+            }
+            Ok(finite)
         }
         None => {
             for &(term, value) in norms {
                 super::run::check_finite(term, value)?;
             }
-            Ok(true)
+            Ok(finite)
         }
     }
 }
+
+/// Below this loss scale (2⁻²⁴, f16's smallest subnormal) f16 training stops: the gradients
+/// overflow whatever the scale.
+pub const MIN_LOSS_SCALE: f64 = 5.960_464_477_539_063e-8;
 
 /// The tokenizer stages' schedule (`adjust_learning_rate`, non-DiT branch): linear warm-up for
 /// `warmup` epochs, then half-cycle cosine from `base` to `min` at `total` epochs; `e` is the
@@ -247,17 +273,21 @@ mod tests {
         };
         // No scale, no clip: untouched; norm 5.
         let mut g = grads(1.0);
-        assert_eq!(unscale_and_clip(&mut g, 0.0, 1.0), 5.0);
+        let norm = global_norm(&g, &device);
+        assert_eq!(norm, 5.0);
+        assert_eq!(unscale_and_clip(&mut g, norm, 0.0, 1.0), 5.0);
         assert_eq!(values(&g), [3.0, 0.0, 4.0]);
         // Scaled by 1024 and clipped to 1: the unscaled norm, gradients of norm 1.
         let mut g = grads(1024.0);
-        assert!((unscale_and_clip(&mut g, 1.0, 1024.0) - 5.0).abs() < 1e-9);
+        let norm = global_norm(&g, &device);
+        assert!((unscale_and_clip(&mut g, norm, 1.0, 1024.0) - 5.0).abs() < 1e-9);
         let v = values(&g);
         assert!((v[0] - 0.6).abs() < 1e-6 && (v[2] - 0.8).abs() < 1e-6, "{v:?}");
         // An overflow: non-finite norm, gradients left alone.
         let mut g = grads(1.0);
         g.insert("c".into(), Tensor::from_data(TensorData::new(vec![f32::INFINITY], [1]), &device));
-        assert!(!unscale_and_clip(&mut g, 1.0, 2.0).is_finite());
+        let norm = global_norm(&g, &device);
+        assert!(!unscale_and_clip(&mut g, norm, 1.0, 2.0).is_finite());
     }
 
     #[test]
@@ -273,11 +303,17 @@ mod tests {
         assert!(s.update(true));
         assert_eq!((s.scale, s.good_steps), (65536.0, 0));
         // Without loss scaling a non-finite norm is an error naming the term; with it, a skip.
-        let err = apply_update(&mut None, &[("gradient norm", f64::NAN)], 4).unwrap_err();
+        let err = apply_updates(&mut None, &[("gradient norm", f64::NAN)], 4).unwrap_err();
         assert!(err.to_string().contains("gradient norm"), "{err}");
+        // Each optimizer skips only on its own overflow; the scale halves on any.
         let mut scaled = Some(LossScale::default());
-        assert!(!apply_update(&mut scaled, &[("gradient norm", 1.0), ("d", f64::INFINITY)], 4).unwrap());
-        assert!(apply_update(&mut scaled, &[("gradient norm", 1.0)], 5).unwrap());
+        assert_eq!(apply_updates(&mut scaled, &[("g", 1.0), ("d", f64::INFINITY)], 4).unwrap(), [true, false]);
+        assert_eq!(scaled.as_ref().unwrap().scale, 32768.0);
+        assert_eq!(apply_updates(&mut scaled, &[("g", 1.0)], 5).unwrap(), [true]);
+        // A scale that keeps falling stops the run instead of skipping forever.
+        let mut tiny = Some(LossScale { scale: 1e-7, good_steps: 0, skipped: 40 });
+        let err = apply_updates(&mut tiny, &[("g", f64::NAN)], 6).unwrap_err();
+        assert!(err.to_string().contains("loss scale"), "{err}");
     }
 
     #[test]

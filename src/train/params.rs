@@ -146,12 +146,39 @@ pub fn accumulate(into: &mut BTreeMap<String, Tensor<1>>, grads: BTreeMap<String
 /// Flat gradients by parameter path.
 pub type FlatGradients = BTreeMap<String, Tensor<1>>;
 
-/// One data-parallel shard's results, read back from the device.
+/// Weighted sums of a step's logged scalars, kept on the device until the step reads them all
+/// back at once ([`crate::device::read_scalars`]); a sum never added to reads as 0.
+pub struct ScalarSums(Vec<Option<Tensor<1>>>);
+
+impl ScalarSums {
+    /// `n` sums.
+    pub fn new(n: usize) -> Self {
+        Self(vec![None; n])
+    }
+
+    /// Adds `weight · value` to sum `i`.
+    pub fn add(&mut self, i: usize, value: Tensor<1>, weight: f64) {
+        let part = value.detach().reshape([1]) * weight;
+        self.0[i] = Some(match self.0[i].take() {
+            Some(sum) => sum + part,
+            None => part,
+        });
+    }
+
+    /// The sums, in order (a missing one as 0 on the device of the others, or the CPU).
+    pub fn into_tensors(self) -> Vec<Tensor<1>> {
+        let device = self.0.iter().flatten().next().map(|t| t.device()).unwrap_or_else(Device::flex);
+        self.0.into_iter().map(|s| s.unwrap_or_else(|| Tensor::zeros([1], &device))).collect()
+    }
+}
+
+/// One data-parallel shard's results, left on the device (the step reads all its scalars back
+/// in one transfer, after the last micro-batch).
 pub struct ShardLoss<E> {
-    /// The shard's loss (before weighting).
-    pub loss: f64,
-    /// The scalars the loss function asked to log, in its order.
-    pub logged: Vec<f64>,
+    /// The shard's loss (before weighting), detached.
+    pub loss: Tensor<1>,
+    /// The scalars the loss function asked to log, in its order, detached.
+    pub logged: Vec<Tensor<1>>,
     /// The loss function's by-product.
     pub extra: E,
 }
@@ -159,9 +186,8 @@ pub struct ShardLoss<E> {
 /// Data parallelism on CPU threads: runs `loss_of(replica, shard)` for every shard at once, each
 /// on its own thread with its own replica of `model`, and returns each shard's scalar loss, its
 /// logged scalars and its by-product (in shard order) with the sum of their gradients (each loss
-/// scaled by its `weight` before the backward pass; a non-finite loss contributes no gradient,
-/// for the caller to report). The loss and the logged scalars come back to the host in one read
-/// per shard, made after the backward pass is queued, so a GPU never idles waiting for it.
+/// scaled by its `weight` before the backward pass). Nothing is read back: the caller checks the
+/// values (a non-finite loss gives non-finite gradients) once per step, before any update.
 ///
 /// Why replicas: burn's autodiff keeps one graph per connected component behind a mutex, so two
 /// backward passes through the *same* parameter leaves serialise (and consume each other's tape).
@@ -183,10 +209,8 @@ where
     let run = |replica: M, shard: S, weight: f64| -> Out<E> {
         let (loss, logged, extra) = loss_of(&replica, shard)?;
         let g = (loss.clone() * weight).backward();
-        let mut values = crate::device::read_scalars([vec![loss], logged].concat());
-        let loss = values.remove(0);
-        let grads = if loss.is_finite() { gradients(&replica, &g) } else { BTreeMap::new() };
-        Ok((ShardLoss { loss, logged: values, extra }, grads))
+        let logged = logged.into_iter().map(|t| t.detach()).collect();
+        Ok((ShardLoss { loss: loss.detach(), logged, extra }, gradients(&replica, &g)))
     };
     let results: Vec<Out<E>> = if shards.len() == 1 {
         shards.into_iter().map(|(s, w)| run(model.clone(), s, w)).collect()
@@ -288,8 +312,8 @@ mod tests {
             .unwrap();
             let loss = shard_bounds(b, parts)
                 .iter()
-                .zip(&outs)
-                .map(|(&(_, n), out)| out.loss * n as f64 / b as f64)
+                .zip(outs)
+                .map(|(&(_, n), out)| crate::device::read_scalars(vec![out.loss])[0] * n as f64 / b as f64)
                 .sum::<f64>();
             (loss, grads)
         };

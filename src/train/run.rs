@@ -386,7 +386,7 @@ pub trait Trainer: Sized {
     fn begin(&mut self, step: usize, fresh: bool, metrics: &MetricsLog) -> Result<()>;
     /// One optimizer step (0-based `step`), drawing from `rng` and from `stream` (the batches'
     /// stream, lent for the step; `None` when not started), with the loss scaled by `loss_scale`
-    /// (f16 training; see [`super::optim::apply_update`]). A non-finite value is a
+    /// (f16 training; see [`super::optim::apply_updates`]). A non-finite value is a
     /// [`NonFiniteValue`] error; no error may leave the parameters half-updated.
     fn step(
         &mut self,
@@ -531,6 +531,11 @@ impl<T: Trainer> Run<T> {
         // f16 scales the loss (kept across resumes); f32 and bf16 need no scaling.
         let loss_scale = (precision == crate::device::Precision::F16)
             .then(|| state.as_ref().and_then(|(_, s)| s.loss_scale.clone()).unwrap_or_default());
+        if let Some(s) = &loss_scale
+            && !(s.scale.is_finite() && s.scale > 0.0)
+        {
+            anyhow::bail!("{}: corrupt training state: loss scale {}", run_dir.display(), s.scale);
+        }
         let (checkpoint, mut rng, step, elapsed_s) = match &state {
             Some((ckpt, s)) => {
                 tracing::info!("resuming {} from {} (step {})", run_dir.display(), ckpt.display(), s.step);

@@ -14,7 +14,9 @@
 use super::checkpoint::CheckpointStore;
 use super::config::TokenizerTrainConfig;
 use super::monitor::{MetricsLog, reconstruction_grid};
-use super::optim::{AdamW, AdamWConfig, LossScale, apply_update, reference_decays, unscale_and_clip, warmup_cosine};
+use super::optim::{
+    AdamW, AdamWConfig, LossScale, apply_updates, reference_decays, squared_norm, unscale_and_clip, warmup_cosine,
+};
 use super::params;
 use super::run::{Run, RunEnd, Trainer, TrainingBatches, check_finite};
 use super::tokenizer_step::{teacher_targets, training_forward};
@@ -63,18 +65,6 @@ pub struct StepValues {
 }
 
 impl StepValues {
-    fn add(&mut self, o: &StepValues, w: f64) {
-        self.loss += o.loss * w;
-        self.rec += o.rec * w;
-        self.perceptual += o.perceptual * w;
-        self.kl += o.kl * w;
-        self.sem += o.sem * w;
-        self.gan += o.gan * w;
-        self.d_loss += o.d_loss * w;
-        self.logits_real += o.logits_real * w;
-        self.logits_fake += o.logits_fake * w;
-    }
-
     /// `−10·log10(rec)`.
     pub fn psnr(&self) -> f64 {
         -10.0 * self.rec.log10()
@@ -374,7 +364,9 @@ impl Trainer for TokenizerTraining {
         let lr = self.lr_at(step);
         let epoch = self.epoch_at(step);
         let gan_on = self.loss.gan_weight > 0.0 && epoch.floor() as usize >= self.loss.gan_start_epoch;
-        let mut totals = StepValues::default();
+        // Σ over the step's micro-batches and slices, on the device: total, reconstruction,
+        // perceptual, KL, semantic and GAN losses, then the discriminator's loss and logits.
+        let mut sums = params::ScalarSums::new(9);
         let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
         let mut disc_grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
         // Slices per micro-batch: the data-parallel replicas, at most one per sample.
@@ -438,53 +430,67 @@ impl Trainer for TokenizerTraining {
                     let logged = vec![terms.reconstruction, terms.perceptual, terms.kl, terms.sem, terms.gan];
                     Ok((terms.total, logged, y_hat.detach()))
                 })?;
-            let mut v = StepValues::default();
             let mut y_hats = Vec::new();
             for (&(_, n), out) in bounds.iter().zip(outs) {
-                let [rec, perceptual, kl, sem, gan] = out.logged[..] else { unreachable!("five logged terms") };
-                let part = StepValues { loss: out.loss, rec, perceptual, kl, sem, gan, ..Default::default() };
-                v.add(&part, n as f64 / b as f64);
+                let w = n as f64 / (b * accum) as f64;
+                for (i, t) in std::iter::once(out.loss).chain(out.logged).enumerate() {
+                    sums.add(i, t, w);
+                }
                 y_hats.push(out.extra);
-            }
-            for (term, value) in [
-                ("reconstruction", v.rec),
-                ("perceptual", v.perceptual),
-                ("KL", v.kl),
-                ("semantic", v.sem),
-                ("generator GAN", v.gan),
-                ("total", v.loss),
-            ] {
-                check_finite(&format!("{term} loss"), value)?;
             }
             params::accumulate(&mut grads, g);
             let (y, y_hat) = (x_host * 0.5 + 0.5, Tensor::cat(y_hats, 0));
             if gan_on {
                 let d = discriminator_loss(&self.disc, y.autodiff(), y_hat);
                 let g = (d.loss.clone() * (scale / accum as f64)).backward();
-                let read = crate::device::read_scalars(vec![d.loss, d.logits_real_mean, d.logits_fake_mean]);
-                (v.d_loss, v.logits_real, v.logits_fake) = (read[0], read[1], read[2]);
-                check_finite("discriminator loss", v.d_loss)?;
+                for (i, t) in [d.loss, d.logits_real_mean, d.logits_fake_mean].into_iter().enumerate() {
+                    sums.add(6 + i, t.detach(), 1.0 / accum as f64);
+                }
                 params::accumulate(&mut disc_grads, params::gradients(&self.disc, &g));
             }
-            totals.add(&v, 1.0 / accum as f64);
         }
         grads.retain(|k, _| self.trainable.contains(k));
+        // The step's one read back: its losses and gradient norms.
+        let mut scalars = sums.into_tensors();
+        scalars.push(squared_norm(&grads, &self.device));
+        if gan_on {
+            scalars.push(squared_norm(&disc_grads, &self.device));
+        }
+        let read = crate::device::read_scalars(scalars);
+        let mut totals = StepValues {
+            loss: read[0],
+            rec: read[1],
+            perceptual: read[2],
+            kl: read[3],
+            sem: read[4],
+            gan: read[5],
+            ..Default::default()
+        };
+        // The terms first, so the message names the one that overflowed.
+        let terms = ["reconstruction", "perceptual", "KL", "semantic", "generator GAN", "total"];
+        for (term, value) in terms.iter().zip([read[1], read[2], read[3], read[4], read[5], read[0]]) {
+            check_finite(&format!("{term} loss"), value)?;
+        }
         let clip = self.config.optim.clip_grad;
-        totals.grad_norm = unscale_and_clip(&mut grads, clip, scale);
+        totals.grad_norm = unscale_and_clip(&mut grads, read[6 + 3 * gan_on as usize].sqrt(), clip, scale);
         let mut norms = vec![("gradient norm", totals.grad_norm)];
         if gan_on {
-            norms.push(("discriminator gradient norm", unscale_and_clip(&mut disc_grads, clip, scale)));
+            (totals.d_loss, totals.logits_real, totals.logits_fake) = (read[6], read[7], read[8]);
+            check_finite("discriminator loss", totals.d_loss)?;
+            norms
+                .push(("discriminator gradient norm", unscale_and_clip(&mut disc_grads, read[10].sqrt(), clip, scale)));
         }
-        // Every check comes before the first update, so a stopped step leaves the state intact.
-        if !apply_update(loss_scale, &norms, step)? {
-            return Ok(totals);
+        // Every check comes before the first update, so a stopped step leaves the state intact;
+        // under f16 loss scaling an optimizer whose gradients overflowed skips its update.
+        let apply = apply_updates(loss_scale, &norms, step)?;
+        if apply[0] {
+            let names = &self.reference_names;
+            let decays = |path: &str, shape: &[usize]| reference_decays(&names.to_reference(path), shape);
+            self.model = self.opt.step(self.model.clone(), &grads, lr, &decays);
+            // The reference's `SimpleEMAModel`: trained parameters move, frozen ones are copied.
+            self.ema = params::ema_update(self.ema.clone(), &self.model, &self.trainable, self.config.optim.ema_decay);
         }
-        let names = &self.reference_names;
-        let decays = |path: &str, shape: &[usize]| reference_decays(&names.to_reference(path), shape);
-        self.model = self.opt.step(self.model.clone(), &grads, lr, &decays);
-        // The reference's `SimpleEMAModel`: trained parameters move, frozen ones are copied.
-        self.ema = params::ema_update(self.ema.clone(), &self.model, &self.trainable, self.config.optim.ema_decay);
-        if gan_on {
+        if gan_on && apply[1] {
             self.disc = self.opt_disc.step(self.disc.clone(), &disc_grads, lr, &reference_decays);
         }
         Ok(totals)
