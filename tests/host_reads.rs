@@ -96,7 +96,7 @@ fn check_on(name: &str) {
     trainer.train_step().unwrap();
     for _ in 0..steps {
         let (reads, v) = reads_during(|| trainer.train_step().unwrap());
-        assert!(v.loss.is_finite());
+        assert!(v.loss.is_finite() && v.grad_norm.is_finite() && v.grad_norm > 0.0, "{v:?}");
         assert_eq!(reads, 1, "{name}: tokenizer step (2 micro-batches): {reads} host reads");
     }
 
@@ -117,8 +117,10 @@ fn check_on(name: &str) {
     let mut trainer = TokenizerTrainer::start(config, &dir.path().join("gan")).unwrap();
     trainer.begin().unwrap();
     trainer.train_step().unwrap();
-    let (reads, _) = reads_during(|| trainer.train_step().unwrap());
+    let (reads, v) = reads_during(|| trainer.train_step().unwrap());
     assert_eq!(reads, 1, "{name}: tokenizer step with the GAN: {reads} host reads");
+    // The values read back land where they belong.
+    assert!(v.grad_norm > 0.0 && v.d_loss > 0.0 && v.rec > 0.0, "{v:?}");
 
     // The generator step, on the latents of a random tiny tokenizer.
     let tok_path = dir.path().join("tokenizer.safetensors");
@@ -140,7 +142,7 @@ fn check_on(name: &str) {
     trainer.train_step().unwrap();
     for _ in 0..steps {
         let (reads, v) = reads_during(|| trainer.train_step().unwrap());
-        assert!(v.loss.is_finite());
+        assert!(v.loss.is_finite() && v.grad_norm.is_finite() && v.grad_norm > 0.0, "{v:?}");
         assert_eq!(reads, 1, "{name}: generator step: {reads} host reads");
     }
     eprintln!("{name}: counted in {:.0} s", start.elapsed().as_secs_f64());

@@ -452,6 +452,7 @@ impl Trainer for TokenizerTraining {
         grads.retain(|k, _| self.trainable.contains(k));
         // The step's one read back: its losses and gradient norms.
         let mut scalars = sums.into_tensors();
+        let norm_at = scalars.len();
         scalars.push(squared_norm(&grads, &self.device));
         if gan_on {
             scalars.push(squared_norm(&disc_grads, &self.device));
@@ -472,13 +473,15 @@ impl Trainer for TokenizerTraining {
             check_finite(&format!("{term} loss"), value)?;
         }
         let clip = self.config.optim.clip_grad;
-        totals.grad_norm = unscale_and_clip(&mut grads, read[6 + 3 * gan_on as usize].sqrt(), clip, scale);
+        totals.grad_norm = unscale_and_clip(&mut grads, read[norm_at].sqrt(), clip, scale);
         let mut norms = vec![("gradient norm", totals.grad_norm)];
         if gan_on {
             (totals.d_loss, totals.logits_real, totals.logits_fake) = (read[6], read[7], read[8]);
             check_finite("discriminator loss", totals.d_loss)?;
-            norms
-                .push(("discriminator gradient norm", unscale_and_clip(&mut disc_grads, read[10].sqrt(), clip, scale)));
+            norms.push((
+                "discriminator gradient norm",
+                unscale_and_clip(&mut disc_grads, read[norm_at + 1].sqrt(), clip, scale),
+            ));
         }
         // Every check comes before the first update, so a stopped step leaves the state intact;
         // under f16 loss scaling an optimizer whose gradients overflowed skips its update.
