@@ -7,7 +7,10 @@ and transport/ are imported); it is not part of this repository.
 
     python3 benches/reference_dit.py --rectok-repo ../RecTok --threads 2 -o ref_dit.json
 """
-import argparse, json, statistics, sys, time
+import argparse, json, os, statistics, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_device  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--rectok-repo", required=True)
@@ -15,9 +18,7 @@ p.add_argument("--threads", type=int, default=2)
 p.add_argument("--models", default="s,xl")
 p.add_argument("--batch-sizes", default="1,8")
 p.add_argument("--iters", type=int, default=3)
-p.add_argument("--device", default="cpu", help="cpu or cuda")
-p.add_argument("--precision", default="f32", choices=["f32", "f16", "bf16"],
-               help="autocast dtype of the forward (as `rectok --precision`)")
+bench_device.add_arguments(p)
 p.add_argument("-o", "--output", required=True)
 a = p.parse_args()
 sys.path.insert(0, a.rectok_repo)
@@ -26,14 +27,7 @@ from models.DDT import DiTwDDTHead  # noqa: E402
 
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
-dev = torch.device(a.device)
-autocast = torch.autocast(dev.type, dtype={"f16": torch.float16, "bf16": torch.bfloat16}.get(a.precision),
-                          enabled=a.precision != "f32")
-
-
-def sync():
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+dev, autocast, sync = bench_device.setup(a)
 sizes = {"s": ([384, 2048], [12, 2], [6, 16]), "b": ([768, 2048], [12, 2], [12, 16]),
          "l": ([1024, 2048], [24, 2], [16, 16]), "xl": ([1152, 2048], [28, 2], [16, 16])}
 out = {"torch": torch.__version__, "threads": a.threads, "device": a.device, "precision": a.precision}

@@ -8,16 +8,17 @@ teacher loader are stubbed because no teacher is built).
 
     python3 benches/reference_tokenizer.py --rectok-repo ../RecTok --threads 2 -o ref.json
 """
-import argparse, json, statistics, sys, time, types
+import argparse, json, os, statistics, sys, time, types
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_device  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--rectok-repo", required=True)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--batch-sizes", default="1,8")
 p.add_argument("--iters", type=int, default=5)
-p.add_argument("--device", default="cpu", help="cpu or cuda")
-p.add_argument("--precision", default="f32", choices=["f32", "f16", "bf16"],
-               help="autocast dtype of the forward (as `rectok --precision`)")
+bench_device.add_arguments(p)
 p.add_argument("-o", "--output", required=True)
 a = p.parse_args()
 
@@ -31,14 +32,7 @@ from models.rectok import rectok_BB  # noqa: E402
 
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
-dev = torch.device(a.device)
-autocast = torch.autocast(dev.type, dtype={"f16": torch.float16, "bf16": torch.bfloat16}.get(a.precision),
-                          enabled=a.precision != "f32")
-
-
-def sync():
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+dev, autocast, sync = bench_device.setup(a)
 model = rectok_BB(token_channels=128, img_size=256, patch_size=16, mask_ratio=0.0).eval().to(dev)
 out = {"encode": {}, "decode": {}, "torch": torch.__version__, "threads": a.threads, "device": a.device,
        "precision": a.precision}

@@ -58,7 +58,7 @@ for l in sys.stdin:
     strip -o "$stage/gpu-check/bin/rectok" "$target/release/rectok"
     strip -o "$stage/gpu-check/bin/golden" "$golden"
     cp -r tests/golden "$stage/gpu-check/golden"
-    cp benches/reference_*.py "$stage/gpu-check/benches/"
+    cp benches/reference_*.py benches/bench_device.py "$stage/gpu-check/benches/"
     cp scripts/gpu-check.sh "$stage/gpu-check/"
     # The Vulkan loader, for a machine that has the NVIDIA driver but no loader.
     local loader

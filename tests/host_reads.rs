@@ -13,6 +13,25 @@ use rectok::train::generator::GeneratorTrainer;
 use rectok::train::generator_config::GeneratorTrainConfig;
 use rectok::train::tokenizer::TokenizerTrainer;
 
+/// The run options every counted run shares: no checkpoints, one replica (as on a GPU), the
+/// device `name`.
+fn run_options(name: &str) -> Vec<String> {
+    vec!["run.checkpoint_every=1000000".into(), "run.data_parallel=1".into(), format!("run.device=\"{name}\"")]
+}
+
+/// A `tiny` tokenizer run on `name` in `dir` with `extra` overrides, data for `steps` more steps,
+/// and its first step (kernel compilation, autotuning) already taken.
+fn tokenizer_run(name: &str, dir: &std::path::Path, steps: usize, extra: &[&str]) -> TokenizerTrainer {
+    let mut overrides = run_options(name);
+    overrides.extend(["data.grid_images=1", "teacher.resolution=32"].iter().chain(extra).map(|s| s.to_string()));
+    let mut config = TokenizerTrainConfig::load("tiny", &overrides).unwrap();
+    config.data.source = format!("procedural:{}", config.optim.batch_size * (steps + 2));
+    let mut trainer = TokenizerTrainer::start(config, dir).unwrap();
+    trainer.begin().unwrap();
+    trainer.train_step().unwrap();
+    trainer
+}
+
 /// Host reads made while `work` runs.
 fn reads_during<T>(work: impl FnOnce() -> T) -> (usize, T) {
     let before = host_reads();
@@ -77,23 +96,8 @@ fn check_on(name: &str) {
     // many parameters and micro-batches (one replica, as on a GPU).
     let dir = tempfile::tempdir().unwrap();
     let steps = if name == "cpu" { 3 } else { 1 };
-    let mut config = TokenizerTrainConfig::load(
-        "tiny",
-        &[
-            "run.checkpoint_every=1000000".into(),
-            "run.data_parallel=1".into(),
-            format!("run.device=\"{name}\""),
-            "data.grid_images=1".into(),
-            "teacher.resolution=32".into(),
-            "loss.gan_start_epoch=1000".into(),
-            "optim.accum_steps=2".into(),
-        ],
-    )
-    .unwrap();
-    config.data.source = format!("procedural:{}", config.optim.batch_size * (steps + 2));
-    let mut trainer = TokenizerTrainer::start(config, &dir.path().join("tok")).unwrap();
-    trainer.begin().unwrap();
-    trainer.train_step().unwrap();
+    let mut trainer =
+        tokenizer_run(name, &dir.path().join("tok"), steps, &["loss.gan_start_epoch=1000", "optim.accum_steps=2"]);
     for _ in 0..steps {
         let (reads, v) = reads_during(|| trainer.train_step().unwrap());
         assert!(v.loss.is_finite() && v.grad_norm.is_finite() && v.grad_norm > 0.0, "{v:?}");
@@ -101,22 +105,7 @@ fn check_on(name: &str) {
     }
 
     // With the GAN on, the discriminator's losses and gradient norm come in the same read.
-    let mut config = TokenizerTrainConfig::load(
-        "tiny",
-        &[
-            "run.checkpoint_every=1000000".into(),
-            "run.data_parallel=1".into(),
-            format!("run.device=\"{name}\""),
-            "data.grid_images=1".into(),
-            "teacher.resolution=32".into(),
-            "loss.gan_start_epoch=0".into(),
-        ],
-    )
-    .unwrap();
-    config.data.source = format!("procedural:{}", config.optim.batch_size * (steps + 2));
-    let mut trainer = TokenizerTrainer::start(config, &dir.path().join("gan")).unwrap();
-    trainer.begin().unwrap();
-    trainer.train_step().unwrap();
+    let mut trainer = tokenizer_run(name, &dir.path().join("gan"), steps, &["loss.gan_start_epoch=0"]);
     let (reads, v) = reads_during(|| trainer.train_step().unwrap());
     assert_eq!(reads, 1, "{name}: tokenizer step with the GAN: {reads} host reads");
     // The values read back land where they belong.
@@ -125,17 +114,9 @@ fn check_on(name: &str) {
     // The generator step, on the latents of a random tiny tokenizer.
     let tok_path = dir.path().join("tokenizer.safetensors");
     rectok::weights::tokenizer::save_tokenizer(&tok, &tok_path).unwrap();
-    let mut config = GeneratorTrainConfig::load(
-        "ditdh-tiny",
-        &[
-            format!("tokenizer.path=\"{}\"", tok_path.display()),
-            "run.checkpoint_every=1000000".into(),
-            "run.data_parallel=1".into(),
-            format!("run.device=\"{name}\""),
-            "run.fd_images=0".into(),
-        ],
-    )
-    .unwrap();
+    let mut overrides = run_options(name);
+    overrides.extend([format!("tokenizer.path=\"{}\"", tok_path.display()), "run.fd_images=0".into()]);
+    let mut config = GeneratorTrainConfig::load("ditdh-tiny", &overrides).unwrap();
     config.data.source = format!("procedural:{}", config.optim.batch_size * (steps + 2));
     let mut trainer = GeneratorTrainer::start(config, &dir.path().join("gen")).unwrap();
     trainer.begin().unwrap();

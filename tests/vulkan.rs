@@ -24,8 +24,15 @@ fn vulkan_driver() -> bool {
 
 /// `rectok args… --device device`, which must succeed.
 fn ok_on(device: &str, args: &[&str]) {
-    let o = rectok().args(args).args(["--device", device]).output().unwrap();
-    assert!(o.status.success(), "{device}: {}", stderr(&o));
+    stdout_on(device, args);
+}
+
+/// The tiny models in `dir`: the tokenizer (with latent statistics), the photos folder and a
+/// random tiny DiT^DH (8 channels, std 0.02), as command-line arguments.
+fn tiny_models(dir: &Path) -> (String, String, String) {
+    let tok = tiny_tokenizer(dir).to_string_lossy().into_owned();
+    let generator = tiny_generator(dir, "gen.safetensors", 1, 8, 0.02).to_string_lossy().into_owned();
+    (tok, fixture("photos").to_string_lossy().into_owned(), generator)
 }
 
 /// The largest relative difference ‖a − b‖ / ‖a‖ between the tensors of the same name in two
@@ -97,10 +104,9 @@ fn generate_matches_the_cpu() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let tok = tiny_tokenizer(dir.path());
     // std 0.02 as the reference initialises; at 0.2 the random network amplifies rounding to a
     // few levels.
-    let generator = tiny_generator(dir.path(), "gen.safetensors", 1, 8, 0.02);
+    let (tok, _, generator) = tiny_models(dir.path());
     for device in ["cpu", "vulkan"] {
         let out = dir.path().join(device);
         ok_on(
@@ -108,9 +114,9 @@ fn generate_matches_the_cpu() {
             &[
                 "generate",
                 "--tokenizer",
-                tok.to_str().unwrap(),
+                &tok,
                 "--generator",
-                generator.to_str().unwrap(),
+                &generator,
                 "--classes",
                 "1,3",
                 "--num-per-class",
@@ -246,15 +252,10 @@ fn half_precision_matches_f32() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let tok = tiny_tokenizer(d);
-    let (tok, photos) = (tok.to_str().unwrap(), fixture("photos"));
-    let photos = photos.to_str().unwrap();
-    let generator = tiny_generator(d, "gen.safetensors", 1, 8, 0.02);
+    let (tok, photos, generator) = tiny_models(d);
+    let (tok, photos, generator) = (tok.as_str(), photos.as_str(), generator.as_str());
     let frozen = converted_tokenizer(d, "frozen.safetensors", &["--inference-only", "-q"]);
-    let run = |precision: &str, args: &[&str]| {
-        let o = rectok().args(args).args(["--device", "vulkan", "--precision", precision]).output().unwrap();
-        assert!(o.status.success(), "{precision}: {}", stderr(&o));
-    };
+    let run = |precision: &str, args: &[&str]| ok_on("vulkan", &[args, &["--precision", precision]].concat());
     let train = |precision: &str| {
         let set = format!("run.precision=\"{precision}\"");
         let out = d.join(format!("tok-{precision}"));
@@ -287,7 +288,7 @@ fn half_precision_matches_f32() {
         let recon = d.join(format!("recon-{precision}"));
         run(precision, &["reconstruct", "--tokenizer", tok, "--input", photos, "--output", recon.to_str().unwrap()]);
         let samples = d.join(format!("samples-{precision}"));
-        let generate = ["generate", "--tokenizer", tok, "--generator", generator.to_str().unwrap()];
+        let generate = ["generate", "--tokenizer", tok, "--generator", generator];
         let options = ["--classes", "1,3", "--num-per-class", "2", "--steps", "4", "--cfg", "2.0", "--output"];
         run(precision, &[&generate[..], &options[..], &[samples.to_str().unwrap()]].concat());
     };
@@ -336,10 +337,8 @@ fn every_other_command_matches_the_cpu() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let tok = tiny_tokenizer(d);
-    let (tok, photos) = (tok.to_str().unwrap(), fixture("photos"));
-    let photos = photos.to_str().unwrap();
-    let generator = tiny_generator(d, "gen.safetensors", 1, 8, 0.02);
+    let (tok, photos, generator) = tiny_models(d);
+    let (tok, photos, generator) = (tok.as_str(), photos.as_str(), generator.as_str());
     let latents = d.join("latents.safetensors");
     ok_on("cpu", &["encode", "--tokenizer", tok, "--input", photos, "--output", latents.to_str().unwrap()]);
     let json = |name: &str| -> serde_json::Value {
@@ -355,7 +354,7 @@ fn every_other_command_matches_the_cpu() {
         let limit = ["--limit", "6", "--batch-size", "3"];
         ok_on(device, &[&["eval", "tokenizer", "--tokenizer", tok][..], &limit, &["--json", &p("tok")]].concat());
         let sampling = ["--num-samples", "4", "--steps", "3", "--ref-data", "procedural:20"];
-        let generate = ["eval", "generator", "--tokenizer", tok, "--generator", generator.to_str().unwrap()];
+        let generate = ["eval", "generator", "--tokenizer", tok, "--generator", generator];
         ok_on(device, &[&generate[..], &sampling, &["--json", &p("gen")]].concat());
         let probe = ["eval", "probe", "--tokenizer", tok, "--data", "procedural:60", "--epochs", "3"];
         ok_on(device, &[&probe[..], &["--json", &p("probe")]].concat());
