@@ -113,7 +113,14 @@ run() {
     trap 'rm -rf "$work"' EXIT
     local pack
     for pack in "$@"; do
-        zstd -dc --long=28 "$pack" | tar -C "$work" -xf -
+        if [ ! -f "$pack" ] || [ ! -r "$pack" ]; then
+            echo "error: $pack: no such pack (make one with \`scripts/gpu-check.sh pack\`)" >&2
+            return 2
+        fi
+        if ! zstd -dc --long=28 "$pack" 2>/dev/null | tar -C "$work" -xf - 2>/dev/null; then
+            echo "error: $pack: not a gpu-check pack (a zstd tar written by \`scripts/gpu-check.sh pack\`)" >&2
+            return 2
+        fi
     done
     local g=$work/gpu-check
     # The golden cases: packed, or the checkout's.

@@ -314,3 +314,38 @@ fn decode_of_normalised_latents_needs_statistics() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(dir.path().join("d/cat.png").exists());
 }
+
+/// A closed output pipe (`rectok … 2>&1 | head -1`) ends rectok quietly, as it ends any Unix
+/// filter: no panic (exit 101), no hang, and no half-written output file.
+#[test]
+fn a_closed_output_pipe_ends_the_run_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = converted(dir.path());
+    // On Vulkan a panicking device thread once left the main thread waiting forever.
+    let vulkan =
+        cfg!(feature = "vulkan") && std::fs::read_dir("/usr/share/vulkan/icd.d").is_ok_and(|mut d| d.next().is_some());
+    let devices: &[&str] = if vulkan { &["cpu", "vulkan"] } else { &["cpu"] };
+    for device in devices {
+        for redirect in ["2>&1", "2>/dev/null", "2>&1 >/dev/null"] {
+            let out = dir.path().join(format!("{device}.safetensors"));
+            let _ = std::fs::remove_file(&out);
+            // pipefail: the pipeline's status is rectok's (141 when SIGPIPE ended it).
+            let script = format!(
+                "set -o pipefail; timeout 120 \"$0\" encode -v --tokenizer \"$1\" -i \"$2\" -o \"$3\" --device {device} \
+                 {redirect} | head -c 1 >/dev/null"
+            );
+            let o = std::process::Command::new("bash")
+                .args(["-c", &script, env!("CARGO_BIN_EXE_rectok")])
+                .arg(&tok)
+                .arg(fixture("photos"))
+                .arg(&out)
+                .output()
+                .unwrap();
+            let code = o.status.code();
+            assert!(matches!(code, Some(0) | Some(141)), "{device}, {redirect}: exit {code:?}, {}", stderr(&o));
+            if out.exists() {
+                StateDict::open_verbatim(&out).unwrap_or_else(|e| panic!("{device}: half-written output: {e}"));
+            }
+        }
+    }
+}

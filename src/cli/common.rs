@@ -18,11 +18,13 @@ use std::path::{Path, PathBuf};
 /// `--device` / `--precision` / `--threads`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeviceArgs {
-    /// Compute device: cpu (always available), vulkan, wgpu or cuda (when built with those features).
+    /// Compute device: cpu (always available), vulkan (alias gpu), wgpu or cuda (when built with
+    /// those features).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
-    /// Arithmetic precision on a GPU device: f32, f16 or bf16 (autocast: the transformer blocks'
-    /// matrix products and attention in half, the rest in f32; refused on the CPU).
+    /// Arithmetic precision on a GPU device: f32, f16 (alias fp16, half) or bf16 (autocast: the
+    /// transformer blocks' matrix products and attention in half, the rest in f32; refused on the
+    /// CPU).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
     /// CPU worker threads (default: all cores).

@@ -82,6 +82,8 @@ fn init_logging(verbose: u8, quiet: bool) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
+        // A log line that cannot be written is dropped, never a panic (stderr closed).
+        .log_internal_errors(false)
         .try_init();
 }
 
@@ -113,10 +115,12 @@ pub fn run() -> i32 {
         Command::Ablate(a) => demo::run_ablate_command(a),
     };
     let Err(e) = result else { return 0 };
+    // Written without `eprintln!`, which panics when stderr is closed.
+    use std::io::Write;
     if let Some(stop) = e.downcast_ref::<crate::signals::Interrupted>() {
-        eprintln!("{stop}");
+        let _ = writeln!(std::io::stderr(), "{stop}");
         return stop.exit_code();
     }
-    eprintln!("error: {e:#}");
+    let _ = writeln!(std::io::stderr(), "error: {e:#}");
     1
 }

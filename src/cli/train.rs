@@ -30,7 +30,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub max_steps: Option<usize>,
     /// Continue the run in --out from its newest checkpoint (only where it stops, logging,
-    /// checkpointing, threads and device may change).
+    /// checkpointing, threads, device and precision may change).
     #[arg(long)]
     pub resume: bool,
     /// Print the resolved configuration as TOML and exit.

@@ -529,6 +529,16 @@ impl<T: Trainer> Run<T> {
         crate::device::set_precision(precision, &device, "run.precision").map_err(|e| anyhow!(e))?;
         let device = device.autodiff();
         // f16 scales the loss (kept across resumes); f32 and bf16 need no scaling.
+        if let Some((_, s)) = &state
+            && s.config.schedule().precision != schedule.precision
+        {
+            tracing::info!(
+                "precision: {} until step {}, {} from here (f32 master weights and optimizer state carry over)",
+                s.config.schedule().precision,
+                s.step,
+                schedule.precision
+            );
+        }
         let loss_scale = (precision == crate::device::Precision::F16)
             .then(|| state.as_ref().and_then(|(_, s)| s.loss_scale.clone()).unwrap_or_default());
         if let Some(s) = &loss_scale
