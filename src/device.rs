@@ -65,23 +65,41 @@ pub fn select_device(choice: DeviceChoice) -> Result<Device, String> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::flex()),
         #[cfg(feature = "vulkan")]
-        DeviceChoice::Vulkan => Ok(Device::vulkan(Default::default())),
+        DeviceChoice::Vulkan => Ok(Device::vulkan(gpu_kind())),
         #[cfg(not(feature = "vulkan"))]
         DeviceChoice::Vulkan => Err("this rectok binary was built without the `vulkan` feature; rebuild with \
                      `cargo build --release --features vulkan`"
             .into()),
         #[cfg(feature = "wgpu")]
-        DeviceChoice::Wgpu => Ok(Device::wgpu(Default::default())),
+        DeviceChoice::Wgpu => Ok(Device::wgpu(gpu_kind())),
         #[cfg(not(feature = "wgpu"))]
         DeviceChoice::Wgpu => Err("this rectok binary was built without the `wgpu` feature; rebuild with \
                      `cargo build --release --features wgpu`"
             .into()),
         #[cfg(feature = "cuda")]
-        DeviceChoice::Cuda => Ok(Device::cuda(0)),
+        DeviceChoice::Cuda => Ok(Device::cuda(gpu_index())),
         #[cfg(not(feature = "cuda"))]
         DeviceChoice::Cuda => Err("this rectok binary was built without the `cuda` feature; rebuild with \
                      `cargo build --release --features cuda` (needs network access at build time)"
             .into()),
+    }
+}
+
+/// The GPU a process takes: in a multi-process job, the one of its node-local rank (`mpirun -np 8`
+/// on an 8-GPU machine gives each rank its own), unless the launcher already made one GPU visible
+/// to each rank (`CUDA_VISIBLE_DEVICES` with a single entry, as SLURM's `--gpus-per-task=1`).
+pub fn gpu_index() -> usize {
+    let world = crate::dist::world();
+    let one_visible = std::env::var("CUDA_VISIBLE_DEVICES").is_ok_and(|v| !v.is_empty() && !v.contains(','));
+    if world.local_size() > 1 && !one_visible { world.local_rank() } else { 0 }
+}
+
+/// The Vulkan / wgpu device kind of [`gpu_index`]: the default adapter for a single process.
+#[cfg(any(feature = "vulkan", feature = "wgpu"))]
+fn gpu_kind() -> burn::tensor::DeviceKind {
+    match gpu_index() {
+        0 if crate::dist::world().local_size() == 1 => Default::default(),
+        i => burn::tensor::DeviceKind::DiscreteGpu(i),
     }
 }
 
@@ -141,7 +159,11 @@ fn check_parameters_within(params: u64, what: &str, max: u64) -> Result<(), Stri
 /// Sets the number of CPU worker threads (rayon's global pool, which the flex backend and the
 /// data pipeline share). Must run before any tensor work; later calls are ignored.
 pub fn set_cpu_threads(threads: Option<usize>) {
-    if let Some(n) = threads.filter(|&n| n > 0) {
+    // Ranks sharing a machine share its cores.
+    let local = crate::dist::world().local_size();
+    let split = || std::thread::available_parallelism().map_or(1, |n| (n.get() / local).max(1));
+    let threads = threads.filter(|&n| n > 0).or_else(|| (local > 1).then(split));
+    if let Some(n) = threads {
         // An error only means the pool already exists; the first setting wins.
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     }

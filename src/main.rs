@@ -17,5 +17,13 @@ fn main() {
         // SAFETY: setting an option is thread-safe; 15 is `mi_option_purge_delay`.
         unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     }
-    std::process::exit(rectok::cli::run());
+    // Under `mpirun` / `srun` (built with the `mpi` feature): join the job before any other
+    // thread starts; at the end, leave it so that no rank waits on this one (src/dist.rs).
+    if let Err(e) = rectok::dist::init() {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "error: {e:#}");
+        std::process::exit(2);
+    }
+    let code = rectok::cli::run();
+    std::process::exit(rectok::dist::finish(code));
 }

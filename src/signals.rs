@@ -1,4 +1,4 @@
-//! Ctrl-C (SIGINT) and SIGTERM, turned into "finish what is safe, then stop" while a training run
+//! Ctrl-C (SIGINT), SIGTERM and SIGUSR1, turned into "finish what is safe, then stop" while a training run
 //! holds a [`Deferral`]: the first signal only raises a flag that the run reads at safe points
 //! (after each optimizer step, between batches of long setup work) — it then saves what it can
 //! and returns [`Interrupted`]; a second signal exits at once (status 128 + signal). Without a
@@ -25,7 +25,7 @@ static DEFERRALS: AtomicUsize = AtomicUsize::new(0);
     resume.as_ref().map(|r| format!("; continue it with `{r}`")).unwrap_or_default()
 )]
 pub struct Interrupted {
-    /// The signal number (SIGINT 2, SIGTERM 15).
+    /// The signal number (SIGINT 2, SIGUSR1 10, SIGTERM 15).
     pub signal: i32,
     /// Its name.
     pub name: &'static str,
@@ -50,6 +50,7 @@ fn signal_name(signal: i32) -> &'static str {
     match signal {
         signal_hook::consts::SIGINT => "SIGINT (Ctrl-C)",
         signal_hook::consts::SIGTERM => "SIGTERM",
+        signal_hook::consts::SIGUSR1 => "SIGUSR1",
         _ => "a signal",
     }
 }
@@ -57,7 +58,9 @@ fn signal_name(signal: i32) -> &'static str {
 fn install_handlers() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| {
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // SIGUSR1 too: `mpirun` passes it on to every process at once, where its own SIGINT and
+        // SIGTERM kill them a second later (docs/DISTRIBUTED.md); SLURM's `--signal` sends it.
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
             // SAFETY: the handler only touches atomics and calls `_exit`, both async-signal-safe.
             let registered = unsafe {
                 signal_hook::low_level::register(signal, move || {
@@ -76,7 +79,7 @@ fn install_handlers() {
     });
 }
 
-/// Defers SIGINT and SIGTERM to the safe points of the work while alive.
+/// Defers SIGINT, SIGTERM and SIGUSR1 to the safe points of the work while alive.
 #[derive(Debug)]
 pub struct Deferral(());
 
@@ -101,7 +104,7 @@ pub fn requested() -> Option<i32> {
 }
 
 /// An [`Interrupted`] of `doing` by `signal`, with nothing finished to report.
-fn interrupted(signal: i32, doing: &str) -> Interrupted {
+pub fn interrupted(signal: i32, doing: &str) -> Interrupted {
     Interrupted { signal, name: signal_name(signal), doing: doing.into(), step: None, checkpoint: None, resume: None }
 }
 

@@ -41,7 +41,7 @@ fn tiny_recipe_learns_reconstruction_semantics_and_separable_latents() {
     let seed = cfg.run.seed;
     let model_cfg = cfg.model.clone();
     let mut trainer = TokenizerTrainer::start(cfg, &run).unwrap();
-    let summary = trainer.run().unwrap();
+    let summary = trainer.run().unwrap().expect("one process reports its summary");
     assert_eq!(summary.steps, 512);
     let (before, after) = (summary.val_psnr.0.unwrap(), summary.val_psnr.1);
     assert!(after > before + 4.0, "held-out PSNR {before:.2} dB untrained → {after:.2} dB trained");

@@ -20,6 +20,21 @@ pub enum Which {
     /// One training step: tokenizer stage 1 (tiny recipe, rectok_b) and generator (ditdh-tiny
     /// recipe, DiT^DH-S on 128×16×16 latents).
     Train(TrainBench),
+    /// The gradient all-reduce of multi-process training: MPI sums of a gradient-sized f32 buffer
+    /// across the job's processes (run under `mpirun` / `srun`; docs/DISTRIBUTED.md).
+    Allreduce(AllreduceBench),
+}
+
+/// `rectok bench allreduce`.
+#[derive(clap::Args, Debug)]
+pub struct AllreduceBench {
+    /// f32 elements per reduction (default: the gradients of rectok_b's stage 1, its trainable
+    /// parameters).
+    #[arg(long)]
+    elements: Option<usize>,
+    /// Timed reductions (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
 }
 
 /// Options every bench has.
@@ -432,5 +447,60 @@ pub fn run(which: Which) -> Result<()> {
         Which::Tokenizer(a) => run_tokenizer(a),
         Which::Dit(a) => run_dit(a),
         Which::Train(a) => run_train(a),
+        Which::Allreduce(a) => run_allreduce(a),
     }
+}
+
+/// Times [`crate::dist::World::sum_f32`] (flat buckets, as a training step sums its gradients)
+/// and checks the sums; rank 0 prints the median time, the algorithm bandwidth (bytes / time)
+/// and the bus bandwidth (× 2(n−1)/n, the traffic of a ring all-reduce, as nccl-tests reports).
+fn run_allreduce(a: AllreduceBench) -> Result<()> {
+    crate::config::between("--repeats", a.repeats, 1, 1000).map_err(|e| anyhow!(e))?;
+    let elements = a.elements.unwrap_or_else(|| crate::tokenizer::RecTokConfig::rectok_b().approx_params() as usize);
+    crate::config::between("--elements", elements, 1, 1 << 31).map_err(|e| anyhow!(e))?;
+    let world = crate::dist::world();
+    let n = world.size();
+    if n == 1 {
+        anyhow::bail!(
+            "one process has nothing to reduce: run it under MPI, e.g. `mpirun -np 2 rectok bench allreduce` \
+             (a build with `--features mpi`)"
+        );
+    }
+    // Element i of rank r holds r + i mod 7, so the sum is known exactly.
+    let fill = |buf: &mut Vec<f32>| {
+        buf.clear();
+        buf.extend((0..elements).map(|i| (world.rank() + i % 7) as f32));
+    };
+    let expected = |i: usize| (n * (n - 1) / 2 + n * (i % 7)) as f32;
+    let mut buf = Vec::with_capacity(elements);
+    let mut times = Vec::with_capacity(a.repeats);
+    for k in 0..=a.repeats {
+        fill(&mut buf);
+        let t0 = std::time::Instant::now();
+        world.sum_f32(&mut buf);
+        if k > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        for i in [0, 1, elements / 2, elements - 1] {
+            if buf[i] != expected(i) {
+                anyhow::bail!("all-reduce element {i}: {} instead of {}", buf[i], expected(i));
+            }
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let bytes = (elements * 4) as f64;
+    if world.is_root() {
+        println!(
+            "all-reduce of {elements} f32 ({:.1} MB) over {n} process(es), {} bucket(s) of at most {} elements: \
+             median {median:.4} s of {}; algorithm bandwidth {:.2} GB/s, bus bandwidth {:.2} GB/s",
+            bytes / 1e6,
+            elements.div_ceil(crate::dist::BUCKET_ELEMENTS),
+            crate::dist::BUCKET_ELEMENTS,
+            a.repeats,
+            bytes / median / 1e9,
+            bytes / median / 1e9 * 2.0 * (n as f64 - 1.0) / n as f64,
+        );
+    }
+    Ok(())
 }

@@ -189,10 +189,13 @@ fn run_tokenizer(a: TokenizerEvalArgs) -> Result<()> {
         limit: a.limit,
         save_dir: a.save_dir,
         kid: a.kid,
+        world: crate::dist::world(),
     };
     let bar = progress(total, "reconstruct + measure");
     let r = evaluate_tokenizer(&model, &loader, &options, &device, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
+    // Across processes rank 0 reports.
+    let Some(r) = r else { return Ok(()) };
     if loader.skipped() > 0 {
         tracing::warn!("skipped {} unreadable image(s); {} evaluated", loader.skipped(), r.images);
     }
@@ -274,6 +277,7 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
         extractor: &extractor,
         reference: reference.as_ref().map(|(s, l)| (s, l.clone())),
         save_dir: a.save_dir,
+        world: crate::dist::world(),
     };
     let classifier = match &a.class_check {
         Some(data) => {
@@ -306,7 +310,11 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
         },
     )?;
     bar.finish_and_clear();
-    let class_accuracy = classifier.as_ref().map(|c| (hits as f64 / r.samples as f64, c.real_accuracy));
+    // Across processes the class hits are summed and rank 0 reports.
+    let mut hits = [hits as f64];
+    crate::dist::world().sum_f64(&mut hits);
+    let Some(r) = r else { return Ok(()) };
+    let class_accuracy = classifier.as_ref().map(|c| (hits[0] / r.samples as f64, c.real_accuracy));
     let rows: Vec<_> = [
         Some(("samples".to_string(), format!("{} (class-balanced, {} classes)", r.samples, net.config.num_classes))),
         class_accuracy.map(|(acc, ceiling)| {

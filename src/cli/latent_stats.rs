@@ -39,13 +39,27 @@ pub fn run(args: Args) -> Result<()> {
     inputs.sources.truncate(args.limit.unwrap_or(usize::MAX));
     let device = args.device.device()?;
     let model = args.tokenizer.load(&device)?;
-    let mut moments = ChannelMoments::new(model.token_channels());
+    // Across processes each takes a block of the batches; rank 0 merges the per-batch sums in
+    // order (the one-process result) and writes the file.
+    let world = crate::dist::world();
+    let (first, count) = world.part(inputs.sources.len().div_ceil(args.batch_size));
+    let end = ((first + count) * args.batch_size).min(inputs.sources.len());
+    inputs.sources = inputs.sources.drain(..end).skip(first * args.batch_size).collect();
+    let channels = model.token_channels();
+    let mut batches = Vec::new();
     let images =
         inputs.for_each_batch(args.batch_size, Some(model.config.img_size), "latent statistics", |_, images| {
             let mean = model.posterior(images_to_tensor(&images, &device)).mean;
+            let mut moments = ChannelMoments::new(channels);
             moments.add(&crate::device::read_f32(mean));
+            batches.push(moments);
             Ok(())
-        })?;
+        });
+    let images = world.agree(images)?;
+    let mut total = [images as f64];
+    world.sum_f64(&mut total);
+    let images = total[0] as usize;
+    let Some(moments) = ChannelMoments::gather_batches(&batches, channels, world) else { return Ok(()) };
     if images == 0 {
         bail!("{}: none of the images could be read", args.data.display());
     }

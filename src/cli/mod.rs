@@ -15,6 +15,8 @@ mod teacher;
 mod train;
 
 use clap::{Parser, Subcommand};
+// Written without `eprintln!`, which panics when stderr is closed.
+use std::io::Write;
 
 /// RecTok: a visual tokenizer for latent diffusion (CVPR 2026), in Rust on burn.
 #[derive(Parser, Debug)]
@@ -73,7 +75,15 @@ enum Command {
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
-    let default = if quiet { "error" } else { ["info", "debug", "trace"][usize::from(verbose.min(2))] };
+    // In a multi-process job rank 0 tells the story; the others only warn (or log with -v).
+    let other_rank = !crate::dist::world().is_root() && verbose == 0;
+    let default = if quiet {
+        "error"
+    } else if other_rank {
+        "warn"
+    } else {
+        ["info", "debug", "trace"][usize::from(verbose.min(2))]
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
@@ -99,6 +109,16 @@ pub fn run() -> i32 {
     };
     init_logging(cli.verbose, cli.quiet);
     crate::data::images::set_max_image_pixels(cli.max_image_pixels);
+    let world = crate::dist::world();
+    if world.is_multi() && !cli.command.runs_across_processes() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: rank {}: this command runs in one process; under mpirun / srun rectok runs `train tokenizer`, \
+             `train generator`, `eval tokenizer`, `eval generator` and `latent-stats` (docs/DISTRIBUTED.md)",
+            world.rank()
+        );
+        return 2;
+    }
     let result = match cli.command {
         Command::Encode(a) => encode::run(a),
         Command::Decode(a) => decode::run(a),
@@ -115,12 +135,27 @@ pub fn run() -> i32 {
         Command::Ablate(a) => demo::run_ablate_command(a),
     };
     let Err(e) = result else { return 0 };
-    // Written without `eprintln!`, which panics when stderr is closed.
-    use std::io::Write;
+    // In a job, rank 0 reports a stop; each rank reports its own error, named.
+    let who = if world.is_multi() { format!("rank {}: ", world.rank()) } else { String::new() };
     if let Some(stop) = e.downcast_ref::<crate::signals::Interrupted>() {
-        let _ = writeln!(std::io::stderr(), "{stop}");
+        if world.is_root() {
+            let _ = writeln!(std::io::stderr(), "{stop}");
+        }
         return stop.exit_code();
     }
-    let _ = writeln!(std::io::stderr(), "error: {e:#}");
+    let _ = writeln!(std::io::stderr(), "error: {who}{e:#}");
     1
+}
+
+impl Command {
+    /// Whether the command splits its work across the processes of an MPI job.
+    fn runs_across_processes(&self) -> bool {
+        matches!(
+            self,
+            Command::Train(_)
+                | Command::LatentStats(_)
+                | Command::Eval(eval::Which::Tokenizer(_) | eval::Which::Generator(_))
+                | Command::Bench(bench::Which::Allreduce(_))
+        )
+    }
 }

@@ -151,7 +151,8 @@ fn run_generator(args: GeneratorArgs) -> Result<()> {
     else {
         return Ok(());
     };
-    let s = trainer.run()?;
+    // In a multi-process job rank 0 reports.
+    let Some(s) = trainer.run()? else { return Ok(()) };
     let eval = |e: &Option<crate::train::generator::OnlineEval>| match e {
         Some(e) => {
             let accuracy = e.class_accuracy.map(|a| format!(", samples in their class (teacher) {:.1}%", 100.0 * a));
@@ -197,7 +198,8 @@ pub fn run(which: Which) -> Result<()> {
     else {
         return Ok(());
     };
-    let summary = trainer.run()?;
+    // In a multi-process job rank 0 reports.
+    let Some(summary) = trainer.run()? else { return Ok(()) };
     println!(
         "trained {} steps in {:.0} s; tokenizer: {}; held-out PSNR {}{:.2} dB",
         summary.steps,

@@ -84,6 +84,9 @@ pub struct Loader {
     config: LoaderConfig,
     pool: Arc<rayon::ThreadPool>,
     step_multiple: usize,
+    /// `(offset, len)` of the part of each batch this loader decodes (a process's part of a
+    /// multi-process job's batch); `None`: all of it.
+    part: Option<(usize, usize)>,
     /// Items found unreadable (each warned about and counted once, however often it is read).
     skipped: Arc<std::sync::Mutex<std::collections::BTreeSet<usize>>>,
 }
@@ -102,7 +105,7 @@ impl Loader {
             .thread_name(|i| format!("rectok-data-{i}"))
             .build()
             .context("cannot start data-loading threads")?;
-        Ok(Self { dataset, config, pool: Arc::new(pool), step_multiple: 1, skipped: Default::default() })
+        Ok(Self { dataset, config, pool: Arc::new(pool), step_multiple: 1, part: None, skipped: Default::default() })
     }
 
     /// Distinct unreadable items skipped so far (with `skip_unreadable`).
@@ -121,6 +124,14 @@ impl Loader {
     /// reference drops the incomplete global batch).
     pub fn with_step_multiple(mut self, k: usize) -> Self {
         self.step_multiple = k.max(1);
+        self
+    }
+
+    /// Decodes only items `offset..offset + len` of each batch (a process's part of the batch of
+    /// a multi-process job, [`crate::dist::World::part`]); the order, flips and batch count stay
+    /// those of whole batches.
+    pub fn with_part(mut self, offset: usize, len: usize) -> Self {
+        self.part = Some((offset, len));
         self
     }
 
@@ -164,8 +175,9 @@ impl Loader {
 
     fn assemble(&self, order: &[usize], flips: &[bool], epoch: usize, step: usize) -> Result<Batch> {
         let b = self.config.batch_size;
-        let start = step * b;
-        let end = (start + b).min(order.len());
+        let (offset, len) = self.part.unwrap_or((0, b));
+        let start = step * b + offset;
+        let end = (start + len).min(order.len());
         if start >= end {
             bail!("batch {step} of epoch {epoch} is past the end of the data");
         }
@@ -238,8 +250,19 @@ impl Loader {
     /// how many of its readable items fall within the limit (skipped items are simply absent).
     pub fn first_items(&self, limit: usize) -> impl Iterator<Item = Result<(Batch, usize)>> + '_ {
         let limit = limit.min(self.dataset.len());
-        let mut stream = self.stream(0, 0);
-        (0..limit.div_ceil(self.config.batch_size)).map(move |_| {
+        self.items_in_batches(limit, 0..limit.div_ceil(self.config.batch_size))
+    }
+
+    /// As [`first_items`](Self::first_items), only the batches in `batches` (a process's block
+    /// of a sharded evaluation: the same batches as one process decodes, so the same results).
+    pub fn items_in_batches(
+        &self,
+        limit: usize,
+        batches: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = Result<(Batch, usize)>> + '_ {
+        let limit = limit.min(self.dataset.len());
+        let mut stream = self.stream(0, batches.start);
+        batches.map(move |_| {
             let batch = stream.next_batch()?;
             let take = batch.indices.iter().take_while(|&&i| i < limit).count();
             Ok((batch, take))

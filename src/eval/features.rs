@@ -20,6 +20,11 @@ pub struct FeatureCollector<'a> {
     stats: StatsAccumulator,
     logits: Vec<f32>,
     features: Option<Vec<f32>>,
+    /// The processes sharing the work ([`crate::dist`]).
+    world: &'a crate::dist::World,
+    /// Across processes: this rank's features and the rows of each batch, replayed on rank 0 in
+    /// the global order so that the statistics are those of one process, bit for bit.
+    shard: Option<(Vec<f32>, Vec<f64>)>,
 }
 
 /// What a [`FeatureCollector`] gathered.
@@ -35,14 +40,18 @@ pub struct Collected {
 }
 
 impl<'a> FeatureCollector<'a> {
-    /// A collector; `keep_features` keeps the raw features (KID needs them).
-    pub fn new(extractor: &'a Extractor, device: &Device, keep_features: bool) -> Self {
+    /// A collector; `keep_features` keeps the raw features (KID needs them). Where `world` has
+    /// several processes, each adds its own batches (whole batches of the one-process order, in
+    /// rank order) and [`finish`](Self::finish) gathers them on rank 0.
+    pub fn new(extractor: &'a Extractor, device: &Device, keep_features: bool, world: &'a crate::dist::World) -> Self {
         Self {
             extractor,
             device: device.clone(),
             stats: StatsAccumulator::new(extractor.dim()),
             logits: Vec::new(),
             features: keep_features.then(Vec::new),
+            world,
+            shard: world.is_multi().then(|| (Vec::new(), Vec::new())),
         }
     }
 
@@ -52,6 +61,12 @@ impl<'a> FeatureCollector<'a> {
             return Ok(());
         }
         let f = self.extractor.features_and_logits(images, &self.device)?;
+        if let Some((pool, rows)) = &mut self.shard {
+            pool.extend_from_slice(&f.pool);
+            rows.push(images.len() as f64);
+            self.logits.extend_from_slice(&f.logits);
+            return Ok(());
+        }
         self.stats.add(&f.pool)?;
         self.logits.extend_from_slice(&f.logits);
         if let Some(all) = &mut self.features {
@@ -60,14 +75,31 @@ impl<'a> FeatureCollector<'a> {
         Ok(())
     }
 
-    /// Finishes the statistics.
-    pub fn finish(self) -> Result<Collected> {
-        Ok(Collected {
+    /// Finishes the statistics: on rank 0 (or a single process) everything collected; `None` on
+    /// the other ranks of a job.
+    pub fn finish(mut self) -> Result<Option<Collected>> {
+        if let Some((pool, rows)) = self.shard.take() {
+            let (pool, rows, logits) =
+                (self.world.gather_f32(&pool), self.world.gather_f64(&rows), self.world.gather_f32(&self.logits));
+            let (Some(pool), Some(rows), Some(logits)) = (pool, rows, logits) else { return Ok(None) };
+            let dim = self.extractor.dim();
+            let mut at = 0;
+            for r in rows {
+                let n = r as usize * dim;
+                self.stats.add(&pool[at..at + n])?;
+                at += n;
+            }
+            self.logits = logits;
+            if self.features.is_some() {
+                self.features = Some(pool);
+            }
+        }
+        Ok(Some(Collected {
             stats: self.stats.finish()?,
             logits: self.logits,
             classes: self.extractor.classes(),
             features: self.features,
-        })
+        }))
     }
 }
 

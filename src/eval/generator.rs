@@ -41,6 +41,8 @@ pub struct GeneratorEvalOptions<'a> {
     pub reference: Option<(&'a FeatureStats, String)>,
     /// Write the samples here as `{index:06}_{class:04}.png`.
     pub save_dir: Option<PathBuf>,
+    /// The processes sharing the work ([`crate::dist::world`], or [`crate::dist::single`]).
+    pub world: &'a crate::dist::World,
 }
 
 /// Results of [`evaluate_generator`].
@@ -56,6 +58,10 @@ pub struct GeneratorEval {
 
 /// Samples class-balanced images and measures them; `on_batch(images)` reports progress, and
 /// `on_images` sees every decoded batch with its labels (e.g. for a classifier check).
+///
+/// Across the processes of `options.world` each samples a contiguous block of the one-process
+/// batches (the same sample indices, classes and noise) and rank 0 gets the results, equal to
+/// one process's (`None` on the other ranks; `on_images` sees each process's own batches).
 pub fn evaluate_generator(
     net: &DitDh,
     tokenizer: &RecTok,
@@ -63,7 +69,7 @@ pub fn evaluate_generator(
     device: &Device,
     mut on_batch: impl FnMut(usize),
     mut on_images: impl FnMut(&[RgbImage], &[usize]) -> Result<()>,
-) -> Result<GeneratorEval> {
+) -> Result<Option<GeneratorEval>> {
     if options.num_samples == 0 || options.batch_size == 0 {
         bail!("the number of samples and the batch size must be positive");
     }
@@ -72,12 +78,18 @@ pub fn evaluate_generator(
     }
     let grid = ode_grid(options.steps, net.config.time_shift());
     let classes = net.config.num_classes;
-    let mut collector = FeatureCollector::new(options.extractor, device, false);
+    let world = options.world;
+    if world.is_multi() && options.save_dir.is_some() {
+        bail!("saving the samples is done by one process: evaluate without mpirun to save them");
+    }
+    let mut collector = FeatureCollector::new(options.extractor, device, false, world);
     let mut staged = options.save_dir.as_deref().map(crate::io::StagedFolder::new);
-    let mut start = 0;
-    while start < options.num_samples {
+    let (first, count) = world.part(options.num_samples.div_ceil(options.batch_size));
+    let mut start = first * options.batch_size;
+    let end = ((first + count) * options.batch_size).min(options.num_samples);
+    while start < end {
         crate::signals::check("sampling for the evaluation")?;
-        let b = options.batch_size.min(options.num_samples - start);
+        let b = options.batch_size.min(end - start);
         let labels: Vec<usize> = (start..start + b).map(|i| i % classes).collect();
         let latents = sample_class_latents(
             net,
@@ -104,17 +116,17 @@ pub fn evaluate_generator(
     if let Some(staged) = staged {
         staged.commit()?;
     }
-    let collected = collector.finish()?;
+    let Some(collected) = collector.finish()? else { return Ok(None) };
     let (mean, std) = collected.inception_score()?;
     let distance = options.reference.as_ref().map(|(stats, label)| -> Result<Distance> {
         let value = frechet_distance(&collected.stats, stats)?;
         Ok(Distance { metric: options.extractor.metric_name().into(), value, reference: label.clone() })
     });
-    Ok(GeneratorEval {
+    Ok(Some(GeneratorEval {
         samples: options.num_samples,
         distance: distance.transpose()?,
         score: Score { metric: options.extractor.score_name().into(), mean, std },
-    })
+    }))
 }
 
 /// "Does the sample look like its class?": a linear probe on the built-in teacher's pooled

@@ -36,6 +36,8 @@ pub struct TokenizerEvalOptions<'a> {
     pub save_dir: Option<PathBuf>,
     /// Also compute KID against the originals (needs `Reference::Originals`).
     pub kid: bool,
+    /// The processes sharing the work ([`crate::dist::world`], or [`crate::dist::single`]).
+    pub world: &'a crate::dist::World,
 }
 
 /// Results of [`evaluate_tokenizer`].
@@ -61,23 +63,32 @@ pub fn reconstruction_file(index: usize) -> std::path::PathBuf {
 }
 
 /// Reconstructs every image the loader yields (posterior mean, no noise, no mask) and measures.
+/// Across the processes of `options.world` each takes a block of the batches and rank 0 gets
+/// the results, equal to one process's (`None` on the other ranks).
 pub fn evaluate_tokenizer(
     model: &RecTok,
     loader: &Loader,
     options: &TokenizerEvalOptions<'_>,
     device: &Device,
     mut on_batch: impl FnMut(usize),
-) -> Result<TokenizerEval> {
+) -> Result<Option<TokenizerEval>> {
     let size = loader.config().image_size;
     let total = options.limit.unwrap_or(usize::MAX).min(loader.dataset().len());
     let with_originals = matches!(options.reference, Reference::Originals);
     let keep = options.kid && with_originals;
-    let mut recon_features = options.extractor.map(|e| FeatureCollector::new(e, device, keep));
+    let world = options.world;
+    if world.is_multi() && options.save_dir.is_some() {
+        bail!("saving the reconstructions is done by one process: evaluate without mpirun to save them");
+    }
+    let mut recon_features = options.extractor.map(|e| FeatureCollector::new(e, device, keep, world));
     let mut orig_features =
-        options.extractor.filter(|_| with_originals).map(|e| FeatureCollector::new(e, device, keep));
+        options.extractor.filter(|_| with_originals).map(|e| FeatureCollector::new(e, device, keep, world));
     let mut staged = options.save_dir.as_deref().map(crate::io::StagedFolder::new);
-    let (mut psnr_sum, mut ssim_sum, mut done) = (0.0, 0.0, 0usize);
-    for item in loader.first_items(total) {
+    // Per-image PSNR and SSIM, summed in the dataset's order (on rank 0 across processes).
+    let (mut psnrs, mut ssims) = (Vec::new(), Vec::new());
+    // Each process takes a contiguous block of the one-process batches.
+    let (first, count) = world.part(total.div_ceil(loader.config().batch_size));
+    for item in loader.items_in_batches(total, first..first + count) {
         let (batch, take) = item?;
         if take == 0 {
             continue;
@@ -87,8 +98,8 @@ pub fn evaluate_tokenizer(
         let recon = model.reconstruct(x);
         let (orig_planes, recon_planes) = (tensor_to_planes(original.clone()), tensor_to_planes(recon.clone()));
         for (o, r) in orig_planes.iter().zip(&recon_planes) {
-            psnr_sum += psnr(r, o);
-            ssim_sum += ssim(r, o, 3, size, size);
+            psnrs.push(psnr(r, o));
+            ssims.push(ssim(r, o, 3, size, size));
         }
         let recon_images = tensor_to_images(recon).context("reconstructions")?;
         if let Some(staged) = &mut staged {
@@ -102,9 +113,14 @@ pub fn evaluate_tokenizer(
         if let Some(c) = &mut orig_features {
             c.add(&to_u8_rounded(original)?)?;
         }
-        done += take;
         on_batch(take);
     }
+    // Every process takes part in every gather before rank 0 checks anything.
+    let (psnrs, ssims) = (world.gather_f64(&psnrs), world.gather_f64(&ssims));
+    let recon = recon_features.map(|c| c.finish()).transpose()?.flatten();
+    let orig = orig_features.map(|c| c.finish()).transpose()?.flatten();
+    let (Some(psnrs), Some(ssims)) = (psnrs, ssims) else { return Ok(None) };
+    let done = psnrs.len();
     if done == 0 {
         bail!("{}: no images to evaluate", loader.dataset().describe());
     }
@@ -116,17 +132,15 @@ pub fn evaluate_tokenizer(
     }
     let mut result = TokenizerEval {
         images: done,
-        psnr: psnr_sum / done as f64,
-        ssim: ssim_sum / done as f64,
+        psnr: psnrs.iter().sum::<f64>() / done as f64,
+        ssim: ssims.iter().sum::<f64>() / done as f64,
         distance: None,
         score: None,
         kid: None,
     };
-    if let (Some(extractor), Some(recon)) = (options.extractor, recon_features) {
-        let recon = recon.finish()?;
+    if let (Some(extractor), Some(recon)) = (options.extractor, recon) {
         let (mean, std) = recon.inception_score()?;
         result.score = Some(Score { metric: extractor.score_name().into(), mean, std });
-        let orig = orig_features.map(|c| c.finish()).transpose()?;
         let against = match (&options.reference, &orig) {
             (Reference::Stats(stats, label), _) => Some((stats, label.clone())),
             (Reference::Originals, Some(orig)) => Some((&orig.stats, "the evaluated originals".into())),
@@ -145,5 +159,5 @@ pub fn evaluate_tokenizer(
     if let Some(staged) = staged {
         staged.commit()?;
     }
-    Ok(result)
+    Ok(Some(result))
 }

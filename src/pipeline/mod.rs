@@ -19,7 +19,10 @@ use crate::train::config::TokenizerTrainConfig;
 use crate::train::generator::GeneratorTrainer;
 use crate::train::generator_config::GeneratorTrainConfig;
 use crate::train::tokenizer::TokenizerTrainer;
-use anyhow::Result;
+use anyhow::{Context, Result};
+
+/// Why a pipeline's training has a summary: the demo and ablations run in one process.
+const SINGLE_PROCESS: &str = "the demo and ablations run in one process";
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -194,8 +197,9 @@ fn measure_tokenizer(
         limit: Some(images),
         save_dir: None,
         kid: false,
+        world: crate::dist::single(),
     };
-    evaluate_tokenizer(model, &loader, &options, device, |_| {})
+    evaluate_tokenizer(model, &loader, &options, device, |_| {})?.context(SINGLE_PROCESS)
 }
 
 /// Linear-probe top-1 (token-averaged posterior means, 10 classes) on held-out images.
@@ -240,7 +244,7 @@ pub fn run_variant(
     let mut trainer = TokenizerTrainer::start(config, &stage1)?;
     let untrained = measure_tokenizer(trainer.ema(), budget.eval_images, &extractor, &device)?;
     let probe_untrained = measure_probe(trainer.ema(), budget.probe_images, &device)?;
-    let summary = trainer.run()?;
+    let summary = trainer.run()?.context(SINGLE_PROCESS)?;
     drop(trainer);
     let mut tokenizer_file = summary.tokenizer.clone();
     let t_tok = t0.elapsed().as_secs_f64();
@@ -260,7 +264,7 @@ pub fn run_variant(
         c.run.sample_every = 0;
         c.validate().map_err(|e| anyhow::anyhow!("variant {} stage 2: {e}", variant.name))?;
         let mut t = TokenizerTrainer::start(c, &stage2)?;
-        tokenizer_file = t.run()?.tokenizer;
+        tokenizer_file = t.run()?.context(SINGLE_PROCESS)?.tokenizer;
     }
     let t_s2 = t1.elapsed().as_secs_f64();
 
@@ -293,7 +297,7 @@ pub fn run_variant(
     let generator_dir = root.join("generator");
     let sample_cfg = gen_config.sample.cfg;
     let mut g = GeneratorTrainer::start(gen_config, &generator_dir)?;
-    let gs = g.run()?;
+    let gs = g.run()?.context(SINGLE_PROCESS)?;
     let t_gen = t3.elapsed().as_secs_f64();
 
     let rel = |p: Option<PathBuf>| p.map(|p| relative(&p, dir));

@@ -28,6 +28,11 @@ impl CheckpointStore {
         Self { dir: run_dir.join("checkpoints"), keep: keep.max(1) }
     }
 
+    /// Folder of the checkpoint after `step` optimizer steps (whether or not it exists).
+    pub fn path(&self, step: usize) -> PathBuf {
+        self.dir.join(Self::name(step))
+    }
+
     /// Folder name of the checkpoint after `step` optimizer steps.
     pub fn name(step: usize) -> String {
         format!("step_{step:08}")

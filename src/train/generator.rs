@@ -15,7 +15,7 @@
 use super::generator_config::GeneratorTrainConfig;
 use super::latents::{CacheOptions, LatentCache, collect_latent_stats};
 use super::monitor::MetricsLog;
-use super::optim::{AdamW, AdamWConfig, LossScale, apply_updates, ditdh_schedule, squared_norm, unscale_and_clip};
+use super::optim::{AdamW, AdamWConfig, LossScale, apply_updates, ditdh_schedule, unscale_and_clip};
 use super::params;
 use super::run::{Run, RunEnd, Trainer, TrainingBatches, check_finite};
 use crate::data::transforms::tensor_to_images;
@@ -204,13 +204,14 @@ impl Trainer for GeneratorTraining {
             tracing::info!("latent statistics over {n} training images (posterior means, no flip)");
             let bar = step_progress(n, 0);
             bar.set_message("latent statistics");
-            let stats = collect_latent_stats(&tokenizer, &loader, limit, &inner, |k| bar.inc(k as u64))?;
+            let stats =
+                collect_latent_stats(&tokenizer, &loader, limit, &inner, crate::dist::world(), |k| bar.inc(k as u64))?;
             bar.finish_and_clear();
             tokenizer.stats = Some(stats);
         }
         let stats = tokenizer.stats.clone().expect("statistics set above");
         stats.validate(tokenizer.token_channels()).map_err(|e| anyhow!("latent statistics: {e}"))?;
-        if !run_stats.exists() {
+        if !run_stats.exists() && crate::dist::world().is_root() {
             save_latent_stats(&stats, &run_stats)?;
         }
 
@@ -233,6 +234,7 @@ impl Trainer for GeneratorTraining {
                     workers: config.data.workers,
                 },
                 &inner,
+                crate::dist::world(),
             )?),
             _ => LatentSource::Images,
         };
@@ -264,8 +266,10 @@ impl Trainer for GeneratorTraining {
 
         // Online evaluation: reference statistics of held-out real images and the teacher
         // classifier, computed once per run folder.
+        // Rank 0 alone evaluates during training, so it alone needs them.
         let references = extractor
             .as_ref()
+            .filter(|_| crate::dist::world().is_root())
             .map(|e| online_references(&config, &spec, e, &tokenizer, dataset.num_classes(), run_dir, &inner))
             .transpose()?;
         let (fd_reference, classifier) = references.map_or((None, None), |(r, c)| (Some(r), c));
@@ -352,60 +356,14 @@ impl Trainer for GeneratorTraining {
         let accum = self.config.optim.accum_steps;
         let lr = self.lr_at(step);
         let mut values = GenStepValues::default();
-        let mut loss_sum: Option<Tensor<1>> = None;
-        let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
-        // Slices per micro-batch: the data-parallel replicas, at most one per sample.
-        let shards = params::replicas(self.config.run.data_parallel, &self.device).min(self.config.optim.batch_size);
-        for a in 0..accum {
-            let (x1, labels) = self.micro_batch(step * accum + a, stream, rng)?;
-            let [b, c, h, w] = x1.dims();
-            // The reference's draw order: noise, then time, then the label-dropout uniforms.
-            let draws = TrainingDraws {
-                x0: rng.normal_tensor([b, c, h, w], &self.device),
-                t_u: rng.uniform_tensor([b], &self.device),
-                label_drop_u: Some(rng.uniform_tensor([b], &self.device)),
-            };
-            let y = Tensor::<1, Int>::from_data(
-                TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]),
-                &self.device,
-            );
-            let x1 = x1.autodiff();
-            // Equal slices of the batch: the mean of their mean losses is the batch's.
-            let bounds = params::shard_bounds(b, shards);
-            let parts = bounds
-                .iter()
-                .map(|&(s, n)| {
-                    let draws = TrainingDraws {
-                        x0: draws.x0.clone().narrow(0, s, n),
-                        t_u: draws.t_u.clone().narrow(0, s, n),
-                        label_drop_u: draws.label_drop_u.clone().map(|u| u.narrow(0, s, n)),
-                    };
-                    (
-                        (x1.clone().narrow(0, s, n), y.clone().narrow(0, s, n), draws),
-                        scale * n as f64 / (b * accum) as f64,
-                    )
-                })
-                .collect();
-            let (losses, g) = params::data_parallel_grads(&self.model, &self.device, parts, |net, (x1, y, draws)| {
-                Ok((training_losses(net, x1, y, &draws).loss, vec![], ()))
-            })?;
-            for (&(_, n), out) in bounds.iter().zip(losses) {
-                let part = out.loss * (n as f64 / (b * accum) as f64);
-                loss_sum = Some(match loss_sum.take() {
-                    Some(sum) => sum + part,
-                    None => part,
-                });
-            }
-            params::accumulate(&mut grads, g);
-        }
-        grads.retain(|k, _| self.trainable.contains(k));
-        // The step's one read back: its loss and its gradient norm.
-        let loss_sum = loss_sum.context("no micro-batch in the step")?;
-        let read = crate::device::read_scalars(vec![loss_sum, squared_norm(&grads, &self.device)]);
-        values.loss = read[0];
+        let local = self.local_step(stream, scale, rng, step * accum);
+        // The step's one read back (and, across processes, its one sum): its loss and norm.
+        let reduced = params::reduce_step(local)?;
+        let mut grads = reduced.grads.into_iter().next().context("no gradients in the step")?;
+        values.loss = reduced.scalars[0];
         check_finite("velocity loss", values.loss)?;
         let clip = self.config.optim.clip_grad;
-        values.grad_norm = unscale_and_clip(&mut grads, read[1].sqrt(), clip, scale);
+        values.grad_norm = unscale_and_clip(&mut grads, reduced.squared_norms[0].sqrt(), clip, scale);
         if !apply_updates(loss_scale, &[("gradient norm", values.grad_norm)], step)?[0] {
             return Ok(values);
         }
@@ -432,6 +390,11 @@ impl Trainer for GeneratorTraining {
             insert_eval(record, &e);
         }
         Ok(())
+    }
+
+    fn broadcast_parameters(&mut self) {
+        self.model = params::broadcast_module(self.model.clone());
+        self.ema = params::broadcast_module(self.ema.clone());
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
@@ -487,6 +450,72 @@ impl Run<GeneratorTraining> {
 }
 
 impl GeneratorTraining {
+    /// This process's part of a step: its slices of `accum` micro-batches of the global batch
+    /// through the velocity loss, with the loss and gradients weighted by their share of the
+    /// global batch (for [`params::reduce_step`]). `scale`: the f16 loss scale.
+    fn local_step(
+        &mut self,
+        stream: &mut Option<BatchStream>,
+        scale: f64,
+        rng: &mut Rng,
+        micro0: usize,
+    ) -> Result<params::LocalStep> {
+        let accum = self.config.optim.accum_steps;
+        let mut loss_sum: Option<Tensor<1>> = None;
+        let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
+        // Slices per micro-batch: the data-parallel replicas, at most one per sample.
+        let shards = params::replicas(self.config.run.data_parallel, &self.device).min(self.config.optim.batch_size);
+        // Every rank draws the whole global micro-batch's randomness in the same order and takes
+        // its part, so a step is the same at any number of processes.
+        let b = self.config.optim.batch_size;
+        let (first, count) = crate::dist::world().part(b);
+        for a in 0..accum {
+            let (x1, labels) = self.micro_batch(micro0 + a, stream, rng)?;
+            let [_, c, h, w] = x1.dims();
+            // The reference's draw order: noise, then time, then the label-dropout uniforms.
+            let draws = TrainingDraws {
+                x0: rng.normal_tensor([b, c, h, w], &self.device).narrow(0, first, count),
+                t_u: rng.uniform_tensor([b], &self.device).narrow(0, first, count),
+                label_drop_u: Some(rng.uniform_tensor([b], &self.device).narrow(0, first, count)),
+            };
+            let y = Tensor::<1, Int>::from_data(
+                TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [count]),
+                &self.device,
+            );
+            let x1 = x1.autodiff();
+            // Slices of this process's part: the sum of their mean losses, each weighted by its
+            // share of the global batch, is the global batch's mean.
+            let bounds = params::shard_bounds(count, shards);
+            let parts = bounds
+                .iter()
+                .map(|&(s, n)| {
+                    let draws = TrainingDraws {
+                        x0: draws.x0.clone().narrow(0, s, n),
+                        t_u: draws.t_u.clone().narrow(0, s, n),
+                        label_drop_u: draws.label_drop_u.clone().map(|u| u.narrow(0, s, n)),
+                    };
+                    (
+                        (x1.clone().narrow(0, s, n), y.clone().narrow(0, s, n), draws),
+                        scale * n as f64 / (b * accum) as f64,
+                    )
+                })
+                .collect();
+            let (losses, g) = params::data_parallel_grads(&self.model, &self.device, parts, |net, (x1, y, draws)| {
+                Ok((training_losses(net, x1, y, &draws).loss, vec![], ()))
+            })?;
+            for (&(_, n), out) in bounds.iter().zip(losses) {
+                let part = out.loss * (n as f64 / (b * accum) as f64);
+                loss_sum = Some(match loss_sum.take() {
+                    Some(sum) => sum + part,
+                    None => part,
+                });
+            }
+            params::accumulate(&mut grads, g);
+        }
+        grads.retain(|k, _| self.trainable.contains(k));
+        let loss_sum = loss_sum.context("no micro-batch in the step")?;
+        Ok(params::LocalStep { scalars: vec![loss_sum], grads: vec![grads] })
+    }
     /// Clean normalised latents `(B, C, g, g)` (on the plain device) and labels of micro-batch
     /// `micro` (counted from the start of training).
     fn micro_batch(
@@ -496,20 +525,27 @@ impl GeneratorTraining {
         rng: &mut Rng,
     ) -> Result<(Tensor<4>, Vec<usize>)> {
         let (l, c) = (self.tokenizer.grid_size().pow(2), self.tokenizer.token_channels());
+        // This process's part of the global micro-batch; the posterior noise is drawn for all of
+        // it (see `local_step`).
+        let b = self.config.optim.batch_size;
+        let (first, count) = crate::dist::world().part(b);
         match &self.source {
             LatentSource::Images => {
                 let batch = stream.as_mut().context("the batch stream was not started")?.next_batch()?;
-                let eps = rng.normal_tensor([batch.len(), l, c], &self.inner);
+                if batch.len() != count {
+                    bail!("a batch of {} images where this process takes {count}", batch.len());
+                }
+                let eps = rng.normal_tensor([b, l, c], &self.inner).narrow(0, first, count);
                 Ok((self.tokenizer.tokenize(batch.tensor(&self.inner), Some(eps)), batch.labels))
             }
             LatentSource::Cache(cache) => {
                 let (epoch, k) = self.batches.position(micro);
                 let (order, flips) = self.batches.loader.epoch_plan(epoch);
-                let b = self.config.optim.batch_size;
-                let (idx, fl) = (&order[k * b..(k + 1) * b], &flips[k * b..(k + 1) * b]);
+                let part = k * b + first..k * b + first + count;
+                let (idx, fl) = (&order[part.clone()], &flips[part]);
                 let moments = cache.moments(idx, fl, &self.inner)?;
                 let labels = idx.iter().map(|&i| cache.label(i)).collect();
-                let eps = rng.normal_tensor([b, l, c], &self.inner);
+                let eps = rng.normal_tensor([b, l, c], &self.inner).narrow(0, first, count);
                 Ok((self.tokenizer.sample_from_moments(moments, eps), labels))
             }
         }
@@ -554,6 +590,8 @@ impl GeneratorTraining {
             extractor,
             reference: Some((reference, "held-out images".into())),
             save_dir: None,
+            // Rank 0 evaluates alone while the other ranks go on (they wait at the next step).
+            world: crate::dist::single(),
         };
         let mut hits = 0;
         let r = evaluate_generator(
@@ -568,7 +606,8 @@ impl GeneratorTraining {
                 }
                 Ok(())
             },
-        )?;
+        )?
+        .context("a single-process evaluation has its results")?;
         Ok(OnlineEval {
             fd: r.distance.map(|d| d.value),
             class_accuracy: self.classifier.as_ref().map(|_| hits as f64 / self.config.run.fd_images as f64),

@@ -46,6 +46,35 @@ impl ChannelMoments {
         }
     }
 
+    /// Adds another accumulator's sums (a later batch's: merging in batch order gives the same
+    /// sums wherever the batches were computed).
+    pub fn merge(&mut self, other: &ChannelMoments) {
+        for (a, b) in self.sum.iter_mut().zip(&other.sum) {
+            *a += b;
+        }
+        for (a, b) in self.sum_sq.iter_mut().zip(&other.sum_sq) {
+            *a += b;
+        }
+        self.count += other.count;
+    }
+
+    /// Per-batch accumulators of this process (in batch order) merged in the global batch order on
+    /// rank 0 of `world` (`None` on the other ranks): the sums one process would get.
+    pub fn gather_batches(batches: &[ChannelMoments], channels: usize, world: &crate::dist::World) -> Option<Self> {
+        let flat: Vec<f64> =
+            batches.iter().flat_map(|m| m.sum.iter().chain(&m.sum_sq).copied().chain([m.count as f64])).collect();
+        let all = world.gather_f64(&flat)?;
+        let mut total = ChannelMoments::new(channels);
+        for row in all.chunks_exact(2 * channels + 1) {
+            total.merge(&ChannelMoments {
+                sum: row[..channels].to_vec(),
+                sum_sq: row[channels..2 * channels].to_vec(),
+                count: row[2 * channels] as u64,
+            });
+        }
+        Some(total)
+    }
+
     /// Mean and population standard deviation per channel.
     pub fn finish(&self) -> LatentStats {
         let n = self.count.max(1) as f64;
@@ -57,31 +86,50 @@ impl ChannelMoments {
 
 /// The reference's latent statistics: posterior means of center-cropped, unflipped images
 /// (`loader` must be sequential), all tokens, population std. `limit` caps the images.
+///
+/// Across the processes of `world` each encodes a block of the batches; rank 0 merges the
+/// per-batch sums in order (the one-process result) and every rank gets the statistics.
 pub fn collect_latent_stats(
     tokenizer: &RecTok,
     loader: &Loader,
     limit: Option<usize>,
     device: &Device,
+    world: &crate::dist::World,
     mut on_batch: impl FnMut(usize),
 ) -> Result<LatentStats> {
     let total = limit.unwrap_or(usize::MAX).min(loader.dataset().len());
-    let mut moments = ChannelMoments::new(tokenizer.token_channels());
-    let mut done = 0;
-    for item in loader.first_items(total) {
-        crate::signals::check("computing the latent statistics")?;
-        let (batch, take) = item?;
-        if take == 0 {
-            continue;
+    let channels = tokenizer.token_channels();
+    let mut batches = Vec::new();
+    let (first, count) = world.part(total.div_ceil(loader.config().batch_size));
+    let local = (|| -> Result<()> {
+        for item in loader.items_in_batches(total, first..first + count) {
+            crate::signals::check("computing the latent statistics")?;
+            let (batch, take) = item?;
+            if take == 0 {
+                continue;
+            }
+            let mean = tokenizer.posterior(batch.tensor(device).narrow(0, 0, take)).mean;
+            let mut moments = ChannelMoments::new(channels);
+            moments.add(&crate::device::read_f32(mean));
+            batches.push(moments);
+            on_batch(take);
         }
-        let mean = tokenizer.posterior(batch.tensor(device).narrow(0, 0, take)).mean;
-        moments.add(&crate::device::read_f32(mean));
-        done += take;
-        on_batch(take);
-    }
-    if done == 0 {
-        bail!("{}: no images for the latent statistics", loader.dataset().describe());
-    }
-    Ok(moments.finish())
+        Ok(())
+    })();
+    world.agree(local)?;
+    let merged = ChannelMoments::gather_batches(&batches, channels, world);
+    let stats = world.agree(match merged {
+        Some(m) if m.count == 0 => Err(anyhow!("{}: no images for the latent statistics", loader.dataset().describe())),
+        Some(m) => Ok(Some(m.finish())),
+        None => Ok(None),
+    })?;
+    // Rank 0's statistics on every rank.
+    let mut values = match &stats {
+        Some(s) => s.mean.iter().chain(&s.std).copied().collect(),
+        None => vec![0f32; 2 * channels],
+    };
+    world.broadcast_f32(&mut values);
+    Ok(LatentStats { mean: values[..channels].to_vec(), std: values[channels..].to_vec() })
 }
 
 /// `manifest.json` of a latent cache.
@@ -141,16 +189,24 @@ impl LatentCache {
     /// Opens the cache in `dir`, building (or finishing) it first: encodes every item of
     /// `dataset` (both orientations when `options.flip`) with the tokenizer's encoder; `tokenizer`
     /// comes with the label the manifest records for it.
+    ///
+    /// Across the processes of `world` (all calling it) each encodes every `size`-th batch and
+    /// rank 0 writes them in order, so the cache is the one a single process writes; every
+    /// process then reads it.
     pub fn build(
         dir: &Path,
         dataset: Arc<dyn Dataset>,
         tokenizer: (&RecTok, &str),
         options: CacheOptions,
         device: &Device,
+        world: &crate::dist::World,
     ) -> Result<Self> {
         let (tokenizer, tokenizer_label) = tokenizer;
         let CacheOptions { flip, batch_size, workers } = options;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let root = world.is_root();
+        if root {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         let size = tokenizer.config.img_size;
         let want = CacheManifest {
             items: dataset.len(),
@@ -185,13 +241,19 @@ impl LatentCache {
         };
         let data_path = dir.join("moments.f32");
         let row_bytes = (manifest.row_floats() * 4) as u64;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(&data_path)
-            .with_context(|| format!("opening {}", data_path.display()))?;
+        // Rank 0 writes; the others open the file once it is complete.
+        let mut file = match root {
+            true => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .read(true)
+                    .write(true)
+                    .truncate(false)
+                    .open(&data_path)
+                    .with_context(|| format!("opening {}", data_path.display()))?,
+            ),
+            false => None,
+        };
         let labels_path = dir.join("labels.json");
         let mut labels: Vec<usize> = if manifest.complete > 0 {
             serde_json::from_str(
@@ -203,9 +265,6 @@ impl LatentCache {
         };
         labels.truncate(manifest.complete);
         if manifest.complete < manifest.items {
-            // Drop any partial tail from an interrupted write, then continue.
-            file.set_len(manifest.complete as u64 * row_bytes)?;
-            // Strict: row i of the cache is item i of the dataset.
             let loader = Loader::sequential(dataset.clone(), batch_size, size, workers)?.strict();
             let bar = crate::io::step_progress(manifest.items, manifest.complete);
             bar.set_message("caching latent moments");
@@ -215,32 +274,64 @@ impl LatentCache {
                 manifest.items - manifest.complete,
                 manifest.items
             );
-            let mut stream = loader.stream(0, manifest.complete / batch_size);
-            let mut skip = manifest.complete % batch_size;
-            let mut writer = std::io::BufWriter::new(file.try_clone()?);
-            use std::io::Seek;
-            writer.seek(std::io::SeekFrom::Start(manifest.complete as u64 * row_bytes))?;
-            while manifest.complete < manifest.items {
-                crate::signals::check("building the latent cache (it continues where it stopped)")?;
-                let batch = stream.next_batch()?;
-                let x = batch.tensor(device).narrow(0, skip, batch.len() - skip);
-                let n = batch.len() - skip;
-                let mut views = vec![tokenizer.encoder.forward(x.clone(), None)];
-                if flip {
-                    views.push(tokenizer.encoder.forward(x.flip([3]), None));
+            // Batch `b0` is partly written (by an interrupted run): its first `skip` items are.
+            let (b0, skip) = (manifest.complete / batch_size, manifest.complete % batch_size);
+            let batches = manifest.items.div_ceil(batch_size);
+            let (rank, size) = (world.rank(), world.size());
+            // One process decodes ahead; several decode only their own batches.
+            let mut stream = (size == 1).then(|| loader.stream(0, b0));
+            let mut writer = match file.take() {
+                Some(f) => {
+                    // Drop any partial tail from an interrupted write, then continue.
+                    f.set_len(manifest.complete as u64 * row_bytes)?;
+                    let mut w = std::io::BufWriter::new(f);
+                    use std::io::Seek;
+                    w.seek(std::io::SeekFrom::Start(manifest.complete as u64 * row_bytes))?;
+                    Some(w)
                 }
-                let per = manifest.tokens * 2 * manifest.channels;
-                let host: Vec<Vec<f32>> = views.into_iter().map(crate::device::read_f32).collect();
-                for i in 0..n {
-                    for view in &host {
-                        for v in &view[i * per..(i + 1) * per] {
-                            writer.write_all(&v.to_le_bytes())?;
+                None => None,
+            };
+            let per = manifest.tokens * 2 * manifest.channels;
+            // Rounds of one batch per process.
+            for round_start in (b0..batches).step_by(size) {
+                if let Some(signal) = world.agree_signal(crate::signals::requested()) {
+                    let doing = "building the latent cache (it continues where it stopped)";
+                    return Err(crate::signals::interrupted(signal, doing).into());
+                }
+                let mine = round_start + rank;
+                let encoded = world.agree((|| -> Result<(Vec<f32>, Vec<f64>)> {
+                    if mine >= batches {
+                        return Ok((Vec::new(), Vec::new()));
+                    }
+                    let batch = match &mut stream {
+                        Some(stream) => stream.next_batch()?,
+                        None => loader.batch(0, mine)?,
+                    };
+                    let from = if mine == b0 { skip } else { 0 };
+                    let n = batch.len() - from;
+                    let x = batch.tensor(device).narrow(0, from, n);
+                    let mut views = vec![tokenizer.encoder.forward(x.clone(), None)];
+                    if flip {
+                        views.push(tokenizer.encoder.forward(x.flip([3]), None));
+                    }
+                    let host: Vec<Vec<f32>> = views.into_iter().map(crate::device::read_f32).collect();
+                    let mut rows = Vec::with_capacity(n * per * host.len());
+                    for i in 0..n {
+                        for view in &host {
+                            rows.extend_from_slice(&view[i * per..(i + 1) * per]);
                         }
                     }
+                    Ok((rows, batch.labels[from..].iter().map(|&l| l as f64).collect()))
+                })())?;
+                let (rows, round_labels) = (world.gather_f32(&encoded.0), world.gather_f64(&encoded.1));
+                let (Some(rows), Some(round_labels), Some(writer)) = (rows, round_labels, writer.as_mut()) else {
+                    continue;
+                };
+                for v in &rows {
+                    writer.write_all(&v.to_le_bytes())?;
                 }
-                labels.extend_from_slice(&batch.labels[skip..]);
-                skip = 0;
-                manifest.complete += n;
+                labels.extend(round_labels.iter().map(|&l| l as usize));
+                manifest.complete += round_labels.len();
                 writer.flush()?;
                 writer.get_ref().sync_data()?;
                 write_atomic(&labels_path, serde_json::to_string(&labels)?.as_bytes())?;
@@ -248,7 +339,24 @@ impl LatentCache {
                 bar.set_position(manifest.complete as u64);
             }
             bar.finish_and_clear();
-            file = writer.into_inner().map_err(|e| anyhow!("{e}"))?;
+            file = writer.map(|w| w.into_inner().map_err(|e| anyhow!("{e}"))).transpose()?;
+        }
+        // The others read what rank 0 wrote (the run folder is shared).
+        world.agree(Ok(()))?;
+        let file = match file {
+            Some(f) => f,
+            None => std::fs::File::open(&data_path).with_context(|| format!("opening {}", data_path.display()))?,
+        };
+        if !root {
+            manifest = serde_json::from_str(
+                &std::fs::read_to_string(&manifest_path)
+                    .with_context(|| format!("reading {}", manifest_path.display()))?,
+            )
+            .with_context(|| format!("{}: corrupt cache manifest", manifest_path.display()))?;
+            labels = serde_json::from_str(
+                &std::fs::read_to_string(&labels_path).with_context(|| format!("reading {}", labels_path.display()))?,
+            )
+            .with_context(|| format!("{}: corrupt", labels_path.display()))?;
         }
         if file.metadata()?.len() < manifest.items as u64 * row_bytes {
             bail!(

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 /// `RUN/metrics.jsonl`: one JSON object per logged step.
 pub struct MetricsLog {
-    path: PathBuf,
+    /// `None`: a log that keeps nothing (the other processes of a multi-process job).
+    path: Option<PathBuf>,
 }
 
 impl MetricsLog {
@@ -35,24 +36,33 @@ impl MetricsLog {
                 .collect();
             crate::io::write_atomic(&path, kept.as_bytes())?;
         }
-        Ok(Self { path })
+        Ok(Self { path: Some(path) })
+    }
+
+    /// A log that keeps nothing (the processes other than rank 0 of a multi-process job).
+    pub fn disabled() -> Self {
+        Self { path: None }
     }
 
     /// Appends one record as one whole line in a single write (`O_APPEND`), so a killed process
     /// leaves at most one partial last line, which the next session drops.
     pub fn append(&self, record: &Map<String, Value>) -> Result<()> {
+        let Some(path) = &self.path else { return Ok(()) };
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&self.path)
-            .with_context(|| format!("opening {}", self.path.display()))?;
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
         let line = format!("{}\n", Value::Object(record.clone()));
-        f.write_all(line.as_bytes()).with_context(|| format!("writing {}", self.path.display()))
+        f.write_all(line.as_bytes()).with_context(|| format!("writing {}", path.display()))
     }
 
     /// Every record so far.
     pub fn read(&self) -> Result<Vec<Map<String, Value>>> {
-        read_metrics(&self.path)
+        match &self.path {
+            Some(path) => read_metrics(path),
+            None => Ok(Vec::new()),
+        }
     }
 }
 

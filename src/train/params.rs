@@ -241,6 +241,102 @@ where
     Ok((outs, sum))
 }
 
+/// What one process computed of a step, still on the device: the logged scalar sums and the
+/// gradient sets (the model's, then the discriminator's when it trains).
+pub struct LocalStep {
+    /// Weighted sums of the logged scalars ([`ScalarSums::into_tensors`]).
+    pub scalars: Vec<Tensor<1>>,
+    /// Gradient sets, each already weighted by its share of the global batch.
+    pub grads: Vec<FlatGradients>,
+}
+
+/// A step's results over the whole job.
+pub struct ReducedStep {
+    /// The scalars, summed over the ranks.
+    pub scalars: Vec<f64>,
+    /// `‖g‖²` of each gradient set, after the sum.
+    pub squared_norms: Vec<f64>,
+    /// The gradient sets, summed over the ranks.
+    pub grads: Vec<FlatGradients>,
+}
+
+/// Sums a step over the job's processes ([`crate::dist`]) and reads its scalars back.
+///
+/// Each rank's gradients and scalars are already weighted by its share of the global batch, so a
+/// sum gives the global batch's mean, as DDP's average of equal shares. A single process makes
+/// one host read (the scalars and the squared norms, as before). Several processes agree first
+/// on whether every rank's part succeeded (a rank's failure fails the step everywhere, before
+/// any collective on buffers), check that their buffers have one layout, then move everything
+/// to the host in one read, sum it with MPI all-reduce over flat buckets, and upload the sums.
+pub fn reduce_step(local: anyhow::Result<LocalStep>) -> anyhow::Result<ReducedStep> {
+    let world = crate::dist::world();
+    if !world.is_multi() {
+        let LocalStep { mut scalars, grads } = local?;
+        let n = scalars.len();
+        let device = scalars.first().map(|t| t.device()).unwrap_or_else(Device::flex);
+        scalars.extend(grads.iter().map(|g| super::optim::squared_norm(g, &device)));
+        let mut read = crate::device::read_scalars(scalars);
+        let squared_norms = read.split_off(n);
+        return Ok(ReducedStep { scalars: read, squared_norms, grads });
+    }
+    let LocalStep { scalars, grads } = world.agree(local)?;
+    // The layout: scalar count, then every gradient's path and length, set by set.
+    let mut layout = format!("{}", scalars.len());
+    for set in &grads {
+        layout.push('|');
+        for (k, g) in set {
+            layout.push_str(&format!("{k}:{};", g.dims()[0]));
+        }
+    }
+    world.check_same("the gradient layout", crate::dist::digest(layout.as_bytes()))?;
+    let device = scalars.first().map(|t| t.device()).unwrap_or_else(Device::flex);
+    let n_scalars = scalars.len();
+    let parts: Vec<Tensor<1>> = scalars
+        .into_iter()
+        .map(|t| t.detach().without_autodiff().reshape([1]))
+        .chain(grads.iter().flat_map(|set| set.values().map(|g| g.clone().detach().without_autodiff())))
+        .collect();
+    let mut flat = crate::device::read_f32(Tensor::cat(parts, 0));
+    world.sum_f32(&mut flat);
+    let scalars = flat[..n_scalars].iter().map(|&x| f64::from(x)).collect();
+    let mut offset = n_scalars;
+    let mut squared_norms = Vec::with_capacity(grads.len());
+    let mut summed = Vec::with_capacity(grads.len());
+    for set in grads {
+        let len: usize = set.values().map(|g| g.dims()[0]).sum();
+        let values = &flat[offset..offset + len];
+        squared_norms.push(values.iter().map(|&x| f64::from(x) * f64::from(x)).sum());
+        let g_device = set.values().next().map(|g| g.device()).unwrap_or_else(|| device.clone());
+        let all = Tensor::<1>::from_data(TensorData::new(values.to_vec(), [len]), &g_device);
+        let mut at = 0;
+        let mut out = FlatGradients::new();
+        for (k, g) in set {
+            let n = g.dims()[0];
+            out.insert(k, all.clone().narrow(0, at, n));
+            at += n;
+        }
+        summed.push(out);
+        offset += len;
+    }
+    Ok(ReducedStep { scalars, squared_norms, grads: summed })
+}
+
+/// `module` with rank 0's parameter values on every rank of a multi-process job (the same
+/// module where there is one process).
+pub fn broadcast_module<M: Module>(module: M) -> M {
+    let world = crate::dist::world();
+    if !world.is_multi() {
+        return module;
+    }
+    update(module, |_, _, value| {
+        let device = value.device();
+        let n = value.dims()[0];
+        let mut host = crate::device::read_f32(value);
+        world.broadcast_f32(&mut host);
+        Tensor::from_data(TensorData::new(host, [n]), &device)
+    })
+}
+
 /// `(start, len)` of `parts` near-equal slices of `n` items (no empty slice).
 pub fn shard_bounds(n: usize, parts: usize) -> Vec<(usize, usize)> {
     let parts = parts.clamp(1, n.max(1));

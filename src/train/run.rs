@@ -122,7 +122,20 @@ impl TrainingBatches {
             prefetch: data.prefetch,
             skip_unreadable: false,
         };
-        let loader = crate::data::Loader::new(dataset.clone(), config)?.with_step_multiple(accum);
+        // Across processes each decodes only its part of every batch.
+        let world = crate::dist::world();
+        if world.size() > batch_size {
+            anyhow::bail!(
+                "optim.batch_size = {batch_size} is the global micro-batch, split over the job's {} processes: \
+                 it must be at least that many",
+                world.size()
+            );
+        }
+        let mut loader = crate::data::Loader::new(dataset.clone(), config)?.with_step_multiple(accum);
+        if world.is_multi() {
+            let (offset, len) = world.part(batch_size);
+            loader = loader.with_part(offset, len);
+        }
         if loader.steps_per_epoch() < accum {
             anyhow::bail!(
                 "{spec}: {} images make fewer than one optimizer step of {batch_size}×{accum} images",
@@ -404,6 +417,9 @@ pub trait Trainer: Sized {
         record: &mut Map<String, Value>,
         bar: &ProgressBar,
     ) -> Result<()>;
+    /// Gives every process of a multi-process job rank 0's parameters (models, EMA,
+    /// discriminator) with [`super::params::broadcast_module`].
+    fn broadcast_parameters(&mut self);
     /// Writes the checkpoint files (the run writes `state.json`).
     fn save(&self, dir: &Path) -> Result<()>;
     /// Writes the sample grid to `path`.
@@ -469,25 +485,34 @@ pub struct Run<T: Trainer> {
     loss_scale: Option<LossScale>,
     store: CheckpointStore,
     metrics: MetricsLog,
-    _lock: RunLock,
+    _lock: Option<RunLock>,
     _signals: Deferral,
 }
 
 impl<T: Trainer> Run<T> {
     /// Starts a new run in `run_dir` (which must not hold a run with a checkpoint already). When
     /// it fails to get going, what it wrote is removed again.
+    ///
+    /// In a multi-process job rank 0 alone locks and writes the folder; the others follow it.
     pub fn start(config: T::Config, run_dir: &Path) -> Result<Self> {
-        config.check_inputs_outside(run_dir)?;
+        let world = crate::dist::world();
         let created = !run_dir.exists();
-        let (lock, _) = session::open_run(run_dir, false, T::Config::COMMAND)?;
-        write_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
+        let lock = world.agree(match world.is_root() {
+            true => (|| {
+                config.check_inputs_outside(run_dir)?;
+                let (lock, _) = session::open_run(run_dir, false, T::Config::COMMAND)?;
+                write_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
+                Ok(Some(lock))
+            })(),
+            false => Ok(None),
+        })?;
         Self::open(config, run_dir, None, lock).map_err(|e| {
             // A signal during the setup keeps what was built (statistics, the latent cache) for
             // the next start; any other failure leaves no trace of a new run.
             if e.downcast_ref::<Interrupted>().is_some() {
                 return with_resume::<T>(e, run_dir);
             }
-            if created {
+            if created && world.is_root() {
                 session::discard_unstarted(run_dir);
             }
             e
@@ -497,7 +522,16 @@ impl<T: Trainer> Run<T> {
     /// Continues the run in `run_dir` from its newest checkpoint (or starts it over when it
     /// stopped before its first one), with `overrides` of the options that may change.
     pub fn resume(run_dir: &Path, overrides: &[String]) -> Result<Self> {
-        let (lock, start) = session::open_run(run_dir, true, T::Config::COMMAND)?;
+        let world = crate::dist::world();
+        let opened = world.agree(match world.is_root() {
+            true => session::open_run(run_dir, true, T::Config::COMMAND).map(|(lock, start)| (Some(lock), start)),
+            false => Ok((None, Start::Fresh)),
+        })?;
+        // The other processes read the checkpoint rank 0 chose (the run folder is shared).
+        let (lock, start) = match world.is_multi() {
+            true => (opened.0, Start::decode(&world.broadcast_bytes(opened.1.encode()))?),
+            false => opened,
+        };
         let (mut config, state) = match start {
             Start::Resume(ckpt) => {
                 let state: RunState<T::Config> = read_state(&ckpt)?;
@@ -516,8 +550,9 @@ impl<T: Trainer> Run<T> {
         config: T::Config,
         run_dir: &Path,
         state: Option<(PathBuf, RunState<T::Config>)>,
-        lock: RunLock,
+        lock: Option<RunLock>,
     ) -> Result<Self> {
+        let world = crate::dist::world();
         let signals = Deferral::start();
         let schedule = config.schedule();
         let choice: crate::device::DeviceChoice =
@@ -553,8 +588,24 @@ impl<T: Trainer> Run<T> {
             }
             None => (None, Rng::seed_from(schedule.seed), 0, 0.0),
         };
-        let trainer = T::build(&config, run_dir, checkpoint, &mut rng, &device)?;
-        let metrics = MetricsLog::open(run_dir, state.as_ref().map(|(_, s)| s.step))?;
+        // Every process builds its parts (the statistics and caches are shared work that rank 0
+        // writes into the run folder); then all take rank 0's parameters.
+        let built = T::build(&config, run_dir, checkpoint, &mut rng, &device);
+        let mut trainer = world.agree(built)?;
+        if world.is_multi() {
+            trainer.broadcast_parameters();
+            let batch = trainer.batches().loader.config().batch_size;
+            tracing::info!(
+                "{} processes, each with {} to {} images of every {batch}-image micro-batch",
+                world.size(),
+                batch / world.size(),
+                batch.div_ceil(world.size()),
+            );
+        }
+        let metrics = match world.is_root() {
+            true => MetricsLog::open(run_dir, state.as_ref().map(|(_, s)| s.step))?,
+            false => MetricsLog::disabled(),
+        };
         Ok(Self {
             store: CheckpointStore::new(run_dir, schedule.keep_checkpoints),
             config,
@@ -634,10 +685,14 @@ impl<T: Trainer> Run<T> {
     /// check), so it is saved — unless the run's checkpoint of this step exists — and the error
     /// says where and how to continue.
     fn save_after_failure(&mut self, e: anyhow::Error) -> anyhow::Error {
+        let world = crate::dist::world();
         let saved = match self.store.get(self.step) {
             Some(existing) => Ok(existing),
-            None => self.save_checkpoint_with(self.rng_at_step_start.clone()),
+            None if world.is_root() => self.save_checkpoint_with(self.rng_at_step_start.clone()),
+            None => Ok(self.store.path(self.step)),
         };
+        // The other processes stay until rank 0 has saved (an exit would end the job).
+        let saved = world.agree(saved);
         if let Some(nf) = e.downcast_ref::<NonFiniteValue>() {
             let checkpoint = match &saved {
                 Ok(p) => p.display().to_string(),
@@ -676,22 +731,30 @@ impl<T: Trainer> Run<T> {
     /// Trains to the end (or `max_steps`): logs, grids and checkpoints on schedule, then the
     /// final checkpoint, grid, exports and `loss.png`. Ctrl-C / SIGTERM stop after the current
     /// step with a checkpoint ([`session::Interrupted`]).
-    pub fn run(&mut self) -> Result<T::Summary> {
+    ///
+    /// In a multi-process job every rank steps; rank 0 alone logs, writes grids, checkpoints and
+    /// exports, and returns the summary (`None` on the other ranks).
+    pub fn run(&mut self) -> Result<Option<T::Summary>> {
+        let world = crate::dist::world();
+        let root = world.is_root();
         let last = self.last_step();
         let schedule = self.config.schedule();
         let started = Instant::now();
-        self.trainer.begin(self.step, self.fresh, &self.metrics)?;
-        let bar = step_progress(last, self.step);
+        self.trainer.begin(self.step, self.fresh && root, &self.metrics)?;
+        let bar = if root { step_progress(last, self.step) } else { ProgressBar::hidden() };
         let images_per_step = self.trainer.batches().images_per_step() as f64;
         let quiet_every = (last / 20).max(schedule.log_every);
         let mut window = (Instant::now(), self.step);
         while self.step < last {
-            if let Some(signal) = signals::requested() {
+            // Every rank stops after the same step, whichever received the signal.
+            if let Some(signal) = world.agree_signal(signals::requested()) {
                 bar.finish_and_clear();
                 let checkpoint = match self.store.get(self.step) {
-                    Some(existing) => existing,
-                    None => self.save_checkpoint()?,
+                    Some(existing) => Ok(existing),
+                    None if root => self.save_checkpoint(),
+                    None => Ok(self.store.path(self.step)),
                 };
+                let checkpoint = world.agree(checkpoint)?;
                 return Err(
                     signals::stopped_after(signal, self.step, &checkpoint, resume_command::<T>(&self.run_dir)).into()
                 );
@@ -704,6 +767,9 @@ impl<T: Trainer> Run<T> {
             let img_s = images_per_step * (step - window.1) as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
             bar.set_position(step as u64);
             bar.set_message(format!("{} | {img_s:.1} img/s", v.progress()));
+            if !root {
+                continue;
+            }
             let mut extra = Map::new();
             self.trainer.extra_record(step, last, &mut extra, &bar)?;
             if step.is_multiple_of(schedule.log_every) || step == last || !extra.is_empty() {
@@ -734,6 +800,9 @@ impl<T: Trainer> Run<T> {
         }
         // From here on a signal ends the process at once: the final checkpoint comes first.
         bar.finish_and_clear();
+        if !root {
+            return Ok(None);
+        }
         let checkpoint = self.save_checkpoint()?;
         let grid = self.save_grid()?;
         let summary = self
@@ -751,6 +820,6 @@ impl<T: Trainer> Run<T> {
         if let Err(e) = plot_metrics(&self.metrics.read()?, T::PLOTTED, T::TITLE, &plot) {
             tracing::warn!("no loss plot: {e}");
         }
-        Ok(summary)
+        Ok(Some(summary))
     }
 }

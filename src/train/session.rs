@@ -64,6 +64,31 @@ pub enum Start {
     Resume(PathBuf),
 }
 
+impl Start {
+    /// As text, for rank 0 to send to the other processes of a job.
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, path) = match self {
+            Start::Fresh => ("fresh", Path::new("")),
+            Start::Restart(p) => ("restart", p.as_path()),
+            Start::Resume(p) => ("resume", p.as_path()),
+        };
+        format!("{kind}\n{}", path.display()).into_bytes()
+    }
+
+    /// From [`encode`](Self::encode)'s text.
+    pub fn decode(bytes: &[u8]) -> anyhow::Result<Self> {
+        let text =
+            std::str::from_utf8(bytes).map_err(|_| anyhow::anyhow!("rank 0 sent a run start that is not UTF-8"))?;
+        let (kind, path) = text.split_once('\n').unwrap_or((text, ""));
+        Ok(match kind {
+            "fresh" => Start::Fresh,
+            "restart" => Start::Restart(PathBuf::from(path)),
+            "resume" => Start::Resume(PathBuf::from(path)),
+            other => anyhow::bail!("rank 0 sent an unknown run start {other:?}"),
+        })
+    }
+}
+
 /// Opens `run_dir` for a training session: locks it, removes leftovers of a killed process, and
 /// decides where training starts. A run that stopped before its first checkpoint is started
 /// over (its metrics and grids are removed), with or without `--resume`, and the log says so.

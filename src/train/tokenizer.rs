@@ -14,9 +14,7 @@
 use super::checkpoint::CheckpointStore;
 use super::config::TokenizerTrainConfig;
 use super::monitor::{MetricsLog, reconstruction_grid};
-use super::optim::{
-    AdamW, AdamWConfig, LossScale, apply_updates, reference_decays, squared_norm, unscale_and_clip, warmup_cosine,
-};
+use super::optim::{AdamW, AdamWConfig, LossScale, apply_updates, reference_decays, unscale_and_clip, warmup_cosine};
 use super::params;
 use super::run::{Run, RunEnd, Trainer, TrainingBatches, check_finite};
 use super::tokenizer_step::{teacher_targets, training_forward};
@@ -359,105 +357,16 @@ impl Trainer for TokenizerTraining {
         loss_scale: &mut Option<LossScale>,
     ) -> Result<StepValues> {
         let scale = loss_scale.as_ref().map_or(1.0, |s| s.scale);
-        let stream = stream.as_mut().context("the batch stream was not started")?;
-        let accum = self.config.optim.accum_steps;
         let lr = self.lr_at(step);
         let epoch = self.epoch_at(step);
         let gan_on = self.loss.gan_weight > 0.0 && epoch.floor() as usize >= self.loss.gan_start_epoch;
-        // Σ over the step's micro-batches and slices, on the device: total, reconstruction,
-        // perceptual, KL, semantic and GAN losses, then the discriminator's loss and logits.
-        let mut sums = params::ScalarSums::new(9);
-        let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
-        let mut disc_grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
-        // Slices per micro-batch: the data-parallel replicas, at most one per sample.
-        let shards = params::replicas(self.config.run.data_parallel, &self.device).min(self.config.optim.batch_size);
-        for _ in 0..accum {
-            let batch = stream.next_batch()?;
-            let b = batch.len();
-            let x_host = batch.tensor(&self.inner);
-            let draws = self.model.draw_train(b, true, rng, &self.device);
-            // DINOv3 runs in training mode: RoPE coordinates rescaled by exp(U(−ln 2, ln 2)).
-            let rescale = match &self.teacher {
-                Some(t) if self.model.sem_decoder.is_some() && t.has_rope_rescale() => {
-                    Some(rng.uniform_range(-std::f64::consts::LN_2, std::f64::consts::LN_2).exp() as f32)
-                }
-                _ => None,
-            };
-            // Data-parallel slices of the batch, each with its own replica (and, for the GAN term,
-            // its own discriminator copy: per-slice batch statistics, as the reference's DDP).
-            let bounds = params::shard_bounds(b, shards);
-            let parts = bounds
-                .iter()
-                .enumerate()
-                .map(|(i, &(s, n))| {
-                    let disc =
-                        gan_on.then(|| if i == 0 { self.disc.clone() } else { self.disc.independent_copy() }.no_grad());
-                    ((x_host.clone().narrow(0, s, n), draws.narrow(s, n), disc), scale * n as f64 / (b * accum) as f64)
-                })
-                .collect();
-            let (teacher, cfg, loss_cfg, perceptual) = (&self.teacher, &self.config, &self.loss, &self.perceptual);
-            let (outs, g) =
-                params::data_parallel_grads(&self.model, &self.device, parts, |model, (x_host, draws, disc)| {
-                    let targets = match teacher {
-                        Some(t) if model.sem_decoder.is_some() => {
-                            Some(teacher_targets(t, model, x_host.clone(), rescale, cfg.teacher.resolution).autodiff())
-                        }
-                        _ => None,
-                    };
-                    let x = x_host.autodiff();
-                    let out = training_forward(model, targets, x.clone(), &draws);
-                    let y_hat = out.decoded.clone() * 0.5 + 0.5;
-                    let sem = match (out.sem_feature, out.pred_sem_feature) {
-                        (Some(f), Some(p)) => {
-                            let ids = out.encoded.mask.as_ref().map(|m| &m.ids_masked);
-                            Some(targeted_sem_loss(loss_cfg.sem_loss, model.config.sem_target, f, p, ids))
-                        }
-                        _ => None,
-                    };
-                    let y = x * 0.5 + 0.5;
-                    let perceptual = perceptual.forward(y.clone(), y_hat.clone());
-                    let terms = generator_loss(
-                        loss_cfg,
-                        GeneratorInputs {
-                            targets: y,
-                            reconstructions: y_hat.clone(),
-                            posterior: (loss_cfg.kl_weight > 0.0).then_some(&out.encoded.posterior),
-                            sem,
-                            perceptual,
-                            discriminator: disc.as_ref(),
-                        },
-                    );
-                    let logged = vec![terms.reconstruction, terms.perceptual, terms.kl, terms.sem, terms.gan];
-                    Ok((terms.total, logged, y_hat.detach()))
-                })?;
-            let mut y_hats = Vec::new();
-            for (&(_, n), out) in bounds.iter().zip(outs) {
-                let w = n as f64 / (b * accum) as f64;
-                for (i, t) in std::iter::once(out.loss).chain(out.logged).enumerate() {
-                    sums.add(i, t, w);
-                }
-                y_hats.push(out.extra);
-            }
-            params::accumulate(&mut grads, g);
-            let (y, y_hat) = (x_host * 0.5 + 0.5, Tensor::cat(y_hats, 0));
-            if gan_on {
-                let d = discriminator_loss(&self.disc, y.autodiff(), y_hat);
-                let g = (d.loss.clone() * (scale / accum as f64)).backward();
-                for (i, t) in [d.loss, d.logits_real_mean, d.logits_fake_mean].into_iter().enumerate() {
-                    sums.add(6 + i, t.detach(), 1.0 / accum as f64);
-                }
-                params::accumulate(&mut disc_grads, params::gradients(&self.disc, &g));
-            }
-        }
-        grads.retain(|k, _| self.trainable.contains(k));
-        // The step's one read back: its losses and gradient norms.
-        let mut scalars = sums.into_tensors();
-        let norm_at = scalars.len();
-        scalars.push(squared_norm(&grads, &self.device));
-        if gan_on {
-            scalars.push(squared_norm(&disc_grads, &self.device));
-        }
-        let read = crate::device::read_scalars(scalars);
+        let local = self.local_step(stream, scale, gan_on, rng);
+        // The step's one read back (and, across processes, its one sum): losses and norms.
+        let reduced = params::reduce_step(local)?;
+        let read = &reduced.scalars;
+        let mut grads_sets = reduced.grads.into_iter();
+        let mut grads = grads_sets.next().context("no gradients in the step")?;
+        let mut disc_grads = grads_sets.next().unwrap_or_default();
         let mut totals = StepValues {
             loss: read[0],
             rec: read[1],
@@ -473,14 +382,14 @@ impl Trainer for TokenizerTraining {
             check_finite(&format!("{term} loss"), value)?;
         }
         let clip = self.config.optim.clip_grad;
-        totals.grad_norm = unscale_and_clip(&mut grads, read[norm_at].sqrt(), clip, scale);
+        totals.grad_norm = unscale_and_clip(&mut grads, reduced.squared_norms[0].sqrt(), clip, scale);
         let mut norms = vec![("gradient norm", totals.grad_norm)];
         if gan_on {
             (totals.d_loss, totals.logits_real, totals.logits_fake) = (read[6], read[7], read[8]);
             check_finite("discriminator loss", totals.d_loss)?;
             norms.push((
                 "discriminator gradient norm",
-                unscale_and_clip(&mut disc_grads, read[norm_at + 1].sqrt(), clip, scale),
+                unscale_and_clip(&mut disc_grads, reduced.squared_norms[1].sqrt(), clip, scale),
             ));
         }
         // Every check comes before the first update, so a stopped step leaves the state intact;
@@ -512,6 +421,12 @@ impl Trainer for TokenizerTraining {
             record.insert("val_psnr".into(), self.val_psnr().into());
         }
         Ok(())
+    }
+
+    fn broadcast_parameters(&mut self) {
+        self.model = params::broadcast_module(self.model.clone());
+        self.ema = params::broadcast_module(self.ema.clone());
+        self.disc = params::broadcast_module(self.disc.clone());
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
@@ -570,6 +485,118 @@ impl Run<TokenizerTraining> {
 }
 
 impl TokenizerTraining {
+    /// This process's part of a step: its slices of `accum` micro-batches of the global batch
+    /// through the loss, with the logged scalars and gradients weighted by their share of the
+    /// global batch (for [`params::reduce_step`]). `scale`: the f16 loss scale.
+    fn local_step(
+        &mut self,
+        stream: &mut Option<BatchStream>,
+        scale: f64,
+        gan_on: bool,
+        rng: &mut Rng,
+    ) -> Result<params::LocalStep> {
+        let stream = stream.as_mut().context("the batch stream was not started")?;
+        let accum = self.config.optim.accum_steps;
+        // Σ over the step's micro-batches and slices, on the device: total, reconstruction,
+        // perceptual, KL, semantic and GAN losses, then the discriminator's loss and logits.
+        let mut sums = params::ScalarSums::new(9);
+        let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
+        let mut disc_grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
+        // Slices per micro-batch: the data-parallel replicas, at most one per sample.
+        let shards = params::replicas(self.config.run.data_parallel, &self.device).min(self.config.optim.batch_size);
+        // Every rank draws the whole global micro-batch's randomness in the same order and takes
+        // its part, so a step is the same at any number of processes.
+        let b = self.config.optim.batch_size;
+        let (first, count) = crate::dist::world().part(b);
+        for _ in 0..accum {
+            let batch = stream.next_batch()?;
+            if batch.len() != count {
+                anyhow::bail!("a batch of {} images where this process takes {count}", batch.len());
+            }
+            let x_host = batch.tensor(&self.inner);
+            let draws = self.model.draw_train(b, true, rng, &self.device).narrow(first, count);
+            // DINOv3 runs in training mode: RoPE coordinates rescaled by exp(U(−ln 2, ln 2)).
+            let rescale = match &self.teacher {
+                Some(t) if self.model.sem_decoder.is_some() && t.has_rope_rescale() => {
+                    Some(rng.uniform_range(-std::f64::consts::LN_2, std::f64::consts::LN_2).exp() as f32)
+                }
+                _ => None,
+            };
+            // Data-parallel slices of the batch, each with its own replica (and, for the GAN term,
+            // its own discriminator copy: per-slice batch statistics, as the reference's DDP).
+            let bounds = params::shard_bounds(count, shards);
+            let parts = bounds
+                .iter()
+                .enumerate()
+                .map(|(i, &(s, n))| {
+                    let disc =
+                        gan_on.then(|| if i == 0 { self.disc.clone() } else { self.disc.independent_copy() }.no_grad());
+                    ((x_host.clone().narrow(0, s, n), draws.narrow(s, n), disc), scale * n as f64 / (b * accum) as f64)
+                })
+                .collect();
+            let (teacher, cfg, loss_cfg, perceptual) = (&self.teacher, &self.config, &self.loss, &self.perceptual);
+            let (outs, g) =
+                params::data_parallel_grads(&self.model, &self.device, parts, |model, (x_host, draws, disc)| {
+                    let targets = match teacher {
+                        Some(t) if model.sem_decoder.is_some() => {
+                            Some(teacher_targets(t, model, x_host.clone(), rescale, cfg.teacher.resolution).autodiff())
+                        }
+                        _ => None,
+                    };
+                    let x = x_host.autodiff();
+                    let out = training_forward(model, targets, x.clone(), &draws);
+                    let y_hat = out.decoded.clone() * 0.5 + 0.5;
+                    let sem = match (out.sem_feature, out.pred_sem_feature) {
+                        (Some(f), Some(p)) => {
+                            let ids = out.encoded.mask.as_ref().map(|m| &m.ids_masked);
+                            Some(targeted_sem_loss(loss_cfg.sem_loss, model.config.sem_target, f, p, ids))
+                        }
+                        _ => None,
+                    };
+                    let y = x * 0.5 + 0.5;
+                    let perceptual = perceptual.forward(y.clone(), y_hat.clone());
+                    let terms = generator_loss(
+                        loss_cfg,
+                        GeneratorInputs {
+                            targets: y,
+                            reconstructions: y_hat.clone(),
+                            posterior: (loss_cfg.kl_weight > 0.0).then_some(&out.encoded.posterior),
+                            sem,
+                            perceptual,
+                            discriminator: disc.as_ref(),
+                        },
+                    );
+                    let logged = vec![terms.reconstruction, terms.perceptual, terms.kl, terms.sem, terms.gan];
+                    Ok((terms.total, logged, y_hat.detach()))
+                })?;
+            let mut y_hats = Vec::new();
+            for (&(_, n), out) in bounds.iter().zip(outs) {
+                let w = n as f64 / (b * accum) as f64;
+                for (i, t) in std::iter::once(out.loss).chain(out.logged).enumerate() {
+                    sums.add(i, t, w);
+                }
+                y_hats.push(out.extra);
+            }
+            params::accumulate(&mut grads, g);
+            let (y, y_hat) = (x_host * 0.5 + 0.5, Tensor::cat(y_hats, 0));
+            if gan_on {
+                let d = discriminator_loss(&self.disc, y.autodiff(), y_hat);
+                // This process's share of the global batch, as DDP's average of equal shares.
+                let w = count as f64 / (b * accum) as f64;
+                let g = (d.loss.clone() * (scale * w)).backward();
+                for (i, t) in [d.loss, d.logits_real_mean, d.logits_fake_mean].into_iter().enumerate() {
+                    sums.add(6 + i, t.detach(), w);
+                }
+                params::accumulate(&mut disc_grads, params::gradients(&self.disc, &g));
+            }
+        }
+        grads.retain(|k, _| self.trainable.contains(k));
+        let mut sets = vec![grads];
+        if gan_on {
+            sets.push(disc_grads);
+        }
+        Ok(params::LocalStep { scalars: sums.into_tensors(), grads: sets })
+    }
     /// PSNR of the EMA tokenizer's reconstructions (posterior mean) of the held-out grid images.
     pub fn val_psnr(&self) -> f64 {
         let x = self.val_images.clone();
