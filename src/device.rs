@@ -159,9 +159,16 @@ fn check_parameters_within(params: u64, what: &str, max: u64) -> Result<(), Stri
 /// Sets the number of CPU worker threads (rayon's global pool, which the flex backend and the
 /// data pipeline share). Must run before any tensor work; later calls are ignored.
 pub fn set_cpu_threads(threads: Option<usize>) {
-    // Ranks sharing a machine share its cores.
+    // Processes sharing a machine share its cores — unless the launcher already bound each to
+    // its own (the affinity mask, which `available_parallelism` follows, is then smaller than
+    // the machine).
     let local = crate::dist::world().local_size();
-    let split = || std::thread::available_parallelism().map_or(1, |n| (n.get() / local).max(1));
+    let split = || {
+        let usable = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // SAFETY: sysconf only reads a system value.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+        if usable < online { usable } else { (usable / local).max(1) }
+    };
     let threads = threads.filter(|&n| n > 0).or_else(|| (local > 1).then(split));
     if let Some(n) = threads {
         // An error only means the pool already exists; the first setting wins.

@@ -46,21 +46,29 @@ pub fn single() -> &'static World {
     &SINGLE
 }
 
-/// Whether an MPI launcher started this process (`mpirun`, `mpiexec`, `srun --mpi=pmix`).
+/// Whether an MPI launcher started this process (`mpirun`, `mpiexec`, `srun --mpi=pmix|pmi2`).
 pub fn launched_by_mpi() -> bool {
     ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "MPI_LOCALNRANKS"]
         .iter()
         .any(|v| std::env::var_os(v).is_some())
 }
 
+/// The number of processes the launcher says it started, where it says (`None`: not said).
+fn launched_size() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().and_then(|n| n.trim().parse().ok()))
+}
+
 /// Joins the job's MPI world when a launcher started this process (call first in `main`, before
-/// any other thread exists). Errors when launched by MPI but built without the `mpi` feature:
-/// N copies of a single-process run would each train alone and overwrite each other's files.
+/// any other thread exists). A build without the `mpi` feature runs a one-process launch as
+/// usual and refuses a larger one: N copies of a single-process run would each train alone and
+/// overwrite each other's files.
 pub fn init() -> Result<()> {
     if !launched_by_mpi() {
         return Ok(());
     }
-    imp::init()
+    imp::init(launched_size())
 }
 
 /// Ends this process's part in the job and returns the exit status to use: with status 0 it
@@ -167,6 +175,27 @@ impl World {
         imp::gather(local, self.is_root())
     }
 
+    /// The maximum of `value` over the ranks, at a control point of kind `kind`. The kind
+    /// travels with the value: ranks that reached different control points (a bug, or an error
+    /// path one rank took alone) end the job at once instead of misreading each other's values.
+    fn control(&self, kind: u64, value: u64) -> u64 {
+        if !self.is_multi() {
+            return value;
+        }
+        let mut d = [value, kind, !kind];
+        imp::max_u64(&mut d);
+        if d[1] != kind || d[2] != !kind {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: rank {}: the processes of the job reached different points of the work; ending the job",
+                self.rank
+            );
+            imp::abort(70);
+        }
+        d[0]
+    }
+
     /// Makes one rank's failure every rank's: each passes its own outcome; if any rank failed,
     /// every rank gets an error (its own, or one naming the rank that failed) — so all ranks stop
     /// at the same point. A single process gets its outcome back.
@@ -174,13 +203,9 @@ impl World {
         if !self.is_multi() {
             return outcome;
         }
-        let mut failed = [match outcome.is_err() {
-            // The lowest failing rank is named: max over (size − rank).
-            true => (self.size - self.rank) as u64,
-            false => 0,
-        }];
-        imp::max_u64(&mut failed);
-        match (outcome, failed[0]) {
+        // The lowest failing rank is named: max over (size − rank).
+        let failed = self.control(1, if outcome.is_err() { (self.size - self.rank) as u64 } else { 0 });
+        match (outcome, failed) {
             (Ok(v), 0) => Ok(v),
             (Err(e), _) => Err(e),
             (Ok(_), f) => Err(anyhow!(RankFailed { rank: self.size - f as usize })),
@@ -190,21 +215,43 @@ impl World {
     /// The agreed stop signal of the ranks (the largest signal number any rank received; 0: none),
     /// so that every rank stops after the same step.
     pub fn agree_signal(&self, signal: Option<i32>) -> Option<i32> {
-        let mut s = [signal.unwrap_or(0).max(0) as u64];
-        self.max_u64(&mut s);
-        Some(s[0] as i32).filter(|&s| s != 0)
+        Some(self.control(2, signal.unwrap_or(0).max(0) as u64) as i32).filter(|&s| s != 0)
     }
 
     /// Fails unless every rank passes the same `digest` (say, of a buffer layout about to be
     /// reduced): mismatched buffers would make a collective read past their ends.
     pub fn check_same(&self, what: &str, digest: u64) -> Result<()> {
-        let mut d = [digest, !digest];
-        self.max_u64(&mut d);
-        let same = d[0] == digest && d[1] == !digest;
-        let mut differs = [u64::from(!same)];
-        self.max_u64(&mut differs);
-        if differs[0] != 0 {
+        let same = self.control(3, digest) == digest && self.control(4, !digest) == !digest;
+        if self.control(5, u64::from(!same)) != 0 {
             return Err(anyhow!("{what} differs between the ranks (rank {} and another)", self.rank));
+        }
+        Ok(())
+    }
+
+    /// Runs `step(k)` for `k` in `0..count` in lockstep with the other ranks, which run `rounds`
+    /// rounds in all (the most steps any rank has): before each round the ranks agree on a stop
+    /// signal, after it on failure, so a signal or an error anywhere stops every rank at the same
+    /// round, with [`crate::signals::Interrupted`] (`doing` says what) or the error. A single
+    /// process checks for a signal before each step.
+    pub fn lockstep(
+        &self,
+        count: usize,
+        rounds: usize,
+        doing: &str,
+        mut step: impl FnMut(usize) -> Result<()>,
+    ) -> Result<()> {
+        if !self.is_multi() {
+            for k in 0..count {
+                crate::signals::check(doing)?;
+                step(k)?;
+            }
+            return Ok(());
+        }
+        for k in 0..rounds.max(count) {
+            if let Some(signal) = self.agree_signal(crate::signals::requested()) {
+                return Err(crate::signals::interrupted(signal, doing).into());
+            }
+            self.agree(if k < count { step(k) } else { Ok(()) })?;
         }
         Ok(())
     }
@@ -227,11 +274,18 @@ pub fn digest(bytes: &[u8]) -> u64 {
 mod imp {
     use anyhow::{Result, bail};
 
-    pub fn init() -> Result<()> {
-        bail!(
-            "started by an MPI launcher (mpirun / srun), but this rectok was built without MPI: build it with \
-             `cargo build --release --features mpi` (docs/DISTRIBUTED.md)"
-        )
+    pub fn init(size: Option<usize>) -> Result<()> {
+        match size {
+            Some(n) if n > 1 => bail!(
+                "started as one of {n} processes by an MPI launcher (mpirun / srun), but this rectok was built \
+                 without MPI: build it with `cargo build --release --features mpi` (docs/DISTRIBUTED.md)"
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn abort(code: i32) -> ! {
+        std::process::exit(code)
     }
 
     pub fn finish(code: i32) -> i32 {
@@ -274,7 +328,7 @@ mod imp {
         SimpleCommunicator::world()
     }
 
-    pub fn init() -> Result<()> {
+    pub fn init(_: Option<usize>) -> Result<()> {
         let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled)
             .ok_or_else(|| anyhow!("MPI was initialised twice"))?;
         let world = universe.world();
@@ -344,25 +398,41 @@ mod imp {
         comm().process_at_rank(0).broadcast_into(data);
     }
 
+    /// Gathers in rounds of at most `i32::MAX / size` elements per rank, so that MPI's 32-bit
+    /// counts and displacements never overflow however much each rank sends.
     pub fn gather<T: mpi::datatype::Equivalence + Default + Clone>(local: &[T], root: bool) -> Option<Vec<T>> {
         let world = comm();
         let size = world.size() as usize;
-        let n = local.len() as i32;
-        let mut counts = vec![0i32; size];
-        world.all_gather_into(&n, &mut counts[..]);
+        let chunk = (i32::MAX as usize / size).min(1 << 26);
+        let mut rounds = [local.len().div_ceil(chunk) as u64];
+        max_u64(&mut rounds);
         let root_process = world.process_at_rank(0);
-        if root {
-            let displs: Vec<i32> = counts.iter().scan(0, |acc, &c| Some(std::mem::replace(acc, *acc + c))).collect();
-            let mut all = vec![T::default(); counts.iter().map(|&c| c as usize).sum()];
-            {
-                let mut partition = PartitionMut::new(&mut all[..], counts, &displs[..]);
-                root_process.gather_varcount_into_root(local, &mut partition);
+        let mut per_rank: Vec<Vec<T>> = vec![Vec::new(); if root { size } else { 0 }];
+        for k in 0..rounds[0] as usize {
+            let piece = &local[(k * chunk).min(local.len())..((k + 1) * chunk).min(local.len())];
+            let n = piece.len() as i32;
+            let mut counts = vec![0i32; size];
+            world.all_gather_into(&n, &mut counts[..]);
+            if root {
+                let displs: Vec<i32> =
+                    counts.iter().scan(0i32, |acc, &c| Some(std::mem::replace(acc, *acc + c))).collect();
+                let mut all = vec![T::default(); counts.iter().map(|&c| c as usize).sum()];
+                {
+                    let mut partition = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
+                    root_process.gather_varcount_into_root(piece, &mut partition);
+                }
+                for (r, (&c, &d)) in counts.iter().zip(&displs).enumerate() {
+                    per_rank[r].extend_from_slice(&all[d as usize..(d + c) as usize]);
+                }
+            } else {
+                root_process.gather_varcount_into(piece);
             }
-            Some(all)
-        } else {
-            root_process.gather_varcount_into(local);
-            None
         }
+        root.then(|| per_rank.concat())
+    }
+
+    pub fn abort(code: i32) -> ! {
+        comm().abort(code)
     }
 }
 
@@ -376,6 +446,16 @@ mod tests {
             (0..3).map(|rank| World { rank, size: 3, local_rank: rank, local_size: 3 }.part(10)).collect();
         assert_eq!(parts, vec![(0, 3), (3, 3), (6, 4)]);
         assert_eq!(World { rank: 0, size: 4, local_rank: 0, local_size: 4 }.part(2), (0, 0));
+    }
+
+    /// A build without MPI runs a one-process launch (SLURM's `srun -n1` with PMIx sets the
+    /// launcher's variables too) and refuses a larger one.
+    #[cfg(not(feature = "mpi"))]
+    #[test]
+    fn without_mpi_only_a_larger_launch_is_refused() {
+        assert!(imp::init(None).is_ok() && imp::init(Some(1)).is_ok());
+        let e = imp::init(Some(4)).unwrap_err().to_string();
+        assert!(e.contains("one of 4 processes") && e.contains("--features mpi"), "{e}");
     }
 
     #[test]

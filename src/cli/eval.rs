@@ -252,14 +252,21 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
         bail!("the generator protocol needs a feature extractor (inception:PATH or effnet)");
     };
     let tokenizer = a.tokenizer.load_with_stats(&device)?;
-    let reference = match (&a.ref_stats, &a.ref_data) {
-        (Some(p), _) => Some((load_ref_stats(p, &extractor)?, p.display().to_string())),
-        (None, Some(d)) => Some(reference_stats_from(d, &extractor, a.batch_size, tokenizer.config.img_size, &device)?),
-        (None, None) => {
-            tracing::warn!("no --ref-stats or --ref-data: only the {} is computed", extractor.score_name());
-            None
-        }
-    };
+    let world = crate::dist::world();
+    let reference = world.agree((|| -> Result<_> {
+        Ok(match (&a.ref_stats, &a.ref_data) {
+            (Some(p), _) => Some((load_ref_stats(p, &extractor)?, p.display().to_string())),
+            // Rank 0 alone computes the distance.
+            (None, Some(_)) if !world.is_root() => None,
+            (None, Some(d)) => {
+                Some(reference_stats_from(d, &extractor, a.batch_size, tokenizer.config.img_size, &device)?)
+            }
+            (None, None) => {
+                tracing::warn!("no --ref-stats or --ref-data: only the {} is computed", extractor.score_name());
+                None
+            }
+        })
+    })())?;
     let net = a.generator.load(&tokenizer, &device)?;
     if let (Some(dir), Some(json)) = (&a.save_dir, &a.json) {
         let classes = net.config.num_classes;
@@ -308,12 +315,13 @@ fn run_generator(a: GeneratorEvalArgs) -> Result<()> {
             }
             Ok(())
         },
-    )?;
+    );
     bar.finish_and_clear();
-    // Across processes the class hits are summed and rank 0 reports.
+    // Across processes the class hits are summed (by every process, before rank 0's result may
+    // fail) and rank 0 reports.
     let mut hits = [hits as f64];
     crate::dist::world().sum_f64(&mut hits);
-    let Some(r) = r else { return Ok(()) };
+    let Some(r) = r? else { return Ok(()) };
     let class_accuracy = classifier.as_ref().map(|c| (hits[0] / r.samples as f64, c.real_accuracy));
     let rows: Vec<_> = [
         Some(("samples".to_string(), format!("{} (class-balanced, {} classes)", r.samples, net.config.num_classes))),

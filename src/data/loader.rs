@@ -219,19 +219,24 @@ impl Loader {
     /// Batches from `(epoch, step)` onwards, across epochs without end, decoded ahead on a
     /// background thread. Dropping the stream stops the thread.
     pub fn stream(&self, epoch: usize, step: usize) -> BatchStream {
+        self.stream_at_most(epoch, step, usize::MAX)
+    }
+
+    /// As [`stream`](Self::stream), ending after `count` batches.
+    fn stream_at_most(&self, epoch: usize, step: usize, count: usize) -> BatchStream {
         let (tx, rx) = sync_channel(self.config.prefetch.max(1));
         let loader = self.clone();
         let handle = std::thread::Builder::new()
             .name("rectok-loader".into())
-            .spawn(move || loader.produce(epoch, step, tx))
+            .spawn(move || loader.produce(epoch, step, count, tx))
             .expect("spawn loader thread");
         BatchStream { rx, _handle: handle }
     }
 
-    fn produce(&self, mut epoch: usize, mut step: usize, tx: SyncSender<Result<Batch>>) {
+    fn produce(&self, mut epoch: usize, mut step: usize, count: usize, tx: SyncSender<Result<Batch>>) {
         let per_epoch = self.steps_per_epoch();
         let mut plan = self.epoch_plan(epoch);
-        loop {
+        for _ in 0..count {
             if step >= per_epoch {
                 epoch += 1;
                 step = 0;
@@ -261,9 +266,10 @@ impl Loader {
         batches: std::ops::Range<usize>,
     ) -> impl Iterator<Item = Result<(Batch, usize)>> + '_ {
         let limit = limit.min(self.dataset.len());
-        let mut stream = self.stream(0, batches.start);
+        // Decoding ahead stops at the block's end (other processes decode what follows).
+        let mut stream = (!batches.is_empty()).then(|| self.stream_at_most(0, batches.start, batches.len()));
         batches.map(move |_| {
-            let batch = stream.next_batch()?;
+            let batch = stream.as_mut().context("an empty block of batches")?.next_batch()?;
             let take = batch.indices.iter().take_while(|&&i| i < limit).count();
             Ok((batch, take))
         })

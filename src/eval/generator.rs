@@ -84,12 +84,11 @@ pub fn evaluate_generator(
     }
     let mut collector = FeatureCollector::new(options.extractor, device, false, world);
     let mut staged = options.save_dir.as_deref().map(crate::io::StagedFolder::new);
-    let (first, count) = world.part(options.num_samples.div_ceil(options.batch_size));
-    let mut start = first * options.batch_size;
-    let end = ((first + count) * options.batch_size).min(options.num_samples);
-    while start < end {
-        crate::signals::check("sampling for the evaluation")?;
-        let b = options.batch_size.min(end - start);
+    let n_batches = options.num_samples.div_ceil(options.batch_size);
+    let (first, count) = world.part(n_batches);
+    world.lockstep(count, n_batches.div_ceil(world.size()), "sampling for the evaluation", |k| {
+        let start = (first + k) * options.batch_size;
+        let b = options.batch_size.min(options.num_samples - start);
         let labels: Vec<usize> = (start..start + b).map(|i| i % classes).collect();
         let latents = sample_class_latents(
             net,
@@ -110,9 +109,9 @@ pub fn evaluate_generator(
         }
         collector.add(&images)?;
         on_images(&images, &labels)?;
-        start += b;
         on_batch(b);
-    }
+        Ok(())
+    })?;
     if let Some(staged) = staged {
         staged.commit()?;
     }

@@ -87,11 +87,13 @@ pub fn evaluate_tokenizer(
     // Per-image PSNR and SSIM, summed in the dataset's order (on rank 0 across processes).
     let (mut psnrs, mut ssims) = (Vec::new(), Vec::new());
     // Each process takes a contiguous block of the one-process batches.
-    let (first, count) = world.part(total.div_ceil(loader.config().batch_size));
-    for item in loader.items_in_batches(total, first..first + count) {
-        let (batch, take) = item?;
+    let n_batches = total.div_ceil(loader.config().batch_size);
+    let (first, count) = world.part(n_batches);
+    let mut items = loader.items_in_batches(total, first..first + count);
+    world.lockstep(count, n_batches.div_ceil(world.size()), "evaluating the tokenizer", |_| {
+        let (batch, take) = items.next().context("a batch of the evaluation")??;
         if take == 0 {
-            continue;
+            return Ok(());
         }
         let x = batch.tensor(device).narrow(0, 0, take);
         let original = (x.clone() * 0.5 + 0.5).clamp(0.0, 1.0);
@@ -114,11 +116,13 @@ pub fn evaluate_tokenizer(
             c.add(&to_u8_rounded(original)?)?;
         }
         on_batch(take);
-    }
+        Ok(())
+    })?;
+    drop(items);
     // Every process takes part in every gather before rank 0 checks anything.
     let (psnrs, ssims) = (world.gather_f64(&psnrs), world.gather_f64(&ssims));
-    let recon = recon_features.map(|c| c.finish()).transpose()?.flatten();
-    let orig = orig_features.map(|c| c.finish()).transpose()?.flatten();
+    let recon = recon_features.map(|c| c.finish());
+    let orig = orig_features.map(|c| c.finish());
     let (Some(psnrs), Some(ssims)) = (psnrs, ssims) else { return Ok(None) };
     let done = psnrs.len();
     if done == 0 {
@@ -130,6 +134,8 @@ pub fn evaluate_tokenizer(
             loader.dataset().describe()
         );
     }
+    let recon = recon.transpose()?.flatten();
+    let orig = orig.transpose()?.flatten();
     let mut result = TokenizerEval {
         images: done,
         psnr: psnrs.iter().sum::<f64>() / done as f64,

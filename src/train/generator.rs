@@ -192,8 +192,22 @@ impl Trainer for GeneratorTraining {
         let extractor = (config.run.fd_images > 0)
             .then(|| Extractor::load(&config.run.fd_extractor, &inner).context("run.fd_extractor"))
             .transpose()?;
+        // The batches first: their checks (the batch against the data and the processes) come
+        // before the statistics, which take time.
+        let batches = TrainingBatches::new(
+            &dataset,
+            &spec,
+            &config.data,
+            (config.optim.batch_size, config.optim.accum_steps),
+            size,
+            config.run.seed,
+        )?;
+        let world = crate::dist::world();
         let run_stats = run_dir.join("latent_stats.safetensors");
-        if run_stats.exists() {
+        // Rank 0's view of the run folder decides for every process whether the statistics are
+        // computed (together) or read.
+        let have_run_stats = world.broadcast_bytes(vec![u8::from(run_stats.exists())]) == [1];
+        if have_run_stats {
             tokenizer.stats = Some(load_latent_stats(&run_stats)?);
         } else if let Some(path) = &config.tokenizer.latent_stats {
             tokenizer.stats = Some(load_latent_stats(path)?);
@@ -204,25 +218,16 @@ impl Trainer for GeneratorTraining {
             tracing::info!("latent statistics over {n} training images (posterior means, no flip)");
             let bar = step_progress(n, 0);
             bar.set_message("latent statistics");
-            let stats =
-                collect_latent_stats(&tokenizer, &loader, limit, &inner, crate::dist::world(), |k| bar.inc(k as u64))?;
+            let stats = collect_latent_stats(&tokenizer, &loader, limit, &inner, world, |k| bar.inc(k as u64))?;
             bar.finish_and_clear();
             tokenizer.stats = Some(stats);
         }
         let stats = tokenizer.stats.clone().expect("statistics set above");
         stats.validate(tokenizer.token_channels()).map_err(|e| anyhow!("latent statistics: {e}"))?;
-        if !run_stats.exists() && crate::dist::world().is_root() {
+        if !have_run_stats && world.is_root() {
             save_latent_stats(&stats, &run_stats)?;
         }
 
-        let batches = TrainingBatches::new(
-            &dataset,
-            &spec,
-            &config.data,
-            (config.optim.batch_size, config.optim.accum_steps),
-            size,
-            config.run.seed,
-        )?;
         let source = match &config.latents.cache {
             Some(dir) if !dir.as_os_str().is_empty() => LatentSource::Cache(LatentCache::build(
                 &run_dir.join(dir),
@@ -234,7 +239,7 @@ impl Trainer for GeneratorTraining {
                     workers: config.data.workers,
                 },
                 &inner,
-                crate::dist::world(),
+                world,
             )?),
             _ => LatentSource::Images,
         };

@@ -14,7 +14,6 @@ use crate::tokenizer::{LatentStats, RecTok};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -100,14 +99,12 @@ pub fn collect_latent_stats(
     let total = limit.unwrap_or(usize::MAX).min(loader.dataset().len());
     let channels = tokenizer.token_channels();
     let mut batches = Vec::new();
-    let (first, count) = world.part(total.div_ceil(loader.config().batch_size));
-    let local = (|| -> Result<()> {
-        for item in loader.items_in_batches(total, first..first + count) {
-            crate::signals::check("computing the latent statistics")?;
-            let (batch, take) = item?;
-            if take == 0 {
-                continue;
-            }
+    let n_batches = total.div_ceil(loader.config().batch_size);
+    let (first, count) = world.part(n_batches);
+    let mut items = loader.items_in_batches(total, first..first + count);
+    world.lockstep(count, n_batches.div_ceil(world.size()), "computing the latent statistics", |_| {
+        let (batch, take) = items.next().context("a batch of the statistics")??;
+        if take > 0 {
             let mean = tokenizer.posterior(batch.tensor(device).narrow(0, 0, take)).mean;
             let mut moments = ChannelMoments::new(channels);
             moments.add(&crate::device::read_f32(mean));
@@ -115,8 +112,7 @@ pub fn collect_latent_stats(
             on_batch(take);
         }
         Ok(())
-    })();
-    world.agree(local)?;
+    })?;
     let merged = ChannelMoments::gather_batches(&batches, channels, world);
     let stats = world.agree(match merged {
         Some(m) if m.count == 0 => Err(anyhow!("{}: no images for the latent statistics", loader.dataset().describe())),
@@ -220,53 +216,53 @@ impl LatentCache {
             precision: crate::device::precision_in_force().to_string(),
         };
         let manifest_path = dir.join("manifest.json");
-        let mut manifest = match std::fs::read_to_string(&manifest_path) {
-            Ok(text) => {
-                let found: CacheManifest = serde_json::from_str(&text)
-                    .with_context(|| format!("{}: corrupt cache manifest", manifest_path.display()))?;
-                if (CacheManifest { complete: 0, ..found.clone() }) != want {
-                    bail!(
-                        "{}: this latent cache was built for other data, another tokenizer or another precision \
-                            ({} items of {} from {}, in {}); remove it or choose another cache folder",
-                        dir.display(),
-                        found.items,
-                        found.dataset,
-                        found.tokenizer,
-                        found.precision
-                    );
-                }
-                found
-            }
-            Err(_) => want,
-        };
         let data_path = dir.join("moments.f32");
+        let labels_path = dir.join("labels.json");
+        // Rank 0 reads the folder and decides where building resumes; the others follow it.
+        let found = world.agree(match root {
+            true => Self::read_state(dir, &want).map(Some),
+            false => Ok(None),
+        })?;
+        let (mut manifest, mut labels) = match found {
+            Some(state) => state,
+            None => (want.clone(), Vec::new()),
+        };
+        let mut complete = [manifest.complete as u64];
+        world.max_u64(&mut complete);
+        manifest.complete = complete[0] as usize;
         let row_bytes = (manifest.row_floats() * 4) as u64;
-        // Rank 0 writes; the others open the file once it is complete.
-        let mut file = match root {
-            true => Some(
-                std::fs::OpenOptions::new()
+        // Rank 0 creates the data file and drops any partial tail of an interrupted write; then
+        // every process writes its own batches' rows in place.
+        let file = world.agree(match root {
+            true => (|| -> Result<std::fs::File> {
+                let f = std::fs::OpenOptions::new()
                     .create(true)
                     .read(true)
                     .write(true)
                     .truncate(false)
                     .open(&data_path)
-                    .with_context(|| format!("opening {}", data_path.display()))?,
-            ),
-            false => None,
+                    .with_context(|| format!("opening {}", data_path.display()))?;
+                f.set_len(manifest.complete as u64 * row_bytes)?;
+                Ok(f)
+            })()
+            .map(Some),
+            false => Ok(None),
+        })?;
+        let file = match file {
+            Some(f) => f,
+            None => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&data_path)
+                .with_context(|| format!("opening {}", data_path.display()))?,
         };
-        let labels_path = dir.join("labels.json");
-        let mut labels: Vec<usize> = if manifest.complete > 0 {
-            serde_json::from_str(
-                &std::fs::read_to_string(&labels_path).with_context(|| format!("reading {}", labels_path.display()))?,
-            )
-            .with_context(|| format!("{}: corrupt", labels_path.display()))?
-        } else {
-            Vec::new()
-        };
-        labels.truncate(manifest.complete);
         if manifest.complete < manifest.items {
             let loader = Loader::sequential(dataset.clone(), batch_size, size, workers)?.strict();
-            let bar = crate::io::step_progress(manifest.items, manifest.complete);
+            let bar = if root {
+                crate::io::step_progress(manifest.items, manifest.complete)
+            } else {
+                indicatif::ProgressBar::hidden()
+            };
             bar.set_message("caching latent moments");
             tracing::info!(
                 "latent cache {}: {} of {} items to encode",
@@ -277,31 +273,21 @@ impl LatentCache {
             // Batch `b0` is partly written (by an interrupted run): its first `skip` items are.
             let (b0, skip) = (manifest.complete / batch_size, manifest.complete % batch_size);
             let batches = manifest.items.div_ceil(batch_size);
-            let (rank, size) = (world.rank(), world.size());
+            let (rank, processes) = (world.rank(), world.size());
             // One process decodes ahead; several decode only their own batches.
-            let mut stream = (size == 1).then(|| loader.stream(0, b0));
-            let mut writer = match file.take() {
-                Some(f) => {
-                    // Drop any partial tail from an interrupted write, then continue.
-                    f.set_len(manifest.complete as u64 * row_bytes)?;
-                    let mut w = std::io::BufWriter::new(f);
-                    use std::io::Seek;
-                    w.seek(std::io::SeekFrom::Start(manifest.complete as u64 * row_bytes))?;
-                    Some(w)
-                }
-                None => None,
-            };
+            let mut stream = (processes == 1).then(|| loader.stream(0, b0));
             let per = manifest.tokens * 2 * manifest.channels;
-            // Rounds of one batch per process.
-            for round_start in (b0..batches).step_by(size) {
+            // Rounds of one batch per process; rank 0 records a round once every process has
+            // written its rows.
+            for round in 0..(batches - b0).div_ceil(processes) {
                 if let Some(signal) = world.agree_signal(crate::signals::requested()) {
                     let doing = "building the latent cache (it continues where it stopped)";
                     return Err(crate::signals::interrupted(signal, doing).into());
                 }
-                let mine = round_start + rank;
-                let encoded = world.agree((|| -> Result<(Vec<f32>, Vec<f64>)> {
+                let mine = b0 + round * processes + rank;
+                let written = world.agree((|| -> Result<Vec<f64>> {
                     if mine >= batches {
-                        return Ok((Vec::new(), Vec::new()));
+                        return Ok(Vec::new());
                     }
                     let batch = match &mut stream {
                         Some(stream) => stream.next_batch()?,
@@ -315,48 +301,32 @@ impl LatentCache {
                         views.push(tokenizer.encoder.forward(x.flip([3]), None));
                     }
                     let host: Vec<Vec<f32>> = views.into_iter().map(crate::device::read_f32).collect();
-                    let mut rows = Vec::with_capacity(n * per * host.len());
+                    let mut bytes = Vec::with_capacity(n * per * host.len() * 4);
                     for i in 0..n {
                         for view in &host {
-                            rows.extend_from_slice(&view[i * per..(i + 1) * per]);
+                            for v in &view[i * per..(i + 1) * per] {
+                                bytes.extend_from_slice(&v.to_le_bytes());
+                            }
                         }
                     }
-                    Ok((rows, batch.labels[from..].iter().map(|&l| l as f64).collect()))
+                    let offset = (mine * batch_size + from) as u64 * row_bytes;
+                    file.write_all_at(&bytes, offset).with_context(|| format!("writing {}", data_path.display()))?;
+                    file.sync_data()?;
+                    Ok(batch.labels[from..].iter().map(|&l| l as f64).collect())
                 })())?;
-                let (rows, round_labels) = (world.gather_f32(&encoded.0), world.gather_f64(&encoded.1));
-                let (Some(rows), Some(round_labels), Some(writer)) = (rows, round_labels, writer.as_mut()) else {
-                    continue;
-                };
-                for v in &rows {
-                    writer.write_all(&v.to_le_bytes())?;
-                }
+                let Some(round_labels) = world.gather_f64(&written) else { continue };
                 labels.extend(round_labels.iter().map(|&l| l as usize));
                 manifest.complete += round_labels.len();
-                writer.flush()?;
-                writer.get_ref().sync_data()?;
                 write_atomic(&labels_path, serde_json::to_string(&labels)?.as_bytes())?;
                 write_atomic(&manifest_path, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
                 bar.set_position(manifest.complete as u64);
             }
             bar.finish_and_clear();
-            file = writer.map(|w| w.into_inner().map_err(|e| anyhow!("{e}"))).transpose()?;
         }
-        // The others read what rank 0 wrote (the run folder is shared).
+        // The others read the labels rank 0 recorded (the run folder is shared).
         world.agree(Ok(()))?;
-        let file = match file {
-            Some(f) => f,
-            None => std::fs::File::open(&data_path).with_context(|| format!("opening {}", data_path.display()))?,
-        };
         if !root {
-            manifest = serde_json::from_str(
-                &std::fs::read_to_string(&manifest_path)
-                    .with_context(|| format!("reading {}", manifest_path.display()))?,
-            )
-            .with_context(|| format!("{}: corrupt cache manifest", manifest_path.display()))?;
-            labels = serde_json::from_str(
-                &std::fs::read_to_string(&labels_path).with_context(|| format!("reading {}", labels_path.display()))?,
-            )
-            .with_context(|| format!("{}: corrupt", labels_path.display()))?;
+            (manifest, labels) = Self::read_state(dir, &want)?;
         }
         if file.metadata()?.len() < manifest.items as u64 * row_bytes {
             bail!(
@@ -365,6 +335,42 @@ impl LatentCache {
             );
         }
         Ok(Self { dir: dir.to_path_buf(), manifest, file, labels: Arc::new(labels) })
+    }
+
+    /// The manifest (checked against `want`, but for the items written) and the labels of the
+    /// cache in `dir`; `want` with nothing written when there is none.
+    fn read_state(dir: &Path, want: &CacheManifest) -> Result<(CacheManifest, Vec<usize>)> {
+        let manifest_path = dir.join("manifest.json");
+        let manifest = match std::fs::read_to_string(&manifest_path) {
+            Ok(text) => {
+                let found: CacheManifest = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: corrupt cache manifest", manifest_path.display()))?;
+                if (CacheManifest { complete: 0, ..found.clone() }) != *want {
+                    bail!(
+                        "{}: this latent cache was built for other data, another tokenizer or another precision \
+                            ({} items of {} from {}, in {}); remove it or choose another cache folder",
+                        dir.display(),
+                        found.items,
+                        found.dataset,
+                        found.tokenizer,
+                        found.precision
+                    );
+                }
+                found
+            }
+            Err(_) => want.clone(),
+        };
+        let labels_path = dir.join("labels.json");
+        let mut labels: Vec<usize> = if manifest.complete > 0 {
+            serde_json::from_str(
+                &std::fs::read_to_string(&labels_path).with_context(|| format!("reading {}", labels_path.display()))?,
+            )
+            .with_context(|| format!("{}: corrupt", labels_path.display()))?
+        } else {
+            Vec::new()
+        };
+        labels.truncate(manifest.complete);
+        Ok((manifest, labels))
     }
 
     /// The folder.

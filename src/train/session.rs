@@ -65,26 +65,28 @@ pub enum Start {
 }
 
 impl Start {
-    /// As text, for rank 0 to send to the other processes of a job.
+    /// As bytes (a kind, a newline, the path's own bytes), for rank 0 to send to the other
+    /// processes of a job.
     pub fn encode(&self) -> Vec<u8> {
+        use std::os::unix::ffi::OsStrExt;
         let (kind, path) = match self {
             Start::Fresh => ("fresh", Path::new("")),
             Start::Restart(p) => ("restart", p.as_path()),
             Start::Resume(p) => ("resume", p.as_path()),
         };
-        format!("{kind}\n{}", path.display()).into_bytes()
+        [kind.as_bytes(), b"\n", path.as_os_str().as_bytes()].concat()
     }
 
-    /// From [`encode`](Self::encode)'s text.
+    /// From [`encode`](Self::encode)'s bytes.
     pub fn decode(bytes: &[u8]) -> anyhow::Result<Self> {
-        let text =
-            std::str::from_utf8(bytes).map_err(|_| anyhow::anyhow!("rank 0 sent a run start that is not UTF-8"))?;
-        let (kind, path) = text.split_once('\n').unwrap_or((text, ""));
-        Ok(match kind {
-            "fresh" => Start::Fresh,
-            "restart" => Start::Restart(PathBuf::from(path)),
-            "resume" => Start::Resume(PathBuf::from(path)),
-            other => anyhow::bail!("rank 0 sent an unknown run start {other:?}"),
+        use std::os::unix::ffi::OsStrExt;
+        let split = bytes.iter().position(|&b| b == b'\n').unwrap_or(bytes.len());
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(bytes.get(split + 1..).unwrap_or_default()));
+        Ok(match &bytes[..split] {
+            b"fresh" => Start::Fresh,
+            b"restart" => Start::Restart(path),
+            b"resume" => Start::Resume(path),
+            other => anyhow::bail!("rank 0 sent an unknown run start {:?}", String::from_utf8_lossy(other)),
         })
     }
 }
@@ -214,6 +216,17 @@ pub fn clean_leftovers(run_dir: &Path) -> Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_start_travels_to_the_other_processes_unchanged() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"runs/caf\xe9\nx/checkpoints/step_00000002"));
+        for start in [Start::Fresh, Start::Restart(PathBuf::from("r/config.toml")), Start::Resume(odd)] {
+            let back = Start::decode(&start.encode()).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{start:?}"));
+        }
+        assert!(Start::decode(b"later\n/x").is_err());
+    }
 
     #[test]
     fn a_locked_run_folder_names_its_holder_and_leftovers_go() {
