@@ -13,7 +13,11 @@
 //! setup phase) says so through [`World::agree`], so every rank stops at the same point and rank
 //! 0 can save a checkpoint. Any other failure ends the job: [`finish`] waits a few seconds for the
 //! other ranks to reach the end too and otherwise calls `MPI_Abort`, which stops them all — a
-//! failing rank never leaves the others waiting in a collective.
+//! failing rank never leaves the others waiting in a collective. The control points ([`World::agree`],
+//! [`World::agree_signal`], [`World::root_decides`], [`World::check_same`]) are all one small
+//! all-reduce carrying their kind, so ranks at different control points find out and end the job
+//! at once; work that may fail on one rank is followed by a control point before any other
+//! collective.
 
 use anyhow::{Result, anyhow};
 use std::sync::OnceLock;
@@ -218,10 +222,18 @@ impl World {
         Some(self.control(2, signal.unwrap_or(0).max(0) as u64) as i32).filter(|&s| s != 0)
     }
 
+    /// Rank 0's `flag` on every rank (a decision rank 0 makes from what it sees, e.g. of the
+    /// run folder). A control point, so it can follow work that may have failed on one rank.
+    pub fn root_decides(&self, flag: bool) -> bool {
+        self.control(6, u64::from(self.is_root() && flag)) != 0
+    }
+
     /// Fails unless every rank passes the same `digest` (say, of a buffer layout about to be
     /// reduced): mismatched buffers would make a collective read past their ends.
     pub fn check_same(&self, what: &str, digest: u64) -> Result<()> {
-        let same = self.control(3, digest) == digest && self.control(4, !digest) == !digest;
+        // Both reductions on every rank (no short circuit: each is a collective).
+        let (max, max_not) = (self.control(3, digest), self.control(4, !digest));
+        let same = max == digest && max_not == !digest;
         if self.control(5, u64::from(!same)) != 0 {
             return Err(anyhow!("{what} differs between the ranks (rank {} and another)", self.rank));
         }

@@ -20,6 +20,9 @@ fn mpirun(np: usize) -> Command {
         .arg(env!("CARGO_BIN_EXE_rectok"))
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // Containers often forbid the cross-process memory reads of Open MPI's single-copy
+        // shared-memory transfers; plain copies work everywhere.
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null());
     c

@@ -206,7 +206,7 @@ impl Trainer for GeneratorTraining {
         let run_stats = run_dir.join("latent_stats.safetensors");
         // Rank 0's view of the run folder decides for every process whether the statistics are
         // computed (together) or read.
-        let have_run_stats = world.broadcast_bytes(vec![u8::from(run_stats.exists())]) == [1];
+        let have_run_stats = world.root_decides(run_stats.exists());
         if have_run_stats {
             tokenizer.stats = Some(load_latent_stats(&run_stats)?);
         } else if let Some(path) = &config.tokenizer.latent_stats {
