@@ -108,6 +108,53 @@ pub(crate) fn register_font() {
     });
 }
 
+/// The axes of one panel of [`plot_metrics`].
+#[derive(Debug)]
+struct PanelAxes {
+    /// Step range: at least 2 whole steps wide (around a lone point), so step labels differ.
+    x: (f64, f64),
+    /// Labels on the step axis: no more than whole steps in the range.
+    x_labels: usize,
+    /// Value range, padded by 5 % of the span (of the value itself for a constant series).
+    y: (f64, f64),
+    /// Decimals of the value labels: enough to tell ticks a tenth of the range apart.
+    digits: usize,
+    /// Logarithmic value axis (positive values spanning more than a factor 20).
+    log: bool,
+}
+
+impl PanelAxes {
+    fn of(pts: &[(f64, f64)]) -> Self {
+        let (first, last) = (pts.first().map_or(0.0, |p| p.0), pts.last().map_or(1.0, |p| p.0));
+        let x = if last - first >= 2.0 {
+            (first, last)
+        } else {
+            let start = ((first + last) / 2.0 - 1.0).floor();
+            (start, start + 2.0)
+        };
+        let x_labels = ((x.1 - x.0).floor() as usize + 1).clamp(2, 6);
+        let lo = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        let hi = pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+        if lo > 0.0 && hi / lo > 20.0 {
+            return Self { x, x_labels, y: (lo * 0.9, hi * 1.1), digits: 1, log: true };
+        }
+        let span = hi - lo;
+        let pad = if span > 1e-9 * hi.abs().max(lo.abs()) { span * 0.05 } else { (hi.abs() * 0.05).max(1e-6) };
+        let y = (lo - pad, hi + pad);
+        let digits = (-((y.1 - y.0) / 10.0).log10().floor()).clamp(0.0, 8.0) as usize;
+        Self { x, x_labels, y, digits, log: false }
+    }
+}
+
+/// `y` with `digits` decimals, without the sign of a value that rounds to zero ("-0.000").
+fn value_label(y: f64, digits: usize) -> String {
+    let s = format!("{y:.digits$}");
+    match s.strip_prefix('-') {
+        Some(rest) if rest.chars().all(|c| c == '0' || c == '.') => rest.to_string(),
+        _ => s,
+    }
+}
+
 /// Plots the named metrics against `step` (log-scale y when all values are positive), one panel
 /// per metric, into a PNG.
 pub fn plot_metrics(records: &[Map<String, Value>], keys: &[&str], title: &str, path: &Path) -> Result<()> {
@@ -139,10 +186,8 @@ pub fn plot_metrics(records: &[Map<String, Value>], keys: &[&str], title: &str, 
         let root = root.titled(title, ("sans-serif", 22))?;
         let panels = root.split_evenly((rows, cols));
         for ((name, pts), area) in series.iter().zip(panels.iter()) {
-            let (x0, x1) = (pts.first().unwrap().0, pts.last().unwrap().0.max(pts.first().unwrap().0 + 1.0));
-            let lo = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-            let hi = pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-            let pad = ((hi - lo) * 0.05).max(1e-12);
+            let axes = PanelAxes::of(pts);
+            let (x0, x1) = axes.x;
             // One panel; the y axis is logarithmic when the values span decades.
             macro_rules! panel {
                 ($y:expr, $fmt:expr) => {{
@@ -155,19 +200,25 @@ pub fn plot_metrics(records: &[Map<String, Value>], keys: &[&str], title: &str, 
                     chart
                         .configure_mesh()
                         .x_desc("step")
+                        .x_labels(axes.x_labels)
                         .y_labels(6)
                         .x_label_formatter(&|x| format!("{x:.0}"))
                         .y_label_formatter($fmt)
                         .label_style(("sans-serif", 12))
                         .draw()?;
                     chart.draw_series(LineSeries::new(pts.iter().copied(), &BLUE))?;
+                    // Markers, so that a series of one or a few points shows.
+                    if pts.len() <= 20 {
+                        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, BLUE.filled())))?;
+                    }
                 }};
             }
-            if lo > 0.0 && hi / lo > 20.0 {
-                panel!((lo * 0.9..hi * 1.1).log_scale(), &|y: &f64| format!("{y:.1e}"));
+            let (lo, hi) = axes.y;
+            if axes.log {
+                panel!((lo..hi).log_scale(), &|y: &f64| format!("{y:.1e}"));
             } else {
-                let digits = (-(hi - lo + 2.0 * pad).log10().floor() + 1.0).clamp(0.0, 8.0) as usize;
-                panel!((lo - pad)..(hi + pad), &|y: &f64| format!("{y:.digits$}"));
+                let digits = axes.digits;
+                panel!(lo..hi, &|y: &f64| value_label(*y, digits));
             }
         }
         root.present()?;
@@ -178,6 +229,45 @@ pub fn plot_metrics(records: &[Map<String, Value>], keys: &[&str], title: &str, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tick labels of evenly spaced positions on `range`, formatted as the plot formats them.
+    fn labels(range: (f64, f64), n: usize, fmt: impl Fn(f64) -> String) -> Vec<String> {
+        (0..n).map(|i| fmt(range.0 + (range.1 - range.0) * i as f64 / (n - 1) as f64)).collect()
+    }
+
+    fn all_distinct(v: &[String]) -> bool {
+        v.iter().collect::<std::collections::BTreeSet<_>>().len() == v.len()
+    }
+
+    #[test]
+    fn a_single_point_or_a_constant_series_gets_readable_axes() {
+        // The demo's stage 1 logs val_psnr once; a constant loss; two close steps; a long run.
+        for pts in [
+            vec![(512.0, 21.64)],
+            vec![(1.0, 0.5), (2.0, 0.5), (3.0, 0.5)],
+            vec![(7.0, 1.0), (8.0, 1.001)],
+            vec![(0.0, 3.0), (1536.0, 2.5), (3072.0, 2.4)],
+            vec![(10.0, 0.0)],
+        ] {
+            let a = PanelAxes::of(&pts);
+            assert!(a.x.1 - a.x.0 >= 2.0 && a.y.1 > a.y.0, "{pts:?}: {a:?}");
+            assert!(pts.iter().all(|&(x, y)| (a.x.0..=a.x.1).contains(&x) && (a.y.0..=a.y.1).contains(&y)));
+            let xs = labels(a.x, a.x_labels, |x| format!("{x:.0}"));
+            assert!(all_distinct(&xs), "{pts:?}: step labels {xs:?}");
+            let digits = a.digits;
+            let ys = labels(a.y, 11, |y| value_label(y, digits));
+            assert!(all_distinct(&ys), "{pts:?}: value labels {ys:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut record = Map::new();
+        record.insert("step".into(), 512.into());
+        record.insert("val_psnr".into(), 21.64.into());
+        plot_metrics(&[record], &["val_psnr"], "one point", &dir.path().join("one.png")).unwrap();
+        assert_eq!(
+            (value_label(-1e-9, 3), value_label(-0.5, 1), value_label(2.25, 1)),
+            ("0.000".into(), "-0.5".into(), "2.2".into())
+        );
+    }
 
     #[test]
     fn metrics_are_truncated_on_resume_and_plotted() {
