@@ -2,8 +2,9 @@
 """Time one forward pass (one sampling step) of the reference PyTorch DiT^DH-S / DiT^DH-XL on
 128×16×16 latents with random weights (fp32), for `rectok bench dit --reference OUT.json`.
 
---rectok-repo is a checkout of https://github.com/Shi-qingyu/RecTok (models/DDT.py, models/layers.py
-and transport/ are imported); it is not part of this repository.
+--rectok-repo is a checkout of https://github.com/Shi-qingyu/RecTok; only models/DDT.py,
+models/layers.py and transport/ are imported (not models/__init__.py, which pulls in every model
+and diffusers); it is not part of this repository.
 
     python3 benches/reference_dit.py --rectok-repo ../RecTok --threads 2 -o ref_dit.json
 """
@@ -21,7 +22,7 @@ p.add_argument("--iters", type=int, default=3)
 bench_device.add_arguments(p)
 p.add_argument("-o", "--output", required=True)
 a = p.parse_args()
-sys.path.insert(0, a.rectok_repo)
+bench_device.use_reference_models(a.rectok_repo)
 import torch  # noqa: E402
 from models.DDT import DiTwDDTHead  # noqa: E402
 

@@ -3,12 +3,13 @@
 weights, fp32) on this machine, for `rectok bench tokenizer --reference OUT.json`.
 
 The official code is not part of this repository: point --rectok-repo at a checkout of
-https://github.com/Shi-qingyu/RecTok (only models/ is imported; timm, transformers and the
-teacher loader are stubbed because no teacher is built).
+https://github.com/Shi-qingyu/RecTok: only models/rectok.py and what it imports are loaded (not
+models/__init__.py), and the teacher loader is stubbed because no teacher is built; a plain
+install of the reference's requirements (or just torch, einops and numpy) is enough.
 
     python3 benches/reference_tokenizer.py --rectok-repo ../RecTok --threads 2 -o ref.json
 """
-import argparse, json, os, statistics, sys, time, types
+import argparse, json, os, statistics, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_device  # noqa: E402
@@ -22,11 +23,7 @@ bench_device.add_arguments(p)
 p.add_argument("-o", "--output", required=True)
 a = p.parse_args()
 
-sys.path.insert(0, a.rectok_repo)
-for name in ["timm", "transformers", "utils", "utils.foundation_models"]:
-    sys.modules.setdefault(name, types.ModuleType(name))
-sys.modules["transformers"].AutoImageProcessor = sys.modules["transformers"].AutoModel = None
-sys.modules["utils.foundation_models"].create_foundation_model = None
+bench_device.use_reference_models(a.rectok_repo)
 import torch  # noqa: E402
 from models.rectok import rectok_BB  # noqa: E402
 
