@@ -200,9 +200,6 @@ impl LatentCache {
         let (tokenizer, tokenizer_label) = tokenizer;
         let CacheOptions { flip, batch_size, workers } = options;
         let root = world.is_root();
-        if root {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
         let size = tokenizer.config.img_size;
         let want = CacheManifest {
             items: dataset.len(),
@@ -220,7 +217,10 @@ impl LatentCache {
         let labels_path = dir.join("labels.json");
         // Rank 0 reads the folder and decides where building resumes; the others follow it.
         let found = world.agree(match root {
-            true => Self::read_state(dir, &want).map(Some),
+            true => std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating {}", dir.display()))
+                .and_then(|()| Self::read_state(dir, &want))
+                .map(Some),
             false => Ok(None),
         })?;
         let (mut manifest, mut labels) = match found {
