@@ -236,6 +236,18 @@ fn wait_at_most(child: Child, limit: Duration) -> (Output, Duration) {
     }
 }
 
+/// `mpirun -np 2 rectok args…` started, its output captured.
+fn spawn_job(args: &[String]) -> Child {
+    mpirun(2).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// A two-process tokenizer job into `out`, running once its first checkpoint exists.
+fn running_until_first_checkpoint(out: &Path, extra: &[&str]) -> Child {
+    let mut job = spawn_job(&with(TOKENIZER, out, extra));
+    wait_until("the first checkpoint", &mut job, || out.join("checkpoints/latest").exists());
+    job
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     let s = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
     assert!(s.success());
@@ -254,13 +266,7 @@ fn a_stopped_job_resumes_exactly_and_a_failing_process_ends_it() {
     // SIGUSR1 to mpirun, which passes it on to every process: they agree on a step, rank 0 saves
     // it, and all stop.
     let stopped = run("stopped");
-    let mut job = mpirun(2)
-        .args(with(TOKENIZER, &stopped, &schedule))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until("the first checkpoint", &mut job, || stopped.join("checkpoints/latest").exists());
+    let job = running_until_first_checkpoint(&stopped, &schedule);
     let s = Command::new("kill").args(["-USR1", &job.id().to_string()]).status().unwrap();
     assert!(s.success());
     let (o, took) = wait_at_most(job, Duration::from_secs(60));
@@ -286,13 +292,7 @@ fn a_stopped_job_resumes_exactly_and_a_failing_process_ends_it() {
     // A process killed outright (SIGKILL) ends the whole job within seconds; the last
     // checkpoint then resumes it exactly.
     let killed = run("killed");
-    let mut job = mpirun(2)
-        .args(with(TOKENIZER, &killed, &schedule))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until("the first checkpoint", &mut job, || killed.join("checkpoints/latest").exists());
+    let job = running_until_first_checkpoint(&killed, &schedule);
     let ranks = ranks_of(job.id());
     assert_eq!(ranks.len(), 2, "the job's processes: {ranks:?}");
     let t0 = Instant::now();
@@ -321,12 +321,8 @@ fn a_stopped_job_resumes_exactly_and_a_failing_process_ends_it() {
     std::fs::write(data.join("class1/broken.png"), b"not a png").unwrap();
     let failing = run("failing");
     let t0 = Instant::now();
-    let job = mpirun(2)
-        .args(with(TOKENIZER, &failing, &["--data", data.to_str().unwrap(), "--set", "optim.accum_steps=1"]))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let job =
+        spawn_job(&with(TOKENIZER, &failing, &["--data", data.to_str().unwrap(), "--set", "optim.accum_steps=1"]));
     let (o, _) = wait_at_most(job, Duration::from_secs(120));
     let took = t0.elapsed();
     assert!(!o.status.success());
