@@ -269,9 +269,9 @@ impl World {
     }
 }
 
-/// Another rank failed; its own message says why.
+/// Another rank failed; its own error line (`error: rank N: …`) says why.
 #[derive(Debug, thiserror::Error)]
-#[error("rank {rank} of the job failed (its message above says why)")]
+#[error("rank {rank} of the job failed (its own error line says why)")]
 pub struct RankFailed {
     /// The lowest failing rank.
     pub rank: usize,

@@ -183,6 +183,12 @@ fn two_processes_train_as_one() {
     let o = mpirun(2).args(args).output().unwrap();
     assert!(!o.status.success() && stderr(&o).contains("runs in one process"), "{}", stderr(&o));
     assert!(!out.exists());
+    // An error every process meets is said once, by rank 0, as a whole line; so is a usage error.
+    assert_eq!(stderr(&o).matches("error:").count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).lines().any(|l| l.starts_with("error: this command runs in one process")), "{}", stderr(&o));
+    let o = mpirun(2).args(["latent-stats", "--no-such-option"]).output().unwrap();
+    assert!(!o.status.success());
+    assert_eq!(stderr(&o).matches("unexpected argument").count(), 1, "{}", stderr(&o));
 }
 
 /// The processes `mpirun` (pid `launcher`) started, by rank.

@@ -146,7 +146,8 @@ fn read_reference(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
-    for (key, per_batch) in value.as_object().into_iter().flatten() {
+    // `memory` holds the memory figures beside the times (written by `--json`), not times.
+    for (key, per_batch) in value.as_object().into_iter().flatten().filter(|(k, _)| *k != "memory") {
         for (batch, seconds) in per_batch.as_object().into_iter().flatten() {
             if batch.parse::<usize>().is_err() {
                 anyhow::bail!("{}: `{key}.{batch}`: `{batch}` is not a batch size", path.display());
@@ -160,16 +161,52 @@ fn read_reference(path: &Path) -> Result<serde_json::Value> {
 }
 
 /// Median seconds of `iters` calls of `step`, after one untimed warm-up call.
-fn median_step_seconds<T>(iters: usize, mut step: impl FnMut() -> Result<T>) -> Result<f64> {
+fn median_step_seconds<T>(iters: usize, step: impl FnMut() -> Result<T>) -> Result<f64> {
+    Ok(measure_steps(iters, step)?.seconds)
+}
+
+/// What [`measure_steps`] measured: the median seconds of a step, the minor page faults per timed
+/// step (fresh pages the allocator had to map) and the peak resident memory over the warm-up and
+/// the timed steps (Linux; `None` elsewhere).
+struct StepStats {
+    seconds: f64,
+    faults_per_step: f64,
+    peak_rss_mb: Option<f64>,
+}
+
+/// Times `iters` calls of `step` after one untimed warm-up call (see [`StepStats`]).
+fn measure_steps<T>(iters: usize, mut step: impl FnMut() -> Result<T>) -> Result<StepStats> {
+    // Writing 5 to clear_refs resets the process's peak RSS (VmHWM) to its current RSS.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
     step()?;
+    let faults = minor_faults();
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
         step()?;
         times.push(t.elapsed().as_secs_f64());
     }
+    let faults_per_step = (minor_faults() - faults) as f64 / iters as f64;
     times.sort_by(|a, b| a.total_cmp(b));
-    Ok(times[times.len() / 2])
+    Ok(StepStats { seconds: times[times.len() / 2], faults_per_step, peak_rss_mb: peak_rss_mb() })
+}
+
+/// Minor page faults of this process so far.
+fn minor_faults() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init().ru_minflt as u64
+    }
+}
+
+/// The peak resident set (VmHWM) in MB, from /proc/self/status.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Options of `rectok bench train`.
@@ -219,8 +256,8 @@ fn run_train(args: TrainBench) -> Result<()> {
         format!("run.precision=\"{}\"", args.common.precision),
     ];
     println!(
-        "{:<10} {:>6} {:>10} {:>10} {:>12} {:>8}",
-        "recipe", "batch", "s/step", "images/s", "reference s", "ratio"
+        "{:<10} {:>6} {:>10} {:>10} {:>12} {:>8} {:>12} {:>12}",
+        "recipe", "batch", "s/step", "images/s", "reference s", "ratio", "faults/step", "peak RSS MB"
     );
     for recipe in &args.recipes {
         let (key, name, batches): (&str, &str, Vec<usize>) = match crate::config::canonical_name(recipe).as_str() {
@@ -232,7 +269,7 @@ fn run_train(args: TrainBench) -> Result<()> {
         };
         for b in batches {
             let dir = tempfile::tempdir().context("temporary run folder")?;
-            let (batch, t) = if name.starts_with("ditdh") {
+            let (batch, stats) = if name.starts_with("ditdh") {
                 time_generator_step(name, b, args.iters, &run_options, dir.path())?
             } else {
                 let mut overrides = vec![
@@ -255,10 +292,18 @@ fn run_train(args: TrainBench) -> Result<()> {
                 config.data.source = format!("procedural:{}", batch * (args.iters + 2));
                 let mut trainer = TokenizerTrainer::start(config, &dir.path().join("run"))?;
                 trainer.begin()?;
-                (batch, median_step_seconds(args.iters, || trainer.train_step())?)
+                (batch, measure_steps(args.iters, || trainer.train_step())?)
             };
+            let t = stats.seconds;
             let (r, ratio) = table.measure(key, batch, t, 2);
-            println!("{key:<10} {batch:>6} {t:>10.3} {:>10.2} {r:>12} {ratio:>8}", batch as f64 / t);
+            let peak = stats.peak_rss_mb.map_or("-".to_string(), |mb| format!("{mb:.0}"));
+            table.record["memory"][key][batch.to_string()] =
+                serde_json::json!({"faults_per_step": stats.faults_per_step, "peak_rss_mb": stats.peak_rss_mb});
+            println!(
+                "{key:<10} {batch:>6} {t:>10.3} {:>10.2} {r:>12} {ratio:>8} {:>12.0} {peak:>12}",
+                batch as f64 / t,
+                stats.faults_per_step
+            );
         }
     }
     table.finish()
@@ -267,14 +312,14 @@ fn run_train(args: TrainBench) -> Result<()> {
 /// Times one generator training step of `recipe` in `dir` (latents from a cache of a
 /// random-weight tokenizer: tiny for `ditdh-tiny`, rectok_b geometry for the others); `batch` 0
 /// keeps the recipe's; `run_options` are `run.*` overrides. Returns the batch size and the
-/// median seconds.
+/// step statistics.
 fn time_generator_step(
     recipe: &str,
     batch: usize,
     iters: usize,
     run_options: &[String],
     dir: &Path,
-) -> Result<(usize, f64)> {
+) -> Result<(usize, StepStats)> {
     use crate::train::generator::GeneratorTrainer;
     use crate::train::generator_config::GeneratorTrainConfig;
     let device = crate::device::select_device(DeviceChoice::Cpu).map_err(|e| anyhow!(e))?;
@@ -300,7 +345,7 @@ fn time_generator_step(
     config.latents.cache = Some("cache".into());
     let mut trainer = GeneratorTrainer::start(config, &dir.join("run"))?;
     trainer.begin()?;
-    Ok((b, median_step_seconds(iters, || trainer.train_step())?))
+    Ok((b, measure_steps(iters, || trainer.train_step())?))
 }
 
 /// Options of `rectok bench dit`.

@@ -100,26 +100,54 @@ fn init_logging(verbose: u8, quiet: bool) {
 /// Parses the command line, runs the command and returns the process exit code: 0 on success,
 /// 1 on an error (printed as one line), 2 on a usage error.
 pub fn run() -> i32 {
+    let world = crate::dist::world();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
+            // Every process parses the same command line: rank 0 alone says what is wrong.
+            if world.is_root() {
+                let _ = e.print();
+            }
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
     init_logging(cli.verbose, cli.quiet);
     crate::data::images::set_max_image_pixels(cli.max_image_pixels);
-    let world = crate::dist::world();
     if world.is_multi() && !cli.command.runs_across_processes() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "error: rank {}: this command runs in one process; under mpirun / srun rectok runs `train tokenizer`, \
-             `train generator`, `eval tokenizer`, `eval generator` and `latent-stats` (docs/DISTRIBUTED.md)",
-            world.rank()
-        );
+        if world.is_root() {
+            print_line(
+                "error: this command runs in one process; under mpirun / srun rectok runs `train tokenizer`, \
+                 `train generator`, `eval tokenizer`, `eval generator` and `latent-stats` (docs/DISTRIBUTED.md)",
+            );
+        }
         return 2;
     }
-    let result = match cli.command {
+    // A GPU device failure unwinds out of a read-back (`device::read_back`); it becomes this
+    // command's error. Any other panic is a bug and keeps its message and backtrace.
+    let command = cli.command;
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(command))).unwrap_or_else(|payload| {
+            match payload.downcast::<crate::device::DeviceFailure>() {
+                Ok(failure) => Err(anyhow::Error::new(*failure)),
+                Err(other) => std::panic::resume_unwind(other),
+            }
+        });
+    let Err(e) = result else { return 0 };
+    // In a job, rank 0 reports a stop; each rank reports its own error, named.
+    let who = if world.is_multi() { format!("rank {}: ", world.rank()) } else { String::new() };
+    if let Some(stop) = e.downcast_ref::<crate::signals::Interrupted>() {
+        if world.is_root() {
+            print_line(&stop.to_string());
+        }
+        return stop.exit_code();
+    }
+    print_line(&format!("error: {who}{e:#}"));
+    1
+}
+
+/// Runs one parsed command.
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Encode(a) => encode::run(a),
         Command::Decode(a) => decode::run(a),
         Command::Reconstruct(a) => reconstruct::run(a),
@@ -133,18 +161,13 @@ pub fn run() -> i32 {
         Command::Bench(w) => bench::run(w),
         Command::Demo(a) => demo::run_demo_command(a),
         Command::Ablate(a) => demo::run_ablate_command(a),
-    };
-    let Err(e) = result else { return 0 };
-    // In a job, rank 0 reports a stop; each rank reports its own error, named.
-    let who = if world.is_multi() { format!("rank {}: ", world.rank()) } else { String::new() };
-    if let Some(stop) = e.downcast_ref::<crate::signals::Interrupted>() {
-        if world.is_root() {
-            let _ = writeln!(std::io::stderr(), "{stop}");
-        }
-        return stop.exit_code();
     }
-    let _ = writeln!(std::io::stderr(), "error: {who}{e:#}");
-    1
+}
+
+/// Writes `line` and a newline to stderr in one write, so that the lines of the processes of a
+/// job, which share one stderr, never interleave; never panics (stderr may be closed).
+fn print_line(line: &str) {
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 impl Command {

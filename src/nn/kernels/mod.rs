@@ -1,11 +1,14 @@
-//! Fused CPU kernels for the hot paths of inference on burn's `flex` backend.
+//! Fused CPU kernels for the hot paths of inference and training on burn's `flex` backend.
 //!
 //! burn composes these layers from generic tensor ops, each a full pass over memory (RMSNorm is
-//! four, SwiGLU three, RoPE attention a dozen with its permutes and copies). On the CPU, tensors
-//! that are not tracked by autodiff take the fused kernels below, which work directly on the flex
-//! backend's buffers; every other tensor — GPU backends, autodiff training — takes the generic
-//! composition, which is also the reference the kernels are tested against. (The optimizer's and
-//! the EMA's fused updates are in `train::optim_kernels`, on the same helpers.)
+//! four, SwiGLU three, RoPE attention a dozen with its permutes and copies). On the CPU, f32
+//! tensors take the fused kernels below, which work directly on the flex backend's buffers:
+//! outside autodiff as they are ([`is_fast`]), under autodiff with their hand-written backward
+//! passes ([`backward`]). Every other tensor — GPU backends, gradient checkpointing — takes the
+//! generic composition, which is also the reference the kernels are tested against. (The
+//! optimizer's and the EMA's fused updates are in `train::optim_kernels`, on the same helpers.)
+
+mod backward;
 
 use super::rope::{RopeStyle, RopeTable};
 use burn::backend::Flex;
@@ -57,8 +60,12 @@ fn uninit(n: usize) -> Vec<f32> {
 
 /// A flex tensor owning `v`.
 pub(crate) fn from_vec<const D: usize>(v: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
-    let ft = FlexTensor::new(Bytes::from_elems(v), Layout::contiguous(Shape::from(shape.to_vec())), DType::F32);
-    Tensor::from_primitive::<Flex>(ft)
+    Tensor::from_primitive::<Flex>(flex(v, &shape))
+}
+
+/// The flex primitive owning `v` with `shape`.
+fn flex(v: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::new(Bytes::from_elems(v), Layout::contiguous(Shape::from(shape.to_vec())), DType::F32)
 }
 
 /// Runs `body` compiled for AVX-512 or AVX2+FMA when the CPU has them (runtime detection), so the
@@ -192,9 +199,29 @@ fn rotate(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], scale: f32, styl
 /// The pointers must cover the stated matrices.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_acc(
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     a: *const f32,
     lda: usize,
+    b: *const f32,
+    ldb: (usize, usize),
+    dst: *mut f32,
+    ldd: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe { gemm_strided(mnk, a, (lda, 1), b, ldb, dst, ldd, accumulate, parallel) }
+}
+
+/// [`gemm_acc`] with `a` read through (row, column) strides too (a transposed operand).
+///
+/// # Safety
+/// The pointers must cover the stated matrices.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_strided(
+    (m, n, k): (usize, usize, usize),
+    a: *const f32,
+    lda: (usize, usize),
     b: *const f32,
     ldb: (usize, usize),
     dst: *mut f32,
@@ -215,8 +242,8 @@ unsafe fn gemm_acc(
             ldd as isize,
             accumulate,
             a,
-            1,
-            lda as isize,
+            lda.1 as isize,
+            lda.0 as isize,
             b,
             ldb.1 as isize,
             ldb.0 as isize,
@@ -242,47 +269,65 @@ pub fn linear_residual<const D: usize>(layer: &Linear, x: Tensor<D>, residual: T
 
 fn linear_impl<const D: usize>(layer: &Linear, x: Tensor<D>, residual: Option<Tensor<D>>) -> Tensor<D> {
     let w = layer.weight.val();
-    if !is_fast(&x) || !is_fast(&w) || residual.as_ref().is_some_and(|r| !is_fast(r)) {
-        let y = match crate::device::autocast(&x) {
-            // Autocast: the product in half precision, the result back in f32.
-            Some(half) => burn::tensor::module::linear(
-                x.cast(half),
-                w.cast(half),
-                layer.bias.as_ref().map(|b| b.val().cast(half)),
-            )
-            .cast(FloatDType::F32),
-            None => layer.forward(x),
-        };
-        return match residual {
-            Some(r) => r + y,
-            None => y,
-        };
-    }
+    let bias = layer.bias.as_ref().map(|b| b.val());
+    let [wk, n] = w.dims();
     let dims = x.dims();
     let k = dims[D - 1];
-    let rows = dims[..D - 1].iter().product::<usize>();
-    let [wk, n] = w.dims();
-    assert_eq!(wk, k, "linear: input width {k} does not match the layer's {wk}");
-    let (xf, wf) = (host(x), host(w));
-    let bias = layer.bias.as_ref().map(|b| host(b.val()));
-    let mut out = match (residual, &bias) {
-        (Some(r), Some(bf)) => {
-            let mut v = slice(&host(r)).to_vec();
+    let mut shape = dims;
+    shape[D - 1] = n;
+    if is_fast(&x) && is_fast(&w) && residual.as_ref().is_none_or(is_fast) {
+        assert_eq!(wk, k, "linear: input width {k} does not match the layer's {wk}");
+        let (xf, wf) = (host(x), host(w));
+        let (bf, rf) = (bias.map(host), residual.map(host));
+        let out = linear_values(slice(&xf), k, slice(&wf), n, bf.as_ref().map(slice), rf.as_ref().map(slice));
+        return from_vec(out, shape);
+    }
+    if backward::tracked(&x)
+        && backward::tracked(&w)
+        && bias.as_ref().is_none_or(backward::tracked)
+        && residual.as_ref().is_none_or(backward::tracked)
+        && wk == k
+    {
+        return backward::linear(x, w, bias, residual, shape);
+    }
+    let y = match crate::device::autocast(&x) {
+        // Autocast: the product in half precision, the result back in f32.
+        Some(half) => {
+            burn::tensor::module::linear(x.cast(half), w.cast(half), bias.map(|b| b.cast(half))).cast(FloatDType::F32)
+        }
+        None => burn::tensor::module::linear(x, w, bias),
+    };
+    match residual {
+        Some(r) => r + y,
+        None => y,
+    }
+}
+
+/// `residual + x·W + bias` for `x (rows × k)` and `W (k × n)`, row-major.
+fn linear_values(
+    xs: &[f32],
+    k: usize,
+    ws: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
+    let rows = xs.len() / k;
+    let mut out = match (residual, bias) {
+        (Some(r), Some(b)) => {
+            let mut v = r.to_vec();
             for row in v.chunks_exact_mut(n) {
-                row.iter_mut().zip(slice(bf)).for_each(|(o, b)| *o += b);
+                row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
             }
             v
         }
-        (Some(r), None) => slice(&host(r)).to_vec(),
-        (None, Some(bf)) => slice(bf).repeat(rows),
+        (Some(r), None) => r.to_vec(),
+        (None, Some(b)) => b.repeat(rows),
         (None, None) => vec![0.0; rows * n],
     };
-    let (xs, ws) = (slice(&xf).as_ptr(), slice(&wf).as_ptr());
     // SAFETY: the buffers have exactly the shapes passed.
-    unsafe { gemm_acc((rows, n, k), xs, k, ws, (n, 1), out.as_mut_ptr(), n, true, true) };
-    let mut shape = dims;
-    shape[D - 1] = n;
-    from_vec(out, shape)
+    unsafe { gemm_acc((rows, n, k), xs.as_ptr(), k, ws.as_ptr(), (n, 1), out.as_mut_ptr(), n, true, true) };
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -302,43 +347,61 @@ fn map_rows(xs: &[f32], in_w: usize, out_w: usize, f: impl Fn(&mut [f32], &[f32]
 
 /// [`RmsNorm::forward`]: `x · rsqrt(mean(x²) + ε) · γ` in one pass per row.
 pub fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
-    if !is_fast(&x) {
-        return norm.forward(x);
+    let gamma = norm.gamma.val();
+    if is_fast(&x) && is_fast(&gamma) {
+        let dims = x.dims();
+        let (xf, gf) = (host(x), host(gamma));
+        return from_vec(rms_norm_values(slice(&xf), slice(&gf), norm.epsilon as f32), dims);
     }
-    let dims = x.dims();
-    let d = dims[D - 1];
-    let gf = host(norm.gamma.val());
-    let xf = host(x);
-    let (xs, g, eps) = (slice(&xf), slice(&gf), norm.epsilon as f32);
-    let out = map_rows(xs, d, d, |orow, xrow| {
-        let ss = sum_of_squares(xrow);
-        let inv = 1.0 / (ss / d as f32 + eps).sqrt();
+    if backward::tracked(&x) && backward::tracked(&gamma) {
+        return backward::rms_norm(x, gamma, norm.epsilon as f32);
+    }
+    norm.forward(x)
+}
+
+/// `1 / sqrt(mean(x²) + ε)` of one row.
+#[inline(always)]
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    1.0 / (sum_of_squares(x) / x.len() as f32 + eps).sqrt()
+}
+
+/// RMSNorm of rows of `g.len()` values.
+fn rms_norm_values(xs: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
+    let d = g.len();
+    map_rows(xs, d, d, |orow, xrow| {
+        let inv = inv_rms(xrow, eps);
         for ((o, &v), &w) in orow.iter_mut().zip(xrow).zip(g) {
             *o = v * inv * w;
         }
-    });
-    from_vec(out, dims)
+    })
 }
 
 /// SwiGLU gate: `silu(a) · b` for `[a | b]` halves of the last dim: `[.., 2H] → [.., H]`.
 pub fn silu_gate<const D: usize>(h: Tensor<D>) -> Tensor<D> {
     let dims = h.dims();
     let hidden = dims[D - 1] / 2;
-    if !is_fast(&h) {
-        let a = h.clone().narrow(D - 1, 0, hidden);
-        let b = h.narrow(D - 1, hidden, hidden);
-        return burn::tensor::activation::silu(a) * b;
+    let mut shape = dims;
+    shape[D - 1] = hidden;
+    if is_fast(&h) {
+        let hf = host(h);
+        return from_vec(silu_gate_values(slice(&hf), hidden), shape);
     }
-    let hf = host(h);
-    let out = map_rows(slice(&hf), 2 * hidden, hidden, |orow, xrow| {
+    if backward::tracked(&h) {
+        return backward::silu_gate(h, hidden, shape);
+    }
+    let a = h.clone().narrow(D - 1, 0, hidden);
+    let b = h.narrow(D - 1, hidden, hidden);
+    burn::tensor::activation::silu(a) * b
+}
+
+/// `silu(a)·b` of rows `[a | b]` of `2·hidden` values.
+fn silu_gate_values(hs: &[f32], hidden: usize) -> Vec<f32> {
+    map_rows(hs, 2 * hidden, hidden, |orow, xrow| {
         let (a, b) = xrow.split_at(hidden);
         for ((o, &a), &b) in orow.iter_mut().zip(a).zip(b) {
             *o = a / (1.0 + exp_f32(-a)) * b;
         }
-    });
-    let mut shape = dims;
-    shape[D - 1] = hidden;
-    from_vec(out, shape)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -369,39 +432,88 @@ pub fn rms_norm_modulate(
     shift_i: usize,
     scale_i: usize,
 ) -> Tensor<3> {
-    if !is_fast(&x) || !is_fast(m) {
-        let h = norm.forward(x);
-        return h.clone() * chunk(m, scale_i, k) + h + chunk(m, shift_i, k);
+    let gamma = norm.gamma.val();
+    let chunks = Chunks { k, shift_i, scale_i };
+    if is_fast(&x) && is_fast(m) && is_fast(&gamma) {
+        let dims = x.dims();
+        let (xf, mf, gf) = (host(x), host(m.clone()), host(gamma));
+        let out = rms_norm_modulate_values(
+            slice(&xf),
+            dims,
+            slice(&mf),
+            m.dims()[1],
+            slice(&gf),
+            norm.epsilon as f32,
+            chunks,
+        );
+        return from_vec(out, dims);
     }
-    let [b, l, d] = x.dims();
-    let [_, lc, width] = m.dims();
-    let gf = host(norm.gamma.val());
-    let (xf, mf) = (host(x), host(m.clone()));
-    let (xs, ms, g, eps) = (slice(&xf), slice(&mf), slice(&gf), norm.epsilon as f32);
+    if backward::tracked(&x) && backward::tracked(m) && backward::tracked(&gamma) {
+        return backward::rms_norm_modulate(x, gamma, m.clone(), norm.epsilon as f32, chunks);
+    }
+    let h = norm.forward(x);
+    h.clone() * chunk(m, scale_i, k) + h + chunk(m, shift_i, k)
+}
+
+/// Which chunks of a `k`-way modulation tensor shift and scale.
+#[derive(Clone, Copy, Debug)]
+struct Chunks {
+    k: usize,
+    shift_i: usize,
+    scale_i: usize,
+}
+
+/// [`rms_norm_modulate`] on values: `x (b, l, d)`, `m (b, lc, k·d)`.
+fn rms_norm_modulate_values(
+    xs: &[f32],
+    [_, l, d]: [usize; 3],
+    ms: &[f32],
+    lc: usize,
+    g: &[f32],
+    eps: f32,
+    c: Chunks,
+) -> Vec<f32> {
+    let width = c.k * d;
     let mut out = uninit(xs.len());
     out.par_chunks_mut(d).zip(xs.par_chunks(d)).enumerate().for_each(|(r, (o, xrow))| {
-        let c = cond_row(ms, lc, width, r / l, r % l);
-        let (shift, scale) = (&c[shift_i * d..(shift_i + 1) * d], &c[scale_i * d..(scale_i + 1) * d]);
+        let cond = cond_row(ms, lc, width, r / l, r % l);
+        let (shift, scale) = (&cond[c.shift_i * d..(c.shift_i + 1) * d], &cond[c.scale_i * d..(c.scale_i + 1) * d]);
         multiversion!(|| {
-            let inv = 1.0 / (sum_of_squares(xrow) / d as f32 + eps).sqrt();
+            let inv = inv_rms(xrow, eps);
             for i in 0..d {
                 let h = xrow[i] * inv * g[i];
                 o[i] = h * scale[i] + h + shift[i];
             }
         })
     });
-    from_vec(out, [b, l, d])
+    out
 }
 
 /// `x + gate ⊙ y` with `gate` chunk `gate_i` of the `k`-way modulation tensor `m`.
 pub fn gated_residual(x: Tensor<3>, m: &Tensor<3>, k: usize, gate_i: usize, y: Tensor<3>) -> Tensor<3> {
-    if !is_fast(&x) || !is_fast(m) || !is_fast(&y) {
-        return x + chunk(m, gate_i, k) * y;
+    if is_fast(&x) && is_fast(m) && is_fast(&y) {
+        let dims = x.dims();
+        let (xf, mf, yf) = (host(x), host(m.clone()), host(y));
+        let out = gated_residual_values(slice(&xf), dims, slice(&mf), m.dims()[1], k, gate_i, slice(&yf));
+        return from_vec(out, dims);
     }
-    let [b, l, d] = x.dims();
-    let [_, lc, width] = m.dims();
-    let (xf, mf, yf) = (host(x), host(m.clone()), host(y));
-    let (xs, ms, ys) = (slice(&xf), slice(&mf), slice(&yf));
+    if backward::tracked(&x) && backward::tracked(m) && backward::tracked(&y) {
+        return backward::gated_residual(x, m.clone(), k, gate_i, y);
+    }
+    x + chunk(m, gate_i, k) * y
+}
+
+/// [`gated_residual`] on values: `x, y (b, l, d)`, `m (b, lc, k·d)`.
+fn gated_residual_values(
+    xs: &[f32],
+    [_, l, d]: [usize; 3],
+    ms: &[f32],
+    lc: usize,
+    k: usize,
+    gate_i: usize,
+    ys: &[f32],
+) -> Vec<f32> {
+    let width = k * d;
     let mut out = uninit(xs.len());
     out.par_chunks_mut(d).zip(xs.par_chunks(d).zip(ys.par_chunks(d))).enumerate().for_each(|(r, (o, (xr, yr)))| {
         let gate = &cond_row(ms, lc, width, r / l, r % l)[gate_i * d..(gate_i + 1) * d];
@@ -411,17 +523,23 @@ pub fn gated_residual(x: Tensor<3>, m: &Tensor<3>, k: usize, gate_i: usize, y: T
             }
         })
     });
-    from_vec(out, [b, l, d])
+    out
 }
 
 /// `SiLU(x)` (vectorised on the CPU).
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !is_fast(&x) {
-        return burn::tensor::activation::silu(x);
+    if is_fast(&x) {
+        let dims = x.dims();
+        let xf = host(x);
+        return from_vec(silu_values(slice(&xf)), dims);
     }
-    let dims = x.dims();
-    let xf = host(x);
-    let xs = slice(&xf);
+    if backward::tracked(&x) {
+        return backward::silu(x);
+    }
+    burn::tensor::activation::silu(x)
+}
+
+fn silu_values(xs: &[f32]) -> Vec<f32> {
     let mut out = uninit(xs.len());
     out.par_chunks_mut(16384).zip(xs.par_chunks(16384)).for_each(|(o, x)| {
         multiversion!(|| {
@@ -430,7 +548,7 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
             }
         })
     });
-    from_vec(out, dims)
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -461,63 +579,110 @@ fn attention_generic(qkv: Tensor<3>, heads: usize, rope: Option<&RopeTable>) -> 
 
 /// Self-attention from a fused qkv projection (see [`attention_generic`] for the layout).
 pub fn attention(qkv: Tensor<3>, heads: usize, rope: Option<&RopeTable>) -> Tensor<3> {
-    let fast = is_fast(&qkv) && rope.is_none_or(|r| is_fast(&r.cos) && is_fast(&r.sin_signed));
-    if !fast {
-        return attention_generic(qkv, heads, rope);
-    }
     let [b, l, d3] = qkv.dims();
+    if is_fast(&qkv) && rope.is_none_or(|r| is_fast(&r.cos) && is_fast(&r.sin_signed)) {
+        let qkvf = host(qkv);
+        let tables = rope.map(|r| (host(r.cos.clone()), host(r.sin_signed.clone()), r));
+        let view = tables.as_ref().map(|(c, s, r)| RopeView::new(slice(c), slice(s), r));
+        return from_vec(attention_values(slice(&qkvf), [b, l, d3], heads, view), [b, l, d3 / 3]);
+    }
+    if backward::tracked(&qkv) && rope.is_none_or(|r| backward::constant(&r.cos) && backward::constant(&r.sin_signed)) {
+        return backward::attention(qkv, heads, rope);
+    }
+    attention_generic(qkv, heads, rope)
+}
+
+/// A RoPE table's values: `cos`/`sin` rows of one head's width, one row per token (`rows` = 1)
+/// or per sample and token.
+#[derive(Clone, Copy)]
+struct RopeView<'a> {
+    cos: &'a [f32],
+    sin: &'a [f32],
+    rows: usize,
+    len: usize,
+    style: RopeStyle,
+    prefix: usize,
+}
+
+impl<'a> RopeView<'a> {
+    fn new(cos: &'a [f32], sin: &'a [f32], table: &RopeTable) -> Self {
+        let [rows, len, _] = table.cos.dims();
+        Self { cos, sin, rows, len, style: table.style, prefix: table.prefix }
+    }
+
+    /// The `(cos, sin)` rows of token `t` of sample `bi`, `None` for an unrotated prefix token.
+    #[inline(always)]
+    fn at(&self, bi: usize, t: usize, hd: usize) -> Option<(&'a [f32], &'a [f32])> {
+        let tt = t.checked_sub(self.prefix)?;
+        let r = if self.rows == 1 { tt } else { bi * self.len + tt };
+        Some((&self.cos[r * hd..(r + 1) * hd], &self.sin[r * hd..(r + 1) * hd]))
+    }
+}
+
+/// One head's rotated and scaled queries and rotated keys, `(l × hd)` each, gathered from the
+/// fused qkv rows of sample `bi`.
+fn gather_qk(
+    src: &[f32],
+    [bi, h]: [usize; 2],
+    [l, d3, hd]: [usize; 3],
+    rope: Option<RopeView<'_>>,
+) -> (Vec<f32>, Vec<f32>) {
+    let d = d3 / 3;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (mut q, mut k) = (uninit(l * hd), uninit(l * hd));
+    let base = bi * l * d3;
+    multiversion!(|| {
+        for t in 0..l {
+            let row = &src[base + t * d3..base + (t + 1) * d3];
+            let (qs, ks) = (&row[h * hd..(h + 1) * hd], &row[d + h * hd..d + (h + 1) * hd]);
+            let (qd, kd) = (&mut q[t * hd..(t + 1) * hd], &mut k[t * hd..(t + 1) * hd]);
+            match rope.and_then(|r| r.at(bi, t, hd).map(|cs| (cs, r.style))) {
+                Some(((c, sn), style)) => {
+                    rotate(qd, qs, c, sn, scale, style);
+                    rotate(kd, ks, c, sn, 1.0, style);
+                }
+                None => {
+                    qd.iter_mut().zip(qs).for_each(|(o, &v)| *o = v * scale);
+                    kd.copy_from_slice(ks);
+                }
+            }
+        }
+    });
+    (q, k)
+}
+
+/// `softmax(Q Kᵀ)` of one head, `(l × l)`, for gathered `q`, `k` (`l × hd`).
+fn attention_probabilities(q: &[f32], k: &[f32], l: usize, hd: usize) -> Vec<f32> {
+    let mut s = uninit(l * l);
+    // S = Q Kᵀ (K read transposed through its strides).
+    // SAFETY: q (l×hd), k (l×hd), s (l×l) are buffers of exactly these sizes.
+    unsafe { gemm_acc((l, l, hd), q.as_ptr(), hd, k.as_ptr(), (1, hd), s.as_mut_ptr(), l, false, false) };
+    multiversion!(|| {
+        for row in s.chunks_exact_mut(l) {
+            softmax_in_place(row);
+        }
+    });
+    s
+}
+
+/// [`attention`] on values: `src (b, l, d3)` → `(b, l, d3 / 3)`; one task per (sample, head).
+fn attention_values(src: &[f32], [b, l, d3]: [usize; 3], heads: usize, rope: Option<RopeView<'_>>) -> Vec<f32> {
     let d = d3 / 3;
     let hd = d / heads;
-    let qkvf = host(qkv);
-    let src = slice(&qkvf);
-    let tables = rope.map(|r| {
-        let [rows, len, _] = r.cos.dims();
-        (host(r.cos.clone()), host(r.sin_signed.clone()), rows, r.style, r.prefix, len)
-    });
-    let scale = 1.0 / (hd as f32).sqrt();
     let mut out = uninit(b * l * d);
     let out_ptr = out.as_mut_ptr() as usize;
     (0..b * heads).into_par_iter().for_each(|task| {
         let (bi, h) = (task / heads, task % heads);
-        let base = bi * l * d3;
-        let (mut q, mut k, mut s) = (uninit(l * hd), uninit(l * hd), uninit(l * l));
-        multiversion!(|| {
-            for t in 0..l {
-                let row = &src[base + t * d3..base + (t + 1) * d3];
-                let (qs, ks) = (&row[h * hd..(h + 1) * hd], &row[d + h * hd..d + (h + 1) * hd]);
-                let (qd, kd) = (&mut q[t * hd..(t + 1) * hd], &mut k[t * hd..(t + 1) * hd]);
-                match &tables {
-                    Some((cos, sin, rows, style, prefix, len)) if t >= *prefix => {
-                        let tt = t - prefix;
-                        let r = if *rows == 1 { tt } else { bi * len + tt };
-                        let c = &slice(cos)[r * hd..(r + 1) * hd];
-                        let sn = &slice(sin)[r * hd..(r + 1) * hd];
-                        rotate(qd, qs, c, sn, scale, *style);
-                        rotate(kd, ks, c, sn, 1.0, *style);
-                    }
-                    _ => {
-                        qd.iter_mut().zip(qs).for_each(|(o, &v)| *o = v * scale);
-                        kd.copy_from_slice(ks);
-                    }
-                }
-            }
-        });
-        // S = Q Kᵀ (K read transposed through its strides).
-        // SAFETY: q (l×hd), k (l×hd), s (l×l) are owned buffers of exactly these sizes.
-        unsafe { gemm_acc((l, l, hd), q.as_ptr(), hd, k.as_ptr(), (1, hd), s.as_mut_ptr(), l, false, false) };
-        multiversion!(|| {
-            for row in s.chunks_exact_mut(l) {
-                softmax_in_place(row);
-            }
-        });
-        // O = S V, written straight into the head's columns of the (B, L, D) output.
-        let v_ptr = src[base + 2 * d + h * hd..].as_ptr();
+        let (q, k) = gather_qk(src, [bi, h], [l, d3, hd], rope);
+        let p = attention_probabilities(&q, &k, l, hd);
+        // O = P V, written straight into the head's columns of the (B, L, D) output.
+        let v_ptr = src[bi * l * d3 + 2 * d + h * hd..].as_ptr();
         let o_ptr = (out_ptr as *mut f32).wrapping_add(bi * l * d + h * hd);
         // SAFETY: V rows are d3 apart inside `src`; each task writes a disjoint (l × hd) block of
         // `out` with row stride d.
-        unsafe { gemm_acc((l, hd, l), s.as_ptr(), l, v_ptr, (d3, 1), o_ptr, d, false, false) };
+        unsafe { gemm_acc((l, hd, l), p.as_ptr(), l, v_ptr, (d3, 1), o_ptr, d, false, false) };
     });
-    from_vec(out, [b, l, d])
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
