@@ -107,26 +107,24 @@ fn give<S, const N: usize>(
     }
 }
 
-/// Column sums of rows of `width` values, in parallel blocks: `Σ_r f(r, acc)` where `f` adds row
-/// `r`'s contribution into `acc`.
+/// Column sums of rows of `width` values: `Σ_r f(r, acc)` where `f` adds row `r`'s contribution
+/// into `acc`. Blocks of rows are summed in parallel and their partial sums added in order, so the
+/// result does not depend on how the tasks were scheduled (resumed runs stay bit-identical).
 fn sum_rows(rows: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let block = (16384 / width).max(1);
-    (0..rows.div_ceil(block))
+    let partials: Vec<Vec<f32>> = (0..rows.div_ceil(block))
         .into_par_iter()
-        .fold(
-            || vec![0f32; width],
-            |mut acc, blk| {
-                multiversion!(|| (blk * block..rows.min((blk + 1) * block)).for_each(|r| f(r, &mut acc)));
-                acc
-            },
-        )
-        .reduce(
-            || vec![0f32; width],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            },
-        )
+        .map(|blk| {
+            let mut acc = vec![0f32; width];
+            multiversion!(|| (blk * block..rows.min((blk + 1) * block)).for_each(|r| f(r, &mut acc)));
+            acc
+        })
+        .collect();
+    let mut total = vec![0f32; width];
+    for partial in &partials {
+        total.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
+    }
+    total
 }
 
 /// The transpose `(cols × rows)` of a row-major `rows × cols` matrix, in parallel 32×32 tiles.
@@ -327,12 +325,13 @@ impl Backward<Flex, 3> for RmsNormModulateBackward {
         let scale_of = |r: usize| &cond_row(ms, lc, width, r / l, r % l)[c.scale_i * d..(c.scale_i + 1) * d];
         give(&ops, grads, 0, &dims_of(x), || {
             let mut dx = uninit(xs.len());
-            dx.par_chunks_mut(d).zip(xs.par_chunks(d).zip(gs.par_chunks(d))).enumerate().for_each(
-                |(r, (dx, (x, g)))| {
+            dx.par_chunks_mut(d).zip(xs.par_chunks(d).zip(gs.par_chunks(d))).enumerate().for_each_init(
+                || vec![0f32; d],
+                |dh, (r, (dx, (x, g)))| {
                     let scale = scale_of(r);
                     multiversion!(|| {
-                        let dh: Vec<f32> = g.iter().zip(scale).map(|(g, s)| g * (1.0 + s)).collect();
-                        rms_norm_row_backward(dx, &dh, x, gam, inv_rms(x, eps), None)
+                        dh.iter_mut().zip(g).zip(scale).for_each(|((h, g), s)| *h = g * (1.0 + s));
+                        rms_norm_row_backward(dx, dh, x, gam, inv_rms(x, eps), None)
                     })
                 },
             );
@@ -822,18 +821,21 @@ mod tests {
         for lc in [1, 7] {
             let m = rng.normal_tensor([3, lc, 6 * 36], &device);
             let y = rng.normal_tensor([3, 7, 36], &device);
-            let modulate = |v: &[Tensor<3>]| {
-                let c = Chunks { k: 6, shift_i: 3, scale_i: 4 };
-                rms_norm_modulate_raw(v[0].clone(), v[1].clone().reshape([36]), v[2].clone(), 1e-6, c)
-            };
-            let modulate_generic = |v: &[Tensor<3>]| {
-                let h = norm_generic(&[v[0].clone(), v[1].clone()]);
-                h.clone() * chunk(&v[2], 4, 6) + h + chunk(&v[2], 3, 6)
-            };
-            assert_close(
-                &format!("rms_norm_modulate (lc {lc})"),
-                compare([x.clone(), gamma.clone(), m.clone()], modulate, modulate_generic),
-            );
+            // The shift chunk before the scale chunk (as DiT^DH) and after it.
+            for (shift_i, scale_i) in [(3, 4), (4, 1)] {
+                let modulate = |v: &[Tensor<3>]| {
+                    let c = Chunks { k: 6, shift_i, scale_i };
+                    rms_norm_modulate_raw(v[0].clone(), v[1].clone().reshape([36]), v[2].clone(), 1e-6, c)
+                };
+                let modulate_generic = |v: &[Tensor<3>]| {
+                    let h = norm_generic(&[v[0].clone(), v[1].clone()]);
+                    h.clone() * chunk(&v[2], scale_i, 6) + h + chunk(&v[2], shift_i, 6)
+                };
+                assert_close(
+                    &format!("rms_norm_modulate (lc {lc}, shift {shift_i}, scale {scale_i})"),
+                    compare([x.clone(), gamma.clone(), m.clone()], modulate, modulate_generic),
+                );
+            }
             assert_close(
                 &format!("gated_residual (lc {lc})"),
                 compare(
@@ -854,9 +856,23 @@ mod tests {
             &device,
         );
         let gathered = grid.gather_rows(&ids);
-        for (name, table) in
-            [("none", None), ("grid", Some(&grid)), ("split-half", Some(&split)), ("gathered", Some(&gathered))]
-        {
+        // Random tables (cos and sin of a pair differ), and tables built on the autodiff device
+        // (as training builds them) with their gathered form.
+        let (c, s) = (rng.uniform_vec(7 * 12), rng.uniform_vec(7 * 12));
+        let random_pairs = RopeTable::with_style(c, s, 7, 12, RopeStyle::AdjacentPairs, 0, &device);
+        let autodiff_device = device.clone().autodiff();
+        let grid_ad = tokenizer::table(12, 7, 1, &autodiff_device);
+        let ids_ad = Tensor::<2, Int>::from_data(ids.to_data(), &autodiff_device);
+        let gathered_ad = grid_ad.gather_rows(&ids_ad);
+        for (name, table) in [
+            ("none", None),
+            ("grid", Some(&grid)),
+            ("split-half", Some(&split)),
+            ("gathered", Some(&gathered)),
+            ("random pairs", Some(&random_pairs)),
+            ("grid on the autodiff device", Some(&grid_ad)),
+            ("gathered on the autodiff device", Some(&gathered_ad)),
+        ] {
             assert_close(
                 &format!("attention (rope {name})"),
                 compare(
@@ -886,14 +902,46 @@ mod tests {
     }
 
     #[test]
+    fn parameter_gradient_sums_do_not_depend_on_the_threads() {
+        // dγ / dbias sum many rows in parallel blocks: the same bits on 1, 2 or 3 threads.
+        let (rows, width) = (4099, 37);
+        let xs = Rng::seed_from(2).uniform_vec(rows * width);
+        let sum = || sum_rows(rows, width, |r, acc| acc.iter_mut().zip(&xs[r * width..]).for_each(|(a, x)| *a += x));
+        let on = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(sum);
+        let one = on(1);
+        assert_eq!(one, on(2));
+        assert_eq!(one, on(3));
+    }
+
+    #[test]
     fn the_modules_take_the_fused_path_under_autodiff() {
         let device = Device::flex().autodiff();
-        let x = Rng::seed_from(1).normal_tensor([2, 5, 8], &Device::flex()).autodiff();
+        let mut rng = Rng::seed_from(1);
+        // A data input (no gradient) through modules whose parameters train.
+        let x = rng.normal_tensor([2, 5, 8], &Device::flex()).autodiff();
         assert!(tracked(&x));
         let lin = LinearConfig::new(8, 8).init(&device);
         let norm = RmsNormConfig::new(8).init(&device);
-        let y = kernels::rms_norm(&norm, kernels::linear(&lin, x.clone()));
+        let ada = LinearConfig::new(8, 6 * 8).init(&device);
+        let before = RECORDED.with(|c| c.get());
+        let h = kernels::rms_norm(&norm, kernels::linear(&lin, x.clone()));
+        let m = kernels::linear(&ada, kernels::silu(h.clone().mean_dim(1)));
+        let y = kernels::gated_residual(h.clone(), &m, 6, 2, kernels::rms_norm_modulate(&norm, h, &m, 6, 0, 1));
+        // linear, rms_norm, linear, silu, rms_norm_modulate, gated_residual: each a fused op.
+        assert_eq!(RECORDED.with(|c| c.get()) - before, 6);
         let grads = y.sum().backward();
-        assert!(lin.weight.val().grad(&grads).is_some() && norm.gamma.val().grad(&grads).is_some());
+        assert!(x.grad(&grads).is_none(), "the data input needs no gradient");
+        let useful = |g: Option<Vec<f32>>| {
+            let g = g.expect("every parameter gets a gradient");
+            g.iter().all(|v| v.is_finite()) && g.iter().any(|v| *v != 0.0)
+        };
+        assert!(useful(lin.weight.val().grad(&grads).map(values)) && useful(ada.weight.val().grad(&grads).map(values)));
+        assert!(useful(norm.gamma.val().grad(&grads).map(values)));
+        assert!(useful(ada.bias.as_ref().unwrap().val().grad(&grads).map(values)));
+        // Shapes the fused kernels do not index by take the generic composition.
+        let before = RECORDED.with(|c| c.get());
+        let broadcast_residual = rng.normal_tensor([1, 1, 8], &Device::flex()).autodiff();
+        let _ = kernels::linear_residual(&lin, x.clone(), broadcast_residual);
+        assert_eq!(RECORDED.with(|c| c.get()), before);
     }
 }

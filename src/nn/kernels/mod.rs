@@ -275,18 +275,19 @@ fn linear_impl<const D: usize>(layer: &Linear, x: Tensor<D>, residual: Option<Te
     let k = dims[D - 1];
     let mut shape = dims;
     shape[D - 1] = n;
-    if is_fast(&x) && is_fast(&w) && residual.as_ref().is_none_or(is_fast) {
-        assert_eq!(wk, k, "linear: input width {k} does not match the layer's {wk}");
+    // The fused paths need the exact shapes (a broadcast residual takes the generic path).
+    let fits = wk == k && residual.as_ref().is_none_or(|r| r.dims() == shape);
+    if fits && is_fast(&x) && is_fast(&w) && residual.as_ref().is_none_or(is_fast) {
         let (xf, wf) = (host(x), host(w));
         let (bf, rf) = (bias.map(host), residual.map(host));
         let out = linear_values(slice(&xf), k, slice(&wf), n, bf.as_ref().map(slice), rf.as_ref().map(slice));
         return from_vec(out, shape);
     }
-    if backward::tracked(&x)
+    if fits
+        && backward::tracked(&x)
         && backward::tracked(&w)
         && bias.as_ref().is_none_or(backward::tracked)
         && residual.as_ref().is_none_or(backward::tracked)
-        && wk == k
     {
         return backward::linear(x, w, bias, residual, shape);
     }
@@ -348,12 +349,13 @@ fn map_rows(xs: &[f32], in_w: usize, out_w: usize, f: impl Fn(&mut [f32], &[f32]
 /// [`RmsNorm::forward`]: `x · rsqrt(mean(x²) + ε) · γ` in one pass per row.
 pub fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
     let gamma = norm.gamma.val();
-    if is_fast(&x) && is_fast(&gamma) {
+    let fits = x.dims()[D - 1] == gamma.dims()[0];
+    if fits && is_fast(&x) && is_fast(&gamma) {
         let dims = x.dims();
         let (xf, gf) = (host(x), host(gamma));
         return from_vec(rms_norm_values(slice(&xf), slice(&gf), norm.epsilon as f32), dims);
     }
-    if backward::tracked(&x) && backward::tracked(&gamma) {
+    if fits && backward::tracked(&x) && backward::tracked(&gamma) {
         return backward::rms_norm(x, gamma, norm.epsilon as f32);
     }
     norm.forward(x)
@@ -382,11 +384,12 @@ pub fn silu_gate<const D: usize>(h: Tensor<D>) -> Tensor<D> {
     let hidden = dims[D - 1] / 2;
     let mut shape = dims;
     shape[D - 1] = hidden;
-    if is_fast(&h) {
+    let fits = dims[D - 1] == 2 * hidden;
+    if fits && is_fast(&h) {
         let hf = host(h);
         return from_vec(silu_gate_values(slice(&hf), hidden), shape);
     }
-    if backward::tracked(&h) {
+    if fits && backward::tracked(&h) {
         return backward::silu_gate(h, hidden, shape);
     }
     let a = h.clone().narrow(D - 1, 0, hidden);
@@ -434,7 +437,8 @@ pub fn rms_norm_modulate(
 ) -> Tensor<3> {
     let gamma = norm.gamma.val();
     let chunks = Chunks { k, shift_i, scale_i };
-    if is_fast(&x) && is_fast(m) && is_fast(&gamma) {
+    let fits = modulation_fits(&x, m, k) && gamma.dims()[0] == x.dims()[2] && shift_i != scale_i;
+    if fits && is_fast(&x) && is_fast(m) && is_fast(&gamma) {
         let dims = x.dims();
         let (xf, mf, gf) = (host(x), host(m.clone()), host(gamma));
         let out = rms_norm_modulate_values(
@@ -448,11 +452,18 @@ pub fn rms_norm_modulate(
         );
         return from_vec(out, dims);
     }
-    if backward::tracked(&x) && backward::tracked(m) && backward::tracked(&gamma) {
+    if fits && backward::tracked(&x) && backward::tracked(m) && backward::tracked(&gamma) {
         return backward::rms_norm_modulate(x, gamma, m.clone(), norm.epsilon as f32, chunks);
     }
     let h = norm.forward(x);
     h.clone() * chunk(m, scale_i, k) + h + chunk(m, shift_i, k)
+}
+
+/// Whether `x (B, L, D)` and `m (B, 1 or L, k·D)` have the shapes the fused modulation kernels
+/// index by (anything else takes the generic composition, and its shape errors).
+fn modulation_fits(x: &Tensor<3>, m: &Tensor<3>, k: usize) -> bool {
+    let ([b, l, d], [mb, lc, width]) = (x.dims(), m.dims());
+    mb == b && (lc == 1 || lc == l) && width == k * d
 }
 
 /// Which chunks of a `k`-way modulation tensor shift and scale.
@@ -491,13 +502,14 @@ fn rms_norm_modulate_values(
 
 /// `x + gate ⊙ y` with `gate` chunk `gate_i` of the `k`-way modulation tensor `m`.
 pub fn gated_residual(x: Tensor<3>, m: &Tensor<3>, k: usize, gate_i: usize, y: Tensor<3>) -> Tensor<3> {
-    if is_fast(&x) && is_fast(m) && is_fast(&y) {
+    let fits = modulation_fits(&x, m, k) && y.dims() == x.dims() && gate_i < k;
+    if fits && is_fast(&x) && is_fast(m) && is_fast(&y) {
         let dims = x.dims();
         let (xf, mf, yf) = (host(x), host(m.clone()), host(y));
         let out = gated_residual_values(slice(&xf), dims, slice(&mf), m.dims()[1], k, gate_i, slice(&yf));
         return from_vec(out, dims);
     }
-    if backward::tracked(&x) && backward::tracked(m) && backward::tracked(&y) {
+    if fits && backward::tracked(&x) && backward::tracked(m) && backward::tracked(&y) {
         return backward::gated_residual(x, m.clone(), k, gate_i, y);
     }
     x + chunk(m, gate_i, k) * y
@@ -580,13 +592,27 @@ fn attention_generic(qkv: Tensor<3>, heads: usize, rope: Option<&RopeTable>) -> 
 /// Self-attention from a fused qkv projection (see [`attention_generic`] for the layout).
 pub fn attention(qkv: Tensor<3>, heads: usize, rope: Option<&RopeTable>) -> Tensor<3> {
     let [b, l, d3] = qkv.dims();
-    if is_fast(&qkv) && rope.is_none_or(|r| is_fast(&r.cos) && is_fast(&r.sin_signed)) {
+    // Whole heads of q, k and v, and tables of one head's width covering the rotated tokens.
+    let fits = d3 % 3 == 0
+        && heads > 0
+        && (d3 / 3) % heads == 0
+        && rope.is_none_or(|r| {
+            let [rows, len, hd] = r.cos.dims();
+            hd == d3 / 3 / heads
+                && (rows == 1 || rows == b)
+                && len + r.prefix >= l
+                && r.sin_signed.dims() == r.cos.dims()
+        });
+    if fits && is_fast(&qkv) && rope.is_none_or(|r| is_fast(&r.cos) && is_fast(&r.sin_signed)) {
         let qkvf = host(qkv);
         let tables = rope.map(|r| (host(r.cos.clone()), host(r.sin_signed.clone()), r));
         let view = tables.as_ref().map(|(c, s, r)| RopeView::new(slice(c), slice(s), r));
         return from_vec(attention_values(slice(&qkvf), [b, l, d3], heads, view), [b, l, d3 / 3]);
     }
-    if backward::tracked(&qkv) && rope.is_none_or(|r| backward::constant(&r.cos) && backward::constant(&r.sin_signed)) {
+    if fits
+        && backward::tracked(&qkv)
+        && rope.is_none_or(|r| backward::constant(&r.cos) && backward::constant(&r.sin_signed))
+    {
         return backward::attention(qkv, heads, rope);
     }
     attention_generic(qkv, heads, rope)
