@@ -18,6 +18,7 @@ p.add_argument("--threads", type=int, default=2)
 p.add_argument("--python", default=sys.executable)
 p.add_argument("--binary", default="target/release/rectok")
 p.add_argument("--batch-sizes", help="batch sizes (default: each script's own; train: 1,4)")
+p.add_argument("--recipes", default="rectok-b,ditdh-s", help="train: the steps to time (rectok-b, ditdh-s)")
 a = p.parse_args()
 here = os.path.dirname(os.path.abspath(__file__))
 runs = {"reference": [], "rectok": []}
@@ -25,13 +26,14 @@ with tempfile.TemporaryDirectory() as d:
     for r in range(a.rounds):
         ref, ours = os.path.join(d, f"ref{r}.json"), os.path.join(d, f"ours{r}.json")
         batches = a.batch_sizes or ("1,4" if a.what == "train" else None)
-        extra = ["--batch-sizes", batches] if batches else []
-        ours_extra = extra + (["--recipes", "rectok-b,ditdh-s"] if a.what == "train" else [])
-        subprocess.run([a.python, os.path.join(here, f"reference_{a.what}.py"), "--rectok-repo", a.rectok_repo,
-                        "--threads", str(a.threads), "--iters", str(a.iters), "-o", ref] + extra,
-                       check=True, capture_output=True)
-        subprocess.run([a.binary, "-q", "bench", a.what, "--iters", str(a.iters), "--threads", str(a.threads),
-                        "--json", ours] + ours_extra, check=True, capture_output=True)
+        extra = (["--batch-sizes", batches] if batches else []) + (["--recipes", a.recipes] if a.what == "train" else [])
+        for command in ([a.python, os.path.join(here, f"reference_{a.what}.py"), "--rectok-repo", a.rectok_repo,
+                         "--threads", str(a.threads), "--iters", str(a.iters), "-o", ref] + extra,
+                        [a.binary, "-q", "bench", a.what, "--iters", str(a.iters), "--threads", str(a.threads),
+                         "--json", ours] + extra):
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"{' '.join(command[:3])} failed (exit {done.returncode}):\n{done.stderr.strip()}")
         runs["reference"].append(json.load(open(ref))); runs["rectok"].append(json.load(open(ours)))
 unit = {"tokenizer": "s/image", "dit": "s/forward", "train": "s/step"}[a.what]
 print(f"{'op':8} {'batch':>5} {'reference ' + unit:>19} {'rectok ' + unit:>16} {'ratio':>7}   ({a.rounds} interleaved rounds, medians)")

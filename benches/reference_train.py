@@ -3,8 +3,9 @@
 
 The steps are the ones `rectok bench train` times for `rectok-b` and `ditdh-s` (random weights):
 
-* rectok_b: the reference's `RecTok` (rectok_BB, 128 channels, mask ratio max(0, U(−0.1, 0.6))
-  drawn per step as for the released tokenizer and `configs/rectok-b-stage1.toml`, flow noise
+* rectok_b: the reference's `RecTok` (rectok_BB, 128 channels, mask ratio fixed at 0.2571, the
+  mean of the released tokenizer's max(0, U(−0.1, 0.6)), on both sides: a draw per step made
+  each side time different token counts, 103 to 256 per image in the encoder), flow noise
   with the dimension-shifted schedule, γ = 1), `model(x)` in training mode, loss =
   MSE(decoded, x) + 1e-6 · KL, backward, gradient clipping at 3.0, AdamW (β = 0.9, 0.95,
   weight decay 1e-4) and the EMA update (0.999) — stage 1 without teacher, perceptual and GAN
@@ -42,6 +43,10 @@ torch.manual_seed(0)
 dev, autocast, sync = bench_device.setup(a)
 # Mixed precision trains with f32 master weights: the forward and backward run under autocast.
 scaler = torch.amp.GradScaler(enabled=a.precision == "f16" and a.device == "cuda")
+
+
+# E[max(0, U(−0.1, 0.6))] = 0.6² / (2 · 0.7); `rectok bench train` fixes the same ratio.
+MEAN_MASK_RATIO = 0.2571
 
 
 def ema_of(model):
@@ -107,8 +112,8 @@ out = {"torch": torch.__version__, "threads": a.threads, "device": a.device, "pr
 for recipe in a.recipes.split(","):
     if recipe == "rectok-b":
         from models.rectok import rectok_BB  # noqa: E402
-        model = rectok_BB(token_channels=128, img_size=256, patch_size=16, mask_ratio=0.6,
-                          noise_schedule="shift", gamma=1.0).train().to(dev)
+        model = rectok_BB(token_channels=128, img_size=256, patch_size=16, mask_ratio=MEAN_MASK_RATIO,
+                          mask_ratio_type="fix", noise_schedule="shift", gamma=1.0).train().to(dev)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-4)
         key, clip, decay = "rectok_b", 3.0, 0.999
 

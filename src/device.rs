@@ -94,6 +94,15 @@ pub fn gpu_index() -> usize {
     if world.local_size() > 1 && !one_visible { world.local_rank() } else { 0 }
 }
 
+/// Whether a Vulkan driver is installed: an ICD manifest where the Vulkan loader looks, or
+/// `VK_ICD_FILENAMES` set (the Vulkan tests skip, saying so, without one).
+pub fn vulkan_driver_installed() -> bool {
+    ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
+        .iter()
+        .any(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()))
+        || std::env::var_os("VK_ICD_FILENAMES").is_some()
+}
+
 /// The Vulkan / wgpu device kind of [`gpu_index`]: the default adapter for a single process.
 #[cfg(any(feature = "vulkan", feature = "wgpu"))]
 fn gpu_kind() -> burn::tensor::DeviceKind {

@@ -544,6 +544,8 @@ fn every_command_refuses_its_bad_inputs_cleanly() {
             ),
             c(&["decode"], &enc(&s(&["-i", &w("name_252.safetensors"), "-o", &out])), "255 bytes"),
             c(&["ablate"], &s(&["--only", "zzz", "--out", &out]), "--only"),
+            c(&["ablate"], &s(&["--seeds", "0", "--out", &out]), "--seeds"),
+            c(&["ablate"], &s(&["--seeds", "9", "--out", &out]), "--seeds"),
             // Clear messages: a section set to a value, empty flags, echoed values.
             c(
                 &["train", "tokenizer"],

@@ -42,6 +42,11 @@ fn quick_ablation_writes_the_table_and_reuses_finished_variants() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("ablation.json")).unwrap()).unwrap();
     assert_eq!(json["results"].as_array().unwrap().len(), 2);
+    // --quick runs one seed: each metric's spread is over one run, into `seed-0/`.
+    assert_eq!(json["seeds"], 1);
+    assert_eq!(json["summary"][0]["psnr"]["n"], 1);
+    assert!(json["summary"][0]["psnr"]["mean"].as_f64().unwrap() > 5.0);
+    assert!(out.join("seed-0/a-no-semantic/result.json").exists());
     assert!(out.join("ablation.png").exists() && out.join("report.html").exists());
     // Run again: both variants are reused, nothing is retrained.
     let t = std::time::Instant::now();

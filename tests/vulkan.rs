@@ -12,10 +12,7 @@ use common::{converted_tokenizer, fixture, losses, rectok, stderr, tiny_generato
 
 /// Whether a Vulkan driver is installed (an ICD manifest where the loader looks).
 fn vulkan_driver() -> bool {
-    let found = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
-        .iter()
-        .any(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()))
-        || std::env::var_os("VK_ICD_FILENAMES").is_some();
+    let found = rectok::device::vulkan_driver_installed();
     if !found {
         eprintln!("SKIPPED: no Vulkan driver installed (Debian: mesa-vulkan-drivers)");
     }
@@ -194,39 +191,43 @@ fn training_steps_match_the_cpu() {
         "--set",
         "sample.grid_per_class=1",
     ];
-    for device in ["cpu", "vulkan"] {
+    // The third run recomputes the blocks in the backward pass (`run.grad_checkpoint`) on Vulkan.
+    for (name, device, checkpoint) in [("cpu", "cpu", false), ("vulkan", "vulkan", false), ("ckpt", "vulkan", true)] {
         let set_device = format!("run.device=\"{device}\"");
-        let out = dir.path().join(format!("tok-{device}"));
+        let set_checkpoint = format!("run.grad_checkpoint={checkpoint}");
+        let out = dir.path().join(format!("tok-{name}"));
         let o = rectok()
             .args(["train", "tokenizer", "--config", "tiny", "--out"])
             .arg(&out)
             .args(small_tokenizer)
-            .args(["--set", &set_device])
+            .args(["--set", &set_device, "--set", &set_checkpoint])
             .output()
             .unwrap();
         assert!(o.status.success(), "tokenizer on {device}: {}", stderr(&o));
-        let out = dir.path().join(format!("gen-{device}"));
+        let out = dir.path().join(format!("gen-{name}"));
         let o = rectok()
             .args(["train", "generator", "--config", "ditdh-tiny", "--tokenizer"])
             .arg(&tok)
             .arg("--out")
             .arg(&out)
             .args(small_generator)
-            .args(["--set", &set_device])
+            .args(["--set", &set_device, "--set", &set_checkpoint])
             .output()
             .unwrap();
         assert!(o.status.success(), "generator on {device}: {}", stderr(&o));
     }
     let d = dir.path();
-    assert_same_losses(&d.join("tok-cpu"), &d.join("tok-vulkan"), 1e-4);
-    assert_same_losses(&d.join("gen-cpu"), &d.join("gen-vulkan"), 1e-4);
-    for (run, file) in [("tok", "tokenizer.safetensors"), ("gen", "generator.safetensors")] {
-        let (w, key) = max_rel_diff(&d.join(format!("{run}-cpu/{file}")), &d.join(format!("{run}-vulkan/{file}")));
-        eprintln!("{file}: weights after 3 steps differ by at most {w:e} (relative, {key})");
-        // Adam divides each gradient by its own running magnitude, so near-zero gradients (of the
-        // zero-initialised adaLN layers) carry their rounding into the update at full size: on
-        // lavapipe 2e-4 (the CPU against itself with another summation order: 3e-5).
-        assert!(w < 1e-3, "{file}: {key} after 3 steps differs by {w:e} (relative)");
+    for other in ["vulkan", "ckpt"] {
+        assert_same_losses(&d.join("tok-cpu"), &d.join(format!("tok-{other}")), 1e-4);
+        assert_same_losses(&d.join("gen-cpu"), &d.join(format!("gen-{other}")), 1e-4);
+        for (run, file) in [("tok", "tokenizer.safetensors"), ("gen", "generator.safetensors")] {
+            let (w, key) = max_rel_diff(&d.join(format!("{run}-cpu/{file}")), &d.join(format!("{run}-{other}/{file}")));
+            eprintln!("{file} ({other}): weights after 3 steps differ by at most {w:e} (relative, {key})");
+            // Adam divides each gradient by its own running magnitude, so near-zero gradients (of
+            // the zero-initialised adaLN layers) carry their rounding into the update at full
+            // size: on lavapipe 2e-4 (the CPU against itself with another summation order: 3e-5).
+            assert!(w < 1e-3, "{file} ({other}): {key} after 3 steps differs by {w:e} (relative)");
+        }
     }
 }
 

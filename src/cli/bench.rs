@@ -107,8 +107,9 @@ type Stated = (&'static str, usize, f64);
 const DIT_REFERENCE: &[Stated] = &[("s", 1, 0.73), ("s", 8, 5.7), ("xl", 1, 2.5), ("xl", 8, 17.9)];
 const TOKENIZER_REFERENCE: &[Stated] =
     &[("encode", 1, 0.31), ("decode", 1, 0.31), ("encode", 8, 0.35), ("decode", 8, 0.43)];
+/// (rectok_b: `benches/reference_train.py` at the fixed mask ratio, 2026-12-01.)
 const TRAIN_REFERENCE: &[Stated] =
-    &[("rectok_b", 1, 2.6), ("rectok_b", 4, 7.4), ("ditdh_s", 1, 3.4), ("ditdh_s", 4, 10.0)];
+    &[("rectok_b", 1, 2.58), ("rectok_b", 4, 6.60), ("ditdh_s", 1, 3.4), ("ditdh_s", 4, 10.0)];
 
 /// A bench's results: each measurement recorded for `--json` and set beside the reference's.
 struct Table {
@@ -209,13 +210,18 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// The mask ratio both sides of the rectok-b step use: the mean of the released tokenizer's
+/// `max(0, U(−0.1, 0.6))`, 0.6² / (2 · 0.7) (`benches/reference_train.py` fixes the same).
+const MEAN_MASK_RATIO: f64 = 0.2571;
+
 /// Options of `rectok bench train`.
 #[derive(clap::Args, Debug)]
 pub struct TrainBench {
     /// Recipes to time: `tiny` (the full tiny step, batch 16: teacher, semantic decoder, pixel losses),
-    /// `rectok-b` (the reference's measured step: masking, flow noise, MSE + KL, backward and
-    /// AdamW, no teacher), `ditdh-tiny` (the tiny generator step, batch 32) and `ditdh-s` (the
-    /// reference's measured step: transport loss, backward, AdamW, EMA on cached latents).
+    /// `rectok-b` (the reference's measured step: masking at the fixed mean ratio 0.2571, flow
+    /// noise, MSE + KL, backward and AdamW, no teacher), `ditdh-tiny` (the tiny generator step,
+    /// batch 32) and `ditdh-s` (the reference's measured step: transport loss, backward, AdamW,
+    /// EMA on cached latents).
     #[arg(long, value_delimiter = ',', default_value = "tiny,rectok-b,ditdh-tiny,ditdh-s")]
     recipes: Vec<String>,
     /// Batch sizes for rectok-b and ditdh-s (the tiny recipes use their own).
@@ -231,6 +237,10 @@ pub struct TrainBench {
     /// Compute device (`run.device`).
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
+    /// Activation checkpointing of the transformer blocks (`run.grad_checkpoint`): one more
+    /// forward per block for less memory.
+    #[arg(long)]
+    grad_checkpoint: bool,
     #[command(flatten)]
     common: BenchOptions,
 }
@@ -243,17 +253,20 @@ fn run_train(args: TrainBench) -> Result<()> {
     super::common::ensure(dp <= 64, "--data-parallel", "between 0 (automatic) and 64", dp)?;
     let replicas = crate::train::params::replicas(args.data_parallel, &args.common.device(args.device)?);
     table.record["data_parallel"] = replicas.into();
+    table.record["grad_checkpoint"] = args.grad_checkpoint.into();
     println!(
         "training step (tokenizer: tiny, rectok_b; generator: ditdh-tiny, ditdh_s), device {} ({}), {} CPU threads, \
-            {replicas} data-parallel replica(s)",
+            {replicas} data-parallel replica(s){}",
         args.device,
         args.common.precision,
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        if args.grad_checkpoint { ", activation checkpointing" } else { "" }
     );
     let run_options = [
         format!("run.data_parallel={}", args.data_parallel),
         format!("run.device=\"{}\"", args.device),
         format!("run.precision=\"{}\"", args.common.precision),
+        format!("run.grad_checkpoint={}", args.grad_checkpoint),
     ];
     println!(
         "{:<10} {:>6} {:>10} {:>10} {:>12} {:>8} {:>12} {:>12}",
@@ -285,6 +298,10 @@ fn run_train(args: TrainBench) -> Result<()> {
                         "teacher.spec=none".into(),
                         "loss.perceptual=none".into(),
                         "loss.gan_start_epoch=1000".into(),
+                        // The same work as the reference side at every step: a per-step draw of
+                        // max(0, U(−0.1, 0.6)) made the two sides time different token counts.
+                        format!("model.mask_ratio={MEAN_MASK_RATIO}"),
+                        "model.mask_ratio_type=\"fix\"".into(),
                     ]);
                 }
                 let mut config = TokenizerTrainConfig::load(name, &overrides)?;

@@ -39,6 +39,10 @@ pub struct AblateArgs {
     /// The demo's quick budget per variant (a smoke test: too small for conclusions).
     #[arg(long)]
     quick: bool,
+    /// Seeds per variant (0, 1, …): the table gives each metric's mean ± standard deviation over
+    /// them (default: 2; with --quick, 1).
+    #[arg(long)]
+    seeds: Option<usize>,
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -79,7 +83,8 @@ pub fn run_ablate_command(a: AblateArgs) -> Result<()> {
     crate::io::check_output_folder(&a.out, "--out")?;
     crate::device::set_cpu_threads(a.threads);
     let started = std::time::Instant::now();
-    run_ablation(&a.out, &a.only, a.quick, a.device)?;
+    let seeds = a.seeds.unwrap_or(if a.quick { 1 } else { 2 });
+    run_ablation(&a.out, &a.only, a.quick, seeds, a.device)?;
     println!("{}", std::fs::read_to_string(a.out.join("ablation.md"))?);
     println!("finished in {:.0} s; report: {}", started.elapsed().as_secs_f64(), a.out.join("report.html").display());
     Ok(())

@@ -15,6 +15,7 @@
 //! shift/scale/gate modulation from the condition, RMSNorm, RoPE attention (the DiT convention of
 //! [`crate::nn::rope::dit`]), SwiGLU.
 
+use crate::nn::checkpoint::checkpointed;
 use crate::nn::kernels;
 use crate::nn::rope::{RopeTable, dit as dit_rope};
 use crate::nn::{
@@ -239,6 +240,7 @@ impl DitDhConfig {
                 ada_ln_modulation: lin(self.dec_hidden, 2 * self.dec_hidden),
             },
             config: self.clone(),
+            grad_checkpoint: false,
         }
     }
 }
@@ -411,9 +413,21 @@ pub struct DitDh {
     /// The configuration.
     #[module(skip)]
     pub config: DitDhConfig,
+    /// Recompute each block's activations in the backward pass instead of keeping them
+    /// (`run.grad_checkpoint`; training only, no effect on values).
+    #[module(skip)]
+    pub grad_checkpoint: bool,
 }
 
 impl DitDh {
+    /// The model with activation checkpointing of every block on or off (`run.grad_checkpoint`,
+    /// [`crate::nn::checkpoint`]): less memory in training for one more forward pass per block;
+    /// the values and gradients are unchanged.
+    pub fn with_grad_checkpoint(mut self, on: bool) -> Self {
+        self.grad_checkpoint = on;
+        self
+    }
+
     /// Replaces labels by the null class where `drop_u < label_dropout_prob` (training-mode
     /// label dropout with explicit uniform draws `(B,)`).
     pub fn drop_labels(&self, y: Tensor<1, Int>, drop_u: &Tensor<1>) -> Tensor<1, Int> {
@@ -470,7 +484,12 @@ impl DitDh {
         trace: &mut Trace,
     ) -> Tensor<3> {
         for i in range {
-            x = self.blocks[i].forward(x, silu_c.clone(), rope);
+            x = if self.grad_checkpoint {
+                let rope = rope.clone();
+                checkpointed(&self.blocks[i], [x, silu_c.clone()], move |block, [x, c]| block.forward(x, c, &rope))
+            } else {
+                self.blocks[i].forward(x, silu_c.clone(), rope)
+            };
             if trace.enabled() {
                 trace.record(&format!("blocks.{i}"), &x);
             }

@@ -4,6 +4,7 @@
 //! transformer decoder.
 
 use super::attention::{Attention, AttentionConfig};
+use super::checkpoint::checkpointed;
 use super::kernels;
 use super::rope::RopeTable;
 use super::swiglu::{SwiGlu, SwiGluConfig};
@@ -71,10 +72,23 @@ pub fn rope_table(blocks: &[TransformerBlock], grid: usize, device: &Device) -> 
     super::rope::tokenizer::table(head_dim, grid, grid, device)
 }
 
-/// Runs `blocks` in order with `rope`, recording each output as `transformer.{i}`.
-pub fn forward_blocks(blocks: &[TransformerBlock], mut h: Tensor<3>, rope: &RopeTable, trace: &mut Trace) -> Tensor<3> {
+/// Runs `blocks` in order with `rope`, recording each output as `transformer.{i}`; with
+/// `checkpoint`, each block's activations are recomputed in the backward pass instead of kept
+/// ([`checkpointed`], `run.grad_checkpoint`).
+pub fn forward_blocks(
+    blocks: &[TransformerBlock],
+    mut h: Tensor<3>,
+    rope: &RopeTable,
+    checkpoint: bool,
+    trace: &mut Trace,
+) -> Tensor<3> {
     for (i, block) in blocks.iter().enumerate() {
-        h = block.forward(h, Some(rope));
+        h = if checkpoint {
+            let rope = rope.clone();
+            checkpointed(block, [h], move |block, [h]| block.forward(h, Some(&rope)))
+        } else {
+            block.forward(h, Some(rope))
+        };
         if trace.enabled() {
             trace.record(&format!("transformer.{i}"), &h);
         }

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod block;
+pub mod checkpoint;
 pub mod init;
 pub mod kernels;
 pub mod rope;

@@ -24,11 +24,11 @@ pub fn budget(quick: bool) -> Budget {
     } else {
         Budget {
             tokenizer_images: 3200,
-            tokenizer_epochs: 4,
+            tokenizer_epochs: 6,
             tokenizer_batch: 16,
             stage2_steps: 16,
             generator_images: 4096,
-            generator_epochs: 16,
+            generator_epochs: 32,
             eval_images: 200,
             fd_images: 200,
             probe_images: 2000,

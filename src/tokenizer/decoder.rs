@@ -39,6 +39,7 @@ impl DecoderConfig {
             positional_embedding: Param::from_tensor(Tensor::zeros([1, grid * grid, w], device)),
             ln_pre: rms_norm(w, device),
             transformer: TransformerBlockConfig::stack(self.size, device),
+            grad_checkpoint: false,
             ln_post: rms_norm(w, device),
             ffn: zero_patch_conv(w, p * p * 3, 1, device),
             conv_out: Conv2dConfig::new([3, 3], [3, 3])
@@ -64,6 +65,10 @@ pub struct Decoder {
     pub ln_pre: RmsNorm,
     /// Transformer blocks.
     pub transformer: Vec<TransformerBlock>,
+    /// Recompute each block's activations in the backward pass instead of keeping them
+    /// (`run.grad_checkpoint`; training only, no effect on values).
+    #[module(skip)]
+    pub grad_checkpoint: bool,
     /// RMSNorm after the blocks.
     pub ln_post: RmsNorm,
     /// 1×1 pixel head (`ffn.1` in the reference's `nn.Sequential`).
@@ -94,7 +99,7 @@ impl Decoder {
         }
         h = self.ln_pre.forward(h + self.positional_embedding.val());
         trace.record("ln_pre", &h);
-        h = self.ln_post.forward(forward_blocks(&self.transformer, h, &table, trace));
+        h = self.ln_post.forward(forward_blocks(&self.transformer, h, &table, self.grad_checkpoint, trace));
         trace.record("ln_post", &h);
         let img = self.pixel_head(h);
         trace.record("ffn", &img);

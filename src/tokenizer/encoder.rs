@@ -36,6 +36,7 @@ impl EncoderConfig {
             positional_embedding: Param::from_tensor(Tensor::zeros([1, grid * grid, w], device)),
             ln_pre: rms_norm(w, device),
             transformer: TransformerBlockConfig::stack(self.size, device),
+            grad_checkpoint: false,
             ln_post: rms_norm(w, device),
             latent_head: zero_linear(w, 2 * self.token_channels, device),
             grid_size: grid,
@@ -55,6 +56,10 @@ pub struct Encoder {
     pub ln_pre: RmsNorm,
     /// Transformer blocks.
     pub transformer: Vec<TransformerBlock>,
+    /// Recompute each block's activations in the backward pass instead of keeping them
+    /// (`run.grad_checkpoint`; training only, no effect on values).
+    #[module(skip)]
+    pub grad_checkpoint: bool,
     /// RMSNorm after the blocks.
     pub ln_post: RmsNorm,
     /// `W → 2C` moments head.
@@ -83,7 +88,7 @@ impl Encoder {
         }
         h = self.ln_pre.forward(h);
         trace.record("ln_pre", &h);
-        h = self.ln_post.forward(forward_blocks(&self.transformer, h, &table, trace));
+        h = self.ln_post.forward(forward_blocks(&self.transformer, h, &table, self.grad_checkpoint, trace));
         trace.record("ln_post", &h);
         self.latent_head.forward(h)
     }

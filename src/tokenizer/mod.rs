@@ -151,6 +151,18 @@ impl RecTokConfig {
 }
 
 impl RecTok {
+    /// The model with activation checkpointing of every transformer block on or off
+    /// (`run.grad_checkpoint`, [`crate::nn::checkpoint`]): less memory in training for one more
+    /// forward pass per block; the values and gradients are unchanged.
+    pub fn with_grad_checkpoint(mut self, on: bool) -> Self {
+        self.encoder.grad_checkpoint = on;
+        self.decoder.grad_checkpoint = on;
+        if let Some(SemanticDecoder::Transformer(d)) = &mut self.sem_decoder {
+            d.grad_checkpoint = on;
+        }
+        self
+    }
+
     /// Token grid side.
     pub fn grid_size(&self) -> usize {
         self.config.grid_size()

@@ -35,6 +35,7 @@ impl TransformerSemDecoderConfig {
             positional_embedding: Param::from_tensor(Tensor::zeros([1, self.grid_size * self.grid_size, w], device)),
             ln_pre: rms_norm(w, device),
             transformer: TransformerBlockConfig::stack(self.size, device),
+            grad_checkpoint: false,
             ln_post: rms_norm(w, device),
             out: zero_linear(w, self.teacher_dim, device),
             grid_size: self.grid_size,
@@ -56,6 +57,10 @@ pub struct TransformerSemDecoder {
     pub ln_pre: RmsNorm,
     /// Transformer blocks.
     pub transformer: Vec<TransformerBlock>,
+    /// Recompute each block's activations in the backward pass instead of keeping them
+    /// (`run.grad_checkpoint`; training only, no effect on values).
+    #[module(skip)]
+    pub grad_checkpoint: bool,
     /// RMSNorm after the blocks.
     pub ln_post: RmsNorm,
     /// `W → D`.
@@ -73,7 +78,13 @@ impl TransformerSemDecoder {
             h = unshuffle_with_mask(h, self.mask_embedding.val(), ids);
         }
         h = self.ln_pre.forward(h + self.positional_embedding.val());
-        self.out.forward(self.ln_post.forward(forward_blocks(&self.transformer, h, &table, &mut Trace::off())))
+        self.out.forward(self.ln_post.forward(forward_blocks(
+            &self.transformer,
+            h,
+            &table,
+            self.grad_checkpoint,
+            &mut Trace::off(),
+        )))
     }
 }
 

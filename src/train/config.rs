@@ -162,6 +162,10 @@ options! {
         /// (0: one per thread, at most 4; 1: off). The result differs from 1 only in rounding and,
         /// with the GAN on, in the discriminator's per-slice batch statistics (as the reference's DDP).
         pub data_parallel: usize = 0,
+        /// Activation checkpointing: keep only each transformer block's input in the forward pass
+        /// and recompute the block in the backward pass (`torch.utils.checkpoint`), for larger
+        /// batches in bounded memory at the cost of one more forward per block. Same values.
+        pub grad_checkpoint: bool = false,
         /// Compute device: `cpu`, `vulkan`, `wgpu`, `cuda`.
         pub device: String = "cpu".into(),
         /// Arithmetic precision on a GPU device: `f32`, `f16` (autocast with dynamic loss scaling)

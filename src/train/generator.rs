@@ -263,7 +263,7 @@ impl Trainer for GeneratorTraining {
             }
         };
         // `pos_embed` and `t_embedder.W` are fixed: no gradient, not in the optimizer; the EMA copies them.
-        let mut model = model.train();
+        let mut model = model.train().with_grad_checkpoint(config.run.grad_checkpoint);
         model.pos_embed = model.pos_embed.no_grad();
         model.t_embedder.freqs = model.t_embedder.freqs.no_grad();
         let trainable: BTreeSet<String> =

@@ -186,6 +186,7 @@ macro_rules! recipe {
                 "run.threads",
                 "run.device",
                 "run.precision",
+                "run.grad_checkpoint",
                 $($resumable),*
             ];
 

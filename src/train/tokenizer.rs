@@ -283,7 +283,7 @@ impl Trainer for TokenizerTraining {
             }
         };
         // Stage 2 trains the decoder only; the frozen encoder gets no gradient at all.
-        let mut model = model.train();
+        let mut model = model.train().with_grad_checkpoint(config.run.grad_checkpoint);
         if stage == 2 {
             model.encoder = model.encoder.no_grad();
         }
