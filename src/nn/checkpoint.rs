@@ -9,11 +9,12 @@
 //!
 //! A checkpointed block is one custom op of burn's autodiff (a `Backward` step) whose parents are
 //! the block's tensor inputs. Its forward runs the block on untracked copies of the parameters
-//! and inputs (no graph is recorded); its backward recomputes the block on fresh parameter leaves in a separate graph,
-//! runs that graph's backward from `Σ out · g` (g: the gradient arriving at the block's output),
-//! and hands the inputs' and the parameters' gradients to the outer graph. The recomputation is
-//! the same deterministic code as the forward, so the gradients equal those without
-//! checkpointing (tested below), and resumed runs stay exact.
+//! and inputs (no graph is recorded); its backward recomputes the block on fresh parameter leaves
+//! in a separate graph, runs that graph's backward from `Σ out · g` (g: the gradient arriving at
+//! the block's output), and hands the inputs' and the parameters' gradients to the outer graph.
+//! The recomputation is the same deterministic code as the forward, so on the CPU the gradients
+//! are the same bits as without checkpointing (tested below; on a GPU within rounding), and
+//! resumed runs stay exact.
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
