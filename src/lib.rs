@@ -14,7 +14,8 @@
 //! → [`tokenizer::Decoder`] → image, scored by [`metrics`].
 //!
 //! Weights of the official PyTorch checkpoints load through [`weights`]; the building blocks shared
-//! by several networks live in [`nn`]. The command-line front end is in [`cli`].
+//! by several networks live in [`nn`]. The command-line front end is in [`cli`]; the HTTP service
+//! (`rectok serve`) in [`service`].
 
 pub mod cli;
 pub mod config;
@@ -30,6 +31,7 @@ pub mod nn;
 pub mod pipeline;
 pub mod rectified_flow;
 pub mod rng;
+pub mod service;
 pub mod signals;
 pub mod teacher;
 pub mod tokenizer;

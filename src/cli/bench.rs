@@ -23,6 +23,9 @@ pub enum Which {
     /// The gradient all-reduce of multi-process training: MPI sums of a gradient-sized f32 buffer
     /// across the job's processes (run under `mpirun` / `srun`; docs/DISTRIBUTED.md).
     Allreduce(AllreduceBench),
+    /// `rectok serve` under load on loopback (tiny random models): throughput, p50 / p99 latency
+    /// and batch sizes with batching on and at batch 1, then an overload phase.
+    Serve(super::bench_serve::ServeBench),
 }
 
 /// `rectok bench allreduce`.
@@ -510,6 +513,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Dit(a) => run_dit(a),
         Which::Train(a) => run_train(a),
         Which::Allreduce(a) => run_allreduce(a),
+        Which::Serve(a) => super::bench_serve::run(a),
     }
 }
 

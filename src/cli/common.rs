@@ -417,11 +417,6 @@ impl GuidanceArgs {
 
     /// The guidance for `net` given the loaded guide.
     pub fn guidance<'a>(&self, guide: Option<&'a DitDh>) -> Guidance<'a> {
-        let interval = (self.cfg_interval[0], self.cfg_interval[1]);
-        match guide {
-            Some(g) => Guidance::Auto { guide: g, scale: self.cfg, interval },
-            None if self.cfg > 1.0 => Guidance::Cfg { scale: self.cfg, interval },
-            None => Guidance::None,
-        }
+        Guidance::select(guide, self.cfg, (self.cfg_interval[0], self.cfg_interval[1]))
     }
 }

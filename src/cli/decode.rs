@@ -83,12 +83,7 @@ pub fn run(args: Args) -> Result<()> {
     for (chunk, chunk_files) in names.chunks(args.batch_size).zip(files.chunks(args.batch_size)) {
         let values = chunk.iter().map(|n| latents.read_f32(n)).collect::<Result<Vec<_>, _>>()?.concat();
         let z: Tensor<4> = Tensor::from_data(TensorData::new(values, [chunk.len(), c, g, g]), &device);
-        let images = if normalized {
-            model.detokenize(z)
-        } else {
-            (model.decoder.forward(model.grid_to_tokens(z), None) * 0.5 + 0.5).clamp(0.0, 1.0)
-        };
-        let images = tensor_to_images(images).with_context(|| {
+        let images = tensor_to_images(model.decode_latents(z, normalized)).with_context(|| {
             format!("decoding {}", chunk.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))
         })?;
         for (file, img) in chunk_files.iter().zip(images) {

@@ -7,7 +7,7 @@ use super::common::{
 use crate::data::save_png;
 use crate::data::transforms::tensor_to_images;
 use crate::generator::Guidance;
-use crate::generator::sampler::sample_class_latents;
+use crate::generator::sampler::{grid_columns, sample_class_latents, sample_jobs};
 use crate::io::{Inputs, progress};
 use crate::rectified_flow::ode_grid;
 use anyhow::{Context, Result, bail};
@@ -42,19 +42,6 @@ pub struct Args {
     batch_size: usize,
     #[command(flatten)]
     device: DeviceArgs,
-}
-
-/// `(class, index within the class)` of every sample, in order: a class listed more than once
-/// continues its numbering, so no two samples share a file name.
-fn sample_jobs(classes: &[usize], per_class: usize) -> Vec<(usize, usize)> {
-    let mut next = std::collections::HashMap::new();
-    let mut jobs = Vec::with_capacity(classes.len() * per_class);
-    for &c in classes {
-        let first = next.entry(c).or_insert(0usize);
-        jobs.extend((*first..*first + per_class).map(|k| (c, k)));
-        *first += per_class;
-    }
-    jobs
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -129,18 +116,9 @@ pub fn run(args: Args) -> Result<()> {
     pb.finish_and_clear();
     staged.commit()?;
     if let Some(path) = &args.grid {
-        let cols = if classes.len() > 1 { args.num_per_class } else { (all.len() as f64).sqrt().ceil() as usize };
+        let cols = grid_columns(classes.len(), args.num_per_class, all.len());
         save_png(&crate::data::images::image_grid(&all, cols), path)?;
     }
     tracing::info!("wrote {} samples to {}", all.len(), args.output.display());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn repeated_classes_get_distinct_names() {
-        assert_eq!(super::sample_jobs(&[1, 1], 2), vec![(1, 0), (1, 1), (1, 2), (1, 3)]);
-        assert_eq!(super::sample_jobs(&[3, 1, 3], 1), vec![(3, 0), (1, 0), (3, 1)]);
-    }
 }

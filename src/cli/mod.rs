@@ -1,6 +1,7 @@
 //! The `rectok` command line: one file per subcommand; this file only parses and dispatches.
 
 mod bench;
+mod bench_serve;
 mod common;
 mod convert;
 mod decode;
@@ -11,6 +12,7 @@ mod generate;
 mod latent_stats;
 mod probe;
 mod reconstruct;
+mod serve;
 mod teacher;
 mod train;
 
@@ -72,6 +74,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// The paper's ablations in miniature (semantic loss variants, latent channels).
     Ablate(demo::AblateArgs),
+    /// Serve the tokenizer and generator over HTTP (API, metrics, web page); by default the
+    /// models of a finished `rectok demo`.
+    Serve(serve::Args),
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -161,6 +166,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Bench(w) => bench::run(w),
         Command::Demo(a) => demo::run_demo_command(a),
         Command::Ablate(a) => demo::run_ablate_command(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

@@ -71,7 +71,18 @@ pub fn forward_with_autoguidance(
     apply_guidance(v, vg, &t, scale, interval)
 }
 
-impl Guidance<'_> {
+impl<'a> Guidance<'a> {
+    /// The guidance a weight `scale` and an `interval` of t select, as `rectok generate` reads
+    /// `--cfg` / `--guide`: AutoGuidance whenever a guide is loaded, else classifier-free
+    /// guidance above weight 1, else none.
+    pub fn select(guide: Option<&'a DitDh>, scale: f64, interval: (f64, f64)) -> Self {
+        match guide {
+            Some(guide) => Guidance::Auto { guide, scale, interval },
+            None if scale > 1.0 => Guidance::Cfg { scale, interval },
+            None => Guidance::None,
+        }
+    }
+
     /// The velocity for the current state. Under CFG, `x` is the doubled batch `[x; x]` and `y`
     /// ends with the null labels, as the reference samples.
     pub fn velocity(&self, net: &DitDh, x: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>) -> Tensor<4> {

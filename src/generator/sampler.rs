@@ -77,12 +77,29 @@ pub fn sample_class_latents(
     first_index: u64,
     grid: &[f32],
     integrator: Integrator,
+    on_step: impl FnMut(usize),
+) -> Tensor<4> {
+    let keys: Vec<(u64, u64)> = (0..labels.len() as u64).map(|j| (seed, first_index + j)).collect();
+    sample_keyed_latents(net, guidance, labels, &keys, grid, integrator, on_step)
+}
+
+/// [`sample_class_latents`] with a noise key `(seed, index)` per item: item `j` starts from the
+/// noise of `Rng::for_item(keys[j].0, keys[j].1)`, so samples of different requests (each with
+/// its own seed) share one batch and still come out as they would alone (`rectok serve`).
+pub fn sample_keyed_latents(
+    net: &super::DitDh,
+    guidance: &super::Guidance<'_>,
+    labels: &[usize],
+    keys: &[(u64, u64)],
+    grid: &[f32],
+    integrator: Integrator,
     mut on_step: impl FnMut(usize),
 ) -> Tensor<4> {
+    assert_eq!(labels.len(), keys.len(), "one noise key per label");
     let device = net.pos_embed.val().device();
     let (b, c, g) = (labels.len(), net.config.token_channels, net.config.input_size);
     let noise: Vec<f32> =
-        (0..b).flat_map(|j| crate::rng::Rng::for_item(seed, first_index + j as u64).normal_vec(c * g * g)).collect();
+        keys.iter().flat_map(|&(seed, index)| crate::rng::Rng::for_item(seed, index).normal_vec(c * g * g)).collect();
     let z = Tensor::<4>::from_data(TensorData::new(noise, [b, c, g, g]), &device);
     let labels: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), &device);
@@ -104,4 +121,32 @@ pub fn sample_class_latents(
         },
     );
     out.narrow(0, 0, b)
+}
+
+/// `(class, index within the class)` of every sample of a `classes` × `per_class` request, in
+/// order: a class listed more than once continues its numbering, so no two samples share a name
+/// (`rectok generate`'s files; `rectok serve` numbers its noise the same way).
+pub fn sample_jobs(classes: &[usize], per_class: usize) -> Vec<(usize, usize)> {
+    let mut next = std::collections::HashMap::new();
+    let mut jobs = Vec::with_capacity(classes.len() * per_class);
+    for &c in classes {
+        let first = next.entry(c).or_insert(0usize);
+        jobs.extend((*first..*first + per_class).map(|k| (c, k)));
+        *first += per_class;
+    }
+    jobs
+}
+
+/// Columns of a sample grid: one row per class when several classes are drawn, else a square.
+pub fn grid_columns(num_classes: usize, per_class: usize, total: usize) -> usize {
+    if num_classes > 1 { per_class } else { (total as f64).sqrt().ceil() as usize }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn repeated_classes_get_distinct_names() {
+        assert_eq!(super::sample_jobs(&[1, 1], 2), vec![(1, 0), (1, 1), (1, 2), (1, 3)]);
+        assert_eq!(super::sample_jobs(&[3, 1, 3], 1), vec![(3, 0), (1, 0), (3, 1)]);
+    }
 }

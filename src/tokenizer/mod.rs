@@ -267,6 +267,16 @@ impl RecTok {
         (self.decoder.forward(z, None) * 0.5 + 0.5).clamp(0.0, 1.0)
     }
 
+    /// Images in [0, 1] from latents `(B, C, h, w)`: normalised ones through [`detokenize`](Self::detokenize),
+    /// raw ones straight through the pixel decoder (`rectok decode`, `rectok serve`).
+    pub fn decode_latents(&self, z: Tensor<4>, normalized: bool) -> Tensor<4> {
+        if normalized {
+            self.detokenize(z)
+        } else {
+            (self.decoder.forward(self.grid_to_tokens(z), None) * 0.5 + 0.5).clamp(0.0, 1.0)
+        }
+    }
+
     /// Normalised latents sampled from cached moments `(B, L, 2C)` with explicit `eps`.
     pub fn sample_from_moments(&self, moments: Tensor<3>, eps: Tensor<3>) -> Tensor<4> {
         self.tokens_to_grid(self.normalize_z(DiagonalGaussian::from_moments(moments).sample(eps)))

@@ -14,6 +14,15 @@ pub fn write_safetensors(
     tensors: Vec<(String, TensorData)>,
     metadata: HashMap<String, String>,
 ) -> anyhow::Result<()> {
+    crate::io::write_atomic(path, &safetensors_bytes(tensors, metadata)?)
+}
+
+/// The bytes of a safetensors file of `tensors` (name, data) with `metadata`, its header in a
+/// stable order: what [`write_safetensors`] writes (`rectok serve` answers with them).
+pub fn safetensors_bytes(
+    tensors: Vec<(String, TensorData)>,
+    metadata: HashMap<String, String>,
+) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context;
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
@@ -33,7 +42,7 @@ pub fn write_safetensors(
         })
         .collect::<anyhow::Result<_>>()?;
     let bytes = safetensors::tensor::serialize(views, Some(metadata)).context("serialising safetensors")?;
-    crate::io::write_atomic(path, &stable_header(bytes)?)
+    stable_header(bytes)
 }
 
 /// The same safetensors file with its JSON header's keys sorted (the `safetensors` crate writes

@@ -15,7 +15,7 @@ mod state_dict;
 pub mod tokenizer;
 
 pub use apply::{KeyMap, LoadReport, load_into};
-pub use export::{write_safetensors, write_safetensors_from_module};
+pub use export::{safetensors_bytes, write_safetensors, write_safetensors_from_module};
 pub use state_dict::{CheckpointEntry, StateDict};
 
 use std::path::PathBuf;
