@@ -76,7 +76,7 @@ fn answer(r: Result<ureq::Response, ureq::Error>) -> Answer {
         Err(e) => panic!("no answer: {e}"),
     };
     let mut header = std::collections::HashMap::new();
-    for name in ["x-psnr", "x-ssim", "retry-after", "x-samples"] {
+    for name in ["x-psnr", "x-ssim", "retry-after", "x-samples", "www-authenticate"] {
         if let Some(v) = r.header(name) {
             header.insert(name.to_string(), v.to_string());
         }
@@ -216,6 +216,9 @@ fn every_route_answers_the_commands_numbers() {
                 let body = serde_json::json!({"shape": shape, "values": json_values, "normalized": true});
                 let png2 = post(&server.url("/v1/decode"), "application/json", body.to_string().as_bytes());
                 assert_eq!(png2.body, png.body);
+                // Encode's JSON answer as it is (with `posterior`), sent without a JSON content type.
+                let png3 = post(&server.url("/v1/decode"), "application/octet-stream", j.to_string().as_bytes());
+                assert_eq!(png3.body, png.body, "{}", String::from_utf8_lossy(&png3.body));
                 let _ = i;
             });
         }
@@ -282,8 +285,13 @@ fn bad_requests_get_4xx_with_one_error_shape_and_the_api_key_guards() {
     // The key.
     let a = post(&server.url("/v1/reconstruct"), "image/png", &photo);
     assert_eq!((a.status, a.error_code().as_str()), (401, "unauthorized"));
+    assert_eq!(a.header["www-authenticate"], "Bearer");
     let a = answer(ureq::post(&server.url("/v1/reconstruct")).set("Authorization", "Bearer wrong").send_bytes(&photo));
     assert_eq!(a.status, 401);
+    assert!(a.json()["error"]["message"].as_str().unwrap().contains("wrong"));
+    // The scheme in any case (RFC 7235).
+    let a = answer(ureq::post(&server.url("/v1/reconstruct")).set("Authorization", "bearer s3cret").send_bytes(&photo));
+    assert_eq!(a.status, 200);
     assert_eq!(get(&server.url("/metrics")).status, 401);
     assert_eq!(get(&server.url("/healthz")).status, 200);
     assert_eq!(send("/v1/reconstruct", "image/png", &photo).status, 200);
@@ -296,6 +304,7 @@ fn bad_requests_get_4xx_with_one_error_shape_and_the_api_key_guards() {
         ("/v1/encode?sample=maybe", "image/png", photo.clone(), 400, "bad_request", "query string"),
         ("/v1/encode?seed=3", "image/png", photo.clone(), 400, "bad_request", "sample=true"),
         ("/v1/encode?format=xml", "image/png", photo.clone(), 400, "bad_request", "format"),
+        ("/v1/reconstruct?format=safetensors", "image/png", photo.clone(), 400, "bad_request", "png, json"),
         ("/v1/reconstruct", "image/png", photo[..photo.len() / 2].to_vec(), 400, "bad_request", "request body"),
         ("/v1/decode", "application/octet-stream", b"garbage".to_vec(), 400, "bad_request", "not a safetensors file"),
         (
@@ -426,15 +435,28 @@ fn overload_answers_503_timeouts_answer_503_and_sigterm_drains() {
         Server::start(&[&["--tokenizer", tok, "--generator", gen_, "--timeout-s", "0.2"][..], &limits].concat(), &[]);
     let a = post(&server.url("/v1/generate"), "application/json", slow);
     assert_eq!((a.status, a.error_code().as_str()), (503, "timeout"));
+    // A body that stops arriving: 408 once --timeout-s has passed.
+    let mut stream = std::net::TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
+    use std::io::Write;
+    stream.write_all(b"POST /v1/reconstruct HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc").unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 408");
     drop(server);
 
-    // SIGTERM while a request runs: it is still answered, then the process exits 0.
-    let mut server = Server::start(&[&["--tokenizer", tok, "--generator", gen_][..], &limits].concat(), &[]);
+    // SIGTERM while a request runs: /readyz turns 503 during --drain-delay-s, the request is
+    // still answered, then the process exits 0.
+    let drain = ["--tokenizer", tok, "--generator", gen_, "--drain-delay-s", "1"];
+    let mut server = Server::start(&[&drain[..], &limits].concat(), &[]);
     let url = server.url("/v1/generate");
     let in_flight = std::thread::spawn(move || post(&url, "application/json", slow));
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
     unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(200));
+    let ready = get(&server.url("/readyz"));
+    assert_eq!((ready.status, ready.error_code().as_str()), (503, "shutting_down"));
     let a = in_flight.join().unwrap();
     assert_eq!(a.status, 200, "the request in flight is answered");
     let status = loop {

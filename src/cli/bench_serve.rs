@@ -118,6 +118,8 @@ fn run_phase(
         limits: Limits { max_body_bytes: 32 << 20, max_steps: 250, max_samples: 64, timeout: Duration::from_secs(60) },
         api_key: None,
         suggested_cfg: 1.0,
+        max_connections: 4096,
+        drain_delay: Duration::ZERO,
     };
     let service = Service::start(models, &options)?;
     let metrics = service.metrics();
@@ -125,7 +127,7 @@ fn run_phase(
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).context("binding a loopback port")?;
     let url = format!("http://{}/v1/{route}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(service.serve_until(listener, async move {
+    let server = runtime.spawn(service.serve_until(listener, options, async move {
         let _ = stopped.await;
     }));
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);

@@ -58,6 +58,13 @@ pub struct Args {
     /// Most samples of a generate request.
     #[arg(long, default_value_t = 64)]
     max_samples: usize,
+    /// Most open connections; one over it is closed at once.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// After SIGTERM: seconds during which /readyz answers 503 while requests are still accepted
+    /// (for a load balancer), before the listener closes and the requests in flight drain.
+    #[arg(long, default_value_t = 0.0)]
+    drain_delay_s: f64,
     /// Require `Authorization: Bearer KEY` on /v1/* and /metrics.
     #[arg(long, env = "RECTOK_API_KEY", hide_env_values = true, value_name = "KEY")]
     api_key: Option<String>,
@@ -105,6 +112,14 @@ pub fn run(args: Args) -> Result<()> {
     if !(args.timeout_s.is_finite() && (0.001..=86_400.0).contains(&args.timeout_s)) {
         bail!("--timeout-s must be between 0.001 and 86400 seconds, got {}", args.timeout_s);
     }
+    between("--max-connections", args.max_connections, 1, 1_000_000)?;
+    if !(args.drain_delay_s.is_finite() && (0.0..=3600.0).contains(&args.drain_delay_s)) {
+        bail!("--drain-delay-s must be between 0 and 3600 seconds, got {}", args.drain_delay_s);
+    }
+    // The address is checked before any model is loaded.
+    let addresses = std::net::ToSocketAddrs::to_socket_addrs(args.bind.as_str())
+        .map_err(|e| anyhow::anyhow!("--bind {}: not an address to listen on, as HOST:PORT ({e})", args.bind))?
+        .collect::<Vec<_>>();
     if args.api_key.as_deref().is_some_and(|k| k.trim().is_empty() || k.trim() != k) {
         bail!("--api-key (or RECTOK_API_KEY) must be non-empty and without surrounding spaces");
     }
@@ -154,9 +169,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         None => (None, None),
     };
-    let public =
-        !args.bind.starts_with("127.") && !args.bind.starts_with("localhost") && !args.bind.starts_with("[::1]");
-    if public && args.api_key.is_none() {
+    if addresses.iter().any(|a| !a.ip().is_loopback()) && args.api_key.is_none() {
         tracing::warn!("--bind {}: reachable from other machines without --api-key", args.bind);
     }
     let files = ModelFiles {
@@ -180,6 +193,8 @@ pub fn run(args: Args) -> Result<()> {
         },
         api_key: args.api_key.clone(),
         suggested_cfg,
+        max_connections: args.max_connections,
+        drain_delay: Duration::from_secs_f64(args.drain_delay_s),
     };
     crate::service::serve(models, &options, &args.bind)
 }

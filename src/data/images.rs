@@ -313,14 +313,14 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> Result<RgbImage> {
     });
     match result {
         Ok(Ok(img)) => Ok(img),
-        Ok(Err(e)) => bail!("{e}"),
+        Ok(Err(e)) => bail!("{}", e.to_string().trim()),
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "corrupt JPEG data".into());
-            bail!("{msg}")
+            bail!("{}", msg.trim())
         }
     }
 }

@@ -93,26 +93,36 @@ async fn guard(State(state): Shared, request: Request, next: Next) -> Response {
         None => "unmatched".to_string(),
     };
     let protected = request.uri().path().starts_with("/v1/") || request.uri().path() == "/metrics";
-    let allowed = match &state.api_key {
-        Some(key) => !protected || authorized(request.headers(), key),
-        None => true,
+    let refused = match &state.api_key {
+        Some(key) if protected => check_key(request.headers(), key).err(),
+        _ => None,
     };
     let (parts, body) = request.into_parts();
-    let response = match read_body(body, state.limits.max_body_bytes).await {
-        _ if !allowed => ApiError::unauthorized().into_response(),
-        Err(e) => e.into_response(),
-        Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+    let limits = &state.limits;
+    let body = tokio::time::timeout(limits.timeout, read_body(body, limits.max_body_bytes)).await;
+    let response = match body {
+        _ if refused.is_some() => refused.expect("checked").into_response(),
+        Err(_) => ApiError::request_timeout(limits.timeout.as_secs_f64()).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
     };
     state.metrics.record_request(&route, response.status().as_u16(), start.elapsed().as_secs_f64());
     response
 }
 
-/// `Authorization: Bearer KEY`, compared in constant time.
-fn authorized(headers: &HeaderMap, key: &str) -> bool {
-    let Some(given) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
-    let Some(token) = given.strip_prefix("Bearer ") else { return false };
-    let (a, b) = (token.trim().as_bytes(), key.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// `Authorization: Bearer KEY` (the scheme in any case, RFC 7235), the key compared in constant
+/// time.
+fn check_key(headers: &HeaderMap, key: &str) -> Result<(), ApiError> {
+    let Some(given) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return Err(ApiError::unauthorized(false));
+    };
+    let token = match given.trim().split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => return Err(ApiError::unauthorized(false)),
+    };
+    let (a, b) = (token.as_bytes(), key.as_bytes());
+    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    if same { Ok(()) } else { Err(ApiError::unauthorized(true)) }
 }
 
 /// Reads a body of at most `limit` bytes. A longer body is read on (up to 16 MiB more) and
@@ -140,9 +150,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 
 /// Parses the query string into `T`, with a 400 naming the parameter at fault.
 fn query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
-    Query::<T>::try_from_uri(uri)
-        .map(|q| q.0)
-        .map_err(|e| ApiError::bad_request(format!("query string: {}", e.body_text())))
+    Query::<T>::try_from_uri(uri).map(|q| q.0).map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
 /// Runs `f` on the blocking pool.
@@ -182,12 +190,15 @@ fn png_base64(image: &RgbImage) -> Result<String, ApiError> {
     Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
-/// Whether the client asked for JSON: `?format=json`, or an `Accept` of JSON alone.
-fn wants_json(format: Option<&str>, headers: &HeaderMap) -> Result<bool, ApiError> {
-    match format {
-        Some("json") => Ok(true),
-        Some("safetensors" | "png") => Ok(false),
-        Some(other) => Err(ApiError::bad_request(format!("format: `{other}` is not one of json, safetensors, png"))),
+/// Whether the client asked for JSON: `format` json (in any case), or an `Accept` of JSON alone;
+/// `binary` names the route's other format (png, safetensors).
+fn wants_json(format: Option<&str>, binary: &str, headers: &HeaderMap) -> Result<bool, ApiError> {
+    match format.map(str::to_ascii_lowercase) {
+        Some(f) if f == "json" => Ok(true),
+        Some(f) if f == binary => Ok(false),
+        Some(_) => {
+            Err(ApiError::bad_request(format!("format: `{}` is not one of {binary}, json", format.unwrap_or_default())))
+        }
         None => Ok(headers
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
@@ -228,7 +239,7 @@ struct EncodeQuery {
 /// writes, the tensor named `latent`) or JSON.
 async fn encode(State(state): Shared, uri: Uri, headers: HeaderMap, bytes: Bytes) -> Result<Response, ApiError> {
     let q: EncodeQuery = query(&uri)?;
-    let json = wants_json(q.format.as_deref(), &headers)?;
+    let json = wants_json(q.format.as_deref(), "safetensors", &headers)?;
     if q.seed.is_some() && q.sample != Some(true) {
         return Err(ApiError::bad_request("seed: only used with sample=true (a posterior sample)"));
     }
@@ -271,22 +282,38 @@ struct LatentJson {
     values: Vec<f32>,
     #[serde(default)]
     normalized: bool,
+    /// What `/v1/encode?format=json` says of the latent (mean or sample); not needed to decode.
+    #[serde(default, rename = "posterior")]
+    _posterior: Option<String>,
 }
 
 /// `POST /v1/decode`: a latent (safetensors with one `[C, h, w]` tensor, as `/v1/encode` and
 /// `rectok encode` write, or JSON `{"shape", "values", "normalized"}`) → PNG.
 async fn decode(State(state): Shared, uri: Uri, headers: HeaderMap, bytes: Bytes) -> Result<Response, ApiError> {
     let q: DecodeQuery = query(&uri)?;
-    let is_json = headers
+    let json_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("application/json"));
-    let (shape, values, normalized) = if is_json {
+    let parse_json = |bytes: &[u8]| {
         let latent: LatentJson =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("the JSON body: {e}")))?;
-        (latent.shape, latent.values, latent.normalized)
+            serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("the JSON body: {e}")))?;
+        Ok::<_, ApiError>((latent.shape, latent.values, latent.normalized))
+    };
+    let (shape, values, normalized) = if json_type {
+        parse_json(&bytes)?
     } else {
-        blocking(move || parse_safetensors_latent(&bytes)).await?
+        // Without a JSON content type: safetensors, else JSON when the body reads as a JSON object.
+        match blocking({
+            let bytes = bytes.clone();
+            move || parse_safetensors_latent(&bytes)
+        })
+        .await
+        {
+            Ok(latent) => latent,
+            Err(_) if bytes.trim_ascii_start().starts_with(b"{") => parse_json(&bytes)?,
+            Err(e) => return Err(e),
+        }
     };
     let normalized = normalized && q.raw != Some(true);
     let (c, g) = (state.facts.channels, state.facts.grid);
@@ -364,7 +391,7 @@ struct ReconstructQuery {
 /// headers, or JSON with the PNG in base64.
 async fn reconstruct(State(state): Shared, uri: Uri, headers: HeaderMap, bytes: Bytes) -> Result<Response, ApiError> {
     let q: ReconstructQuery = query(&uri)?;
-    let json = wants_json(q.format.as_deref(), &headers)?;
+    let json = wants_json(q.format.as_deref(), "png", &headers)?;
     let image = cropped_image(bytes, state.facts.image_size).await?;
     let TokenizerOutput::Reconstruction { image, psnr, ssim } =
         state.tokenizer.submit(TokenizerJob::Reconstruct { image }, state.limits.timeout).await?
@@ -423,7 +450,7 @@ async fn generate(State(state): Shared, headers: HeaderMap, bytes: Bytes) -> Res
     };
     let r: GenerateRequest =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("the JSON body: {e}")))?;
-    let json = wants_json(r.format.as_deref(), &headers)?;
+    let json = wants_json(r.format.as_deref(), "png", &headers)?;
     let limits = &state.limits;
     if r.classes.is_empty() {
         return Err(ApiError::bad_request("classes: give at least one class id"));
@@ -437,10 +464,10 @@ async fn generate(State(state): Shared, headers: HeaderMap, bytes: Bytes) -> Res
     if r.samples_per_class == 0 {
         return Err(ApiError::bad_request("samples_per_class: must be at least 1"));
     }
-    let total = r.classes.len().saturating_mul(r.samples_per_class);
+    let total = r.classes.len().checked_mul(r.samples_per_class).unwrap_or(usize::MAX);
     if total > limits.max_samples {
         return Err(ApiError::bad_request(format!(
-            "{total} samples asked ({} classes × {} per class); this server draws at most {} per request (--max-samples)",
+            "{} classes × {} per class is over the {} samples this server draws per request (--max-samples)",
             r.classes.len(),
             r.samples_per_class,
             limits.max_samples

@@ -10,9 +10,9 @@ use axum::response::{IntoResponse, Response};
 pub struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
-    /// Stable code: `bad_request`, `unauthorized`, `not_found`, `payload_too_large`,
-    /// `unsupported_media_type`, `no_generator`, `overloaded`, `timeout`, `shutting_down`,
-    /// `internal`.
+    /// Stable code: `bad_request`, `unauthorized`, `not_found`, `no_generator`,
+    /// `method_not_allowed`, `request_timeout`, `payload_too_large`, `overloaded`, `timeout`,
+    /// `shutting_down`, `internal`.
     pub code: &'static str,
     /// What is wrong, naming the field or header at fault.
     pub message: String,
@@ -28,12 +28,23 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
-    /// 401: `--api-key` is set and the request does not carry it.
-    pub fn unauthorized() -> Self {
+    /// 401: `--api-key` is set and the request carries no key (`given` false) or another one.
+    pub fn unauthorized(given: bool) -> Self {
+        let message = if given {
+            "the API key is wrong"
+        } else {
+            "this server requires an API key: send the header `Authorization: Bearer KEY` (on the web page: the API \
+             key field)"
+        };
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 408: the request body did not arrive within `--timeout-s`.
+    pub fn request_timeout(seconds: f64) -> Self {
         Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this server requires an API key: send the header `Authorization: Bearer KEY`",
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {seconds} s (--timeout-s)"),
         )
     }
 
@@ -63,11 +74,6 @@ impl ApiError {
             "payload_too_large",
             format!("the request body is over the limit of {} bytes (--max-body-mb)", limit),
         )
-    }
-
-    /// 415: the body's content type is not one the route reads.
-    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
     }
 
     /// 503: the model's queue is full (`--queue`); retry shortly.
@@ -111,6 +117,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

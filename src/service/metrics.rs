@@ -84,9 +84,10 @@ impl Metrics {
         *self.counters().cancelled.entry(model).or_default() += n as u64;
     }
 
-    /// Registers the depth counter of `model`'s queue.
+    /// Registers the depth counter of `model`'s queue (and its cancelled count, from 0).
     pub fn register_queue(&self, model: &'static str, depth: std::sync::Arc<AtomicUsize>) {
         self.queues.lock().unwrap_or_else(|e| e.into_inner()).insert(model, depth);
+        self.counters().cancelled.entry(model).or_default();
     }
 
     /// How many batches of each size `model` ran: `(size, batches)`, ascending.
@@ -155,6 +156,7 @@ mod tests {
         assert!(text.contains("rectok_batch_size_sum{model=\"tokenizer\"} 4\n"));
         assert!(text.contains("rectok_queue_depth{model=\"tokenizer\"} 5\n"));
         assert!(text.contains("rectok_cancelled_total{model=\"generator\"} 2\n"));
+        assert!(text.contains("rectok_cancelled_total{model=\"tokenizer\"} 0\n"), "a registered queue starts at 0");
         assert_eq!(m.batch_histogram("tokenizer"), vec![(1, 1), (3, 1)]);
     }
 }

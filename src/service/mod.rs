@@ -47,7 +47,16 @@ pub struct ServeOptions {
     pub api_key: Option<String>,
     /// Guidance weight the web page proposes (the demo's sampling weight with `--run`).
     pub suggested_cfg: f64,
+    /// Most open connections; a connection over it is closed at once.
+    pub max_connections: usize,
+    /// After SIGTERM, how long `GET /readyz` answers 503 while requests are still accepted,
+    /// so that a load balancer stops sending before the listener closes.
+    pub drain_delay: Duration,
 }
+
+/// A client must send a request's header within this time, else its connection is closed
+/// (hyper's header-read timeout; slow-header clients cannot hold connections open).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A server's shared state and its worker threads.
 pub struct Service {
@@ -108,20 +117,42 @@ impl Service {
         self.state.metrics.clone()
     }
 
-    /// Serves on `listener` until `shutdown` completes, then stops accepting, finishes the
-    /// requests in flight and stops the workers.
+    /// Serves on `listener` until `shutdown` completes; then `GET /readyz` answers 503 for
+    /// `drain_delay` while requests are still accepted, the listener closes, the requests in
+    /// flight are answered (idle connections closed) and the workers stop.
     pub async fn serve_until(
         self,
         listener: tokio::net::TcpListener,
+        options: ServeOptions,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let state = self.state.clone();
         let app = api::router(self.state.clone());
-        let draining = async move {
-            shutdown.await;
-            state.begin_shutdown();
-        };
-        axum::serve(listener, app).with_graceful_shutdown(draining).await.context("serving")?;
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => accept(accepted, &app, &graceful, &slots),
+                _ = &mut shutdown => break,
+            }
+        }
+        self.state.begin_shutdown();
+        if !options.drain_delay.is_zero() {
+            tracing::info!(
+                "not ready: still accepting for {:.1} s (--drain-delay-s)",
+                options.drain_delay.as_secs_f64()
+            );
+            let mut delay = std::pin::pin!(tokio::time::sleep(options.drain_delay));
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => accept(accepted, &app, &graceful, &slots),
+                    _ = &mut delay => break,
+                }
+            }
+        }
+        drop(listener);
+        drop(app);
+        graceful.shutdown().await;
         let Self { state, workers } = self;
         // The last handles on the queues go; each worker ends once its queue is empty.
         drop(state);
@@ -130,6 +161,40 @@ impl Service {
         }
         Ok(())
     }
+}
+
+/// Serves one accepted connection (HTTP/1.1) on its own task, within the connection bound.
+fn accept(
+    accepted: std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>,
+    app: &axum::Router,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    slots: &Arc<tokio::sync::Semaphore>,
+) {
+    let stream = match accepted {
+        Ok((stream, _)) => stream,
+        // Out of file descriptors and the like: the next accept may succeed.
+        Err(e) => {
+            tracing::warn!("accepting a connection: {e}");
+            return;
+        }
+    };
+    let Ok(slot) = slots.clone().try_acquire_owned() else {
+        tracing::warn!("over --max-connections: a connection was closed at once");
+        return;
+    };
+    let app = app.clone();
+    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        tower::ServiceExt::oneshot(app.clone(), request.map(axum::body::Body::new))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = graceful.watch(builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("connection: {e}");
+        }
+        drop(slot);
+    });
 }
 
 /// What `GET /v1/models` answers.
@@ -172,9 +237,11 @@ fn models_json(models: &Models, options: &ServeOptions) -> serde_json::Value {
 /// Binds `bind`, prints `listening on http://ADDR` as the first line of stdout, and serves until
 /// SIGTERM or SIGINT, then drains (stops accepting, finishes requests in flight) and returns.
 pub fn serve(models: Models, options: &ServeOptions, bind: &str) -> Result<()> {
+    let options = options.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-    let service = Service::start(models, options)?;
+    let service = Service::start(models, &options)?;
     runtime.block_on(async move {
+        let options = &options;
         let listener =
             tokio::net::TcpListener::bind(bind).await.with_context(|| format!("--bind {bind}: cannot listen there"))?;
         let addr = listener.local_addr().context("reading the bound address")?;
@@ -185,7 +252,7 @@ pub fn serve(models: Models, options: &ServeOptions, bind: &str) -> Result<()> {
             let _ = out.flush();
         }
         tracing::info!("serving on http://{addr} (SIGTERM or Ctrl-C stops it after the requests in flight)");
-        service.serve_until(listener, shutdown_signal()).await?;
+        service.serve_until(listener, options.clone(), shutdown_signal()).await?;
         tracing::info!("stopped: every request in flight was answered");
         Ok(())
     })
