@@ -464,7 +464,7 @@ async fn generate(State(state): Shared, headers: HeaderMap, bytes: Bytes) -> Res
     if r.samples_per_class == 0 {
         return Err(ApiError::bad_request("samples_per_class: must be at least 1"));
     }
-    let total = r.classes.len().checked_mul(r.samples_per_class).unwrap_or(usize::MAX);
+    let total = r.classes.len().saturating_mul(r.samples_per_class);
     if total > limits.max_samples {
         return Err(ApiError::bad_request(format!(
             "{} classes × {} per class is over the {} samples this server draws per request (--max-samples)",
