@@ -380,8 +380,30 @@ fn bad_requests_get_4xx_with_one_error_shape_and_the_api_key_guards() {
     assert_eq!((a.status, a.error_code().as_str()), (400, "bad_request"));
     let a = answer(with_key(ureq::get(&server.url("/v1/encode"))).call());
     assert_eq!((a.status, a.error_code().as_str()), (405, "method_not_allowed"));
+    // A body declared over the limit is refused from its header, before any byte of it.
+    let mut stream = std::net::TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
+    use std::io::Write;
+    stream
+        .write_all(b"POST /v1/reconstruct HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Length: 99999999\r\n\r\n")
+        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413");
     // The server still answers after all of that.
     assert_eq!(send("/v1/reconstruct", "image/png", &photo).status, 200);
+}
+
+#[test]
+fn a_busy_port_is_reported_before_any_model_loads() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let o = run(&["serve", "--tokenizer", "/nonexistent/tok.safetensors", "--bind", &addr]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(&format!("--bind {addr}: cannot listen there")) && !err.contains("nonexistent"), "{err}");
+    let o = run(&["serve", "--tokenizer", "/nonexistent/tok.safetensors", "--bind", "nonsense"]);
+    assert!(stderr(&o).contains("--bind nonsense: not an address"), "{}", stderr(&o));
 }
 
 #[test]

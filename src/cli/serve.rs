@@ -127,6 +127,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--guide needs --generator");
     }
     args.device.validate()?;
+    let listener = crate::service::bind(&args.bind)?;
     let (tokenizer, generator, suggested_cfg) = match &args.tokenizer {
         Some(t) => (t.clone(), args.generator.clone(), 1.0),
         None => {
@@ -196,5 +197,5 @@ pub fn run(args: Args) -> Result<()> {
         max_connections: args.max_connections,
         drain_delay: Duration::from_secs_f64(args.drain_delay_s),
     };
-    crate::service::serve(models, &options, &args.bind)
+    crate::service::serve(models, &options, listener)
 }

@@ -161,7 +161,7 @@ fn check_dimensions(bytes: &[u8], format: image::ImageFormat, limit: u64) -> Res
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     // Our limit applies below, with its own message; the header read itself allocates nothing.
     reader.no_limits();
-    let (w, h) = reader.into_dimensions().map_err(|e| anyhow::anyhow!("not a readable image ({e})"))?;
+    let (w, h) = reader.into_dimensions().map_err(unreadable)?;
     let pixels = w as u64 * h as u64;
     if pixels > limit {
         bail!(
@@ -175,6 +175,11 @@ fn check_dimensions(bytes: &[u8], format: image::ImageFormat, limit: u64) -> Res
         bail!("the image is empty ({w}×{h})");
     }
     Ok((w, h))
+}
+
+/// "not a readable image (why)", the decoder's reason on one line (some end in a newline).
+fn unreadable(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("not a readable image ({})", e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// Refuses a file too small to hold the pixels its header claims (a truncated file or a bomb that
@@ -241,7 +246,7 @@ fn decode(bytes: &[u8], max_pixels: u64) -> Result<(RgbImage, DecodeSlot)> {
     // A few huge images decode one after another rather than one per thread at once.
     let slot = DecodeSlot::acquire(w as u64 * h as u64, max_pixels);
     if format == image::ImageFormat::Jpeg {
-        let img = decode_jpeg_libjpeg(bytes).map_err(|e| anyhow::anyhow!("not a readable image ({e})"))?;
+        let img = decode_jpeg_libjpeg(bytes).map_err(unreadable)?;
         return Ok((img, slot));
     }
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
@@ -249,7 +254,7 @@ fn decode(bytes: &[u8], max_pixels: u64) -> Result<(RgbImage, DecodeSlot)> {
     let mut limits = image::Limits::no_limits();
     limits.max_alloc = Some(w as u64 * h as u64 * 8 + (1 << 20));
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| anyhow::anyhow!("not a readable image ({e})"))?;
+    let img = reader.decode().map_err(unreadable)?;
     Ok((to_rgb8_like_pillow(img), slot))
 }
 

@@ -97,8 +97,16 @@ async fn guard(State(state): Shared, request: Request, next: Next) -> Response {
         Some(key) if protected => check_key(request.headers(), key).err(),
         _ => None,
     };
-    let (parts, body) = request.into_parts();
     let limits = &state.limits;
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if refused.is_none() && declared.is_some_and(|n| n > (limits.max_body_bytes + DRAIN_BYTES) as u64) {
+        // Declared beyond what would be read and dropped: answered at once (the connection then
+        // closes; a client still sending sees a reset, as it would after the drain).
+        let response = ApiError::payload_too_large(limits.max_body_bytes).into_response();
+        state.metrics.record_request(&route, response.status().as_u16(), start.elapsed().as_secs_f64());
+        return response;
+    }
+    let (parts, body) = request.into_parts();
     let body = tokio::time::timeout(limits.timeout, read_body(body, limits.max_body_bytes)).await;
     let response = match body {
         _ if refused.is_some() => refused.expect("checked").into_response(),
@@ -125,8 +133,12 @@ fn check_key(headers: &HeaderMap, key: &str) -> Result<(), ApiError> {
     if same { Ok(()) } else { Err(ApiError::unauthorized(true)) }
 }
 
-/// Reads a body of at most `limit` bytes. A longer body is read on (up to 16 MiB more) and
-/// dropped before the 413 answer, so the client gets the answer instead of a reset.
+/// How much of a body over the limit is still read (and dropped) before the 413 answer, so that a
+/// client sending a moderately large body gets the answer instead of a reset connection.
+const DRAIN_BYTES: usize = 16 << 20;
+
+/// Reads a body of at most `limit` bytes. A longer body is read on (up to [`DRAIN_BYTES`] more)
+/// and dropped before the 413 answer.
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let mut body = body;
     let mut data = Vec::new();
@@ -135,7 +147,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
         let Ok(chunk) = frame.into_data() else { continue };
         seen += chunk.len();
-        if seen > limit.saturating_add(16 << 20) {
+        if seen > limit.saturating_add(DRAIN_BYTES) {
             break;
         }
         if seen <= limit {
@@ -467,7 +479,7 @@ async fn generate(State(state): Shared, headers: HeaderMap, bytes: Bytes) -> Res
     let total = r.classes.len().saturating_mul(r.samples_per_class);
     if total > limits.max_samples {
         return Err(ApiError::bad_request(format!(
-            "{} classes × {} per class is over the {} samples this server draws per request (--max-samples)",
+            "{} class(es) × {} per class is over the {} samples this server draws per request (--max-samples)",
             r.classes.len(),
             r.samples_per_class,
             limits.max_samples

@@ -234,16 +234,22 @@ fn models_json(models: &Models, options: &ServeOptions) -> serde_json::Value {
     })
 }
 
-/// Binds `bind`, prints `listening on http://ADDR` as the first line of stdout, and serves until
+/// Binds `bind` (`--bind`): done before the models load, so that a busy port is reported at once.
+pub fn bind(bind: &str) -> Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(bind).with_context(|| format!("--bind {bind}: cannot listen there"))?;
+    listener.set_nonblocking(true).context("--bind: setting the socket non-blocking")?;
+    Ok(listener)
+}
+
+/// Prints `listening on http://ADDR` as the first line of stdout, and serves on `listener` until
 /// SIGTERM or SIGINT, then drains (stops accepting, finishes requests in flight) and returns.
-pub fn serve(models: Models, options: &ServeOptions, bind: &str) -> Result<()> {
+pub fn serve(models: Models, options: &ServeOptions, listener: std::net::TcpListener) -> Result<()> {
     let options = options.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let service = Service::start(models, &options)?;
     runtime.block_on(async move {
         let options = &options;
-        let listener =
-            tokio::net::TcpListener::bind(bind).await.with_context(|| format!("--bind {bind}: cannot listen there"))?;
+        let listener = tokio::net::TcpListener::from_std(listener).context("--bind: registering the socket")?;
         let addr = listener.local_addr().context("reading the bound address")?;
         {
             use std::io::Write;
