@@ -108,11 +108,11 @@ async fn guard(State(state): Shared, request: Request, next: Next) -> Response {
     }
     let (parts, body) = request.into_parts();
     let body = tokio::time::timeout(limits.timeout, read_body(body, limits.max_body_bytes)).await;
-    let response = match body {
-        _ if refused.is_some() => refused.expect("checked").into_response(),
-        Err(_) => ApiError::request_timeout(limits.timeout.as_secs_f64()).into_response(),
-        Ok(Err(e)) => e.into_response(),
-        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+    let response = match (refused, body) {
+        (Some(refusal), _) => refusal.into_response(),
+        (None, Err(_)) => ApiError::request_timeout(limits.timeout.as_secs_f64()).into_response(),
+        (None, Ok(Err(e))) => e.into_response(),
+        (None, Ok(Ok(bytes))) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
     };
     state.metrics.record_request(&route, response.status().as_u16(), start.elapsed().as_secs_f64());
     response
