@@ -403,6 +403,7 @@ impl GuidanceArgs {
         device: &Device,
     ) -> Result<Option<DitDh>> {
         let Some(path) = &self.guide else { return Ok(None) };
+        crate::data::images::require_regular_file(path, "--guide")?;
         let g = load_generator_for(path, entry, self.guide_config.as_deref(), tokenizer, device)?;
         if g.config.num_classes != net.config.num_classes {
             bail!(

@@ -1,6 +1,6 @@
 //! `rectok serve`: the tokenizer (and generator) over HTTP with a web page (src/service/).
 
-use super::common::{DeviceArgs, TokenizerArgs, between, load_generator_for};
+use super::common::{DeviceArgs, GeneratorArgs, GuidanceArgs, TokenizerArgs, between};
 use crate::service::{BatchSettings, Limits, ModelFiles, Models, ServeOptions};
 use crate::weights::CheckpointEntry;
 use anyhow::{Context, Result, bail};
@@ -147,25 +147,15 @@ pub fn run(args: Args) -> Result<()> {
         if generator.is_some() { tokenizer_args.load_with_stats(&device)? } else { tokenizer_args.load(&device)? };
     let (net, guide) = match &generator {
         Some(path) => {
-            crate::data::images::require_regular_file(path, "--generator")?;
-            let net =
-                load_generator_for(path, CheckpointEntry::Auto, args.generator_config.as_deref(), &model, &device)?;
-            let guide = match &args.guide {
-                Some(g) => {
-                    crate::data::images::require_regular_file(g, "--guide")?;
-                    let guide = load_generator_for(g, CheckpointEntry::Auto, None, &model, &device)?;
-                    if guide.config.num_classes != net.config.num_classes {
-                        bail!(
-                            "{}: the guide has {} classes, the generator {}",
-                            g.display(),
-                            guide.config.num_classes,
-                            net.config.num_classes
-                        );
-                    }
-                    Some(guide)
-                }
-                None => None,
+            let generator_args = GeneratorArgs {
+                generator: path.clone(),
+                generator_entry: CheckpointEntry::Auto,
+                generator_config: args.generator_config.clone(),
             };
+            let net = generator_args.load(&model, &device)?;
+            let guidance_args =
+                GuidanceArgs { guide: args.guide.clone(), guide_config: None, cfg: 1.0, cfg_interval: vec![0.0, 1.0] };
+            let guide = guidance_args.load_guide(CheckpointEntry::Auto, &model, &net, &device)?;
             (Some(net), guide)
         }
         None => (None, None),
