@@ -40,8 +40,18 @@ pub struct Budget {
     pub stage2_steps: usize,
     /// Procedural images of the generator's training set.
     pub generator_images: usize,
-    /// Generator epochs (at the `ditdh-tiny` recipe's batch size).
+    /// Generator epochs (at `generator_batch`).
     pub generator_epochs: usize,
+    /// Generator batch size (the `ditdh-tiny` recipe: 32).
+    pub generator_batch: usize,
+    /// Generator peak learning rate (the `ditdh-tiny` recipe: 2e-3).
+    pub generator_lr: f64,
+    /// Generator data-parallel replicas (`run.data_parallel`; 0: one per thread). The tiny
+    /// generator's step is faster on one replica with both threads in its matrix products
+    /// (BENCHMARKS.md, *The demo's generator*).
+    pub generator_data_parallel: usize,
+    /// Classifier-free guidance scale of the evaluated samples and grids (the `ditdh-tiny` recipe: 4).
+    pub generator_cfg: f64,
     /// Held-out images of the tokenizer evaluation.
     pub eval_images: usize,
     /// Samples of the generator evaluation.
@@ -280,7 +290,11 @@ pub fn run_variant(
     let t3 = Instant::now();
     let epochs = budget.generator_epochs;
     let mut gen_config = GeneratorTrainConfig::load("ditdh-tiny", &[])?;
-    let gen_steps = epochs * budget.generator_images / gen_config.optim.batch_size;
+    gen_config.optim.batch_size = budget.generator_batch;
+    gen_config.optim.lr = budget.generator_lr;
+    gen_config.run.data_parallel = budget.generator_data_parallel;
+    gen_config.sample.cfg = budget.generator_cfg;
+    let gen_steps = epochs * budget.generator_images / budget.generator_batch;
     gen_config.optim.ema_decay = ema_decay_for(gen_steps, 0.995);
     gen_config.run.seed = seed;
     gen_config.run.device = choice.to_string();
