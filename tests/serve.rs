@@ -424,11 +424,19 @@ fn overload_answers_503_timeouts_answer_503_and_sigterm_drains() {
     let dir = tempfile::tempdir().unwrap();
     let (tokenizer, generator) = models(dir.path());
     let (tok, gen_) = (tokenizer.to_str().unwrap(), generator.to_str().unwrap());
+    // `slow` outlasts any timeout here; `busy` runs for seconds (well past the 0.5 s over which
+    // the requests below arrive) yet finishes twice over within the timeouts on a slow machine.
     let slow = br#"{"classes": [0, 1, 2, 3], "samples_per_class": 16, "steps": 1000, "cfg": 2}"#;
+    let busy = br#"{"classes": [0, 1, 2, 3], "samples_per_class": 16, "steps": 150, "cfg": 2}"#;
     let limits = ["--max-steps", "1000", "--max-samples", "64"];
-    // Overload: one running, at most one queued, the rest turned away with Retry-After.
+    // Overload: one running, at most one queued, the rest turned away with Retry-After. The
+    // timeout is long so that the queued request is never the one answered 503.
     let server = Server::start(
-        &[&["--tokenizer", tok, "--generator", gen_, "--queue", "1", "--max-batch", "1"][..], &limits].concat(),
+        &[
+            &["--tokenizer", tok, "--generator", gen_, "--queue", "1", "--max-batch", "1", "--timeout-s", "600"][..],
+            &limits,
+        ]
+        .concat(),
         &[],
     );
     let answers: Vec<Answer> = std::thread::scope(|s| {
@@ -437,7 +445,7 @@ fn overload_answers_503_timeouts_answer_503_and_sigterm_drains() {
                 let server = &server;
                 s.spawn(move || {
                     std::thread::sleep(Duration::from_millis(100 * i));
-                    post(&server.url("/v1/generate"), "application/json", slow)
+                    post(&server.url("/v1/generate"), "application/json", busy)
                 })
             })
             .collect();
@@ -447,9 +455,14 @@ fn overload_answers_503_timeouts_answer_503_and_sigterm_drains() {
     assert!(statuses.iter().all(|&s| s == 200 || s == 503), "{statuses:?}");
     // (How many are queued rather than turned away depends on when the first starts running.)
     assert!(statuses.contains(&200), "{statuses:?}");
-    let busy: Vec<&Answer> = answers.iter().filter(|a| a.status == 503).collect();
-    assert!(!busy.is_empty(), "{statuses:?}");
-    assert!(busy.iter().all(|a| a.error_code() == "overloaded" && a.header["retry-after"] == "1"));
+    let turned_away: Vec<&Answer> = answers.iter().filter(|a| a.status == 503).collect();
+    assert!(!turned_away.is_empty(), "{statuses:?}");
+    for a in turned_away {
+        assert_eq!(
+            (a.error_code().as_str(), a.header.get("retry-after").map(String::as_str)),
+            ("overloaded", Some("1"))
+        );
+    }
     drop(server);
 
     // A request longer than --timeout-s.
@@ -472,7 +485,7 @@ fn overload_answers_503_timeouts_answer_503_and_sigterm_drains() {
     let drain = ["--tokenizer", tok, "--generator", gen_, "--drain-delay-s", "1"];
     let mut server = Server::start(&[&drain[..], &limits].concat(), &[]);
     let url = server.url("/v1/generate");
-    let in_flight = std::thread::spawn(move || post(&url, "application/json", slow));
+    let in_flight = std::thread::spawn(move || post(&url, "application/json", busy));
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
     unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
