@@ -405,7 +405,7 @@ pub fn run_ablation(
         "# RecTok ablations in miniature\n\nBuilt-in procedural data (10 classes, 32 px), built-in EfficientNet-Lite0 \
             teacher, the tiny models; per variant {} tokenizer steps and {} generator epochs on the same images, \
             {}. FD-effnet is not FID.\n\n{}\n{}\n",
-        budget.tokenizer_epochs * budget.tokenizer_images / budget.tokenizer_batch,
+        budget.tokenizer_steps(),
         budget.generator_epochs,
         if seeds == 1 { "seed 0".to_string() } else { format!("seeds 0–{}: mean ± standard deviation", seeds - 1) },
         table_markdown(&results),

@@ -105,14 +105,14 @@ fn demo_body(r: &PipelineResult, b: &Budget) -> String {
         "Tokenizer: {} steps of stage 1 (flow semantic distillation + reconstruction–alignment distillation) on {} \
             images{}; generator: DiT^DH-tiny, {} steps of {} ({} epochs) on {} images of its latents. FD-effnet is the Fréchet distance \
             of EfficientNet-Lite0 features, <b>not FID</b>.</p>",
-        b.tokenizer_epochs * b.tokenizer_images / b.tokenizer_batch,
+        b.tokenizer_steps(),
         b.tokenizer_images,
         if b.stage2_steps > 0 {
             format!(", then {} steps of stage-2 decoder fine-tuning with the GAN", b.stage2_steps)
         } else {
             String::new()
         },
-        b.generator_epochs * b.generator_images / b.generator_batch,
+        b.generator_steps(),
         b.generator_batch,
         b.generator_epochs,
         b.generator_images

@@ -60,6 +60,18 @@ pub struct Budget {
     pub probe_images: usize,
 }
 
+impl Budget {
+    /// Tokenizer stage-1 steps: `tokenizer_epochs` over `tokenizer_images` at `tokenizer_batch`.
+    pub fn tokenizer_steps(&self) -> usize {
+        self.tokenizer_epochs * self.tokenizer_images / self.tokenizer_batch
+    }
+
+    /// Generator steps: `generator_epochs` over `generator_images` at `generator_batch`.
+    pub fn generator_steps(&self) -> usize {
+        self.generator_epochs * self.generator_images / self.generator_batch
+    }
+}
+
 /// What the semantic decoder distils from (the paper's ablation, Table 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SemanticLoss {
@@ -245,7 +257,7 @@ pub fn run_variant(
     config.run.epochs = budget.tokenizer_epochs;
     config.run.checkpoint_every = 1_000_000;
     config.run.sample_every = 0;
-    let steps = budget.tokenizer_epochs * budget.tokenizer_images / budget.tokenizer_batch;
+    let steps = budget.tokenizer_steps();
     config.optim.ema_decay = ema_decay_for(steps, 0.995);
     config.optim.batch_size = budget.tokenizer_batch;
     config.validate().map_err(|e| anyhow::anyhow!("variant {}: {e}", variant.name))?;
@@ -294,7 +306,7 @@ pub fn run_variant(
     gen_config.optim.lr = budget.generator_lr;
     gen_config.run.data_parallel = budget.generator_data_parallel;
     gen_config.sample.cfg = budget.generator_cfg;
-    let gen_steps = epochs * budget.generator_images / budget.generator_batch;
+    let gen_steps = budget.generator_steps();
     gen_config.optim.ema_decay = ema_decay_for(gen_steps, 0.995);
     gen_config.run.seed = seed;
     gen_config.run.device = choice.to_string();
