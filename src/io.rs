@@ -199,12 +199,27 @@ pub fn check_output_file(path: &Path, option: &str) -> Result<()> {
 }
 
 /// An output folder option, checked before any work: it may not exist yet, but must be a folder
-/// when it does, and no existing ancestor may be a file.
+/// when it does, no existing ancestor may be a file, and it must be possible to create (its
+/// first missing folder is made and removed again; e.g. `/proc/x` or a read-only mount is
+/// refused here, naming the option, rather than deep in the work).
 pub fn check_output_folder(path: &Path, option: &str) -> Result<()> {
     if path.exists() && !path.is_dir() {
         bail!("{option} {}: exists and is not a folder", path.display());
     }
-    refuse_blocked(path, option)
+    refuse_blocked(path, option)?;
+    let first_missing = path.ancestors().filter(|a| !a.as_os_str().is_empty()).take_while(|a| !a.exists()).last();
+    if let Some(missing) = first_missing {
+        match std::fs::create_dir(missing) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir(missing);
+            }
+            // Made meanwhile by another process: it can be created.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if missing == path => bail!("{option} {}: cannot create the folder: {e}", path.display()),
+            Err(e) => bail!("{option} {}: cannot create {}: {e}", path.display(), missing.display()),
+        }
+    }
+    Ok(())
 }
 
 /// The relative path an output named `name` gets inside its output folder: `/`-separated

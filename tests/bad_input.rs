@@ -477,6 +477,11 @@ fn every_command_refuses_its_bad_inputs_cleanly() {
             c(&["decode"], &enc(&s(&["-i", &w("maybe_normalized.safetensors"), "-o", &out])), "rectok.normalized"),
             c(&["decode"], &enc(&s(&["-i", &w("kind_tokenizer.safetensors"), "-o", &out])), "not latents"),
             c(&["demo"], &s(&["--out", &w("a_file")]), "not a folder"),
+            // An output folder that cannot be created is refused naming its option.
+            c(&["demo"], &s(&["--out", "/proc/rectok-out"]), "--out /proc/rectok-out: cannot create"),
+            c(&["ablate"], &s(&["--out", "/proc/rectok-out/a"]), "--out /proc/rectok-out/a: cannot create"),
+            c(&["train", "tokenizer"], &s(&["--out", "/proc/rectok-out"]), "--out /proc/rectok-out: cannot create"),
+            c(&["reconstruct"], &enc(&s(&["-i", &w("imgs"), "-o", "/proc/rectok-out"])), "--output /proc/rectok-out"),
             // Inputs that would hang or fill memory, values that must be refused.
             c(&["eval", "tokenizer"], &enc(&s(&["--data", &w("fifo.txt")])), "fifo.txt"),
             c(&["teacher", "check"], &s(&[&w("strip.png")]), "too elongated"),
@@ -946,14 +951,17 @@ fn run_folders_are_kept_by_their_trainer_and_their_holder() {
     let o = resume_with("4", "procedural:65");
     assert!(stderr(&o).contains("only run.max_steps"), "{}", stderr(&o));
 
-    // A folder locked by another process (here: this test) is refused by an ablation (the demo
-    // refuses any folder that is not empty).
+    // A folder locked by another process (here: this test) is refused by an ablation and by the
+    // demo, naming the process.
     let held = ws.dir.path().join("held");
     std::fs::create_dir_all(&held).unwrap();
     let lock = std::fs::File::create(held.join(".lock")).unwrap();
     lock.try_lock().unwrap();
-    let o = run(&["ablate", "--quick", "--out", held.to_str().unwrap()]);
-    assert!(stderr(&o).contains("another rectok process"), "{}", stderr(&o));
+    std::fs::write(held.join(".lock"), "4242").unwrap();
+    for command in ["ablate", "demo"] {
+        let o = run(&[command, "--quick", "--out", held.to_str().unwrap()]);
+        assert!(stderr(&o).contains("another rectok process (pid 4242)"), "{command}: {}", stderr(&o));
+    }
 }
 
 /// Ctrl-C during a command that writes a folder of images leaves no folder and no staging files,

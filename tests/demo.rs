@@ -1,17 +1,50 @@
 //! The embedded default end to end: `rectok demo --quick` trains, samples, evaluates and writes
-//! its report; `rectok ablate --quick` runs two variants side by side and writes the table.
+//! its report (continuing after Ctrl-C); `rectok ablate --quick` runs two variants side by side
+//! and writes the table.
 
 mod common;
-use common::rectok;
+use common::{rectok, stderr, stdout, wait_for};
+use std::process::{Command, Stdio};
 
+/// The quick demo, stopped by Ctrl-C during its tokenizer training and continued by running the
+/// same command again, writes a report with real numbers; run once more, it reads the finished
+/// report back. A folder in use, of another budget or of other files is refused.
+#[cfg(unix)]
 #[test]
-fn quick_demo_writes_a_report_with_real_numbers() {
+fn quick_demo_continues_after_ctrl_c_and_writes_a_report_with_real_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let o = rectok().args(["demo", "--quick", "--out"]).arg(&out).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("reconstruction PSNR") && stdout.contains("generation FD-effnet"), "{stdout}");
+    let demo = || {
+        let mut c = rectok();
+        c.args(["demo", "--quick", "--out"]).arg(&out);
+        c
+    };
+    let mut child = demo().stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let metrics = out.join("run/tokenizer/metrics.jsonl");
+    let lines = || std::fs::read_to_string(&metrics).map(|t| t.lines().count()).unwrap_or(0);
+    wait_for("the tokenizer's first logged steps", || lines() >= 2, &mut child);
+    // A second demo on the folder in use is refused, naming the process that holds it.
+    let o = demo().output().unwrap();
+    let pid = format!("pid {}", child.id());
+    assert!(!o.status.success() && stderr(&o).contains(&pid), "{}", stderr(&o));
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    let message = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{message}");
+    let again = format!("continue it with `rectok demo --out {} --quick`", out.display());
+    assert!(message.contains("stopped by SIGINT") && message.contains(&again), "{message}");
+    assert!(out.join("run/tokenizer/checkpoints/latest").exists(), "no checkpoint saved: {message}");
+    // The other budget is refused, pointing at the command that continues this one.
+    let o = rectok().args(["demo", "--out"]).arg(&out).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("another budget"), "{}", stderr(&o));
+
+    // The same command continues: stage 1 resumes from its checkpoint (logged at info level).
+    let o = demo().env("RUST_LOG", "info").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming"), "{}", stderr(&o));
+    let printed = stdout(&o);
+    assert!(printed.contains("continued the run stopped earlier"), "{printed}");
+    assert!(printed.contains("reconstruction PSNR") && printed.contains("generation FD-effnet"), "{printed}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("<table>") && html.contains("samples/step_"), "report without metrics or samples");
     let json: serde_json::Value =
@@ -20,15 +53,26 @@ fn quick_demo_writes_a_report_with_real_numbers() {
     let (before, after) = (r["untrained"]["psnr"].as_f64().unwrap(), r["trained"]["psnr"].as_f64().unwrap());
     eprintln!("quick demo: PSNR {before:.2} → {after:.2} dB; {r}");
     assert!(after > before + 1.0, "the tokenizer did not learn: {before} → {after} dB");
+    // The untrained generator was measured by the first process, the trained one by the second.
+    assert!(r["generation_fd"][0].as_f64().unwrap().is_finite());
     assert!(r["generation_fd"][1].as_f64().unwrap().is_finite());
     // Every image the report references exists.
     for part in html.split("src=\"").skip(1) {
         let path = &part[..part.find('"').unwrap()];
         assert!(out.join(path).exists(), "{path} is referenced but missing");
     }
-    // The demo never overwrites a previous run.
-    let o = rectok().args(["demo", "--quick", "--out"]).arg(&out).output().unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not empty"));
+    // Once more: the finished run is read back, nothing is trained or written over.
+    let written = std::fs::metadata(out.join("report.json")).unwrap().modified().unwrap();
+    let o = demo().output().unwrap();
+    assert!(o.status.success() && stdout(&o).contains("finished earlier"), "{}", stderr(&o));
+    assert_eq!(std::fs::metadata(out.join("report.json")).unwrap().modified().unwrap(), written);
+    // A folder of other files is never written into.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let o = rectok().args(["demo", "--quick", "--out"]).arg(&other).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("not a rectok demo run"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1, "the refused demo wrote into the folder");
 }
 
 #[test]

@@ -3,14 +3,16 @@
 use super::common::check_threads;
 use crate::device::DeviceChoice;
 use crate::pipeline::ablate::run_ablation;
-use crate::pipeline::demo::{run_demo, summary_rows};
+use crate::pipeline::demo::{DemoStart, run_demo, summary_rows};
 use anyhow::Result;
 use std::path::PathBuf;
 
 /// `rectok demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Output folder (must be new or empty): report.html, report.json and every run.
+    /// Output folder: report.html, report.json and every run. It must be new or empty, or hold a
+    /// demo of the same budget: a stopped one continues where it stopped, a finished one is
+    /// read back.
     #[arg(long, default_value = "rectok-demo")]
     out: PathBuf,
     /// A first look in about 2 minutes (smaller budget everywhere).
@@ -62,13 +64,16 @@ pub fn run_demo_command(a: DemoArgs) -> Result<()> {
     crate::io::check_output_folder(&a.out, "--out")?;
     crate::device::set_cpu_threads(a.threads);
     let started = std::time::Instant::now();
-    let rows = summary_rows(&run_demo(&a.out, a.quick, a.device)?);
+    let outcome = run_demo(&a.out, a.quick, a.device)?;
+    let rows = summary_rows(&outcome.result);
     let w = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
-    println!(
-        "\nrectok demo{} — finished in {:.0} s",
-        if a.quick { " --quick" } else { "" },
-        started.elapsed().as_secs_f64()
-    );
+    let seconds = started.elapsed().as_secs_f64();
+    let how = match outcome.start {
+        DemoStart::New => format!("finished in {seconds:.0} s"),
+        DemoStart::Continued => format!("finished in {seconds:.0} s (continued the run stopped earlier)"),
+        DemoStart::Finished => "finished earlier (report.json read back; choose another --out for a new run)".into(),
+    };
+    println!("\nrectok demo{} — {how}", if a.quick { " --quick" } else { "" });
     println!("  {:<w$}  {:>10}  {:>10}", "metric", "untrained", "trained");
     for (m, u, t) in rows {
         println!("  {m:<w$}  {u:>10}  {t:>10}");

@@ -340,9 +340,10 @@ fn plot(results: &[VariantRuns], path: &Path) -> Result<()> {
 }
 
 /// Runs every variant with each of `seeds` seeds (0, 1, …) into `out/seed-<k>/<variant>/`
-/// (finished runs with the same budget are read back from their `result.json`, so an interrupted
-/// ablation continues), then writes `ablation.md`, `ablation.json`, `ablation.png` and
-/// `report.html` with the mean and standard deviation over the seeds.
+/// (finished runs with the same budget are read back from their `result.json` and a stopped one
+/// continues where it stopped, so an interrupted ablation continues), then writes `ablation.md`,
+/// `ablation.json`, `ablation.png` and `report.html` with the mean and standard deviation over
+/// the seeds.
 pub fn run_ablation(
     out: &Path,
     only: &[String],
@@ -365,6 +366,15 @@ pub fn run_ablation(
         anyhow::bail!("--only matches no variant (names: {names})");
     }
     let _lock = crate::train::session::RunLock::acquire(out)?;
+    // The first Ctrl-C stops at the next safe point with the command that continues.
+    let _signals = crate::signals::Deferral::start();
+    let again = format!(
+        "rectok ablate --out {}{}{} --seeds {seeds}{}",
+        out.display(),
+        if only.is_empty() { String::new() } else { format!(" --only {}", only.join(",")) },
+        if quick { " --quick" } else { "" },
+        if device == crate::device::DeviceChoice::default() { String::new() } else { format!(" --device {device}") },
+    );
     let budget = budget(quick);
     let budget_json = serde_json::to_value(&budget)?;
     let total = chosen.len() * seeds;
@@ -386,11 +396,9 @@ pub fn run_ablation(
                     serde_json::from_value(v["result"].clone())?
                 }
                 _ => {
-                    if dir.join(&variant.name).exists() {
-                        std::fs::remove_dir_all(dir.join(&variant.name))?;
-                    }
                     eprintln!("[{}/{total}] {} (seed {seed})", i * seeds + seed as usize + 1, variant.description);
-                    let r = run_variant(&dir, variant, &budget, seed, device)?;
+                    let r = run_variant(&dir, variant, &budget, seed, device)
+                        .map_err(|e| super::continue_with(e, again.clone()))?;
                     write_json(&done, &serde_json::json!({ "budget": budget_json, "seed": seed, "result": r }))?;
                     r
                 }

@@ -4,10 +4,10 @@
 use super::report::{figure, html_escape, write_report};
 use super::{Budget, PipelineResult, Variant, run_variant};
 use crate::io::write_json;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::Path;
 
-/// The default demo (≈ 9½ minutes on 2 cores of the development machine) or the quick one
+/// The default demo (≈ 8 minutes on 2 quiet cores of the development machine) or the quick one
 /// (≈ 2 minutes, a smoke test).
 ///
 /// The default reaches 22.05 dB held-out PSNR and puts 66.5 % of its samples in their class
@@ -53,18 +53,109 @@ pub fn budget(quick: bool) -> Budget {
     }
 }
 
-/// Runs the demo into `out` and writes `report.html` and `report.json`.
-pub fn run_demo(out: &Path, quick: bool, device: crate::device::DeviceChoice) -> Result<PipelineResult> {
-    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
-        anyhow::bail!("{}: not empty; choose another --out (the demo never overwrites a previous run)", out.display());
+/// What [`run_demo`] did.
+pub struct DemoOutcome {
+    /// The measurements.
+    pub result: PipelineResult,
+    /// How the run began: new, continued from a stopped run, or read back from a finished one.
+    pub start: DemoStart,
+}
+
+/// How a demo run began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DemoStart {
+    /// In a new or empty folder.
+    New,
+    /// Continued a run an earlier process began in the same folder (stopped by a signal, a
+    /// closed pipe or a crash): finished stages were kept, the stopped one resumed.
+    Continued,
+    /// The folder holds a finished demo of the same budget: its `report.json`, read back.
+    Finished,
+}
+
+/// The command that runs (or continues) the demo in `out`.
+pub fn demo_command(out: &Path, quick: bool, device: crate::device::DeviceChoice) -> String {
+    let mut c = format!("rectok demo --out {}", out.display());
+    if quick {
+        c.push_str(" --quick");
     }
-    let _lock = crate::train::session::RunLock::acquire(out)?;
+    if device != crate::device::DeviceChoice::default() {
+        c.push_str(&format!(" --device {device}"));
+    }
+    c
+}
+
+/// The marker a demo writes first into its folder: the budget it runs (`demo.json`).
+const MARKER: &str = "demo.json";
+
+/// Runs the demo into `out` and writes `report.html` and `report.json`.
+///
+/// `out` must be new, empty, or hold a demo of the same budget: a stopped one continues (see
+/// [`run_variant`]), a finished one is read back. Nothing else in a folder is ever written over.
+///
+/// # Errors
+/// `out` held by another process (its pid), holding other files or a demo of the other budget;
+/// any stage's failure; [`crate::signals::Interrupted`] (with the command that continues) when a
+/// signal stopped it.
+pub fn run_demo(out: &Path, quick: bool, device: crate::device::DeviceChoice) -> Result<DemoOutcome> {
     let budget = budget(quick);
+    let key = serde_json::json!({ "command": "demo", "budget": budget });
+    let again = demo_command(out, quick, device);
+    crate::train::session::RunLock::check_free(out)?;
+    let marker: Option<serde_json::Value> =
+        std::fs::read_to_string(out.join(MARKER)).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let start = match marker {
+        Some(m) if m == key => DemoStart::Continued,
+        Some(m) => {
+            let other = serde_json::from_value::<Budget>(m["budget"].clone()).ok();
+            let was_quick = other.is_some_and(|b| b.tokenizer_images == super::demo::budget(true).tokenizer_images);
+            anyhow::bail!(
+                "{}: holds a demo run of another budget ({}); continue it with `{}`, or choose another --out",
+                out.display(),
+                if was_quick { "`--quick`" } else { "not `--quick`" },
+                demo_command(out, was_quick, device)
+            );
+        }
+        None => {
+            let foreign = std::fs::read_dir(out).into_iter().flatten().flatten().any(|e| e.file_name() != ".lock");
+            if foreign {
+                anyhow::bail!(
+                    "{}: not empty, and not a rectok demo run (no {MARKER}); choose another --out (the demo never \
+                        writes over other files)",
+                    out.display()
+                );
+            }
+            DemoStart::New
+        }
+    };
+    let _lock = crate::train::session::RunLock::acquire(out)?;
+    let report = out.join("report.json");
+    if start == DemoStart::Continued
+        && let Some(done) = std::fs::read_to_string(&report)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .filter(|v| v["budget"] == key["budget"])
+    {
+        tracing::info!("{}: the demo there finished earlier; its report is read back", out.display());
+        let result = serde_json::from_value(done["result"].clone()).context("report.json")?;
+        return Ok(DemoOutcome { result, start: DemoStart::Finished });
+    }
+    match start {
+        DemoStart::New => write_json(&out.join(MARKER), &key)?,
+        _ => tracing::info!("{}: continuing the demo an earlier run began (finished stages are kept)", out.display()),
+    }
+    // The first Ctrl-C stops at the next safe point (a training step, a batch of a measurement)
+    // with the command that continues; a second ends the process at once.
+    let _signals = crate::signals::Deferral::start();
     let variant = Variant::recipe("run", "tiny RecTok (FSD + RAD, EfficientNet-Lite0 teacher) → tiny DiT^DH");
-    let r = run_variant(out, &variant, &budget, 0, device)?;
-    write_json(&out.join("report.json"), &serde_json::json!({ "budget": budget, "result": r }))?;
-    write_report(&out.join("report.html"), "rectok demo", &demo_body(&r, &budget))?;
-    Ok(r)
+    let result = (|| {
+        let r = run_variant(out, &variant, &budget, 0, device)?;
+        write_json(&report, &serde_json::json!({ "budget": budget, "result": r }))?;
+        write_report(&out.join("report.html"), "rectok demo", &demo_body(&r, &budget))?;
+        Ok(r)
+    })()
+    .map_err(|e| super::continue_with(e, again))?;
+    Ok(DemoOutcome { result, start })
 }
 
 fn pct(v: Option<f64>) -> String {

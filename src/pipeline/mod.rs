@@ -13,12 +13,13 @@ use crate::device::select_device;
 use crate::eval::{
     ProbeConfig, ProbeFeatures, Reference, TokenizerEval, TokenizerEvalOptions, evaluate_tokenizer, linear_probe,
 };
+use crate::io::write_json;
 use crate::metrics::extractor::Extractor;
 use crate::tokenizer::RecTok;
 use crate::train::config::TokenizerTrainConfig;
-use crate::train::generator::GeneratorTrainer;
+use crate::train::generator::{GeneratorTraining, OnlineEval};
 use crate::train::generator_config::GeneratorTrainConfig;
-use crate::train::tokenizer::TokenizerTrainer;
+use crate::train::tokenizer::TokenizerTraining;
 use anyhow::{Context, Result};
 
 /// Why a pipeline's training has a summary: the demo and ablations run in one process.
@@ -177,6 +178,15 @@ pub struct PipelineFiles {
     pub generator: PathBuf,
 }
 
+/// `e` with `command` as the way to continue, when a signal stopped the work (the stage's own
+/// `rectok train … --resume` would continue only that stage).
+pub(crate) fn continue_with(mut e: anyhow::Error, command: String) -> anyhow::Error {
+    if let Some(stop) = e.downcast_mut::<crate::signals::Interrupted>() {
+        stop.resume = Some(command);
+    }
+    e
+}
+
 /// An EMA decay for a run of `steps` steps: the recipe's `decay`, shortened so that the
 /// initial weights keep less than e⁻⁶ of the average by the end (short demo runs export the EMA).
 pub fn ema_decay_for(steps: usize, decay: f64) -> f64 {
@@ -234,7 +244,82 @@ fn measure_probe(model: &RecTok, train_images: usize, device: &burn::prelude::De
     Ok(linear_probe(model, &train, &val, 10, &config, device)?.val_accuracy)
 }
 
+/// What a variant's run has finished (`<variant>/progress.json`, rewritten after each stage), so
+/// that a run stopped by a signal, a closed pipe or a crash continues where it stopped: finished
+/// stages are read back, a stopped training stage resumes from its newest checkpoint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Progress {
+    /// The budget, seed and variant the run was started with (a run of another starts over).
+    key: serde_json::Value,
+    /// The untrained tokenizer's measurements and linear-probe top-1.
+    untrained: Option<(TokenizerEval, f64)>,
+    /// Stage 1 finished: its exported tokenizer and seconds.
+    stage1: Option<(PathBuf, f64)>,
+    /// Stage 2 finished (or skipped): the tokenizer to measure and seconds.
+    stage2: Option<(PathBuf, f64)>,
+    /// The trained tokenizer's measurements, linear-probe top-1 and seconds.
+    measured: Option<(TokenizerEval, f64, f64)>,
+}
+
+impl Progress {
+    const FILE: &'static str = "progress.json";
+
+    /// The progress of the run in `root` when it was started with `key`; a run of another key (or
+    /// none) is removed, so the variant starts over.
+    fn open(root: &Path, key: serde_json::Value) -> Result<Self> {
+        let previous = std::fs::read_to_string(root.join(Self::FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Self>(&t).ok())
+            .filter(|p| p.key == key);
+        match previous {
+            Some(p) => Ok(p),
+            None => {
+                if root.exists() {
+                    std::fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))?;
+                }
+                std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+                Ok(Self { key, ..Default::default() })
+            }
+        }
+    }
+
+    fn save(&self, root: &Path) -> Result<()> {
+        write_json(&root.join(Self::FILE), &serde_json::to_value(self)?)
+    }
+}
+
+/// A training stage in `dir`: continued from its newest checkpoint (or started over from its
+/// `config.toml`) when an earlier process began it, else started with `config`.
+fn open_stage<T: crate::train::run::Trainer>(config: T::Config, dir: &Path) -> Result<crate::train::run::Run<T>> {
+    if dir.join("config.toml").exists() {
+        tracing::info!("{}: continuing the stage an earlier run began", dir.display());
+        crate::train::run::Run::resume(dir, &[])
+    } else {
+        crate::train::run::Run::start(config, dir)
+    }
+}
+
+/// The generator's evaluation before training, from the step-0 record of its `metrics.jsonl`
+/// (a continued run does not repeat it).
+fn initial_generator_eval(dir: &Path) -> Option<OnlineEval> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
+    let record = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["step"] == 0 && (r.get("fd").is_some() || r.get("class_accuracy").is_some()))?;
+    Some(OnlineEval { fd: record["fd"].as_f64(), class_accuracy: record["class_accuracy"].as_f64() })
+}
+
 /// Runs the pipeline for `variant` in `dir/<variant.name>/`, training and measuring on `choice`.
+///
+/// A run of the same budget, seed and variant that stopped earlier (signal, crash) continues:
+/// finished stages are read back from `progress.json`, the stopped training stage resumes from
+/// its checkpoint (exactly: the same numbers as an uninterrupted run). A stage's seconds are
+/// those of the process that finished it.
+///
+/// # Errors
+/// Any stage's failure; [`crate::signals::Interrupted`] when a signal stopped it (what finished
+/// is kept for the next call).
 pub fn run_variant(
     dir: &Path,
     variant: &Variant,
@@ -243,7 +328,8 @@ pub fn run_variant(
     choice: crate::device::DeviceChoice,
 ) -> Result<PipelineResult> {
     let root = dir.join(&variant.name);
-    std::fs::create_dir_all(&root)?;
+    let key = serde_json::json!({ "budget": budget, "seed": seed, "variant": variant });
+    let mut progress = Progress::open(&root, key)?;
     let device = select_device(choice).map_err(|e| anyhow::anyhow!(e))?;
     let extractor = Extractor::load("effnet", &device)?;
 
@@ -263,40 +349,60 @@ pub fn run_variant(
     config.validate().map_err(|e| anyhow::anyhow!("variant {}: {e}", variant.name))?;
     let channels = config.model.token_channels;
     let stage1 = root.join("tokenizer");
-    let mut trainer = TokenizerTrainer::start(config, &stage1)?;
-    let untrained = measure_tokenizer(trainer.ema(), budget.eval_images, &extractor, &device)?;
-    let probe_untrained = measure_probe(trainer.ema(), budget.probe_images, &device)?;
-    let summary = trainer.run()?.context(SINGLE_PROCESS)?;
-    drop(trainer);
-    let mut tokenizer_file = summary.tokenizer.clone();
-    let t_tok = t0.elapsed().as_secs_f64();
+    if progress.stage1.is_none() {
+        if progress.untrained.is_none() && stage1.exists() {
+            // Stopped before the untrained model was measured: begin the stage again.
+            std::fs::remove_dir_all(&stage1).with_context(|| format!("removing {}", stage1.display()))?;
+        }
+        let mut trainer = open_stage::<TokenizerTraining>(config, &stage1)?;
+        if progress.untrained.is_none() {
+            let untrained = measure_tokenizer(trainer.ema(), budget.eval_images, &extractor, &device)?;
+            let probe = measure_probe(trainer.ema(), budget.probe_images, &device)?;
+            progress.untrained = Some((untrained, probe));
+            progress.save(&root)?;
+        }
+        let summary = trainer.run()?.context(SINGLE_PROCESS)?;
+        progress.stage1 = Some((summary.tokenizer, t0.elapsed().as_secs_f64()));
+        progress.save(&root)?;
+    }
+    let (untrained, probe_untrained) = progress.untrained.clone().context("progress without the untrained model")?;
+    let (stage1_tokenizer, t_tok) = progress.stage1.clone().context("progress without stage 1")?;
 
     // Stage 2 (decoder fine-tuning with the GAN), short.
-    let t1 = Instant::now();
     let stage2 = root.join("tokenizer-stage2");
-    if budget.stage2_steps > 0 {
-        let init_from = toml::Value::String(stage1.display().to_string());
-        let mut c = TokenizerTrainConfig::load("tiny-stage2", &[format!("run.init_from={init_from}")])?;
-        c.model.token_channels = channels;
-        c.run.seed = seed;
-        c.run.device = choice.to_string();
-        c.data.source = DataSpec::Procedural { len: budget.stage2_steps * 32 }.to_string();
-        c.run.epochs = 1;
-        c.run.checkpoint_every = 1_000_000;
-        c.run.sample_every = 0;
-        c.validate().map_err(|e| anyhow::anyhow!("variant {} stage 2: {e}", variant.name))?;
-        let mut t = TokenizerTrainer::start(c, &stage2)?;
-        tokenizer_file = t.run()?.context(SINGLE_PROCESS)?.tokenizer;
+    if progress.stage2.is_none() {
+        let t1 = Instant::now();
+        let mut tokenizer_file = stage1_tokenizer;
+        if budget.stage2_steps > 0 {
+            let init_from = toml::Value::String(stage1.display().to_string());
+            let mut c = TokenizerTrainConfig::load("tiny-stage2", &[format!("run.init_from={init_from}")])?;
+            c.model.token_channels = channels;
+            c.run.seed = seed;
+            c.run.device = choice.to_string();
+            c.data.source = DataSpec::Procedural { len: budget.stage2_steps * 32 }.to_string();
+            c.run.epochs = 1;
+            c.run.checkpoint_every = 1_000_000;
+            c.run.sample_every = 0;
+            c.validate().map_err(|e| anyhow::anyhow!("variant {} stage 2: {e}", variant.name))?;
+            let mut t = open_stage::<TokenizerTraining>(c, &stage2)?;
+            tokenizer_file = t.run()?.context(SINGLE_PROCESS)?.tokenizer;
+        }
+        progress.stage2 = Some((tokenizer_file, t1.elapsed().as_secs_f64()));
+        progress.save(&root)?;
     }
-    let t_s2 = t1.elapsed().as_secs_f64();
+    let (tokenizer_file, t_s2) = progress.stage2.clone().context("progress without stage 2")?;
 
     // Measure the tokenizer.
-    let t2 = Instant::now();
-    let options = crate::weights::tokenizer::TokenizerLoadOptions { without_semantic: true, ..Default::default() };
-    let (model, _) = crate::weights::tokenizer::load_tokenizer(&tokenizer_file, &options, &device)?;
-    let trained = measure_tokenizer(&model, budget.eval_images, &extractor, &device)?;
-    let probe = measure_probe(&model, budget.probe_images, &device)?;
-    let t_eval = t2.elapsed().as_secs_f64();
+    if progress.measured.is_none() {
+        let t2 = Instant::now();
+        let options = crate::weights::tokenizer::TokenizerLoadOptions { without_semantic: true, ..Default::default() };
+        let (model, _) = crate::weights::tokenizer::load_tokenizer(&tokenizer_file, &options, &device)?;
+        let trained = measure_tokenizer(&model, budget.eval_images, &extractor, &device)?;
+        let probe = measure_probe(&model, budget.probe_images, &device)?;
+        progress.measured = Some((trained, probe, t2.elapsed().as_secs_f64()));
+        progress.save(&root)?;
+    }
+    let (trained, probe, t_eval) = progress.measured.clone().context("progress without the measurements")?;
 
     // The generator on its latents.
     let t3 = Instant::now();
@@ -322,8 +428,11 @@ pub fn run_variant(
     gen_config.validate().map_err(|e| anyhow::anyhow!("variant {} generator: {e}", variant.name))?;
     let generator_dir = root.join("generator");
     let sample_cfg = gen_config.sample.cfg;
-    let mut g = GeneratorTrainer::start(gen_config, &generator_dir)?;
-    let gs = g.run()?.context(SINGLE_PROCESS)?;
+    let mut g = open_stage::<GeneratorTraining>(gen_config, &generator_dir)?;
+    let mut gs = g.run()?.context(SINGLE_PROCESS)?;
+    if gs.eval.0.is_none() {
+        gs.eval.0 = initial_generator_eval(&generator_dir);
+    }
     let t_gen = t3.elapsed().as_secs_f64();
 
     let rel = |p: Option<PathBuf>| p.map(|p| relative(&p, dir));

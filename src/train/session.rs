@@ -29,17 +29,7 @@ impl RunLock {
             .with_context(|| format!("opening {}", path.display()))?;
         match file.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                bail!(
-                    "{}: another rectok process{} is working in this folder (a training run, demo or ablation); \
-                        wait for it to finish or stop it first",
-                    run_dir.display(),
-                    if holder.is_empty() { String::new() } else { format!(" (pid {holder})") }
-                );
-            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(in_use(run_dir, &mut file)),
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("locking {}", path.display()));
             }
@@ -50,6 +40,29 @@ impl RunLock {
         file.flush()?;
         Ok(Self { _file: file })
     }
+
+    /// Fails when another process holds `run_dir`'s lock (naming its pid), without creating
+    /// anything: a check before a folder's contents are judged.
+    pub fn check_free(run_dir: &Path) -> Result<()> {
+        let Ok(mut file) = File::open(run_dir.join(".lock")) else { return Ok(()) };
+        match file.try_lock_shared() {
+            Err(std::fs::TryLockError::WouldBlock) => Err(in_use(run_dir, &mut file)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The error for a folder whose lock another process holds: its pid, from the lock file.
+fn in_use(run_dir: &Path, lock: &mut File) -> anyhow::Error {
+    let mut holder = String::new();
+    let _ = lock.read_to_string(&mut holder);
+    let holder = holder.trim();
+    anyhow::anyhow!(
+        "{}: another rectok process{} is working in this folder (a training run, demo or ablation); wait for it \
+            to finish or stop it first",
+        run_dir.display(),
+        if holder.is_empty() { String::new() } else { format!(" (pid {holder})") }
+    )
 }
 
 /// Where a session starts, once its run folder is open.
