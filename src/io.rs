@@ -508,6 +508,13 @@ pub fn check_not_planned(
     Ok(())
 }
 
+/// `path` as one shell word (quoted where needed), for the commands that messages print: a path
+/// with spaces or quotes pasted from `continue it with `…`` still names the same folder.
+pub fn shell_quoted(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    shlex::try_quote(&text).map(|q| q.into_owned()).unwrap_or_else(|_| text.into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 #[test]
 fn quick_demo_continues_after_ctrl_c_and_writes_a_report_with_real_numbers() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("demo");
+    // A space and a quote in the path: the printed command that continues must be quoted.
+    let out = dir.path().join("my demo's");
     let demo = || {
         let mut c = rectok();
         c.args(["demo", "--quick", "--out"]).arg(&out);
@@ -31,12 +32,16 @@ fn quick_demo_continues_after_ctrl_c_and_writes_a_report_with_real_numbers() {
     let o = child.wait_with_output().unwrap();
     let message = stderr(&o);
     assert_eq!(o.status.code(), Some(130), "{message}");
-    let again = format!("continue it with `rectok demo --out {} --quick`", out.display());
-    assert!(message.contains("stopped by SIGINT") && message.contains(&again), "{message}");
+    assert!(message.contains("stopped by SIGINT") && message.contains("continue it with `rectok "), "{message}");
+    // The printed command, pasted into a shell, names the same folder.
+    let again = message.split("continue it with `").nth(1).and_then(|m| m.split('`').next()).unwrap();
+    let words = Command::new("sh").arg("-c").arg(again.replacen("rectok", "printf '%s\\n'", 1)).output().unwrap();
+    let expected = format!("demo\n--out\n{}\n--quick\n", out.display());
+    assert_eq!(String::from_utf8_lossy(&words.stdout), expected, "{again}");
     assert!(out.join("run/tokenizer/checkpoints/latest").exists(), "no checkpoint saved: {message}");
     // The other budget is refused, pointing at the command that continues this one.
     let o = rectok().args(["demo", "--out"]).arg(&out).output().unwrap();
-    assert!(!o.status.success() && stderr(&o).contains("another budget"), "{}", stderr(&o));
+    assert!(!o.status.success() && stderr(&o).contains("of the other budget"), "{}", stderr(&o));
 
     // The same command continues: stage 1 resumes from its checkpoint (logged at info level).
     let o = demo().env("RUST_LOG", "info").output().unwrap();
@@ -71,7 +76,7 @@ fn quick_demo_continues_after_ctrl_c_and_writes_a_report_with_real_numbers() {
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("notes.txt"), "mine").unwrap();
     let o = rectok().args(["demo", "--quick", "--out"]).arg(&other).output().unwrap();
-    assert!(!o.status.success() && stderr(&o).contains("not a rectok demo run"), "{}", stderr(&o));
+    assert!(!o.status.success() && stderr(&o).contains("not a `rectok demo` run"), "{}", stderr(&o));
     assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1, "the refused demo wrote into the folder");
 }
 
@@ -91,7 +96,15 @@ fn quick_ablation_writes_the_table_and_reuses_finished_variants() {
     assert_eq!(json["summary"][0]["psnr"]["n"], 1);
     assert!(json["summary"][0]["psnr"]["mean"].as_f64().unwrap() > 5.0);
     assert!(out.join("seed-0/a-no-semantic/result.json").exists());
-    assert!(out.join("ablation.png").exists() && out.join("report.html").exists());
+    assert!(out.join("ablation.png").exists());
+    // Every image the report and the JSON reference exists (paths from the ablation's folder).
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for part in html.split("src=\"").skip(1) {
+        let path = &part[..part.find('"').unwrap()];
+        assert!(out.join(path).exists(), "{path} is referenced but missing");
+    }
+    let samples = json["results"][0]["runs"][0]["files"]["samples"].as_str().unwrap();
+    assert!(samples.starts_with("seed-0/") && out.join(samples).exists(), "{samples}");
     // Run again: both variants are reused, nothing is retrained.
     let t = std::time::Instant::now();
     let o = rectok().args(["ablate", "--quick", "--only", "a-no,d-fsd", "--out"]).arg(&out).output().unwrap();
@@ -99,4 +112,14 @@ fn quick_ablation_writes_the_table_and_reuses_finished_variants() {
     assert!(t.elapsed().as_secs() < 20, "finished variants were retrained");
     let o = rectok().args(["ablate", "--only", "z", "--out"]).arg(&out).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("matches no variant"));
+    // The other budget is refused (never a silent restart), and so is a folder of other files.
+    let o = rectok().args(["ablate", "--only", "a-no", "--out"]).arg(&out).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("of the other budget"), "{}", stderr(&o));
+    assert!(out.join("seed-0/a-no-semantic/result.json").exists());
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let o = rectok().args(["ablate", "--quick", "--out"]).arg(&other).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("not a `rectok ablate` run"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1, "the refused ablation wrote into the folder");
 }

@@ -70,7 +70,7 @@ pub fn run_demo_command(a: DemoArgs) -> Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     let how = match outcome.start {
         DemoStart::New => format!("finished in {seconds:.0} s"),
-        DemoStart::Continued => format!("finished in {seconds:.0} s (continued the run stopped earlier)"),
+        DemoStart::Continued => format!("finished (continued the run stopped earlier; this part took {seconds:.0} s)"),
         DemoStart::Finished => "finished earlier (report.json read back; choose another --out for a new run)".into(),
     };
     println!("\nrectok demo{} — {how}", if a.quick { " --quick" } else { "" });

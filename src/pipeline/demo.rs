@@ -2,7 +2,7 @@
 //! dataset and the built-in teacher, on a CPU, with nothing downloaded.
 
 use super::report::{figure, html_escape, write_report};
-use super::{Budget, PipelineResult, Variant, run_variant};
+use super::{Budget, PipelineResult, RunFolder, Variant, judge_run_folder, mark_run_folder, run_variant};
 use crate::io::write_json;
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -75,7 +75,7 @@ pub enum DemoStart {
 
 /// The command that runs (or continues) the demo in `out`.
 pub fn demo_command(out: &Path, quick: bool, device: crate::device::DeviceChoice) -> String {
-    let mut c = format!("rectok demo --out {}", out.display());
+    let mut c = format!("rectok demo --out {}", crate::io::shell_quoted(out));
     if quick {
         c.push_str(" --quick");
     }
@@ -85,13 +85,11 @@ pub fn demo_command(out: &Path, quick: bool, device: crate::device::DeviceChoice
     c
 }
 
-/// The marker a demo writes first into its folder: the budget it runs (`demo.json`).
-const MARKER: &str = "demo.json";
-
 /// Runs the demo into `out` and writes `report.html` and `report.json`.
 ///
-/// `out` must be new, empty, or hold a demo of the same budget: a stopped one continues (see
-/// [`run_variant`]), a finished one is read back. Nothing else in a folder is ever written over.
+/// `out` must be new, empty, or hold a demo of the same budget (marker `demo.json`): a stopped
+/// one continues (see [`run_variant`]), a finished one is read back (without writing anything).
+/// Nothing else in a folder is ever written over.
 ///
 /// # Errors
 /// `out` held by another process (its pid), holding other files or a demo of the other budget;
@@ -99,51 +97,31 @@ const MARKER: &str = "demo.json";
 /// signal stopped it.
 pub fn run_demo(out: &Path, quick: bool, device: crate::device::DeviceChoice) -> Result<DemoOutcome> {
     let budget = budget(quick);
-    let key = serde_json::json!({ "command": "demo", "budget": budget });
     let again = demo_command(out, quick, device);
-    crate::train::session::RunLock::check_free(out)?;
-    let marker: Option<serde_json::Value> =
-        std::fs::read_to_string(out.join(MARKER)).ok().and_then(|t| serde_json::from_str(&t).ok());
-    let start = match marker {
-        Some(m) if m == key => DemoStart::Continued,
-        Some(m) => {
-            let other = serde_json::from_value::<Budget>(m["budget"].clone()).ok();
-            let was_quick = other.is_some_and(|b| b.tokenizer_images == super::demo::budget(true).tokenizer_images);
-            anyhow::bail!(
-                "{}: holds a demo run of another budget ({}); continue it with `{}`, or choose another --out",
-                out.display(),
-                if was_quick { "`--quick`" } else { "not `--quick`" },
-                demo_command(out, was_quick, device)
-            );
-        }
-        None => {
-            let foreign = std::fs::read_dir(out).into_iter().flatten().flatten().any(|e| e.file_name() != ".lock");
-            if foreign {
-                anyhow::bail!(
-                    "{}: not empty, and not a rectok demo run (no {MARKER}); choose another --out (the demo never \
-                        writes over other files)",
-                    out.display()
-                );
-            }
-            DemoStart::New
-        }
-    };
-    let _lock = crate::train::session::RunLock::acquire(out)?;
+    let other = (&super::demo::budget(!quick), demo_command(out, !quick, device));
+    let folder = judge_run_folder(out, "demo", &budget, (other.0, &other.1), |_| false)?;
     let report = out.join("report.json");
-    if start == DemoStart::Continued
+    if folder == RunFolder::Same
         && let Some(done) = std::fs::read_to_string(&report)
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .filter(|v| v["budget"] == key["budget"])
+            .filter(|v| v["budget"] == serde_json::json!(budget))
     {
         tracing::info!("{}: the demo there finished earlier; its report is read back", out.display());
         let result = serde_json::from_value(done["result"].clone()).context("report.json")?;
         return Ok(DemoOutcome { result, start: DemoStart::Finished });
     }
-    match start {
-        DemoStart::New => write_json(&out.join(MARKER), &key)?,
-        _ => tracing::info!("{}: continuing the demo an earlier run began (finished stages are kept)", out.display()),
-    }
+    let _lock = crate::train::session::RunLock::acquire(out)?;
+    let start = match folder {
+        RunFolder::New => {
+            mark_run_folder(out, "demo", &budget)?;
+            DemoStart::New
+        }
+        RunFolder::Same => {
+            tracing::info!("{}: continuing the demo an earlier run began (finished stages are kept)", out.display());
+            DemoStart::Continued
+        }
+    };
     // The first Ctrl-C stops at the next safe point (a training step, a batch of a measurement)
     // with the command that continues; a second ends the process at once.
     let _signals = crate::signals::Deferral::start();

@@ -178,6 +178,90 @@ pub struct PipelineFiles {
     pub generator: PathBuf,
 }
 
+impl PipelineFiles {
+    /// The same files seen from `prefix`'s parent (each path with `prefix` in front), e.g. a
+    /// seed's runs from the ablation's folder.
+    pub fn under(&self, prefix: &Path) -> Self {
+        let join = |p: &PathBuf| prefix.join(p);
+        Self {
+            reconstructions: self.reconstructions.as_ref().map(join),
+            reconstructions_stage2: self.reconstructions_stage2.as_ref().map(join),
+            tokenizer_curves: self.tokenizer_curves.as_ref().map(join),
+            stage2_curves: self.stage2_curves.as_ref().map(join),
+            samples: self.samples.as_ref().map(join),
+            generator_curves: self.generator_curves.as_ref().map(join),
+            tokenizer: join(&self.tokenizer),
+            generator: join(&self.generator),
+        }
+    }
+}
+
+/// How a pipeline command's (`demo`, `ablate`) output folder stands, judged before any work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RunFolder {
+    /// New, empty, or holding only files the command made before it wrote markers: the marker
+    /// is to be written ([`mark_run_folder`]).
+    New,
+    /// Holds the command's run of the same budget (stopped or finished).
+    Same,
+}
+
+/// The marker a pipeline command writes first into its folder: `<command>.json`, the command
+/// and its budget.
+fn marker_key(command: &str, budget: &Budget) -> (String, serde_json::Value) {
+    (format!("{command}.json"), serde_json::json!({ "command": command, "budget": budget }))
+}
+
+/// Judges `out` for `rectok <command>` with `budget`: refused when another process holds it
+/// (naming its pid), when it holds the command's run of another budget (`other`: the other
+/// budget the command runs and the command line that continues such a run), or files other than
+/// those `ours` accepts (a folder of other files is never written into).
+pub(crate) fn judge_run_folder(
+    out: &Path,
+    command: &str,
+    budget: &Budget,
+    other: (&Budget, &str),
+    ours: impl Fn(&str) -> bool,
+) -> Result<RunFolder> {
+    crate::train::session::RunLock::check_free(out)?;
+    let (marker, key) = marker_key(command, budget);
+    let found = std::fs::read_to_string(out.join(&marker))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    match found {
+        Some(m) if m == key => Ok(RunFolder::Same),
+        Some(m) if m == marker_key(command, other.0).1 => anyhow::bail!(
+            "{}: holds a `rectok {command}` run of the other budget; `{}` continues it (or reads it back when it \
+                finished), or choose another --out",
+            out.display(),
+            other.1
+        ),
+        Some(_) => anyhow::bail!(
+            "{}: holds a `rectok {command}` run of a budget this version does not run (an earlier version's); choose \
+                another --out",
+            out.display()
+        ),
+        None => {
+            let entries = std::fs::read_dir(out).into_iter().flatten().flatten();
+            if let Some(e) = entries.map(|e| e.file_name()).find(|n| n != ".lock" && !ours(&n.to_string_lossy())) {
+                anyhow::bail!(
+                    "{}: not empty ({} and maybe more), and not a `rectok {command}` run (no {marker}); choose another \
+                        --out (rectok never writes into a folder of other files)",
+                    out.display(),
+                    e.to_string_lossy()
+                );
+            }
+            Ok(RunFolder::New)
+        }
+    }
+}
+
+/// Writes the marker [`judge_run_folder`] reads (after the folder's lock is taken).
+pub(crate) fn mark_run_folder(out: &Path, command: &str, budget: &Budget) -> Result<()> {
+    let (marker, key) = marker_key(command, budget);
+    write_json(&out.join(marker), &key)
+}
+
 /// `e` with `command` as the way to continue, when a signal stopped the work (the stage's own
 /// `rectok train … --resume` would continue only that stage).
 pub(crate) fn continue_with(mut e: anyhow::Error, command: String) -> anyhow::Error {

@@ -456,7 +456,7 @@ pub fn read_state<C: DeserializeOwned>(checkpoint: &Path) -> Result<RunState<C>>
 
 /// `rectok train <command> --out RUN --resume`.
 fn resume_command<T: Trainer>(run_dir: &Path) -> String {
-    format!("rectok train {} --out {} --resume", T::Config::COMMAND, run_dir.display())
+    format!("rectok train {} --out {} --resume", T::Config::COMMAND, crate::io::shell_quoted(run_dir))
 }
 
 /// Adds the resume command to a signal's [`Interrupted`] raised by setup or final work.

@@ -26,7 +26,7 @@ impl RunLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+            .with_context(|| format!("{}: cannot write in the folder (its lock file .lock)", run_dir.display()))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Err(in_use(run_dir, &mut file)),
@@ -115,7 +115,7 @@ pub fn open_run(run_dir: &Path, resume: bool, command: &str) -> Result<(RunLock,
             "{}: holds a `rectok train {kind}` run, not a {command} run; choose another --out (or continue that run \
             with `rectok train {kind} --out {} --resume`)",
             run_dir.display(),
-            run_dir.display()
+            crate::io::shell_quoted(run_dir)
         );
     }
     clean_leftovers(run_dir)?;
@@ -129,7 +129,7 @@ pub fn open_run(run_dir: &Path, resume: bool, command: &str) -> Result<(RunLock,
                 {} --resume`, or choose another --out",
             run_dir.display(),
             ckpt.display(),
-            run_dir.display()
+            crate::io::shell_quoted(run_dir)
         ),
         (true, None) if config.exists() => {
             tracing::warn!(
