@@ -68,6 +68,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The JSON in `path`, or `None` when it is missing or not JSON (a marker or record of an
+/// earlier run, which the caller then treats as absent).
+pub fn read_json_if_valid(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
 /// Writes `value` as pretty-printed JSON to `path` (see [`write_atomic`]).
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
@@ -508,10 +514,11 @@ pub fn check_not_planned(
     Ok(())
 }
 
-/// `path` as one shell word (quoted where needed), for the commands that messages print: a path
-/// with spaces or quotes pasted from `continue it with `…`` still names the same folder.
-pub fn shell_quoted(path: &Path) -> String {
-    let text = path.to_string_lossy();
+/// `word` (a path, an option's value) as one shell word (quoted where needed), for the commands
+/// that messages print: a path with spaces or quotes pasted from `continue it with `…`` still
+/// names the same folder.
+pub fn shell_quoted(word: impl AsRef<std::ffi::OsStr>) -> String {
+    let text = word.as_ref().to_string_lossy();
     shlex::try_quote(&text).map(|q| q.into_owned()).unwrap_or_else(|_| text.into_owned())
 }
 

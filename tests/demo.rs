@@ -4,7 +4,28 @@
 
 mod common;
 use common::{rectok, stderr, stdout, wait_for};
+use std::path::Path;
 use std::process::{Command, Stdio};
+
+/// Every image `out/report.html` references exists (paths relative to `out`).
+fn assert_report_images_exist(out: &Path) {
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for part in html.split("src=\"").skip(1) {
+        let path = &part[..part.find('"').unwrap()];
+        assert!(out.join(path).exists(), "{path} is referenced but missing");
+    }
+}
+
+/// `rectok <command> --quick` refuses a folder (in `dir`) of other files and leaves it untouched.
+fn assert_refuses_folder_of_other_files(dir: &Path, command: &str) {
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let o = rectok().args([command, "--quick", "--out"]).arg(&other).output().unwrap();
+    let refusal = format!("not a `rectok {command}` run");
+    assert!(!o.status.success() && stderr(&o).contains(&refusal), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1, "the refused {command} wrote into the folder");
+}
 
 /// The quick demo, stopped by Ctrl-C during its tokenizer training and continued by running the
 /// same command again, writes a report with real numbers; run once more, it reads the finished
@@ -61,23 +82,14 @@ fn quick_demo_continues_after_ctrl_c_and_writes_a_report_with_real_numbers() {
     // The untrained generator was measured by the first process, the trained one by the second.
     assert!(r["generation_fd"][0].as_f64().unwrap().is_finite());
     assert!(r["generation_fd"][1].as_f64().unwrap().is_finite());
-    // Every image the report references exists.
-    for part in html.split("src=\"").skip(1) {
-        let path = &part[..part.find('"').unwrap()];
-        assert!(out.join(path).exists(), "{path} is referenced but missing");
-    }
+    assert_report_images_exist(&out);
     // Once more: the finished run is read back, nothing is trained or written over.
     let written = std::fs::metadata(out.join("report.json")).unwrap().modified().unwrap();
     let o = demo().output().unwrap();
     assert!(o.status.success() && stdout(&o).contains("finished earlier"), "{}", stderr(&o));
     assert_eq!(std::fs::metadata(out.join("report.json")).unwrap().modified().unwrap(), written);
     // A folder of other files is never written into.
-    let other = dir.path().join("other");
-    std::fs::create_dir_all(&other).unwrap();
-    std::fs::write(other.join("notes.txt"), "mine").unwrap();
-    let o = rectok().args(["demo", "--quick", "--out"]).arg(&other).output().unwrap();
-    assert!(!o.status.success() && stderr(&o).contains("not a `rectok demo` run"), "{}", stderr(&o));
-    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1, "the refused demo wrote into the folder");
+    assert_refuses_folder_of_other_files(dir.path(), "demo");
 }
 
 #[test]
@@ -98,11 +110,7 @@ fn quick_ablation_writes_the_table_and_reuses_finished_variants() {
     assert!(out.join("seed-0/a-no-semantic/result.json").exists());
     assert!(out.join("ablation.png").exists());
     // Every image the report and the JSON reference exists (paths from the ablation's folder).
-    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    for part in html.split("src=\"").skip(1) {
-        let path = &part[..part.find('"').unwrap()];
-        assert!(out.join(path).exists(), "{path} is referenced but missing");
-    }
+    assert_report_images_exist(&out);
     let samples = json["results"][0]["runs"][0]["files"]["samples"].as_str().unwrap();
     assert!(samples.starts_with("seed-0/") && out.join(samples).exists(), "{samples}");
     // Run again: both variants are reused, nothing is retrained.
@@ -116,10 +124,5 @@ fn quick_ablation_writes_the_table_and_reuses_finished_variants() {
     let o = rectok().args(["ablate", "--only", "a-no", "--out"]).arg(&out).output().unwrap();
     assert!(!o.status.success() && stderr(&o).contains("of the other budget"), "{}", stderr(&o));
     assert!(out.join("seed-0/a-no-semantic/result.json").exists());
-    let other = dir.path().join("other");
-    std::fs::create_dir_all(&other).unwrap();
-    std::fs::write(other.join("notes.txt"), "mine").unwrap();
-    let o = rectok().args(["ablate", "--quick", "--out"]).arg(&other).output().unwrap();
-    assert!(!o.status.success() && stderr(&o).contains("not a `rectok ablate` run"), "{}", stderr(&o));
-    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1, "the refused ablation wrote into the folder");
+    assert_refuses_folder_of_other_files(dir.path(), "ablate");
 }

@@ -372,7 +372,7 @@ pub fn run_ablation(
             if only.is_empty() {
                 String::new()
             } else {
-                format!(" --only {}", crate::io::shell_quoted(Path::new(&only.join(","))))
+                format!(" --only {}", crate::io::shell_quoted(only.join(",")))
             },
             if quick { " --quick" } else { "" },
             if device == crate::device::DeviceChoice::default() {
@@ -403,9 +403,7 @@ pub fn run_ablation(
         for seed in 0..seeds as u64 {
             let dir = out.join(format!("seed-{seed}"));
             let done = dir.join(&variant.name).join("result.json");
-            let previous =
-                std::fs::read_to_string(&done).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-            let mut r: PipelineResult = match previous {
+            let mut r: PipelineResult = match crate::io::read_json_if_valid(&done) {
                 Some(v) if v.get("budget") == Some(&budget_json) && v.get("result").is_some() => {
                     tracing::info!(
                         "{} (seed {seed}): already done ({}), reusing it",

@@ -98,14 +98,11 @@ pub fn demo_command(out: &Path, quick: bool, device: crate::device::DeviceChoice
 pub fn run_demo(out: &Path, quick: bool, device: crate::device::DeviceChoice) -> Result<DemoOutcome> {
     let budget = budget(quick);
     let again = demo_command(out, quick, device);
-    let other = (&super::demo::budget(!quick), demo_command(out, !quick, device));
-    let folder = judge_run_folder(out, "demo", &budget, (other.0, &other.1), |_| false)?;
+    let other = demo_command(out, !quick, device);
+    let folder = judge_run_folder(out, "demo", &budget, (&self::budget(!quick), &other), |_| false)?;
     let report = out.join("report.json");
     if folder == RunFolder::Same
-        && let Some(done) = std::fs::read_to_string(&report)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .filter(|v| v["budget"] == serde_json::json!(budget))
+        && let Some(done) = crate::io::read_json_if_valid(&report).filter(|v| v["budget"] == serde_json::json!(budget))
     {
         tracing::info!("{}: the demo there finished earlier; its report is read back", out.display());
         let result = serde_json::from_value(done["result"].clone()).context("report.json")?;

@@ -225,10 +225,7 @@ pub(crate) fn judge_run_folder(
 ) -> Result<RunFolder> {
     crate::train::session::RunLock::check_free(out)?;
     let (marker, key) = marker_key(command, budget);
-    let found = std::fs::read_to_string(out.join(&marker))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-    match found {
+    match crate::io::read_json_if_valid(&out.join(&marker)) {
         Some(m) if m == key => Ok(RunFolder::Same),
         Some(m) if m == marker_key(command, other.0).1 => anyhow::bail!(
             "{}: holds a `rectok {command}` run of the other budget; `{}` continues it (or reads it back when it \
@@ -351,9 +348,8 @@ impl Progress {
     /// The progress of the run in `root` when it was started with `key`; a run of another key (or
     /// none) is removed, so the variant starts over.
     fn open(root: &Path, key: serde_json::Value) -> Result<Self> {
-        let previous = std::fs::read_to_string(root.join(Self::FILE))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Self>(&t).ok())
+        let previous = crate::io::read_json_if_valid(&root.join(Self::FILE))
+            .and_then(|v| serde_json::from_value::<Self>(v).ok())
             .filter(|p| p.key == key);
         match previous {
             Some(p) => Ok(p),
@@ -386,12 +382,12 @@ fn open_stage<T: crate::train::run::Trainer>(config: T::Config, dir: &Path) -> R
 /// The generator's evaluation before training, from the step-0 record of its `metrics.jsonl`
 /// (a continued run does not repeat it).
 fn initial_generator_eval(dir: &Path) -> Option<OnlineEval> {
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
-    let record = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|r| r["step"] == 0 && (r.get("fd").is_some() || r.get("class_accuracy").is_some()))?;
-    Some(OnlineEval { fd: record["fd"].as_f64(), class_accuracy: record["class_accuracy"].as_f64() })
+    let records = crate::train::monitor::read_metrics(&dir.join("metrics.jsonl")).ok()?;
+    let record = records
+        .into_iter()
+        .find(|r| r.get("step") == Some(&0.into()) && (r.contains_key("fd") || r.contains_key("class_accuracy")))?;
+    let value = |key: &str| record.get(key).and_then(serde_json::Value::as_f64);
+    Some(OnlineEval { fd: value("fd"), class_accuracy: value("class_accuracy") })
 }
 
 /// Runs the pipeline for `variant` in `dir/<variant.name>/`, training and measuring on `choice`.
