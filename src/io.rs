@@ -190,6 +190,11 @@ pub fn refuse_special(path: &Path) -> Result<()> {
 /// Refuses `path` when an existing ancestor is not a folder (an output under it cannot be
 /// created).
 fn refuse_blocked(path: &Path, option: &str) -> Result<()> {
+    if !path.exists()
+        && let Ok(target) = std::fs::read_link(path)
+    {
+        bail!("{option} {}: a symbolic link to {}, which does not exist", path.display(), target.display());
+    }
     if let Some(a) = path.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).find(|a| a.exists() && !a.is_dir())
     {
         bail!("{option} {}: {} is not a folder", path.display(), a.display());
@@ -201,7 +206,11 @@ fn refuse_blocked(path: &Path, option: &str) -> Result<()> {
 /// or a special file, and no existing ancestor may be a file.
 pub fn check_output_file(path: &Path, option: &str) -> Result<()> {
     refuse_special(path).with_context(|| option.to_string())?;
-    refuse_blocked(path, option)
+    refuse_blocked(path, option)?;
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(folder) => refuse_uncreatable(folder, path, option),
+        None => Ok(()),
+    }
 }
 
 /// An output folder option, checked before any work: it may not exist yet, but must be a folder
@@ -213,7 +222,13 @@ pub fn check_output_folder(path: &Path, option: &str) -> Result<()> {
         bail!("{option} {}: exists and is not a folder", path.display());
     }
     refuse_blocked(path, option)?;
-    let first_missing = path.ancestors().filter(|a| !a.as_os_str().is_empty()).take_while(|a| !a.exists()).last();
+    refuse_uncreatable(path, path, option)
+}
+
+/// Fails, naming `option` and its value `path`, when `folder` (`path` or the folder it goes in)
+/// does not exist and cannot be created: its first missing folder is made and removed again.
+fn refuse_uncreatable(folder: &Path, path: &Path, option: &str) -> Result<()> {
+    let first_missing = folder.ancestors().filter(|a| !a.as_os_str().is_empty()).take_while(|a| !a.exists()).last();
     if let Some(missing) = first_missing {
         match std::fs::create_dir(missing) {
             Ok(()) => {

@@ -143,6 +143,8 @@ impl Workspace {
         std::fs::create_dir_all(p("linked_out")).unwrap();
         #[cfg(unix)]
         std::os::unix::fs::symlink(p("outside"), p("linked_out/a")).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(p("nowhere"), p("dangling")).unwrap();
         let meta = |k: &str, v: &str| [(k.to_string(), v.to_string())].into_iter().collect::<HashMap<_, _>>();
         write_safetensors(
             &p("maybe_normalized.safetensors"),
@@ -482,6 +484,17 @@ fn every_command_refuses_its_bad_inputs_cleanly() {
             c(&["ablate"], &s(&["--out", "/proc/rectok-out/a"]), "--out /proc/rectok-out/a: cannot create"),
             c(&["train", "tokenizer"], &s(&["--out", "/proc/rectok-out"]), "--out /proc/rectok-out: cannot create"),
             c(&["reconstruct"], &enc(&s(&["-i", &w("imgs"), "-o", "/proc/rectok-out"])), "--output /proc/rectok-out"),
+            // An output file in a folder that cannot be created, before the benchmark runs.
+            c(
+                &["bench", "train"],
+                &s(&["--recipes", "tiny", "--iters", "1", "--json", "/proc/rectok-out/b.json"]),
+                "--json /proc/rectok-out/b.json: cannot create /proc/rectok-out",
+            ),
+            c(&["bench", "train"], &s(&["--recipes", "tiny,rectok_c"]), "--recipes: unknown recipe `rectok-c`"),
+            // A dangling symbolic link as an output folder; a resume of a folder that does not
+            // exist (which must not be created).
+            c(&["demo"], &s(&["--quick", "--out", &w("dangling")]), "a symbolic link to"),
+            c(&["train", "tokenizer"], &s(&["--out", &w("fresh/run"), "--resume"]), "no training run to resume"),
             // Inputs that would hang or fill memory, values that must be refused.
             c(&["eval", "tokenizer"], &enc(&s(&["--data", &w("fifo.txt")])), "fifo.txt"),
             c(&["teacher", "check"], &s(&[&w("strip.png")]), "too elongated"),
@@ -966,6 +979,31 @@ fn run_folders_are_kept_by_their_trainer_and_their_holder() {
 
 /// Ctrl-C during a command that writes a folder of images leaves no folder and no staging files,
 /// and a staging folder a killed process left behind is removed by the next run.
+/// Ctrl-C during `rectok bench train` stops it without pointing at its temporary runs (removed on
+/// the way out: a benchmark is run again, not continued).
+#[cfg(unix)]
+#[test]
+fn an_interrupted_benchmark_names_no_run_to_continue() {
+    let ws = Workspace::new();
+    let tmp = ws.dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut child = rectok()
+        .args(["bench", "train", "--recipes", "ditdh-tiny", "--iters", "1000"])
+        .env("TMPDIR", &tmp)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = || std::fs::read_dir(&tmp).unwrap().count() > 0;
+    wait_for("the benchmark's temporary run", started, &mut child);
+    signal(&child, "INT");
+    let o = child.wait_with_output().unwrap();
+    let message = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{message}");
+    assert!(message.contains("stopped by SIGINT") && !message.contains("--resume"), "{message}");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "the temporary runs were left behind");
+}
+
 #[cfg(unix)]
 #[test]
 fn an_interrupted_image_command_leaves_nothing_behind() {

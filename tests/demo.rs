@@ -121,8 +121,10 @@ fn quick_ablation_writes_the_table_and_reuses_finished_variants() {
     let o = rectok().args(["ablate", "--only", "z", "--out"]).arg(&out).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("matches no variant"));
     // The other budget is refused (never a silent restart), and so is a folder of other files.
+    // The refusal names the command line of the run there, which continues or reads it back.
     let o = rectok().args(["ablate", "--only", "a-no", "--out"]).arg(&out).output().unwrap();
-    assert!(!o.status.success() && stderr(&o).contains("of the other budget"), "{}", stderr(&o));
+    assert!(!o.status.success() && stderr(&o).contains("of the other budget (--quick)"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--only 'a-no,d-fsd' --quick --seeds 1` continues it"), "{}", stderr(&o));
     assert!(out.join("seed-0/a-no-semantic/result.json").exists());
     assert_refuses_folder_of_other_files(dir.path(), "ablate");
 }

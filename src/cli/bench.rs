@@ -186,6 +186,7 @@ fn measure_steps<T>(iters: usize, mut step: impl FnMut() -> Result<T>) -> Result
     let faults = minor_faults();
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters {
+        crate::signals::check("timing steps")?;
         let t = Instant::now();
         step()?;
         times.push(t.elapsed().as_secs_f64());
@@ -249,9 +250,23 @@ pub struct TrainBench {
 }
 
 fn run_train(args: TrainBench) -> Result<()> {
+    // The runs live in temporary folders removed on the way out: a stopped benchmark is not
+    // continued (no `--resume` command, no checkpoint to point at), it is run again. Ctrl-C
+    // stops at the next step, so that the folders are removed.
+    let _signals = crate::signals::Deferral::start();
+    time_train_steps(args).map_err(|mut e| {
+        if let Some(stop) = e.downcast_mut::<crate::signals::Interrupted>() {
+            *stop = crate::signals::interrupted(stop.signal, "timing training steps");
+        }
+        e
+    })
+}
+
+fn time_train_steps(args: TrainBench) -> Result<()> {
     use crate::train::config::TokenizerTrainConfig;
     use crate::train::tokenizer::TokenizerTrainer;
     let mut table = args.common.start(args.iters, &args.batch_sizes, TRAIN_REFERENCE, args.device)?;
+    let recipes = args.recipes.iter().map(|r| train_recipe(r, &args.batch_sizes)).collect::<Result<Vec<_>>>()?;
     let dp = args.data_parallel;
     super::common::ensure(dp <= 64, "--data-parallel", "between 0 (automatic) and 64", dp)?;
     let replicas = crate::train::params::replicas(args.data_parallel, &args.common.device(args.device)?);
@@ -275,14 +290,7 @@ fn run_train(args: TrainBench) -> Result<()> {
         "{:<10} {:>6} {:>10} {:>10} {:>12} {:>8} {:>12} {:>12}",
         "recipe", "batch", "s/step", "images/s", "reference s", "ratio", "faults/step", "peak RSS MB"
     );
-    for recipe in &args.recipes {
-        let (key, name, batches): (&str, &str, Vec<usize>) = match crate::config::canonical_name(recipe).as_str() {
-            "tiny" => ("tiny", "tiny", vec![0]),
-            "rectok-b" => ("rectok_b", "rectok-b-stage1", args.batch_sizes.clone()),
-            "ditdh-tiny" => ("ditdh-tiny", "ditdh-tiny", vec![0]),
-            "ditdh-s" => ("ditdh_s", "ditdh-s", args.batch_sizes.clone()),
-            other => anyhow::bail!("unknown recipe `{other}` (tiny, rectok_b, ditdh-tiny, ditdh_s)"),
-        };
+    for (key, name, batches) in recipes {
         for b in batches {
             let dir = tempfile::tempdir().context("temporary run folder")?;
             let (batch, stats) = if name.starts_with("ditdh") {
@@ -327,6 +335,18 @@ fn run_train(args: TrainBench) -> Result<()> {
         }
     }
     table.finish()
+}
+
+/// `rectok bench train --recipes` entry `recipe`: its key in the reference timings, its training
+/// recipe and the batch sizes to time (0: the recipe's own).
+fn train_recipe(recipe: &str, batch_sizes: &[usize]) -> Result<(&'static str, &'static str, Vec<usize>)> {
+    Ok(match crate::config::canonical_name(recipe).as_str() {
+        "tiny" => ("tiny", "tiny", vec![0]),
+        "rectok-b" => ("rectok_b", "rectok-b-stage1", batch_sizes.to_vec()),
+        "ditdh-tiny" => ("ditdh-tiny", "ditdh-tiny", vec![0]),
+        "ditdh-s" => ("ditdh_s", "ditdh-s", batch_sizes.to_vec()),
+        other => anyhow::bail!("--recipes: unknown recipe `{other}` (tiny, rectok-b, ditdh-tiny, ditdh-s)"),
+    })
 }
 
 /// Times one generator training step of `recipe` in `dir` (latents from a cache of a

@@ -11,7 +11,7 @@
 //! FD-effnet (and teacher class accuracy) of a tiny DiT^DH trained on its latents.
 
 use super::report::{figure, html_escape, write_report};
-use super::{Budget, PipelineResult, RunFolder, SemanticLoss, Variant, judge_run_folder, mark_run_folder, run_variant};
+use super::{Budget, PipelineResult, SemanticLoss, Variant, judge_run_folder, mark_run_folder, run_variant};
 use crate::io::write_json;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -365,36 +365,24 @@ pub fn run_ablation(
     if chosen.is_empty() {
         anyhow::bail!("--only matches no variant (names: {names})");
     }
-    let command = |quick: bool| {
-        format!(
-            "rectok ablate --out {}{}{} --seeds {seeds}{}",
-            crate::io::shell_quoted(out),
-            if only.is_empty() {
-                String::new()
-            } else {
-                format!(" --only {}", crate::io::shell_quoted(only.join(",")))
-            },
-            if quick { " --quick" } else { "" },
-            if device == crate::device::DeviceChoice::default() {
-                String::new()
-            } else {
-                format!(" --device {device}")
-            },
-        )
-    };
+    // The command line that continues this ablation.
+    let again = format!(
+        "rectok ablate --out {}{}{} --seeds {seeds}{}",
+        crate::io::shell_quoted(out),
+        if only.is_empty() { String::new() } else { format!(" --only {}", crate::io::shell_quoted(only.join(","))) },
+        if quick { " --quick" } else { "" },
+        if device == crate::device::DeviceChoice::default() { String::new() } else { format!(" --device {device}") },
+    );
     let budget = budget(quick);
     // Folders of ablations from before the marker hold only these.
     let ours = |name: &str| {
         name.starts_with("seed-") || ["ablation.md", "ablation.json", "ablation.png", "report.html"].contains(&name)
     };
-    let folder = judge_run_folder(out, "ablate", &budget, (&self::budget(!quick), &command(!quick)), ours)?;
+    judge_run_folder(out, "ablate", &budget, &self::budget(!quick), ours)?;
     let _lock = crate::train::session::RunLock::acquire(out)?;
-    if folder == RunFolder::New {
-        mark_run_folder(out, "ablate", &budget)?;
-    }
+    mark_run_folder(out, "ablate", &budget, &again)?;
     // The first Ctrl-C stops at the next safe point with the command that continues.
     let _signals = crate::signals::Deferral::start();
-    let again = command(quick);
     let budget_json = serde_json::to_value(&budget)?;
     let total = chosen.len() * seeds;
     let mut results = Vec::new();

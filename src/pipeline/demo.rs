@@ -98,8 +98,7 @@ pub fn demo_command(out: &Path, quick: bool, device: crate::device::DeviceChoice
 pub fn run_demo(out: &Path, quick: bool, device: crate::device::DeviceChoice) -> Result<DemoOutcome> {
     let budget = budget(quick);
     let again = demo_command(out, quick, device);
-    let other = demo_command(out, !quick, device);
-    let folder = judge_run_folder(out, "demo", &budget, (&self::budget(!quick), &other), |_| false)?;
+    let folder = judge_run_folder(out, "demo", &budget, &self::budget(!quick), |_| false)?;
     let report = out.join("report.json");
     if folder == RunFolder::Same
         && let Some(done) = crate::io::read_json_if_valid(&report).filter(|v| v["budget"] == serde_json::json!(budget))
@@ -109,11 +108,9 @@ pub fn run_demo(out: &Path, quick: bool, device: crate::device::DeviceChoice) ->
         return Ok(DemoOutcome { result, start: DemoStart::Finished });
     }
     let _lock = crate::train::session::RunLock::acquire(out)?;
+    mark_run_folder(out, "demo", &budget, &again)?;
     let start = match folder {
-        RunFolder::New => {
-            mark_run_folder(out, "demo", &budget)?;
-            DemoStart::New
-        }
+        RunFolder::New => DemoStart::New,
         RunFolder::Same => {
             tracing::info!("{}: continuing the demo an earlier run began (finished stages are kept)", out.display());
             DemoStart::Continued

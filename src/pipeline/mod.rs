@@ -206,32 +206,38 @@ pub(crate) enum RunFolder {
     Same,
 }
 
-/// The marker a pipeline command writes first into its folder: `<command>.json`, the command
-/// and its budget.
-fn marker_key(command: &str, budget: &Budget) -> (String, serde_json::Value) {
-    (format!("{command}.json"), serde_json::json!({ "command": command, "budget": budget }))
+/// The marker a pipeline command writes into its folder, `<command>.json`: the command, its
+/// budget and the command line of its latest run (`continue`).
+fn marker_file(command: &str) -> String {
+    format!("{command}.json")
+}
+
+/// Whether `marker` is `command`'s with `budget`.
+fn marks(marker: &serde_json::Value, command: &str, budget: &Budget) -> bool {
+    marker["command"] == command && marker["budget"] == serde_json::json!(budget)
 }
 
 /// Judges `out` for `rectok <command>` with `budget`: refused when another process holds it
-/// (naming its pid), when it holds the command's run of another budget (`other`: the other
-/// budget the command runs and the command line that continues such a run), or files other than
-/// those `ours` accepts (a folder of other files is never written into).
+/// (naming its pid), when it holds the command's run of another budget (`other_budget`, the
+/// command's other one, names the command line that continues it), or files other than those
+/// `ours` accepts (a folder of other files is never written into).
 pub(crate) fn judge_run_folder(
     out: &Path,
     command: &str,
     budget: &Budget,
-    other: (&Budget, &str),
+    other_budget: &Budget,
     ours: impl Fn(&str) -> bool,
 ) -> Result<RunFolder> {
     crate::train::session::RunLock::check_free(out)?;
-    let (marker, key) = marker_key(command, budget);
+    let marker = marker_file(command);
     match crate::io::read_json_if_valid(&out.join(&marker)) {
-        Some(m) if m == key => Ok(RunFolder::Same),
-        Some(m) if m == marker_key(command, other.0).1 => anyhow::bail!(
-            "{}: holds a `rectok {command}` run of the other budget; `{}` continues it (or reads it back when it \
+        Some(m) if marks(&m, command, budget) => Ok(RunFolder::Same),
+        Some(m) if marks(&m, command, other_budget) => anyhow::bail!(
+            "{}: holds a `rectok {command}` run of the other budget ({}); `{}` continues it (or reads it back when it \
                 finished), or choose another --out",
             out.display(),
-            other.1
+            if other_budget.tokenizer_images < budget.tokenizer_images { "--quick" } else { "not --quick" },
+            m["continue"].as_str().unwrap_or("the command that began it")
         ),
         Some(_) => anyhow::bail!(
             "{}: holds a `rectok {command}` run of a budget this version does not run (an earlier version's); choose \
@@ -253,10 +259,13 @@ pub(crate) fn judge_run_folder(
     }
 }
 
-/// Writes the marker [`judge_run_folder`] reads (after the folder's lock is taken).
-pub(crate) fn mark_run_folder(out: &Path, command: &str, budget: &Budget) -> Result<()> {
-    let (marker, key) = marker_key(command, budget);
-    write_json(&out.join(marker), &key)
+/// Writes the marker [`judge_run_folder`] reads, with `again`, the command line of this run
+/// (after the folder's lock is taken).
+pub(crate) fn mark_run_folder(out: &Path, command: &str, budget: &Budget, again: &str) -> Result<()> {
+    write_json(
+        &out.join(marker_file(command)),
+        &serde_json::json!({ "command": command, "budget": budget, "continue": again }),
+    )
 }
 
 /// `e` with `command` as the way to continue, when a signal stopped the work (the stage's own

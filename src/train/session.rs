@@ -109,6 +109,10 @@ impl Start {
 /// over (its metrics and grids are removed), with or without `--resume`, and the log says so.
 /// `command` is the subcommand (`tokenizer`, `generator`) for messages.
 pub fn open_run(run_dir: &Path, resume: bool, command: &str) -> Result<(RunLock, Start)> {
+    if resume && !run_dir.is_dir() {
+        // Refused before the lock creates the folder: a failed resume leaves nothing behind.
+        bail!("{}: no training run to resume (no such folder); start one without --resume", run_dir.display());
+    }
     let lock = RunLock::acquire(run_dir)?;
     if let Some(kind) = run_kind(run_dir).filter(|k| *k != command) {
         bail!(
